@@ -1,0 +1,100 @@
+"""Load attention and dense-MLP weights from a local HF DeepSeek-V2/V3 checkpoint directory.
+
+Reads `config.json`, `model.safetensors.index.json` (or a single `model.safetensors`), takes only the
+tensors of the requested layers, and dequantizes DeepSeek-V3's FP8 block-scaled weights
+(`weight` in float8_e4m3fn with `weight_scale_inv` per 128x128 block) to float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+FP8_BLOCK = 128
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def _weight_map(directory: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the index or the single file."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            mapping = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"checkpoint {index}: not a safetensors index ({exc!r}); expected a 'weight_map'") from None
+        return {name: directory / file for name, file in mapping.items()}
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as handle:
+            return {name: single for name in handle.keys()}
+    raise UserError(f"checkpoint {directory}: found neither {INDEX_FILE} nor {SINGLE_FILE}; "
+                    "pass a HF DeepSeek-V2/V3 checkpoint directory")
+
+
+def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK) -> torch.Tensor:
+    """float8 weight [rows, cols] times its per-block scale [ceil(rows/block), ceil(cols/block)] -> float32."""
+    rows, cols = weight.shape
+    expected = (math.ceil(rows / block), math.ceil(cols / block))
+    if tuple(scale_inv.shape) != expected:
+        raise UserError(f"FP8 scale of shape {tuple(scale_inv.shape)} does not match weight {tuple(weight.shape)} "
+                        f"(expected {expected} for {block}x{block} blocks)")
+    scale = scale_inv.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return weight.float() * scale
+
+
+class CheckpointReader:
+    """Reads named tensors from a checkpoint directory, dequantizing FP8 on the way."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise UserError(f"checkpoint {self.directory}: no such directory")
+        self.weight_map = _weight_map(self.directory)
+        self._handles: dict[Path, object] = {}
+
+    def _handle(self, path: Path):
+        from safetensors import safe_open
+
+        if path not in self._handles:
+            if not path.is_file():
+                raise UserError(f"checkpoint file {path} (named by {INDEX_FILE}) is missing")
+            self._handles[path] = safe_open(path, framework="pt")
+        return self._handles[path]
+
+    def has(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def read(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor `name` as float32 (dequantized if FP8), checked against `shape`."""
+        if name not in self.weight_map:
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} is missing; is this checkpoint for the "
+                            "same model as its config.json?")
+        tensor = self._handle(self.weight_map[name]).get_tensor(name)
+        if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            scale_name = name + "_scale_inv"
+            if scale_name not in self.weight_map:
+                raise UserError(f"checkpoint {self.directory}: FP8 tensor {name!r} has no {scale_name!r}")
+            tensor = dequantize_fp8_blocks(tensor, self._handle(self.weight_map[scale_name]).get_tensor(scale_name))
+        if tuple(tensor.shape) != tuple(shape):
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                            f"expected {tuple(shape)} from config.json")
+        return tensor.float()
+
+
+def load_checkpoint_weights(model: torch.nn.Module, directory: str | Path) -> None:
+    """Fill an unfolded `MlaModel` (dense layers only) from a HF DeepSeek checkpoint."""
+    reader = CheckpointReader(directory)
+    state = {}
+    for name, param in model.state_dict().items():
+        source = name.replace(".q_compression.", ".")
+        source = source if source == "lm_head.weight" else "model." + source
+        state[name] = reader.read(source, tuple(param.shape)).to(param.dtype)
+    model.load_state_dict(state)

@@ -1,0 +1,76 @@
+"""The `MlaAttention` op contract: every name the ONNX graph, the kernels and the plugin share.
+
+Defined once here and mirrored in `plugins/mlaAttentionPlugin/mlaContract.h`; tests check exported
+graphs (and the plugin README) against this module.
+
+Semantics (T is float32, float16 or bfloat16):
+
+    inputs  0 q_latent      [B, S, H, Dc]     T      absorbed query (W_UK folded in)
+            1 q_pe          [B, S, H, Dr]     T      RoPE part of the query, not yet rotated
+            2 kv_latent     [B, S, Dc]        T      new tokens' c_kv, after its RMSNorm
+            3 k_pe          [B, S, Dr]        T      new tokens' shared RoPE key, not yet rotated
+            4 past_cache    [B, Smax, Dc+Dr]  T      latent cache, rows [0, cache_seqlens[b]) valid
+            5 cache_seqlens [B]               int32  valid rows per sequence before this call
+            6 rope_cos_sin  [Smax, Dr]        float32 row p = cos(p*theta_i) for i < Dr/2, then sin
+    outputs 0 attn_latent   [B, S, H, Dc]     T      softmax(q.k * scale) @ c_kv, per head
+            1 present_cache [B, Smax, Dc+Dr]  T      past_cache with rows cache_seqlens[b]+i set
+                                                     to [kv_latent ; rotated k_pe]
+
+New token i of sequence b sits at position p = cache_seqlens[b] + i, is rotated at p (pairs
+(2k, 2k+1), DeepSeek's convention) and attends to rows 0..p. Rows past p are never read; rows
+past cache_seqlens[b] + S - 1 are never written; cache_seqlens[b] + S > Smax is out of contract.
+"""
+
+from __future__ import annotations
+
+CONTRACT_VERSION = 1
+
+OP_TYPE = "MlaAttention"
+OP_DOMAIN = "mla"
+OP_DOMAIN_VERSION = 1
+PLUGIN_NAME = OP_TYPE
+PLUGIN_NAMESPACE = "mla"
+PLUGIN_VERSION = "1"
+
+# Op inputs/outputs, in order.
+OP_INPUTS = ("q_latent", "q_pe", "kv_latent", "k_pe", "past_cache", "cache_seqlens", "rope_cos_sin")
+OP_OUTPUTS = ("attn_latent", "present_cache")
+
+# Attribute name -> ONNX attribute type name. String attributes for the parser's plugin look-up
+# are separate: they are consumed by TensorRT's parser, not passed to the creator.
+OP_ATTRIBUTES = {
+    "num_heads": "INT",
+    "kv_lora_rank": "INT",
+    "qk_rope_head_dim": "INT",
+    "softmax_scale": "FLOAT",
+}
+PLUGIN_LOOKUP_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
+
+# Graph-level I/O names.
+CACHE_SEQLENS = "cache_seqlens"
+HIDDEN_STATES_IN = "hidden_states"
+HIDDEN_STATES_OUT = "output_hidden_states"
+INPUT_IDS = "input_ids"
+LOGITS = "logits"
+
+
+def past_cache_name(layer: int) -> str:
+    """Graph input holding layer `layer`'s latent cache before the call."""
+    return f"past_latent_cache.{layer}"
+
+
+def present_cache_name(layer: int) -> str:
+    """Graph output holding layer `layer`'s latent cache after the call."""
+    return f"present_latent_cache.{layer}"
+
+
+# Keys of the ONNX model's metadata_props written by export.
+META_PRODUCER = "mla_export"
+META_CONTRACT_VERSION = "mla_export.contract_version"
+META_CONFIG = "mla_export.config"
+META_DTYPE = "mla_export.dtype"
+META_NUM_LAYERS = "mla_export.num_layers"
+META_MAX_SEQ_LEN = "mla_export.max_seq_len"
+META_IO = "mla_export.io"
+META_SEED = "mla_export.seed"
+META_CHECKPOINT = "mla_export.checkpoint"

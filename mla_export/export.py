@@ -1,0 +1,143 @@
+"""Export: eager model -> pre-folded model -> ONNX with one `MlaAttention` node per layer.
+
+`export_onnx` traces the folded model with `torch.onnx.export(dynamo=True)`, maps the custom op to the
+contract's node, adds the node's model-local function, records config and contract in the metadata,
+checks the result with `onnx.checker` (full check) and moves it into place atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__, contract
+from .config import MlaConfig
+from .errors import UserError
+from .folding import fold_model
+from .onnx_function import function_proto, translation_table
+from .sources import source_model
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+IO_KINDS = ("hidden", "tokens")
+ONNX_IR_VERSION = 10  # ONNX Runtime 1.22+ reads it; recent onnx writes 11+ by default
+ONNX_OPSET = 18
+EXTERNAL_DATA_THRESHOLD = 1 << 31  # protobuf's 2 GB limit
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export. Recorded in the ONNX metadata so validate can rebuild the eager model."""
+
+    config: MlaConfig
+    dtype: str = "float32"
+    max_seq_len: int = 4096
+    seed: int = 0
+    checkpoint: str | None = None
+    io: str = "hidden"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
+        if self.io not in IO_KINDS:
+            raise UserError(f"--io {self.io}: expected one of {', '.join(IO_KINDS)}")
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            contract.META_PRODUCER: __version__,
+            contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION),
+            contract.META_CONFIG: json.dumps(self.config.to_hf_dict(), sort_keys=True),
+            contract.META_DTYPE: self.dtype,
+            contract.META_NUM_LAYERS: str(self.config.num_hidden_layers),
+            contract.META_MAX_SEQ_LEN: str(self.max_seq_len),
+            contract.META_IO: self.io,
+            contract.META_SEED: str(self.seed),
+            contract.META_CHECKPOINT: self.checkpoint or "",
+        }
+
+
+def graph_io_names(num_layers: int, io: str) -> tuple[list[str], list[str]]:
+    """(input names, output names) of the exported graph, in order."""
+    first_in, first_out = ((contract.INPUT_IDS, contract.LOGITS) if io == "tokens"
+                           else (contract.HIDDEN_STATES_IN, contract.HIDDEN_STATES_OUT))
+    inputs = [first_in, contract.CACHE_SEQLENS] + [contract.past_cache_name(i) for i in range(num_layers)]
+    outputs = [first_out] + [contract.present_cache_name(i) for i in range(num_layers)]
+    return inputs, outputs
+
+
+def _example_inputs(model, spec: ExportSpec, dtype: torch.dtype) -> tuple:
+    batch, new_tokens = 2, 2  # >1 so the tracer keeps both axes symbolic
+    c = spec.config
+    if spec.io == "tokens":
+        x = torch.zeros(batch, new_tokens, dtype=torch.long)
+    else:
+        x = torch.zeros(batch, new_tokens, c.hidden_size, dtype=dtype)
+    cache = model.new_cache(batch, dtype)
+    return (x, cache.seqlens, tuple(cache.layers))
+
+
+def _trace(folded, spec: ExportSpec, path: Path) -> None:
+    """Trace `folded` to `path` (external data beside it when large)."""
+    dtype = DTYPES[spec.dtype]
+    args = _example_inputs(folded, spec, dtype)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    new_tokens = torch.export.Dim("new_tokens", min=1, max=spec.max_seq_len)
+    first = {0: batch, 1: new_tokens}
+    dynamic_shapes = (first, {0: batch}, tuple({0: batch} for _ in args[2]))
+    inputs, outputs = graph_io_names(spec.config.num_hidden_layers, spec.io)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            folded, (args[0], args[1], *args[2]), dynamo=True, dynamic_shapes=dynamic_shapes,
+            input_names=inputs, output_names=outputs, opset_version=ONNX_OPSET,
+            custom_translation_table=translation_table(), optimize=False, verbose=False, report=False)
+    program.save(str(path), external_data=_weight_bytes(folded) >= EXTERNAL_DATA_THRESHOLD)
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _finish(path: Path, spec: ExportSpec) -> None:
+    """Add the op's function, metadata and IR version to the saved model, in place."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    model.ir_version = ONNX_IR_VERSION
+    model.functions.append(function_proto())
+    if not any(o.domain == contract.OP_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION))
+    model.producer_name, model.producer_version = "mla_export", __version__
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, spec.metadata())
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_onnx(spec: ExportSpec, output: str | Path) -> Path:
+    """Export `spec` to `output` (plus `output.data` when past 2 GB); nothing is left behind on failure."""
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise UserError(f"-o {output}: expected a path ending in .onnx")
+    if not output.parent.is_dir():
+        raise UserError(f"-o {output}: directory {output.parent} does not exist")
+    model = source_model(spec.config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
+                         with_embeddings=spec.io == "tokens")
+    folded = fold_model(model, DTYPES[spec.dtype]).eval()
+    del model
+    staging = Path(tempfile.mkdtemp(prefix=".mla-export-", dir=output.parent))
+    try:
+        staged = staging / output.name
+        _trace(folded, spec, staged)
+        _finish(staged, spec)
+        for produced in sorted(staging.iterdir(), key=lambda p: p.suffix == ".onnx"):  # the .onnx last
+            os.replace(produced, output.parent / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output

@@ -1,0 +1,98 @@
+"""Sizes and costs of a config: cache per token per layer (MLA vs MHA/GQA/MQA) and the cost of
+pre-folded vs run-time absorbed projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import MlaConfig
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class CacheRow:
+    scheme: str
+    elements: int
+    note: str
+
+
+def cache_table(c: MlaConfig, gqa_groups: int = 8) -> list[CacheRow]:
+    """Cached values per token per layer for each attention scheme at this config's dims."""
+    h, dh, dr, dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+    return [
+        CacheRow("MHA", 2 * h * dh, f"K and V of {h} heads x {dh}"),
+        CacheRow("MHA (decoupled RoPE keys)", h * (dh + dr) + h * dv, f"K {h}x{dh + dr}, V {h}x{dv}"),
+        CacheRow(f"GQA ({gqa_groups} groups)", 2 * gqa_groups * dh, f"K and V of {gqa_groups} groups x {dh}"),
+        CacheRow("MQA", 2 * dh, f"one K and V of {dh}"),
+        CacheRow("MLA", c.cache_width, f"c_kv {c.kv_lora_rank} + k_pe {dr}"),
+    ]
+
+
+@dataclass(frozen=True)
+class ProjectionCost:
+    """Multiply-adds per token (= weight elements) of one layer's attention projections."""
+
+    shared: int  # q_a_proj, the q_pe rows, kv_a_proj_with_mqa: identical in both forms
+    absorbed: int  # W_UQ(nope), W_UK, W_UV, W_O applied at run time
+    prefolded: int  # q_latent_proj and out_proj
+
+    @property
+    def ratio(self) -> float:
+        return (self.shared + self.prefolded) / (self.shared + self.absorbed)
+
+
+def projection_cost(c: MlaConfig) -> ProjectionCost:
+    h, dh, dr, dv, dc, d = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                            c.kv_lora_rank, c.hidden_size)
+    q_in = c.q_lora_rank if c.q_lora_rank is not None else d
+    shared = (d * c.q_lora_rank if c.q_lora_rank is not None else 0) + q_in * h * dr + d * c.cache_width
+    absorbed = q_in * h * dh + h * dh * dc + h * dc * dv + h * dv * d
+    prefolded = q_in * h * dc + h * dc * d
+    return ProjectionCost(shared, absorbed, prefolded)
+
+
+def attention_core_macs(c: MlaConfig, context: int) -> int:
+    """Multiply-adds per new token of the latent attention core over `context` cached rows."""
+    return c.num_attention_heads * context * (c.cache_width + c.kv_lora_rank)
+
+
+def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None) -> None:
+    """Print dims, the cache table and the projection costs with rich."""
+    from rich.table import Table
+
+    from .console import make_console
+
+    console = console or make_console()
+    nbytes = DTYPE_BYTES[dtype]
+    dims = Table(title=f"{c.name}: MLA dims", show_header=False)
+    for field in ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                  "qk_rope_head_dim", "v_head_dim", "num_hidden_layers", "max_position_embeddings"):
+        dims.add_row(field, str(getattr(c, field)))
+    yarn = c.rope_scaling
+    dims.add_row("rope_scaling", "none" if yarn is None else
+                 f"yarn factor={yarn.factor:g} original_max_position_embeddings={yarn.original_max_position_embeddings}")
+    dims.add_row("softmax_scale", f"{c.softmax_scale:.6g}")
+    console.print(dims)
+
+    cache = Table(title=f"Cache per token per layer ({dtype})")
+    for column in ("scheme", "values", "bytes", f"whole model at {context} tokens", "vs MLA", "layout"):
+        cache.add_column(column)
+    mla = c.cache_width
+    for row in cache_table(c):
+        whole = row.elements * nbytes * context * c.num_hidden_layers
+        cache.add_row(row.scheme, str(row.elements), str(row.elements * nbytes), f"{whole / 2**30:.2f} GiB",
+                      f"{row.elements / mla:.2f}x", row.note)
+    console.print(cache)
+
+    cost = projection_cost(c)
+    proj = Table(title="Attention projections per token per layer")
+    for column in ("form", "multiply-adds", f"weight bytes ({dtype})", "vs absorbed"):
+        proj.add_column(column)
+    for name, value in (("run-time absorbed", cost.shared + cost.absorbed),
+                        ("pre-folded (exported)", cost.shared + cost.prefolded)):
+        proj.add_row(name, f"{value:,}", f"{value * nbytes / 2**20:,.1f} MiB",
+                     f"{value / (cost.shared + cost.absorbed):.2f}x")
+    console.print(proj)
+    console.print(f"Latent attention core at {context} cached tokens: {attention_core_macs(c, context):,} "
+                  "multiply-adds per new token per layer (same in both forms).")

@@ -1,0 +1,299 @@
+"""The eager MLA model: the specification every other stage is tested against.
+
+Parameter names follow DeepSeek's HF checkpoints (without the leading `model.`), so a checkpoint's
+state dict loads directly. Attention has three interchangeable paths:
+
+- `naive`: decompress per-head keys and values from the cached c_kv (the paper's form);
+- `absorbed`: W_UK applied to the query and W_UV to the latent output at run time (per-head einsums);
+- pre-folded: `FoldedMlaAttention`, whose weights come from `folding.fold_attention` and whose core is
+  the `MlaAttention` op (`torch.ops.mla.mla_attention`), which export turns into the ONNX node.
+
+All paths read and write the same latent cache `[B, Smax, Dc + Dr]` (c_kv, then the rotated k_pe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import ops  # noqa: F401  (registers torch.ops.mla.mla_attention)
+from .config import MlaConfig
+from .ops import check_cache_room, mla_attention_reference
+from .rope import rope_cos_sin, rotate_interleaved
+
+ATTENTION_PATHS = ("naive", "absorbed")
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in at least float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        work = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(work)
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.to(work)).to(x.dtype)
+
+
+class SwiGluMlp(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class QueryCompression(nn.Module):
+    """c_q = RMSNorm(W_DQ h), or h itself when q_lora_rank is None."""
+
+    def __init__(self, config: MlaConfig):
+        super().__init__()
+        self.enabled = config.q_lora_rank is not None
+        if self.enabled:
+            self.q_a_proj = nn.Linear(config.hidden_size, config.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.q_a_layernorm(self.q_a_proj(hidden)) if self.enabled else hidden
+
+
+def latent_kv(attn: nn.Module, hidden: torch.Tensor, d_c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[c_kv ; k_pe_raw] = W_DKV h; returns (RMSNorm(c_kv) [B,S,Dc], k_pe_raw [B,S,Dr])."""
+    kv = attn.kv_a_proj_with_mqa(hidden)  # [B, S, Dc + Dr]
+    c_kv, k_pe = kv[..., :d_c], kv[..., d_c:]
+    return attn.kv_a_layernorm(c_kv), k_pe
+
+
+class MlaAttention(nn.Module):
+    """MLA with DeepSeek's weights (q_a/q_b or q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj)."""
+
+    def __init__(self, config: MlaConfig, path: str = "absorbed"):
+        super().__init__()
+        if path not in ATTENTION_PATHS:
+            raise ValueError(f"attention path {path!r}: expected one of {ATTENTION_PATHS}")
+        self.config, self.path = config, path
+        c = config
+        q_out = c.num_attention_heads * c.qk_head_dim
+        self.q_compression = QueryCompression(c)
+        q_in = c.q_lora_rank if c.q_lora_rank is not None else c.hidden_size
+        if c.q_lora_rank is not None:
+            self.q_b_proj = nn.Linear(q_in, q_out, bias=False)
+        else:
+            self.q_proj = nn.Linear(q_in, q_out, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim),
+                                   bias=False)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.v_head_dim, c.hidden_size, bias=False)
+
+    # HF checkpoints name the query compression weights at the attention level.
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("q_a_proj.weight", "q_a_layernorm.weight"):
+            if prefix + name in state_dict:
+                state_dict[prefix + "q_compression." + name] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def query_up_weight(self) -> torch.Tensor:
+        """W_UQ with the RoPE rows: `[H, d_h + d_r, q_in]`."""
+        proj = self.q_b_proj if self.config.q_lora_rank is not None else self.q_proj
+        return proj.weight.view(self.config.num_attention_heads, self.config.qk_head_dim, -1)
+
+    def kv_up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_UK `[H, d_h, Dc]`, W_UV `[H, d_v, Dc]`) from kv_b_proj."""
+        c = self.config
+        w = self.kv_b_proj.weight.view(c.num_attention_heads, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
+        return w[:, :c.qk_nope_head_dim], w[:, c.qk_nope_head_dim:]
+
+    def forward(self, hidden: torch.Tensor, cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B,S,d], cache [B,Smax,Dc+Dr], cache_seqlens [B], cos_sin [Smax,Dr] -> (out [B,S,d], new cache)."""
+        c = self.config
+        batch, new_tokens, _ = hidden.shape
+        heads, d_h, d_c = c.num_attention_heads, c.qk_nope_head_dim, c.kv_lora_rank
+        c_q = self.q_compression(hidden)  # [B, S, q_in]
+        q = torch.einsum("bsi,hdi->bshd", c_q, self.query_up_weight())  # [B, S, H, d_h + d_r]
+        q_nope, q_pe = q[..., :d_h], q[..., d_h:]  # [B, S, H, d_h], [B, S, H, d_r]
+        c_kv, k_pe = latent_kv(self, hidden, d_c)  # [B, S, Dc], [B, S, Dr]
+        w_uk, w_uv = self.kv_up_weights()  # [H, d_h, Dc], [H, d_v, Dc]
+
+        if self.path == "absorbed":
+            q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # [B, S, H, Dc]
+            o_latent, present = mla_attention_reference(q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
+                                                        c.softmax_scale)  # [B, S, H, Dc]
+            o = torch.einsum("bshc,hvc->bshv", o_latent, w_uv)  # [B, S, H, d_v]
+            return self.o_proj(o.reshape(batch, new_tokens, -1)), present
+
+        # naive: write the new rows, then decompress every readable cached row per head.
+        check_cache_room(cache_seqlens, new_tokens, cache.shape[1])
+        seqlens = cache_seqlens.long()  # [B]
+        positions = seqlens[:, None] + torch.arange(new_tokens, device=hidden.device)  # [B, S]
+        pos_cos_sin = cos_sin.to(hidden.dtype)[positions]  # [B, S, Dr]
+        q_pe = rotate_interleaved(q_pe, pos_cos_sin[:, :, None, :])  # [B, S, H, Dr]
+        k_pe = rotate_interleaved(k_pe, pos_cos_sin)  # [B, S, Dr]
+        present = cache.clone()
+        rows = torch.arange(batch, device=hidden.device)[:, None].expand(batch, new_tokens)  # [B, S]
+        present[rows, positions] = torch.cat([c_kv, k_pe], dim=-1).to(cache.dtype)
+        slots = torch.arange(cache.shape[1], device=hidden.device)  # [Smax]
+        readable = slots[None, :] < (seqlens + new_tokens)[:, None]  # [B, Smax]
+        cached = torch.where(readable[..., None], present.to(hidden.dtype), 0)  # [B, Smax, Dc + Dr]
+        c_all, k_pe_all = cached[..., :d_c], cached[..., d_c:]  # [B, Smax, Dc], [B, Smax, Dr]
+        k_nope = torch.einsum("btc,hdc->bthd", c_all, w_uk)  # [B, Smax, H, d_h]
+        v = torch.einsum("btc,hvc->bthv", c_all, w_uv)  # [B, Smax, H, d_v]
+        scores = (torch.einsum("bshd,bthd->bsht", q_nope, k_nope)
+                  + torch.einsum("bshr,btr->bsht", q_pe, k_pe_all)) * c.softmax_scale  # [B, S, H, Smax]
+        causal = slots[None, None, :] <= positions[:, :, None]  # [B, S, Smax]
+        scores = scores.masked_fill(~causal[:, :, None, :], float("-inf"))
+        probs = torch.softmax(scores.float() if hidden.dtype != torch.float64 else scores, dim=-1).to(hidden.dtype)
+        o = torch.einsum("bsht,bthv->bshv", probs, v)  # [B, S, H, d_v]
+        return self.o_proj(o.reshape(batch, new_tokens, heads * c.v_head_dim)), present
+
+
+class FoldedMlaAttention(nn.Module):
+    """Pre-folded MLA: q_latent_proj = W_UK^T W_UQ(nope), out_proj = W_O W_UV; the core is the MlaAttention op."""
+
+    def __init__(self, config: MlaConfig):
+        super().__init__()
+        c = self.config = config
+        q_in = c.q_lora_rank if c.q_lora_rank is not None else c.hidden_size
+        self.q_compression = QueryCompression(c)
+        self.q_latent_proj = nn.Linear(q_in, c.num_attention_heads * c.kv_lora_rank, bias=False)
+        self.q_pe_proj = nn.Linear(q_in, c.num_attention_heads * c.qk_rope_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.out_proj = nn.Linear(c.num_attention_heads * c.kv_lora_rank, c.hidden_size, bias=False)
+
+    def forward(self, hidden: torch.Tensor, cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same signature and result as `MlaAttention.forward`."""
+        c = self.config
+        batch, new_tokens, _ = hidden.shape
+        c_q = self.q_compression(hidden)  # [B, S, q_in]
+        q_latent = self.q_latent_proj(c_q).unflatten(-1, (c.num_attention_heads, c.kv_lora_rank))  # [B,S,H,Dc]
+        q_pe = self.q_pe_proj(c_q).unflatten(-1, (c.num_attention_heads, c.qk_rope_head_dim))  # [B, S, H, Dr]
+        c_kv, k_pe = latent_kv(self, hidden, c.kv_lora_rank)  # [B, S, Dc], [B, S, Dr]
+        attn, present = torch.ops.mla.mla_attention(
+            q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
+            c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim, c.softmax_scale)  # [B, S, H, Dc]
+        return self.out_proj(attn.reshape(batch, new_tokens, -1)), present
+
+
+class DecoderLayer(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, config: MlaConfig, attention: nn.Module):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = attention
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGluMlp(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x, cache, cache_seqlens, cos_sin):
+        attn, present = self.self_attn(self.input_layernorm(x), cache, cache_seqlens, cos_sin)
+        h = x + attn
+        return h + self.mlp(self.post_attention_layernorm(h)), present
+
+
+class MlaModel(nn.Module):
+    """A stack of `config.num_hidden_layers` decoder layers over hidden states, or over tokens
+    (embed_tokens -> layers -> norm -> lm_head) when `with_embeddings`.
+
+    forward(x, cache_seqlens, *past_caches) -> (y, *present_caches), all functional:
+    x is hidden_states [B,S,d] (float) or input_ids [B,S] (int64); y is hidden states [B,S,d] or
+    logits [B,S,vocab]; caches [B,Smax,Dc+Dr]; cache_seqlens [B] int32.
+    """
+
+    def __init__(self, config: MlaConfig, max_seq_len: int, *, folded: bool = False, path: str = "absorbed",
+                 with_embeddings: bool = False):
+        super().__init__()
+        self.config, self.max_seq_len, self.folded, self.with_embeddings = config, max_seq_len, folded, with_embeddings
+
+        def attention():
+            return FoldedMlaAttention(config) if folded else MlaAttention(config, path)
+
+        self.layers = nn.ModuleList(DecoderLayer(config, attention()) for _ in range(config.num_hidden_layers))
+        if with_embeddings:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Plain attributes, not buffers: `.to(dtype)` must not round the table (the op takes it in float32).
+        self.rope_cos_sin_float64 = rope_cos_sin(config, max_seq_len, torch.float64)  # [Smax, Dr]
+        self.rope_cos_sin_float32 = self.rope_cos_sin_float64.float()  # [Smax, Dr]
+
+    @property
+    def rope_cos_sin(self) -> torch.Tensor:
+        """The op's `rope_cos_sin` table `[Smax, Dr]`: float64 in a float64 model, else float32."""
+        float64 = self.layers[0].input_layernorm.weight.dtype == torch.float64
+        return self.rope_cos_sin_float64 if float64 else self.rope_cos_sin_float32
+
+    def set_attention_path(self, path: str) -> None:
+        """Switch every unfolded attention module between 'naive' and 'absorbed'."""
+        if self.folded or path not in ATTENTION_PATHS:
+            raise ValueError(f"attention path {path!r}: expected one of {ATTENTION_PATHS} on an unfolded model")
+        for layer in self.layers:
+            layer.self_attn.path = path
+
+    def forward(self, x: torch.Tensor, cache_seqlens: torch.Tensor, *past_caches: torch.Tensor):
+        h = self.embed_tokens(x) if self.with_embeddings else x  # [B, S, d]
+        presents = []
+        for layer, cache in zip(self.layers, past_caches, strict=True):
+            h, present = layer(h, cache, cache_seqlens, self.rope_cos_sin)
+            presents.append(present)
+        if self.with_embeddings:
+            h = self.lm_head(self.norm(h))  # [B, S, vocab]
+        return (h, *presents)
+
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None, fill: float = 0.0) -> "LatentCache":
+        """An empty cache for `batch` sequences (unused rows hold `fill`; NaN makes stray reads loud)."""
+        dtype = dtype or next(self.parameters()).dtype
+        return LatentCache.empty(self.config, batch, self.max_seq_len, dtype, fill)
+
+    def step(self, x: torch.Tensor, cache: "LatentCache") -> torch.Tensor:
+        """Run S new tokens per sequence (prefill or decode), updating `cache` in place of its tensors."""
+        out, *presents = self(x, cache.seqlens, *cache.layers)
+        cache.layers = list(presents)
+        cache.seqlens = cache.seqlens + x.shape[1]
+        return out
+
+
+@dataclass
+class LatentCache:
+    """Per-layer latent caches `[B, Smax, Dc + Dr]` and the valid rows per sequence `seqlens [B] int32`."""
+
+    layers: list[torch.Tensor]
+    seqlens: torch.Tensor
+
+    @classmethod
+    def empty(cls, config: MlaConfig, batch: int, max_seq_len: int, dtype: torch.dtype,
+              fill: float = 0.0) -> "LatentCache":
+        shape = (batch, max_seq_len, config.cache_width)
+        return cls([torch.full(shape, fill, dtype=dtype) for _ in range(config.num_hidden_layers)],
+                   torch.zeros(batch, dtype=torch.int32))
+
+
+def init_random_weights(model: nn.Module, seed: int) -> None:
+    """Deterministic random weights scaled so activations stay O(1) (std 1/sqrt(fan_in)); norms near 1.
+
+    Values are rounded to float32 whatever the model's dtype, so a float64 twin built with the same
+    seed holds exactly the weights a float32 export stores.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                values = 1.0 + 0.1 * torch.randn(param.shape, generator=gen, dtype=torch.float64)
+            elif name.endswith("embed_tokens.weight"):
+                values = torch.randn(param.shape, generator=gen, dtype=torch.float64)
+            else:
+                values = torch.randn(param.shape, generator=gen, dtype=torch.float64) / param.shape[-1] ** 0.5
+            param.copy_(values.to(torch.float32).to(param.dtype))

@@ -1,0 +1,199 @@
+"""Validate a runtime (ONNX Runtime here; a TensorRT engine through the same `Runner` protocol)
+against the eager float64 model over a prefill and N decode steps, caches included.
+
+Sequences start with ragged cache lengths (random history rows); cache rows beyond each sequence's
+length are NaN on both sides, so a runtime that reads them fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from . import contract
+from .compare import Comparison, compare, tolerance_for
+from .errors import UserError
+from .export import DTYPES, ExportSpec, graph_io_names
+from .sources import source_model
+
+
+class Runner(Protocol):
+    """Runs the exported graph: feeds by graph input name -> outputs by graph output name (numpy)."""
+
+    name: str
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """A torch tensor as numpy (bfloat16 through ml_dtypes, which ONNX Runtime accepts)."""
+    if x.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return x.numpy()
+
+
+def from_numpy(x: np.ndarray) -> torch.Tensor:
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class OnnxRuntimeRunner:
+    """ONNX Runtime session on the CPU (or the providers given)."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.name = "onnxruntime"
+        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One validation run: `batch` sequences with ragged history, a prefill, then decode steps."""
+
+    batch: int = 2
+    prefill_len: int = 8
+    steps: int = 4
+    seed: int = 0
+
+    def histories(self, max_seq_len: int) -> list[int]:
+        """Cache rows each sequence already holds (ragged), leaving room for prefill + steps."""
+        room = max_seq_len - self.prefill_len - self.steps
+        if self.batch < 1 or self.prefill_len < 1 or self.steps < 0:
+            raise UserError("validate: --batch and --prefill-len must be >= 1 and --steps >= 0")
+        if room < 0:
+            raise UserError(f"validate: the cache holds {max_seq_len} rows but prefill ({self.prefill_len}) + steps "
+                            f"({self.steps}) need {self.prefill_len + self.steps}; lower them or export with a "
+                            "larger --max-seq-len")
+        return [min((5 * b) % 13, room) for b in range(self.batch)]
+
+
+@dataclass
+class StepResult:
+    step: str
+    new_tokens: int
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+
+@dataclass
+class ValidationReport:
+    runtime: str
+    dtype: str
+    scenario: Scenario
+    steps: list[StepResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.steps)
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "dtype": self.dtype, "passed": self.passed,
+                "scenario": self.scenario.__dict__,
+                "steps": [{"step": s.step, "new_tokens": s.new_tokens, "passed": s.passed,
+                           "comparisons": [c.to_dict() for c in s.comparisons]} for s in self.steps]}
+
+    def write_json(self, path: str | Path) -> None:
+        from .fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def validate_runner(runner: Runner, spec: ExportSpec, scenario: Scenario,
+                    tolerances: tuple[float, float] | None = None) -> ValidationReport:
+    """Run `scenario` through `runner` and the eager float64 model; compare every output and cache."""
+    config, dtype = spec.config, DTYPES[spec.dtype]
+    atol, rtol = tolerances or tolerance_for(spec.dtype)
+    histories = scenario.histories(spec.max_seq_len)
+    model = source_model(config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
+                         with_embeddings=spec.io == "tokens", dtype=torch.float64)
+    gen = torch.Generator().manual_seed(scenario.seed)
+    shape = (scenario.batch, spec.max_seq_len, config.cache_width)
+    caches_ref = []
+    for _ in range(config.num_hidden_layers):
+        cache = torch.full(shape, float("nan"), dtype=torch.float64)
+        for b, rows in enumerate(histories):
+            cache[b, :rows] = torch.randn(rows, config.cache_width, generator=gen, dtype=torch.float64)
+        caches_ref.append(cache.to(dtype).to(torch.float64))  # both sides start from the same rounded values
+    caches_run = [c.to(dtype) for c in caches_ref]
+    seqlens = torch.tensor(histories, dtype=torch.int32)
+    in_names, out_names = graph_io_names(config.num_hidden_layers, spec.io)
+
+    results = []
+    for step in range(scenario.steps + 1):
+        new_tokens = scenario.prefill_len if step == 0 else 1
+        if spec.io == "tokens":
+            x_run = torch.randint(0, config.vocab_size, (scenario.batch, new_tokens), generator=gen)
+            x_ref = x_run
+        else:
+            x_run = torch.randn(scenario.batch, new_tokens, config.hidden_size, generator=gen).to(dtype)
+            x_ref = x_run.to(torch.float64)
+        with torch.no_grad():
+            out_ref, *caches_ref = model(x_ref, seqlens, *caches_ref)
+        feeds = {in_names[0]: to_numpy(x_run), in_names[1]: seqlens.numpy()}
+        feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_run)})
+        outputs = runner.run(feeds)
+        missing = [n for n in out_names if n not in outputs]
+        if missing:
+            raise UserError(f"{runner.name}: outputs {missing} are missing; the graph does not match its metadata")
+        caches_run = [from_numpy(outputs[n]) for n in out_names[1:]]
+        result = StepResult("prefill" if step == 0 else f"decode {step}", new_tokens)
+        result.comparisons.append(compare(out_names[0], from_numpy(outputs[out_names[0]]), out_ref, atol, rtol))
+        for name, got, ref in zip(out_names[1:], caches_run, caches_ref):
+            result.comparisons.append(compare(name, got, ref, atol, rtol))
+        results.append(result)
+        seqlens = seqlens + new_tokens
+    return ValidationReport(runner.name, spec.dtype, scenario, results)
+
+
+def print_report(report: ValidationReport, console=None) -> None:
+    """A table: per step, the output and the worst cache, then PASS/FAIL."""
+    from rich.table import Table
+
+    from .console import make_console
+
+    console = console or make_console()
+    table = Table(title=f"{report.runtime} vs eager float64 ({report.dtype}, batch {report.scenario.batch})")
+    for column in ("step", "tensor", "max abs err", "at index", "max rel err", "cosine", "NaN/inf mism.", "ok"):
+        table.add_column(column)
+    for step in report.steps:
+        output, caches = step.comparisons[0], step.comparisons[1:]
+        rows = [output]
+        if caches:
+            worst = max(caches, key=lambda c: (not c.passed, c.max_abs_err))
+            rows.append(worst)
+        for c in rows:
+            label = c.name if c is output else f"{c.name} (worst of {len(caches)} caches)"
+            table.add_row(step.step, label, f"{c.max_abs_err:.3e}", str(c.max_abs_index), f"{c.max_rel_err:.3e}",
+                          f"{c.cosine:.8f}", str(c.nonfinite_mismatches),
+                          "[green]yes[/green]" if c.passed else "[red]NO[/red]")
+    console.print(table)
+    atol, rtol = report.steps[0].comparisons[0].atol, report.steps[0].comparisons[0].rtol
+    verdict = "[bold green]PASS[/bold green]" if report.passed else "[bold red]FAIL[/bold red]"
+    console.print(f"{verdict}: {sum(len(s.comparisons) for s in report.steps)} tensors over {len(report.steps)} steps, "
+                  f"tolerance |err| <= {atol:g} + {rtol:g}*|ref|")
+
+
+def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:
+    """Validate an mla-export ONNX file on ONNX Runtime (CPU) against the eager float64 model."""
+    from .onnx_model import read_export_spec
+
+    spec = read_export_spec(path)
+    return validate_runner(OnnxRuntimeRunner(path), spec, scenario)

@@ -1,0 +1,109 @@
+"""The command line, bad input included: one clear message, exit code 1, nothing half-written."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mla_export.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_help_of_every_command():
+    assert run("--help").exit_code == 0
+    for command in ("info", "export", "validate"):
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_info_prints_576_cached_values_for_deepseek_v3():
+    result = run("info", "--preset", "deepseek-v3")
+    assert result.exit_code == 0, result.output
+    mla_row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("MLA "))
+    assert "576" in mla_row and "1152" in mla_row  # values and bf16 bytes
+    assert "32768" in result.output  # MHA: 2 * 128 * 128
+    assert "pre-folded" in result.output and "3.20x" in result.output
+
+
+def test_export_then_validate_tiny(tmp_path):
+    out = tmp_path / "t.onnx"
+    result = run("export", "--preset", "tiny", "--max-seq-len", 64, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == ["t.onnx"]
+    report = tmp_path / "report.json"
+    result = run("validate", "--onnx", out, "--steps", 3, "--prefill-len", 4, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "decode 3" in result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and len(data["steps"]) == 4
+
+
+def test_export_tokens_io_validates(tmp_path):
+    out = tmp_path / "lm.onnx"
+    assert run("export", "--preset", "tiny", "--layers", 1, "--io", "tokens", "--max-seq-len", 32, "-o", out).exit_code == 0
+    result = run("validate", "--onnx", out, "--steps", 2, "--prefill-len", 3, "--batch", 2)
+    assert result.exit_code == 0, result.output
+    assert "logits" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--preset", "nope"), "unknown preset 'nope'"),
+    ((), "exactly one of --preset"),
+    (("--preset", "tiny", "--layers", 5), "only 2 layers"),
+    (("--preset", "deepseek-v3"), "mixture-of-experts"),
+    (("--preset", "tiny", "--max-seq-len", 0), "--max-seq-len 0"),
+    (("--preset", "tiny", "--max-seq-len", 99999), "max_position_embeddings"),
+])
+def test_export_bad_options(tmp_path, args, message):
+    result = run("export", *args, "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 1
+    assert message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_bad_config_file(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{"hidden_size": 64')
+    result = run("export", "--config", bad, "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 1 and "not valid JSON" in result.output
+    bad.write_text(json.dumps({"hidden_size": 64}))
+    result = run("export", "--config", bad, "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 1 and "missing field" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_validate_refuses_foreign_files_and_short_caches(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    foreign = tmp_path / "foreign.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(foreign))
+    result = run("validate", "--onnx", foreign)
+    assert result.exit_code == 1 and "not written by mla-export" in result.output
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01not a protobuf at all" * 10)
+    result = run("validate", "--onnx", garbage)
+    assert result.exit_code == 1 and "garbage.onnx" in result.output
+
+    assert run("validate", "--onnx", tmp_path / "absent.onnx").exit_code == 1
+
+    small = tmp_path / "small.onnx"
+    assert run("export", "--preset", "tiny", "--layers", 1, "--max-seq-len", 16, "-o", small).exit_code == 0
+    result = run("validate", "--onnx", small, "--prefill-len", 12, "--steps", 8)
+    assert result.exit_code == 1 and "cache holds 16 rows" in result.output
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_export_refuses_bad_output_path(tmp_path):
+    result = run("export", "--preset", "tiny", "-o", tmp_path / "missing-dir" / "x.onnx")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = run("export", "--preset", "tiny", "-o", tmp_path / "x.txt")
+    assert result.exit_code == 1 and ".onnx" in result.output
