@@ -97,6 +97,14 @@ def _trace(folded, spec: ExportSpec, path: Path) -> None:
             folded, (args[0], args[1], *args[2]), dynamo=True, dynamic_shapes=dynamic_shapes,
             input_names=inputs, output_names=outputs, opset_version=ONNX_OPSET,
             custom_translation_table=translation_table(), optimize=False, verbose=False, report=False)
+        # TensorRT needs the optimized graph (constant axes, folded shapes), where each weight that
+        # feeds a MatMul through a Transpose is folded into an anonymous initializer: name it back.
+        transposed = {node.outputs[0].name: node.inputs[0].name for node in program.model.graph
+                      if node.op_type == "Transpose" and node.inputs[0].is_initializer()}
+        program.optimize()
+        for name, value in list(program.model.graph.initializers.items()):
+            if name in transposed:
+                value.name = transposed[name] + ".T"
     program.save(str(path), external_data=_weight_bytes(folded) >= EXTERNAL_DATA_THRESHOLD)
 
 

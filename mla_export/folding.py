@@ -16,7 +16,7 @@ from .model import FoldedMlaAttention, MlaAttention, MlaModel
 
 @dataclass(frozen=True)
 class FoldedWeights:
-    """The matrices export stores for one layer (float64 until cast).
+    """The matrices export stores for one layer.
 
     q_latent_proj [H*Dc, q_in]; q_pe_proj [H*Dr, q_in]; out_proj [d, H*Dc].
     """
@@ -26,12 +26,13 @@ class FoldedWeights:
     out_proj: torch.Tensor
 
 
-def fold_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Tensor,
-                           o_proj: torch.Tensor) -> FoldedWeights:
-    """Fold one layer's weights (pure function, computed in float64).
+def fold_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Tensor, o_proj: torch.Tensor,
+                           dtype: torch.dtype = torch.float64) -> FoldedWeights:
+    """Fold one layer's weights (pure function): products computed in float64, stored in `dtype`.
 
     q_up: q_b_proj (or q_proj) weight [H*(d_h+d_r), q_in]; kv_b: kv_b_proj weight [H*(d_h+d_v), Dc];
-    o_proj: o_proj weight [d, H*d_v].
+    o_proj: o_proj weight [d, H*d_v]. The output projection is folded in row chunks so that a
+    DeepSeek-V3 layer (7168 x 65536) never holds a whole float64 copy.
     """
     c = config
     heads, d_h, d_r, d_v, d_c = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
@@ -40,10 +41,13 @@ def fold_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Te
     kv_b = kv_b.to(torch.float64).view(heads, d_h + d_v, d_c)  # [H, d_h + d_v, Dc]
     w_uq, w_qr = q_up[:, :d_h], q_up[:, d_h:]  # [H, d_h, q_in], [H, d_r, q_in]
     w_uk, w_uv = kv_b[:, :d_h], kv_b[:, d_h:]  # [H, d_h, Dc], [H, d_v, Dc]
-    w_o = o_proj.to(torch.float64).view(-1, heads, d_v)  # [d, H, d_v]
     q_latent = torch.einsum("hdc,hdi->hci", w_uk, w_uq)  # [H, Dc, q_in]
-    out = torch.einsum("ehv,hvc->ehc", w_o, w_uv)  # [d, H, Dc]
-    return FoldedWeights(q_latent.reshape(heads * d_c, -1), w_qr.reshape(heads * d_r, -1),
+    w_o = o_proj.view(-1, heads, d_v)  # [d, H, d_v]
+    out = torch.empty(w_o.shape[0], heads, d_c, dtype=dtype)  # [d, H, Dc]
+    for start in range(0, w_o.shape[0], 1024):
+        rows = w_o[start:start + 1024].to(torch.float64)  # [<=1024, H, d_v]
+        out[start:start + 1024] = torch.einsum("ehv,hvc->ehc", rows, w_uv).to(dtype)
+    return FoldedWeights(q_latent.reshape(heads * d_c, -1).to(dtype), w_qr.reshape(heads * d_r, -1).to(dtype),
                          out.reshape(out.shape[0], heads * d_c))
 
 
@@ -51,7 +55,7 @@ def fold_attention(attn: MlaAttention, dtype: torch.dtype) -> FoldedMlaAttention
     """A `FoldedMlaAttention` computing what `attn` computes, with weights in `dtype`."""
     c = attn.config
     q_up = attn.q_b_proj.weight if c.q_lora_rank is not None else attn.q_proj.weight
-    weights = fold_attention_weights(c, q_up, attn.kv_b_proj.weight, attn.o_proj.weight)
+    weights = fold_attention_weights(c, q_up, attn.kv_b_proj.weight, attn.o_proj.weight, dtype)
     folded = FoldedMlaAttention(c).to(dtype)
     with torch.no_grad():
         folded.q_compression.load_state_dict(attn.q_compression.state_dict())
