@@ -96,21 +96,125 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
 
 
 @main.command()
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="An ONNX file written by mla-export export.")
+@click.option("--onnx", "onnx_path", type=click.Path(), help="An ONNX file written by mla-export export.")
+@click.option("--engine", type=click.Path(), help="A TensorRT engine built by mla-export build (needs a GPU).")
+@click.option("--plugin-lib", type=click.Path(), help="libmla_plugin.so for a plugin engine (default: as build).")
 @click.option("--steps", type=int, default=8, show_default=True, help="Decode steps after the prefill.")
 @click.option("--batch", type=int, default=3, show_default=True, help="Sequences (with ragged cache lengths).")
 @click.option("--prefill-len", type=int, default=16, show_default=True, help="Tokens in the prefill step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--report", type=click.Path(), help="Also write the full comparison as JSON here.")
-def validate(onnx_path, steps, batch, prefill_len, seed, report):
-    """Run the ONNX file on ONNX Runtime and compare outputs and caches with the eager float64 model."""
-    from .validate import Scenario, print_report, validate_onnx
+def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, report):
+    """Compare ONNX Runtime (--onnx) or a TensorRT engine (--engine; with --onnx also engine vs ONNX Runtime)
+    with the eager float64 model over a prefill and decode steps, caches included. Exit code 1 on failure."""
+    from .validate import Scenario, print_report, validate_engine, validate_onnx
 
-    result = validate_onnx(onnx_path, Scenario(batch=batch, prefill_len=prefill_len, steps=steps, seed=seed))
+    if onnx_path is None and engine is None:
+        raise UserError("pass --onnx MODEL.onnx, --engine MODEL.engine, or both")
+    scenario = Scenario(batch=batch, prefill_len=prefill_len, steps=steps, seed=seed)
+    if engine is not None:
+        result = validate_engine(engine, scenario, onnx=onnx_path, plugin_lib=plugin_lib)
+    else:
+        result = validate_onnx(onnx_path, scenario)
     print_report(result)
     if report:
         result.write_json(report)
     sys.exit(0 if result.passed else 1)
+
+
+@main.command()
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="An ONNX file written by mla-export export.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Engine file to write (plus OUTPUT.json).")
+@click.option("--attention", type=click.Choice(["plugin", "decomposed"]), default="plugin", show_default=True,
+              help="plugin: MlaAttention runs our TensorRT plugin; decomposed: the node's reference ONNX function.")
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
+              help="TensorRT flavour (TensorRT-RTX builds plugin-free engines, also without a GPU).")
+@click.option("--plugin-lib", type=click.Path(), help="libmla_plugin.so (default: next to the package, build/, "
+              "or $MLA_EXPORT_PLUGIN_LIB).")
+@click.option("--batch", default="1:8:32", show_default=True, help="Batch range MIN:OPT:MAX of both profiles.")
+@click.option("--prefill-tokens", default=None, help="New-token range MIN:OPT:MAX of the prefill profile "
+              "[default: 2:256:min(2048, Smax)].")
+@click.option("--workspace", help="Workspace memory limit, e.g. 4G.")
+@click.option("--timing-cache", type=click.Path(), help="Timing cache file to read and update.")
+def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_tokens, workspace, timing_cache):
+    """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
+    import time
+
+    from .onnx_model import read_export_spec
+    from .trt.build import BuildSpec, build_engine, parse_range, parse_size
+
+    if prefill_tokens is None:
+        smax = read_export_spec(onnx_path).max_seq_len
+        prefill_tokens = f"{min(2, smax)}:{min(256, smax)}:{min(2048, smax)}"
+    spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
+                     batch=parse_range(batch, "--batch"), prefill_tokens=parse_range(prefill_tokens, "--prefill-tokens"),
+                     workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache)
+    start = time.perf_counter()
+    path = build_engine(spec)
+    click.echo(f"wrote {path} and {path}.json ({backend}, attention {attention}) in {time.perf_counter() - start:.1f} s")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{option} {text}: expected a comma-separated list of positive integers")
+    return values
+
+
+@main.command()
+@click.option("--engine", type=click.Path(), help="Time a TensorRT engine (GPU).")
+@click.option("--onnx", "onnx_path", type=click.Path(), help="Time an ONNX file on ONNX Runtime (CPU).")
+@click.option("--eager", is_flag=True, help="Time the eager pre-folded PyTorch model of --preset/--config.")
+@click.option("--kernels", is_flag=True, help="Time the Triton attention kernels alone at --preset/--config dims (GPU).")
+@preset_option
+@config_option
+@click.option("--layers", type=int, help="With --eager/--kernels: only the first N layers.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="With --eager/--kernels "
+              "[default: float32 on the CPU, bfloat16 on a GPU].")
+@click.option("--max-seq-len", type=int, help="With --eager/--kernels: cache rows [default: largest context + 1].")
+@click.option("--batch", default="1,4", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--context", default="64,256", show_default=True, help="Comma-separated context lengths.")
+@click.option("--phase", "phases", type=click.Choice(["prefill", "decode"]), multiple=True,
+              help="Phases to time [default: both].")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing.")
+@click.option("--iters", type=int, default=10, show_default=True, help="Timed calls per point.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the results as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(), help="Write the results as CSV.")
+@click.option("--plot", type=click.Path(), help="Write latency vs context (one line per batch) as PNG.")
+def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, batch, context,
+            phases, warmup, iters, json_path, csv_path, plot):
+    """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
+    import torch
+
+    from .export import ExportSpec
+    from .profile import (EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile,
+                          print_profile, run_profile)
+
+    if sum([engine is not None, onnx_path is not None, eager, kernels]) != 1:
+        raise UserError("pass exactly one of --engine, --onnx, --eager, --kernels")
+    batches, contexts = _int_list(batch, "--batch"), _int_list(context, "--context")
+    if warmup < 0 or iters < 1:
+        raise UserError("--warmup must be >= 0 and --iters >= 1")
+    if engine is not None:
+        target = EngineTarget(engine)
+    elif onnx_path is not None:
+        target = OnnxRuntimeTarget(onnx_path)
+    else:
+        config = _config(preset, config_path, layers)
+        dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+        spec = ExportSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1)
+        target = EagerTarget(spec) if eager else KernelsTarget(spec)
+    report = run_profile(target, batches, contexts, warmup, iters, tuple(phases) or ("prefill", "decode"))
+    print_profile(report)
+    if json_path:
+        report.write_json(json_path)
+    if csv_path:
+        report.write_csv(csv_path)
+    if plot:
+        plot_profile(report, plot)
 
 
 if __name__ == "__main__":

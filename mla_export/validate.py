@@ -117,8 +117,12 @@ class ValidationReport:
 
 
 def validate_runner(runner: Runner, spec: ExportSpec, scenario: Scenario,
-                    tolerances: tuple[float, float] | None = None) -> ValidationReport:
-    """Run `scenario` through `runner` and the eager float64 model; compare every output and cache."""
+                    tolerances: tuple[float, float] | None = None, second: Runner | None = None) -> ValidationReport:
+    """Run `scenario` through `runner` and the eager float64 model; compare every output and cache.
+
+    With `second` (e.g. ONNX Runtime beside an engine), it runs the same inputs with its own caches and
+    `runner`'s outputs are also compared against it, as `polygraphy run --trt --onnxrt` would.
+    """
     config, dtype = spec.config, DTYPES[spec.dtype]
     atol, rtol = tolerances or tolerance_for(spec.dtype)
     histories = scenario.histories(spec.max_seq_len)
@@ -133,6 +137,7 @@ def validate_runner(runner: Runner, spec: ExportSpec, scenario: Scenario,
             cache[b, :rows] = torch.randn(rows, config.cache_width, generator=gen, dtype=torch.float64)
         caches_ref.append(cache.to(dtype).to(torch.float64))  # both sides start from the same rounded values
     caches_run = [c.to(dtype) for c in caches_ref]
+    caches_second = list(caches_run)
     seqlens = torch.tensor(histories, dtype=torch.int32)
     in_names, out_names = graph_io_names(config.num_hidden_layers, spec.io)
 
@@ -149,18 +154,30 @@ def validate_runner(runner: Runner, spec: ExportSpec, scenario: Scenario,
             out_ref, *caches_ref = model(x_ref, seqlens, *caches_ref)
         feeds = {in_names[0]: to_numpy(x_run), in_names[1]: seqlens.numpy()}
         feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_run)})
-        outputs = runner.run(feeds)
-        missing = [n for n in out_names if n not in outputs]
-        if missing:
-            raise UserError(f"{runner.name}: outputs {missing} are missing; the graph does not match its metadata")
+        outputs = _run_checked(runner, feeds, out_names)
         caches_run = [from_numpy(outputs[n]) for n in out_names[1:]]
         result = StepResult("prefill" if step == 0 else f"decode {step}", new_tokens)
         result.comparisons.append(compare(out_names[0], from_numpy(outputs[out_names[0]]), out_ref, atol, rtol))
         for name, got, ref in zip(out_names[1:], caches_run, caches_ref):
             result.comparisons.append(compare(name, got, ref, atol, rtol))
+        if second is not None:
+            feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_second)})
+            other = _run_checked(second, feeds, out_names)
+            caches_second = [from_numpy(other[n]) for n in out_names[1:]]
+            for name in out_names:
+                result.comparisons.append(compare(f"{name} vs {second.name}", from_numpy(outputs[name]),
+                                                  from_numpy(other[name]), atol, rtol))
         results.append(result)
         seqlens = seqlens + new_tokens
     return ValidationReport(runner.name, spec.dtype, scenario, results)
+
+
+def _run_checked(runner: Runner, feeds: dict, out_names: list[str]) -> dict[str, np.ndarray]:
+    outputs = runner.run(dict(feeds))
+    missing = [n for n in out_names if n not in outputs]
+    if missing:
+        raise UserError(f"{runner.name}: outputs {missing} are missing; the graph does not match its metadata")
+    return outputs
 
 
 def print_report(report: ValidationReport, console=None) -> None:
@@ -174,13 +191,17 @@ def print_report(report: ValidationReport, console=None) -> None:
     for column in ("step", "tensor", "max abs err", "at index", "max rel err", "cosine", "NaN/inf mism.", "ok"):
         table.add_column(column)
     for step in report.steps:
-        output, caches = step.comparisons[0], step.comparisons[1:]
-        rows = [output]
+        output = step.comparisons[0]
+        caches = [c for c in step.comparisons[1:] if " vs " not in c.name]
+        rows = [(output, output.name)]
         if caches:
             worst = max(caches, key=lambda c: (not c.passed, c.max_abs_err))
-            rows.append(worst)
-        for c in rows:
-            label = c.name if c is output else f"{c.name} (worst of {len(caches)} caches)"
+            rows.append((worst, f"{worst.name} (worst of {len(caches)} caches)"))
+        cross = [c for c in step.comparisons if " vs " in c.name]
+        if cross:
+            worst = max(cross, key=lambda c: (not c.passed, c.max_abs_err))
+            rows.append((worst, f"{worst.name} (worst of {len(cross)})"))
+        for c, label in rows:
             table.add_row(step.step, label, f"{c.max_abs_err:.3e}", str(c.max_abs_index), f"{c.max_rel_err:.3e}",
                           f"{c.cosine:.8f}", str(c.nonfinite_mismatches),
                           "[green]yes[/green]" if c.passed else "[red]NO[/red]")
@@ -189,6 +210,22 @@ def print_report(report: ValidationReport, console=None) -> None:
     verdict = "[bold green]PASS[/bold green]" if report.passed else "[bold red]FAIL[/bold red]"
     console.print(f"{verdict}: {sum(len(s.comparisons) for s in report.steps)} tensors over {len(report.steps)} steps, "
                   f"tolerance |err| <= {atol:g} + {rtol:g}*|ref|")
+
+
+def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | None = None,
+                    plugin_lib: str | None = None) -> ValidationReport:
+    """Validate a TensorRT engine against the eager model (and against ONNX Runtime when `onnx` is given)."""
+    from .onnx_model import read_export_spec, spec_from_metadata
+    from .trt.runner import TensorRTRunner
+    from .trt.sidecar import Sidecar
+
+    spec = spec_from_metadata(Sidecar.read(engine).export, f"--engine {engine}")
+    second = None
+    if onnx is not None:
+        if read_export_spec(onnx) != spec:
+            raise UserError(f"--onnx {onnx} is not the model {engine} was built from (their metadata differ)")
+        second = OnnxRuntimeRunner(onnx)
+    return validate_runner(TensorRTRunner(engine, plugin_lib), spec, scenario, second=second)
 
 
 def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:

@@ -1,0 +1,314 @@
+"""`profile`: latency percentiles of prefill and one decode step over a batch x context sweep.
+
+Targets: an ONNX file on ONNX Runtime (CPU here), the eager pre-folded PyTorch model (CPU or GPU;
+on a GPU its attention runs the Triton kernels), a TensorRT engine (GPU), or the attention kernels
+alone (GPU). Each run also measures the device's copy bandwidth, so achieved cache GB/s is reported
+as a fraction of what that device can move.
+
+Per (batch B, context L): `prefill` processes L new tokens from an empty cache; `decode` adds one
+token to sequences already holding L tokens. Cache bytes of a decode step = B * (L+1) * (Dc+Dr) *
+element size * layers (what the attention must read).
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .export import DTYPES, ExportSpec, graph_io_names
+from .fileio import atomic_write_text
+
+
+@dataclass
+class ProfileRow:
+    target: str
+    phase: str  # "prefill" or "decode"
+    batch: int
+    context: int
+    new_tokens: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    tokens_per_s: float
+    cache_gb_s: float | None = None  # decode only
+    percent_of_copy: float | None = None
+
+
+@dataclass
+class ProfileReport:
+    device: str
+    copy_gb_s: float
+    rows: list[ProfileRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "copy_gb_s": self.copy_gb_s, "rows": [asdict(r) for r in self.rows]}
+
+    def write_json(self, path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def write_csv(self, path) -> None:
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(asdict(self.rows[0]).keys()) if self.rows else ["target"])
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow(asdict(row))
+        atomic_write_text(path, buffer.getvalue())
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Linear-interpolated percentile of `samples` (q in [0, 100])."""
+    return float(np.percentile(np.asarray(samples), q))
+
+
+def time_calls(fn: Callable[[], None], warmup: int, iters: int, cuda: bool = False) -> list[float]:
+    """Milliseconds per call of `fn`, after `warmup` untimed calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def copy_bandwidth_gb_s(cuda: bool, nbytes: int = 256 << 20, iters: int = 5) -> float:
+    """Bytes read + written per second of a large device-to-device (or RAM-to-RAM) copy, in GB/s."""
+    device = "cuda" if cuda else "cpu"
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    samples = time_calls(lambda: dst.copy_(src), warmup=2, iters=iters, cuda=cuda)
+    return 2 * nbytes / (statistics.median(samples) * 1e-3) / 1e9
+
+
+class Target(abc.ABC):
+    """Something to time: `prepare(batch, context, new_tokens)` returns a zero-argument call."""
+
+    name = "target"
+    cuda = False
+
+    def __init__(self, spec: ExportSpec):
+        self.spec = spec
+
+    def cache_bytes(self, batch: int, context: int) -> int:
+        c = self.spec.config
+        return batch * (context + 1) * c.cache_width * DTYPES[self.spec.dtype].itemsize * c.num_hidden_layers
+
+    def inputs(self, batch: int, context: int, new_tokens: int) -> dict[str, torch.Tensor]:
+        """Random graph inputs: empty caches for a prefill, caches holding `context` rows for a decode step."""
+        c, dtype = self.spec.config, DTYPES[self.spec.dtype]
+        names, _ = graph_io_names(c.num_hidden_layers, self.spec.io)
+        gen = torch.Generator().manual_seed(0)
+        held = 0 if new_tokens > 1 else context
+        if self.spec.io == "tokens":
+            x = torch.randint(0, c.vocab_size, (batch, new_tokens), generator=gen)
+        else:
+            x = torch.randn(batch, new_tokens, c.hidden_size, generator=gen).to(dtype)
+        feeds = {names[0]: x, names[1]: torch.full((batch,), held, dtype=torch.int32)}
+        for name in names[2:]:
+            feeds[name] = torch.randn(batch, self.spec.max_seq_len, c.cache_width, generator=gen).to(dtype)
+        return feeds
+
+    @abc.abstractmethod
+    def prepare(self, batch: int, context: int, new_tokens: int) -> Callable[[], None]:
+        """Set up inputs once; the returned call runs one timed step."""
+
+
+class OnnxRuntimeTarget(Target):
+    name = "onnxruntime"
+
+    def __init__(self, path):
+        from .onnx_model import read_export_spec
+        from .validate import OnnxRuntimeRunner
+
+        super().__init__(read_export_spec(path))
+        self.runner = OnnxRuntimeRunner(path)
+
+    def prepare(self, batch, context, new_tokens):
+        from .validate import to_numpy
+
+        feeds = {k: to_numpy(v) for k, v in self.inputs(batch, context, new_tokens).items()}
+        return lambda: self.runner.run(feeds)
+
+
+class EagerTarget(Target):
+    """The pre-folded eager model (on the GPU its attention is the Triton kernels)."""
+
+    name = "eager"
+
+    def __init__(self, spec: ExportSpec):
+        from .folding import fold_model
+        from .sources import source_model
+
+        super().__init__(spec)
+        self.cuda = torch.cuda.is_available()
+        model = source_model(spec.config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
+                             with_embeddings=spec.io == "tokens")
+        self.model = fold_model(model, DTYPES[spec.dtype]).eval().to("cuda" if self.cuda else "cpu")
+        if self.cuda:
+            self.model.rope_cos_sin_float32 = self.model.rope_cos_sin_float32.cuda()
+
+    def prepare(self, batch, context, new_tokens):
+        device = "cuda" if self.cuda else "cpu"
+        feeds = [t.to(device) for t in self.inputs(batch, context, new_tokens).values()]
+
+        def call():
+            with torch.no_grad():
+                self.model(*feeds)
+        return call
+
+
+class EngineTarget(Target):
+    name = "tensorrt"
+    cuda = True
+
+    def __init__(self, engine, plugin_lib=None):
+        from .onnx_model import spec_from_metadata
+        from .trt.runner import TensorRTRunner
+
+        self.runner = TensorRTRunner(engine, plugin_lib)
+        super().__init__(spec_from_metadata(self.runner.sidecar.export, f"--engine {engine}"))
+        self.name = self.runner.name
+
+    def prepare(self, batch, context, new_tokens):
+        inputs = {k: v.cuda() for k, v in self.inputs(batch, context, new_tokens).items()}
+        self.runner.bind(inputs, new_tokens)
+        execute = self.runner.execute
+        if new_tokens == 1:  # decode: replay a CUDA graph of the step where TensorRT allows capture
+            try:
+                execute()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self.runner.stream):
+                    execute()
+                return graph.replay
+            except Exception:  # capture is refused by some TensorRT builds/plugins: time plain launches
+                pass
+        return execute
+
+
+class KernelsTarget(Target):
+    """The MlaAttention op alone through the Triton kernels (GPU)."""
+
+    name = "triton kernels"
+    cuda = True
+
+    def __init__(self, spec: ExportSpec):
+        if not torch.cuda.is_available():
+            raise UserError("profile --kernels needs an NVIDIA GPU; none is available here "
+                            "(the kernels are tested on the CPU under the Triton interpreter)")
+        super().__init__(spec)
+        from .kernels import mla_attention_triton  # noqa: F401  (imported lazily: needs triton)
+        self.op = mla_attention_triton
+        self.spec = spec
+
+    def cache_bytes(self, batch, context):
+        c = self.spec.config
+        return batch * (context + 1) * c.cache_width * DTYPES[self.spec.dtype].itemsize
+
+    def prepare(self, batch, context, new_tokens):
+        from .rope import rope_cos_sin
+
+        c, dtype = self.spec.config, DTYPES[self.spec.dtype]
+        h, dc, dr = c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim
+        held = 0 if new_tokens > 1 else context
+        args = [torch.randn(batch, new_tokens, h, dc), torch.randn(batch, new_tokens, h, dr),
+                torch.randn(batch, new_tokens, dc), torch.randn(batch, new_tokens, dr),
+                torch.randn(batch, self.spec.max_seq_len, c.cache_width)]
+        args = [a.to("cuda", dtype) for a in args]
+        seqlens = torch.full((batch,), held, dtype=torch.int32, device="cuda")
+        table = rope_cos_sin(c, self.spec.max_seq_len).cuda()
+        out = torch.empty_like(args[0])
+        return lambda: self.op(*args[:5], seqlens, table, c.softmax_scale, out=out, in_place=True)
+
+
+def run_profile(target: Target, batches: list[int], contexts: list[int], warmup: int = 2, iters: int = 10,
+                phases: tuple[str, ...] = ("prefill", "decode")) -> ProfileReport:
+    """Time every (phase, batch, context); contexts must leave room in the cache."""
+    smax = target.spec.max_seq_len
+    too_long = [c for c in contexts if c + 1 > smax]
+    if too_long:
+        raise UserError(f"--context {too_long[0]}: the cache holds {smax} rows (context + 1 new token must fit); "
+                        "export with a larger --max-seq-len")
+    device = torch.cuda.get_device_name() if target.cuda else "cpu"
+    report = ProfileReport(device, copy_bandwidth_gb_s(target.cuda))
+    for phase in phases:
+        for batch in batches:
+            for context in contexts:
+                new_tokens = context if phase == "prefill" else 1
+                samples = time_calls(target.prepare(batch, context, new_tokens), warmup, iters, target.cuda)
+                median = statistics.median(samples)
+                row = ProfileRow(target.name, phase, batch, context, new_tokens, median, percentile(samples, 90),
+                                 percentile(samples, 99), batch * new_tokens / (median * 1e-3))
+                if phase == "decode":
+                    row.cache_gb_s = target.cache_bytes(batch, context) / (median * 1e-3) / 1e9
+                    row.percent_of_copy = 100 * row.cache_gb_s / report.copy_gb_s
+                report.rows.append(row)
+    return report
+
+
+def print_profile(report: ProfileReport, console=None) -> None:
+    from rich.table import Table
+
+    from .console import make_console
+
+    console = console or make_console()
+    table = Table(title=f"{report.rows[0].target if report.rows else ''} on {report.device} "
+                        f"(copy bandwidth {report.copy_gb_s:.1f} GB/s)")
+    for column in ("phase", "batch", "context", "new tokens", "median ms", "p90 ms", "p99 ms", "tokens/s",
+                   "cache GB/s", "% of copy"):
+        table.add_column(column, justify="right")
+    for r in report.rows:
+        table.add_row(r.phase, str(r.batch), str(r.context), str(r.new_tokens), f"{r.median_ms:.3f}",
+                      f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.tokens_per_s:,.0f}",
+                      "" if r.cache_gb_s is None else f"{r.cache_gb_s:.2f}",
+                      "" if r.percent_of_copy is None else f"{r.percent_of_copy:.1f}")
+    console.print(table)
+
+
+def plot_profile(report: ProfileReport, path) -> None:
+    """Latency vs context, one line per batch, prefill and decode side by side (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [p for p in ("prefill", "decode") if any(r.phase == p for r in report.rows)]
+    fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
+    for ax, phase in zip(axes[0], phases):
+        rows = [r for r in report.rows if r.phase == phase]
+        for batch in sorted({r.batch for r in rows}):
+            points = sorted((r.context, r.median_ms) for r in rows if r.batch == batch)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"batch {batch}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{phase} - {rows[0].target} on {report.device}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

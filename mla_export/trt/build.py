@@ -1,0 +1,211 @@
+"""`build`: ONNX -> TensorRT engine + sidecar.
+
+path -> (plugin library loaded) -> parsed network (plugin layers checked) -> two optimization
+profiles (decode: one new token; prefill) -> strongly typed build -> engine bytes -> engine file and
+sidecar, written atomically. Works with TensorRT 10.8+ and with TensorRT-RTX (plugin-free only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import contract
+from ..errors import UserError
+from ..export import graph_io_names
+from ..fileio import atomic_write_bytes
+from ..onnx_model import load_onnx_header, read_export_spec
+from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
+from .sidecar import Sidecar
+
+ATTENTION_MODES = ("plugin", "decomposed")
+
+
+def parse_range(text: str, option: str) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' (or one number) -> (min, opt, max), checked min <= opt <= max, min >= 1."""
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise UserError(f"{option} {text}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
+    return values
+
+
+def parse_size(text: str, option: str = "--workspace") -> int:
+    """'4G', '512M', '1073741824' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not match:
+        raise UserError(f"{option} {text}: expected a size such as 512M or 4G")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2).upper()]
+    return int(float(match.group(1)) * scale)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    onnx: str
+    output: str
+    attention: str = "plugin"
+    backend: str = "tensorrt"
+    plugin_lib: str | None = None
+    batch: tuple[int, int, int] = (1, 8, 32)
+    prefill_tokens: tuple[int, int, int] = (2, 256, 2048)
+    workspace: int | None = None
+    timing_cache: str | None = None
+
+
+def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int, cache_width: int,
+                   batch: tuple[int, int, int], tokens: tuple[int, int, int]) -> dict[str, list[tuple]]:
+    """Input name -> [min, opt, max] shapes for one optimization profile."""
+    inputs, _ = graph_io_names(num_layers, spec_io)
+    first = [(b, s) if spec_io == "tokens" else (b, s, hidden) for b, s in zip(batch, tokens)]
+    shapes = {inputs[0]: first, inputs[1]: [(b,) for b in batch]}
+    for name in inputs[2:]:
+        shapes[name] = [(b, max_seq_len, cache_width) for b in batch]
+    return shapes
+
+
+def count_plugin_layers(trt, network) -> int:
+    """Plugin layers in a parsed network (IPluginV3 and legacy V2)."""
+    kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN_V3", "PLUGIN_V2") if hasattr(trt.LayerType, k)}
+    return sum(network.get_layer(i).type in kinds for i in range(network.num_layers))
+
+
+def check_attention_layers(mode: str, plugin_layers: int, nodes: int, plugin_path: Path | None) -> None:
+    """Fail when the parsed network does not use the plugin as `mode` requires (the silent fallback)."""
+    if mode == "plugin" and plugin_layers != nodes:
+        raise UserError(
+            f"the parser created {plugin_layers} plugin layer(s) for {nodes} {contract.OP_TYPE} node(s): TensorRT "
+            f"silently inlined the node's reference function instead of using the plugin from {plugin_path}. "
+            f"Check that the library registers {contract.PLUGIN_NAME} v{contract.PLUGIN_VERSION} in namespace "
+            f"'{contract.PLUGIN_NAMESPACE}' (its log says so at load), or build with --attention decomposed")
+    if mode == "decomposed" and plugin_layers:
+        raise UserError(f"--attention decomposed, but the parser created {plugin_layers} plugin layer(s): a plugin "
+                        f"library registering {contract.PLUGIN_NAME} is loaded in this process")
+
+
+class _Progress:
+    """Shows TensorRT's build phases with rich (IProgressMonitor protocol)."""
+
+    def __init__(self, trt):
+        from rich.progress import Progress
+
+        base = trt.IProgressMonitor
+
+        class Monitor(base):
+            def __init__(inner):
+                base.__init__(inner)
+                inner.tasks = {}
+
+            def phase_start(inner, phase_name, parent_phase, num_steps):
+                inner.tasks[phase_name] = self.progress.add_task(phase_name, total=max(num_steps, 1))
+
+            def step_complete(inner, phase_name, step):
+                if phase_name in inner.tasks:
+                    self.progress.update(inner.tasks[phase_name], completed=step + 1)
+                return True
+
+            def phase_finish(inner, phase_name):
+                task = inner.tasks.pop(phase_name, None)
+                if task is not None:
+                    self.progress.remove_task(task)
+
+        self.progress = Progress(transient=True)
+        self.monitor = Monitor()
+
+
+def _detect_gpu() -> tuple[str | None, str | None]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return torch.cuda.get_device_name(), f"{major}.{minor}"
+    except Exception:  # no usable CUDA runtime: an engine built without a GPU
+        pass
+    return None, None
+
+
+def build_engine(spec: BuildSpec) -> Path:
+    """Build `spec.onnx` into `spec.output` (+ sidecar). Raises UserError with the reason on failure."""
+    if spec.attention not in ATTENTION_MODES:
+        raise UserError(f"--attention {spec.attention}: expected one of {', '.join(ATTENTION_MODES)}")
+    output = Path(spec.output)
+    if not output.parent.is_dir():
+        raise UserError(f"-o {output}: directory {output.parent} does not exist")
+    export = read_export_spec(spec.onnx)
+    model = load_onnx_header(spec.onnx)
+    nodes = sum(n.op_type == contract.OP_TYPE and n.domain == contract.OP_DOMAIN for n in model.graph.node)
+    if spec.attention == "plugin" and spec.backend == "tensorrt-rtx":
+        raise UserError("TensorRT-RTX cannot build engines with custom plugins (its ONNX parser aborts after "
+                        "creating one); use --attention decomposed with --backend tensorrt-rtx, or --backend tensorrt")
+    if spec.timing_cache and spec.backend == "tensorrt-rtx":
+        raise UserError("--timing-cache: TensorRT-RTX has no timing cache (its timing-cache calls are no-ops); "
+                        "drop the option or use --backend tensorrt")
+    if spec.prefill_tokens[2] > export.max_seq_len:
+        raise UserError(f"--prefill-tokens max {spec.prefill_tokens[2]} exceeds the cache ({export.max_seq_len} rows)")
+    plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
+    trt = import_backend(spec.backend)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    if plugin_path is not None:
+        load_plugin_library(trt, plugin_path)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if plugin_path is not None and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    if not parser.parse_from_file(str(spec.onnx)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT could not parse {spec.onnx}: {errors}")
+    check_attention_layers(spec.attention, count_plugin_layers(trt, network), nodes, plugin_path)
+
+    config = builder.create_builder_config()
+    if spec.workspace is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace)
+    c = export.config
+    profiles = []
+    for name, tokens in (("decode", (1, 1, 1)), ("prefill", spec.prefill_tokens)):
+        shapes = profile_shapes(export.io, c.num_hidden_layers, c.hidden_size, export.max_seq_len, c.cache_width,
+                                spec.batch, tokens)
+        profile = builder.create_optimization_profile()
+        for tensor, (lo, opt, hi) in shapes.items():
+            profile.set_shape(tensor, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        profiles.append({"name": name, "shapes": {k: [list(s) for s in v] for k, v in shapes.items()}})
+    timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    progress = _Progress(trt)
+    config.progress_monitor = progress.monitor
+    with progress.progress:
+        engine_bytes = builder.build_serialized_network(network, config)
+    if engine_bytes is None:
+        raise UserError("TensorRT failed to build the engine (see its log above)")
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+
+    io = []
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        io.append({"name": t.name, "mode": "input", "dtype": str(t.dtype).split(".")[-1], "shape": list(t.shape)})
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        io.append({"name": t.name, "mode": "output", "dtype": str(t.dtype).split(".")[-1], "shape": list(t.shape)})
+    gpu_name, capability = _detect_gpu()
+    sidecar = Sidecar(
+        tensorrt_flavour=spec.backend, tensorrt_version=str(trt.__version__), attention=spec.attention,
+        gpu_name=gpu_name, compute_capability=capability,
+        plugin_sha256=file_sha256(plugin_path) if plugin_path else None,
+        plugin_path=str(plugin_path) if plugin_path else None,
+        profiles=profiles, io=io, export={k: v for k, v in export.metadata().items()})
+    atomic_write_bytes(output, bytes(memoryview(engine_bytes)))
+    sidecar.write(output)
+    return output

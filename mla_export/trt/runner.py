@@ -1,0 +1,99 @@
+"""Run an mla-export engine with TensorRT on a GPU (the `Runner` protocol of validate, and profile).
+
+Thin by design (no TensorRT runtime exists on the project's machines): everything it decides is
+checked before TensorRT is touched (`Sidecar`, `check_compatible`); the rest follows TensorRT 10's
+documented Python API: deserialize_cuda_engine, create_execution_context,
+set_optimization_profile_async, set_input_shape, set_tensor_address, execute_async_v3.
+Each layer's past and present latent cache are bound to one device buffer, as in deployment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import contract
+from ..errors import UserError
+from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
+from .sidecar import RuntimeEnvironment, Sidecar, check_compatible
+
+
+def _require_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("running a TensorRT engine needs an NVIDIA GPU with a CUDA build of torch; none is "
+                        "available here (validate the ONNX file with `mla-export validate --onnx` instead)")
+    return torch
+
+
+class TensorRTRunner:
+    """Feeds numpy arrays by graph input name, returns outputs by name; caches bound in place."""
+
+    def __init__(self, engine_path: str | Path, plugin_lib: str | None = None):
+        self.sidecar = Sidecar.read(engine_path)
+        torch = _require_cuda()
+        self.trt = trt = import_backend(self.sidecar.tensorrt_flavour)
+        plugin = None
+        if self.sidecar.attention == "plugin":
+            plugin = find_plugin_library(plugin_lib or self.sidecar.plugin_path)
+        major, minor = torch.cuda.get_device_capability()
+        env = RuntimeEnvironment(self.sidecar.tensorrt_flavour, str(trt.__version__), torch.cuda.get_device_name(),
+                                 f"{major}.{minor}", file_sha256(plugin) if plugin else None)
+        check_compatible(self.sidecar, env)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        if plugin is not None:
+            load_plugin_library(trt, plugin)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise UserError(f"TensorRT could not deserialize {engine_path} (see its log); rebuild the engine")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.torch = torch
+        self.name = f"{self.sidecar.tensorrt_flavour} engine"
+        self.profile_index = {p["name"]: i for i, p in enumerate(self.sidecar.profiles)}
+        self.io_names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+
+    def _torch_dtype(self, name: str):
+        trt, torch = self.trt, self.torch
+        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+                 trt.DataType.INT64: torch.int64, trt.DataType.BF16: torch.bfloat16}
+        return table[self.engine.get_tensor_dtype(name)]
+
+    def bind(self, inputs: dict, new_tokens: int) -> dict:
+        """Bind device tensors `inputs` (caches: past names) and allocate outputs; returns all bound tensors."""
+        torch, ctx = self.torch, self.context
+        profile = "decode" if new_tokens == 1 else "prefill"
+        ctx.set_optimization_profile_async(self.profile_index[profile], self.stream.cuda_stream)
+        bound = dict(inputs)
+        for name, tensor in inputs.items():
+            ctx.set_input_shape(name, tuple(tensor.shape))
+            ctx.set_tensor_address(name, tensor.data_ptr())
+        for name in self.io_names:
+            if name in inputs:
+                continue
+            if name.startswith("present_latent_cache."):
+                past = contract.past_cache_name(int(name.rsplit(".", 1)[1]))
+                bound[name] = inputs[past]  # one buffer: the plugin writes only the new rows
+            else:
+                bound[name] = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._torch_dtype(name),
+                                          device="cuda")
+            ctx.set_tensor_address(name, bound[name].data_ptr())
+        return bound
+
+    def execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise UserError("TensorRT execution failed (see its log)")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..validate import from_numpy, to_numpy
+
+        inputs = {name: from_numpy(array).to("cuda") for name, array in feeds.items()}
+        first = next(iter(feeds.values()))
+        bound = self.bind(inputs, new_tokens=first.shape[1])
+        self.execute()
+        self.stream.synchronize()
+        return {name: to_numpy(bound[name].cpu()) for name in self.io_names
+                if self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.OUTPUT}

@@ -1,0 +1,61 @@
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mla_export.cli import main
+from mla_export.config import load_preset
+from mla_export.export import ExportSpec, export_onnx
+from mla_export.profile import percentile
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("profile") / "tiny.onnx"
+    export_onnx(ExportSpec(load_preset("tiny").with_layers(1), max_seq_len=80), path)
+    return path
+
+
+def test_profile_onnx_writes_table_json_csv_png(tiny_onnx, tmp_path):
+    out = {k: tmp_path / f"p.{k}" for k in ("json", "csv", "png")}
+    result = run("profile", "--onnx", tiny_onnx, "--batch", "1,3", "--context", "8,32", "--iters", 3,
+                 "--json", out["json"], "--csv", out["csv"], "--plot", out["png"])
+    assert result.exit_code == 0, result.output
+    assert "median ms" in result.output and "copy bandwidth" in result.output
+    data = json.loads(out["json"].read_text())
+    assert len(data["rows"]) == 2 * 2 * 2 and data["copy_gb_s"] > 0
+    decode = [r for r in data["rows"] if r["phase"] == "decode"]
+    assert all(r["new_tokens"] == 1 and r["cache_gb_s"] > 0 for r in decode)
+    assert all(r["p99_ms"] >= r["median_ms"] > 0 for r in data["rows"])
+    prefill = next(r for r in data["rows"] if r["phase"] == "prefill" and r["batch"] == 3 and r["context"] == 32)
+    assert prefill["tokens_per_s"] == pytest.approx(3 * 32 / (prefill["median_ms"] * 1e-3))
+    rows = list(csv.DictReader(out["csv"].open()))
+    assert len(rows) == 8 and rows[0]["phase"] == "prefill"
+    png = out["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_profile_eager(tmp_path):
+    result = run("profile", "--eager", "--preset", "tiny", "--batch", "2", "--context", "16", "--iters", 2,
+                 "--phase", "decode", "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert [(r["target"], r["phase"], r["batch"], r["context"]) for r in rows] == [("eager", "decode", 2, 16)]
+
+
+def test_profile_refusals(tiny_onnx):
+    assert "exactly one of" in run("profile", "--onnx", tiny_onnx, "--eager").output
+    result = run("profile", "--onnx", tiny_onnx, "--context", "80")
+    assert result.exit_code == 1 and "cache holds 80 rows" in result.output
+    result = run("profile", "--onnx", tiny_onnx, "--batch", "0")
+    assert result.exit_code == 1 and "positive integers" in result.output
+
+
+def test_percentile():
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile(list(range(101)), 90) == pytest.approx(90.0)
