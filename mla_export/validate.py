@@ -46,15 +46,24 @@ def from_numpy(x: np.ndarray) -> torch.Tensor:
 
 
 class OnnxRuntimeRunner:
-    """ONNX Runtime session on the CPU (or the providers given)."""
+    """ONNX Runtime session: the CUDA provider where torch sees a GPU, else the CPU provider."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         import onnxruntime as ort
 
+        if providers is None:
+            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available()
+                         else ["CPUExecutionProvider"])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.name = "onnxruntime"
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types per failure
+            hint = ("ONNX Runtime's CPU provider has no bfloat16 kernels for these ops: validate a float32 or "
+                    "float16 export on the CPU, or a bfloat16 one on a GPU") if "NOT_IMPLEMENTED" in str(exc) else \
+                "the file may be damaged; re-export it"
+            raise UserError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:300]}); {hint}") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

@@ -154,3 +154,17 @@ def test_float16_export_validates(tmp_path):
     rope = next(i for i in model.graph.initializer if i.name == node.input[6])
     assert rope.data_type == onnx.TensorProto.FLOAT
     assert validate_onnx(path, Scenario(batch=2, prefill_len=4, steps=3)).passed
+
+
+def test_bfloat16_export_has_bf16_bindings_and_onnx_runtime_cpu_refusal_is_clear(tmp_path):
+    from mla_export.errors import UserError
+
+    path = tmp_path / "tinybf16.onnx"
+    export_onnx(ExportSpec(load_preset("tiny").with_layers(1), dtype="bfloat16", max_seq_len=32), path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    cache = next(i for i in model.graph.input if i.name == contract.past_cache_name(0))
+    assert cache.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no bfloat16 kernels"):
+            validate_onnx(path, Scenario(batch=1, prefill_len=2, steps=1))
