@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BUILD ?= build
 
-.PHONY: setup test test-fast kernels plugins bench clean
+.PHONY: setup test test-fast kernels plugins cpp-example bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ plugins: kernels
 	cmake -S plugins -B $(BUILD)/plugins -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) \
 		-DMLA_KERNELS_DIR=$(abspath $(BUILD)/kernels)
 	cmake --build $(BUILD)/plugins -j2
+
+# The C++ runtime helper, mla_decode_demo and their unit test. Without TensorRT's libraries (no
+# machine here has them) the library and demo are compiled, not linked; the unit test runs.
+cpp-example: setup
+	cmake -S examples/cpp -B $(BUILD)/cpp -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(BUILD)/cpp -j2
+	ctest --test-dir $(BUILD)/cpp --output-on-failure
 
 bench: setup
 	$(PY) benchmarks/bench_export.py

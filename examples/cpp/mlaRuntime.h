@@ -1,0 +1,229 @@
+/*
+ * mlaRuntime: run an mla-export TensorRT engine from C++ with the latent caches bound in place.
+ *
+ * One header, one source (mlaRuntime.cpp). The pure parts (option checks, cache size arithmetic,
+ * I/O name matching against the contract, sidecar checks) are inline below and need no TensorRT
+ * runtime; MlaSession needs TensorRT 10.8+, the CUDA runtime and a GPU.
+ *
+ * Names come from the contract header mirrored from mla_export/contract.py.
+ */
+#pragma once
+
+#include "mlaContract.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mla
+{
+namespace runtime
+{
+
+//! Result of every call: ok, or a message saying what failed and what to do.
+struct Status
+{
+    bool ok{true};
+    std::string message;
+
+    static Status success() { return {}; }
+    static Status error(std::string text) { return {false, std::move(text)}; }
+    explicit operator bool() const { return ok; }
+};
+
+//! What the demo (or a server) asks for.
+struct SessionOptions
+{
+    std::string enginePath;
+    std::string pluginPath;  //!< libmla_plugin.so; empty for an engine built with --attention decomposed
+    int32_t batch{1};
+    bool useCudaGraph{true}; //!< capture the decode step once and replay it
+};
+
+//! Rejects options that cannot work before anything is loaded.
+inline Status checkOptions(SessionOptions const& o)
+{
+    if (o.enginePath.empty())
+        return Status::error("no engine path: pass the file written by `mla-export build`");
+    if (o.batch < 1)
+        return Status::error("batch must be >= 1, got " + std::to_string(o.batch));
+    return Status::success();
+}
+
+//! Bytes of one layer's latent cache [batch, maxSeqLen, cacheWidth], rounded up to `alignment`.
+inline Status latentCacheBytes(int64_t batch, int64_t maxSeqLen, int64_t cacheWidth, int64_t elementSize,
+    size_t& bytes, size_t alignment = 256)
+{
+    if (batch < 1 || maxSeqLen < 1 || cacheWidth < 1 || elementSize < 1)
+        return Status::error("cache dims must be positive");
+    int64_t const limit = INT64_MAX / elementSize / cacheWidth / maxSeqLen;
+    if (batch > limit)
+        return Status::error("latent cache size overflows");
+    uint64_t const raw = static_cast<uint64_t>(batch * maxSeqLen * cacheWidth * elementSize);
+    bytes = static_cast<size_t>((raw + alignment - 1) / alignment * alignment);
+    return Status::success();
+}
+
+//! Checks that `rows` more tokens fit in a cache of `maxSeqLen` rows for every sequence.
+inline Status checkCacheRoom(std::vector<int32_t> const& lengths, int32_t rows, int32_t maxSeqLen)
+{
+    for (size_t b = 0; b < lengths.size(); ++b)
+    {
+        if (lengths[b] < 0 || static_cast<int64_t>(lengths[b]) + rows > maxSeqLen)
+            return Status::error("sequence " + std::to_string(b) + " holds " + std::to_string(lengths[b])
+                + " tokens; " + std::to_string(rows) + " more do not fit the cache of " + std::to_string(maxSeqLen)
+                + " rows (export with a larger --max-seq-len)");
+    }
+    return Status::success();
+}
+
+//! One engine I/O tensor as TensorRT reports it.
+struct TensorInfo
+{
+    std::string name;
+    bool isInput;
+};
+
+//! The engine's I/O matched to the contract's names.
+struct IoPlan
+{
+    bool tokens{false};  //!< input_ids/logits instead of hidden_states
+    int32_t numLayers{0};
+    std::string input;   //!< hidden_states or input_ids
+    std::string output;  //!< output_hidden_states or logits
+};
+
+//! Parses "<prefix><i>" into i; false if `name` does not have that form.
+inline bool layerIndex(std::string const& name, char const* prefix, int32_t& index)
+{
+    std::string const p(prefix);
+    if (name.compare(0, p.size(), p) != 0 || name.size() == p.size())
+        return false;
+    index = 0;
+    for (size_t i = p.size(); i < name.size(); ++i)
+    {
+        if (name[i] < '0' || name[i] > '9' || index > 100000)
+            return false;
+        index = index * 10 + (name[i] - '0');
+    }
+    return true;
+}
+
+//! Matches every I/O name against the contract: one first input/output, cache_seqlens, and
+//! past/present caches 0..L-1 with nothing missing or extra.
+inline Status matchIoNames(std::vector<TensorInfo> const& tensors, IoPlan& plan)
+{
+    namespace c = mla::contract;
+    plan = IoPlan{};
+    std::vector<int32_t> past, present;
+    bool seqlens = false;
+    for (auto const& t : tensors)
+    {
+        int32_t index = 0;
+        if (t.isInput && t.name == c::kCacheSeqlens)
+            seqlens = true;
+        else if (t.isInput && (t.name == c::kHiddenStatesIn || t.name == c::kInputIds))
+        {
+            plan.tokens = t.name == c::kInputIds;
+            plan.input = t.name;
+        }
+        else if (!t.isInput && (t.name == c::kHiddenStatesOut || t.name == c::kLogits))
+            plan.output = t.name;
+        else if (t.isInput && layerIndex(t.name, c::kPastCachePrefix, index))
+            past.push_back(index);
+        else if (!t.isInput && layerIndex(t.name, c::kPresentCachePrefix, index))
+            present.push_back(index);
+        else
+            return Status::error(std::string("engine tensor '") + t.name + "' is not part of the MlaAttention "
+                "contract: was this engine built by `mla-export build`?");
+    }
+    if (!seqlens || plan.input.empty() || plan.output.empty())
+        return Status::error("engine lacks cache_seqlens or its hidden-state/token input or output");
+    plan.numLayers = static_cast<int32_t>(past.size());
+    std::vector<bool> seenPast(past.size(), false), seenPresent(past.size(), false);
+    for (int32_t i : past)
+        if (i >= plan.numLayers || seenPast[i]) return Status::error("past latent caches are not numbered 0..L-1");
+        else seenPast[i] = true;
+    if (present.size() != past.size())
+        return Status::error("engine has " + std::to_string(past.size()) + " past and " + std::to_string(present.size())
+            + " present latent caches");
+    for (int32_t i : present)
+        if (i >= plan.numLayers || seenPresent[i]) return Status::error("present latent caches are not numbered 0..L-1");
+        else seenPresent[i] = true;
+    if (plan.numLayers == 0)
+        return Status::error("engine has no latent cache bindings");
+    return Status::success();
+}
+
+//! Reads an integer field `"key": N` from the sidecar JSON text; false if absent.
+inline bool jsonInt(std::string const& json, std::string const& key, int64_t& value)
+{
+    auto pos = json.find("\"" + key + "\"");
+    if (pos == std::string::npos) return false;
+    pos = json.find(':', pos);
+    if (pos == std::string::npos) return false;
+    char* end = nullptr;
+    value = std::strtoll(json.c_str() + pos + 1, &end, 10);
+    return end != json.c_str() + pos + 1;
+}
+
+//! Refuses a sidecar whose format or contract version this program does not know.
+inline Status checkSidecar(std::string const& json)
+{
+    int64_t format = 0, contractVersion = 0;
+    if (json.find("\"format\": \"mla-export-engine\"") == std::string::npos || !jsonInt(json, "format_version", format))
+        return Status::error("not an mla-export engine sidecar (model.engine.json written by `mla-export build`)");
+    if (format != 1)
+        return Status::error("sidecar format " + std::to_string(format) + " is unknown to this program (knows 1)");
+    if (!jsonInt(json, "contract_version", contractVersion) || contractVersion != mla::contract::kContractVersion)
+        return Status::error("engine speaks MlaAttention contract " + std::to_string(contractVersion)
+            + ", this program speaks " + std::to_string(mla::contract::kContractVersion)
+            + ": re-export and rebuild the engine, or rebuild this program");
+    return Status::success();
+}
+
+//! Latency percentile (q in [0,100]) of `samples`, nearest-rank; 0 for none.
+inline double percentile(std::vector<float> samples, double q)
+{
+    if (samples.empty())
+        return 0.0;
+    std::sort(samples.begin(), samples.end());
+    double const rank = std::ceil(q / 100.0 * static_cast<double>(samples.size()));
+    size_t const index = rank < 1.0 ? 0 : static_cast<size_t>(rank) - 1;
+    return samples[std::min(index, samples.size() - 1)];
+}
+
+//! A loaded engine with its caches: prefill, then decode steps.
+class MlaSession
+{
+public:
+    static Status create(SessionOptions const& options, std::unique_ptr<MlaSession>& session);
+    ~MlaSession();
+
+    IoPlan const& plan() const { return mPlan; }
+    int32_t maxSeqLen() const { return mMaxSeqLen; }
+    std::vector<int32_t> const& lengths() const { return mLengths; }
+    size_t inputBytesPerToken() const; //!< bytes of one token of the first input for one sequence
+
+    //! Runs `newTokens` tokens per sequence; `input` points to host data of the engine's first input
+    //! ([B,S,d] hidden states in the engine's dtype, or [B,S] int64 token ids). Updates the caches.
+    Status step(void const* input, int32_t newTokens, float* milliseconds = nullptr);
+
+private:
+    MlaSession() = default;
+    struct Impl;
+    std::unique_ptr<Impl> mImpl;
+    IoPlan mPlan;
+    int32_t mMaxSeqLen{0};
+    std::vector<int32_t> mLengths;
+};
+
+} // namespace runtime
+} // namespace mla

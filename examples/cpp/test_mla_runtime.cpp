@@ -1,0 +1,95 @@
+/*
+ * Unit test of mlaRuntime's parts that need no TensorRT runtime: option checks, cache size
+ * arithmetic, cache room, I/O name matching against the contract, sidecar checks, percentiles.
+ * Prints "N passed, N failed" and returns nonzero on any failure.
+ */
+#include "mlaRuntime.h"
+
+#include <cstdio>
+#include <string>
+
+namespace
+{
+int gPassed = 0, gFailed = 0;
+
+void expect(bool condition, char const* what)
+{
+    if (condition) ++gPassed;
+    else { ++gFailed; std::printf("FAILED: %s\n", what); }
+}
+
+using mla::runtime::IoPlan;
+using mla::runtime::Status;
+using mla::runtime::TensorInfo;
+
+std::vector<TensorInfo> engineIo(int layers, bool tokens = false)
+{
+    std::vector<TensorInfo> io{{tokens ? "input_ids" : "hidden_states", true}, {"cache_seqlens", true}};
+    for (int i = 0; i < layers; ++i) io.push_back({"past_latent_cache." + std::to_string(i), true});
+    io.push_back({tokens ? "logits" : "output_hidden_states", false});
+    for (int i = layers - 1; i >= 0; --i) io.push_back({"present_latent_cache." + std::to_string(i), false});
+    return io;
+}
+} // namespace
+
+int main()
+{
+    using namespace mla::runtime;
+    // Options.
+    expect(!checkOptions(SessionOptions{}), "empty engine path refused");
+    SessionOptions o;
+    o.enginePath = "m.engine";
+    o.batch = 0;
+    expect(!checkOptions(o), "batch 0 refused");
+    o.batch = 4;
+    expect(checkOptions(o).ok, "valid options accepted");
+
+    // Cache bytes: DeepSeek-V3, batch 64, 4096 rows, 576 values, bf16 = 302 MB per layer.
+    size_t bytes = 0;
+    expect(latentCacheBytes(64, 4096, 576, 2, bytes).ok && bytes == 64ull * 4096 * 576 * 2, "V3 cache bytes");
+    expect(latentCacheBytes(1, 3, 5, 2, bytes).ok && bytes == 256, "small cache rounded up to 256 bytes");
+    expect(!latentCacheBytes(0, 1, 1, 1, bytes), "zero batch refused");
+    expect(!latentCacheBytes(1ll << 40, 1ll << 20, 576, 2, bytes), "overflow refused");
+
+    // Cache room.
+    expect(checkCacheRoom({0, 10}, 54, 64).ok, "exactly full cache fits");
+    Status room = checkCacheRoom({0, 11}, 54, 64);
+    expect(!room && room.message.find("sequence 1") != std::string::npos, "overflowing sequence named");
+
+    // Names.
+    IoPlan plan;
+    expect(matchIoNames(engineIo(3), plan).ok && plan.numLayers == 3 && !plan.tokens
+            && plan.input == "hidden_states" && plan.output == "output_hidden_states", "hidden-state engine matched");
+    expect(matchIoNames(engineIo(2, true), plan).ok && plan.tokens && plan.output == "logits", "token engine matched");
+    auto extra = engineIo(2);
+    extra.push_back({"attention_mask", true});
+    Status foreign = matchIoNames(extra, plan);
+    expect(!foreign && foreign.message.find("attention_mask") != std::string::npos, "foreign tensor named");
+    auto gap = engineIo(3);
+    gap[2].name = "past_latent_cache.7";
+    expect(!matchIoNames(gap, plan), "cache numbering gap refused");
+    auto unpaired = engineIo(2);
+    unpaired.pop_back();
+    expect(!matchIoNames(unpaired, plan), "past without present refused");
+    expect(!matchIoNames({{"hidden_states", true}}, plan), "missing bindings refused");
+    int32_t index = -1;
+    expect(layerIndex("past_latent_cache.12", mla::contract::kPastCachePrefix, index) && index == 12, "layer index");
+    expect(!layerIndex("past_latent_cache.x", mla::contract::kPastCachePrefix, index), "bad layer index");
+
+    // Sidecar.
+    std::string const good = "{\n  \"contract_version\": 1,\n  \"format\": \"mla-export-engine\",\n  \"format_version\": 1\n}";
+    expect(checkSidecar(good).ok, "current sidecar accepted");
+    std::string future = good;
+    future.replace(future.find("\"contract_version\": 1"), 21, "\"contract_version\": 2");
+    Status newer = checkSidecar(future);
+    expect(!newer && newer.message.find("contract 2") != std::string::npos, "other contract refused");
+    expect(!checkSidecar("{\"format\": \"something\"}"), "foreign sidecar refused");
+
+    // Percentiles.
+    expect(percentile({5.f, 1.f, 3.f, 2.f, 4.f}, 50) == 3.0, "p50");
+    expect(percentile({1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f, 9.f, 10.f}, 90) == 9.0, "p90");
+    expect(percentile({}, 50) == 0.0, "empty percentile");
+
+    std::printf("%d passed, %d failed\n", gPassed, gFailed);
+    return gFailed == 0 ? 0 : 1;
+}
