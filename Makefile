@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # on a GPU machine install the CUDA build of torch first (pip picks it up as already satisfied).
 TORCH_SPEC ?= torch==2.13.0
 BUILD ?= build
+# A TensorRT installation (headers and libraries) for the plugin and the C++ example, if any.
+export TENSORRT_ROOT
 
 .PHONY: setup test test-fast kernels plugins cpp-example bench clean
 

@@ -15,7 +15,7 @@ def run(*args):
 
 def test_help_of_every_command():
     assert run("--help").exit_code == 0
-    for command in ("info", "export", "validate"):
+    for command in ("info", "export", "validate", "build", "profile"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
