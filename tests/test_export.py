@@ -168,3 +168,16 @@ def test_bfloat16_export_has_bf16_bindings_and_onnx_runtime_cpu_refusal_is_clear
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no bfloat16 kernels"):
             validate_onnx(path, Scenario(batch=1, prefill_len=2, steps=1))
+
+
+def test_external_data_past_the_threshold(tmp_path, monkeypatch):
+    """Past 2 GB the weights go to `<name>.onnx.data` beside the graph (forced here with a 0 threshold)."""
+    import mla_export.export as export_module
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
+    path = tmp_path / "ext.onnx"
+    export_onnx(ExportSpec(load_preset("tiny").with_layers(1), max_seq_len=32), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]
+    header = onnx.load(str(path), load_external_data=False)
+    assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in header.graph.initializer)
+    assert validate_onnx(path, Scenario(batch=2, prefill_len=3, steps=2)).passed
