@@ -59,3 +59,16 @@ def test_profile_refusals(tiny_onnx):
 def test_percentile():
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
     assert percentile(list(range(101)), 90) == pytest.approx(90.0)
+
+
+@pytest.mark.gpu
+def test_profile_eager_and_kernels_on_a_gpu(tmp_path):
+    """GPU only: the eager model on CUDA (its attention is the Triton kernels) and the kernels alone."""
+    for target in ("--eager", "--kernels"):
+        out = tmp_path / f"{target[2:]}.json"
+        result = run("profile", target, "--preset", "deepseek-v2-lite", "--layers", 1, "--batch", "1,8",
+                     "--context", "1024,4096", "--iters", 5, "--json", out)
+        assert result.exit_code == 0, result.output
+        data = json.loads(out.read_text())
+        assert data["device"] != "cpu" and data["copy_gb_s"] > 100
+        assert all(r["median_ms"] > 0 for r in data["rows"])
