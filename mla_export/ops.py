@@ -77,3 +77,7 @@ def mla_attention(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.T
 def _mla_attention_fake(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope_cos_sin,
                         num_heads, kv_lora_rank, qk_rope_head_dim, softmax_scale):
     return torch.empty_like(q_latent), torch.empty_like(past_cache)
+
+
+# The Triton kernels register themselves as this op's CUDA implementation (no Triton import until a call).
+from . import kernels  # noqa: E402,F401

@@ -8,6 +8,15 @@
  * (mla_export.kernels) makes for the same shapes: both read one table.
  *
  * Contract: mla_export/contract.py (mirrored in plugins/mlaAttentionPlugin/mlaContract.h).
+ *
+ * What `launch` runs (plan and kernel table: mlaKernelsPlan.h, generated from plan.py):
+ *   1. rope_append, grid (B*S): rotates q_pe into the workspace and writes [kv_latent ; rotated k_pe]
+ *      into cache rows cache_seqlens[b] + i (only rows inside [0, Smax)).
+ *   2. attention, grid (ceil(S*H / blockM), numSplits, B): split-KV over the cache, fp32 online softmax.
+ *   3. combine, grid (B*S*H), only when numSplits > 1: log-sum-exp merge of the split partials.
+ * numSplits depends only on (B, S, H, Smax, numSms), never on device data. Workspace: rotated q_pe
+ * [B,S,H,Dr] T, then (numSplits > 1) partials [B,S*H,numSplits,Dc] and [B,S*H,numSplits] float32,
+ * each region 256-byte aligned.
  */
 #pragma once
 
@@ -38,6 +47,7 @@ struct Dims
     int32_t ropeDim;    //!< Dr
     int32_t maxSeqLen;  //!< Smax, rows of the cache
     DataType dtype;     //!< T
+    float softmaxScale; //!< the softmax_scale attribute; supported() is false unless finite and > 0
 };
 
 //! Device pointers of one call. `cache` is the present cache: the caller has already made it hold
@@ -60,8 +70,11 @@ bool supported(Dims const& dims, char const** why) noexcept;
 //! Scratch bytes that `launch` needs for these dims on a device with `numSms` SMs (split partials).
 size_t workspaceBytes(Dims const& dims, int32_t numSms) noexcept;
 
-//! The kernels of one CUDA context: the image for the current device's arch (cubin, or PTX for
+//! The kernels of one CUDA context: the images for the current device's arch (cubin, or PTX for
 //! archs newer than any cubin) loaded once with cuModuleLoadData and unloaded by `unload`.
+//! Driver calls used: cuCtxGetDevice, cuDeviceGetAttribute, cuModuleLoadData, cuModuleGetFunction,
+//! cuFuncSetAttribute, cuModuleUnload, cuLaunchKernel. Every device pointer passed to `launch`
+//! (tensors and workspace) must be 16-byte aligned (launch returns CUDA_ERROR_INVALID_VALUE otherwise).
 class Module
 {
 public:
@@ -77,8 +90,10 @@ public:
     CUfunction function(int32_t index) const noexcept { return mFunctions[index]; }
 
 private:
-    CUmodule mModule{nullptr};
+    CUmodule mModule{nullptr}; //!< the module of function 0; non-null while loaded
     CUfunction mFunctions[kMaxFunctions]{};
+    //! Triton emits one image per kernel, so each function has its own module (mModules[0] == mModule).
+    CUmodule mModules[kMaxFunctions]{};
     int32_t mArch{0};
     int32_t mNumSms{0};
 };

@@ -1,0 +1,206 @@
+"""Ahead-of-time build of the kernels for the TensorRT plugin, on a machine without a GPU.
+
+    python -m mla_export.kernels.aot --out-dir build/kernels [--archs 80,90] [--jobs 2]
+
+Compiles every specialization of `plan.aot_kernel_table()` with
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` for each arch of
+`plan.AOT_ARCHS`, plus PTX of the newest arch (its `.target sm_XXXa` lowered to `sm_XXX` and checked
+with ptxas, so the driver can JIT it on later GPUs), checks shared memory against each arch's limit,
+and writes (via `codegen.py`):
+
+    DIR/mla_kernels_aot.cpp    cubins/PTX as byte arrays, typed launchers, mlaKernels.h's implementation
+    DIR/mla_kernels_plan.cpp   the launch plan (plan.py's table and formula), no CUDA calls
+    DIR/manifest.json          per kernel and arch: name, shared bytes, image bytes, compile seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import plan
+
+# Largest dynamic shared memory per block (opt-in), bytes, per compute capability.
+SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
+                120: 101376}
+PTX_ARCH = max(plan.AOT_ARCHS)
+_TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+@dataclass
+class Compiled:
+    """One kernel specialization compiled for one arch (or PTX)."""
+
+    index: int  # position in plan.aot_kernel_table()
+    arch: int
+    is_ptx: bool
+    name: str  # entry point in the image
+    shared: int  # dynamic shared memory bytes at launch
+    num_warps: int
+    image: bytes  # cubin, or NUL-terminated PTX
+    seconds: float
+
+
+def kernel_function(kind: str):
+    """The @triton.jit function of a kernel kind (imported here: needs triton)."""
+    from . import attention, combine, rope_append
+
+    return {"rope_append": rope_append.mla_rope_append_kernel, "attention": attention.mla_attention_kernel,
+            "combine": combine.mla_combine_kernel}[kind]
+
+
+def signature(spec: plan.KernelSpec) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of `spec` for ASTSource; pointers are assumed 16-byte aligned."""
+    t = "*" + _TRITON_TYPES[spec.dtype]
+    runtime = {
+        "rope_append": [("q_pe_ptr", t), ("kv_latent_ptr", t), ("k_pe_ptr", t), ("cache_ptr", t),
+                        ("seqlens_ptr", "*i32"), ("cos_sin_ptr", "*fp32"), ("q_rot_ptr", t),
+                        ("S", "i32"), ("H", "i32"), ("Smax", "i32")],
+        "attention": [("q_lat_ptr", t), ("q_rot_ptr", t), ("cache_ptr", t), ("seqlens_ptr", "*i32"),
+                      ("out_ptr", t), ("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("softmax_scale", "fp32"),
+                      ("S", "i32"), ("H", "i32"), ("Smax", "i32"), ("num_splits", "i32")],
+        "combine": [("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("out_ptr", t), ("num_splits", "i32")],
+    }[spec.kind]
+    constexprs = plan.kernel_constexprs(spec.kind, plan.FAMILIES[spec.family_index], spec.block_m, spec.dtype)
+    fn = kernel_function(spec.kind)
+    names = [n for n, _ in runtime] + list(constexprs)
+    if names != list(fn.arg_names):
+        raise RuntimeError(f"{spec.kind}: AOT signature {names} does not match the kernel's {list(fn.arg_names)}")
+    sig = dict(runtime)
+    sig.update({k: "constexpr" for k in constexprs})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (_, ty) in enumerate(runtime) if ty.startswith("*")}
+    return sig, constexprs, attrs
+
+
+def runtime_args(kind: str) -> list[tuple[str, str]]:
+    """(name, triton type) of the runtime arguments of `kind`, in order (for the C++ launchers)."""
+    spec = next(k for k in plan.aot_kernel_table() if k.kind == kind)
+    sig, _, _ = signature(spec)
+    return [(n, t) for n, t in sig.items() if t != "constexpr"]
+
+
+def _lower_ptx_target(ptx: str, arch: int) -> str:
+    """`.target sm_XXXa` -> `.target sm_XXX`: arch-specific PTX cannot be JIT-compiled for later GPUs."""
+    return re.sub(rf"\.target sm_{arch}a\b", f".target sm_{arch}", ptx)
+
+
+def _check_ptx(ptx: str, arch: int) -> None:
+    """Assemble lowered PTX with Triton's ptxas for sm_<arch>: proof it uses no arch-specific feature."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch).path
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        proc = subprocess.run([ptxas, f"--gpu-name=sm_{arch}", str(src), "-o", str(Path(tmp) / "k.cubin")],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"PTX for sm_{arch} (forward compatibility) does not assemble: {proc.stderr[-2000:]}")
+
+
+def compile_one(index: int, arch: int, want_ptx: bool) -> list[Compiled]:
+    """Compile kernel `index` of the table for `arch`; also its portable PTX when `want_ptx`."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    triton.knobs.compilation.disable_line_info = True  # smaller images
+    spec = plan.aot_kernel_table()[index]
+    sig, constexprs, attrs = signature(spec)
+    start = time.perf_counter()
+    src = ASTSource(kernel_function(spec.kind), sig, constexprs, attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    seconds = time.perf_counter() - start
+    md = kernel.metadata
+    if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
+        raise RuntimeError(f"kernel {index} ({spec.kind}) on sm_{arch} needs global/profile scratch "
+                           f"({md.global_scratch_size}/{md.profile_scratch_size} bytes): the launcher passes none")
+    limit = SHARED_LIMIT[arch]
+    if md.shared > limit:
+        raise RuntimeError(f"kernel {index} ({spec.kind}, block_m {spec.block_m}, {spec.dtype}) needs {md.shared} "
+                           f"bytes of shared memory on sm_{arch}, over its limit {limit}: lower block sizes in plan.py")
+    out = [Compiled(index, arch, False, md.name, md.shared, md.num_warps, kernel.asm["cubin"], seconds)]
+    if want_ptx:
+        ptx = _lower_ptx_target(kernel.asm["ptx"], arch)
+        _check_ptx(ptx, arch)
+        out.append(Compiled(index, arch, True, md.name, md.shared, md.num_warps, ptx.encode() + b"\0", 0.0))
+    return out
+
+
+def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | None = None,
+          log=print) -> dict:
+    """Compile everything, write the generated sources and the manifest; returns the manifest."""
+    from . import codegen
+
+    for arch in archs:
+        if arch not in SHARED_LIMIT:
+            raise ValueError(f"arch {arch}: no shared-memory limit known (known: {sorted(SHARED_LIMIT)})")
+    table = plan.aot_kernel_table()
+    ptx_arch = max(archs)
+    work = [(i, arch, arch == ptx_arch) for arch in archs for i in range(len(table))]
+    start = time.perf_counter()
+    jobs = jobs or os.cpu_count() or 1
+    results: list[Compiled] = []
+    if jobs == 1:
+        for w in work:
+            results += compile_one(*w)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for res in pool.map(compile_one, *zip(*work)):
+                results += res
+    total = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "mla_kernels_aot.cpp").write_text(codegen.kernels_source(results, archs, ptx_arch))
+    (out_dir / "mla_kernels_plan.cpp").write_text(codegen.plan_source())
+    per_arch = {}
+    for r in results:
+        key = f"ptx{r.arch}" if r.is_ptx else f"sm_{r.arch}"
+        d = per_arch.setdefault(key, {"compile_seconds": 0.0, "image_bytes": 0, "max_shared": 0})
+        d["compile_seconds"] += r.seconds
+        d["image_bytes"] += len(r.image)
+        d["max_shared"] = max(d["max_shared"], r.shared)
+    manifest = {
+        "archs": list(archs), "ptx_arch": ptx_arch, "wall_seconds": round(total, 2), "jobs": jobs,
+        "per_arch": per_arch,
+        "kernels": [dict(asdict(table[r.index]), arch=r.arch, ptx=r.is_ptx, name=r.name, shared=r.shared,
+                         image_bytes=len(r.image), seconds=round(r.seconds, 2)) for r in results],
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    for key, d in per_arch.items():
+        log(f"{key}: {len(table)} kernels, {d['image_bytes'] / 1024:.0f} KiB, max shared {d['max_shared']} B, "
+            f"{d['compile_seconds']:.1f} s compile")
+    log(f"wrote {out_dir / 'mla_kernels_aot.cpp'} and mla_kernels_plan.cpp in {total:.1f} s ({jobs} jobs)")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mla_export.kernels.aot", description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", type=Path, required=True, help="directory for the generated sources")
+    parser.add_argument("--archs", default=",".join(map(str, plan.AOT_ARCHS)),
+                        help="comma-separated compute capabilities [default: %(default)s]")
+    parser.add_argument("--jobs", type=int, default=None, help="compile processes [default: CPU count]")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("error: unset TRITON_INTERPRET: the AOT build compiles, it does not interpret", file=sys.stderr)
+        return 2
+    try:
+        archs = tuple(int(a) for a in args.archs.split(",") if a.strip())
+    except ValueError:
+        print(f"error: --archs must be comma-separated integers, got {args.archs!r}", file=sys.stderr)
+        return 2
+    build(args.out_dir, archs, args.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The AOT build (`python -m mla_export.kernels.aot`) on this CPU-only machine.
+
+One build for every arch (the session's `aot_kernels` fixture, conftest.py); then: the
+manifest covers every kernel x arch within shared-memory limits, the generated C++ compiles, and
+the generated C++ plan chooses exactly what plan.make_plan chooses over a sweep of shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mla_export.kernels import aot, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS_INCLUDE = ROOT / "plugins" / "kernels"
+CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+CXX = shutil.which("g++") or shutil.which("c++")
+needs_cxx = pytest.mark.skipif(CXX is None or not (CUDA_INCLUDE / "cuda.h").exists(),
+                               reason="needs a C++ compiler and the CUDA toolkit's cuda.h")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(aot_kernels):
+    return aot_kernels
+
+
+def test_every_kernel_is_built_for_every_arch_within_shared_memory(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    table = plan.aot_kernel_table()
+    assert manifest["archs"] == list(plan.AOT_ARCHS) and manifest["ptx_arch"] == max(plan.AOT_ARCHS)
+    seen = {(k["arch"], k["ptx"]) for k in manifest["kernels"]}
+    assert seen == {(a, False) for a in plan.AOT_ARCHS} | {(max(plan.AOT_ARCHS), True)}
+    assert len(manifest["kernels"]) == len(table) * (len(plan.AOT_ARCHS) + 1)
+    for k in manifest["kernels"]:
+        assert 0 <= k["shared"] <= aot.SHARED_LIMIT[k["arch"]], k
+        assert k["image_bytes"] > 0
+    source = (built / "mla_kernels_aot.cpp").read_text()
+    assert f"k_ptx{max(plan.AOT_ARCHS)}_{len(table) - 1}[" in source  # PTX images for later GPUs
+    assert "&globalScratch, &profileScratch" in source  # Triton's trailing scratch arguments
+
+
+@needs_cxx
+def test_generated_sources_compile(built, tmp_path):
+    for name in ("mla_kernels_aot.cpp", "mla_kernels_plan.cpp"):
+        proc = subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-c", str(built / name),
+                               f"-I{KERNELS_INCLUDE}", f"-I{CUDA_INCLUDE}", "-o", str(tmp_path / (name + ".o"))],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+_PLAN_MAIN = r"""
+#include "mlaKernelsPlan.h"
+#include <cstdio>
+using namespace mla::kernels;
+int main()
+{
+    int b, s, h, dc, dr, smax, dtype, sms;
+    while (std::scanf("%d %d %d %d %d %d %d %d", &b, &s, &h, &dc, &dr, &smax, &dtype, &sms) == 8)
+    {
+        Dims d{b, s, h, dc, dr, smax, static_cast<DataType>(dtype), 0.1F};
+        char const* why = plan::unsupportedReason(d);
+        plan::LaunchPlan p{};
+        if (why != nullptr || !plan::makePlan(d, sms, p))
+        {
+            std::printf("no %s\n", why != nullptr ? why : "makePlan failed");
+            continue;
+        }
+        std::printf("ok %d %d %d %d %d %d %d %d %u %u %u %u %u %u %u %u %u %lld %lld %lld %lld\n", p.family, p.blockM,
+            p.mBlocks, p.numSplits, p.attnNumWarps, p.ropeKernel, p.attnKernel, p.combineKernel, p.ropeGrid[0],
+            p.ropeGrid[1], p.ropeGrid[2], p.attnGrid[0], p.attnGrid[1], p.attnGrid[2], p.combineGrid[0],
+            p.combineGrid[1], p.combineGrid[2], static_cast<long long>(p.qRotOffset),
+            static_cast<long long>(p.oPartOffset), static_cast<long long>(p.lseOffset),
+            static_cast<long long>(p.workspaceBytes));
+    }
+    return 0;
+}
+"""
+
+_DTYPE_NAMES = {v: k for k, v in plan.DTYPE_ENUM.items()}
+
+
+def _python_line(b, s, h, dc, dr, smax, dtype, sms) -> str:
+    dims = plan.Dims(b, s, h, dc, dr, smax, _DTYPE_NAMES[dtype])
+    why = plan.unsupported_reason(dims)
+    if why is not None:
+        return f"no {why}"
+    p = plan.make_plan(dims, sms)
+    rope, attn, comb = plan.kernel_indices(p, dims.dtype)
+    fields = [plan.FAMILIES.index(p.family), p.block_m, p.m_blocks, p.num_splits, p.attn_num_warps, rope, attn, comb,
+              *p.rope_grid, *p.attn_grid, *p.combine_grid, p.q_rot_offset, p.o_part_offset, p.lse_offset,
+              p.workspace_bytes]
+    return "ok " + " ".join(map(str, fields))
+
+
+@needs_cxx
+def test_cpp_plan_equals_python_plan(built, tmp_path):
+    exe = tmp_path / "plan_main"
+    (tmp_path / "plan_main.cpp").write_text(_PLAN_MAIN)
+    proc = subprocess.run([CXX, "-std=c++17", "-O1", str(tmp_path / "plan_main.cpp"),
+                           str(built / "mla_kernels_plan.cpp"),
+                           f"-I{KERNELS_INCLUDE}", f"-I{CUDA_INCLUDE}", "-o", str(exe)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep = list(itertools.product(
+        (0, 1, 3, 8, 64, 128, 70000),  # B
+        (0, 1, 2, 7, 8, 33, 4096),  # S
+        (1, 4, 16, 128),  # H
+        ((32, 8), (512, 64), (512, 32), (64, 64)),  # (Dc, Dr)
+        (0, 1, 64, 65, 300, 4097, 65537),  # Smax
+        (0, 1, 2),  # dtype: float32, float16, bfloat16
+        (0, 1, 108, 132, 170),  # SMs
+    ))
+    lines = [f"{b} {s} {h} {dc} {dr} {smax} {dt} {sms}" for b, s, h, (dc, dr), smax, dt, sms in sweep]
+    run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
+    cpp = run.stdout.splitlines()
+    assert len(cpp) == len(sweep)
+    supported = 0
+    for (b, s, h, (dc, dr), smax, dt, sms), got in zip(sweep, cpp):
+        want = _python_line(b, s, h, dc, dr, smax, dt, sms)
+        assert got == want, f"B={b} S={s} H={h} Dc={dc} Dr={dr} Smax={smax} dtype={dt} SMs={sms}"
+        supported += want.startswith("ok")
+    assert supported > 1000
