@@ -33,6 +33,7 @@ plugins: kernels
 	cmake -S plugins -B $(BUILD)/plugins -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) \
 		-DMLA_KERNELS_DIR=$(abspath $(BUILD)/kernels)
 	cmake --build $(BUILD)/plugins -j2
+	ctest --test-dir $(BUILD)/plugins --output-on-failure
 
 # The C++ runtime helper, mla_decode_demo and their unit test. Without TensorRT's libraries (no
 # machine here has them) the library and demo are compiled, not linked; the unit test runs.

@@ -1,0 +1,310 @@
+/*
+ * Shape, type and workspace rules of MlaAttention (see mlaShapes.h).
+ */
+#include "mlaShapes.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+namespace mla
+{
+namespace plugin
+{
+namespace
+{
+using nvinfer1::DataType;
+using nvinfer1::Dims;
+namespace c = contract;
+
+// Equal, or one of them unknown (-1 at build time).
+bool agree(int64_t a, int64_t b)
+{
+    return a < 0 || b < 0 || a == b;
+}
+
+std::string dimsString(Dims const& d)
+{
+    std::ostringstream s;
+    s << "[";
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        s << (i ? "," : "") << d.d[i];
+    }
+    s << "]";
+    return s.str();
+}
+
+// A named mismatch: "<input>[<axis>] is <v>, expected <want> (<what>)".
+std::string mismatch(int32_t input, int32_t axis, Dims const& dims, int64_t want, char const* what)
+{
+    std::ostringstream s;
+    s << "MlaAttention: input " << input << " (" << c::kInputNames[input] << ") has shape " << dimsString(dims)
+      << ": axis " << axis << " is " << dims.d[axis] << ", expected " << want << " (" << what << ")";
+    return s.str();
+}
+} // namespace
+
+std::string validateAttributes(MlaAttributes const& attrs)
+{
+    std::ostringstream s;
+    if (attrs.numHeads <= 0)
+    {
+        s << "attribute " << c::kAttrNumHeads << " = " << attrs.numHeads << ": expected a positive integer";
+    }
+    else if (attrs.kvLoraRank <= 0)
+    {
+        s << "attribute " << c::kAttrKvLoraRank << " = " << attrs.kvLoraRank << ": expected a positive integer";
+    }
+    else if (attrs.ropeDim <= 0 || attrs.ropeDim % 2 != 0)
+    {
+        s << "attribute " << c::kAttrQkRopeHeadDim << " = " << attrs.ropeDim
+          << ": expected a positive even integer (RoPE rotates pairs)";
+    }
+    else if (!std::isfinite(attrs.softmaxScale) || attrs.softmaxScale <= 0.F)
+    {
+        s << "attribute " << c::kAttrSoftmaxScale << " = " << attrs.softmaxScale << ": expected a finite value > 0";
+    }
+    return s.str();
+}
+
+std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_t nbInputs)
+{
+    if (nbInputs != c::kNumInputs)
+    {
+        return "MlaAttention: expected " + std::to_string(c::kNumInputs) + " inputs, got " + std::to_string(nbInputs);
+    }
+    for (int32_t i = 0; i < c::kNumInputs; ++i)
+    {
+        if (in[i].nbDims != kInputRanks[i])
+        {
+            return std::string("MlaAttention: input ") + std::to_string(i) + " (" + c::kInputNames[i] + ") has rank "
+                + std::to_string(in[i].nbDims) + ", expected " + std::to_string(kInputRanks[i]);
+        }
+    }
+    Dims const& q = in[c::kQLatent];
+    int64_t const batch = q.d[0];
+    int64_t const tokens = q.d[1];
+    int64_t const heads = attrs.numHeads;
+    int64_t const dc = attrs.kvLoraRank;
+    int64_t const dr = attrs.ropeDim;
+    int64_t const smax = in[c::kPastCache].d[1];
+    struct Rule
+    {
+        int32_t input;
+        int32_t axis;
+        int64_t want;
+        char const* what;
+    };
+    Rule const rules[] = {
+        {c::kQLatent, 2, heads, "num_heads"},
+        {c::kQLatent, 3, dc, "kv_lora_rank"},
+        {c::kQPe, 0, batch, "B of q_latent"},
+        {c::kQPe, 1, tokens, "S of q_latent"},
+        {c::kQPe, 2, heads, "num_heads"},
+        {c::kQPe, 3, dr, "qk_rope_head_dim"},
+        {c::kKvLatent, 0, batch, "B of q_latent"},
+        {c::kKvLatent, 1, tokens, "S of q_latent"},
+        {c::kKvLatent, 2, dc, "kv_lora_rank"},
+        {c::kKPe, 0, batch, "B of q_latent"},
+        {c::kKPe, 1, tokens, "S of q_latent"},
+        {c::kKPe, 2, dr, "qk_rope_head_dim"},
+        {c::kPastCache, 0, batch, "B of q_latent"},
+        {c::kPastCache, 2, dc + dr, "kv_lora_rank + qk_rope_head_dim"},
+        {c::kCacheSeqlensIn, 0, batch, "B of q_latent"},
+        {c::kRopeCosSin, 1, dr, "qk_rope_head_dim"},
+    };
+    for (Rule const& r : rules)
+    {
+        if (!agree(in[r.input].d[r.axis], r.want))
+        {
+            return mismatch(r.input, r.axis, in[r.input], r.want, r.what);
+        }
+    }
+    // RoPE rows are read at positions < Smax; a longer table is fine.
+    int64_t const ropeRows = in[c::kRopeCosSin].d[0];
+    if (ropeRows >= 0 && smax >= 0 && ropeRows < smax)
+    {
+        return mismatch(c::kRopeCosSin, 0, in[c::kRopeCosSin], smax, "at least Smax rows, Smax of past_cache");
+    }
+    if (tokens >= 0 && smax >= 0 && tokens > smax)
+    {
+        return mismatch(c::kQLatent, 1, q, smax, "at most Smax new tokens, Smax of past_cache");
+    }
+    for (int32_t i = 0; i < c::kNumInputs; ++i)
+    {
+        for (int32_t a = 0; a < in[i].nbDims; ++a)
+        {
+            if (in[i].d[a] == 0)
+            {
+                return mismatch(i, a, in[i], 1, "a non-empty extent");
+            }
+        }
+    }
+    return {};
+}
+
+int32_t outputShapeSource(int32_t outputIndex)
+{
+    return outputIndex == c::kAttnLatent ? static_cast<int32_t>(c::kQLatent) : static_cast<int32_t>(c::kPastCache);
+}
+
+Dims outputDims(int32_t outputIndex, Dims const* inputs)
+{
+    return inputs[outputShapeSource(outputIndex)];
+}
+
+bool isActivationType(DataType type)
+{
+    return type == DataType::kHALF || type == DataType::kBF16 || type == DataType::kFLOAT;
+}
+
+bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)
+{
+    if (inOut == nullptr || nbInputs != c::kNumInputs || nbOutputs != c::kNumOutputs || pos < 0
+        || pos >= nbInputs + nbOutputs)
+    {
+        return false;
+    }
+    nvinfer1::PluginTensorDesc const& desc = inOut[pos];
+    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    if (pos == c::kCacheSeqlensIn)
+    {
+        return desc.type == DataType::kINT32;
+    }
+    if (pos == c::kRopeCosSin)
+    {
+        return desc.type == DataType::kFLOAT;
+    }
+    // Every other position holds T: the first one decides it, the rest follow.
+    return isActivationType(desc.type) && (pos == c::kQLatent || desc.type == inOut[c::kQLatent].type);
+}
+
+std::string outputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs)
+{
+    if (outputTypes == nullptr || inputTypes == nullptr || nbOutputs != c::kNumOutputs || nbInputs != c::kNumInputs)
+    {
+        return "MlaAttention: expected 7 inputs and 2 outputs";
+    }
+    DataType const t = inputTypes[c::kQLatent];
+    if (!isActivationType(t))
+    {
+        return "MlaAttention: q_latent must be float16, bfloat16 or float32";
+    }
+    for (int32_t i : {c::kQPe, c::kKvLatent, c::kKPe, c::kPastCache})
+    {
+        if (inputTypes[i] != t)
+        {
+            return std::string("MlaAttention: input ") + c::kInputNames[i] + " must have the type of q_latent";
+        }
+    }
+    if (inputTypes[c::kCacheSeqlensIn] != DataType::kINT32)
+    {
+        return "MlaAttention: cache_seqlens must be int32";
+    }
+    if (inputTypes[c::kRopeCosSin] != DataType::kFLOAT)
+    {
+        return "MlaAttention: rope_cos_sin must be float32";
+    }
+    outputTypes[c::kAttnLatent] = t;
+    outputTypes[c::kPresentCache] = t;
+    return {};
+}
+
+bool toKernelType(DataType type, kernels::DataType& out)
+{
+    switch (type)
+    {
+    case DataType::kFLOAT: out = kernels::DataType::kFLOAT32; return true;
+    case DataType::kHALF: out = kernels::DataType::kFLOAT16; return true;
+    case DataType::kBF16: out = kernels::DataType::kBFLOAT16; return true;
+    default: return false;
+    }
+}
+
+kernels::Dims kernelDims(MlaAttributes const& attrs, Dims const* inputs, kernels::DataType dtype)
+{
+    kernels::Dims d{};
+    d.batch = static_cast<int32_t>(inputs[c::kQLatent].d[0]);
+    d.newTokens = static_cast<int32_t>(inputs[c::kQLatent].d[1]);
+    d.numHeads = attrs.numHeads;
+    d.kvLoraRank = attrs.kvLoraRank;
+    d.ropeDim = attrs.ropeDim;
+    d.maxSeqLen = static_cast<int32_t>(inputs[c::kPastCache].d[1]);
+    d.dtype = dtype;
+    d.softmaxScale = attrs.softmaxScale;
+    return d;
+}
+
+namespace
+{
+int64_t span(int64_t lo, int64_t hi)
+{
+    lo = std::max<int64_t>(lo, 1);
+    return std::max<int64_t>(hi, lo) - lo + 1;
+}
+
+// Every value of [lo, hi] (lo clamped to >= 1).
+std::set<int64_t> every(int64_t lo, int64_t hi)
+{
+    std::set<int64_t> values;
+    for (int64_t v = std::max<int64_t>(lo, 1); v <= std::max<int64_t>(hi, lo); ++v)
+    {
+        values.insert(v);
+    }
+    return values;
+}
+
+// {lo, every power of two strictly between, hi}; lo/hi clamped to >= 1.
+std::set<int64_t> candidates(int64_t lo, int64_t hi)
+{
+    lo = std::max<int64_t>(lo, 1);
+    hi = std::max<int64_t>(hi, lo);
+    std::set<int64_t> values{lo, hi};
+    for (int64_t p = 1; p < hi; p *= 2)
+    {
+        if (p > lo)
+        {
+            values.insert(p);
+        }
+    }
+    return values;
+}
+} // namespace
+
+size_t workspaceSize(MlaAttributes const& attrs, Dims const* minDims, Dims const* maxDims, kernels::DataType dtype,
+    int32_t numSms)
+{
+    kernels::Dims d = kernelDims(attrs, maxDims, dtype);
+    size_t bytes = 0;
+    std::set<int64_t> const batches = candidates(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]);
+    std::set<int64_t> const tokenCounts = candidates(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]);
+    std::set<int64_t> const rowCounts = candidates(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]);
+    bool const exhaustive = static_cast<double>(span(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]))
+            * static_cast<double>(span(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]))
+            * static_cast<double>(span(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]))
+        <= static_cast<double>(kExhaustiveWorkspaceShapes);
+    for (int64_t batch : exhaustive ? every(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]) : batches)
+    {
+        for (int64_t tokens : exhaustive ? every(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]) : tokenCounts)
+        {
+            for (int64_t rows :
+                exhaustive ? every(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]) : rowCounts)
+            {
+                d.batch = static_cast<int32_t>(batch);
+                d.newTokens = static_cast<int32_t>(tokens);
+                d.maxSeqLen = static_cast<int32_t>(rows);
+                bytes = std::max(bytes, kernels::workspaceBytes(d, numSms));
+            }
+        }
+    }
+    return bytes;
+}
+
+} // namespace plugin
+} // namespace mla

@@ -1,0 +1,82 @@
+/*
+ * Shape, type and workspace rules of MlaAttention as pure functions (no TensorRT objects, no CUDA
+ * calls), so that the plugin's build-time answers can be unit-tested on a CPU-only machine.
+ *
+ * Contract: mla_export/contract.py (mirrored in mlaContract.h). Shapes (T in {fp16, bf16, fp32}):
+ *   inputs  q_latent [B,S,H,Dc] T, q_pe [B,S,H,Dr] T, kv_latent [B,S,Dc] T, k_pe [B,S,Dr] T,
+ *           past_cache [B,Smax,Dc+Dr] T, cache_seqlens [B] int32, rope_cos_sin [Smax,Dr] float32
+ *   outputs attn_latent [B,S,H,Dc] T (shape of q_latent), present_cache [B,Smax,Dc+Dr] T (shape of past_cache)
+ */
+#pragma once
+
+#include "NvInferRuntime.h"
+#include "mlaContract.h"
+#include "mlaKernels.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace mla
+{
+namespace plugin
+{
+
+//! The op's attributes (contract.OP_ATTRIBUTES), as the creator parsed them.
+struct MlaAttributes
+{
+    int32_t numHeads{0};   //!< num_heads, H
+    int32_t kvLoraRank{0}; //!< kv_lora_rank, Dc
+    int32_t ropeDim{0};    //!< qk_rope_head_dim, Dr (even: RoPE rotates pairs)
+    float softmaxScale{0.F}; //!< softmax_scale (finite, > 0)
+};
+
+//! Empty when `attrs` are valid; otherwise a message naming the attribute, its value and what is expected.
+std::string validateAttributes(MlaAttributes const& attrs);
+
+//! Rank of each input and output, indexed by contract::InputIndex / contract::OutputIndex.
+constexpr int32_t kInputRanks[contract::kNumInputs] = {4, 4, 3, 3, 3, 1, 2};
+constexpr int32_t kOutputRanks[contract::kNumOutputs] = {4, 3};
+
+//! Checks the input shapes against each other and the attributes. Extents < 0 (unknown at build
+//! time) are not compared. Empty when consistent; otherwise the first mismatch, named.
+std::string validateInputDims(MlaAttributes const& attrs, nvinfer1::Dims const* inputs, int32_t nbInputs);
+
+//! Output index -> the input whose shape it has (attn_latent: q_latent, present_cache: past_cache).
+int32_t outputShapeSource(int32_t outputIndex);
+
+//! Output dims from input dims (the same rule getOutputShapes applies to shape expressions).
+nvinfer1::Dims outputDims(int32_t outputIndex, nvinfer1::Dims const* inputs);
+
+//! The type constraint: fp16/bf16 (fp32 for testing) T shared by the T inputs and both outputs.
+bool isActivationType(nvinfer1::DataType type);
+
+//! supportsFormatCombination's rule for position `pos` of `inOut` (inputs then outputs); looks only
+//! at positions <= pos, as TensorRT requires. Linear format only.
+bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs);
+
+//! Output types from input types; empty string when the inputs are acceptable.
+std::string outputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
+    int32_t nbInputs);
+
+//! nvinfer1 type -> kernels type; false for types the kernels do not take.
+bool toKernelType(nvinfer1::DataType type, kernels::DataType& out);
+
+//! The kernels' view of a call with these (fully known) input dims and activation type.
+kernels::Dims kernelDims(MlaAttributes const& attrs, nvinfer1::Dims const* inputs, kernels::DataType dtype);
+
+//! Workspace bytes for every shape in [min, max] of the profile: the largest kernels::workspaceBytes
+//! over every (B, S, Smax) of the profile when there are at most kExhaustiveWorkspaceShapes of them,
+//! else over B, S and Smax each in {min, powers of two in between, max} (the split plan depends on
+//! the shape, not necessarily monotonically). `minDims`/`maxDims` hold the 7 inputs' bounds.
+size_t workspaceSize(MlaAttributes const& attrs, nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims,
+    kernels::DataType dtype, int32_t numSms);
+
+//! Profiles with at most this many (B, S, Smax) shapes are searched exhaustively for the workspace.
+constexpr int64_t kExhaustiveWorkspaceShapes = int64_t{1} << 18;
+
+//! Number of SMs assumed for the workspace when the device cannot be queried at build time.
+constexpr int32_t kFallbackNumSms = 256;
+
+} // namespace plugin
+} // namespace mla

@@ -1,0 +1,81 @@
+/*
+ * libmla_plugin.so as TensorRT loads it: dlopen, getCreators/setLoggerFinder present and nothing
+ * else exported (in particular none of the CUDA driver forwarders), the creator's identity, and a
+ * plugin created from the fields the ONNX parser sends, on a machine without a CUDA driver.
+ */
+#include "NvInferRuntime.h"
+#include "mlaContract.h"
+#include "testLogger.h"
+#include "testUtil.h"
+
+#include <dlfcn.h>
+
+#include <cstring>
+#include <string>
+
+int main(int argc, char** argv)
+{
+    if (argc < 2)
+    {
+        std::printf("usage: test_mla_entry path/to/libmla_plugin.so\n");
+        return 2;
+    }
+    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    char const* error = lib == nullptr ? dlerror() : nullptr;
+    CHECK_MSG(lib != nullptr, error != nullptr ? error : "");
+    if (lib == nullptr)
+    {
+        return testutil::finish("test_mla_entry");
+    }
+    using GetCreators = nvinfer1::IPluginCreatorInterface* const* (*) (int32_t&);
+    using SetLoggerFinder = void (*)(nvinfer1::ILoggerFinder*);
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
+    CHECK(getCreators != nullptr);
+    CHECK(setLoggerFinder != nullptr);
+    for (char const* hidden : {"cuLaunchKernel", "cuModuleLoadData", "cuMemcpyDtoDAsync_v2", "getPluginCreators"})
+    {
+        CHECK_MSG(dlsym(lib, hidden) == nullptr, std::string(hidden) + " must not be exported");
+    }
+    if (getCreators == nullptr || setLoggerFinder == nullptr)
+    {
+        return testutil::finish("test_mla_entry");
+    }
+    testutil::CapturingLogger logger;
+    setLoggerFinder(&logger);
+    int32_t n = 0;
+    nvinfer1::IPluginCreatorInterface* const* creators = getCreators(n);
+    CHECK(n == 1 && creators != nullptr && creators[0] != nullptr);
+    if (n == 1 && creators != nullptr && creators[0] != nullptr)
+    {
+        CHECK(std::string(creators[0]->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE");
+        auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(creators[0]);
+        CHECK(std::string(creator->getPluginName()) == mla::contract::kPluginName);
+        CHECK(std::string(creator->getPluginVersion()) == mla::contract::kPluginVersion);
+        CHECK(std::string(creator->getPluginNamespace()) == mla::contract::kPluginNamespace);
+        int32_t heads = 4, rank = 32, rope = 8;
+        float scale = 0.25F;
+        nvinfer1::PluginField fields[4] = {
+            {mla::contract::kAttrNumHeads, &heads, nvinfer1::PluginFieldType::kINT32, 1},
+            {mla::contract::kAttrKvLoraRank, &rank, nvinfer1::PluginFieldType::kINT32, 1},
+            {mla::contract::kAttrQkRopeHeadDim, &rope, nvinfer1::PluginFieldType::kINT32, 1},
+            {mla::contract::kAttrSoftmaxScale, &scale, nvinfer1::PluginFieldType::kFLOAT32, 1}};
+        nvinfer1::PluginFieldCollection fc{4, fields};
+        nvinfer1::IPluginV3* plugin = creator->createPlugin("layer", &fc, nvinfer1::TensorRTPhase::kBUILD);
+        CHECK(plugin != nullptr);
+        CHECK(logger.contains("MlaAttention: num_heads=4 kv_lora_rank=32 qk_rope_head_dim=8 softmax_scale=0.25",
+            nvinfer1::ILogger::Severity::kINFO));
+        if (plugin != nullptr)
+        {
+            auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
+                plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+            CHECK(core != nullptr && std::strcmp(core->getPluginName(), "MlaAttention") == 0);
+            delete plugin; // no module was loaded: no driver call on destruction
+        }
+        fields[0].length = 0;
+        CHECK(creator->createPlugin("layer", &fc, nvinfer1::TensorRTPhase::kBUILD) == nullptr);
+        CHECK(logger.contains("num_heads: expected one integer", nvinfer1::ILogger::Severity::kERROR));
+    }
+    setLoggerFinder(nullptr);
+    return testutil::finish("test_mla_entry");
+}

@@ -1,0 +1,541 @@
+/*
+ * The plugin's launch path on a fake CUDA driver: for a sweep of tensor descriptors, in both cache
+ * modes (present bound to past's buffer: in place; separate buffers: copy first), enqueue must
+ *   - load the kernel module once per plugin object (per context) and unload it on destruction,
+ *   - copy past -> present (cuMemcpyDtoDAsync, whole cache, on the stream) only when the addresses
+ *     differ, and before any launch,
+ *   - launch on the given stream with the tensors' addresses and dims,
+ *   - refuse bad descriptors and report every failing driver call (return nonzero, error recorder).
+ * With an expectations file (argv[1], written by tests/test_plugin.py from the Python API's launch
+ * plan) the recorded launches must equal the planned ones.
+ */
+#include "fakeCuda.h"
+#include "mlaAttentionPlugin.h"
+#include "mlaContract.h"
+#include "mlaPluginLog.h"
+#include "testLogger.h"
+#include "testUtil.h"
+
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <vector>
+
+using namespace mla;
+using nvinfer1::DataType;
+namespace c = mla::contract;
+
+namespace
+{
+testutil::CapturingLogger gLogger;
+
+struct Call
+{
+    int32_t batch, tokens, heads, rank, rope, maxSeqLen;
+    DataType type;
+};
+
+size_t elementSize(DataType t)
+{
+    return t == DataType::kFLOAT ? 4 : 2;
+}
+
+uintptr_t const kInputBase = 0x7f0000000000;
+uintptr_t const kPresentSeparate = 0x7f8000000000;
+uintptr_t const kAttnOut = 0x7f9000000000;
+uintptr_t const kWorkspace = 0x7fa000000000;
+CUstream const kStream = reinterpret_cast<CUstream>(0x5151);
+
+// Descriptors, pointers and the enqueue of one call. Returns enqueue's status.
+struct Launch
+{
+    nvinfer1::PluginTensorDesc in[7]{};
+    nvinfer1::PluginTensorDesc out[2]{};
+    void const* inputs[7]{};
+    void* outputs[2]{};
+
+    Launch(Call const& k, bool inPlace)
+    {
+        std::vector<std::vector<int64_t>> const shapes = {{k.batch, k.tokens, k.heads, k.rank},
+            {k.batch, k.tokens, k.heads, k.rope}, {k.batch, k.tokens, k.rank}, {k.batch, k.tokens, k.rope},
+            {k.batch, k.maxSeqLen, k.rank + k.rope}, {k.batch}, {k.maxSeqLen, k.rope}};
+        for (int32_t i = 0; i < 7; ++i)
+        {
+            in[i].dims.nbDims = static_cast<int32_t>(shapes[i].size());
+            for (size_t a = 0; a < shapes[i].size(); ++a)
+            {
+                in[i].dims.d[a] = shapes[i][a];
+            }
+            in[i].type = i == c::kCacheSeqlensIn ? DataType::kINT32 : (i == c::kRopeCosSin ? DataType::kFLOAT : k.type);
+            in[i].format = nvinfer1::TensorFormat::kLINEAR;
+            inputs[i] = reinterpret_cast<void const*>(kInputBase + (static_cast<uintptr_t>(i) << 32));
+        }
+        out[0] = in[c::kQLatent];
+        out[1] = in[c::kPastCache];
+        outputs[0] = reinterpret_cast<void*>(kAttnOut);
+        outputs[1] = inPlace ? const_cast<void*>(inputs[c::kPastCache]) : reinterpret_cast<void*>(kPresentSeparate);
+    }
+
+    int32_t run(nvinfer1::IPluginV3OneRuntime& p)
+    {
+        if (p.onShapeChange(in, 7, out, 2) != 0)
+        {
+            return -2;
+        }
+        return p.enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(kWorkspace), kStream);
+    }
+};
+
+std::string describe(Call const& k, bool inPlace)
+{
+    std::ostringstream s;
+    s << "B=" << k.batch << " S=" << k.tokens << " H=" << k.heads << " Dc=" << k.rank << " Dr=" << k.rope
+      << " Smax=" << k.maxSeqLen << " T=" << static_cast<int>(k.type) << (inPlace ? " in-place" : " copy");
+    return s.str();
+}
+
+std::vector<fake::Event> eventsSince(size_t first)
+{
+    auto const& all = fake::events();
+    return std::vector<fake::Event>(all.begin() + static_cast<long>(first), all.end());
+}
+
+// Checks one enqueue's events (from the first one after the module load) and returns its launches.
+std::vector<fake::Event> checkCall(Call const& k, bool inPlace, Launch const& l, std::vector<fake::Event> const& ev)
+{
+    std::string const what = describe(k, inPlace);
+    std::vector<fake::Event> launches;
+    int32_t copies = 0;
+    for (fake::Event const& e : ev)
+    {
+        if (e.kind == fake::Kind::kMemcpy)
+        {
+            ++copies;
+            CHECK_MSG(launches.empty(), what + ": past -> present copy after a launch");
+            CHECK_MSG(e.dst == kPresentSeparate, what);
+            CHECK_MSG(e.src == reinterpret_cast<uintptr_t>(l.inputs[c::kPastCache]), what);
+            CHECK_MSG(e.bytes
+                    == static_cast<uint64_t>(k.batch) * k.maxSeqLen * (k.rank + k.rope) * elementSize(k.type),
+                what + ": copied " + std::to_string(e.bytes) + " bytes");
+            CHECK_MSG(e.stream == kStream, what);
+        }
+        else if (e.kind == fake::Kind::kLaunch)
+        {
+            CHECK_MSG(e.stream == kStream, what + ": launch on another stream");
+            launches.push_back(e);
+        }
+    }
+    CHECK_MSG(copies == (inPlace ? 0 : 1), what + ": " + std::to_string(copies) + " copies");
+    CHECK_MSG(!launches.empty(), what + ": no launch");
+    return launches;
+}
+
+std::vector<Call> sweep()
+{
+    std::vector<Call> calls;
+    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    {
+        for (int32_t batch : {1, 3, 8})
+        {
+            for (int32_t tokens : {1, 2, 5})
+            {
+                calls.push_back({batch, tokens, 4, 32, 8, 64, t});     // the tiny preset's head shape
+                calls.push_back({batch, tokens, 16, 512, 64, 2048, t}); // DeepSeek's latent sizes
+            }
+        }
+    }
+    calls.push_back({2, 64, 128, 512, 64, 4096, DataType::kBF16}); // a prefill chunk, 128 heads
+    return calls;
+}
+
+// The first descriptor set of the sweep the kernels support (the failure tests use it).
+Call supportedCall()
+{
+    for (Call const& k : sweep())
+    {
+        kernels::DataType dtype{};
+        plugin::toKernelType(k.type, dtype);
+        if (kernels::supported(kernels::Dims{k.batch, k.tokens, k.heads, k.rank, k.rope, k.maxSeqLen, dtype, 0.125F}, nullptr))
+        {
+            return k;
+        }
+    }
+    CHECK_MSG(false, "the kernels support no descriptor set of the sweep");
+    return sweep().front();
+}
+
+plugin::MlaAttributes attributesOf(Call const& k)
+{
+    return plugin::MlaAttributes{k.heads, k.rank, k.rope, 0.125F};
+}
+
+void testSweep()
+{
+    fake::reset();
+    auto p = std::make_unique<plugin::MlaAttentionPlugin>(plugin::MlaAttributes{4, 32, 8, 0.125F});
+    auto q = std::make_unique<plugin::MlaAttentionPlugin>(plugin::MlaAttributes{16, 512, 64, 0.07F});
+    auto r = std::make_unique<plugin::MlaAttentionPlugin>(plugin::MlaAttributes{128, 512, 64, 0.07F});
+    int32_t runs = 0;
+    int32_t unsupported = 0;
+    std::map<plugin::MlaAttentionPlugin*, int32_t> loads; // images loaded per plugin object
+    for (Call const& k : sweep())
+    {
+        plugin::MlaAttentionPlugin& target = k.heads == 4 ? *p : (k.heads == 16 ? *q : *r);
+        kernels::DataType dtype{};
+        plugin::toKernelType(k.type, dtype);
+        kernels::Dims const kd{k.batch, k.tokens, k.heads, k.rank, k.rope, k.maxSeqLen, dtype, 0.125F};
+        if (!kernels::supported(kd, nullptr))
+        {
+            // Shapes the kernels have no specialization for: refused before any launch or copy.
+            ++unsupported;
+            size_t const first = fake::events().size();
+            Launch l(k, false);
+            CHECK_MSG(l.run(target) == -1, describe(k, false));
+            CHECK(fake::events().size() == first);
+            continue;
+        }
+        for (bool inPlace : {true, false})
+        {
+            size_t const first = fake::events().size();
+            Launch l(k, inPlace);
+            int32_t const status = l.run(target);
+            CHECK_MSG(status == 0, describe(k, inPlace) + ": enqueue returned " + std::to_string(status));
+            auto ev = eventsSince(first);
+            std::vector<fake::Event> afterLoad;
+            int32_t loadsNow = 0;
+            for (auto const& e : ev)
+            {
+                if (e.kind == fake::Kind::kModuleLoad)
+                {
+                    ++loadsNow;
+                }
+                else if (e.kind != fake::Kind::kGetFunction)
+                {
+                    afterLoad.push_back(e);
+                }
+            }
+            // The kernel images are loaded by the first enqueue of a plugin object only.
+            bool const firstUse = loads.count(&target) == 0;
+            CHECK_MSG(firstUse ? loadsNow > 0 : loadsNow == 0,
+                describe(k, inPlace) + ": " + std::to_string(loadsNow) + " module loads");
+            loads[&target] += loadsNow;
+            checkCall(k, inPlace, l, afterLoad);
+            ++runs;
+        }
+    }
+    std::printf("launch sweep: %d enqueues, %d descriptor sets without a kernel\n", runs, unsupported);
+    CHECK(runs > 0);
+    // Modules stay loaded while their plugin object lives, and are unloaded with it.
+    int32_t total = 0;
+    for (auto const& entry : loads)
+    {
+        total += entry.second;
+    }
+    CHECK(fake::liveModules() == total);
+    int32_t const ofP = loads.count(p.get()) ? loads[p.get()] : 0;
+    p.reset();
+    CHECK(fake::liveModules() == total - ofP);
+    q.reset();
+    r.reset();
+    CHECK(fake::liveModules() == 0);
+    CHECK(runs + 2 * unsupported == 2 * static_cast<int32_t>(sweep().size()));
+}
+
+void testModulePerContext()
+{
+    fake::reset();
+    Call const k = supportedCall();
+    plugin::MlaAttentionPlugin built(attributesOf(k));
+    testutil::CapturingRecorder recorder;
+    struct Context : nvinfer1::IPluginResourceContext
+    {
+        nvinfer1::IErrorRecorder* recorder;
+        nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
+        nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return recorder; }
+    } context;
+    context.recorder = &recorder;
+    std::unique_ptr<nvinfer1::IPluginV3> a(built.attachToContext(&context));
+    std::unique_ptr<nvinfer1::IPluginV3> b(built.attachToContext(&context));
+    auto* ra = static_cast<nvinfer1::IPluginV3OneRuntime*>(a->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    auto* rb = static_cast<nvinfer1::IPluginV3OneRuntime*>(b->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    size_t perContext = 0;
+    for (int32_t i = 0; i < 3; ++i)
+    {
+        Launch l(k, true);
+        CHECK(l.run(*ra) == 0);
+        if (i == 0)
+        {
+            perContext = fake::eventsOf(fake::Kind::kModuleLoad).size(); // images of one Module::load
+            CHECK(perContext > 0);
+        }
+        Launch m(k, false);
+        CHECK(m.run(*rb) == 0);
+    }
+    // Each context (attached plugin object) loads the kernels once, for itself.
+    CHECK(fake::eventsOf(fake::Kind::kModuleLoad).size() == 2 * perContext);
+    CHECK(fake::liveModules() == static_cast<int32_t>(2 * perContext));
+    a.reset();
+    b.reset();
+    CHECK(fake::liveModules() == 0);
+    CHECK(recorder.errors.empty());
+
+    // A failing driver call reaches the context's error recorder.
+    std::unique_ptr<nvinfer1::IPluginV3> d(built.attachToContext(&context));
+    auto* rd = static_cast<nvinfer1::IPluginV3OneRuntime*>(d->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    size_t const launchesBefore = fake::eventsOf(fake::Kind::kLaunch).size();
+    CHECK(launchesBefore >= 6);
+    for (int32_t nth = 0; nth < 4; ++nth) // every image the loader may try (cubin, then PTX, ...)
+    {
+        fake::failCall("cuModuleLoadData", CUDA_ERROR_NO_BINARY_FOR_GPU, nth);
+    }
+    Launch l(k, true);
+    CHECK(l.run(*rd) != 0);
+    CHECK(recorder.errors.size() == 1 && recorder.errors[0].second.find("loading the kernel module") != std::string::npos);
+    CHECK(recorder.errors.size() == 1 && recorder.errors[0].first == nvinfer1::ErrorCode::kFAILED_EXECUTION);
+    size_t const loads = fake::eventsOf(fake::Kind::kModuleLoad).size();
+    CHECK(l.run(*rd) != 0); // not retried: reported once
+    CHECK(fake::eventsOf(fake::Kind::kModuleLoad).size() == loads);
+    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() == launchesBefore);
+    d.reset();
+    CHECK(fake::liveModules() == 0); // nothing half-loaded is left behind
+}
+
+void testFailures()
+{
+    Call const k = supportedCall();
+    {
+        // A failing copy: no launch, nonzero.
+        fake::reset();
+        plugin::MlaAttentionPlugin p(attributesOf(k));
+        fake::failCall("cuMemcpyDtoDAsync", CUDA_ERROR_ILLEGAL_ADDRESS);
+        gLogger.messages.clear();
+        Launch l(k, false);
+        CHECK(l.run(p) == -1);
+        CHECK(fake::eventsOf(fake::Kind::kLaunch).empty());
+        CHECK(gLogger.contains("copying past_cache to present_cache (cuMemcpyDtoDAsync) failed: FAKE_CUDA_ERROR_700",
+            nvinfer1::ILogger::Severity::kERROR));
+        // The next call works.
+        Launch m(k, false);
+        CHECK(m.run(p) == 0);
+    }
+    {
+        fake::reset();
+        plugin::MlaAttentionPlugin p(attributesOf(k));
+        fake::failCall("cuLaunchKernel", CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+        gLogger.messages.clear();
+        Launch l(k, true);
+        CHECK(l.run(p) == -1);
+        CHECK(gLogger.contains("launching the kernels failed", nvinfer1::ILogger::Severity::kERROR));
+    }
+    {
+        // Bad descriptors: refused before any driver call.
+        fake::reset();
+        plugin::MlaAttentionPlugin p(attributesOf(k));
+        Launch l(k, true);
+        l.in[c::kKPe].dims.d[2] = 16;
+        CHECK(p.enqueue(l.in, l.out, l.inputs, l.outputs, nullptr, kStream) == -1);
+        CHECK(p.onShapeChange(l.in, 7, l.out, 2) == -1);
+        Launch m(k, true);
+        m.out[c::kPresentCache].dims.d[1] = 32;
+        CHECK(p.enqueue(m.in, m.out, m.inputs, m.outputs, nullptr, kStream) == -1);
+        Launch n(k, true);
+        n.in[c::kQPe].type = DataType::kBF16;
+        CHECK(p.enqueue(n.in, n.out, n.inputs, n.outputs, nullptr, kStream) == -1);
+        Launch o(k, true);
+        o.out[c::kAttnLatent].type = DataType::kFLOAT;
+        CHECK(p.enqueue(o.in, o.out, o.inputs, o.outputs, nullptr, kStream) == -1);
+        CHECK(p.enqueue(nullptr, o.out, o.inputs, o.outputs, nullptr, kStream) == -1);
+        Launch misaligned(k, true);
+        misaligned.inputs[c::kQPe] = static_cast<char const*>(misaligned.inputs[c::kQPe]) + 2;
+        gLogger.messages.clear();
+        CHECK(p.enqueue(misaligned.in, misaligned.out, misaligned.inputs, misaligned.outputs, nullptr, kStream) == -1);
+        CHECK(gLogger.contains("tensor q_pe is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
+        CHECK(fake::events().empty());
+    }
+}
+
+// Expectations written by tests/test_plugin.py from the Python API's plan:
+//   case B S H Dc Dr Smax dtype(0 fp32, 1 fp16, 2 bf16) numSms
+//   launch name gx gy gz bx by bz sharedMem     (one line per planned launch, in order)
+//   ... optionally followed by the expected argument values, in order:
+//       p:<tensor>   a pointer: q_latent q_pe kv_latent k_pe cache_seqlens rope_cos_sin past (inputs),
+//                    present attn_latent (outputs), ws+<bytes> (workspace offset), null; p:* any pointer
+//       i:<int32>    f:<float32>
+// where name "*", block "0 0 0" and sharedMem "*" match anything (the plan does not fix them).
+uint32_t const kAnySharedMem = 0xFFFFFFFFu;
+float const kPlanSoftmaxScale = 0.1F;
+
+// The address a "p:" token names for launch `l`; false for "p:*" (any).
+bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
+{
+    if (what == "*")
+    {
+        return false;
+    }
+    if (what == "null")
+    {
+        out = 0;
+        return true;
+    }
+    if (what.rfind("ws+", 0) == 0)
+    {
+        out = kWorkspace + std::stoull(what.substr(3));
+        return true;
+    }
+    if (what == "present" || what == "attn_latent")
+    {
+        out = reinterpret_cast<uintptr_t>(l.outputs[what == "present" ? c::kPresentCache : c::kAttnLatent]);
+        return true;
+    }
+    for (int32_t i = 0; i < c::kNumInputs; ++i)
+    {
+        if (what == c::kInputNames[i] || (what == "past" && i == c::kPastCache))
+        {
+            out = reinterpret_cast<uintptr_t>(l.inputs[i]);
+            return true;
+        }
+    }
+    out = ~uint64_t{0}; // unknown name: never matches
+    return true;
+}
+
+// Checks the recorded argument values of `got` against the tokens of `want`; returns the mismatches.
+std::string compareArgs(fake::Event const& got, std::vector<std::string> const& want, Launch const& l)
+{
+    std::ostringstream bad;
+    if (got.args.size() != want.size())
+    {
+        bad << got.args.size() << " arguments recorded, " << want.size() << " expected; ";
+        return bad.str();
+    }
+    for (size_t j = 0; j < want.size(); ++j)
+    {
+        std::string const kind = want[j].substr(0, 2);
+        std::string const value = want[j].substr(2);
+        if (kind == "p:")
+        {
+            uint64_t expected = 0;
+            if (expectedPointer(value, l, expected) && fake::argAs<uint64_t>(got, j) != expected)
+            {
+                bad << "arg " << j << " is 0x" << std::hex << fake::argAs<uint64_t>(got, j) << ", expected " << value
+                    << " 0x" << expected << std::dec << "; ";
+            }
+        }
+        else if (kind == "i:" && fake::argAs<int32_t>(got, j) != std::stoi(value))
+        {
+            bad << "arg " << j << " is " << fake::argAs<int32_t>(got, j) << ", expected " << value << "; ";
+        }
+        else if (kind == "f:" && fake::argAs<float>(got, j) != std::stof(value))
+        {
+            bad << "arg " << j << " is " << fake::argAs<float>(got, j) << ", expected " << value << "; ";
+        }
+    }
+    return bad.str();
+}
+
+int32_t compareWithPlan(char const* path)
+{
+    std::ifstream file(path);
+    if (!file)
+    {
+        std::printf("cannot read %s\n", path);
+        return -1;
+    }
+    struct Planned
+    {
+        Call call;
+        int32_t numSms;
+        std::vector<fake::Event> launches;
+        std::vector<std::vector<std::string>> args; //!< expected argument tokens per launch (may be empty)
+    };
+    std::vector<Planned> plans;
+    std::string line;
+    while (std::getline(file, line))
+    {
+        std::istringstream s(line);
+        std::string tag;
+        s >> tag;
+        if (tag == "case")
+        {
+            Planned p{};
+            int32_t dtype = 0;
+            s >> p.call.batch >> p.call.tokens >> p.call.heads >> p.call.rank >> p.call.rope >> p.call.maxSeqLen
+                >> dtype >> p.numSms;
+            p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+            plans.push_back(p);
+        }
+        else if (tag == "launch" && !plans.empty())
+        {
+            fake::Event e{fake::Kind::kLaunch};
+            std::string shared;
+            s >> e.name >> e.grid[0] >> e.grid[1] >> e.grid[2] >> e.block[0] >> e.block[1] >> e.block[2] >> shared;
+            e.sharedMem = shared == "*" ? kAnySharedMem : static_cast<uint32_t>(std::stoul(shared));
+            plans.back().launches.push_back(e);
+            std::vector<std::string> args;
+            std::vector<uint32_t> sizes;
+            for (std::string token; s >> token;)
+            {
+                args.push_back(token);
+                sizes.push_back(token.rfind("p:", 0) == 0 ? 8 : 4);
+            }
+            if (!args.empty() && e.name != "*")
+            {
+                fake::setSignature(e.name, sizes);
+            }
+            plans.back().args.push_back(args);
+        }
+    }
+    for (Planned const& plan : plans)
+    {
+        for (bool inPlace : {true, false})
+        {
+            fake::reset();
+            fake::setDevice(90, plan.numSms);
+            plugin::MlaAttentionPlugin p(
+                plugin::MlaAttributes{plan.call.heads, plan.call.rank, plan.call.rope, kPlanSoftmaxScale});
+            Launch l(plan.call, inPlace);
+            CHECK(l.run(p) == 0);
+            auto got = fake::eventsOf(fake::Kind::kLaunch);
+            std::string const what = describe(plan.call, inPlace);
+            CHECK_MSG(got.size() == plan.launches.size(),
+                what + ": " + std::to_string(got.size()) + " launches, plan has " + std::to_string(plan.launches.size()));
+            for (size_t i = 0; i < got.size() && i < plan.launches.size(); ++i)
+            {
+                fake::Event const& g = got[i];
+                fake::Event const& w = plan.launches[i];
+                bool const same = (w.name == "*" || g.name == w.name) && std::equal(g.grid, g.grid + 3, w.grid)
+                    && (w.block[0] == 0 || std::equal(g.block, g.block + 3, w.block))
+                    && (w.sharedMem == kAnySharedMem || g.sharedMem == w.sharedMem);
+                std::ostringstream s;
+                s << what << " launch " << i << ": got " << g.name << " grid " << g.grid[0] << "," << g.grid[1] << ","
+                  << g.grid[2] << " block " << g.block[0] << " smem " << g.sharedMem << "; plan " << w.name << " grid "
+                  << w.grid[0] << "," << w.grid[1] << "," << w.grid[2] << " block " << w.block[0] << " smem "
+                  << w.sharedMem;
+                CHECK_MSG(same, s.str());
+                if (!plan.args[i].empty())
+                {
+                    std::string const mismatches = compareArgs(g, plan.args[i], l);
+                    CHECK_MSG(mismatches.empty(), what + " launch " + std::to_string(i) + " (" + g.name + "): " + mismatches);
+                }
+            }
+        }
+    }
+    std::printf("compared %zu planned calls\n", plans.size());
+    return static_cast<int32_t>(plans.size());
+}
+} // namespace
+
+int main(int argc, char** argv)
+{
+    plugin::setLoggerFinder(&gLogger);
+    testSweep();
+    testModulePerContext();
+    testFailures();
+    if (argc > 1)
+    {
+        CHECK(compareWithPlan(argv[1]) > 0);
+    }
+    plugin::setLoggerFinder(nullptr);
+    return testutil::finish("test_mla_launch");
+}
