@@ -24,6 +24,13 @@ def tiny_onnx(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_fp16_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("build") / "tiny16.onnx"
+    export_onnx(ExportSpec(load_preset("tiny"), dtype="float16", max_seq_len=SMAX), path)
+    return path
+
+
 def rtx():
     try:
         return backend.import_backend("tensorrt-rtx")
@@ -66,8 +73,17 @@ def test_rtx_refuses_the_plugin_and_timing_cache(tiny_onnx, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_plugin_library(tiny_onnx, tmp_path, monkeypatch):
+def test_plugin_refuses_what_its_kernels_lack(tiny_onnx, tmp_path):
+    """The plugin's kernels are float16/bfloat16 only: a float32 export is refused before TensorRT is touched."""
     result = run("build", "--onnx", tiny_onnx, "-o", tmp_path / "x.engine", "--plugin-lib", tmp_path / "nope.so")
+    assert result.exit_code == 1, result.output
+    assert "float32" in result.output and "compiled for float16 and bfloat16 only" in result.output
+    assert "--attention decomposed" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_plugin_library(tiny_fp16_onnx, tmp_path, monkeypatch):
+    result = run("build", "--onnx", tiny_fp16_onnx, "-o", tmp_path / "x.engine", "--plugin-lib", tmp_path / "nope.so")
     assert result.exit_code == 1 and "libmla_plugin.so not found" in result.output and "make plugins" in result.output
     monkeypatch.setenv(backend.PLUGIN_ENV, str(tmp_path / "also-missing.so"))
     with pytest.raises(UserError, match="also-missing.so"):

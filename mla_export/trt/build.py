@@ -118,6 +118,19 @@ class _Progress:
         self.monitor = Monitor()
 
 
+def check_plugin_supports(export) -> None:
+    """Refuse, before any TensorRT work, an export whose dtype or head dims the plugin's kernels lack."""
+    from ..kernels.plan import Dims, unsupported_reason  # pure Python: no Triton, no GPU
+
+    c = export.config
+    why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
+                                  export.max_seq_len, export.dtype))
+    if why is not None:
+        raise UserError(f"--attention plugin: the MlaAttention plugin cannot run this export ({export.dtype}, "
+                        f"kv_lora_rank={c.kv_lora_rank}, qk_rope_head_dim={c.qk_rope_head_dim}): {why}; "
+                        "re-export with --dtype float16 or bfloat16, or build with --attention decomposed")
+
+
 def _detect_gpu() -> tuple[str | None, str | None]:
     try:
         import torch
@@ -148,6 +161,8 @@ def build_engine(spec: BuildSpec) -> Path:
                         "drop the option or use --backend tensorrt")
     if spec.prefill_tokens[2] > export.max_seq_len:
         raise UserError(f"--prefill-tokens max {spec.prefill_tokens[2]} exceeds the cache ({export.max_seq_len} rows)")
+    if spec.attention == "plugin":
+        check_plugin_supports(export)
     plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
     trt = import_backend(spec.backend)
 
