@@ -90,7 +90,7 @@ def bench_decode(heads: int, dtype: torch.dtype, copy_bw: float) -> list[dict]:
         rows.append(row)
         print(f"decode H={heads} B={batch} ctx={context}: {row['us']:.1f} us, {row['GB/s']:.0f} GB/s "
               f"({100 * row['of_copy_bw']:.0f}% of copy), x{row.get('speedup_vs_eager', float('nan')):.1f} vs eager")
-        del args, out
+        args = out = None  # free the tensors before the next shape
         torch.cuda.empty_cache()
     return rows
 

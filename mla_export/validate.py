@@ -15,7 +15,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from . import contract
 from .compare import Comparison, compare, tolerance_for
 from .errors import UserError
 from .export import DTYPES, ExportSpec, graph_io_names

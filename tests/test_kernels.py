@@ -140,6 +140,25 @@ def test_in_place_updates_the_given_cache():
     assert result.passed, result
 
 
+def test_out_of_contract_call_writes_nothing_outside_the_cache():
+    """cache_seqlens[b] + S > Smax is out of contract: its results are undefined, but no write may land
+    past row Smax-1 (here: in the next sequence's rows, or past the cache in the same allocation)."""
+    from mla_export.kernels import mla_attention_triton
+
+    smax, new_tokens = 16, 3
+    args = [t.to(DEVICE) for t in make_case(2, new_tokens, 4, TINY, [smax - 1, 2], smax, torch.float32)]
+    buffer = torch.randn(3, smax, 40, device=DEVICE)  # [3, Smax, Dc+Dr]: sequences 0, 1, then a guard
+    buffer[:2] = args[4]
+    before = buffer.clone()
+    args[4] = buffer[:2]  # a contiguous view: the guard sequence lies right after the cache
+    mla_attention_triton(*args, 0.1, in_place=True)
+    bits, old = buffer.view(torch.int32), before.view(torch.int32)
+    assert torch.equal(bits[2], old[2]), "a write landed past the cache"
+    assert torch.equal(bits[0, :smax - 1], old[0, :smax - 1]), "sequence 0: rows before its new ones changed"
+    assert not torch.equal(bits[0, smax - 1], old[0, smax - 1]), "sequence 0: its one in-cache new row not written"
+    assert torch.equal(bits[1, :2], old[1, :2]) and torch.equal(bits[1, 2 + new_tokens:], old[1, 2 + new_tokens:])
+
+
 def test_empty_batch_returns_without_launching():
     from mla_export.kernels import mla_attention_triton
 

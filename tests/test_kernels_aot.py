@@ -36,15 +36,17 @@ def built(aot_kernels):
 def test_every_kernel_is_built_for_every_arch_within_shared_memory(built):
     manifest = json.loads((built / "manifest.json").read_text())
     table = plan.aot_kernel_table()
-    assert manifest["archs"] == list(plan.AOT_ARCHS) and manifest["ptx_arch"] == max(plan.AOT_ARCHS)
+    ptx_archs = [min(plan.AOT_ARCHS), max(plan.AOT_ARCHS)]
+    assert manifest["archs"] == list(plan.AOT_ARCHS) and manifest["ptx_archs"] == ptx_archs
     seen = {(k["arch"], k["ptx"]) for k in manifest["kernels"]}
-    assert seen == {(a, False) for a in plan.AOT_ARCHS} | {(max(plan.AOT_ARCHS), True)}
-    assert len(manifest["kernels"]) == len(table) * (len(plan.AOT_ARCHS) + 1)
+    assert seen == {(a, False) for a in plan.AOT_ARCHS} | {(a, True) for a in ptx_archs}
+    assert len(manifest["kernels"]) == len(table) * (len(plan.AOT_ARCHS) + len(ptx_archs))
     for k in manifest["kernels"]:
         assert 0 <= k["shared"] <= aot.SHARED_LIMIT[k["arch"]], k
         assert k["image_bytes"] > 0
     source = (built / "mla_kernels_aot.cpp").read_text()
-    assert f"k_ptx{max(plan.AOT_ARCHS)}_{len(table) - 1}[" in source  # PTX images for later GPUs
+    for arch in ptx_archs:  # PTX images for later GPUs and those between cubins
+        assert f"k_ptx{arch}_{len(table) - 1}[" in source
     assert "&globalScratch, &profileScratch" in source  # Triton's trailing scratch arguments
 
 

@@ -206,7 +206,8 @@ def test_cpp_tests_pass(plugin_build):
     result = subprocess.run(["ctest", "--test-dir", plugin_build, "-V"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr
     summaries = dict(re.findall(r"(test_mla_\w+): (\d+) passed, 0 failed", result.stdout))
-    assert set(summaries) == {"test_mla_creator", "test_mla_shapes", "test_mla_launch", "test_mla_entry"}, \
+    assert set(summaries) == {"test_mla_creator", "test_mla_shapes", "test_mla_launch", "test_mla_images",
+                              "test_mla_entry"}, \
         result.stdout[-4000:]
     assert int(summaries["test_mla_shapes"]) > 1000  # the format matrix alone is 1458 checks
     assert int(summaries["test_mla_launch"]) > 1000

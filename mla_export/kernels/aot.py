@@ -4,8 +4,9 @@
 
 Compiles every specialization of `plan.aot_kernel_table()` with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` for each arch of
-`plan.AOT_ARCHS`, plus PTX of the newest arch (its `.target sm_XXXa` lowered to `sm_XXX` and checked
-with ptxas, so the driver can JIT it on later GPUs), checks shared memory against each arch's limit,
+`plan.AOT_ARCHS`, plus PTX of the newest and the oldest arch (`.target sm_XXXa` lowered to `sm_XXX` and
+checked with ptxas, so the driver can JIT it: the newest for later GPUs, the oldest for the GPUs between
+cubins, such as sm_103 or sm_110), checks shared memory against each arch's limit,
 and writes (via `codegen.py`):
 
     DIR/mla_kernels_aot.cpp    cubins/PTX as byte arrays, typed launchers, mlaKernels.h's implementation
@@ -27,12 +28,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..fileio import atomic_write_text
 from . import plan
 
 # Largest dynamic shared memory per block (opt-in), bytes, per compute capability.
 SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
                 120: 101376}
-PTX_ARCH = max(plan.AOT_ARCHS)
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
@@ -119,7 +120,8 @@ def compile_one(index: int, arch: int, want_ptx: bool) -> list[Compiled]:
     start = time.perf_counter()
     src = ASTSource(kernel_function(spec.kind), sig, constexprs, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
+                                     "enable_fp_fusion": plan.FP_FUSION})
     seconds = time.perf_counter() - start
     md = kernel.metadata
     if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
@@ -146,8 +148,8 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
         if arch not in SHARED_LIMIT:
             raise ValueError(f"arch {arch}: no shared-memory limit known (known: {sorted(SHARED_LIMIT)})")
     table = plan.aot_kernel_table()
-    ptx_arch = max(archs)
-    work = [(i, arch, arch == ptx_arch) for arch in archs for i in range(len(table))]
+    ptx_archs = tuple(sorted({min(archs), max(archs)}))
+    work = [(i, arch, arch in ptx_archs) for arch in archs for i in range(len(table))]
     start = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
     results: list[Compiled] = []
@@ -160,8 +162,8 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
                 results += res
     total = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "mla_kernels_aot.cpp").write_text(codegen.kernels_source(results, archs, ptx_arch))
-    (out_dir / "mla_kernels_plan.cpp").write_text(codegen.plan_source())
+    atomic_write_text(out_dir / "mla_kernels_aot.cpp", codegen.kernels_source(results, archs, ptx_archs))
+    atomic_write_text(out_dir / "mla_kernels_plan.cpp", codegen.plan_source())
     per_arch = {}
     for r in results:
         key = f"ptx{r.arch}" if r.is_ptx else f"sm_{r.arch}"
@@ -170,12 +172,12 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
         d["image_bytes"] += len(r.image)
         d["max_shared"] = max(d["max_shared"], r.shared)
     manifest = {
-        "archs": list(archs), "ptx_arch": ptx_arch, "wall_seconds": round(total, 2), "jobs": jobs,
+        "archs": list(archs), "ptx_archs": list(ptx_archs), "wall_seconds": round(total, 2), "jobs": jobs,
         "per_arch": per_arch,
         "kernels": [dict(asdict(table[r.index]), arch=r.arch, ptx=r.is_ptx, name=r.name, shared=r.shared,
                          image_bytes=len(r.image), seconds=round(r.seconds, 2)) for r in results],
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
     for key, d in per_arch.items():
         log(f"{key}: {len(table)} kernels, {d['image_bytes'] / 1024:.0f} KiB, max shared {d['max_shared']} B, "
             f"{d['compile_seconds']:.1f} s compile")

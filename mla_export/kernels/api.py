@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import attention, combine, rope_append
-from .plan import COMBINE_NUM_WARPS, DEFAULT_NUM_SMS, ROPE_NUM_WARPS, Dims, Plan, kernel_constexprs, make_plan
+from .plan import (COMBINE_NUM_WARPS, DEFAULT_NUM_SMS, FP_FUSION, ROPE_NUM_WARPS, Dims, Plan, kernel_constexprs,
+                   make_plan)
 
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
@@ -117,14 +118,15 @@ def mla_attention_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: 
         q_pe, kv_latent, k_pe, present, cache_seqlens, rope_cos_sin, q_rot,
         dims.new_tokens, dims.num_heads, dims.max_seq_len,
         **kernel_constexprs("rope_append", fam, 0, dims.dtype), num_warps=ROPE_NUM_WARPS,
-        num_stages=1)
+        num_stages=1, enable_fp_fusion=FP_FUSION)
     attention.mla_attention_kernel[plan.attn_grid](
         q_latent, q_rot, present, cache_seqlens, attn, o_part, lse, float(softmax_scale),
         dims.new_tokens, dims.num_heads, dims.max_seq_len, plan.num_splits,
         **kernel_constexprs("attention", fam, plan.block_m, dims.dtype), num_warps=plan.attn_num_warps,
-        num_stages=fam.num_stages)
+        num_stages=fam.num_stages, enable_fp_fusion=FP_FUSION)
     if plan.num_splits > 1:
         combine.mla_combine_kernel[plan.combine_grid](o_part, lse, attn, plan.num_splits,
                                                       **kernel_constexprs("combine", fam, 0, dims.dtype),
-                                                      num_warps=COMBINE_NUM_WARPS, num_stages=1)
+                                                      num_warps=COMBINE_NUM_WARPS, num_stages=1,
+                                                      enable_fp_fusion=FP_FUSION)
     return attn, present

@@ -260,14 +260,14 @@ def _bytes(name: str, data: bytes) -> str:
     return f"alignas(16) unsigned char const {name}[{len(data)}] = {{\n" + "\n".join(out) + "\n};\n"
 
 
-def kernels_source(compiled, archs: tuple[int, ...], ptx_arch: int) -> str:
+def kernels_source(compiled, archs: tuple[int, ...], ptx_archs: tuple[int, ...]) -> str:
     """mla_kernels_aot.cpp from the compiled images (aot.Compiled records)."""
     from .aot import runtime_args  # argument lists straight from the kernels' signatures
 
     table = plan.aot_kernel_table()
     n = len(table)
     by_key = {(c.arch, c.is_ptx, c.index): c for c in compiled}
-    images = [(a, False) for a in sorted(archs)] + [(ptx_arch, True)]
+    images = [(a, False) for a in sorted(archs)] + [(a, True) for a in sorted(ptx_archs)]
     arrays, image_rows = [], []
     for arch, is_ptx in images:
         tag = f"ptx{arch}" if is_ptx else f"sm{arch}"
@@ -284,7 +284,8 @@ def kernels_source(compiled, archs: tuple[int, ...], ptx_arch: int) -> str:
     warps = ", ".join(str(k.num_warps) for k in table)
     launchers = "\n".join(_launcher(kind, runtime_args(kind)) for kind in plan.KERNEL_KINDS)
     cubins = ", ".join(f"sm_{a}" for a in sorted(archs))
-    return _HEADER.format("aot.py, codegen.py") + f"""// Images: cubins for {cubins}; PTX (sm_{ptx_arch}) for later GPUs.
+    ptx = ", ".join(f"sm_{a}" for a in sorted(ptx_archs))
+    return _HEADER.format("aot.py, codegen.py") + f"""// Images: cubins for {cubins}; PTX ({ptx}) for the GPUs without one.
 #include "mlaKernels.h"
 #include "mlaKernelsPlan.h"
 
@@ -297,7 +298,6 @@ namespace kernels
 namespace
 {{
 constexpr int32_t kNumKernels = {n};
-constexpr int32_t kPtxArch = {ptx_arch};
 constexpr char const* kEntryNames[kNumKernels] = {{{", ".join(_cstr(e) for e in entry)}}};
 constexpr int32_t kNumWarps[kNumKernels] = {{{warps}}};
 
@@ -314,7 +314,7 @@ ArchImage const kImages[] = {{
 }};
 
 //! Exact cubin; else the newest sm_8x cubin not above an sm_8x device (binary compatible within 8.x);
-//! else PTX for devices newer than kPtxArch (JIT by the driver); else none.
+//! else the newest PTX not above the device (JIT by the driver; e.g. sm_103, sm_110, sm_121); else none.
 ArchImage const* imageFor(int32_t arch) noexcept
 {{
     ArchImage const* best = nullptr;
@@ -334,17 +334,14 @@ ArchImage const* imageFor(int32_t arch) noexcept
     {{
         return best;
     }}
-    if (arch > kPtxArch)
+    for (ArchImage const& img : kImages)
     {{
-        for (ArchImage const& img : kImages)
+        if (img.isPtx && img.arch <= arch && (best == nullptr || img.arch > best->arch))
         {{
-            if (img.isPtx)
-            {{
-                return &img;
-            }}
+            best = &img;
         }}
     }}
-    return nullptr;
+    return best;
 }}
 
 bool aligned16(void const* p) noexcept
@@ -354,6 +351,18 @@ bool aligned16(void const* p) noexcept
 
 {launchers}
 }} // namespace
+
+bool imageChoice(int32_t arch, int32_t& imageArch, bool& isPtx) noexcept
+{{
+    ArchImage const* img = imageFor(arch);
+    if (img == nullptr)
+    {{
+        return false;
+    }}
+    imageArch = img->arch;
+    isPtx = img->isPtx;
+    return true;
+}}
 
 bool supported(Dims const& dims, char const** why) noexcept
 {{

@@ -28,7 +28,7 @@ ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # DataType enum values of plugins/kernels/mlaKernels.h.
 DTYPE_ENUM = {"float32": 0, "float16": 1, "bfloat16": 2}
 AOT_DTYPES = ("float16", "bfloat16")  # compiled for the plugin; float32 runs only through the Python API
-AOT_ARCHS = (80, 86, 89, 90, 100, 120)  # cubins; PTX of the newest one for later GPUs
+AOT_ARCHS = (80, 86, 89, 90, 100, 120)  # cubins; PTX of the oldest and newest for the GPUs in between and after
 
 SMALL_M = 16  # S*H at or below this uses block_m = SMALL_M (tl.dot needs M >= 16)
 MAX_SPLITS = 64
@@ -37,6 +37,7 @@ WORKSPACE_ALIGN = 256
 SMALL_M_NUM_WARPS = 4
 ROPE_NUM_WARPS = 4
 COMBINE_NUM_WARPS = 4
+FP_FUSION = True  # fused multiply-adds, set explicitly (Triton 3.10 changes its default): JIT and AOT alike
 DEFAULT_NUM_SMS = 132  # used when no GPU can be asked (interpreter runs); an H100's count
 
 

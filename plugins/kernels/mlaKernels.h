@@ -70,8 +70,8 @@ bool supported(Dims const& dims, char const** why) noexcept;
 //! Scratch bytes that `launch` needs for these dims on a device with `numSms` SMs (split partials).
 size_t workspaceBytes(Dims const& dims, int32_t numSms) noexcept;
 
-//! The kernels of one CUDA context: the images for the current device's arch (cubin, or PTX for
-//! archs newer than any cubin) loaded once with cuModuleLoadData and unloaded by `unload`.
+//! The kernels of one CUDA context: the images for the current device's arch (imageChoice: a cubin,
+//! or PTX where no cubin runs) loaded once with cuModuleLoadData and unloaded by `unload`.
 //! Driver calls used: cuCtxGetDevice, cuDeviceGetAttribute, cuModuleLoadData, cuModuleGetFunction,
 //! cuFuncSetAttribute, cuModuleUnload, cuLaunchKernel. Every device pointer passed to `launch`
 //! (tensors and workspace) must be 16-byte aligned (launch returns CUDA_ERROR_INVALID_VALUE otherwise).
@@ -97,6 +97,10 @@ private:
     int32_t mArch{0};
     int32_t mNumSms{0};
 };
+
+//! The image Module::load picks on a device of compute capability `arch` (major*10+minor): its arch and
+//! whether it is PTX (JIT-compiled by the driver). False when none runs there (before sm_80).
+bool imageChoice(int32_t arch, int32_t& imageArch, bool& isPtx) noexcept;
 
 //! Launch RoPE + cache append, then attention (decode or prefill, split + combine) on `stream`.
 //! `workspace` holds at least workspaceBytes(dims, module.numSms()) bytes.
