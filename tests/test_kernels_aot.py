@@ -41,6 +41,8 @@ def test_every_kernel_is_built_for_every_arch_within_shared_memory(built):
     seen = {(k["arch"], k["ptx"]) for k in manifest["kernels"]}
     assert seen == {(a, False) for a in plan.AOT_ARCHS} | {(a, True) for a in ptx_archs}
     assert len(manifest["kernels"]) == len(table) * (len(plan.AOT_ARCHS) + len(ptx_archs))
+    # Each PTX image was assembled for every arch that JIT-compiles it (aot.image_choice).
+    assert manifest["ptx_checked_for"] == {"sm_80": [80, 103, 110], "sm_120": [120, 121]}
     for k in manifest["kernels"]:
         assert 0 <= k["shared"] <= aot.SHARED_LIMIT[k["arch"]], k
         assert k["image_bytes"] > 0

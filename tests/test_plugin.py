@@ -222,6 +222,23 @@ def test_launches_match_python_plan(plugin_build):
     assert f"compared {len(PLAN_CASES)} planned calls" in result.stdout
 
 
+def test_image_choice_matches_python_mirror(plugin_build, aot_kernels):
+    """The generated C++ picks, per GPU arch, the image that aot.image_choice (Python) names."""
+    import json
+
+    from mla_export.kernels.aot import image_choice
+
+    manifest = json.loads((aot_kernels / "manifest.json").read_text())
+    result = subprocess.run([plugin_build / "tests" / "test_mla_images"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+    choices = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("choice ")]
+    assert len(choices) >= 10
+    for device, arch, kind in choices:
+        want = image_choice(int(device), tuple(manifest["archs"]), tuple(manifest["ptx_archs"]))
+        got = None if arch == "none" else (int(arch), kind == "ptx")
+        assert got == want, f"sm_{device}: C++ picks {got}, Python {want}"
+
+
 def test_library_exports_only_the_entry_points(plugin_library):
     if shutil.which("nm") is None or shutil.which("readelf") is None:
         pytest.skip("binutils (nm, readelf) missing")

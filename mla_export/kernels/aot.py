@@ -31,9 +31,28 @@ from pathlib import Path
 from ..fileio import atomic_write_text
 from . import plan
 
-# Largest dynamic shared memory per block (opt-in), bytes, per compute capability.
+# Largest dynamic shared memory per block (opt-in), bytes, per compute capability: every GPU arch we know.
 SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
-                120: 101376}
+                110: 232448, 120: 101376, 121: 101376}
+KNOWN_ARCHS = tuple(sorted(SHARED_LIMIT))
+
+
+def image_choice(arch: int, cubin_archs: tuple[int, ...], ptx_archs: tuple[int, ...]) -> tuple[int, bool] | None:
+    """(image arch, is PTX) that the generated `imageFor` picks on a device of `arch`, or None (its mirror):
+    the exact cubin; else the newest sm_8x cubin not above an sm_8x device; else the newest PTX not above it."""
+    if arch in cubin_archs:
+        return arch, False
+    same_family = [a for a in cubin_archs if arch // 10 == 8 and a // 10 == 8 and a <= arch]
+    if same_family:
+        return max(same_family), False
+    below = [a for a in ptx_archs if a <= arch]
+    return (max(below), True) if below else None
+
+
+def ptx_jit_targets(cubin_archs: tuple[int, ...], ptx_archs: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """For each PTX image: its own arch and every known arch that JIT-compiles it (checked with ptxas)."""
+    return {p: tuple(sorted({p} | {a for a in KNOWN_ARCHS if image_choice(a, cubin_archs, ptx_archs) == (p, True)}))
+            for p in ptx_archs}
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
@@ -94,22 +113,24 @@ def _lower_ptx_target(ptx: str, arch: int) -> str:
     return re.sub(rf"\.target sm_{arch}a\b", f".target sm_{arch}", ptx)
 
 
-def _check_ptx(ptx: str, arch: int) -> None:
-    """Assemble lowered PTX with Triton's ptxas for sm_<arch>: proof it uses no arch-specific feature."""
+def _check_ptx(ptx: str, arch: int, targets: tuple[int, ...]) -> None:
+    """Assemble the lowered PTX of sm_<arch> with Triton's ptxas for every arch in `targets` (those whose
+    driver will JIT-compile it): proof it uses no arch-specific feature and assembles there."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    ptxas = get_ptxas(arch).path
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        proc = subprocess.run([ptxas, f"--gpu-name=sm_{arch}", str(src), "-o", str(Path(tmp) / "k.cubin")],
-                              capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"PTX for sm_{arch} (forward compatibility) does not assemble: {proc.stderr[-2000:]}")
+        for target in targets:
+            proc = subprocess.run([get_ptxas(target).path, f"--gpu-name=sm_{target}", str(src), "-o",
+                                   str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"PTX of sm_{arch} does not assemble for sm_{target}: {proc.stderr[-2000:]}")
 
 
-def compile_one(index: int, arch: int, want_ptx: bool) -> list[Compiled]:
-    """Compile kernel `index` of the table for `arch`; also its portable PTX when `want_ptx`."""
+def compile_one(index: int, arch: int, ptx_targets: tuple[int, ...]) -> list[Compiled]:
+    """Compile kernel `index` of the table for `arch`; also its portable PTX, checked for `ptx_targets`,
+    when that is not empty."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -132,9 +153,9 @@ def compile_one(index: int, arch: int, want_ptx: bool) -> list[Compiled]:
         raise RuntimeError(f"kernel {index} ({spec.kind}, block_m {spec.block_m}, {spec.dtype}) needs {md.shared} "
                            f"bytes of shared memory on sm_{arch}, over its limit {limit}: lower block sizes in plan.py")
     out = [Compiled(index, arch, False, md.name, md.shared, md.num_warps, kernel.asm["cubin"], seconds)]
-    if want_ptx:
+    if ptx_targets:
         ptx = _lower_ptx_target(kernel.asm["ptx"], arch)
-        _check_ptx(ptx, arch)
+        _check_ptx(ptx, arch, ptx_targets)
         out.append(Compiled(index, arch, True, md.name, md.shared, md.num_warps, ptx.encode() + b"\0", 0.0))
     return out
 
@@ -149,7 +170,8 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
             raise ValueError(f"arch {arch}: no shared-memory limit known (known: {sorted(SHARED_LIMIT)})")
     table = plan.aot_kernel_table()
     ptx_archs = tuple(sorted({min(archs), max(archs)}))
-    work = [(i, arch, arch in ptx_archs) for arch in archs for i in range(len(table))]
+    jit_targets = ptx_jit_targets(archs, ptx_archs)
+    work = [(i, arch, jit_targets.get(arch, ())) for arch in archs for i in range(len(table))]
     start = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
     results: list[Compiled] = []
@@ -172,7 +194,8 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
         d["image_bytes"] += len(r.image)
         d["max_shared"] = max(d["max_shared"], r.shared)
     manifest = {
-        "archs": list(archs), "ptx_archs": list(ptx_archs), "wall_seconds": round(total, 2), "jobs": jobs,
+        "archs": list(archs), "ptx_archs": list(ptx_archs),
+        "ptx_checked_for": {f"sm_{p}": list(t) for p, t in jit_targets.items()}, "wall_seconds": round(total, 2), "jobs": jobs,
         "per_arch": per_arch,
         "kernels": [dict(asdict(table[r.index]), arch=r.arch, ptx=r.is_ptx, name=r.name, shared=r.shared,
                          image_bytes=len(r.image), seconds=round(r.seconds, 2)) for r in results],

@@ -6,6 +6,7 @@
 #include "mlaKernels.h"
 #include "testUtil.h"
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -43,6 +44,8 @@ void testChoice()
         int32_t arch = -1;
         bool ptx = false;
         bool const found = kernels::imageChoice(e.device, arch, ptx);
+        std::printf("choice %d %s %s\n", e.device, found ? std::to_string(arch).c_str() : "none",
+            found ? (ptx ? "ptx" : "cubin") : "-"); // compared with aot.image_choice by tests/test_plugin.py
         CHECK_MSG(found == (e.image != 0), what);
         if (found && e.image != 0)
         {
