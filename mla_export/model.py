@@ -232,9 +232,15 @@ class MlaModel(nn.Module):
 
     @property
     def rope_cos_sin(self) -> torch.Tensor:
-        """The op's `rope_cos_sin` table `[Smax, Dr]`: float64 in a float64 model, else float32."""
-        float64 = self.layers[0].input_layernorm.weight.dtype == torch.float64
-        return self.rope_cos_sin_float64 if float64 else self.rope_cos_sin_float32
+        """The op's `rope_cos_sin` table `[Smax, Dr]` on the model's device: float64 in a float64 model,
+        else float32 (moved with the model on first use after `.to(device)`)."""
+        weight = self.layers[0].input_layernorm.weight
+        name = "rope_cos_sin_float64" if weight.dtype == torch.float64 else "rope_cos_sin_float32"
+        table = getattr(self, name)
+        if table.device != weight.device:
+            table = table.to(weight.device)
+            setattr(self, name, table)
+        return table
 
     def set_attention_path(self, path: str) -> None:
         """Switch every unfolded attention module between 'naive' and 'absorbed'."""
@@ -255,8 +261,8 @@ class MlaModel(nn.Module):
 
     def new_cache(self, batch: int, dtype: torch.dtype | None = None, fill: float = 0.0) -> "LatentCache":
         """An empty cache for `batch` sequences (unused rows hold `fill`; NaN makes stray reads loud)."""
-        dtype = dtype or next(self.parameters()).dtype
-        return LatentCache.empty(self.config, batch, self.max_seq_len, dtype, fill)
+        weight = next(self.parameters())
+        return LatentCache.empty(self.config, batch, self.max_seq_len, dtype or weight.dtype, fill, weight.device)
 
     def step(self, x: torch.Tensor, cache: "LatentCache") -> torch.Tensor:
         """Run S new tokens per sequence (prefill or decode), updating `cache` in place of its tensors."""
@@ -275,10 +281,10 @@ class LatentCache:
 
     @classmethod
     def empty(cls, config: MlaConfig, batch: int, max_seq_len: int, dtype: torch.dtype,
-              fill: float = 0.0) -> "LatentCache":
+              fill: float = 0.0, device: torch.device | str = "cpu") -> "LatentCache":
         shape = (batch, max_seq_len, config.cache_width)
-        return cls([torch.full(shape, fill, dtype=dtype) for _ in range(config.num_hidden_layers)],
-                   torch.zeros(batch, dtype=torch.int32))
+        return cls([torch.full(shape, fill, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)],
+                   torch.zeros(batch, dtype=torch.int32, device=device))
 
 
 def init_random_weights(model: nn.Module, seed: int) -> None:

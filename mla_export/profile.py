@@ -165,8 +165,6 @@ class EagerTarget(Target):
         model = source_model(spec.config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
                              with_embeddings=spec.io == "tokens")
         self.model = fold_model(model, DTYPES[spec.dtype]).eval().to("cuda" if self.cuda else "cpu")
-        if self.cuda:
-            self.model.rope_cos_sin_float32 = self.model.rope_cos_sin_float32.cuda()
 
     def prepare(self, batch, context, new_tokens):
         device = "cuda" if self.cuda else "cpu"

@@ -119,3 +119,23 @@ def test_step_refuses_a_cache_too_short():
     cache.seqlens = torch.tensor([SMAX - 2], dtype=torch.int32)
     with pytest.raises(ValueError, match="cache too short"):
         model.step(torch.zeros(1, 3, config.hidden_size, dtype=torch.float64), cache)
+
+
+@pytest.mark.gpu
+def test_folded_model_on_cuda_runs_the_kernels_and_matches_float64():
+    """`.cuda()` on the pre-folded model: its attention is the Triton kernels (the custom op's CUDA
+    implementation), the rope table follows the model, and prefill + decode match the float64 model."""
+    from mla_export.compare import compare, tolerance_for
+
+    config = tiny()
+    model, folded64 = models(config, seed=4, with_embeddings=True)
+    gpu = fold_model(model, torch.float16).cuda()
+    tokens = torch.randint(0, config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
+    cache64, cache16 = folded64.new_cache(2, fill=float("nan")), gpu.new_cache(2, fill=float("nan"))
+    assert cache16.layers[0].is_cuda and cache16.seqlens.is_cuda
+    for piece in (tokens[:, :16], *tokens[:, 16:].split(1, dim=1)):
+        want = folded64.step(piece, cache64)
+        got = gpu.step(piece.cuda(), cache16)
+        result = compare("logits", got.cpu(), want, *tolerance_for("float16"))
+        assert result.passed, result
+    assert gpu.rope_cos_sin.is_cuda
