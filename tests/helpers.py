@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 
 from mla_export.config import MlaConfig, YarnScaling, load_preset
+
+# The CUDA toolkit's headers (cuda.h, cuda_runtime_api.h), which the C++ builds compile against.
+CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 
 
 def tiny(**overrides) -> MlaConfig:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import CUDA_INCLUDE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory):
-    if shutil.which("cmake") is None or not Path("/usr/local/cuda/include/cuda_runtime_api.h").exists():
+    if shutil.which("cmake") is None or not (CUDA_INCLUDE / "cuda_runtime_api.h").exists():
         pytest.skip("cmake or the CUDA toolkit headers are missing")
     build = tmp_path_factory.mktemp("cpp")
     configure = subprocess.run(["cmake", "-S", ROOT / "examples" / "cpp", "-B", build,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,9 +17,10 @@ import pytest
 
 from mla_export.kernels import aot, plan
 
+from helpers import CUDA_INCLUDE
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS_INCLUDE = ROOT / "plugins" / "kernels"
-CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 CXX = shutil.which("g++") or shutil.which("c++")
 needs_cxx = pytest.mark.skipif(CXX is None or not (CUDA_INCLUDE / "cuda.h").exists(),
                                reason="needs a C++ compiler and the CUDA toolkit's cuda.h")

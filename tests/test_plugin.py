@@ -20,18 +20,18 @@ import pytest
 
 from mla_export import contract
 
+from helpers import CUDA_INCLUDE
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "plugins" / "mlaAttentionPlugin"
 LIBRARY = "libmla_plugin.so"
-CUDA_HEADER = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include" / "cuda.h"
+CUDA_HEADER = CUDA_INCLUDE / "cuda.h"
 
 # Runs in a subprocess: load the library into TensorRT-RTX's registry, parse the model, print what happens.
 PARSE_SCRIPT = r"""
 import sys
-try:
-    import tensorrt_rtx as trt
-except ImportError:
-    import tensorrt_rtx_bindings as trt
+from mla_export.trt.backend import import_backend
+trt = import_backend("tensorrt-rtx")
 
 class Logger(trt.ILogger):
     def __init__(self):
@@ -59,24 +59,15 @@ PARSED_VALUES = re.compile(r"MlaAttention: num_heads=(\d+) kv_lora_rank=(\d+) qk
                            r"softmax_scale=(\S+) \(build phase")
 
 
-def _tensorrt_headers() -> bool:
-    roots = [Path(os.environ["TENSORRT_ROOT"]) / "include"] if os.environ.get("TENSORRT_ROOT") else []
-    roots += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include")]
-    if any((r / "NvInfer.h").exists() for r in roots):
-        return True
+def _rtx_missing() -> str | None:
+    """Why TensorRT-RTX cannot be imported here, or None (the same look-up `mla-export build` uses)."""
+    from mla_export.errors import UserError
+    from mla_export.trt.backend import import_backend
+
     try:
-        import kernel_lens
-    except ImportError:
-        return False
-    return (Path(kernel_lens.__file__).parent / "include" / "tensorrt" / "NvInfer.h").exists()
-
-
-def _rtx():
-    for name in ("tensorrt_rtx", "tensorrt_rtx_bindings"):
-        try:
-            return __import__(name)
-        except (ImportError, OSError):
-            continue
+        import_backend("tensorrt-rtx")
+    except UserError as exc:
+        return str(exc)
     return None
 
 
@@ -180,8 +171,6 @@ def plugin_build(tmp_path_factory, aot_kernels) -> Path:
         pytest.skip("cmake is missing")
     if not CUDA_HEADER.exists():
         pytest.skip(f"the CUDA toolkit's cuda.h is missing ({CUDA_HEADER})")
-    if not _tensorrt_headers():
-        pytest.skip("TensorRT headers are missing: set TENSORRT_ROOT or `pip install kernel-lens==2.0.1`")
     build = tmp_path_factory.mktemp("plugins")
     plan = build / "launch_plan.txt"
     _write_launch_plan(plan, aot_kernels)
@@ -308,8 +297,8 @@ def _handmade_onnx(path: Path, heads: int, rank: int, rope: int, scale: float, s
 
 
 def _parse(library: Path, model: Path) -> str:
-    if _rtx() is None:
-        pytest.skip("TensorRT-RTX is not installed (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`)")
+    if _rtx_missing():
+        pytest.skip(_rtx_missing())
     env = dict(os.environ, MLA_PLUGIN_VERBOSE="1")  # RTX's logger finder gives no logger: our messages go to stderr
     result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(library), str(model)], capture_output=True,
                             text=True, timeout=600, env=env)
@@ -345,8 +334,8 @@ def _check_created_with(log: str, expected: tuple):
 @pytest.mark.slow
 def test_parser_creates_plugin_from_exported_model(plugin_library, tmp_path):
     """`mla-export export --preset tiny`: RTX's parser creates MlaAttention with the node's attribute values."""
-    if _rtx() is None:
-        pytest.skip("TensorRT-RTX is not installed")
+    if _rtx_missing():
+        pytest.skip(_rtx_missing())
     from mla_export.config import load_preset
     from mla_export.export import ExportSpec, export_onnx
 
