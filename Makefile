@@ -35,8 +35,8 @@ plugins: kernels
 	cmake --build $(BUILD)/plugins -j2
 	ctest --test-dir $(BUILD)/plugins --output-on-failure
 
-# The C++ runtime helper, mla_decode_demo and their unit test. Without TensorRT's libraries (no
-# machine here has them) the library and demo are compiled, not linked; the unit test runs.
+# The C++ runtime helper, mla_decode_demo and their unit test. Without TensorRT's libraries the
+# library and demo are compiled, not linked; the unit test runs.
 cpp-example: setup
 	cmake -S examples/cpp -B $(BUILD)/cpp -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY))
 	cmake --build $(BUILD)/cpp -j2

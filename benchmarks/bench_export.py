@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from mla_export.config import load_preset
-from mla_export.export import ExportSpec, export_onnx
+from mla_export.export import export_onnx
+from mla_export.spec import ModelSpec
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
         start = time.perf_counter()
-        export_onnx(ExportSpec(config, dtype=args.dtype, max_seq_len=args.max_seq_len), out)
+        export_onnx(ModelSpec(config, dtype=args.dtype, max_seq_len=args.max_seq_len), out)
         seconds = time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

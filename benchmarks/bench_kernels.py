@@ -17,58 +17,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
+
+from mla_export.config import load_preset
+from mla_export.measure import attention_inputs, copy_bandwidth_gb_s, matmul_tflops, time_calls
+from mla_export.rope import rope_cos_sin
 
 DECODE_SHAPES = [(1, 4096), (1, 65536), (8, 4096), (32, 4096), (64, 4096), (128, 8192)]
 PREFILL_TOKENS = [512, 2048, 4096]
 D_C, D_R = 512, 64
 
 
-def cuda_time(fn, warmup: int = 3, iters: int = 20) -> float:
+def cuda_seconds(fn, warmup: int = 3, iters: int = 20) -> float:
     """Median seconds of fn() over `iters` runs, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy, bytes read + written per second."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / cuda_time(lambda: dst.copy_(src))
-
-
-def matmul_rate(dtype: torch.dtype) -> float:
-    """Dense matmul FLOP/s at 8192^3."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
-    b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
-    return 2 * 8192**3 / cuda_time(lambda: a @ b)
+    return statistics.median(time_calls(fn, warmup, iters, cuda=True)) * 1e-3
 
 
 def make_inputs(batch, new_tokens, heads, context, max_seq_len, dtype):
-    """Random op inputs on the GPU, every sequence holding `context` rows."""
-    from mla_export.config import load_preset
-    from mla_export.rope import rope_cos_sin
-
-    dev = "cuda"
-    q_latent = torch.randn(batch, new_tokens, heads, D_C, device=dev, dtype=dtype)  # [B, S, H, Dc]
-    q_pe = torch.randn(batch, new_tokens, heads, D_R, device=dev, dtype=dtype)  # [B, S, H, Dr]
-    kv_latent = torch.randn(batch, new_tokens, D_C, device=dev, dtype=dtype)  # [B, S, Dc]
-    k_pe = torch.randn(batch, new_tokens, D_R, device=dev, dtype=dtype)  # [B, S, Dr]
-    cache = torch.randn(batch, max_seq_len, D_C + D_R, device=dev, dtype=dtype)  # [B, Smax, Dc+Dr]
-    seqlens = torch.full((batch,), context, dtype=torch.int32, device=dev)  # [B]
-    table = rope_cos_sin(load_preset("deepseek-v3"), max_seq_len).to(dev)  # [Smax, Dr]
-    return q_latent, q_pe, kv_latent, k_pe, cache, seqlens, table
+    """Random op inputs on the GPU, every sequence holding `context` rows, and DeepSeek-V3's rope table."""
+    *tensors, seqlens = attention_inputs(batch, new_tokens, heads, D_C, D_R, context, max_seq_len, dtype, "cuda")
+    table = rope_cos_sin(load_preset("deepseek-v3"), max_seq_len).to("cuda")  # [Smax, Dr]
+    return (*tensors, seqlens, table)
 
 
 def bench_decode(heads: int, dtype: torch.dtype, copy_bw: float) -> list[dict]:
@@ -79,13 +51,13 @@ def bench_decode(heads: int, dtype: torch.dtype, copy_bw: float) -> list[dict]:
     for batch, context in DECODE_SHAPES:
         args = make_inputs(batch, 1, heads, context, context + 1, dtype)
         out = torch.empty_like(args[0])
-        seconds = cuda_time(lambda: mla_attention_triton(*args, 0.07, out=out, in_place=True))
+        seconds = cuda_seconds(lambda: mla_attention_triton(*args, 0.07, out=out, in_place=True))
         cache_bytes = batch * (context + 1) * (D_C + D_R) * args[0].element_size()
         row = {"phase": "decode", "heads": heads, "batch": batch, "context": context, "us": seconds * 1e6,
                "GB/s": cache_bytes / seconds / 1e9, "of_copy_bw": cache_bytes / seconds / copy_bw}
         eager_bytes = batch * heads * (context + 1) * 4 * 3 + batch * (context + 1) * (D_C + D_R) * 4 * 2
         if eager_bytes < 0.5 * torch.cuda.mem_get_info()[0]:
-            eager = cuda_time(lambda: mla_attention_reference(*args, 0.07), warmup=1, iters=5)
+            eager = cuda_seconds(lambda: mla_attention_reference(*args, 0.07), warmup=1, iters=5)
             row["speedup_vs_eager"] = eager / seconds
         rows.append(row)
         print(f"decode H={heads} B={batch} ctx={context}: {row['us']:.1f} us, {row['GB/s']:.0f} GB/s "
@@ -102,7 +74,7 @@ def bench_prefill(heads: int, dtype: torch.dtype, mm_rate: float) -> list[dict]:
     for tokens in PREFILL_TOKENS:
         args = make_inputs(1, tokens, heads, 0, tokens, dtype)
         out = torch.empty_like(args[0])
-        seconds = cuda_time(lambda: mla_attention_triton(*args, 0.07, out=out, in_place=True))
+        seconds = cuda_seconds(lambda: mla_attention_triton(*args, 0.07, out=out, in_place=True))
         flops = 2 * heads * tokens * (tokens + 1) / 2 * (D_C + D_R + D_C)
         row = {"phase": "prefill", "heads": heads, "tokens": tokens, "ms": seconds * 1e3,
                "TFLOP/s": flops / seconds / 1e12, "of_matmul": flops / seconds / mm_rate}
@@ -124,8 +96,8 @@ def main() -> int:
               file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
-    copy_bw = copy_bandwidth()
-    mm_rate = matmul_rate(dtype)
+    copy_bw = copy_bandwidth_gb_s(cuda=True, nbytes=1 << 30, iters=20) * 1e9  # bytes/s
+    mm_rate = matmul_tflops(dtype) * 1e12  # FLOP/s
     print(f"{torch.cuda.get_device_name()}: copy {copy_bw / 1e9:.0f} GB/s, {args.dtype} matmul "
           f"{mm_rate / 1e12:.0f} TFLOP/s")
     rows = []

@@ -9,7 +9,11 @@ import sys
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import FieldError, UserError
+
+# The option that sets each spec/config field a core function may name in a FieldError.
+FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtype": "--dtype", "io": "--io",
+                 "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps"}
 
 
 def _config(preset: str | None, config_path: str | None, layers: int | None):
@@ -19,6 +23,13 @@ def _config(preset: str | None, config_path: str | None, layers: int | None):
         raise UserError("pass exactly one of --preset NAME or --config PATH")
     config = load_preset(preset) if preset else load_config_file(config_path)
     return config.with_layers(layers) if layers is not None else config
+
+
+def user_message(exc: UserError) -> str:
+    """The message for `exc`, naming the command-line option where the error is about a field one sets."""
+    if isinstance(exc, FieldError) and exc.field in FIELD_OPTIONS:
+        return f"{FIELD_OPTIONS[exc.field]} {exc.value}: {exc.expected}"
+    return str(exc)
 
 
 def _quiet_exporter() -> None:
@@ -33,7 +44,7 @@ class Cli(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {user_message(exc)}", err=True)
             sys.exit(1)
 
 
@@ -80,7 +91,8 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     """Export the pre-folded model to ONNX with one MlaAttention node per layer."""
     import time
 
-    from .export import ExportSpec, export_onnx
+    from .export import export_onnx
+    from .spec import ModelSpec
 
     _quiet_exporter()
     if checkpoint and not (preset or config_path):
@@ -89,7 +101,7 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     if max_seq_len is None:
         max_seq_len = min(4096, config.max_position_embeddings)
     start = time.perf_counter()
-    path = export_onnx(ExportSpec(config, dtype=dtype, max_seq_len=max_seq_len, seed=seed, checkpoint=checkpoint,
+    path = export_onnx(ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len, seed=seed, checkpoint=checkpoint,
                                   io=io), output)
     click.echo(f"wrote {path} ({config.name}, {config.num_hidden_layers} layers, {dtype}, Smax {max_seq_len}) "
                f"in {time.perf_counter() - start:.1f} s")
@@ -140,14 +152,11 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
     """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
     import time
 
-    from .onnx_model import read_export_spec
     from .trt.build import BuildSpec, build_engine, parse_range, parse_size
 
-    if prefill_tokens is None:
-        smax = read_export_spec(onnx_path).max_seq_len
-        prefill_tokens = f"{min(2, smax)}:{min(256, smax)}:{min(2048, smax)}"
     spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
-                     batch=parse_range(batch, "--batch"), prefill_tokens=parse_range(prefill_tokens, "--prefill-tokens"),
+                     batch=parse_range(batch, "--batch"),
+                     prefill_tokens=parse_range(prefill_tokens, "--prefill-tokens") if prefill_tokens else None,
                      workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache)
     start = time.perf_counter()
     path = build_engine(spec)
@@ -189,7 +198,6 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
     import torch
 
-    from .export import ExportSpec
     from .profile import (EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile,
                           print_profile, run_profile)
 
@@ -205,7 +213,9 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
     else:
         config = _config(preset, config_path, layers)
         dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
-        spec = ExportSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1)
+        from .spec import ModelSpec
+
+        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1)
         target = EagerTarget(spec) if eager else KernelsTarget(spec)
     report = run_profile(target, batches, contexts, warmup, iters, tuple(phases) or ("prefill", "decode"))
     print_profile(report)

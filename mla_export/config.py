@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import FieldError, UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -141,9 +141,9 @@ class MlaConfig:
     def with_layers(self, num_layers: int) -> "MlaConfig":
         """The same model truncated (or not) to its first `num_layers` layers."""
         if num_layers <= 0:
-            raise UserError(f"--layers {num_layers}: expected a positive number of layers")
+            raise FieldError("num_layers", num_layers, "expected a positive number of layers")
         if num_layers > self.num_hidden_layers:
-            raise UserError(f"--layers {num_layers}: the model has only {self.num_hidden_layers} layers")
+            raise FieldError("num_layers", num_layers, f"the model has only {self.num_hidden_layers} layers")
         return dataclasses.replace(self, num_hidden_layers=num_layers)
 
     # Serialization in DeepSeek's config.json format.

@@ -64,6 +64,17 @@ def present_cache_name(layer: int) -> str:
     return f"present_latent_cache.{layer}"
 
 
+def graph_io_names(num_layers: int, io: str) -> tuple[list[str], list[str]]:
+    """(input names, output names) of an exported graph of `num_layers` layers, in order.
+
+    io "hidden": hidden states in and out; io "tokens": input_ids in, logits out.
+    """
+    first_in, first_out = (INPUT_IDS, LOGITS) if io == "tokens" else (HIDDEN_STATES_IN, HIDDEN_STATES_OUT)
+    inputs = [first_in, CACHE_SEQLENS] + [past_cache_name(i) for i in range(num_layers)]
+    outputs = [first_out] + [present_cache_name(i) for i in range(num_layers)]
+    return inputs, outputs
+
+
 # Keys of the ONNX model's metadata_props written by export.
 META_PRODUCER = "mla_export"
 META_CONTRACT_VERSION = "mla_export.contract_version"

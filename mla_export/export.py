@@ -7,7 +7,6 @@ checks the result with `onnx.checker` (full check) and moves it into place atomi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,60 +17,18 @@ from pathlib import Path
 import torch
 
 from . import __version__, contract
-from .config import MlaConfig
-from .errors import UserError
+from .eager import eager_model
+from .errors import FieldError
 from .folding import fold_model
-from .onnx_function import function_proto, translation_table
-from .sources import source_model
+from .onnx_node import function_proto, translation_table
+from .spec import ModelSpec, torch_dtype
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-IO_KINDS = ("hidden", "tokens")
 ONNX_IR_VERSION = 10  # ONNX Runtime 1.22+ reads it; recent onnx writes 11+ by default
 ONNX_OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 1 << 31  # protobuf's 2 GB limit
 
 
-@dataclass(frozen=True)
-class ExportSpec:
-    """What to export. Recorded in the ONNX metadata so validate can rebuild the eager model."""
-
-    config: MlaConfig
-    dtype: str = "float32"
-    max_seq_len: int = 4096
-    seed: int = 0
-    checkpoint: str | None = None
-    io: str = "hidden"
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
-        if self.io not in IO_KINDS:
-            raise UserError(f"--io {self.io}: expected one of {', '.join(IO_KINDS)}")
-
-    def metadata(self) -> dict[str, str]:
-        return {
-            contract.META_PRODUCER: __version__,
-            contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION),
-            contract.META_CONFIG: json.dumps(self.config.to_hf_dict(), sort_keys=True),
-            contract.META_DTYPE: self.dtype,
-            contract.META_NUM_LAYERS: str(self.config.num_hidden_layers),
-            contract.META_MAX_SEQ_LEN: str(self.max_seq_len),
-            contract.META_IO: self.io,
-            contract.META_SEED: str(self.seed),
-            contract.META_CHECKPOINT: self.checkpoint or "",
-        }
-
-
-def graph_io_names(num_layers: int, io: str) -> tuple[list[str], list[str]]:
-    """(input names, output names) of the exported graph, in order."""
-    first_in, first_out = ((contract.INPUT_IDS, contract.LOGITS) if io == "tokens"
-                           else (contract.HIDDEN_STATES_IN, contract.HIDDEN_STATES_OUT))
-    inputs = [first_in, contract.CACHE_SEQLENS] + [contract.past_cache_name(i) for i in range(num_layers)]
-    outputs = [first_out] + [contract.present_cache_name(i) for i in range(num_layers)]
-    return inputs, outputs
-
-
-def _example_inputs(model, spec: ExportSpec, dtype: torch.dtype) -> tuple:
+def _example_inputs(model, spec: ModelSpec, dtype: torch.dtype) -> tuple:
     batch, new_tokens = 2, 2  # >1 so the tracer keeps both axes symbolic
     c = spec.config
     if spec.io == "tokens":
@@ -82,15 +39,15 @@ def _example_inputs(model, spec: ExportSpec, dtype: torch.dtype) -> tuple:
     return (x, cache.seqlens, tuple(cache.layers))
 
 
-def _trace(folded, spec: ExportSpec, path: Path) -> None:
+def _trace(folded, spec: ModelSpec, path: Path) -> None:
     """Trace `folded` to `path` (external data beside it when large)."""
-    dtype = DTYPES[spec.dtype]
+    dtype = torch_dtype(spec.dtype)
     args = _example_inputs(folded, spec, dtype)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     new_tokens = torch.export.Dim("new_tokens", min=1, max=spec.max_seq_len)
     first = {0: batch, 1: new_tokens}
     dynamic_shapes = (first, {0: batch}, tuple({0: batch} for _ in args[2]))
-    inputs, outputs = graph_io_names(spec.config.num_hidden_layers, spec.io)
+    inputs, outputs = spec.graph_io_names()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -112,7 +69,7 @@ def _weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _finish(path: Path, spec: ExportSpec) -> None:
+def _finish(path: Path, spec: ModelSpec) -> None:
     """Add the op's function, metadata and IR version to the saved model, in place."""
     import onnx
 
@@ -128,16 +85,15 @@ def _finish(path: Path, spec: ExportSpec) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def export_onnx(spec: ExportSpec, output: str | Path) -> Path:
+def export_onnx(spec: ModelSpec, output: str | Path) -> Path:
     """Export `spec` to `output` (plus `output.data` when past 2 GB); nothing is left behind on failure."""
     output = Path(output)
     if output.suffix != ".onnx":
-        raise UserError(f"-o {output}: expected a path ending in .onnx")
+        raise FieldError("output", str(output), "expected a path ending in .onnx")
     if not output.parent.is_dir():
-        raise UserError(f"-o {output}: directory {output.parent} does not exist")
-    model = source_model(spec.config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
-                         with_embeddings=spec.io == "tokens")
-    folded = fold_model(model, DTYPES[spec.dtype]).eval()
+        raise FieldError("output", str(output), f"directory {output.parent} does not exist")
+    model = eager_model(spec)
+    folded = fold_model(model, torch_dtype(spec.dtype)).eval()
     del model
     staging = Path(tempfile.mkdtemp(prefix=".mla-export-", dir=output.parent))
     try:

@@ -20,7 +20,8 @@ from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.mla.mla_attention)
 from .config import MlaConfig
-from .ops import check_cache_room, mla_attention_reference
+from .ops import (append_rows, causal_mask, check_cache_room, mla_attention_reference, readable_cache,
+                  token_positions)
 from .rope import rope_cos_sin, rotate_interleaved
 
 ATTENTION_PATHS = ("naive", "absorbed")
@@ -136,23 +137,18 @@ class MlaAttention(nn.Module):
 
         # naive: write the new rows, then decompress every readable cached row per head.
         check_cache_room(cache_seqlens, new_tokens, cache.shape[1])
-        seqlens = cache_seqlens.long()  # [B]
-        positions = seqlens[:, None] + torch.arange(new_tokens, device=hidden.device)  # [B, S]
+        positions = token_positions(cache_seqlens, new_tokens, hidden.device)  # [B, S]
         pos_cos_sin = cos_sin.to(hidden.dtype)[positions]  # [B, S, Dr]
         q_pe = rotate_interleaved(q_pe, pos_cos_sin[:, :, None, :])  # [B, S, H, Dr]
         k_pe = rotate_interleaved(k_pe, pos_cos_sin)  # [B, S, Dr]
-        present = cache.clone()
-        rows = torch.arange(batch, device=hidden.device)[:, None].expand(batch, new_tokens)  # [B, S]
-        present[rows, positions] = torch.cat([c_kv, k_pe], dim=-1).to(cache.dtype)
-        slots = torch.arange(cache.shape[1], device=hidden.device)  # [Smax]
-        readable = slots[None, :] < (seqlens + new_tokens)[:, None]  # [B, Smax]
-        cached = torch.where(readable[..., None], present.to(hidden.dtype), 0)  # [B, Smax, Dc + Dr]
+        present = append_rows(cache, positions, torch.cat([c_kv, k_pe], dim=-1))  # [B, Smax, Dc + Dr]
+        cached = readable_cache(present, cache_seqlens, new_tokens, hidden.dtype)  # [B, Smax, Dc + Dr]
         c_all, k_pe_all = cached[..., :d_c], cached[..., d_c:]  # [B, Smax, Dc], [B, Smax, Dr]
         k_nope = torch.einsum("btc,hdc->bthd", c_all, w_uk)  # [B, Smax, H, d_h]
         v = torch.einsum("btc,hvc->bthv", c_all, w_uv)  # [B, Smax, H, d_v]
         scores = (torch.einsum("bshd,bthd->bsht", q_nope, k_nope)
                   + torch.einsum("bshr,btr->bsht", q_pe, k_pe_all)) * c.softmax_scale  # [B, S, H, Smax]
-        causal = slots[None, None, :] <= positions[:, :, None]  # [B, S, Smax]
+        causal = causal_mask(positions, cache.shape[1])  # [B, S, Smax]
         scores = scores.masked_fill(~causal[:, :, None, :], float("-inf"))
         probs = torch.softmax(scores.float() if hidden.dtype != torch.float64 else scores, dim=-1).to(hidden.dtype)
         o = torch.einsum("bsht,bthv->bshv", probs, v)  # [B, S, H, d_v]

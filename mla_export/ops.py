@@ -1,8 +1,8 @@
 """The `MlaAttention` op in PyTorch: the reference implementation and the registered custom op.
 
 `mla_attention_reference` is the executable form of the contract in `contract.py`; the custom op
-`torch.ops.mla.mla_attention` runs it on the CPU (a CUDA implementation is registered by
-`mla_export.kernels` when Triton and a GPU are present) and is what export turns into the ONNX node.
+`torch.ops.mla.mla_attention` runs it on the CPU and the Triton kernels on CUDA (imported at the
+first CUDA call), and is what export turns into the ONNX node.
 """
 
 from __future__ import annotations
@@ -19,7 +19,40 @@ def check_cache_room(cache_seqlens: torch.Tensor, new_tokens: int, max_seq_len: 
     longest = int(cache_seqlens.max()) + new_tokens if cache_seqlens.numel() else 0
     if longest > max_seq_len:
         raise ValueError(f"cache too short: a sequence would hold {longest} tokens after this call but the cache "
-                         f"has {max_seq_len} rows; export with a larger --max-seq-len")
+                         f"has {max_seq_len} rows (export with more cache rows)")
+
+
+# The cache semantics of the contract, shared by the reference op and the eager model's naive path.
+
+def token_positions(cache_seqlens: torch.Tensor, new_tokens: int, device: torch.device) -> torch.Tensor:
+    """Position of new token i of sequence b: cache_seqlens[b] + i, as `[B, S]` int64."""
+    seqlens = cache_seqlens.to(device=device, dtype=torch.long)  # [B]
+    return seqlens[:, None] + torch.arange(new_tokens, device=device)  # [B, S]
+
+
+def append_rows(past_cache: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A copy of `past_cache [B, Smax, W]` with row positions[b, i] set to rows[b, i] (`rows [B, S, W]`)."""
+    batch, new_tokens = positions.shape
+    present = past_cache.clone()  # [B, Smax, W]
+    batch_index = torch.arange(batch, device=positions.device)[:, None].expand(batch, new_tokens)  # [B, S]
+    present[batch_index, positions] = rows.to(past_cache.dtype)
+    return present
+
+
+def readable_cache(present: torch.Tensor, cache_seqlens: torch.Tensor, new_tokens: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """`present [B, Smax, W]` in `dtype` with every row at or past cache_seqlens[b] + S zeroed: those rows
+    are never read and may hold NaN."""
+    rows = torch.arange(present.shape[1], device=present.device)  # [Smax]
+    filled = cache_seqlens.to(device=present.device, dtype=torch.long) + new_tokens  # [B]
+    readable = rows[None, :] < filled[:, None]  # [B, Smax]
+    return torch.where(readable[..., None], present.to(dtype), 0)  # [B, Smax, W]
+
+
+def causal_mask(positions: torch.Tensor, max_seq_len: int) -> torch.Tensor:
+    """True where new token (b, i) may attend to cache row t: t <= positions[b, i]. `[B, S, Smax]`."""
+    rows = torch.arange(max_seq_len, device=positions.device)  # [Smax]
+    return rows[None, None, :] <= positions[:, :, None]  # [B, S, Smax]
 
 
 def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.Tensor,
@@ -34,30 +67,21 @@ def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_laten
     Arithmetic runs in `compute_dtype` (default: float64 for float64 inputs, else float32).
     Cache rows at or past cache_seqlens[b]+S are never read, so they may hold NaN.
     """
-    batch, new_tokens, _, d_c = q_latent.shape
+    new_tokens, d_c = q_latent.shape[1], q_latent.shape[3]
     max_seq_len = past_cache.shape[1]
     check_cache_room(cache_seqlens, new_tokens, max_seq_len)
     acc = compute_dtype or (torch.float64 if q_latent.dtype == torch.float64 else torch.float32)
-    device = q_latent.device
 
-    seqlens = cache_seqlens.to(device=device, dtype=torch.long)  # [B]
-    positions = seqlens[:, None] + torch.arange(new_tokens, device=device)  # [B, S]
+    positions = token_positions(cache_seqlens, new_tokens, q_latent.device)  # [B, S]
     cos_sin = rope_cos_sin.to(acc)[positions]  # [B, S, Dr]
     q_pe_rot = rotate_interleaved(q_pe.to(acc), cos_sin[:, :, None, :])  # [B, S, H, Dr]
     k_pe_rot = rotate_interleaved(k_pe.to(acc), cos_sin)  # [B, S, Dr]
+    present = append_rows(past_cache, positions, torch.cat([kv_latent.to(acc), k_pe_rot], dim=-1))  # [B,Smax,Dc+Dr]
 
-    present = past_cache.clone()  # [B, Smax, Dc+Dr]
-    rows = torch.cat([kv_latent.to(acc), k_pe_rot], dim=-1).to(past_cache.dtype)  # [B, S, Dc+Dr]
-    batch_index = torch.arange(batch, device=device)[:, None].expand(batch, new_tokens)  # [B, S]
-    present[batch_index, positions] = rows
-
-    cache_rows = torch.arange(max_seq_len, device=device)  # [Smax]
-    readable = cache_rows[None, :] < (seqlens + new_tokens)[:, None]  # [B, Smax]
-    cache = torch.where(readable[..., None], present.to(acc), 0)  # [B, Smax, Dc+Dr], unread rows zeroed
+    cache = readable_cache(present, cache_seqlens, new_tokens, acc)  # [B, Smax, Dc+Dr]
     query = torch.cat([q_latent.to(acc), q_pe_rot], dim=-1)  # [B, S, H, Dc+Dr]
     scores = torch.einsum("bshc,btc->bsht", query, cache) * softmax_scale  # [B, S, H, Smax]
-    causal = cache_rows[None, None, :] <= positions[:, :, None]  # [B, S, Smax]
-    scores = scores.masked_fill(~causal[:, :, None, :], float("-inf"))
+    scores = scores.masked_fill(~causal_mask(positions, max_seq_len)[:, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)  # [B, S, H, Smax]
     attn = torch.einsum("bsht,btc->bshc", probs, cache[..., :d_c])  # [B, S, H, Dc]
     return attn.to(q_latent.dtype), present
@@ -68,7 +92,7 @@ def mla_attention(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.T
                   past_cache: torch.Tensor, cache_seqlens: torch.Tensor, rope_cos_sin: torch.Tensor,
                   num_heads: int, kv_lora_rank: int, qk_rope_head_dim: int,
                   softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`MlaAttention` as a PyTorch op (CPU: the reference; CUDA: registered by mla_export.kernels)."""
+    """`MlaAttention` as a PyTorch op (CPU: the reference; CUDA: the Triton kernels)."""
     return mla_attention_reference(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope_cos_sin,
                                    softmax_scale)
 
@@ -79,5 +103,18 @@ def _mla_attention_fake(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqle
     return torch.empty_like(q_latent), torch.empty_like(past_cache)
 
 
-# The Triton kernels register themselves as this op's CUDA implementation (no Triton import until a call).
-from . import kernels  # noqa: E402,F401
+@mla_attention.register_kernel("cuda")
+def _mla_attention_cuda(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope_cos_sin, num_heads,
+                        kv_lora_rank, qk_rope_head_dim, softmax_scale):
+    """The CUDA implementation: the Triton kernels (Triton is imported at the first call, not before)."""
+    # [B,S,H,Dc], [B,S,H,Dr], [B,S,Dc], [B,S,Dr], [B,Smax,Dc+Dr], [B] int32, [Smax,Dr] f32
+    expected = (num_heads, kv_lora_rank, qk_rope_head_dim)
+    got = (q_latent.shape[2], q_latent.shape[3], q_pe.shape[3])
+    if expected != got:
+        raise ValueError(f"mla_attention: attributes (num_heads, kv_lora_rank, qk_rope_head_dim)={expected} "
+                         f"do not match the inputs' shapes {got}")
+    from .kernels.api import mla_attention_triton
+
+    return mla_attention_triton(q_latent.contiguous(), q_pe.contiguous(), kv_latent.contiguous(), k_pe.contiguous(),
+                                past_cache.contiguous(), cache_seqlens.to(torch.int32),
+                                rope_cos_sin.float().contiguous(), softmax_scale)

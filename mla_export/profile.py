@@ -16,17 +16,16 @@ import abc
 import csv
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .errors import UserError
-from .export import DTYPES, ExportSpec, graph_io_names
 from .fileio import atomic_write_text
+from .measure import attention_inputs, copy_bandwidth_gb_s, percentile, time_calls
+from .spec import ModelSpec, torch_dtype
 
 
 @dataclass
@@ -67,57 +66,23 @@ class ProfileReport:
         atomic_write_text(path, buffer.getvalue())
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Linear-interpolated percentile of `samples` (q in [0, 100])."""
-    return float(np.percentile(np.asarray(samples), q))
-
-
-def time_calls(fn: Callable[[], None], warmup: int, iters: int, cuda: bool = False) -> list[float]:
-    """Milliseconds per call of `fn`, after `warmup` untimed calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
-
-
-def copy_bandwidth_gb_s(cuda: bool, nbytes: int = 256 << 20, iters: int = 5) -> float:
-    """Bytes read + written per second of a large device-to-device (or RAM-to-RAM) copy, in GB/s."""
-    device = "cuda" if cuda else "cpu"
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    samples = time_calls(lambda: dst.copy_(src), warmup=2, iters=iters, cuda=cuda)
-    return 2 * nbytes / (statistics.median(samples) * 1e-3) / 1e9
-
-
 class Target(abc.ABC):
     """Something to time: `prepare(batch, context, new_tokens)` returns a zero-argument call."""
 
     name = "target"
     cuda = False
 
-    def __init__(self, spec: ExportSpec):
+    def __init__(self, spec: ModelSpec):
         self.spec = spec
 
     def cache_bytes(self, batch: int, context: int) -> int:
         c = self.spec.config
-        return batch * (context + 1) * c.cache_width * DTYPES[self.spec.dtype].itemsize * c.num_hidden_layers
+        return batch * (context + 1) * c.cache_width * self.spec.element_bytes * c.num_hidden_layers
 
     def inputs(self, batch: int, context: int, new_tokens: int) -> dict[str, torch.Tensor]:
         """Random graph inputs: empty caches for a prefill, caches holding `context` rows for a decode step."""
-        c, dtype = self.spec.config, DTYPES[self.spec.dtype]
-        names, _ = graph_io_names(c.num_hidden_layers, self.spec.io)
+        c, dtype = self.spec.config, torch_dtype(self.spec.dtype)
+        names, _ = self.spec.graph_io_names()
         gen = torch.Generator().manual_seed(0)
         held = 0 if new_tokens > 1 else context
         if self.spec.io == "tokens":
@@ -138,14 +103,14 @@ class OnnxRuntimeTarget(Target):
     name = "onnxruntime"
 
     def __init__(self, path):
-        from .onnx_model import read_export_spec
-        from .validate import OnnxRuntimeRunner
+        from .onnx_reader import read_export_spec
+        from .runners import OnnxRuntimeRunner
 
         super().__init__(read_export_spec(path))
         self.runner = OnnxRuntimeRunner(path)
 
     def prepare(self, batch, context, new_tokens):
-        from .validate import to_numpy
+        from .runners import to_numpy
 
         feeds = {k: to_numpy(v) for k, v in self.inputs(batch, context, new_tokens).items()}
         return lambda: self.runner.run(feeds)
@@ -156,15 +121,13 @@ class EagerTarget(Target):
 
     name = "eager"
 
-    def __init__(self, spec: ExportSpec):
+    def __init__(self, spec: ModelSpec):
+        from .eager import eager_model
         from .folding import fold_model
-        from .sources import source_model
 
         super().__init__(spec)
         self.cuda = torch.cuda.is_available()
-        model = source_model(spec.config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
-                             with_embeddings=spec.io == "tokens")
-        self.model = fold_model(model, DTYPES[spec.dtype]).eval().to("cuda" if self.cuda else "cpu")
+        self.model = fold_model(eager_model(spec), torch_dtype(spec.dtype)).eval().to("cuda" if self.cuda else "cpu")
 
     def prepare(self, batch, context, new_tokens):
         device = "cuda" if self.cuda else "cpu"
@@ -181,11 +144,11 @@ class EngineTarget(Target):
     cuda = True
 
     def __init__(self, engine, plugin_lib=None):
-        from .onnx_model import spec_from_metadata
+        from .spec import spec_from_metadata
         from .trt.runner import TensorRTRunner
 
         self.runner = TensorRTRunner(engine, plugin_lib)
-        super().__init__(spec_from_metadata(self.runner.sidecar.export, f"--engine {engine}"))
+        super().__init__(spec_from_metadata(self.runner.sidecar.onnx_metadata, f"--engine {engine}"))
         self.name = self.runner.name
 
     def prepare(self, batch, context, new_tokens):
@@ -210,7 +173,7 @@ class KernelsTarget(Target):
     name = "triton kernels"
     cuda = True
 
-    def __init__(self, spec: ExportSpec):
+    def __init__(self, spec: ModelSpec):
         if not torch.cuda.is_available():
             raise UserError("profile --kernels needs an NVIDIA GPU; none is available here "
                             "(the kernels are tested on the CPU under the Triton interpreter)")
@@ -221,22 +184,19 @@ class KernelsTarget(Target):
 
     def cache_bytes(self, batch, context):
         c = self.spec.config
-        return batch * (context + 1) * c.cache_width * DTYPES[self.spec.dtype].itemsize
+        return batch * (context + 1) * c.cache_width * self.spec.element_bytes
 
     def prepare(self, batch, context, new_tokens):
         from .rope import rope_cos_sin
 
-        c, dtype = self.spec.config, DTYPES[self.spec.dtype]
-        h, dc, dr = c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim
+        c = self.spec.config
         held = 0 if new_tokens > 1 else context
-        args = [torch.randn(batch, new_tokens, h, dc), torch.randn(batch, new_tokens, h, dr),
-                torch.randn(batch, new_tokens, dc), torch.randn(batch, new_tokens, dr),
-                torch.randn(batch, self.spec.max_seq_len, c.cache_width)]
-        args = [a.to("cuda", dtype) for a in args]
-        seqlens = torch.full((batch,), held, dtype=torch.int32, device="cuda")
-        table = rope_cos_sin(c, self.spec.max_seq_len).cuda()
+        *args, seqlens = attention_inputs(batch, new_tokens, c.num_attention_heads, c.kv_lora_rank,
+                                          c.qk_rope_head_dim, held, self.spec.max_seq_len,
+                                          torch_dtype(self.spec.dtype), "cuda")
+        table = rope_cos_sin(c, self.spec.max_seq_len).cuda()  # [Smax, Dr]
         out = torch.empty_like(args[0])
-        return lambda: self.op(*args[:5], seqlens, table, c.softmax_scale, out=out, in_place=True)
+        return lambda: self.op(*args, seqlens, table, c.softmax_scale, out=out, in_place=True)
 
 
 def run_profile(target: Target, batches: list[int], contexts: list[int], warmup: int = 2, iters: int = 10,

@@ -10,63 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from .compare import Comparison, compare, tolerance_for
-from .errors import UserError
-from .export import DTYPES, ExportSpec, graph_io_names
-from .sources import source_model
-
-
-class Runner(Protocol):
-    """Runs the exported graph: feeds by graph input name -> outputs by graph output name (numpy)."""
-
-    name: str
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-def to_numpy(x: torch.Tensor) -> np.ndarray:
-    """A torch tensor as numpy (bfloat16 through ml_dtypes, which ONNX Runtime accepts)."""
-    if x.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return x.numpy()
-
-
-def from_numpy(x: np.ndarray) -> torch.Tensor:
-    if x.dtype.name == "bfloat16":
-        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(x))
-
-
-class OnnxRuntimeRunner:
-    """ONNX Runtime session: the CUDA provider where torch sees a GPU, else the CPU provider."""
-
-    def __init__(self, path: str | Path, providers: list[str] | None = None):
-        import onnxruntime as ort
-
-        if providers is None:
-            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available()
-                         else ["CPUExecutionProvider"])
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.name = "onnxruntime"
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # ORT raises its own exception types per failure
-            hint = ("ONNX Runtime's CPU provider has no bfloat16 kernels for these ops: validate a float32 or "
-                    "float16 export on the CPU, or a bfloat16 one on a GPU") if "NOT_IMPLEMENTED" in str(exc) else \
-                "the file may be damaged; re-export it"
-            raise UserError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:300]}); {hint}") from None
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
+from .eager import eager_model
+from .errors import FieldError, UserError
+from .runners import OnnxRuntimeRunner, Runner, from_numpy, to_numpy
+from .spec import ModelSpec, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -78,11 +30,14 @@ class Scenario:
     steps: int = 4
     seed: int = 0
 
+    def __post_init__(self):
+        for name, least in (("batch", 1), ("prefill_len", 1), ("steps", 0)):
+            if getattr(self, name) < least:
+                raise FieldError(name, getattr(self, name), f"expected at least {least}")
+
     def histories(self, max_seq_len: int) -> list[int]:
         """Cache rows each sequence already holds (ragged), leaving room for prefill + steps."""
         room = max_seq_len - self.prefill_len - self.steps
-        if self.batch < 1 or self.prefill_len < 1 or self.steps < 0:
-            raise UserError("validate: --batch and --prefill-len must be >= 1 and --steps >= 0")
         if room < 0:
             raise UserError(f"validate: the cache holds {max_seq_len} rows but prefill ({self.prefill_len}) + steps "
                             f"({self.steps}) need {self.prefill_len + self.steps}; lower them or export with a "
@@ -124,18 +79,17 @@ class ValidationReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def validate_runner(runner: Runner, spec: ExportSpec, scenario: Scenario,
+def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario,
                     tolerances: tuple[float, float] | None = None, second: Runner | None = None) -> ValidationReport:
     """Run `scenario` through `runner` and the eager float64 model; compare every output and cache.
 
     With `second` (e.g. ONNX Runtime beside an engine), it runs the same inputs with its own caches and
     `runner`'s outputs are also compared against it, as `polygraphy run --trt --onnxrt` would.
     """
-    config, dtype = spec.config, DTYPES[spec.dtype]
+    config, dtype = spec.config, torch_dtype(spec.dtype)
     atol, rtol = tolerances or tolerance_for(spec.dtype)
     histories = scenario.histories(spec.max_seq_len)
-    model = source_model(config, spec.max_seq_len, seed=spec.seed, checkpoint=spec.checkpoint,
-                         with_embeddings=spec.io == "tokens", dtype=torch.float64)
+    model = eager_model(spec, torch.float64)
     gen = torch.Generator().manual_seed(scenario.seed)
     shape = (scenario.batch, spec.max_seq_len, config.cache_width)
     caches_ref = []
@@ -147,7 +101,7 @@ def validate_runner(runner: Runner, spec: ExportSpec, scenario: Scenario,
     caches_run = [c.to(dtype) for c in caches_ref]
     caches_second = list(caches_run)
     seqlens = torch.tensor(histories, dtype=torch.int32)
-    in_names, out_names = graph_io_names(config.num_hidden_layers, spec.io)
+    in_names, out_names = spec.graph_io_names()
 
     results = []
     for step in range(scenario.steps + 1):
@@ -223,22 +177,24 @@ def print_report(report: ValidationReport, console=None) -> None:
 def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | None = None,
                     plugin_lib: str | None = None) -> ValidationReport:
     """Validate a TensorRT engine against the eager model (and against ONNX Runtime when `onnx` is given)."""
-    from .onnx_model import read_export_spec, spec_from_metadata
+    from .onnx_reader import read_export_spec
+    from .spec import spec_from_metadata
     from .trt.runner import TensorRTRunner
     from .trt.sidecar import Sidecar
 
-    spec = spec_from_metadata(Sidecar.read(engine).export, f"--engine {engine}")
+    sidecar = Sidecar.read(engine)
+    spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
     second = None
     if onnx is not None:
         if read_export_spec(onnx) != spec:
             raise UserError(f"--onnx {onnx} is not the model {engine} was built from (their metadata differ)")
         second = OnnxRuntimeRunner(onnx)
-    return validate_runner(TensorRTRunner(engine, plugin_lib), spec, scenario, second=second)
+    return validate_runner(TensorRTRunner(engine, plugin_lib, sidecar=sidecar), spec, scenario, second=second)
 
 
 def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:
     """Validate an mla-export ONNX file on ONNX Runtime (CPU) against the eager float64 model."""
-    from .onnx_model import read_export_spec
+    from .onnx_reader import read_export_spec
 
     spec = read_export_spec(path)
     return validate_runner(OnnxRuntimeRunner(path), spec, scenario)

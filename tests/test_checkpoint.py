@@ -13,7 +13,8 @@ from mla_export.cli import main
 from mla_export.config import MlaConfig, load_config_file
 from mla_export.errors import UserError
 from mla_export.model import MlaModel
-from mla_export.sources import source_model
+from mla_export.eager import eager_model
+from mla_export.spec import ModelSpec
 
 CONFIG = {
     "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
@@ -87,7 +88,7 @@ def test_fp8_block_dequantization_partial_blocks():
 def test_loads_dense_layers_dequantized(checkpoint):
     directory, tensors = checkpoint
     config = load_config_file(directory).with_layers(1)
-    model = source_model(config, 64, checkpoint=str(directory), with_embeddings=True)
+    model = eager_model(ModelSpec(config, max_seq_len=64, checkpoint=str(directory), io="tokens"))
     attn = model.layers[0].self_attn
     name = "model.layers.0.self_attn.kv_b_proj.weight"
     expected = dequantize_fp8_blocks(tensors[name], tensors[name + "_scale_inv"])
@@ -100,7 +101,7 @@ def test_loads_dense_layers_dequantized(checkpoint):
 def test_moe_layer_refused(checkpoint):
     directory, _ = checkpoint
     with pytest.raises(UserError, match="mixture-of-experts.*--layers 1"):
-        source_model(load_config_file(directory), 64, checkpoint=str(directory))
+        eager_model(ModelSpec(load_config_file(directory), max_seq_len=64, checkpoint=str(directory)))
 
 
 def test_export_and_validate_from_checkpoint(checkpoint, tmp_path):
@@ -124,12 +125,12 @@ def test_missing_and_misshapen_tensors(checkpoint, tmp_path):
     save_file(subset, str(broken / "model.safetensors"))
     config = load_config_file(broken).with_layers(1)
     with pytest.raises(UserError, match="kv_b_proj.weight' is missing"):
-        source_model(config, 64, checkpoint=str(broken))
+        eager_model(ModelSpec(config, max_seq_len=64, checkpoint=str(broken)))
     subset = dict(tensors)
     subset["model.layers.0.self_attn.kv_a_layernorm.weight"] = torch.ones(7, dtype=torch.bfloat16)
     save_file(subset, str(broken / "model.safetensors"))
     with pytest.raises(UserError, match=r"kv_a_layernorm.weight' has shape \(7,\), expected \(64,\)"):
-        source_model(config, 64, checkpoint=str(broken))
+        eager_model(ModelSpec(config, max_seq_len=64, checkpoint=str(broken)))
     with pytest.raises(UserError, match="found neither"):
         CheckpointReader(tmp_path)
     out = tmp_path / "x.onnx"

@@ -1,5 +1,5 @@
 """examples/cpp: the runtime library and demo compile against TensorRT's headers, and the unit test
-of the parts that need no TensorRT runtime passes. (Linking needs libnvinfer, which no machine here has.)"""
+of the parts that need no TensorRT runtime passes. (Linking needs TensorRT's libnvinfer.)"""
 
 import shutil
 import subprocess

@@ -10,11 +10,13 @@ import torch
 
 from mla_export import contract
 from mla_export.config import load_preset
-from mla_export.export import ExportSpec, export_onnx, graph_io_names
+from mla_export.contract import graph_io_names
+from mla_export.eager import eager_model
+from mla_export.export import export_onnx
 from mla_export.folding import fold_model
-from mla_export.onnx_function import function_proto
-from mla_export.onnx_model import read_export_spec
-from mla_export.sources import source_model
+from mla_export.onnx_node import function_proto
+from mla_export.onnx_reader import read_export_spec
+from mla_export.spec import ModelSpec
 from mla_export.validate import Scenario, validate_onnx
 
 from helpers import history_cache
@@ -25,7 +27,7 @@ SMAX = 96
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    export_onnx(ExportSpec(load_preset("tiny"), max_seq_len=SMAX, seed=7), path)
+    export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=SMAX, seed=7), path)
     return path
 
 
@@ -75,7 +77,7 @@ def test_graph_matches_the_contract(tiny_onnx):
 
 def test_onnx_runtime_equals_the_folded_eager_model(tiny_onnx):
     config = load_preset("tiny")
-    folded = fold_model(source_model(config, SMAX, seed=7), torch.float32)
+    folded = fold_model(eager_model(ModelSpec(config, max_seq_len=SMAX, seed=7)), torch.float32)
     histories = [3, 0, 40]
     caches = history_cache(config, histories, SMAX, dtype=torch.float32)
     seqlens = torch.tensor(histories, dtype=torch.int32)
@@ -145,7 +147,7 @@ def test_validate_passes_on_onnx_runtime_and_fails_on_a_wrong_weight(tiny_onnx, 
 
 def test_float16_export_validates(tmp_path):
     path = tmp_path / "tiny16.onnx"
-    export_onnx(ExportSpec(load_preset("tiny").with_layers(1), dtype="float16", max_seq_len=48), path)
+    export_onnx(ModelSpec(load_preset("tiny").with_layers(1), dtype="float16", max_seq_len=48), path)
     model = onnx.load(str(path))
     node = next(n for n in model.graph.node if n.op_type == contract.OP_TYPE)
     cache = next(i for i in model.graph.input if i.name == contract.past_cache_name(0))
@@ -160,7 +162,7 @@ def test_bfloat16_export_has_bf16_bindings_and_onnx_runtime_cpu_refusal_is_clear
     from mla_export.errors import UserError
 
     path = tmp_path / "tinybf16.onnx"
-    export_onnx(ExportSpec(load_preset("tiny").with_layers(1), dtype="bfloat16", max_seq_len=32), path)
+    export_onnx(ModelSpec(load_preset("tiny").with_layers(1), dtype="bfloat16", max_seq_len=32), path)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     cache = next(i for i in model.graph.input if i.name == contract.past_cache_name(0))
@@ -176,7 +178,7 @@ def test_external_data_past_the_threshold(tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
     path = tmp_path / "ext.onnx"
-    export_onnx(ExportSpec(load_preset("tiny").with_layers(1), max_seq_len=32), path)
+    export_onnx(ModelSpec(load_preset("tiny").with_layers(1), max_seq_len=32), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]
     header = onnx.load(str(path), load_external_data=False)
     assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in header.graph.initializer)

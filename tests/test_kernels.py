@@ -1,8 +1,7 @@
 """The Triton kernels against the float64 reference: on the CPU under the Triton interpreter, or on a GPU.
 
-Without CUDA this module sets TRITON_INTERPRET=1 before triton is first imported (mla_export imports
-it lazily; no other test module imports it) and removes it again when the module's tests are done.
-bf16 `tl.dot` is wrong under the interpreter (seen: errors of 1e10 on a trivial product), so the
+Without CUDA, conftest.py sets TRITON_INTERPRET=1 for the session before triton is first imported, so
+the kernels run on CPU tensors under the interpreter. bf16 `tl.dot` is wrong under the interpreter (seen: errors of 1e10 on a trivial product), so the
 bf16 checks and the real-size sweeps are GPU tests (`@pytest.mark.gpu`, skipped without CUDA); on a
 GPU machine the whole sweep runs through the JIT-compiled kernels on CUDA tensors.
 
@@ -13,24 +12,16 @@ the new cache rows vs the reference, every other cache row bit-identical.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-_SET_INTERPRET = not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1"
-if not ON_GPU:
-    if "triton" in sys.modules and not sys.modules["triton"].knobs.runtime.interpret:
-        raise RuntimeError("tests/test_kernels.py needs triton imported under TRITON_INTERPRET=1, but another module "
-                           "imported it first: run `pytest tests/test_kernels.py` in its own process")
-    os.environ["TRITON_INTERPRET"] = "1"  # before the first `import triton`
+from mla_export.compare import compare, tolerance_for
+from mla_export.kernels import plan
+from mla_export.ops import mla_attention_reference
 
-from mla_export.compare import compare, tolerance_for  # noqa: E402
-from mla_export.kernels import plan  # noqa: E402
-from mla_export.ops import mla_attention_reference  # noqa: E402
+ON_GPU = torch.cuda.is_available()
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 DEEPSEEK = (512, 64)  # (Dc, Dr)
@@ -39,11 +30,12 @@ _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _interpreter_scope():
-    """Keep TRITON_INTERPRET for this module's tests only (kernels decorated under it stay interpreted)."""
-    yield
-    if _SET_INTERPRET:
-        os.environ.pop("TRITON_INTERPRET", None)
+def _kernels_can_run():
+    """Without a GPU the kernels must have been decorated under the interpreter (conftest.py sets it)."""
+    if not ON_GPU:
+        from mla_export.kernels.api import interpreting
+
+        assert interpreting(), "TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py does)"
 
 
 def make_case(batch, new_tokens, heads, dims, lens, max_seq_len, dtype, seed=0):
@@ -208,7 +200,7 @@ def test_bad_arguments_are_refused_with_a_message(what, error, text):
 
 
 def test_cuda_implementation_is_registered():
-    import mla_export.kernels  # noqa: F401  (registers)
+    import mla_export.ops  # noqa: F401  (registers the op and its CUDA implementation)
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("mla::mla_attention", "CUDA")
 
@@ -244,7 +236,7 @@ def test_kernels_match_reference_on_gpu(case):
 
 @pytest.mark.gpu
 def test_custom_op_runs_the_kernels_on_cuda():
-    import mla_export.kernels  # noqa: F401  (registers the CUDA implementation)
+    import mla_export.ops  # noqa: F401  (registers the CUDA implementation)
 
     args = [t.cuda() for t in make_case(2, 1, 16, DEEPSEEK, [5, 100], 128, torch.bfloat16)]
     attn, present = torch.ops.mla.mla_attention(*args, 16, 512, 64, 0.05)

@@ -1,8 +1,9 @@
 """The AOT build (`python -m mla_export.kernels.aot`) on this CPU-only machine.
 
 One build for every arch (the session's `aot_kernels` fixture, conftest.py); then: the
-manifest covers every kernel x arch within shared-memory limits, the generated C++ compiles, and
-the generated C++ plan chooses exactly what plan.make_plan chooses over a sweep of shapes.
+manifest covers every kernel x arch within shared-memory limits, the generated data and the
+hand-written host code over it compile, the generated files hold data only, and the C++ plan
+chooses exactly what plan.make_plan chooses over a sweep of shapes.
 """
 
 from __future__ import annotations
@@ -46,17 +47,47 @@ def test_every_kernel_is_built_for_every_arch_within_shared_memory(built):
     for k in manifest["kernels"]:
         assert 0 <= k["shared"] <= aot.SHARED_LIMIT[k["arch"]], k
         assert k["image_bytes"] > 0
-    source = (built / "mla_kernels_aot.cpp").read_text()
+    source = (built / "mla_kernels_images.cpp").read_text()
     for arch in ptx_archs:  # PTX images for later GPUs and those between cubins
         assert f"k_ptx{arch}_{len(table) - 1}[" in source
-    assert "&globalScratch, &profileScratch" in source  # Triton's trailing scratch arguments
+    launchers = (KERNELS_INCLUDE / "mlaKernels.cpp").read_text()
+    assert launchers.count("&globalScratch, &profileScratch}") == len(plan.KERNEL_KINDS)  # Triton's scratch args
+
+
+def test_generated_files_hold_data_only(built):
+    """The AOT build generates tables and images; every function is hand-written in plugins/kernels/."""
+    import re
+
+    for name in ("mla_kernels_images.cpp", "mla_kernels_tables.h"):
+        text = (built / name).read_text()
+        assert not re.search(r"\)\s*(const\s*)?(noexcept\s*)?\{", text), f"{name} defines a function"
+        assert "cuLaunchKernel" not in text and "return" not in text
+
+
+def test_launchers_pass_the_kernels_arguments_in_order():
+    """The hand-written launchers take each kernel's runtime arguments in plan.RUNTIME_ARGS order (the values
+    themselves are checked against the Python plan on a recording driver in tests/test_plugin.py)."""
+    import re
+
+    source = (KERNELS_INCLUDE / "mlaKernels.cpp").read_text()
+    functions = {"rope_append": "launchRopeAppend", "attention": "launchAttention", "combine": "launchCombine"}
+    for kind, function in functions.items():
+        params = re.search(rf"CUresult {function}\((.*?)\) noexcept", source, re.S).group(1)
+        names = [p.split()[-1].strip("*") for p in params.replace("\n", " ").split(",")][5:]  # after module..stream
+        expected = [re.sub(r"(_ptr|_part)$", "", n) for n, _ in plan.RUNTIME_ARGS[kind]]
+        camel = [re.sub(r"_(\w)", lambda m: m.group(1).upper(), n) for n in expected]
+        aliases = {"qLat": "qLatent", "cosSin": "cosSin", "S": "newTokens", "H": "numHeads", "Smax": "maxSeqLen",
+                   "lsePart": "lsePart", "lse": "lsePart"}
+        assert names == [aliases.get(n, n) for n in camel], (kind, names)
 
 
 @needs_cxx
 def test_generated_sources_compile(built, tmp_path):
-    for name in ("mla_kernels_aot.cpp", "mla_kernels_plan.cpp"):
-        proc = subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-c", str(built / name),
-                               f"-I{KERNELS_INCLUDE}", f"-I{CUDA_INCLUDE}", "-o", str(tmp_path / (name + ".o"))],
+    sources = [built / "mla_kernels_images.cpp", KERNELS_INCLUDE / "mlaKernels.cpp", KERNELS_INCLUDE / "mlaKernelsPlan.cpp"]
+    for source in sources:
+        proc = subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-c", str(source),
+                               f"-I{KERNELS_INCLUDE}", f"-I{built}", f"-I{CUDA_INCLUDE}",
+                               "-o", str(tmp_path / (source.name + ".o"))],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -110,8 +141,8 @@ def test_cpp_plan_equals_python_plan(built, tmp_path):
     exe = tmp_path / "plan_main"
     (tmp_path / "plan_main.cpp").write_text(_PLAN_MAIN)
     proc = subprocess.run([CXX, "-std=c++17", "-O1", str(tmp_path / "plan_main.cpp"),
-                           str(built / "mla_kernels_plan.cpp"),
-                           f"-I{KERNELS_INCLUDE}", f"-I{CUDA_INCLUDE}", "-o", str(exe)],
+                           str(KERNELS_INCLUDE / "mlaKernelsPlan.cpp"),
+                           f"-I{KERNELS_INCLUDE}", f"-I{built}", f"-I{CUDA_INCLUDE}", "-o", str(exe)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweep = list(itertools.product(

@@ -1,17 +1,13 @@
 """Triton kernels for the MlaAttention op (RoPE + cache append, split-KV attention, combine).
 
-Importing this package needs neither Triton nor a GPU: it registers `mla_attention_triton` as the
-CUDA implementation of `torch.ops.mla.mla_attention` (Triton is imported at the first call) and
-exposes the API lazily. Modules: `plan` (the one table of launch choices), `rope_append`,
-`attention`, `combine` (the kernels), `api` (the torch entry point), `register` (custom-op glue),
-`aot` and `codegen` (the ahead-of-time build for the TensorRT plugin).
+Importing this package needs neither Triton, torch nor a GPU: the API is exposed lazily. The kernels
+are the CUDA implementation of `torch.ops.mla.mla_attention` (registered in `mla_export.ops`, which
+imports `api` at the first CUDA call). Modules: `plan` (the one table of launch choices and the
+kernels' signatures), `rope_append`, `attention`, `combine` (the kernels), `api` (the torch entry
+point), `aot` and `codegen` (the ahead-of-time build for the TensorRT plugin).
 """
 
 from __future__ import annotations
-
-from .register import register_cuda_implementation
-
-register_cuda_implementation()
 
 
 def __getattr__(name):
@@ -22,4 +18,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["mla_attention_triton", "plan_for", "register_cuda_implementation"]
+__all__ = ["mla_attention_triton", "plan_for"]

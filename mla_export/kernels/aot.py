@@ -7,10 +7,10 @@ Compiles every specialization of `plan.aot_kernel_table()` with
 `plan.AOT_ARCHS`, plus PTX of the newest and the oldest arch (`.target sm_XXXa` lowered to `sm_XXX` and
 checked with ptxas, so the driver can JIT it: the newest for later GPUs, the oldest for the GPUs between
 cubins, such as sm_103 or sm_110), checks shared memory against each arch's limit,
-and writes (via `codegen.py`):
+and writes data for the hand-written host code in plugins/kernels/ (via `codegen.py`):
 
-    DIR/mla_kernels_aot.cpp    cubins/PTX as byte arrays, typed launchers, mlaKernels.h's implementation
-    DIR/mla_kernels_plan.cpp   the launch plan (plan.py's table and formula), no CUDA calls
+    DIR/mla_kernels_images.cpp cubins/PTX as byte arrays, entry names, shared memory per kernel and arch
+    DIR/mla_kernels_tables.h   plan.py's tables and constants (read by plugins/kernels/mlaKernelsPlan.cpp)
     DIR/manifest.json          per kernel and arch: name, shared bytes, image bytes, compile seconds
 """
 
@@ -53,7 +53,6 @@ def ptx_jit_targets(cubin_archs: tuple[int, ...], ptx_archs: tuple[int, ...]) ->
     """For each PTX image: its own arch and every known arch that JIT-compiles it (checked with ptxas)."""
     return {p: tuple(sorted({p} | {a for a in KNOWN_ARCHS if image_choice(a, cubin_archs, ptx_archs) == (p, True)}))
             for p in ptx_archs}
-_TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
 @dataclass
@@ -79,33 +78,12 @@ def kernel_function(kind: str):
 
 
 def signature(spec: plan.KernelSpec) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, attrs) of `spec` for ASTSource; pointers are assumed 16-byte aligned."""
-    t = "*" + _TRITON_TYPES[spec.dtype]
-    runtime = {
-        "rope_append": [("q_pe_ptr", t), ("kv_latent_ptr", t), ("k_pe_ptr", t), ("cache_ptr", t),
-                        ("seqlens_ptr", "*i32"), ("cos_sin_ptr", "*fp32"), ("q_rot_ptr", t),
-                        ("S", "i32"), ("H", "i32"), ("Smax", "i32")],
-        "attention": [("q_lat_ptr", t), ("q_rot_ptr", t), ("cache_ptr", t), ("seqlens_ptr", "*i32"),
-                      ("out_ptr", t), ("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("softmax_scale", "fp32"),
-                      ("S", "i32"), ("H", "i32"), ("Smax", "i32"), ("num_splits", "i32")],
-        "combine": [("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("out_ptr", t), ("num_splits", "i32")],
-    }[spec.kind]
-    constexprs = plan.kernel_constexprs(spec.kind, plan.FAMILIES[spec.family_index], spec.block_m, spec.dtype)
+    """plan.kernel_signature(spec), checked against the @triton.jit function's own argument names."""
+    sig, constexprs, attrs = plan.kernel_signature(spec)
     fn = kernel_function(spec.kind)
-    names = [n for n, _ in runtime] + list(constexprs)
-    if names != list(fn.arg_names):
-        raise RuntimeError(f"{spec.kind}: AOT signature {names} does not match the kernel's {list(fn.arg_names)}")
-    sig = dict(runtime)
-    sig.update({k: "constexpr" for k in constexprs})
-    attrs = {(i,): [["tt.divisibility", 16]] for i, (_, ty) in enumerate(runtime) if ty.startswith("*")}
+    if list(sig) != list(fn.arg_names):
+        raise RuntimeError(f"{spec.kind}: AOT signature {list(sig)} does not match the kernel's {list(fn.arg_names)}")
     return sig, constexprs, attrs
-
-
-def runtime_args(kind: str) -> list[tuple[str, str]]:
-    """(name, triton type) of the runtime arguments of `kind`, in order (for the C++ launchers)."""
-    spec = next(k for k in plan.aot_kernel_table() if k.kind == kind)
-    sig, _, _ = signature(spec)
-    return [(n, t) for n, t in sig.items() if t != "constexpr"]
 
 
 def _lower_ptx_target(ptx: str, arch: int) -> str:
@@ -184,8 +162,8 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
                 results += res
     total = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "mla_kernels_aot.cpp", codegen.kernels_source(results, archs, ptx_archs))
-    atomic_write_text(out_dir / "mla_kernels_plan.cpp", codegen.plan_source())
+    atomic_write_text(out_dir / "mla_kernels_images.cpp", codegen.images_source(results, archs, ptx_archs))
+    atomic_write_text(out_dir / "mla_kernels_tables.h", codegen.tables_header())
     per_arch = {}
     for r in results:
         key = f"ptx{r.arch}" if r.is_ptx else f"sm_{r.arch}"
@@ -204,7 +182,7 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
     for key, d in per_arch.items():
         log(f"{key}: {len(table)} kernels, {d['image_bytes'] / 1024:.0f} KiB, max shared {d['max_shared']} B, "
             f"{d['compile_seconds']:.1f} s compile")
-    log(f"wrote {out_dir / 'mla_kernels_aot.cpp'} and mla_kernels_plan.cpp in {total:.1f} s ({jobs} jobs)")
+    log(f"wrote {out_dir / 'mla_kernels_images.cpp'} and mla_kernels_tables.h in {total:.1f} s ({jobs} jobs)")
     return manifest
 
 

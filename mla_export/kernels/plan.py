@@ -1,9 +1,10 @@
 """The one table of kernel choices: dims -> specialization, grids, split count, workspace.
 
 Pure Python (no triton, no torch): the Python API (`api.py`) calls `make_plan`, and the AOT build
-(`aot.py`) compiles every specialization in `FAMILIES` x `AOT_DTYPES` and writes the same constants
-and the same formula into the generated C++ (`codegen.py`); `tests/test_kernels_aot.py` checks that
-both sides choose the same plan over a sweep of shapes.
+(`aot.py`) compiles every specialization in `FAMILIES` x `AOT_DTYPES` and writes this table's data
+into a generated C++ header (`codegen.py`) that the hand-written C++ plan (plugins/kernels/
+mlaKernelsPlan.cpp) reads; `tests/test_kernels_aot.py` checks that both sides choose the same plan
+over a sweep of shapes.
 
 Split rule (host-known shapes only, never device data such as cache_seqlens):
 
@@ -269,3 +270,35 @@ def kernel_constexprs(kind: str, family: Family, block_m: int, dtype: str) -> di
     if kind == "combine":
         return {"DC": family.kv_lora_rank}
     raise ValueError(f"unknown kernel kind {kind!r}")
+
+
+# Runtime arguments of each kernel kind, in the kernels' order: (name, Triton type), "T" standing for the
+# element type. The AOT build checks them against the @triton.jit functions; the hand-written C++
+# launchers (plugins/kernels/mlaKernels.cpp) pass them in this order, then Triton's global-scratch and
+# profile-scratch pointers.
+RUNTIME_ARGS = {
+    "rope_append": (("q_pe_ptr", "*T"), ("kv_latent_ptr", "*T"), ("k_pe_ptr", "*T"), ("cache_ptr", "*T"),
+                    ("seqlens_ptr", "*i32"), ("cos_sin_ptr", "*fp32"), ("q_rot_ptr", "*T"),
+                    ("S", "i32"), ("H", "i32"), ("Smax", "i32")),
+    "attention": (("q_lat_ptr", "*T"), ("q_rot_ptr", "*T"), ("cache_ptr", "*T"), ("seqlens_ptr", "*i32"),
+                  ("out_ptr", "*T"), ("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("softmax_scale", "fp32"),
+                  ("S", "i32"), ("H", "i32"), ("Smax", "i32"), ("num_splits", "i32")),
+    "combine": (("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("out_ptr", "*T"), ("num_splits", "i32")),
+}
+_TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+def runtime_args(kind: str, dtype: str = "float16") -> list[tuple[str, str]]:
+    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype`, in order."""
+    return [(name, ty.replace("T", _TRITON_TYPES[dtype])) for name, ty in RUNTIME_ARGS[kind]]
+
+
+def kernel_signature(spec: KernelSpec) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of `spec` for Triton's ASTSource: runtime arguments then constexprs;
+    every pointer is declared 16-byte aligned."""
+    runtime = runtime_args(spec.kind, spec.dtype)
+    constexprs = kernel_constexprs(spec.kind, FAMILIES[spec.family_index], spec.block_m, spec.dtype)
+    sig = dict(runtime)
+    sig.update({k: "constexpr" for k in constexprs})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (_, ty) in enumerate(runtime) if ty.startswith("*")}
+    return sig, constexprs, attrs

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .. import contract
 from ..errors import UserError
-from ..export import graph_io_names
 from ..fileio import atomic_write_bytes
-from ..onnx_model import load_onnx_header, read_export_spec
+from ..onnx_reader import read_exported_model
+from ..spec import ModelSpec
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
 from .sidecar import Sidecar
 
@@ -53,15 +53,20 @@ class BuildSpec:
     backend: str = "tensorrt"
     plugin_lib: str | None = None
     batch: tuple[int, int, int] = (1, 8, 32)
-    prefill_tokens: tuple[int, int, int] = (2, 256, 2048)
+    prefill_tokens: tuple[int, int, int] | None = None  # None: default_prefill_tokens(the model's Smax)
     workspace: int | None = None
     timing_cache: str | None = None
+
+
+def default_prefill_tokens(max_seq_len: int) -> tuple[int, int, int]:
+    """New tokens MIN:OPT:MAX of the prefill profile when none is given: 2:256:2048, capped at Smax."""
+    return min(2, max_seq_len), min(256, max_seq_len), min(2048, max_seq_len)
 
 
 def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int, cache_width: int,
                    batch: tuple[int, int, int], tokens: tuple[int, int, int]) -> dict[str, list[tuple]]:
     """Input name -> [min, opt, max] shapes for one optimization profile."""
-    inputs, _ = graph_io_names(num_layers, spec_io)
+    inputs, _ = contract.graph_io_names(num_layers, spec_io)
     first = [(b, s) if spec_io == "tokens" else (b, s, hidden) for b, s in zip(batch, tokens)]
     shapes = {inputs[0]: first, inputs[1]: [(b,) for b in batch]}
     for name in inputs[2:]:
@@ -118,15 +123,15 @@ class _Progress:
         self.monitor = Monitor()
 
 
-def check_plugin_supports(export) -> None:
+def check_plugin_supports(model: ModelSpec) -> None:
     """Refuse, before any TensorRT work, an export whose dtype or head dims the plugin's kernels lack."""
     from ..kernels.plan import Dims, unsupported_reason  # pure Python: no Triton, no GPU
 
-    c = export.config
+    c = model.config
     why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
-                                  export.max_seq_len, export.dtype))
+                                  model.max_seq_len, model.dtype))
     if why is not None:
-        raise UserError(f"--attention plugin: the MlaAttention plugin cannot run this export ({export.dtype}, "
+        raise UserError(f"--attention plugin: the MlaAttention plugin cannot run this export ({model.dtype}, "
                         f"kv_lora_rank={c.kv_lora_rank}, qk_rope_head_dim={c.qk_rope_head_dim}): {why}; "
                         "re-export with --dtype float16 or bfloat16, or build with --attention decomposed")
 
@@ -143,6 +148,80 @@ def _detect_gpu() -> tuple[str | None, str | None]:
     return None, None
 
 
+def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None):
+    """Loader 1: the ONNX file parsed into a strongly typed network, with the plugin library (if any)
+    loaded first. Returns (builder, network, parser); the parser must outlive the network's use."""
+    if plugin_path is not None:
+        load_plugin_library(trt, plugin_path)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if plugin_path is not None and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    if not parser.parse_from_file(str(onnx)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT could not parse {onnx}: {errors}")
+    return builder, network, parser
+
+
+def optimization_profiles(model: ModelSpec, batch: tuple[int, int, int],
+                          prefill_tokens: tuple[int, int, int]) -> list[dict]:
+    """The engine's two profiles, decode (one new token) then prefill: [{"name", "shapes": {input: [min, opt,
+    max]}}], as the sidecar records them."""
+    c = model.config
+    profiles = []
+    for name, tokens in (("decode", (1, 1, 1)), ("prefill", prefill_tokens)):
+        shapes = profile_shapes(model.io, c.num_hidden_layers, c.hidden_size, model.max_seq_len, c.cache_width,
+                                batch, tokens)
+        profiles.append({"name": name, "shapes": {k: [list(s) for s in v] for k, v in shapes.items()}})
+    return profiles
+
+
+def builder_config(trt, builder, profiles: list[dict], workspace: int | None, timing_cache: Path | None):
+    """Loader 2: a builder config with `profiles` added in order, the workspace limit and the timing cache."""
+    config = builder.create_builder_config()
+    if workspace is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    for entry in profiles:
+        profile = builder.create_optimization_profile()
+        for tensor, (lo, opt, hi) in entry["shapes"].items():
+            profile.set_shape(tensor, tuple(lo), tuple(opt), tuple(hi))
+        config.add_optimization_profile(profile)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
+
+
+def engine_bytes(trt, builder, network, config) -> bytes:
+    """Loader 3: the serialized engine, with the build phases shown as progress."""
+    progress = _Progress(trt)
+    config.progress_monitor = progress.monitor
+    with progress.progress:
+        serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError("TensorRT failed to build the engine (see its log above)")
+    return bytes(memoryview(serialized))
+
+
+def network_io(network) -> list[dict]:
+    """The network's I/O table for the sidecar: {"name", "mode", "dtype", "shape"} per tensor, inputs first."""
+    io = []
+    for mode, count, get in (("input", network.num_inputs, network.get_input),
+                             ("output", network.num_outputs, network.get_output)):
+        for i in range(count):
+            t = get(i)
+            io.append({"name": t.name, "mode": mode, "dtype": str(t.dtype).split(".")[-1], "shape": list(t.shape)})
+    return io
+
+
+def save_engine(output: Path, serialized: bytes, sidecar: Sidecar) -> Path:
+    """Loader 4: the engine file and its sidecar, each written atomically."""
+    atomic_write_bytes(output, serialized)
+    sidecar.write(output)
+    return output
+
+
 def build_engine(spec: BuildSpec) -> Path:
     """Build `spec.onnx` into `spec.output` (+ sidecar). Raises UserError with the reason on failure."""
     if spec.attention not in ATTENTION_MODES:
@@ -150,77 +229,37 @@ def build_engine(spec: BuildSpec) -> Path:
     output = Path(spec.output)
     if not output.parent.is_dir():
         raise UserError(f"-o {output}: directory {output.parent} does not exist")
-    export = read_export_spec(spec.onnx)
-    model = load_onnx_header(spec.onnx)
-    nodes = sum(n.op_type == contract.OP_TYPE and n.domain == contract.OP_DOMAIN for n in model.graph.node)
+    exported = read_exported_model(spec.onnx)
+    model = exported.spec
     if spec.attention == "plugin" and spec.backend == "tensorrt-rtx":
         raise UserError("TensorRT-RTX cannot build engines with custom plugins (its ONNX parser aborts after "
                         "creating one); use --attention decomposed with --backend tensorrt-rtx, or --backend tensorrt")
     if spec.timing_cache and spec.backend == "tensorrt-rtx":
         raise UserError("--timing-cache: TensorRT-RTX has no timing cache (its timing-cache calls are no-ops); "
                         "drop the option or use --backend tensorrt")
-    if spec.prefill_tokens[2] > export.max_seq_len:
-        raise UserError(f"--prefill-tokens max {spec.prefill_tokens[2]} exceeds the cache ({export.max_seq_len} rows)")
+    prefill_tokens = spec.prefill_tokens or default_prefill_tokens(model.max_seq_len)
+    if prefill_tokens[2] > model.max_seq_len:
+        raise UserError(f"--prefill-tokens max {prefill_tokens[2]} exceeds the cache ({model.max_seq_len} rows)")
     if spec.attention == "plugin":
-        check_plugin_supports(export)
+        check_plugin_supports(model)
     plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
     trt = import_backend(spec.backend)
 
     logger = trt.Logger(trt.Logger.WARNING)
-    if plugin_path is not None:
-        load_plugin_library(trt, plugin_path)
-    builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if plugin_path is not None and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
-        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
-    if not parser.parse_from_file(str(spec.onnx)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse {spec.onnx}: {errors}")
-    check_attention_layers(spec.attention, count_plugin_layers(trt, network), nodes, plugin_path)
-
-    config = builder.create_builder_config()
-    if spec.workspace is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace)
-    c = export.config
-    profiles = []
-    for name, tokens in (("decode", (1, 1, 1)), ("prefill", spec.prefill_tokens)):
-        shapes = profile_shapes(export.io, c.num_hidden_layers, c.hidden_size, export.max_seq_len, c.cache_width,
-                                spec.batch, tokens)
-        profile = builder.create_optimization_profile()
-        for tensor, (lo, opt, hi) in shapes.items():
-            profile.set_shape(tensor, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        profiles.append({"name": name, "shapes": {k: [list(s) for s in v] for k, v in shapes.items()}})
+    builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path)
+    check_attention_layers(spec.attention, count_plugin_layers(trt, network), len(exported.attention_nodes()),
+                           plugin_path)
+    profiles = optimization_profiles(model, spec.batch, prefill_tokens)
     timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-
-    progress = _Progress(trt)
-    config.progress_monitor = progress.monitor
-    with progress.progress:
-        engine_bytes = builder.build_serialized_network(network, config)
-    if engine_bytes is None:
-        raise UserError("TensorRT failed to build the engine (see its log above)")
+    config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)
+    serialized = engine_bytes(trt, builder, network, config)
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-
-    io = []
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        io.append({"name": t.name, "mode": "input", "dtype": str(t.dtype).split(".")[-1], "shape": list(t.shape)})
-    for i in range(network.num_outputs):
-        t = network.get_output(i)
-        io.append({"name": t.name, "mode": "output", "dtype": str(t.dtype).split(".")[-1], "shape": list(t.shape)})
     gpu_name, capability = _detect_gpu()
     sidecar = Sidecar(
         tensorrt_flavour=spec.backend, tensorrt_version=str(trt.__version__), attention=spec.attention,
         gpu_name=gpu_name, compute_capability=capability,
         plugin_sha256=file_sha256(plugin_path) if plugin_path else None,
         plugin_path=str(plugin_path) if plugin_path else None,
-        profiles=profiles, io=io, export={k: v for k, v in export.metadata().items()})
-    atomic_write_bytes(output, bytes(memoryview(engine_bytes)))
-    sidecar.write(output)
-    return output
+        profiles=profiles, io=network_io(network), onnx_metadata=dict(exported.metadata))
+    return save_engine(output, serialized, sidecar)

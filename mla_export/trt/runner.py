@@ -1,6 +1,6 @@
 """Run an mla-export engine with TensorRT on a GPU (the `Runner` protocol of validate, and profile).
 
-Thin by design (no TensorRT runtime exists on the project's machines): everything it decides is
+Thin by design (it needs TensorRT and a GPU, which CI does not have): everything it decides is
 checked before TensorRT is touched (`Sidecar`, `check_compatible`); the rest follows TensorRT 10's
 documented Python API: deserialize_cuda_engine, create_execution_context,
 set_optimization_profile_async, set_input_shape, set_tensor_address, execute_async_v3.
@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import contract
 from ..errors import UserError
+from ..runners import from_numpy, to_numpy
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
 from .sidecar import RuntimeEnvironment, Sidecar, check_compatible
 
@@ -24,15 +25,16 @@ def _require_cuda():
 
     if not torch.cuda.is_available():
         raise UserError("running a TensorRT engine needs an NVIDIA GPU with a CUDA build of torch; none is "
-                        "available here (validate the ONNX file with `mla-export validate --onnx` instead)")
+                        "available (validate the ONNX file with `mla-export validate --onnx` instead)")
     return torch
 
 
 class TensorRTRunner:
     """Feeds numpy arrays by graph input name, returns outputs by name; caches bound in place."""
 
-    def __init__(self, engine_path: str | Path, plugin_lib: str | None = None):
-        self.sidecar = Sidecar.read(engine_path)
+    def __init__(self, engine_path: str | Path, plugin_lib: str | None = None, sidecar: Sidecar | None = None):
+        """`sidecar`: the engine's sidecar when the caller has read it already (else read here)."""
+        self.sidecar = sidecar or Sidecar.read(engine_path)
         torch = _require_cuda()
         self.trt = trt = import_backend(self.sidecar.tensorrt_flavour)
         plugin = None
@@ -88,8 +90,6 @@ class TensorRTRunner:
             raise UserError("TensorRT execution failed (see its log)")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..validate import from_numpy, to_numpy
-
         inputs = {name: from_numpy(array).to("cuda") for name, array in feeds.items()}
         first = next(iter(feeds.values()))
         bound = self.bind(inputs, new_tokens=first.shape[1])

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_text
 
 SIDECAR_FORMAT = "mla-export-engine"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: `export` renamed `onnx_metadata`
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -30,7 +30,7 @@ class Sidecar:
     plugin_path: str | None
     profiles: list[dict] = field(default_factory=list)  # {"name", "shapes": {input: [min, opt, max]}}
     io: list[dict] = field(default_factory=list)  # {"name", "mode", "dtype", "shape"}
-    export: dict = field(default_factory=dict)  # the ONNX file's mla_export metadata
+    onnx_metadata: dict = field(default_factory=dict)  # the ONNX file's metadata_props, as they are
     contract_version: int = contract.CONTRACT_VERSION
     mla_export_version: str = __version__
     format: str = SIDECAR_FORMAT

@@ -1,15 +1,14 @@
 /*
  * Host-side API of the AOT-compiled Triton kernels for MlaAttention.
  *
- * Hand-written and committed; implemented by the generated source `mla_kernels_aot.cpp`
- * (`make kernels`, from mla_export/kernels/aot.py), which embeds a cubin per GPU arch plus PTX for
- * newer ones. The plugin (plugins/mlaAttentionPlugin) calls only this API. Every choice of
- * specialization, grid and split count made here is the choice the Python API
+ * Implemented by mlaKernels.cpp (hand-written) over the images and tables that `make kernels`
+ * (mla_export/kernels/aot.py) generates: a cubin per GPU arch plus PTX for the others. The plugin
+ * (plugins/mlaAttentionPlugin) calls only this API. Every choice of specialization, grid and split count made here is the choice the Python API
  * (mla_export.kernels) makes for the same shapes: both read one table.
  *
  * Contract: mla_export/contract.py (mirrored in plugins/mlaAttentionPlugin/mlaContract.h).
  *
- * What `launch` runs (plan and kernel table: mlaKernelsPlan.h, generated from plan.py):
+ * What `launch` runs (plan and kernel table: mlaKernelsPlan.h, over the table generated from plan.py):
  *   1. rope_append, grid (B*S): rotates q_pe into the workspace and writes [kv_latent ; rotated k_pe]
  *      into cache rows cache_seqlens[b] + i (only rows inside [0, Smax)).
  *   2. attention, grid (ceil(S*H / blockM), numSplits, B): split-KV over the cache, fp32 online softmax.

@@ -1,9 +1,9 @@
 /*
  * The launch plan of the AOT kernels: the C++ side of mla_export/kernels/plan.py.
  *
- * Implemented by the generated `mla_kernels_plan.cpp` (python -m mla_export.kernels.aot), which
- * holds plan.py's table (families, block sizes, split constants, kernel table) and its formula.
- * It makes no CUDA calls, so tests compile it alone and compare it with the Python plan.
+ * Implemented by mlaKernelsPlan.cpp (hand-written: plan.py's formula) over plan.py's table (families,
+ * block sizes, split constants, kernel table) that the AOT build generates as mla_kernels_tables.h
+ * (`python -m mla_export.kernels.aot`). It makes no CUDA calls, so tests compile it alone and compare it with the Python plan.
  */
 #pragma once
 

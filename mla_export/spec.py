@@ -1,0 +1,105 @@
+"""What a model is, independent of any runtime: `ModelSpec`, its dtypes, and its ONNX metadata.
+
+Export records a `ModelSpec` in the ONNX file's metadata (`ModelSpec.metadata`); validate, build
+and profile read it back (`spec_from_metadata`) to rebuild the same eager model or size the same
+buffers. The engine sidecar carries the same metadata, copied as it is. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import __version__, contract
+from .config import MlaConfig
+from .errors import FieldError, UserError
+
+# Element types of weights, activations and caches, with their sizes in bytes.
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPE_NAMES = tuple(DTYPE_BYTES)
+IO_KINDS = ("hidden", "tokens")  # graph I/O: hidden states, or input_ids -> logits
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a DTYPE_NAMES entry (imports torch)."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model and how it is laid out: the config, element type, cache rows, weights and graph I/O.
+
+    dtype: weights, activations and cache type (DTYPE_NAMES).
+    max_seq_len: cache rows per sequence (Smax).
+    seed: seed of the random weights when `checkpoint` is None.
+    checkpoint: a HF checkpoint directory the weights come from, or None.
+    io: "hidden" (hidden states in and out) or "tokens" (input_ids -> logits).
+    """
+
+    config: MlaConfig
+    dtype: str = "float32"
+    max_seq_len: int = 4096
+    seed: int = 0
+    checkpoint: str | None = None
+    io: str = "hidden"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPE_NAMES:
+            raise FieldError("dtype", self.dtype, f"expected one of {', '.join(DTYPE_NAMES)}")
+        if self.io not in IO_KINDS:
+            raise FieldError("io", self.io, f"expected one of {', '.join(IO_KINDS)}")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len <= 0:
+            raise FieldError("max_seq_len", self.max_seq_len, "expected a positive number of cache rows")
+        if self.max_seq_len > self.config.max_position_embeddings:
+            raise FieldError("max_seq_len", self.max_seq_len,
+                             f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
+
+    @property
+    def element_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def graph_io_names(self) -> tuple[list[str], list[str]]:
+        """(input names, output names) of the exported graph, in order."""
+        return contract.graph_io_names(self.config.num_hidden_layers, self.io)
+
+    def metadata(self) -> dict[str, str]:
+        """The ONNX metadata_props that record this spec (read back by `spec_from_metadata`)."""
+        return {
+            contract.META_PRODUCER: __version__,
+            contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION),
+            contract.META_CONFIG: json.dumps(self.config.to_hf_dict(), sort_keys=True),
+            contract.META_DTYPE: self.dtype,
+            contract.META_NUM_LAYERS: str(self.config.num_hidden_layers),
+            contract.META_MAX_SEQ_LEN: str(self.max_seq_len),
+            contract.META_IO: self.io,
+            contract.META_SEED: str(self.seed),
+            contract.META_CHECKPOINT: self.checkpoint or "",
+        }
+
+
+def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
+    """The `ModelSpec` recorded in mla-export metadata (an ONNX file's, or an engine sidecar's copy).
+
+    `source` names where the metadata came from in error messages (e.g. "--onnx m.onnx").
+    """
+    if contract.META_PRODUCER not in meta or contract.META_CONFIG not in meta:
+        raise UserError(f"{source}: not written by mla-export (no mla_export metadata); "
+                        "export it with `mla-export export`")
+    version = meta.get(contract.META_CONTRACT_VERSION)
+    if version != str(contract.CONTRACT_VERSION):
+        raise UserError(f"{source}: MlaAttention contract version {version}, this mla-export speaks "
+                        f"{contract.CONTRACT_VERSION}; re-export it with this version")
+    try:
+        config = MlaConfig.from_hf_dict(json.loads(meta[contract.META_CONFIG]))
+        spec = ModelSpec(config=config, dtype=meta[contract.META_DTYPE],
+                         max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
+                         checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO])
+    except (KeyError, ValueError, json.JSONDecodeError, UserError) as exc:
+        raise UserError(f"{source}: mla-export metadata is damaged ({exc}); re-export the model") from None
+    if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):
+        raise UserError(f"{source}: mla-export metadata is damaged ({contract.META_NUM_LAYERS}="
+                        f"{meta.get(contract.META_NUM_LAYERS)!r} for a {config.num_hidden_layers}-layer config); "
+                        "re-export the model")
+    return spec
