@@ -142,6 +142,7 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
 
     from .onnx_model import read_export_spec
     from .trt.build import BuildSpec, build_engine, parse_range, parse_size
+    from .trt.sidecar import Sidecar
 
     if prefill_tokens is None:
         smax = read_export_spec(onnx_path).max_seq_len
@@ -151,7 +152,9 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
                      workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache)
     start = time.perf_counter()
     path = build_engine(spec)
-    click.echo(f"wrote {path} and {path}.json ({backend}, attention {attention}) in {time.perf_counter() - start:.1f} s")
+    binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer
+    click.echo(f"wrote {path} and {path}.json ({backend}, attention {attention}, cache binding {binding}) "
+               f"in {time.perf_counter() - start:.1f} s")
 
 
 def _int_list(text: str, option: str) -> list[int]:

@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..export import graph_io_names
 from ..fileio import atomic_write_bytes
 from ..onnx_model import load_onnx_header, read_export_spec
+from .aliasing import cache_binding, enable_aliased_plugin_io
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
 from .sidecar import Sidecar
 
@@ -181,6 +182,7 @@ def build_engine(spec: BuildSpec) -> Path:
     check_attention_layers(spec.attention, count_plugin_layers(trt, network), nodes, plugin_path)
 
     config = builder.create_builder_config()
+    aliased_io = spec.attention == "plugin" and enable_aliased_plugin_io(trt, config)  # the cache updated in place
     if spec.workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace)
     c = export.config
@@ -220,7 +222,8 @@ def build_engine(spec: BuildSpec) -> Path:
         gpu_name=gpu_name, compute_capability=capability,
         plugin_sha256=file_sha256(plugin_path) if plugin_path else None,
         plugin_path=str(plugin_path) if plugin_path else None,
-        profiles=profiles, io=io, export={k: v for k, v in export.metadata().items()})
+        profiles=profiles, io=io, export={k: v for k, v in export.metadata().items()},
+        cache_binding=cache_binding(spec.attention, aliased_io))
     atomic_write_bytes(output, bytes(memoryview(engine_bytes)))
     sidecar.write(output)
     return output
