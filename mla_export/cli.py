@@ -153,6 +153,7 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
     import time
 
     from .trt.build import BuildSpec, build_engine, parse_range, parse_size
+    from .trt.sidecar import Sidecar
 
     spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
                      batch=parse_range(batch, "--batch"),
@@ -160,7 +161,9 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
                      workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache)
     start = time.perf_counter()
     path = build_engine(spec)
-    click.echo(f"wrote {path} and {path}.json ({backend}, attention {attention}) in {time.perf_counter() - start:.1f} s")
+    binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer
+    click.echo(f"wrote {path} and {path}.json ({backend}, attention {attention}, cache binding {binding}) "
+               f"in {time.perf_counter() - start:.1f} s")
 
 
 def _int_list(text: str, option: str) -> list[int]:

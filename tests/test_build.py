@@ -50,10 +50,12 @@ def test_rtx_builds_a_decomposed_engine_with_its_sidecar(tiny_onnx, tmp_path):
     result = run("build", "--onnx", tiny_onnx, "-o", engine, "--backend", "tensorrt-rtx", "--attention", "decomposed",
                  "--batch", "1:2:4", "--prefill-tokens", "2:8:32")
     assert result.exit_code == 0, result.output
+    assert "cache binding copy" in result.output
     assert engine.stat().st_size > 100_000
     sidecar = Sidecar.read(engine)
     assert (sidecar.tensorrt_flavour, sidecar.tensorrt_version) == ("tensorrt-rtx", trt.__version__)
     assert sidecar.attention == "decomposed" and sidecar.plugin_sha256 is None
+    assert sidecar.cache_binding == "copy"  # no plugin, no alias: present is an output of its own
     assert sidecar.contract_version == contract.CONTRACT_VERSION
     decode, prefill = sidecar.profiles
     assert decode["name"] == "decode" and decode["shapes"]["hidden_states"] == [[1, 1, 64], [2, 1, 64], [4, 1, 64]]

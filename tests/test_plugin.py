@@ -262,6 +262,33 @@ def test_readme_tables_match_contract():
         "plugin version": contract.PLUGIN_VERSION}
 
 
+def test_exported_caches_meet_the_aliasing_conditions(tmp_path):
+    """What TensorRT asks of an aliased plugin input (NvInferRuntime.h, getAliasedInput): an input aliased by one
+    plugin output only, and not by two plugins (their copies could diverge). In an exported model each
+    past_latent_cache.i feeds exactly one node, input 4 of its layer's MlaAttention, whose output 1 (the declared
+    alias) is present_latent_cache.i itself, a graph output: the pair the application binds to one buffer."""
+    import onnx
+
+    from mla_export.config import load_preset
+    from mla_export.contract import graph_io_names
+    from mla_export.export import export_onnx
+    from mla_export.spec import ModelSpec
+
+    model = onnx.load(str(export_onnx(ModelSpec(load_preset("tiny"), dtype="float16", max_seq_len=64),
+                                      tmp_path / "tiny.onnx")))
+    layers = load_preset("tiny").num_hidden_layers
+    assert [o.name for o in model.graph.output] == graph_io_names(layers, "hidden")[1]
+    for layer in range(layers):
+        past, present = contract.past_cache_name(layer), contract.present_cache_name(layer)
+        consumers = [(n, list(n.input).index(past)) for n in model.graph.node if past in n.input]
+        assert len(consumers) == 1, f"{past} feeds {len(consumers)} nodes"
+        node, index = consumers[0]
+        assert (node.op_type, node.domain) == (contract.OP_TYPE, contract.OP_DOMAIN)
+        assert contract.OP_INPUTS[index] == "past_cache"  # input 4, which output 1 aliases
+        assert contract.OP_OUTPUTS[list(node.output).index(present)] == "present_cache"
+        assert sum(present in n.input for n in model.graph.node) == 0  # nothing else reads the aliased output
+
+
 def _handmade_onnx(path: Path, heads: int, rank: int, rope: int, scale: float, smax: int = 64) -> Path:
     """A one-node model in the exported node's form (domain mla, lookup attributes), float16."""
     import onnx
@@ -364,7 +391,7 @@ def _read_raw(path: Path, dtype, shape):
     import numpy as np
     import torch
 
-    raw = np.fromfile(path, dtype=np.int16 if dtype in (torch.float16, torch.bfloat16) else np.float32)
+    raw = np.fromfile(path, dtype=np.int16 if dtype in (torch.float16, torch.bfloat16, torch.int16) else np.float32)
     return torch.from_numpy(raw).view(dtype).reshape(shape)
 
 
@@ -373,7 +400,9 @@ def _read_raw(path: Path, dtype, shape):
 @pytest.mark.parametrize("new_tokens", [1, 5])
 def test_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, dtype_name, new_tokens):
     """enqueue through a plugin object (created by the shipped library's creator) on device buffers equals the
-    float64 reference, with present bound to past's buffer and to a separate one."""
+    float64 reference, with present bound to past's buffer as TensorRT binds the declared alias ("aliased") and to
+    a separate one ("copy"). The step is captured into a CUDA graph: aliased, it holds no copy (copy: exactly
+    one, past -> present); either way every cache row outside the new ones is bit-identical to the input."""
     import torch
 
     from mla_export.compare import compare, tolerance_for
@@ -403,15 +432,23 @@ def test_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, dtype_name, ne
         *(inputs[n].double() if inputs[n].is_floating_point() else inputs[n] for n in contract.OP_INPUTS),
         softmax_scale=scale)
     atol, rtol = tolerance_for(dtype_name)
-    for mode in ("inplace", "copy"):
+    untouched = torch.ones(b, smax, dtype=torch.bool)  # rows the step must leave as they were
+    for i in range(b):
+        untouched[i, int(seqlens[i]):int(seqlens[i]) + s] = False
+    past_bits = _read_raw(tmp_path / "past_cache.bin", torch.int16, (b, smax, dc + dr))
+    for mode, copies in (("aliased", 0), ("copy", 1)):
         run = subprocess.run([plugin_build / "tests" / "test_mla_gpu_enqueue",
                               plugin_build / "mlaAttentionPlugin" / LIBRARY, tmp_path, mode],
                              capture_output=True, text=True, timeout=300)
         if run.returncode == 77:
             pytest.skip(run.stdout)
         assert run.returncode == 0, run.stdout + run.stderr
+        nodes = re.search(r"graph: (\d+) kernel, (\d+) memcpy, (\d+) memset", run.stdout)
+        assert nodes and int(nodes[1]) >= 2 and int(nodes[2]) == copies, run.stdout
         attn = _read_raw(tmp_path / f"attn_latent.{mode}.bin", dtype, (b, s, h, dc))
         cache = _read_raw(tmp_path / f"present_cache.{mode}.bin", dtype, (b, smax, dc + dr))
         for result in (compare(f"attn_latent ({mode})", attn, expected_attn, atol, rtol),
                        compare(f"present_cache ({mode})", cache, expected_cache, atol, rtol)):
             assert result.passed, result.to_dict()
+        cache_bits = _read_raw(tmp_path / f"present_cache.{mode}.bin", torch.int16, (b, smax, dc + dr))
+        assert torch.equal(cache_bits[untouched], past_bits[untouched]), f"{mode}: rows outside the new ones changed"

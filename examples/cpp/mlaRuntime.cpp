@@ -85,7 +85,8 @@ struct MlaSession::Impl
     std::unique_ptr<nvinfer1::IExecutionContext> context;
     cudaStream_t stream{nullptr};
     cudaEvent_t start{nullptr}, stop{nullptr};
-    std::vector<void*> caches;        //!< one buffer per layer: past and present bound to it
+    std::vector<void*> caches;        //!< buffersPerLayer per layer: caches[layer * buffersPerLayer + slot]
+    int64_t stepsRun{0};              //!< picks the cache slots in copy mode (cacheSlots)
     void* seqlensDevice{nullptr};     //!< int32 [B] on the device
     int32_t* seqlensHost{nullptr};    //!< pinned mirror, copied in on the stream before each step
     void* input{nullptr};
@@ -122,6 +123,9 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
         return Status::error(s.message + ": the engine's sidecar is missing (engines from `mla-export build` have one)");
     if (Status s = checkSidecar(sidecar); !s)
         return s;
+    CacheBinding binding{};
+    if (Status s = cacheBindingOf(sidecar, binding); !s)
+        return s;
     if (Status s = readFile(options.enginePath, blob); !s)
         return s;
     if (!options.pluginPath.empty())
@@ -137,7 +141,9 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
     std::unique_ptr<MlaSession> s(new MlaSession());
     s->mImpl = std::make_unique<Impl>();
     Impl& m = *s->mImpl;
-    m.useCudaGraph = options.useCudaGraph;
+    s->mCachePlan = planCacheBinding(binding);
+    // Copy mode swaps each layer's two buffers every step: a captured step would replay old addresses.
+    m.useCudaGraph = options.useCudaGraph && s->mCachePlan.fixedAddresses;
     m.runtime.reset(nvinfer1::createInferRuntime(gLogger));
     MLA_CHECK(m.runtime != nullptr, "createInferRuntime failed");
     m.engine.reset(m.runtime->deserializeCudaEngine(blob.data(), blob.size()));
@@ -174,7 +180,7 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
     size_t cacheBytes = 0;
     if (Status st = latentCacheBytes(options.batch, cacheMax.d[1], cacheMax.d[2], cacheElement, cacheBytes); !st)
         return st;
-    for (int32_t layer = 0; layer < s->mPlan.numLayers; ++layer)
+    for (int32_t i = 0; i < s->mPlan.numLayers * s->mCachePlan.buffersPerLayer; ++i)
     {
         void* buffer = nullptr;
         MLA_CUDA(cudaMalloc(&buffer, cacheBytes)); // cudaMalloc is 256-byte aligned
@@ -226,12 +232,9 @@ Status MlaSession::step(void const* input, int32_t newTokens, float* millisecond
         for (int32_t layer = 0; layer < mPlan.numLayers; ++layer)
         {
             std::string const past = c::kPastCachePrefix + std::to_string(layer);
-            std::string const present = c::kPresentCachePrefix + std::to_string(layer);
             nvinfer1::Dims cache = m.engine->getTensorShape(past.c_str());
             cache.d[0] = batch;
             MLA_CHECK(ctx->setInputShape(past.c_str(), cache), "cannot set the latent cache shape");
-            MLA_CHECK(ctx->setTensorAddress(past.c_str(), m.caches[layer]), "cannot bind " + past);
-            MLA_CHECK(ctx->setTensorAddress(present.c_str(), m.caches[layer]), "cannot bind " + present);
         }
         nvinfer1::Dims const out = ctx->getTensorShape(mPlan.output.c_str());
         size_t const outBytes = static_cast<size_t>(volume(out) * elementSize(m.engine->getTensorDataType(mPlan.output.c_str())));
@@ -249,6 +252,19 @@ Status MlaSession::step(void const* input, int32_t newTokens, float* millisecond
         {
             cudaGraphExecDestroy(m.decodeGraph);
             m.decodeGraph = nullptr;
+        }
+    }
+    if (rebind || !mCachePlan.fixedAddresses)
+    {
+        // Aliased: past and present of a layer on its one buffer. Copy: on its two buffers, swapped each step.
+        CacheSlots const slots = cacheSlots(mCachePlan, m.stepsRun);
+        for (int32_t layer = 0; layer < mPlan.numLayers; ++layer)
+        {
+            std::string const past = c::kPastCachePrefix + std::to_string(layer);
+            std::string const present = c::kPresentCachePrefix + std::to_string(layer);
+            void* const* buffers = &m.caches[static_cast<size_t>(layer) * mCachePlan.buffersPerLayer];
+            MLA_CHECK(ctx->setTensorAddress(past.c_str(), buffers[slots.past]), "cannot bind " + past);
+            MLA_CHECK(ctx->setTensorAddress(present.c_str(), buffers[slots.present]), "cannot bind " + present);
         }
     }
     std::copy(mLengths.begin(), mLengths.end(), m.seqlensHost);
@@ -285,6 +301,7 @@ Status MlaSession::step(void const* input, int32_t newTokens, float* millisecond
         MLA_CUDA(cudaEventElapsedTime(milliseconds, m.start, m.stop));
     for (auto& length : mLengths)
         length += newTokens;
+    ++m.stepsRun;
     return Status::success();
 }
 

@@ -1,9 +1,17 @@
 /*
- * mlaRuntime: run an mla-export TensorRT engine from C++ with the latent caches bound in place.
+ * mlaRuntime: run an mla-export TensorRT engine from C++ with the latent caches bound the way the
+ * engine was built for (the sidecar's "cache_binding"):
+ *   aliased  present_latent_cache.i is a declared alias of past_latent_cache.i (the plugin's
+ *            IPluginV3OneBuildV2::getAliasedInput, built with PreviewFeature::kALIASED_PLUGIN_IO_10_03,
+ *            TensorRT 10.3+): one buffer per layer, bound to both names; each step writes only its
+ *            new rows, nothing is copied.
+ *   copy     present is an output of its own (engines built without the preview feature, sidecars
+ *            written before the field existed, --attention decomposed): two buffers per layer, past
+ *            bound to one and present to the other, swapped every step; each step copies the cache.
  *
  * One header, one source (mlaRuntime.cpp). The pure parts (option checks, cache size arithmetic,
- * I/O name matching against the contract, sidecar checks) are inline below and need no TensorRT
- * runtime; MlaSession needs TensorRT 10.8+, the CUDA runtime and a GPU.
+ * I/O name matching against the contract, sidecar checks, the cache binding plan) are inline below
+ * and need no TensorRT runtime; MlaSession needs TensorRT 10.8+, the CUDA runtime and a GPU.
  *
  * Names come from the contract header mirrored from mla_export/contract.py.
  */
@@ -44,7 +52,7 @@ struct SessionOptions
     std::string enginePath;
     std::string pluginPath;  //!< libmla_plugin.so; empty for an engine built with --attention decomposed
     int32_t batch{1};
-    bool useCudaGraph{true}; //!< capture the decode step once and replay it
+    bool useCudaGraph{true}; //!< capture the decode step once and replay it (aliased caches only)
 };
 
 //! Rejects options that cannot work before anything is loaded.
@@ -189,6 +197,90 @@ inline Status checkSidecar(std::string const& json)
     return Status::success();
 }
 
+//! Reads a string field `"key": "value"` from the sidecar JSON text; false if absent or not a string.
+inline bool jsonString(std::string const& json, std::string const& key, std::string& value)
+{
+    auto pos = json.find("\"" + key + "\"");
+    if (pos == std::string::npos) return false;
+    pos = json.find(':', pos);
+    if (pos == std::string::npos) return false;
+    pos = json.find_first_not_of(" \t\r\n", pos + 1);
+    if (pos == std::string::npos || json[pos] != '"') return false;
+    auto const end = json.find('"', pos + 1);
+    if (end == std::string::npos) return false;
+    value = json.substr(pos + 1, end - pos - 1);
+    return true;
+}
+
+//! How the latent caches of an engine are bound (see the top of this file).
+enum class CacheBinding
+{
+    kAliased, //!< one buffer per layer, bound to past and present; no copy per step
+    kCopy,    //!< two buffers per layer, past and present swapped every step; the step copies the cache
+};
+
+inline char const* cacheBindingName(CacheBinding binding)
+{
+    return binding == CacheBinding::kAliased ? "aliased" : "copy";
+}
+
+//! The sidecar's "cache_binding": "aliased" or "copy"; a sidecar without the field was written before
+//! engines declared the alias, so its engine is run as "copy". Refuses any other value.
+inline Status cacheBindingOf(std::string const& sidecar, CacheBinding& binding)
+{
+    std::string value;
+    if (!jsonString(sidecar, "cache_binding", value) || value == "copy")
+        binding = CacheBinding::kCopy;
+    else if (value == "aliased")
+        binding = CacheBinding::kAliased;
+    else
+        return Status::error("sidecar cache_binding \"" + value + "\" is unknown to this program (knows aliased, "
+            "copy): rebuild this program or the engine");
+    return Status::success();
+}
+
+//! The buffers a binding needs and how they are bound, step after step.
+struct CacheBindingPlan
+{
+    CacheBinding binding{CacheBinding::kCopy};
+    int32_t buffersPerLayer{2};
+    bool fixedAddresses{false}; //!< the same addresses every step: a captured decode graph can be replayed
+    bool copiesPerStep{true};   //!< each step copies every layer's cache (B x Smax x width elements)
+};
+
+inline CacheBindingPlan planCacheBinding(CacheBinding binding)
+{
+    bool const aliased = binding == CacheBinding::kAliased;
+    return CacheBindingPlan{binding, aliased ? 1 : 2, aliased, !aliased};
+}
+
+//! Which of a layer's buffers (0 or 1) past and present are bound to for step `step` (0-based count of
+//! the steps run so far). Aliased: both to buffer 0. Copy: present to the buffer past was not bound
+//! to, so that the present written by one step is the past of the next.
+struct CacheSlots
+{
+    int32_t past;
+    int32_t present;
+};
+
+inline CacheSlots cacheSlots(CacheBindingPlan const& plan, int64_t step)
+{
+    if (plan.buffersPerLayer == 1)
+        return {0, 0};
+    int32_t const past = static_cast<int32_t>(step % 2);
+    return {past, 1 - past};
+}
+
+//! One line saying how the caches are bound, for logs.
+inline std::string describeCacheBinding(CacheBindingPlan const& plan)
+{
+    if (plan.binding == CacheBinding::kAliased)
+        return "cache binding: aliased (present_latent_cache.i aliases past_latent_cache.i: one buffer per layer "
+               "bound to both, each step writes only its new rows)";
+    return "cache binding: copy (engine declares no alias: two buffers per layer, past and present swapped every "
+           "step, each step copies the whole cache; no CUDA graph)";
+}
+
 //! Latency percentile (q in [0,100]) of `samples`, nearest-rank; 0 for none.
 inline double percentile(std::vector<float> samples, double q)
 {
@@ -200,7 +292,8 @@ inline double percentile(std::vector<float> samples, double q)
     return samples[std::min(index, samples.size() - 1)];
 }
 
-//! A loaded engine with its caches: prefill, then decode steps.
+//! A loaded engine with its caches, bound per the sidecar's cache_binding (cachePlan()): prefill, then
+//! decode steps.
 class MlaSession
 {
 public:
@@ -208,6 +301,7 @@ public:
     ~MlaSession();
 
     IoPlan const& plan() const { return mPlan; }
+    CacheBindingPlan const& cachePlan() const { return mCachePlan; }
     int32_t maxSeqLen() const { return mMaxSeqLen; }
     std::vector<int32_t> const& lengths() const { return mLengths; }
     size_t inputBytesPerToken() const; //!< bytes of one token of the first input for one sequence
@@ -221,6 +315,7 @@ private:
     struct Impl;
     std::unique_ptr<Impl> mImpl;
     IoPlan mPlan;
+    CacheBindingPlan mCachePlan;
     int32_t mMaxSeqLen{0};
     std::vector<int32_t> mLengths;
 };

@@ -1,6 +1,7 @@
 /*
  * mla_decode_demo: load an mla-export engine, run a prefill and decode steps with the latent caches
- * bound in place, print per-step latency percentiles.
+ * bound as the engine was built for (aliased: in place, one buffer per layer; copy: two buffers per
+ * layer, swapped every step; it says which), print per-step latency percentiles.
  *
  *   mla_decode_demo --engine model.engine [--plugin libmla_plugin.so] [--batch 8] [--prompt 128]
  *                   [--steps 64] [--no-cuda-graph]
@@ -76,6 +77,7 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "error: %s\n", status.message.c_str());
         return 1;
     }
+    std::printf("%s\n", mla::runtime::describeCacheBinding(session->cachePlan()).c_str());
     size_t const bytesPerToken = session->inputBytesPerToken();
     float prefillMs = 0.f;
     auto input = randomInput(session->plan(), options.batch, prompt, bytesPerToken);

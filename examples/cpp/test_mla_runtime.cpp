@@ -1,6 +1,7 @@
 /*
  * Unit test of mlaRuntime's parts that need no TensorRT runtime: option checks, cache size
- * arithmetic, cache room, I/O name matching against the contract, sidecar checks, percentiles.
+ * arithmetic, cache room, I/O name matching against the contract, sidecar checks, the cache binding
+ * read from the sidecar and its plan (which buffer past and present get, step after step), percentiles.
  * Prints "N passed, N failed" and returns nonzero on any failure.
  */
 #include "mlaRuntime.h"
@@ -84,6 +85,47 @@ int main()
     Status newer = checkSidecar(future);
     expect(!newer && newer.message.find("contract 2") != std::string::npos, "other contract refused");
     expect(!checkSidecar("{\"format\": \"something\"}"), "foreign sidecar refused");
+
+    // Cache binding from the sidecar: aliased, copy, absent (older sidecars: copy), unknown (refused).
+    CacheBinding binding{};
+    std::string const aliasedSidecar = good.substr(0, good.size() - 2) + ",\n  \"cache_binding\": \"aliased\"\n}";
+    expect(checkSidecar(aliasedSidecar).ok, "sidecar with cache_binding accepted");
+    expect(cacheBindingOf(aliasedSidecar, binding).ok && binding == CacheBinding::kAliased, "aliased sidecar");
+    expect(cacheBindingOf("{\"cache_binding\":\"copy\"}", binding).ok && binding == CacheBinding::kCopy, "copy sidecar");
+    binding = CacheBinding::kAliased;
+    expect(cacheBindingOf(good, binding).ok && binding == CacheBinding::kCopy, "sidecar without the field: copy");
+    Status odd = cacheBindingOf("{\"cache_binding\": \"paged\"}", binding);
+    expect(!odd && odd.message.find("paged") != std::string::npos, "unknown cache binding refused, named");
+    expect(cacheBindingOf("{\"cache_binding\": 3}", binding).ok && binding == CacheBinding::kCopy,
+        "non-string cache binding read as absent");
+    std::string text;
+    expect(!jsonString("{\"cache_binding\"", "cache_binding", text), "truncated JSON: no value");
+
+    // The binding plan, step after step: aliased engines bind past and present of a layer to its one
+    // buffer every step (fixed addresses, graph replay, no copy); copy engines get two buffers per layer,
+    // never the same one for past and present, and the present of step n is the past of step n+1.
+    CacheBindingPlan const aliased = planCacheBinding(CacheBinding::kAliased);
+    expect(aliased.buffersPerLayer == 1 && aliased.fixedAddresses && !aliased.copiesPerStep, "aliased plan");
+    CacheBindingPlan const copy = planCacheBinding(CacheBinding::kCopy);
+    expect(copy.buffersPerLayer == 2 && !copy.fixedAddresses && copy.copiesPerStep, "copy plan");
+    bool aliasedSame = true, copyDistinct = true, copyChained = true;
+    for (int64_t step = 0; step < 9; ++step)
+    {
+        CacheSlots const a = cacheSlots(aliased, step);
+        aliasedSame = aliasedSame && a.past == 0 && a.present == 0;
+        CacheSlots const c = cacheSlots(copy, step);
+        CacheSlots const next = cacheSlots(copy, step + 1);
+        copyDistinct = copyDistinct && c.past != c.present && c.past >= 0 && c.past < 2 && c.present >= 0
+            && c.present < 2;
+        copyChained = copyChained && next.past == c.present;
+    }
+    expect(aliasedSame, "aliased: past and present on buffer 0 at every step");
+    expect(copyDistinct, "copy: past and present on different buffers at every step");
+    expect(copyChained, "copy: each step's present is the next step's past");
+    expect(cacheSlots(copy, 0).past == 0, "copy: the first step reads buffer 0");
+    expect(describeCacheBinding(aliased).find("aliased") != std::string::npos
+            && describeCacheBinding(copy).find("copy") != std::string::npos, "the binding is described");
+    expect(std::string(cacheBindingName(CacheBinding::kAliased)) == "aliased", "binding names");
 
     // Percentiles.
     expect(percentile({5.f, 1.f, 3.f, 2.f, 4.f}, 50) == 3.0, "p50");

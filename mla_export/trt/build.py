@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_bytes
 from ..onnx_reader import read_exported_model
 from ..spec import ModelSpec
+from .aliasing import cache_binding, enable_aliased_plugin_io
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
 from .sidecar import Sidecar
 
@@ -252,6 +253,7 @@ def build_engine(spec: BuildSpec) -> Path:
     profiles = optimization_profiles(model, spec.batch, prefill_tokens)
     timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
     config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)
+    aliased_io = spec.attention == "plugin" and enable_aliased_plugin_io(trt, config)  # the cache updated in place
     serialized = engine_bytes(trt, builder, network, config)
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
@@ -261,5 +263,6 @@ def build_engine(spec: BuildSpec) -> Path:
         gpu_name=gpu_name, compute_capability=capability,
         plugin_sha256=file_sha256(plugin_path) if plugin_path else None,
         plugin_path=str(plugin_path) if plugin_path else None,
-        profiles=profiles, io=network_io(network), onnx_metadata=dict(exported.metadata))
+        profiles=profiles, io=network_io(network), onnx_metadata=dict(exported.metadata),
+        cache_binding=cache_binding(spec.attention, aliased_io))
     return save_engine(output, serialized, sidecar)

@@ -4,7 +4,9 @@ Thin by design (it needs TensorRT and a GPU, which CI does not have): everything
 checked before TensorRT is touched (`Sidecar`, `check_compatible`); the rest follows TensorRT 10's
 documented Python API: deserialize_cuda_engine, create_execution_context,
 set_optimization_profile_async, set_input_shape, set_tensor_address, execute_async_v3.
-Each layer's past and present latent cache are bound to one device buffer, as in deployment.
+The latent caches are bound as the sidecar's `cache_binding` says (aliasing.py): "aliased", each layer's
+past and present on one device buffer, as TensorRT binds an aliased plugin output; "copy", present on a
+buffer of its own. The runner's name says which (it heads validate's report and profile's rows).
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ def _require_cuda():
     return torch
 
 
+def present_cache_tensor(cache_binding: str, past):
+    """The tensor to bind present_latent_cache.i to, given past_latent_cache.i's: the same one when aliased (the
+    plugin writes only the new rows into it), else a new one of its shape (the step writes past and new rows)."""
+    return past if cache_binding == "aliased" else past.new_empty(past.shape)
+
+
 class TensorRTRunner:
-    """Feeds numpy arrays by graph input name, returns outputs by name; caches bound in place."""
+    """Feeds numpy arrays by graph input name, returns outputs by name; caches bound per the sidecar."""
 
     def __init__(self, engine_path: str | Path, plugin_lib: str | None = None, sidecar: Sidecar | None = None):
         """`sidecar`: the engine's sidecar when the caller has read it already (else read here)."""
@@ -54,7 +62,8 @@ class TensorRTRunner:
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.torch = torch
-        self.name = f"{self.sidecar.tensorrt_flavour} engine"
+        self.cache_binding = self.sidecar.cache_binding
+        self.name = f"{self.sidecar.tensorrt_flavour} engine ({self.cache_binding} cache)"
         self.profile_index = {p["name"]: i for i, p in enumerate(self.sidecar.profiles)}
         self.io_names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
 
@@ -78,7 +87,7 @@ class TensorRTRunner:
                 continue
             if name.startswith("present_latent_cache."):
                 past = contract.past_cache_name(int(name.rsplit(".", 1)[1]))
-                bound[name] = inputs[past]  # one buffer: the plugin writes only the new rows
+                bound[name] = present_cache_tensor(self.cache_binding, inputs[past])
             else:
                 bound[name] = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._torch_dtype(name),
                                           device="cuda")

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__, contract
 from ..errors import UserError
 from ..fileio import atomic_write_text
+from .aliasing import CACHE_BINDINGS
 
 SIDECAR_FORMAT = "mla-export-engine"
 SIDECAR_VERSION = 2  # 2: `export` renamed `onnx_metadata`
@@ -31,6 +32,7 @@ class Sidecar:
     profiles: list[dict] = field(default_factory=list)  # {"name", "shapes": {input: [min, opt, max]}}
     io: list[dict] = field(default_factory=list)  # {"name", "mode", "dtype", "shape"}
     onnx_metadata: dict = field(default_factory=dict)  # the ONNX file's metadata_props, as they are
+    cache_binding: str = "copy"  # "aliased" | "copy" (aliasing.py)
     contract_version: int = contract.CONTRACT_VERSION
     mla_export_version: str = __version__
     format: str = SIDECAR_FORMAT
@@ -51,6 +53,8 @@ class Sidecar:
             data = json.loads(path.read_text())
             if data.get("format") != SIDECAR_FORMAT or data.get("format_version") != SIDECAR_VERSION:
                 raise ValueError(f"format {data.get('format')!r} version {data.get('format_version')!r}")
+            if data.get("cache_binding", "copy") not in CACHE_BINDINGS:
+                raise ValueError(f"cache_binding {data['cache_binding']!r} (knows {', '.join(CACHE_BINDINGS)})")
             return cls(**data)
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise UserError(f"{path}: not an mla-export engine sidecar ({exc}); rebuild the engine") from None

@@ -113,7 +113,7 @@ nvinfer1::IPluginCapability* MlaAttentionPlugin::getCapabilityInterface(nvinfer1
     {
         switch (type)
         {
-        case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
+        case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuildV2*>(this);
         case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
         case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
         }
@@ -300,6 +300,11 @@ size_t MlaAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc co
     return 0;
 }
 
+int32_t MlaAttentionPlugin::getAliasedInput(int32_t outputIndex) noexcept
+{
+    return aliasedInput(outputIndex);
+}
+
 int32_t MlaAttentionPlugin::queryNumSms() noexcept
 {
     CUdevice device{};
@@ -449,8 +454,9 @@ int32_t MlaAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
         void* present = outputs[c::kPresentCache];
         if (present != past)
         {
-            // Separate buffers: make present hold past, then the kernels write only the new rows.
-            // Bound to one buffer (the intended deployment), the rows are already there.
+            // Separate buffers (an engine built without aliased plugin I/O): make present hold past,
+            // then the kernels write only the new rows. Aliased (getAliasedInput), TensorRT hands us
+            // one buffer and the rows are already there: no copy.
             size_t const bytes = static_cast<size_t>(volume(dims[c::kPastCache])) * elementSize(types[c::kPastCache]);
             if (!checkCuda(cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(present),
                                reinterpret_cast<CUdeviceptr>(past), bytes, cuStream),

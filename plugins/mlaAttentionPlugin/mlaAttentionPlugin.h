@@ -5,6 +5,12 @@
  * Contract: mla_export/contract.py (mirrored in mlaContract.h); shapes and types: mlaShapes.h;
  * kernels: plugins/kernels/mlaKernels.h (AOT-compiled Triton). No CUDA syntax here: the plugin
  * calls the kernels' host API and the CUDA driver API only.
+ *
+ * The latent cache is updated in place the way TensorRT documents it: the build capability is
+ * IPluginV3OneBuildV2 and getAliasedInput declares present_cache (output 1) an alias of past_cache
+ * (input 4). TensorRT consults it when the builder config enables PreviewFeature::kALIASED_PLUGIN_IO_10_03
+ * (TensorRT 10.3+); enqueue then gets one buffer for both and writes only the new rows. Handed two
+ * buffers (an engine built without the feature), enqueue copies past to present first.
  */
 #pragma once
 
@@ -24,7 +30,7 @@ namespace plugin
 
 class MlaAttentionPlugin : public nvinfer1::IPluginV3,
                            public nvinfer1::IPluginV3OneCore,
-                           public nvinfer1::IPluginV3OneBuild,
+                           public nvinfer1::IPluginV3OneBuildV2,
                            public nvinfer1::IPluginV3OneRuntime
 {
 public:
@@ -45,7 +51,7 @@ public:
     char const* getPluginVersion() const noexcept override;
     char const* getPluginNamespace() const noexcept override;
 
-    // IPluginV3OneBuild
+    // IPluginV3OneBuild (through IPluginV3OneBuildV2)
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -58,6 +64,10 @@ public:
     int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+
+    // IPluginV3OneBuildV2
+    //! kPastCache for kPresentCache (the cache is updated in place), -1 for every other output.
+    int32_t getAliasedInput(int32_t outputIndex) noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,

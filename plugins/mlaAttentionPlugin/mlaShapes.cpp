@@ -150,6 +150,11 @@ int32_t outputShapeSource(int32_t outputIndex)
     return outputIndex == c::kAttnLatent ? static_cast<int32_t>(c::kQLatent) : static_cast<int32_t>(c::kPastCache);
 }
 
+int32_t aliasedInput(int32_t outputIndex)
+{
+    return outputIndex == c::kPresentCache ? static_cast<int32_t>(c::kPastCache) : -1;
+}
+
 Dims outputDims(int32_t outputIndex, Dims const* inputs)
 {
     return inputs[outputShapeSource(outputIndex)];
@@ -179,6 +184,12 @@ bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_
     if (pos == c::kRopeCosSin)
     {
         return desc.type == DataType::kFLOAT;
+    }
+    // An aliased output is its input's buffer: the same type and format.
+    int32_t const source = pos >= nbInputs ? aliasedInput(pos - nbInputs) : -1;
+    if (source >= 0)
+    {
+        return isActivationType(desc.type) && desc.type == inOut[source].type && desc.format == inOut[source].format;
     }
     // Every other position holds T: the first one decides it, the rest follow.
     return isActivationType(desc.type) && (pos == c::kQLatent || desc.type == inOut[c::kQLatent].type);

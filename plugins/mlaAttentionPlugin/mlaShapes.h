@@ -45,6 +45,11 @@ std::string validateInputDims(MlaAttributes const& attrs, nvinfer1::Dims const* 
 //! Output index -> the input whose shape it has (attn_latent: q_latent, present_cache: past_cache).
 int32_t outputShapeSource(int32_t outputIndex);
 
+//! Output index -> the input it aliases (IPluginV3OneBuildV2::getAliasedInput): present_cache aliases
+//! past_cache (the cache is updated in place); -1 for attn_latent and for indices out of range. An
+//! aliased output has the shape, type and format of its input (outputShapeSource, supportsFormat).
+int32_t aliasedInput(int32_t outputIndex);
+
 //! Output dims from input dims (the same rule getOutputShapes applies to shape expressions).
 nvinfer1::Dims outputDims(int32_t outputIndex, nvinfer1::Dims const* inputs);
 
@@ -52,7 +57,8 @@ nvinfer1::Dims outputDims(int32_t outputIndex, nvinfer1::Dims const* inputs);
 bool isActivationType(nvinfer1::DataType type);
 
 //! supportsFormatCombination's rule for position `pos` of `inOut` (inputs then outputs); looks only
-//! at positions <= pos, as TensorRT requires. Linear format only.
+//! at positions <= pos, as TensorRT requires. Linear format only; present_cache takes exactly
+//! past_cache's type and format (the pair is aliased).
 bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs);
 
 //! Output types from input types; empty string when the inputs are acceptable.

@@ -1,7 +1,8 @@
 /*
  * libmla_plugin.so as TensorRT loads it: dlopen, getCreators/setLoggerFinder present and nothing
  * else exported (in particular none of the CUDA driver forwarders), the creator's identity, and a
- * plugin created from the fields the ONNX parser sends, on a machine without a CUDA driver.
+ * plugin created from the fields the ONNX parser sends, on a machine without a CUDA driver, whose
+ * build capability declares present_cache an alias of past_cache.
  */
 #include "NvInferRuntime.h"
 #include "mlaContract.h"
@@ -70,6 +71,15 @@ int main(int argc, char** argv)
             auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
                 plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
             CHECK(core != nullptr && std::strcmp(core->getPluginName(), "MlaAttention") == 0);
+            // The build capability TensorRT gets is the aliasing one (V2): present_cache aliases past_cache.
+            auto* capability = plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD);
+            CHECK(capability != nullptr && capability->getInterfaceInfo().major == 2);
+            if (capability != nullptr && capability->getInterfaceInfo().major == 2)
+            {
+                auto* build = static_cast<nvinfer1::IPluginV3OneBuildV2*>(capability);
+                CHECK(build->getAliasedInput(mla::contract::kPresentCache) == mla::contract::kPastCache);
+                CHECK(build->getAliasedInput(mla::contract::kAttnLatent) == -1);
+            }
             delete plugin; // no module was loaded: no driver call on destruction
         }
         fields[0].length = 0;

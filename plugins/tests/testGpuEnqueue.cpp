@@ -4,9 +4,15 @@
  * libmla_plugin.so, create the plugin through getCreators like TensorRT does, attach it to a context,
  * enqueue on real device buffers, write the outputs back.
  *
- *   test_mla_gpu_enqueue LIB DIR MODE     MODE: inplace (present bound to past's buffer) or copy
+ *   test_mla_gpu_enqueue LIB DIR MODE     MODE: aliased or copy
+ *     aliased: as TensorRT runs an engine built with aliased plugin I/O: the output the build
+ *              capability's getAliasedInput names (present_cache -> past_cache) gets that input's buffer;
+ *     copy:    present_cache gets a buffer of its own (an engine built without the preview feature).
  *   DIR/meta.txt: "B S H Dc Dr Smax dtype(0 fp32, 1 fp16, 2 bf16) softmax_scale"
  *   DIR/<input name>.bin raw inputs; writes DIR/<output name>.<MODE>.bin.
+ * The step is captured into a CUDA graph (after a warm-up enqueue on scratch buffers has loaded the
+ * kernels) and the graph's nodes are counted and printed ("graph: K kernel, C memcpy, M memset, O other
+ * nodes"): in aliased mode the step must hold no copy. Then the graph runs and the outputs are read back.
  * Exits 77 (skip) when no CUDA driver or device is present. The driver is opened with dlopen, so the
  * program builds and links on machines without one.
  */
@@ -16,6 +22,7 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -59,10 +66,15 @@ int main(int argc, char** argv)
 {
     if (argc != 4)
     {
-        return fail("usage: test_mla_gpu_enqueue LIB DIR inplace|copy");
+        return fail("usage: test_mla_gpu_enqueue LIB DIR aliased|copy");
     }
     std::string const dir = argv[2];
-    bool const inPlace = std::string(argv[3]) == "inplace";
+    std::string const mode = argv[3];
+    if (mode != "aliased" && mode != "copy")
+    {
+        return fail("MODE must be aliased or copy, got " + mode);
+    }
+    bool const aliasedMode = mode == "aliased";
     Driver cu;
     cu.lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     if (cu.lib == nullptr)
@@ -80,6 +92,15 @@ int main(int argc, char** argv)
     using HtoD = CUresult (*)(CUdeviceptr, void const*, size_t);
     using DtoH = CUresult (*)(void*, CUdeviceptr, size_t);
     using Memset = CUresult (*)(CUdeviceptr, unsigned char, size_t);
+    using DtoD = CUresult (*)(CUdeviceptr, CUdeviceptr, size_t);
+    using BeginCapture = CUresult (*)(CUstream, CUstreamCaptureMode);
+    using EndCapture = CUresult (*)(CUstream, CUgraph*);
+    using GetNodes = CUresult (*)(CUgraph, CUgraphNode*, size_t*);
+    using NodeType = CUresult (*)(CUgraphNode, CUgraphNodeType*);
+    using Instantiate = CUresult (*)(CUgraphExec*, CUgraph, unsigned long long);
+    using GraphLaunch = CUresult (*)(CUgraphExec, CUstream);
+    using GraphExecDestroy = CUresult (*)(CUgraphExec);
+    using GraphDestroy = CUresult (*)(CUgraph);
     CUdevice device{};
     CUcontext ctx{};
     CUstream stream{};
@@ -98,6 +119,7 @@ int main(int argc, char** argv)
     auto htod = cu.get<HtoD>("cuMemcpyHtoD_v2");
     auto dtoh = cu.get<DtoH>("cuMemcpyDtoH_v2");
     auto memset8 = cu.get<Memset>("cuMemsetD8_v2");
+    auto dtod = cu.get<DtoD>("cuMemcpyDtoD_v2");
 
     int64_t b, s, h, dc, dr, smax;
     int32_t dtype;
@@ -145,12 +167,7 @@ int main(int argc, char** argv)
     size_t const attnBytes = static_cast<size_t>(b * s * h * dc) * es;
     size_t const cacheBytes = static_cast<size_t>(b * smax * (dc + dr)) * es;
     CUdeviceptr attn{};
-    CUdeviceptr present = inPtr[c::kPastCache];
     if (alloc(&attn, attnBytes) != CUDA_SUCCESS || memset8(attn, 0xFF, attnBytes) != CUDA_SUCCESS)
-    {
-        return fail("device allocation failed");
-    }
-    if (!inPlace && (alloc(&present, cacheBytes) != CUDA_SUCCESS || memset8(present, 0xFF, cacheBytes) != CUDA_SUCCESS))
     {
         return fail("device allocation failed");
     }
@@ -175,7 +192,23 @@ int main(int argc, char** argv)
     {
         return fail("createPlugin failed");
     }
-    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+    auto* capability = built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD);
+    if (capability == nullptr || capability->getInterfaceInfo().major != 2)
+    {
+        return fail("the build capability is not IPluginV3OneBuildV2");
+    }
+    auto* build = static_cast<nvinfer1::IPluginV3OneBuildV2*>(capability);
+    int32_t const aliased = build->getAliasedInput(c::kPresentCache);
+    if (aliased != c::kPastCache || build->getAliasedInput(c::kAttnLatent) != -1)
+    {
+        return fail("getAliasedInput does not declare present_cache an alias of past_cache");
+    }
+    CUdeviceptr present = inPtr[aliased]; // what TensorRT hands the plugin for an aliased output
+    if (!aliasedMode
+        && (alloc(&present, cacheBytes) != CUDA_SUCCESS || memset8(present, 0xFF, cacheBytes) != CUDA_SUCCESS))
+    {
+        return fail("device allocation failed");
+    }
     nvinfer1::DynamicPluginTensorDesc dyn[7]{};
     nvinfer1::DynamicPluginTensorDesc dynOut[2]{};
     for (int32_t i = 0; i < 7; ++i)
@@ -209,13 +242,75 @@ int main(int argc, char** argv)
     {
         inputs[i] = reinterpret_cast<void const*>(inPtr[i]);
     }
-    void* outputs[2] = {reinterpret_cast<void*>(attn), reinterpret_cast<void*>(present)};
-    if (runtime->onShapeChange(in, 7, out, 2) != 0
-        || runtime->enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(workspace), stream) != 0)
+    auto sync = cu.get<StreamSync>("cuStreamSynchronize");
+    if (runtime->onShapeChange(in, 7, out, 2) != 0)
     {
-        return fail("enqueue failed");
+        return fail("onShapeChange failed");
     }
-    if (cu.get<StreamSync>("cuStreamSynchronize")(stream) != CUDA_SUCCESS)
+    // Warm-up on scratch copies of the cache and output, so that the kernel module is loaded outside the
+    // capture and the buffers under test are written by the captured step only.
+    {
+        CUdeviceptr scratchCache{}, scratchAttn{};
+        if (alloc(&scratchCache, cacheBytes) != CUDA_SUCCESS || alloc(&scratchAttn, attnBytes) != CUDA_SUCCESS
+            || dtod(scratchCache, inPtr[c::kPastCache], cacheBytes) != CUDA_SUCCESS)
+        {
+            return fail("scratch allocation failed");
+        }
+        void const* warmInputs[7];
+        std::copy(inputs, inputs + 7, warmInputs);
+        warmInputs[c::kPastCache] = reinterpret_cast<void const*>(scratchCache);
+        void* warmOutputs[2] = {reinterpret_cast<void*>(scratchAttn), reinterpret_cast<void*>(scratchCache)};
+        if (runtime->enqueue(in, out, warmInputs, warmOutputs, reinterpret_cast<void*>(workspace), stream) != 0
+            || sync(stream) != CUDA_SUCCESS)
+        {
+            return fail("warm-up enqueue failed");
+        }
+    }
+    void* outputs[2] = {reinterpret_cast<void*>(attn), reinterpret_cast<void*>(present)};
+    CUgraph graph{};
+    if (cu.get<BeginCapture>("cuStreamBeginCapture_v2")(stream, CU_STREAM_CAPTURE_MODE_RELAXED) != CUDA_SUCCESS)
+    {
+        return fail("cuStreamBeginCapture failed");
+    }
+    int32_t const enqueued = runtime->enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(workspace), stream);
+    if (cu.get<EndCapture>("cuStreamEndCapture")(stream, &graph) != CUDA_SUCCESS || enqueued != 0)
+    {
+        return fail("enqueue failed under stream capture");
+    }
+    size_t numNodes = 0;
+    auto getNodes = cu.get<GetNodes>("cuGraphGetNodes");
+    if (getNodes(graph, nullptr, &numNodes) != CUDA_SUCCESS)
+    {
+        return fail("cuGraphGetNodes failed");
+    }
+    std::vector<CUgraphNode> nodes(numNodes);
+    int32_t kernelNodes = 0, memcpyNodes = 0, memsetNodes = 0, otherNodes = 0;
+    if (numNodes > 0 && getNodes(graph, nodes.data(), &numNodes) != CUDA_SUCCESS)
+    {
+        return fail("cuGraphGetNodes failed");
+    }
+    for (CUgraphNode node : nodes)
+    {
+        CUgraphNodeType type{};
+        if (cu.get<NodeType>("cuGraphNodeGetType")(node, &type) != CUDA_SUCCESS)
+        {
+            return fail("cuGraphNodeGetType failed");
+        }
+        kernelNodes += type == CU_GRAPH_NODE_TYPE_KERNEL;
+        memcpyNodes += type == CU_GRAPH_NODE_TYPE_MEMCPY;
+        memsetNodes += type == CU_GRAPH_NODE_TYPE_MEMSET;
+        otherNodes += type != CU_GRAPH_NODE_TYPE_KERNEL && type != CU_GRAPH_NODE_TYPE_MEMCPY
+            && type != CU_GRAPH_NODE_TYPE_MEMSET;
+    }
+    std::printf("graph: %d kernel, %d memcpy, %d memset, %d other nodes\n", kernelNodes, memcpyNodes, memsetNodes,
+        otherNodes);
+    CUgraphExec exec{};
+    if (cu.get<Instantiate>("cuGraphInstantiateWithFlags")(&exec, graph, 0) != CUDA_SUCCESS
+        || cu.get<GraphLaunch>("cuGraphLaunch")(exec, stream) != CUDA_SUCCESS)
+    {
+        return fail("cannot instantiate or launch the captured step");
+    }
+    if (sync(stream) != CUDA_SUCCESS)
     {
         return fail("the kernels failed (cuStreamSynchronize)");
     }
@@ -224,9 +319,10 @@ int main(int argc, char** argv)
     {
         return fail("copying the outputs back failed");
     }
-    std::string const mode = argv[3];
     std::ofstream(dir + "/attn_latent." + mode + ".bin", std::ios::binary).write(hostAttn.data(), static_cast<long>(attnBytes));
     std::ofstream(dir + "/present_cache." + mode + ".bin", std::ios::binary).write(hostCache.data(), static_cast<long>(cacheBytes));
+    cu.get<GraphExecDestroy>("cuGraphExecDestroy")(exec);
+    cu.get<GraphDestroy>("cuGraphDestroy")(graph);
     delete attached; // unloads its kernel module
     delete built;
     std::printf("enqueue ok (%s, workspace %zu bytes)\n", mode.c_str(), wsBytes);

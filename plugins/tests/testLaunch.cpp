@@ -1,6 +1,7 @@
 /*
  * The plugin's launch path on a fake CUDA driver: for a sweep of tensor descriptors, in both cache
- * modes (present bound to past's buffer: in place; separate buffers: copy first), enqueue must
+ * modes (present bound to past's buffer, as TensorRT does for the declared alias: in place; separate
+ * buffers: copy first), enqueue must
  *   - load the kernel module once per plugin object (per context) and unload it on destruction,
  *   - copy past -> present (cuMemcpyDtoDAsync, whole cache, on the stream) only when the addresses
  *     differ, and before any launch,
@@ -301,6 +302,68 @@ void testModulePerContext()
     CHECK(fake::liveModules() == 0); // nothing half-loaded is left behind
 }
 
+// Decode steps as TensorRT runs an engine built with aliased plugin I/O: the build capability says
+// which input each output aliases, TensorRT hands the plugin that input's buffer for the output, and
+// enqueue launches the kernels with no past -> present copy and nothing written over the cache
+// except by the kernels. The same steps with separate buffers (an engine built without the preview
+// feature) copy the whole cache once per step, before the launches.
+void testAliasedDecodeSteps()
+{
+    Call const k = supportedCall();
+    plugin::MlaAttentionPlugin built(attributesOf(k));
+    auto* build = static_cast<nvinfer1::IPluginV3OneBuildV2*>(
+        built.getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+    int32_t const aliased = build->getAliasedInput(c::kPresentCache);
+    CHECK(aliased == c::kPastCache && build->getAliasedInput(c::kAttnLatent) == -1);
+    size_t const cacheBytes
+        = static_cast<size_t>(k.batch) * k.maxSeqLen * (k.rank + k.rope) * elementSize(k.type);
+    int32_t const steps = 4;
+    size_t launchesPerStep[2] = {0, 0};
+    for (bool declared : {true, false})
+    {
+        fake::reset();
+        std::unique_ptr<nvinfer1::IPluginV3> attached(built.attachToContext(nullptr));
+        auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+            attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+        for (int32_t step = 0; step < steps; ++step)
+        {
+            size_t const first = fake::events().size();
+            Launch l(k, false);
+            if (declared)
+            {
+                l.outputs[c::kPresentCache] = const_cast<void*>(l.inputs[aliased]); // TensorRT binds the alias
+            }
+            CHECK(l.run(*runtime) == 0);
+            int32_t copies = 0;
+            size_t launches = 0;
+            uint64_t const cache = reinterpret_cast<uintptr_t>(l.outputs[c::kPresentCache]);
+            for (fake::Event const& e : eventsSince(first))
+            {
+                if (e.kind == fake::Kind::kMemcpy)
+                {
+                    ++copies;
+                    CHECK(launches == 0 && e.bytes == cacheBytes && e.dst == cache);
+                }
+                else if (e.kind == fake::Kind::kMemset)
+                {
+                    CHECK_MSG(e.dst + e.bytes <= cache || e.dst >= cache + cacheBytes, "memset over the cache");
+                }
+                else if (e.kind == fake::Kind::kLaunch)
+                {
+                    ++launches;
+                }
+            }
+            std::string const what = std::string(declared ? "aliased" : "separate buffers") + ", step "
+                + std::to_string(step) + ": " + std::to_string(copies) + " copies";
+            CHECK_MSG(copies == (declared ? 0 : 1), what);
+            CHECK(launches > 0);
+            launchesPerStep[declared ? 0 : 1] = launches;
+        }
+        CHECK(fake::eventsOf(fake::Kind::kMemcpy).size() == (declared ? 0u : static_cast<size_t>(steps)));
+    }
+    CHECK(launchesPerStep[0] == launchesPerStep[1]); // the same kernels either way
+}
+
 void testFailures()
 {
     Call const k = supportedCall();
@@ -531,6 +594,7 @@ int main(int argc, char** argv)
     plugin::setLoggerFinder(&gLogger);
     testSweep();
     testModulePerContext();
+    testAliasedDecodeSteps();
     testFailures();
     if (argc > 1)
     {

@@ -11,6 +11,7 @@
 #include "testUtil.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 using namespace mla;
@@ -264,6 +265,92 @@ void testConfigurePlugin()
     CHECK(gLogger.contains("profile bounds", nvinfer1::ILogger::Severity::kERROR));
 }
 
+// present_cache (output 1) is declared an alias of past_cache (input 4) through the V2 build
+// capability, and every build-time answer keeps the pair identical: shape, type and format.
+void testAliasing()
+{
+    plugin::MlaAttentionPlugin p(attrs());
+    std::unique_ptr<nvinfer1::IPluginV3> clone(p.clone());
+    for (nvinfer1::IPluginV3* object : {static_cast<nvinfer1::IPluginV3*>(&p), clone.get()})
+    {
+        auto* capability = object->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD);
+        CHECK(capability != nullptr);
+        if (capability == nullptr)
+        {
+            continue;
+        }
+        // TensorRT tells the build capabilities apart by the interface info: V2 is version 2.0.
+        nvinfer1::InterfaceInfo const info = capability->getInterfaceInfo();
+        CHECK(std::string(info.kind) == "PLUGIN_V3ONE_BUILD" && info.major == 2 && info.minor == 0);
+        auto* build = static_cast<nvinfer1::IPluginV3OneBuildV2*>(capability);
+        CHECK(build->getAliasedInput(c::kPresentCache) == c::kPastCache);
+        CHECK(build->getAliasedInput(c::kAttnLatent) == -1);
+        for (int32_t outside : {-1, 2, 7, 1000})
+        {
+            CHECK(build->getAliasedInput(outside) == -1);
+        }
+        CHECK(build->getNbOutputs() == 2);
+    }
+    CHECK(plugin::aliasedInput(c::kPresentCache) == c::kPastCache && plugin::aliasedInput(c::kAttnLatent) == -1);
+    CHECK(plugin::outputShapeSource(c::kPresentCache) == plugin::aliasedInput(c::kPresentCache));
+
+    // Shapes: output 1 is input 4's shape, for decode and prefill, every head layout the kernels take.
+    for (auto const& k : std::vector<std::vector<int64_t>>{
+             {1, 1, 4, 32, 8, 64}, {3, 5, 4, 32, 8, 64}, {8, 1, 128, 512, 64, 4096}, {2, 64, 16, 512, 64, 2048}})
+    {
+        auto in = inputs(k[0], k[1], k[2], k[3], k[4], k[5]);
+        CHECK(sameDims(plugin::outputDims(c::kPresentCache, in.data()), in[c::kPastCache]));
+    }
+    // Types: output 1 has input 4's type for every accepted T.
+    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    {
+        DataType in[7] = {t, t, t, t, t, DataType::kINT32, DataType::kFLOAT};
+        DataType out[2]{};
+        CHECK(p.getOutputDataTypes(out, 2, in, 7) == 0 && out[c::kPresentCache] == in[c::kPastCache]);
+    }
+    // Formats and types: whatever input 4 holds, output 1 is accepted only with exactly its type and format.
+    std::vector<DataType> const all = {DataType::kFLOAT, DataType::kHALF, DataType::kINT8, DataType::kINT32,
+        DataType::kBOOL, DataType::kUINT8, DataType::kFP8, DataType::kBF16, DataType::kINT64};
+    std::vector<nvinfer1::TensorFormat> const formats
+        = {nvinfer1::TensorFormat::kLINEAR, nvinfer1::TensorFormat::kCHW32, nvinfer1::TensorFormat::kHWC8};
+    int32_t pairs = 0;
+    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    {
+        for (DataType past : all)
+        {
+            for (DataType present : all)
+            {
+                for (auto pastFormat : formats)
+                {
+                    for (auto presentFormat : formats)
+                    {
+                        nvinfer1::DynamicPluginTensorDesc io[9]{};
+                        DataType const types[9] = {t, t, t, t, past, DataType::kINT32, DataType::kFLOAT, t, present};
+                        for (int32_t i = 0; i < 9; ++i)
+                        {
+                            io[i].desc.type = types[i];
+                            io[i].desc.format = nvinfer1::TensorFormat::kLINEAR;
+                        }
+                        io[c::kPastCache].desc.format = pastFormat;
+                        io[7 + c::kPresentCache].desc.format = presentFormat;
+                        bool const pastOk = p.supportsFormatCombination(c::kPastCache, io, 7, 2);
+                        bool const presentOk = p.supportsFormatCombination(7 + c::kPresentCache, io, 7, 2);
+                        if (!pastOk)
+                        {
+                            continue; // TensorRT asks about position 8 only once 0..7 are accepted
+                        }
+                        bool const identical = past == present && pastFormat == presentFormat;
+                        CHECK_MSG(presentOk == identical,
+                            "past " + std::to_string(int(past)) + " present " + std::to_string(int(present)));
+                        pairs += presentOk ? 1 : 0;
+                    }
+                }
+            }
+        }
+    }
+    CHECK_MSG(pairs == 3, std::to_string(pairs) + " accepted pairs"); // (T, linear) for each of the three T
+}
+
 // The brute-force maximum of workspaceBytes over every shape in the profile.
 size_t bruteForce(plugin::MlaAttributes const& a, std::vector<Dims> const& lo, std::vector<Dims> const& hi,
     kernels::DataType dtype, int32_t sms)
@@ -343,6 +430,7 @@ int main()
     testOutputTypes();
     testFormatMatrix();
     testConfigurePlugin();
+    testAliasing();
     testWorkspace();
     plugin::setLoggerFinder(nullptr);
     return testutil::finish("test_mla_shapes");
