@@ -37,7 +37,8 @@ class Cli(click.Group):
             sys.exit(1)
 
 
-preset_option = click.option("--preset", help="A preset from models/ (tiny, deepseek-v2-lite, deepseek-v2, deepseek-v3).")
+preset_option = click.option("--preset", help="A preset from models/ (tiny, deepseek-v2-lite, deepseek-v2, "
+                             "deepseek-v3, kimi-k2).")
 config_option = click.option("--config", "config_path", type=click.Path(),
                              help="A DeepseekV2/V3 config.json (or a directory holding one).")
 

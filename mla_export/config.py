@@ -183,7 +183,8 @@ class MlaConfig:
         if shared is not None and not (isinstance(shared, int) and not isinstance(shared, bool) and shared >= 0):
             raise ValueError(f"config field n_shared_experts={shared!r}: expected an integer >= 0 or null")
         if self.topk_method is not None and self.topk_method not in TOPK_METHODS:
-            raise ValueError(f"config field topk_method={self.topk_method!r}: expected one of {', '.join(TOPK_METHODS)}")
+            raise ValueError(f"config field topk_method={self.topk_method!r}: expected one of "
+                             f"{', '.join(TOPK_METHODS)}")
         if self.scoring_func is not None and self.scoring_func not in SCORING_FUNCS:
             raise ValueError(f"config field scoring_func={self.scoring_func!r}: expected one of "
                              f"{', '.join(SCORING_FUNCS)}")

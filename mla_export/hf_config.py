@@ -255,21 +255,19 @@ def read_rope(data: dict) -> tuple[float, YarnScaling | None]:
     top_theta = data.get("rope_theta")
     if top_theta is not None and not _is_number(top_theta):
         raise UserError(f"config field rope_theta={top_theta!r}: expected a number")
-    old = data.get("rope_scaling")
+    old, new = data.get("rope_scaling"), data.get("rope_parameters") or None  # {} reads as absent
     old_theta, old_yarn = read_rope_object(old, "rope_scaling") if old is not None else (None, None)
-    if old_theta is not None and top_theta is not None and old_theta != top_theta:
-        raise UserError(f"config fields rope_theta={top_theta!r} and rope_scaling.rope_theta={old_theta!r} disagree")
-    theta = next((t for t in (top_theta, old_theta) if t is not None), DEFAULT_ROPE_THETA)
-    new = data.get("rope_parameters")
-    if not new:  # absent, null or {}: DeepSeek's format
-        return float(theta), old_yarn
-    new_theta, new_yarn = read_rope_object(new, "rope_parameters")
-    if new_theta is not None and top_theta is not None and new_theta != top_theta:
-        raise UserError(f"config fields rope_theta={top_theta!r} and rope_parameters.rope_theta={new_theta!r} "
-                        "disagree; keep one of DeepSeek's rope_theta + rope_scaling or transformers' rope_parameters")
-    theta = next((t for t in (new_theta, top_theta, old_theta) if t is not None), DEFAULT_ROPE_THETA)
+    new_theta, new_yarn = read_rope_object(new, "rope_parameters") if new is not None else (None, None)
+    thetas = {k: v for k, v in (("rope_theta", top_theta), ("rope_scaling.rope_theta", old_theta),
+                                ("rope_parameters.rope_theta", new_theta)) if v is not None}
+    if len(set(thetas.values())) > 1:
+        raise UserError("config fields " + " and ".join(f"{k}={v!r}" for k, v in thetas.items()) + " disagree; "
+                        "keep one of DeepSeek's rope_theta + rope_scaling or transformers' rope_parameters")
+    theta = float(next(iter(thetas.values()), DEFAULT_ROPE_THETA))
+    if new is None:  # DeepSeek's format
+        return theta, old_yarn
     if "rope_scaling" in data and old_yarn != new_yarn:
         raise UserError(f"config fields rope_scaling and rope_parameters disagree "
                         f"({_rope_difference(old_yarn, new_yarn)}); keep one of DeepSeek's rope_theta + "
                         "rope_scaling or transformers' rope_parameters")
-    return float(theta), new_yarn
+    return theta, new_yarn
