@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mla_export.config import load_preset
+from mla_export.hf_config import load_preset
 from mla_export.export import export_onnx
 from mla_export.spec import ModelSpec
 

@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from mla_export.config import load_preset
+from mla_export.hf_config import load_preset
 from mla_export.measure import attention_inputs, copy_bandwidth_gb_s, matmul_tflops, time_calls
 from mla_export.rope import rope_cos_sin
 

@@ -2,7 +2,9 @@
 
 Reads `config.json`, `model.safetensors.index.json` (or a single `model.safetensors`), takes only the
 tensors of the requested layers, and dequantizes DeepSeek-V3's FP8 block-scaled weights
-(`weight` in float8_e4m3fn with `weight_scale_inv` per 128x128 block) to float32.
+(`weight` in float8_e4m3fn with `weight_scale_inv` per 128x128 block) to float32. A checkpoint saved
+with `rope_interleave: false` (RoPE rows in halves layout) has its q_pe and k_pe rows permuted to
+DeepSeek's pair layout, the one layout of the model and the op contract.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from .config import MlaConfig
 from .errors import UserError
+from .rope import halves_to_interleaved
 
 FP8_BLOCK = 128
 INDEX_FILE = "model.safetensors.index.json"
@@ -89,12 +93,31 @@ class CheckpointReader:
         return tensor.float()
 
 
+def rope_rows_to_pairs(name: str, weight: torch.Tensor, config: MlaConfig) -> torch.Tensor:
+    """`weight` [out, in] with the rows that produce q_pe (per head, in q_b_proj/q_proj) or k_pe (the
+    last Dr rows of kv_a_proj_with_mqa) moved from halves layout to pairs; other weights unchanged."""
+    d_h, d_r = config.qk_nope_head_dim, config.qk_rope_head_dim
+    if name.endswith(("self_attn.q_b_proj.weight", "self_attn.q_proj.weight")):
+        heads = weight.view(config.num_attention_heads, d_h + d_r, -1)  # [H, d_h + d_r, q_in]
+        rope = halves_to_interleaved(heads[:, d_h:], dim=1)  # [H, d_r, q_in]
+        return torch.cat([heads[:, :d_h], rope], dim=1).reshape(weight.shape)
+    if name.endswith("self_attn.kv_a_proj_with_mqa.weight"):
+        d_c = config.kv_lora_rank
+        return torch.cat([weight[:d_c], halves_to_interleaved(weight[d_c:], dim=0)])  # [Dc + Dr, d]
+    return weight
+
+
 def load_checkpoint_weights(model: torch.nn.Module, directory: str | Path) -> None:
-    """Fill an unfolded `MlaModel` (dense layers only) from a HF DeepSeek checkpoint."""
+    """Fill an unfolded `MlaModel` (dense layers only) from a HF DeepSeek checkpoint; with
+    `config.rope_interleave` false, the q_pe/k_pe rows are permuted from halves to pairs."""
     reader = CheckpointReader(directory)
+    config = model.config
     state = {}
     for name, param in model.state_dict().items():
         source = name.replace(".q_compression.", ".")
         source = source if source == "lm_head.weight" else "model." + source
-        state[name] = reader.read(source, tuple(param.shape)).to(param.dtype)
+        weight = reader.read(source, tuple(param.shape))
+        if not config.rope_interleave:
+            weight = rope_rows_to_pairs(name, weight, config)
+        state[name] = weight.to(param.dtype)
     model.load_state_dict(state)

@@ -17,7 +17,7 @@ FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtyp
 
 
 def _config(preset: str | None, config_path: str | None, layers: int | None):
-    from .config import load_config_file, load_preset
+    from .hf_config import load_config_file, load_preset
 
     if (preset is None) == (config_path is None):
         raise UserError("pass exactly one of --preset NAME or --config PATH")
@@ -48,7 +48,8 @@ class Cli(click.Group):
             sys.exit(1)
 
 
-preset_option = click.option("--preset", help="A preset from models/ (tiny, deepseek-v2-lite, deepseek-v2, deepseek-v3).")
+preset_option = click.option("--preset", help="A preset from models/ (tiny, deepseek-v2-lite, deepseek-v2, "
+                             "deepseek-v3, kimi-k2).")
 config_option = click.option("--config", "config_path", type=click.Path(),
                              help="A DeepseekV2/V3 config.json (or a directory holding one).")
 

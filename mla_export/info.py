@@ -57,6 +57,26 @@ def attention_core_macs(c: MlaConfig, context: int) -> int:
     return c.num_attention_heads * context * (c.cache_width + c.kv_lora_rank)
 
 
+def rope_rows(c: MlaConfig) -> list[tuple[str, str]]:
+    """The effective RoPE parameters (what the export uses and records), defaults filled in."""
+    rows = [(key, f"{value:g}" if isinstance(value, float) else str(value))
+            for key, value in c.rope_parameters.items()]
+    scale = 1.0 if c.rope_scaling is None else c.rope_scaling.cos_sin_scale
+    rows.append(("cos/sin scale", f"{scale:.6g}"))
+    rows.append(("rope_interleave", "true (pairs)" if c.rope_interleave else
+                 "false (halves in the checkpoint, permuted to pairs at load)"))
+    return rows
+
+
+def rope_table(c: MlaConfig):
+    from rich.table import Table
+
+    table = Table(title=f"{c.name}: RoPE", show_header=False)
+    for key, value in rope_rows(c):
+        table.add_row(key, value)
+    return table
+
+
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None) -> None:
     """Print dims, the cache table and the projection costs with rich."""
     from rich.table import Table
@@ -69,11 +89,9 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
     for field in ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                   "qk_rope_head_dim", "v_head_dim", "num_hidden_layers", "max_position_embeddings"):
         dims.add_row(field, str(getattr(c, field)))
-    yarn = c.rope_scaling
-    dims.add_row("rope_scaling", "none" if yarn is None else
-                 f"yarn factor={yarn.factor:g} original_max_position_embeddings={yarn.original_max_position_embeddings}")
     dims.add_row("softmax_scale", f"{c.softmax_scale:.6g}")
     console.print(dims)
+    console.print(rope_table(c))
 
     cache = Table(title=f"Cache per token per layer ({dtype})")
     for column in ("scheme", "values", "bytes", f"whole model at {context} tokens", "vs MLA", "layout"):

@@ -63,7 +63,7 @@ class QueryCompression(nn.Module):
         self.enabled = config.q_lora_rank is not None
         if self.enabled:
             self.q_a_proj = nn.Linear(config.hidden_size, config.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.latent_norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.q_a_layernorm(self.q_a_proj(hidden)) if self.enabled else hidden
@@ -93,7 +93,7 @@ class MlaAttention(nn.Module):
         else:
             self.q_proj = nn.Linear(q_in, q_out, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.latent_norm_eps)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim),
                                    bias=False)
         self.o_proj = nn.Linear(c.num_attention_heads * c.v_head_dim, c.hidden_size, bias=False)
@@ -166,7 +166,7 @@ class FoldedMlaAttention(nn.Module):
         self.q_latent_proj = nn.Linear(q_in, c.num_attention_heads * c.kv_lora_rank, bias=False)
         self.q_pe_proj = nn.Linear(q_in, c.num_attention_heads * c.qk_rope_head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.latent_norm_eps)
         self.out_proj = nn.Linear(c.num_attention_heads * c.kv_lora_rank, c.hidden_size, bias=False)
 
     def forward(self, hidden: torch.Tensor, cache: torch.Tensor, cache_seqlens: torch.Tensor,

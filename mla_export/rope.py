@@ -2,7 +2,9 @@
 
 Convention: a RoPE vector x of width Dr is rotated in consecutive pairs (x[2k], x[2k+1]) by the
 angle p * theta_k (k < Dr/2). HF's port permutes the weights so pairs become halves and uses
-`rotate_half`; `rotate_half_reference` implements that one so tests can show both agree.
+`rotate_half`; `rotate_half_reference` implements that one so tests can show both agree. A checkpoint
+whose RoPE weights are in halves layout (transformers' `rope_interleave: false`) is brought to pairs
+at load time by `halves_to_interleaved` on the output rows of the projections producing q_pe and k_pe.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 import torch
 
-from .config import MlaConfig, yarn_get_mscale
+from .config import MlaConfig
 
 
 def inverse_frequencies(config: MlaConfig) -> torch.Tensor:
@@ -40,10 +42,7 @@ def inverse_frequencies(config: MlaConfig) -> torch.Tensor:
 
 def rope_amplitude(config: MlaConfig) -> float:
     """YaRN multiplies cos and sin by mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
-    rs = config.rope_scaling
-    if rs is None:
-        return 1.0
-    return yarn_get_mscale(rs.factor, rs.mscale) / yarn_get_mscale(rs.factor, rs.mscale_all_dim)
+    return 1.0 if config.rope_scaling is None else config.rope_scaling.cos_sin_scale
 
 
 def rope_cos_sin(config: MlaConfig, max_seq_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -71,10 +70,19 @@ def rotate_interleaved(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
-def interleaved_to_halves(x: torch.Tensor) -> torch.Tensor:
-    """Permute the last axis from pair layout (x0,x1,x2,x3..) to halves (x0,x2,..,x1,x3,..), as HF's port does."""
+def interleaved_to_halves(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Permute axis `dim` from pair layout (x0,x1,x2,x3..) to halves (x0,x2,..,x1,x3,..), as HF's port does."""
+    x = x.movedim(dim, -1)
     half = x.shape[-1] // 2
-    return x.unflatten(-1, (half, 2)).transpose(-1, -2).flatten(-2)
+    return x.unflatten(-1, (half, 2)).transpose(-1, -2).flatten(-2).movedim(-1, dim)
+
+
+def halves_to_interleaved(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """The inverse of `interleaved_to_halves`: axis `dim` from halves (a0..a_{n-1}, b0..b_{n-1}), each
+    (a_k, b_k) rotated together, to pairs (a0, b0, a1, b1, ..)."""
+    x = x.movedim(dim, -1)
+    half = x.shape[-1] // 2
+    return x.unflatten(-1, (2, half)).transpose(-1, -2).flatten(-2).movedim(-1, dim)
 
 
 def rotate_half_reference(x_halves: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from . import __version__, contract
 from .config import MlaConfig
 from .errors import FieldError, UserError
+from .hf_config import config_from_hf_dict
 
 # Element types of weights, activations and caches, with their sizes in bytes.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -92,7 +93,7 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
         raise UserError(f"{source}: MlaAttention contract version {version}, this mla-export speaks "
                         f"{contract.CONTRACT_VERSION}; re-export it with this version")
     try:
-        config = MlaConfig.from_hf_dict(json.loads(meta[contract.META_CONFIG]))
+        config = config_from_hf_dict(json.loads(meta[contract.META_CONFIG]))
         spec = ModelSpec(config=config, dtype=meta[contract.META_DTYPE],
                          max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
                          checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mla_export import contract
-from mla_export.config import load_preset
+from mla_export.hf_config import load_preset
 from mla_export.errors import UserError
 from mla_export.contract import graph_io_names
 from mla_export.export import export_onnx

@@ -2,6 +2,7 @@
 (config.json, sharded safetensors with an index, V3's FP8 weights with 128x128 block scales)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,10 +11,12 @@ from safetensors.torch import save_file
 
 from mla_export.checkpoint import CheckpointReader, dequantize_fp8_blocks
 from mla_export.cli import main
-from mla_export.config import MlaConfig, load_config_file
+from mla_export.config import MlaConfig
+from mla_export.hf_config import config_from_hf_dict, load_config_file
 from mla_export.errors import UserError
 from mla_export.model import MlaModel
 from mla_export.eager import eager_model
+from mla_export.rope import halves_to_interleaved, interleaved_to_halves
 from mla_export.spec import ModelSpec
 
 CONFIG = {
@@ -62,7 +65,7 @@ def hf_tensors(config: MlaConfig, gen) -> dict[str, torch.Tensor]:
 def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ckpt")
     (directory / "config.json").write_text(json.dumps(CONFIG))
-    tensors = hf_tensors(MlaConfig.from_hf_dict(CONFIG), torch.Generator().manual_seed(0))
+    tensors = hf_tensors(config_from_hf_dict(CONFIG), torch.Generator().manual_seed(0))
     names = sorted(tensors)
     shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
               "model-00002-of-00002.safetensors": names[len(names) // 2:]}
@@ -136,3 +139,31 @@ def test_missing_and_misshapen_tensors(checkpoint, tmp_path):
     out = tmp_path / "x.onnx"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(broken), "--layers", "1", "-o", str(out)])
     assert result.exit_code == 1 and "has shape (7,)" in result.output and not out.exists()
+
+
+def test_halves_layout_rows_are_permuted_to_pairs(checkpoint, tmp_path):
+    """rope_interleave false: the q_pe rows of each head (q_b_proj) and the k_pe rows of
+    kv_a_proj_with_mqa are read in halves layout (a0..a3, b0..b3) and stored as pairs (a0, b0, a1, b1, ..),
+    after FP8 dequantization (the block scales belong to the file's layout); nothing else moves."""
+    directory, _ = checkpoint
+    halves = tmp_path / "halves"
+    shutil.copytree(directory, halves)
+    (halves / "config.json").write_text(json.dumps({**CONFIG, "rope_interleave": False}))
+    pairs_model = eager_model(ModelSpec(load_config_file(directory).with_layers(1), max_seq_len=64, checkpoint=str(directory)))
+    halves_model = eager_model(ModelSpec(load_config_file(halves).with_layers(1), max_seq_len=64, checkpoint=str(halves)))
+    perm = [0, 4, 1, 5, 2, 6, 3, 7]  # d_r = 8: pair k takes rows k and k + 4
+    as_read = pairs_model.layers[0].self_attn  # the file's rows, unpermuted
+    loaded = halves_model.layers[0].self_attn
+    q_read = as_read.q_b_proj.weight.view(2, 24, -1)  # [H, d_h + d_r, q_lora_rank]
+    q_loaded = loaded.q_b_proj.weight.view(2, 24, -1)
+    assert torch.equal(q_loaded[:, :16], q_read[:, :16]) and torch.equal(q_loaded[:, 16:], q_read[:, 16:][:, perm])
+    kv_read, kv_loaded = as_read.kv_a_proj_with_mqa.weight, loaded.kv_a_proj_with_mqa.weight  # [Dc + Dr, d]
+    assert torch.equal(kv_loaded[:64], kv_read[:64]) and torch.equal(kv_loaded[64:], kv_read[64:][perm])
+    untouched = {k for k in pairs_model.state_dict() if "q_b_proj" not in k and "kv_a_proj" not in k}
+    assert all(torch.equal(pairs_model.state_dict()[k], halves_model.state_dict()[k]) for k in untouched)
+
+
+def test_halves_to_interleaved_inverts_interleaved_to_halves():
+    x = torch.randn(3, 8, 5)
+    assert torch.equal(halves_to_interleaved(interleaved_to_halves(x, dim=1), dim=1), x)
+    assert halves_to_interleaved(torch.arange(8.0)).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]

@@ -269,7 +269,7 @@ def test_exported_caches_meet_the_aliasing_conditions(tmp_path):
     alias) is present_latent_cache.i itself, a graph output: the pair the application binds to one buffer."""
     import onnx
 
-    from mla_export.config import load_preset
+    from mla_export.hf_config import load_preset
     from mla_export.contract import graph_io_names
     from mla_export.export import export_onnx
     from mla_export.spec import ModelSpec
@@ -353,7 +353,7 @@ def test_parser_creates_plugin_from_exported_model(plugin_library, tmp_path):
     """`mla-export export --preset tiny`: RTX's parser creates MlaAttention with the node's attribute values."""
     if _rtx_missing():
         pytest.skip(_rtx_missing())
-    from mla_export.config import load_preset
+    from mla_export.hf_config import load_preset
     from mla_export.export import export_onnx
     from mla_export.spec import ModelSpec
 

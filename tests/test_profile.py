@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from mla_export.cli import main
-from mla_export.config import load_preset
+from mla_export.hf_config import load_preset
 from mla_export.export import export_onnx
 from mla_export.spec import ModelSpec
 
