@@ -105,19 +105,3 @@ def rope_rows_to_pairs(name: str, weight: torch.Tensor, config: MlaConfig) -> to
         d_c = config.kv_lora_rank
         return torch.cat([weight[:d_c], halves_to_interleaved(weight[d_c:], dim=0)])  # [Dc + Dr, d]
     return weight
-
-
-def load_checkpoint_weights(model: torch.nn.Module, directory: str | Path) -> None:
-    """Fill an unfolded `MlaModel` (dense layers only) from a HF DeepSeek checkpoint; with
-    `config.rope_interleave` false, the q_pe/k_pe rows are permuted from halves to pairs."""
-    reader = CheckpointReader(directory)
-    config = model.config
-    state = {}
-    for name, param in model.state_dict().items():
-        source = name.replace(".q_compression.", ".")
-        source = source if source == "lm_head.weight" else "model." + source
-        weight = reader.read(source, tuple(param.shape))
-        if not config.rope_interleave:
-            weight = rope_rows_to_pairs(name, weight, config)
-        state[name] = weight.to(param.dtype)
-    model.load_state_dict(state)

@@ -3,7 +3,6 @@ function of the package; anything here can be done from Python."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -30,11 +29,6 @@ def user_message(exc: UserError) -> str:
     if isinstance(exc, FieldError) and exc.field in FIELD_OPTIONS:
         return f"{FIELD_OPTIONS[exc.field]} {exc.value}: {exc.expected}"
     return str(exc)
-
-
-def _quiet_exporter() -> None:
-    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class Cli(click.Group):
@@ -95,7 +89,6 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     from .export import export_onnx
     from .spec import ModelSpec
 
-    _quiet_exporter()
     if checkpoint and not (preset or config_path):
         config_path = checkpoint
     config = _config(preset, config_path, layers)

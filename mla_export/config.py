@@ -201,6 +201,19 @@ class MlaConfig:
             raise ValueError(f"config field n_group={groups}: n_routed_experts={experts} is not divisible by it")
         if groups is not None and self.topk_group is not None and self.topk_group > groups:
             raise ValueError(f"config field topk_group={self.topk_group}: exceeds n_group={groups}")
+        for field in ("num_experts_per_tok", "moe_intermediate_size"):
+            if getattr(self, field) is None:
+                raise ValueError(f"config field {field} is missing: layer {self.first_k_dense_replace} is a "
+                                 f"mixture-of-experts layer (n_routed_experts={experts}) and needs it")
+        method = self.topk_method or "greedy"
+        if method != "greedy" and groups:
+            allowed = (self.topk_group or 1) * (experts // groups)
+            if top_k > allowed:
+                raise ValueError(f"config field num_experts_per_tok={top_k}: the topk_group={self.topk_group} groups "
+                                 f"kept of n_group={groups} hold only {allowed} experts")
+            if method == "noaux_tc" and groups > 1 and experts // groups < 2:
+                raise ValueError(f"config fields n_group={groups}, n_routed_experts={experts}: noaux_tc scores a "
+                                 "group by its top 2 experts, so each group needs at least 2")
 
     # Derived sizes.
     @property

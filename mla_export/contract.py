@@ -1,7 +1,9 @@
-"""The `MlaAttention` op contract: every name the ONNX graph, the kernels and the plugin share.
+"""The op contracts (`MlaAttention`, `DeepseekMoE`): every name the ONNX graph, the kernels and the
+plugins share.
 
-Defined once here and mirrored in `plugins/mlaAttentionPlugin/mlaContract.h`; tests check exported
-graphs (and the plugin README) against this module.
+Defined once here and mirrored in `plugins/mlaAttentionPlugin/mlaContract.h` and
+`plugins/deepseekMoePlugin/moeContract.h`; tests check exported graphs (and the plugin READMEs)
+against this module.
 
 Semantics (T is float32, float16 or bfloat16):
 
@@ -46,6 +48,35 @@ OP_ATTRIBUTES = {
 }
 PLUGIN_LOOKUP_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
 
+# The `DeepseekMoE` op: the routed experts of one DeepSeek MoE MLP (router included; the shared experts
+# stay standard ops). Semantics in mla_export/moe.py; T is float32, float16 or bfloat16.
+#
+#     inputs  0 hidden_states   [B, S, d]      T        the MLP's input (after post_attention_layernorm)
+#             1 router_weight   [E, d]         float32  mlp.gate.weight; logits = hidden @ router_weight^T
+#             2 score_bias      [E]            float32  e_score_correction_bias (selection only; read iff use_bias)
+#             3 gate_up_proj    [E, 2I, d]     T        expert j's gate_proj rows, then its up_proj rows
+#             4 down_proj       [E, d, I]      T        expert j's down_proj
+#     outputs 0 routed_output   [B, S, d]      T        sum over the token's top_k experts of
+#                                                       weight * down(silu(gate(x)) * up(x))
+MOE_CONTRACT_VERSION = 1
+MOE_OP_TYPE = "DeepseekMoE"
+MOE_PLUGIN_NAME = MOE_OP_TYPE
+MOE_INPUTS = ("hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj")
+MOE_OUTPUTS = ("routed_output",)
+MOE_ATTRIBUTES = {
+    "num_experts": "INT",   # E
+    "top_k": "INT",         # experts per token
+    "n_group": "INT",       # expert groups (1: no group limit)
+    "topk_group": "INT",    # groups kept per token
+    "scoring_func": "INT",  # MOE_SCORING_*
+    "group_score": "INT",   # MOE_GROUP_SCORE_*
+    "use_bias": "INT",      # 1: score_bias added to the scores for selection
+    "normalize": "INT",     # 1: weights divided by their sum (+1e-20)
+    "weight_scale": "FLOAT",  # factor on the (normalized) weights
+}
+MOE_SCORING_SOFTMAX, MOE_SCORING_SIGMOID = 0, 1
+MOE_GROUP_SCORE_MAX, MOE_GROUP_SCORE_TOP2_SUM = 0, 1
+
 # Graph-level I/O names.
 CACHE_SEQLENS = "cache_seqlens"
 HIDDEN_STATES_IN = "hidden_states"
@@ -85,3 +116,7 @@ META_MAX_SEQ_LEN = "mla_export.max_seq_len"
 META_IO = "mla_export.io"
 META_SEED = "mla_export.seed"
 META_CHECKPOINT = "mla_export.checkpoint"
+META_MOE_CONTRACT_VERSION = "mla_export.moe_contract_version"
+META_WEIGHTS = "mla_export.weights"  # how random weights derive from the seed (WEIGHTS_SCHEME)
+META_DATA_FILE = "mla_export.data_file"  # the external data file of this export, "" when weights are inside
+WEIGHTS_SCHEME = "per-name-1"  # weights.RandomWeights: each tensor from (seed, its checkpoint name)

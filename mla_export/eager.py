@@ -9,21 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import load_checkpoint_weights
-from .config import MlaConfig
-from .errors import UserError
-from .model import MlaModel, init_random_weights
+from .model import MlaModel
 from .spec import ModelSpec
-
-
-def check_supported_layers(config: MlaConfig) -> None:
-    """Refuse configs whose selected layers include an MoE MLP."""
-    moe = [i for i in range(config.num_hidden_layers) if config.is_moe_layer(i)]
-    if moe:
-        raise UserError(
-            f"{config.name}: layer {moe[0]} uses a mixture-of-experts MLP (n_routed_experts={config.n_routed_experts}, "
-            f"first_k_dense_replace={config.first_k_dense_replace}); MoE is not supported yet: "
-            f"pass --layers {config.first_k_dense_replace} or fewer to take the dense layers")
+from .weights import CheckpointWeights, RandomWeights, WeightSource, load_weights
 
 
 def eager_model(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> MlaModel:
@@ -33,11 +21,14 @@ def eager_model(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> MlaModel
     Weights come from `spec.checkpoint` if set, else random from `spec.seed`; with `spec.io == "tokens"`
     the model has embeddings, final norm and LM head.
     """
-    check_supported_layers(spec.config)
     model = MlaModel(spec.config, spec.max_seq_len, with_embeddings=spec.io == "tokens")
     model = model.to(dtype)
-    if spec.checkpoint is not None:
-        load_checkpoint_weights(model, spec.checkpoint)
-    else:
-        init_random_weights(model, spec.seed)
+    load_weights(model, weight_source(spec))
     return model.eval()
+
+
+def weight_source(spec: ModelSpec) -> WeightSource:
+    """The spec's weights: its checkpoint directory, else random from its seed."""
+    if spec.checkpoint is not None:
+        return CheckpointWeights(spec.checkpoint, spec.config)
+    return RandomWeights(spec.seed)

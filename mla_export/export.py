@@ -1,107 +1,191 @@
-"""Export: eager model -> pre-folded model -> ONNX with one `MlaAttention` node per layer.
+"""Export: a spec -> ONNX with one `MlaAttention` node per layer and one `DeepseekMoE` node per MoE layer.
 
-`export_onnx` traces the folded model with `torch.onnx.export(dynamo=True)`, maps the custom op to the
-contract's node, adds the node's model-local function, records config and contract in the metadata,
-checks the result with `onnx.checker` (full check) and moves it into place atomically.
+    trace (weightless, `tracing`) -> weights streamed layer by layer into a data file (`weight_stream`)
+    -> the nodes' model-local functions, metadata, IR version -> `onnx.checker` (full check) -> commit
+
+Commit: the weights go to a data file whose name is unique to this export (`<name>.onnx.<token>.data`,
+or into the .onnx itself below 2 GB); then the .onnx that names it is renamed into place. That rename
+is the one commit point: a failure or a kill before it leaves the previous export whole; after it, data
+files no committed .onnx names are removed. Staging happens in `.mla-export-<pid>-<token>/` beside the
+output, which the next export removes once its process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
-import tempfile
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 from . import __version__, contract
-from .eager import eager_model
-from .errors import FieldError
-from .folding import fold_model
-from .onnx_node import function_proto, translation_table
-from .spec import ModelSpec, torch_dtype
+from .errors import FieldError, UserError
+from .footprint import check_free_disk, check_memory, export_peak_bytes, model_counts
+from .spec import ModelSpec
 
 ONNX_IR_VERSION = 10  # ONNX Runtime 1.22+ reads it; recent onnx writes 11+ by default
-ONNX_OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 1 << 31  # protobuf's 2 GB limit
+STAGING_PREFIX = ".mla-export-"
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
-def _example_inputs(model, spec: ModelSpec, dtype: torch.dtype) -> tuple:
-    batch, new_tokens = 2, 2  # >1 so the tracer keeps both axes symbolic
-    c = spec.config
-    if spec.io == "tokens":
-        x = torch.zeros(batch, new_tokens, dtype=torch.long)
-    else:
-        x = torch.zeros(batch, new_tokens, c.hidden_size, dtype=dtype)
-    cache = model.new_cache(batch, dtype)
-    return (x, cache.seqlens, tuple(cache.layers))
+def data_file_name(output: Path, token: str) -> str:
+    """The external data file of one export of `output`: unique to that export."""
+    return f"{output.name}.{token}.data"
 
 
-def _trace(folded, spec: ModelSpec, path: Path) -> None:
-    """Trace `folded` to `path` (external data beside it when large)."""
-    dtype = torch_dtype(spec.dtype)
-    args = _example_inputs(folded, spec, dtype)
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    new_tokens = torch.export.Dim("new_tokens", min=1, max=spec.max_seq_len)
-    first = {0: batch, 1: new_tokens}
-    dynamic_shapes = (first, {0: batch}, tuple({0: batch} for _ in args[2]))
-    inputs, outputs = spec.graph_io_names()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            folded, (args[0], args[1], *args[2]), dynamo=True, dynamic_shapes=dynamic_shapes,
-            input_names=inputs, output_names=outputs, opset_version=ONNX_OPSET,
-            custom_translation_table=translation_table(), optimize=False, verbose=False, report=False)
-        # TensorRT needs the optimized graph (constant axes, folded shapes), where each weight that
-        # feeds a MatMul through a Transpose is folded into an anonymous initializer: name it back.
-        transposed = {node.outputs[0].name: node.inputs[0].name for node in program.model.graph
-                      if node.op_type == "Transpose" and node.inputs[0].is_initializer()}
-        program.optimize()
-        for name, value in list(program.model.graph.initializers.items()):
-            if name in transposed:
-                value.name = transposed[name] + ".T"
-    program.save(str(path), external_data=_weight_bytes(folded) >= EXTERNAL_DATA_THRESHOLD)
+def _data_file_pattern(output: Path) -> re.Pattern:
+    return re.compile(rf"^{re.escape(output.name)}\.[0-9a-f]{{8}}\.data$")
 
 
-def _weight_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _finish(path: Path, spec: ModelSpec) -> None:
-    """Add the op's function, metadata and IR version to the saved model, in place."""
+def referenced_data_file(path: Path) -> str | None:
+    """The data file an mla-export .onnx names in its metadata ("" when its weights are inside), or None when
+    `path` is absent or unreadable."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    model.ir_version = ONNX_IR_VERSION
-    model.functions.append(function_proto())
-    if not any(o.domain == contract.OP_DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION))
-    model.producer_name, model.producer_version = "mla_export", __version__
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, spec.metadata())
-    onnx.save(model, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        header = onnx.load(str(path), load_external_data=False)
+    except Exception:  # absent, or not ONNX: it names nothing
+        return None
+    return {p.key: p.value for p in header.metadata_props}.get(contract.META_DATA_FILE)
 
 
-def export_onnx(spec: ModelSpec, output: str | Path) -> Path:
-    """Export `spec` to `output` (plus `output.data` when past 2 GB); nothing is left behind on failure."""
+def remove_stale_files(output: Path) -> None:
+    """Remove what earlier exports of `output` left: staging folders of processes that are gone, and data
+    files that the committed .onnx does not name."""
+    for entry in output.parent.glob(f"{STAGING_PREFIX}*"):
+        match = re.fullmatch(rf"{re.escape(STAGING_PREFIX)}(\d+)-[0-9a-f]+", entry.name)
+        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+    keep = referenced_data_file(output)
+    pattern = _data_file_pattern(output)
+    for entry in output.parent.iterdir():
+        if pattern.match(entry.name) and entry.name != keep:
+            entry.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output_path(output: str | Path) -> Path:
+    """`-o`: a .onnx path in an existing, writable directory, not a directory itself."""
     output = Path(output)
     if output.suffix != ".onnx":
         raise FieldError("output", str(output), "expected a path ending in .onnx")
+    if output.is_dir():
+        raise FieldError("output", str(output), "is a directory; expected a file path ending in .onnx")
     if not output.parent.is_dir():
         raise FieldError("output", str(output), f"directory {output.parent} does not exist")
-    model = eager_model(spec)
-    folded = fold_model(model, torch_dtype(spec.dtype)).eval()
-    del model
-    staging = Path(tempfile.mkdtemp(prefix=".mla-export-", dir=output.parent))
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise FieldError("output", str(output), f"directory {output.parent} is not writable")
+    return output
+
+
+def check_resources(spec: ModelSpec, directory: Path) -> None:
+    """Refuse, before any work, an export this machine cannot finish: its weights' disk space (estimated from
+    the config; checked exactly after tracing) and its peak memory."""
+    c = spec.config
+    weights = model_counts(c, with_embeddings=spec.io == "tokens").exported * spec.element_bytes
+    check_free_disk(directory, weights, f"exporting {c.name} ({c.num_hidden_layers} layers, {spec.dtype})")
+    check_memory(export_peak_bytes(c, spec.element_bytes), f"exporting {c.name} ({spec.dtype})",
+                 "export fewer layers (--layers N) or close other programs")
+
+
+def _finish(proto, spec: ModelSpec, data_file: str) -> None:
+    """Add the nodes' functions, opset, IR version and metadata to the serialized model, in place."""
+    import onnx
+
+    from .onnx_moe import moe_function_proto
+    from .onnx_node import function_proto
+
+    proto.ir_version = ONNX_IR_VERSION
+    ops = {n.op_type for n in proto.graph.node if n.domain == contract.OP_DOMAIN}
+    proto.functions.append(function_proto())
+    if contract.MOE_OP_TYPE in ops:
+        proto.functions.append(moe_function_proto())
+    if not any(o.domain == contract.OP_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION))
+    proto.producer_name, proto.producer_version = "mla_export", __version__
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**spec.metadata(), contract.META_DATA_FILE: data_file})
+
+
+def _point_at_data(traced, layout, data_file: str) -> None:
+    """Make every weight initializer an external reference into `data_file` (no data is read)."""
+    import onnx_ir as ir
+
+    graph = traced.model.graph
+    for p in layout:
+        value = graph.initializers[p.name]
+        value.const_value = ir.ExternalTensor(data_file, p.offset, p.length, value.dtype, shape=value.shape,
+                                              name=p.name)
+
+
+def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None = None) -> Path:
+    """Export `spec` to `output` (weights in `output.<token>.data` beside it when past 2 GB), layer by layer.
+
+    Nothing is left behind on failure and a previous export at `output` stays whole until the new one is
+    complete. `progress(what, done, total)` reports tracing and the bytes written.
+    """
+    import onnx
+    import onnx_ir as ir
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from .eager import weight_source
+    from .tracing import trace_graph
+    from .weight_stream import data_bytes, plan_layout, write_weights
+
+    output = check_output_path(output)
+    remove_stale_files(output)
+    check_resources(spec, output.parent)
+    report = progress or (lambda what, done, total: None)
+    report("tracing", 0, 1)
+    traced = trace_graph(spec)
+    report("tracing", 1, 1)
+    layout = plan_layout(traced)
+    total = data_bytes(layout)
+    external = total >= EXTERNAL_DATA_THRESHOLD
+    check_free_disk(output.parent, total * (1 if external else 2), "the export")
+    source = weight_source(spec)
+
+    token = secrets.token_hex(4)
+    staging = output.parent / f"{STAGING_PREFIX}{os.getpid()}-{token}"
+    staging.mkdir()
     try:
+        data_file = data_file_name(output, token)
+        write_weights(staging / data_file, layout, spec, source,
+                      lambda done, size, what: report(f"writing weights ({what})", done, size))
+        _point_at_data(traced, layout, data_file)
+        proto = ir.serde.serialize_model(traced.model)
+        if not external:
+            load_external_data_for_model(proto, str(staging))
+            (staging / data_file).unlink()
+        _finish(proto, spec, data_file if external else "")
         staged = staging / output.name
-        _trace(folded, spec, staged)
-        _finish(staged, spec)
-        for produced in sorted(staging.iterdir(), key=lambda p: p.suffix == ".onnx"):  # the .onnx last
-            os.replace(produced, output.parent / produced.name)
+        onnx.save(proto, str(staged))
+        del proto
+        report("checking", 0, 1)
+        try:
+            onnx.checker.check_model(str(staged), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise RuntimeError(f"the exported graph fails onnx.checker: {exc}") from exc
+        report("checking", 1, 1)
+        if external:
+            os.replace(staging / data_file, output.parent / data_file)
+        os.replace(staged, output)  # the commit point
+    except OSError as exc:
+        raise UserError(f"-o {output}: writing the export failed ({exc.strerror or exc}); nothing was "
+                        "replaced") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_stale_files(output)  # a data file moved in before a failed commit is named by no .onnx
     return output

@@ -51,19 +51,26 @@ def fold_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Te
                          out.reshape(out.shape[0], heads * d_c))
 
 
+def fold_attention_state(config: MlaConfig, state: dict[str, torch.Tensor],
+                         dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The parameters of a `FoldedMlaAttention` (its names) from those of an unfolded `MlaAttention` (its
+    names, e.g. `q_b_proj.weight`), folded in float64 and stored in `dtype` (pure function)."""
+    q_up = state["q_b_proj.weight" if config.q_lora_rank is not None else "q_proj.weight"]
+    weights = fold_attention_weights(config, q_up, state["kv_b_proj.weight"], state["o_proj.weight"], dtype)
+    kept = ("q_compression.q_a_proj.weight", "q_compression.q_a_layernorm.weight", "kv_a_proj_with_mqa.weight",
+            "kv_a_layernorm.weight")
+    out = {name: state[name].to(dtype) for name in kept if name in state}
+    out.update({"q_latent_proj.weight": weights.q_latent_proj, "q_pe_proj.weight": weights.q_pe_proj,
+                "out_proj.weight": weights.out_proj})
+    return out
+
+
 def fold_attention(attn: MlaAttention, dtype: torch.dtype) -> FoldedMlaAttention:
     """A `FoldedMlaAttention` computing what `attn` computes, with weights in `dtype`."""
-    c = attn.config
-    q_up = attn.q_b_proj.weight if c.q_lora_rank is not None else attn.q_proj.weight
-    weights = fold_attention_weights(c, q_up, attn.kv_b_proj.weight, attn.o_proj.weight, dtype)
-    folded = FoldedMlaAttention(c).to(dtype)
+    folded = FoldedMlaAttention(attn.config).to(dtype)
     with torch.no_grad():
-        folded.q_compression.load_state_dict(attn.q_compression.state_dict())
-        folded.kv_a_proj_with_mqa.weight.copy_(attn.kv_a_proj_with_mqa.weight)
-        folded.kv_a_layernorm.weight.copy_(attn.kv_a_layernorm.weight)
-        folded.q_latent_proj.weight.copy_(weights.q_latent_proj)
-        folded.q_pe_proj.weight.copy_(weights.q_pe_proj)
-        folded.out_proj.weight.copy_(weights.out_proj)
+        state = {name: p.detach() for name, p in attn.named_parameters()}
+        folded.load_state_dict(fold_attention_state(attn.config, state, dtype))
     return folded
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.mla.mla_attention)
 from .config import MlaConfig
+from .moe import RoutingRule  # also registers torch.ops.mla.deepseek_moe
 from .ops import (append_rows, causal_mask, check_cache_room, mla_attention_reference, readable_cache,
                   token_positions)
 from .rope import rope_cos_sin, rotate_interleaved
@@ -184,15 +185,66 @@ class FoldedMlaAttention(nn.Module):
         return self.out_proj(attn.reshape(batch, new_tokens, -1)), present
 
 
-class DecoderLayer(nn.Module):
-    """x + attn(norm(x)), then + mlp(norm(.))."""
+class Float32Params(nn.Module):
+    """A module whose parameters stay float32 when the model is cast (`.to(dtype)` moves them, never rounds
+    them): the router's weight and bias, as DeepSeek's and transformers' code keep them for routing."""
 
-    def __init__(self, config: MlaConfig, attention: nn.Module):
+    def _apply(self, fn, recurse=True):
+        def move_only(t: torch.Tensor) -> torch.Tensor:
+            return t.to(fn(t.new_empty(0)).device)
+
+        return super()._apply(move_only, recurse)
+
+
+class Router(Float32Params):
+    """`mlp.gate`: the router weight `[E, d]` and e_score_correction_bias `[E]` (float32; the bias is zero
+    and unused unless the rule uses it)."""
+
+    def __init__(self, config: MlaConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(config.n_routed_experts, config.hidden_size, dtype=torch.float32))
+        self.e_score_correction_bias = nn.Parameter(torch.zeros(config.n_routed_experts, dtype=torch.float32))
+
+
+class RoutedExperts(nn.Module):
+    """`mlp.experts`: every routed expert's SwiGLU, stacked: gate_up_proj `[E, 2I, d]` (gate rows, then up
+    rows, as checkpoints' `experts.{j}.gate_proj` and `up_proj`), down_proj `[E, d, I]`."""
+
+    def __init__(self, config: MlaConfig):
+        super().__init__()
+        experts, inter, d = config.n_routed_experts, config.moe_intermediate_size, config.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.zeros(experts, 2 * inter, d))
+        self.down_proj = nn.Parameter(torch.zeros(experts, d, inter))
+
+
+class MoeMlp(nn.Module):
+    """A DeepSeek MoE MLP: the routed experts through the `DeepseekMoE` op, plus the shared experts."""
+
+    def __init__(self, config: MlaConfig):
+        super().__init__()
+        self.rule = RoutingRule.from_config(config)
+        self.gate = Router(config)
+        self.experts = RoutedExperts(config)
+        shared = (config.n_shared_experts or 0) * config.moe_intermediate_size
+        self.shared_experts = SwiGluMlp(config.hidden_size, shared) if shared else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, S, d] -> [B, S, d]."""
+        routed = torch.ops.mla.deepseek_moe(x, self.gate.weight, self.gate.e_score_correction_bias,
+                                            self.experts.gate_up_proj, self.experts.down_proj,
+                                            **self.rule.attributes())  # [B, S, d]
+        return routed + self.shared_experts(x) if self.shared_experts is not None else routed
+
+
+class DecoderLayer(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(.)); the MLP is dense or, with `moe`, DeepSeek's MoE."""
+
+    def __init__(self, config: MlaConfig, attention: nn.Module, moe: bool = False):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = attention
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGluMlp(config.hidden_size, config.intermediate_size)
+        self.mlp = MoeMlp(config) if moe else SwiGluMlp(config.hidden_size, config.intermediate_size)
 
     def forward(self, x, cache, cache_seqlens, cos_sin):
         attn, present = self.self_attn(self.input_layernorm(x), cache, cache_seqlens, cos_sin)
@@ -217,7 +269,8 @@ class MlaModel(nn.Module):
         def attention():
             return FoldedMlaAttention(config) if folded else MlaAttention(config, path)
 
-        self.layers = nn.ModuleList(DecoderLayer(config, attention()) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, attention(), moe=config.is_moe_layer(i))
+                                    for i in range(config.num_hidden_layers))
         if with_embeddings:
             self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
             self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -281,21 +334,3 @@ class LatentCache:
         shape = (batch, max_seq_len, config.cache_width)
         return cls([torch.full(shape, fill, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)],
                    torch.zeros(batch, dtype=torch.int32, device=device))
-
-
-def init_random_weights(model: nn.Module, seed: int) -> None:
-    """Deterministic random weights scaled so activations stay O(1) (std 1/sqrt(fan_in)); norms near 1.
-
-    Values are rounded to float32 whatever the model's dtype, so a float64 twin built with the same
-    seed holds exactly the weights a float32 export stores.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            if name.endswith("norm.weight"):
-                values = 1.0 + 0.1 * torch.randn(param.shape, generator=gen, dtype=torch.float64)
-            elif name.endswith("embed_tokens.weight"):
-                values = torch.randn(param.shape, generator=gen, dtype=torch.float64)
-            else:
-                values = torch.randn(param.shape, generator=gen, dtype=torch.float64) / param.shape[-1] ** 0.5
-            param.copy_(values.to(torch.float32).to(param.dtype))

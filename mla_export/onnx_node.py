@@ -1,5 +1,6 @@
 """The ONNX side of the `MlaAttention` op: its schema, the exporter's translation, and the
-model-local function whose body computes the contract with standard ONNX ops.
+model-local function whose body computes the contract with standard ONNX ops (`FunctionBody`, which
+`onnx_moe` shares for `DeepseekMoE`).
 
 TensorRT's parser with our plugin loaded turns the node into the plugin; ONNX Runtime (and TensorRT
 without the plugin) inline the function body, so one file serves both.
@@ -50,8 +51,8 @@ def translation_table() -> dict:
     return {torch.ops.mla.mla_attention.default: mla_attention}
 
 
-class _Body:
-    """Accumulates the function body's nodes with fresh value names."""
+class FunctionBody:
+    """Accumulates a function body's nodes with fresh value names (shared by the ops' function bodies)."""
 
     def __init__(self):
         self.nodes: list[onnx.NodeProto] = []
@@ -71,8 +72,25 @@ class _Body:
     def scalar_int(self, value: int) -> str:
         return self("Constant", value=helper.make_tensor("v", TensorProto.INT64, [], [value]))
 
+    def _attribute(self, name: str, field: str, kind: int) -> str:
+        out = self("Constant")
+        self.nodes[-1].attribute.append(helper.make_attribute_ref(field, kind, ref_attr_name=name))
+        return out
 
-def _rotate_pairs(g: _Body, x_float: str, cos: str, sin: str) -> str:
+    def attribute_int(self, name: str) -> str:
+        """The calling node's INT attribute `name` as a scalar int64 tensor."""
+        return self._attribute(name, "value_int", onnx.AttributeProto.INT)
+
+    def attribute_float(self, name: str) -> str:
+        """The calling node's FLOAT attribute `name` as a scalar float tensor."""
+        return self._attribute(name, "value_float", onnx.AttributeProto.FLOAT)
+
+    def attribute_flag(self, name: str) -> str:
+        """The calling node's INT attribute `name` as a scalar bool (nonzero: true)."""
+        return self("Cast", self.attribute_int(name), to=TensorProto.BOOL)
+
+
+def _rotate_pairs(g: FunctionBody, x_float: str, cos: str, sin: str) -> str:
     """Rotate pairs (2k, 2k+1) of `x_float [..., Dr]` by cos/sin broadcast as `[..., Dr/2, 1]`."""
     shape = g("Shape", x_float)
     lead = g("Slice", shape, g.const([0]), g.const([-1]))
@@ -85,7 +103,7 @@ def _rotate_pairs(g: _Body, x_float: str, cos: str, sin: str) -> str:
 
 def function_proto() -> onnx.FunctionProto:
     """`MlaAttention` as a model-local function (domain `mla`): the contract in standard ONNX ops."""
-    g = _Body()
+    g = FunctionBody()
     q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope_cos_sin = contract.OP_INPUTS
     attn_latent, present_cache = contract.OP_OUTPUTS
 
@@ -121,9 +139,7 @@ def function_proto() -> onnx.FunctionProto:
     flat_query = g("Reshape", query, g("Concat", g("Unsqueeze", batch, g.const([0])), g.const([-1]),
                                         g("Slice", g("Shape", query), g.const([3]), g.const([4])), axis=0))
     scores = g("MatMul", flat_query, g("Transpose", cache, perm=[0, 2, 1]))  # [B, S*H, Smax]
-    scale = g("Constant")
-    g.nodes[-1].attribute.append(helper.make_attribute_ref("value_float", onnx.AttributeProto.FLOAT,
-                                                           ref_attr_name="softmax_scale"))
+    scale = g.attribute_float("softmax_scale")
     scores = g("Reshape", g("Mul", scores, scale),
                g("Concat", g("Slice", q_shape, g.const([0]), g.const([3])), g.const([-1]), axis=0))  # [B,S,H,Smax]
     causal = g("LessOrEqual", g("Unsqueeze", slots, g.const([0, 1, 2])),

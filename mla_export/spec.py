@@ -77,6 +77,8 @@ class ModelSpec:
             contract.META_IO: self.io,
             contract.META_SEED: str(self.seed),
             contract.META_CHECKPOINT: self.checkpoint or "",
+            contract.META_WEIGHTS: contract.WEIGHTS_SCHEME,
+            contract.META_MOE_CONTRACT_VERSION: str(contract.MOE_CONTRACT_VERSION),
         }
 
 
@@ -99,6 +101,14 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                          checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO])
     except (KeyError, ValueError, json.JSONDecodeError, UserError) as exc:
         raise UserError(f"{source}: mla-export metadata is damaged ({exc}); re-export the model") from None
+    if spec.checkpoint is None and meta.get(contract.META_WEIGHTS) != contract.WEIGHTS_SCHEME:
+        raise UserError(f"{source}: its random weights were made by an older mla-export (scheme "
+                        f"{meta.get(contract.META_WEIGHTS, 'from before schemes')}, this one makes "
+                        f"{contract.WEIGHTS_SCHEME}), so they cannot be rebuilt to compare; re-export the model")
+    moe_version = meta.get(contract.META_MOE_CONTRACT_VERSION, str(contract.MOE_CONTRACT_VERSION))
+    if moe_version != str(contract.MOE_CONTRACT_VERSION):
+        raise UserError(f"{source}: DeepseekMoE contract version {moe_version}, this mla-export speaks "
+                        f"{contract.MOE_CONTRACT_VERSION}; re-export it with this version")
     if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):
         raise UserError(f"{source}: mla-export metadata is damaged ({contract.META_NUM_LAYERS}="
                         f"{meta.get(contract.META_NUM_LAYERS)!r} for a {config.num_hidden_layers}-layer config); "

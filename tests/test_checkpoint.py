@@ -27,7 +27,9 @@ CONFIG = {
     "rope_theta": 10000.0, "max_position_embeddings": 512,
     "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 64, "beta_fast": 32,
                      "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-    "first_k_dense_replace": 1, "n_routed_experts": 4, "moe_layer_freq": 1,
+    "first_k_dense_replace": 1, "n_routed_experts": 4, "moe_layer_freq": 1, "num_experts_per_tok": 2,
+    "n_shared_experts": 1, "topk_method": "noaux_tc", "n_group": 2, "topk_group": 1, "scoring_func": "sigmoid",
+    "norm_topk_prob": True, "routed_scaling_factor": 2.5,
     "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]},
 }
 FP8_SUFFIXES = ("q_a_proj.weight", "q_b_proj.weight", "kv_a_proj_with_mqa.weight", "kv_b_proj.weight",
@@ -45,6 +47,9 @@ def hf_tensors(config: MlaConfig, gen) -> dict[str, torch.Tensor]:
         if name.startswith("model.layers.0.") and ".mlp." not in name:
             shapes[name.replace("layers.0.", "layers.1.")] = shape
     shapes["model.layers.1.mlp.gate.weight"] = (4, 192)
+    shapes["model.layers.1.mlp.gate.e_score_correction_bias"] = (4,)
+    for proj, shape in (("gate_proj", (32, 192)), ("up_proj", (32, 192)), ("down_proj", (192, 32))):
+        shapes[f"model.layers.1.mlp.shared_experts.{proj}.weight"] = shape
     for e in range(4):
         for proj, shape in (("gate_proj", (32, 192)), ("up_proj", (32, 192)), ("down_proj", (192, 32))):
             shapes[f"model.layers.1.mlp.experts.{e}.{proj}.weight"] = shape
@@ -56,6 +61,8 @@ def hf_tensors(config: MlaConfig, gen) -> dict[str, torch.Tensor]:
             tensors[name + "_scale_inv"] = torch.rand(blocks, generator=gen) * 0.2 + 0.05
         elif name.endswith("norm.weight"):
             tensors[name] = (1 + 0.1 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        elif name.endswith("e_score_correction_bias"):
+            tensors[name] = 0.1 * torch.randn(shape, generator=gen)  # float32, as in DeepSeek-V3's files
         else:
             tensors[name] = (torch.randn(shape, generator=gen) / shape[-1] ** 0.5).to(torch.bfloat16)
     return tensors
@@ -101,10 +108,24 @@ def test_loads_dense_layers_dequantized(checkpoint):
     assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"].float())
 
 
-def test_moe_layer_refused(checkpoint):
-    directory, _ = checkpoint
-    with pytest.raises(UserError, match="mixture-of-experts.*--layers 1"):
-        eager_model(ModelSpec(load_config_file(directory), max_seq_len=64, checkpoint=str(directory)))
+def test_loads_moe_layer_experts_dequantized(checkpoint):
+    """Layer 1 is MoE: its experts (FP8, per expert in HF names) are stacked, the router stays float32."""
+    directory, tensors = checkpoint
+    model = eager_model(ModelSpec(load_config_file(directory), max_seq_len=64, checkpoint=str(directory)))
+    mlp = model.layers[1].mlp
+    prefix = "model.layers.1.mlp."
+
+    def weight(name):
+        return dequantize_fp8_blocks(tensors[prefix + name], tensors[prefix + name + "_scale_inv"])
+
+    for j in range(4):
+        gate_up = torch.cat([weight(f"experts.{j}.gate_proj.weight"), weight(f"experts.{j}.up_proj.weight")])
+        assert torch.equal(mlp.experts.gate_up_proj[j], gate_up)
+        assert torch.equal(mlp.experts.down_proj[j], weight(f"experts.{j}.down_proj.weight"))
+    assert torch.equal(mlp.shared_experts.up_proj.weight, weight("shared_experts.up_proj.weight"))
+    assert mlp.gate.weight.dtype == torch.float32
+    assert torch.equal(mlp.gate.weight, tensors[prefix + "gate.weight"].float())
+    assert torch.equal(mlp.gate.e_score_correction_bias, tensors[prefix + "gate.e_score_correction_bias"])
 
 
 def test_export_and_validate_from_checkpoint(checkpoint, tmp_path):

@@ -54,7 +54,7 @@ def test_export_tokens_io_validates(tmp_path):
     (("--preset", "nope"), "unknown preset 'nope'"),
     ((), "exactly one of --preset"),
     (("--preset", "tiny", "--layers", 5), "only 2 layers"),
-    (("--preset", "deepseek-v3"), "mixture-of-experts"),
+    (("--preset", "deepseek-v3"), "GiB of disk"),  # 671B parameters in float32: refused before any work
     (("--preset", "tiny", "--max-seq-len", 0), "--max-seq-len 0"),
     (("--preset", "tiny", "--max-seq-len", 99999), "max_position_embeddings"),
 ])

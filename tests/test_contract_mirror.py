@@ -1,4 +1,5 @@
-"""The C++ mirror of the contract (plugins/mlaAttentionPlugin/mlaContract.h) says what contract.py says."""
+"""The C++ mirrors of the contracts (plugins/mlaAttentionPlugin/mlaContract.h,
+plugins/deepseekMoePlugin/moeContract.h) say what contract.py says."""
 
 import re
 from pathlib import Path
@@ -8,8 +9,8 @@ from mla_export import contract
 HEADER = Path(__file__).resolve().parents[1] / "plugins" / "mlaAttentionPlugin" / "mlaContract.h"
 
 
-def constants() -> dict[str, str]:
-    text = HEADER.read_text()
+def constants(header: Path = HEADER) -> dict[str, str]:
+    text = header.read_text()
     values = dict(re.findall(r'constexpr char const\* (k\w+) = "([^"]*)";', text))
     values.update(re.findall(r"constexpr int32_t (k\w+) = (\d+);", text))
     for name, body in re.findall(r"constexpr char const\* (k\w+)\[\w+\]\s*=\s*\{([^}]*)\};", text):
@@ -31,3 +32,21 @@ def test_header_mirrors_contract():
     assert (c["kInputIds"], c["kLogits"]) == (contract.INPUT_IDS, contract.LOGITS)
     assert c["kPastCachePrefix"] + "3" == contract.past_cache_name(3)
     assert c["kPresentCachePrefix"] + "3" == contract.present_cache_name(3)
+
+
+MOE_HEADER = Path(__file__).resolve().parents[1] / "plugins" / "deepseekMoePlugin" / "moeContract.h"
+
+
+def test_moe_header_mirrors_contract():
+    c = constants(MOE_HEADER)
+    assert int(c["kContractVersion"]) == contract.MOE_CONTRACT_VERSION
+    assert (c["kOpType"], c["kOpDomain"]) == (contract.MOE_OP_TYPE, contract.OP_DOMAIN)
+    assert (c["kPluginName"], c["kPluginNamespace"], c["kPluginVersion"]) == (
+        contract.MOE_PLUGIN_NAME, contract.PLUGIN_NAMESPACE, contract.PLUGIN_VERSION)
+    assert c["kInputNames"] == contract.MOE_INPUTS and c["kOutputNames"] == contract.MOE_OUTPUTS
+    attributes = {v for k, v in c.items() if k.startswith("kAttr")}
+    assert attributes == set(contract.MOE_ATTRIBUTES)
+    assert (int(c["kScoringSoftmax"]), int(c["kScoringSigmoid"])) == (contract.MOE_SCORING_SOFTMAX,
+                                                                       contract.MOE_SCORING_SIGMOID)
+    assert (int(c["kGroupScoreMax"]), int(c["kGroupScoreTop2Sum"])) == (contract.MOE_GROUP_SCORE_MAX,
+                                                                         contract.MOE_GROUP_SCORE_TOP2_SUM)

@@ -173,13 +173,23 @@ def test_bfloat16_export_has_bf16_bindings_and_onnx_runtime_cpu_refusal_is_clear
 
 
 def test_external_data_past_the_threshold(tmp_path, monkeypatch):
-    """Past 2 GB the weights go to `<name>.onnx.data` beside the graph (forced here with a 0 threshold)."""
+    """Past 2 GB the weights go to `<name>.onnx.<token>.data` beside the graph, a name unique to the export
+    (forced here with a 0 threshold); a second export replaces the pair and removes the old data file."""
+    import re
+
     import mla_export.export as export_module
 
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
     path = tmp_path / "ext.onnx"
     export_onnx(ModelSpec(load_preset("tiny").with_layers(1), max_seq_len=32), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[0] == "ext.onnx" and re.fullmatch(r"ext\.onnx\.[0-9a-f]{8}\.data", names[1])
     header = onnx.load(str(path), load_external_data=False)
-    assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in header.graph.initializer)
+    locations = {e.value for i in header.graph.initializer for e in i.external_data if e.key == "location"}
+    assert locations == {names[1]}
+    assert {p.key: p.value for p in header.metadata_props}[contract.META_DATA_FILE] == names[1]
+    assert validate_onnx(path, Scenario(batch=2, prefill_len=3, steps=2)).passed
+    export_onnx(ModelSpec(load_preset("tiny").with_layers(1), max_seq_len=32, seed=3), path)
+    again = sorted(p.name for p in tmp_path.iterdir())
+    assert len(again) == 2 and again[1] != names[1]  # the old data file is gone with the old graph
     assert validate_onnx(path, Scenario(batch=2, prefill_len=3, steps=2)).passed

@@ -1,7 +1,8 @@
 import torch
 
 from mla_export.folding import fold_attention_weights
-from mla_export.model import MlaAttention, init_random_weights
+from mla_export.model import MlaAttention
+from mla_export.weights import init_random_weights
 
 from helpers import tiny, tiny_no_q_lora
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mla_export.folding import fold_model
-from mla_export.model import MlaModel, init_random_weights
+from mla_export.model import MlaModel
+from mla_export.weights import init_random_weights
 from mla_export.ops import mla_attention_reference
 from mla_export.rope import (interleaved_to_halves, inverse_frequencies, rope_cos_sin, rotate_half_reference,
                              rotate_interleaved)

@@ -36,7 +36,7 @@ import torch
 from click.testing import CliRunner
 
 from mla_export import contract
-from mla_export.checkpoint import load_checkpoint_weights
+from mla_export.weights import CheckpointWeights, load_weights
 from mla_export.cli import main
 from mla_export.hf_config import load_config_file
 from mla_export.model import MlaModel
@@ -170,7 +170,7 @@ def eager_logits(directory: Path, steps: list[torch.Tensor]) -> list[torch.Tenso
     """mla-export's eager model, weights loaded from `directory` as `--checkpoint` does."""
     config = load_config_file(directory)
     model = MlaModel(config, MAX_SEQ_LEN, with_embeddings=True)
-    load_checkpoint_weights(model, directory)
+    load_weights(model, CheckpointWeights(directory, model.config))
     model.eval()
     cache = model.new_cache(BATCH, fill=float("nan"))
     return [model.step(ids, cache) for ids in steps]

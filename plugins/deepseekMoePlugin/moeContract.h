@@ -1,0 +1,61 @@
+/*
+ * The DeepseekMoE op contract in C++: a mirror of the MOE_* names of mla_export/contract.py (the one
+ * definition; the routing rule is documented in mla_export/moe.py). tests/test_contract_mirror.py checks
+ * every constant here against the Python module.
+ */
+#pragma once
+
+#include <cstdint>
+
+namespace mla
+{
+namespace moe_contract
+{
+
+constexpr int32_t kContractVersion = 1;
+
+// Plugin identity (ONNX node: op_type DeepseekMoE, domain "mla").
+constexpr char const* kOpType = "DeepseekMoE";
+constexpr char const* kOpDomain = "mla";
+constexpr char const* kPluginName = "DeepseekMoE";
+constexpr char const* kPluginNamespace = "mla";
+constexpr char const* kPluginVersion = "1";
+
+// Op inputs and outputs, in order.
+enum InputIndex : int32_t
+{
+    kHiddenStates = 0, //!< [B,S,d] T
+    kRouterWeight = 1, //!< [E,d] float32
+    kScoreBias = 2,    //!< [E] float32
+    kGateUpProj = 3,   //!< [E,2I,d] T
+    kDownProj = 4,     //!< [E,d,I] T
+    kNumInputs = 5
+};
+enum OutputIndex : int32_t
+{
+    kRoutedOutput = 0, //!< [B,S,d] T
+    kNumOutputs = 1
+};
+constexpr char const* kInputNames[kNumInputs]
+    = {"hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj"};
+constexpr char const* kOutputNames[kNumOutputs] = {"routed_output"};
+
+// Attributes (ONNX INT arrive as kINT32, FLOAT as kFLOAT32 from TensorRT's ONNX parser).
+constexpr char const* kAttrNumExperts = "num_experts";
+constexpr char const* kAttrTopK = "top_k";
+constexpr char const* kAttrNGroup = "n_group";
+constexpr char const* kAttrTopkGroup = "topk_group";
+constexpr char const* kAttrScoringFunc = "scoring_func";
+constexpr char const* kAttrGroupScore = "group_score";
+constexpr char const* kAttrUseBias = "use_bias";
+constexpr char const* kAttrNormalize = "normalize";
+constexpr char const* kAttrWeightScale = "weight_scale";
+
+// Values of scoring_func and group_score.
+constexpr int32_t kScoringSoftmax = 0;
+constexpr int32_t kScoringSigmoid = 1;
+constexpr int32_t kGroupScoreMax = 0;
+constexpr int32_t kGroupScoreTop2Sum = 1;
+
+} // namespace moe_contract
+} // namespace mla
