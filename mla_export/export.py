@@ -1,6 +1,7 @@
-"""Export: eager model -> pre-folded model -> ONNX with one `MlaAttention` node per layer.
+"""Export: eager model -> export form (pre-folded, or run-time absorbed: `ModelSpec.absorb`) -> ONNX
+with one `MlaAttention` node per layer.
 
-`export_onnx` traces the folded model with `torch.onnx.export(dynamo=True)`, maps the custom op to the
+`export_onnx` traces the export form with `torch.onnx.export(dynamo=True)`, maps the custom op to the
 contract's node, adds the node's model-local function, records config and contract in the metadata,
 checks the result with `onnx.checker` (full check) and moves it into place atomically.
 """
@@ -93,7 +94,7 @@ def export_onnx(spec: ModelSpec, output: str | Path) -> Path:
     if not output.parent.is_dir():
         raise FieldError("output", str(output), f"directory {output.parent} does not exist")
     model = eager_model(spec)
-    folded = fold_model(model, torch_dtype(spec.dtype)).eval()
+    folded = fold_model(model, torch_dtype(spec.dtype), spec.absorb).eval()
     del model
     staging = Path(tempfile.mkdtemp(prefix=".mla-export-", dir=output.parent))
     try:

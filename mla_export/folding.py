@@ -1,7 +1,13 @@
-"""Weight folding: W_UK into the query path and W_UV into the output projection, once, in float64.
+"""The export forms' weights, from DeepSeek's (pure functions, tested against the unfolded model).
+
+Pre-folded (`--absorb prefolded`): W_UK into the query path and W_UV into the output projection,
+multiplied once, in float64:
 
     q_latent_h = W_UK_h^T (W_UQ_h c_q)  ->  q_latent_proj[h] = W_UK_h^T W_UQ_h         [Dc, q_in]
     out       = sum_h W_O_h (W_UV_h o_latent_h) ->  out_proj[:, h] = W_O_h W_UV_h       [d, Dc]
+
+Run-time absorbed (`--absorb runtime`): no products, the same weights laid out for per-head
+batched matmuls: W_UQ(nope) [H*Dn, q_in], W_UK [H, Dn, Dc], W_UV^T [H, Dc, Dv], W_O [d, H*Dv].
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import MlaConfig
-from .model import FoldedMlaAttention, MlaAttention, MlaModel
+from .model import FoldedMlaAttention, MlaAttention, MlaModel, RuntimeAbsorbedMlaAttention
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,51 @@ class FoldedWeights:
     out_proj: torch.Tensor
 
 
+@dataclass(frozen=True)
+class AbsorbedWeights:
+    """The matrices a run-time absorbed export stores for one layer (each a weight as given, recast).
+
+    q_nope_proj [H*Dn, q_in]; q_pe_proj [H*Dr, q_in]; w_uk [H, Dn, Dc]; w_uv [H, Dc, Dv]; o_proj [d, H*Dv].
+    """
+
+    q_nope_proj: torch.Tensor
+    q_pe_proj: torch.Tensor
+    w_uk: torch.Tensor
+    w_uv: torch.Tensor
+    o_proj: torch.Tensor
+
+
+def _per_head(config: MlaConfig, q_up: torch.Tensor,
+              kv_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views (W_UQ [H, Dn, q_in], W_QR [H, Dr, q_in], W_UK [H, Dn, Dc], W_UV [H, Dv, Dc]) of
+    q_up [H*(Dn+Dr), q_in] and kv_b [H*(Dn+Dv), Dc]."""
+    c = config
+    heads, d_h, d_v = c.num_attention_heads, c.qk_nope_head_dim, c.v_head_dim
+    q_up = q_up.view(heads, d_h + c.qk_rope_head_dim, -1)  # [H, Dn + Dr, q_in]
+    kv_b = kv_b.view(heads, d_h + d_v, c.kv_lora_rank)  # [H, Dn + Dv, Dc]
+    return q_up[:, :d_h], q_up[:, d_h:], kv_b[:, :d_h], kv_b[:, d_h:]
+
+
+def absorb_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Tensor, o_proj: torch.Tensor,
+                             dtype: torch.dtype = torch.float64) -> AbsorbedWeights:
+    """Lay one layer's weights out for run-time absorption (pure function, no arithmetic), in `dtype`.
+
+    q_up: q_b_proj (or q_proj) weight [H*(Dn+Dr), q_in]; kv_b: kv_b_proj weight [H*(Dn+Dv), Dc];
+    o_proj: o_proj weight [d, H*Dv]. W_UV is transposed per head so both batched matmuls take
+    tokens as rows: q_latent_h = q_nope_h W_UK_h, o_h = o_latent_h W_UV_h^T.
+    """
+    def own(t: torch.Tensor) -> torch.Tensor:  # a contiguous copy in `dtype`, never a view of the input
+        return t.contiguous().to(dtype, copy=True)
+
+    heads = config.num_attention_heads
+    w_uq, w_qr, w_uk, w_uv = _per_head(config, q_up, kv_b)  # [H,Dn,q_in], [H,Dr,q_in], [H,Dn,Dc], [H,Dv,Dc]
+    return AbsorbedWeights(q_nope_proj=own(w_uq.reshape(heads * config.qk_nope_head_dim, -1)),  # [H*Dn, q_in]
+                           q_pe_proj=own(w_qr.reshape(heads * config.qk_rope_head_dim, -1)),  # [H*Dr, q_in]
+                           w_uk=own(w_uk),  # [H, Dn, Dc]
+                           w_uv=own(w_uv.transpose(1, 2)),  # [H, Dc, Dv]
+                           o_proj=own(o_proj))  # [d, H*Dv]
+
+
 def fold_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Tensor, o_proj: torch.Tensor,
                            dtype: torch.dtype = torch.float64) -> FoldedWeights:
     """Fold one layer's weights (pure function): products computed in float64, stored in `dtype`.
@@ -35,12 +86,9 @@ def fold_attention_weights(config: MlaConfig, q_up: torch.Tensor, kv_b: torch.Te
     DeepSeek-V3 layer (7168 x 65536) never holds a whole float64 copy.
     """
     c = config
-    heads, d_h, d_r, d_v, d_c = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
-                                 c.kv_lora_rank)
-    q_up = q_up.to(torch.float64).view(heads, d_h + d_r, -1)  # [H, d_h + d_r, q_in]
-    kv_b = kv_b.to(torch.float64).view(heads, d_h + d_v, d_c)  # [H, d_h + d_v, Dc]
-    w_uq, w_qr = q_up[:, :d_h], q_up[:, d_h:]  # [H, d_h, q_in], [H, d_r, q_in]
-    w_uk, w_uv = kv_b[:, :d_h], kv_b[:, d_h:]  # [H, d_h, Dc], [H, d_v, Dc]
+    heads, d_r, d_v, d_c = c.num_attention_heads, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank
+    w_uq, w_qr, w_uk, w_uv = _per_head(c, q_up.to(torch.float64), kv_b.to(torch.float64))
+    # [H, d_h, q_in], [H, d_r, q_in], [H, d_h, Dc], [H, d_v, Dc]
     q_latent = torch.einsum("hdc,hdi->hci", w_uk, w_uq)  # [H, Dc, q_in]
     w_o = o_proj.view(-1, heads, d_v)  # [d, H, d_v]
     out = torch.empty(w_o.shape[0], heads, d_c, dtype=dtype)  # [d, H, Dc]
@@ -67,17 +115,42 @@ def fold_attention(attn: MlaAttention, dtype: torch.dtype) -> FoldedMlaAttention
     return folded
 
 
-def fold_model(model: MlaModel, dtype: torch.dtype) -> MlaModel:
-    """The pre-folded twin of an unfolded `model`, every weight cast to `dtype`."""
+def absorb_attention(attn: MlaAttention, dtype: torch.dtype) -> RuntimeAbsorbedMlaAttention:
+    """A `RuntimeAbsorbedMlaAttention` computing what `attn` computes, with weights in `dtype`."""
+    c = attn.config
+    q_up = attn.q_b_proj.weight if c.q_lora_rank is not None else attn.q_proj.weight
+    weights = absorb_attention_weights(c, q_up, attn.kv_b_proj.weight, attn.o_proj.weight, dtype)
+    absorbed = RuntimeAbsorbedMlaAttention(c).to(dtype)
+    with torch.no_grad():
+        absorbed.q_compression.load_state_dict(attn.q_compression.state_dict())
+        absorbed.kv_a_proj_with_mqa.weight.copy_(attn.kv_a_proj_with_mqa.weight)
+        absorbed.kv_a_layernorm.weight.copy_(attn.kv_a_layernorm.weight)
+        for name in ("q_nope_proj", "q_pe_proj", "o_proj"):
+            getattr(absorbed, name).weight.copy_(getattr(weights, name))
+        absorbed.w_uk.copy_(weights.w_uk)
+        absorbed.w_uv.copy_(weights.w_uv)
+    return absorbed
+
+
+# How each export form (`ModelSpec.absorb`) is made from an unfolded attention module.
+ATTENTION_FORMS = {"prefolded": fold_attention, "runtime": absorb_attention}
+
+
+def fold_model(model: MlaModel, dtype: torch.dtype, absorb: str = "prefolded") -> MlaModel:
+    """The export twin of an unfolded `model`, every weight cast to `dtype`: pre-folded, or with W_UK
+    and W_UV kept per head (`absorb="runtime"`)."""
     if model.folded:
         raise ValueError("model is already folded")
-    folded = MlaModel(model.config, model.max_seq_len, folded=True, with_embeddings=model.with_embeddings)
+    if absorb not in ATTENTION_FORMS:
+        raise ValueError(f"absorb {absorb!r}: expected one of {tuple(ATTENTION_FORMS)}")
+    folded = MlaModel(model.config, model.max_seq_len, folded=True, absorb=absorb,
+                      with_embeddings=model.with_embeddings)
     folded = folded.to(dtype)
     with torch.no_grad():
         for src, dst in zip(model.layers, folded.layers, strict=True):
             for name in ("input_layernorm", "post_attention_layernorm", "mlp"):
                 getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
-            dst.self_attn = fold_attention(src.self_attn, dtype)
+            dst.self_attn = ATTENTION_FORMS[absorb](src.self_attn, dtype)
         if model.with_embeddings:
             for name in ("embed_tokens", "norm", "lm_head"):
                 getattr(folded, name).load_state_dict(getattr(model, name).state_dict())
