@@ -55,8 +55,10 @@ config_option = click.option("--config", "config_path", type=click.Path(),
 
 
 def absorb_option(help_text: str):
-    return click.option("--absorb", type=click.Choice(["prefolded", "runtime"]), default="prefolded",
-                        show_default=True, help=help_text)
+    from .spec import ABSORB_MODES
+
+    return click.option("--absorb", type=click.Choice(ABSORB_MODES), default=ABSORB_MODES[0], show_default=True,
+                        help=help_text)
 
 
 @click.group(cls=Cli)
