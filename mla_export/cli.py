@@ -12,7 +12,8 @@ from .errors import FieldError, UserError
 
 # The option that sets each spec/config field a core function may name in a FieldError.
 FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtype": "--dtype", "io": "--io",
-                 "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps"}
+                 "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps",
+                 "absorb": "--absorb"}
 
 
 def _config(preset: str | None, config_path: str | None, layers: int | None):
@@ -48,6 +49,13 @@ config_option = click.option("--config", "config_path", type=click.Path(),
                              help="A DeepseekV2/V3 config.json (or a directory holding one).")
 
 
+def absorb_option(help_text: str):
+    from .spec import ABSORB_MODES
+
+    return click.option("--absorb", type=click.Choice(ABSORB_MODES), default=ABSORB_MODES[0], show_default=True,
+                        help=help_text)
+
+
 @click.group(cls=Cli)
 @click.version_option(__version__, prog_name="mla-export")
 def main():
@@ -58,15 +66,25 @@ def main():
 @main.command()
 @preset_option
 @config_option
+@click.option("--onnx", "onnx_path", type=click.Path(),
+              help="An ONNX file written by mla-export export: its config, and the --absorb form it holds.")
 @click.option("--layers", type=int, help="Use only the first N layers.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp8"]), default="bfloat16",
               show_default=True, help="Cache element type for the byte counts.")
 @click.option("--context", type=int, default=4096, show_default=True, help="Context length for whole-model figures.")
-def info(preset, config_path, layers, dtype, context):
-    """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA) and projection costs."""
+def info(preset, config_path, onnx_path, layers, dtype, context):
+    """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA), projection costs and the smaller --absorb form."""
     from .info import render_info
 
-    render_info(_config(preset, config_path, layers), dtype, context)
+    if onnx_path is None:
+        render_info(_config(preset, config_path, layers), dtype, context)
+        return
+    if preset or config_path or layers is not None:
+        raise UserError("--onnx takes its config from the file: pass it without --preset, --config or --layers")
+    from .onnx_reader import read_export_spec
+
+    spec = read_export_spec(onnx_path)
+    render_info(spec.config, dtype, context, absorb=spec.absorb)
 
 
 @main.command()
@@ -81,12 +99,15 @@ def info(preset, config_path, layers, dtype, context):
 @click.option("--io", type=click.Choice(["hidden", "tokens"]), default="hidden", show_default=True,
               help="Graph I/O: hidden states, or input_ids -> logits with embeddings and LM head.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@absorb_option("prefolded: W_UK^T W_UQ and W_O W_UV multiplied at export; runtime: W_UK [H,Dn,Dc] and W_UV "
+               "[H,Dc,Dv] kept and applied per head (~3x fewer weights at DeepSeek's dims; see `info`).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path.")
-def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, output):
-    """Export the pre-folded model to ONNX with one MlaAttention node per layer."""
+def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, output):
+    """Export the model (pre-folded or run-time absorbed) to ONNX with one MlaAttention node per layer."""
     import time
 
     from .export import export_onnx
+    from .info import absorb_advice
     from .spec import ModelSpec
 
     if checkpoint and not (preset or config_path):
@@ -96,9 +117,10 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
         max_seq_len = min(4096, config.max_position_embeddings)
     start = time.perf_counter()
     path = export_onnx(ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len, seed=seed, checkpoint=checkpoint,
-                                  io=io), output)
-    click.echo(f"wrote {path} ({config.name}, {config.num_hidden_layers} layers, {dtype}, Smax {max_seq_len}) "
-               f"in {time.perf_counter() - start:.1f} s")
+                                  io=io, absorb=absorb), output)
+    click.echo(f"wrote {path} ({config.name}, {config.num_hidden_layers} layers, {dtype}, Smax {max_seq_len}, "
+               f"--absorb {absorb}) in {time.perf_counter() - start:.1f} s")
+    click.echo(absorb_advice(config, dtype))
 
 
 @main.command()
@@ -181,6 +203,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="With --eager/--kernels "
               "[default: float32 on the CPU, bfloat16 on a GPU].")
 @click.option("--max-seq-len", type=int, help="With --eager/--kernels: cache rows [default: largest context + 1].")
+@absorb_option("With --eager: the export form to time (an ONNX file or engine has its own).")
 @click.option("--batch", default="1,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--context", default="64,256", show_default=True, help="Comma-separated context lengths.")
 @click.option("--phase", "phases", type=click.Choice(["prefill", "decode"]), multiple=True,
@@ -190,8 +213,8 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--json", "json_path", type=click.Path(), help="Write the results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(), help="Write the results as CSV.")
 @click.option("--plot", type=click.Path(), help="Write latency vs context (one line per batch) as PNG.")
-def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, batch, context,
-            phases, warmup, iters, json_path, csv_path, plot):
+def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, absorb, batch,
+            context, phases, warmup, iters, json_path, csv_path, plot):
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
     import torch
 
@@ -212,7 +235,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
         dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
         from .spec import ModelSpec
 
-        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1)
+        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1, absorb=absorb)
         target = EagerTarget(spec) if eager else KernelsTarget(spec)
     report = run_profile(target, batches, contexts, warmup, iters, tuple(phases) or ("prefill", "decode"))
     print_profile(report)

@@ -120,3 +120,4 @@ META_MOE_CONTRACT_VERSION = "mla_export.moe_contract_version"
 META_WEIGHTS = "mla_export.weights"  # how random weights derive from the seed (WEIGHTS_SCHEME)
 META_DATA_FILE = "mla_export.data_file"  # the external data file of this export, "" when weights are inside
 WEIGHTS_SCHEME = "per-name-1"  # weights.RandomWeights: each tensor from (seed, its checkpoint name)
+META_ABSORB = "mla_export.absorb"  # absent in files from before --absorb: read as "prefolded"

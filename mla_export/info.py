@@ -41,6 +41,12 @@ class ProjectionCost:
     def ratio(self) -> float:
         return (self.shared + self.prefolded) / (self.shared + self.absorbed)
 
+    @property
+    def smaller_form(self) -> str:
+        """The `--absorb` form with fewer weights, hence fewer multiply-adds and weight bytes read per
+        token: smaller, and faster wherever the projections bound the step ("prefolded" on a tie)."""
+        return "runtime" if self.absorbed < self.prefolded else "prefolded"
+
 
 def projection_cost(c: MlaConfig) -> ProjectionCost:
     h, dh, dr, dv, dc, d = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
@@ -50,6 +56,36 @@ def projection_cost(c: MlaConfig) -> ProjectionCost:
     absorbed = q_in * h * dh + h * dh * dc + h * dc * dv + h * dv * d
     prefolded = q_in * h * dc + h * dc * d
     return ProjectionCost(shared, absorbed, prefolded)
+
+
+def prefold_break_even(c: MlaConfig) -> tuple[float, float]:
+    """(query, output) widths below which pre-folding pays, per head.
+
+    Query: q_in*Dc (folded) < q_in*Dn + Dn*Dc (W_UQ then W_UK) iff q_in < Dn*Dc/(Dc-Dn); output:
+    Dc*d < Dc*Dv + Dv*d iff d < Dv*Dc/(Dc-Dv). Infinite where Dc <= Dn (or Dv): folding always pays.
+    """
+    dn, dv, dc = c.qk_nope_head_dim, c.v_head_dim, c.kv_lora_rank
+    return (dn * dc / (dc - dn) if dc > dn else float("inf"), dv * dc / (dc - dv) if dc > dv else float("inf"))
+
+
+def absorb_advice(c: MlaConfig, dtype: str = "bfloat16") -> str:
+    """One sentence saying which `--absorb` form is smaller and faster for `c`, with the numbers."""
+    cost = projection_cost(c)
+    runtime, prefolded = cost.shared + cost.absorbed, cost.shared + cost.prefolded
+    best, other = ("runtime", "prefolded") if cost.smaller_form == "runtime" else ("prefolded", "runtime")
+    sizes = {"runtime": runtime, "prefolded": prefolded}
+    q_in, q_name = (c.q_lora_rank, "q_lora_rank") if c.q_lora_rank is not None else (c.hidden_size, "hidden_size")
+    q_even, o_even = prefold_break_even(c)
+
+    def size(elements: int) -> str:
+        nbytes = elements * DTYPE_BYTES[dtype]
+        return f"{nbytes / 2**20:,.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.1f} KiB"
+
+    return (f"--absorb {best} is smaller and faster for {c.name}: {size(sizes[best])} of attention weights "
+            f"({dtype}) and {sizes[best]:,} multiply-adds per token per layer, against {size(sizes[other])} and "
+            f"{sizes[other]:,} with --absorb {other} ({max(runtime, prefolded) / min(runtime, prefolded):.2f}x). "
+            f"Pre-folding pays only for narrow inputs: the query path where {q_name} ({q_in}) < Dn*Dc/(Dc-Dn) = "
+            f"{q_even:.1f}, the output path where hidden_size ({c.hidden_size}) < Dv*Dc/(Dc-Dv) = {o_even:.1f}.")
 
 
 def attention_core_macs(c: MlaConfig, context: int) -> int:
@@ -77,8 +113,10 @@ def rope_table(c: MlaConfig):
     return table
 
 
-def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None) -> None:
-    """Print dims, the cache table and the projection costs with rich."""
+def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
+                absorb: str | None = None) -> None:
+    """Print dims, the cache table and the projection costs with rich; `absorb` is the form an
+    exported file holds (None for a config)."""
     from rich.table import Table
 
     from .console import make_console
@@ -107,10 +145,14 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
     proj = Table(title="Attention projections per token per layer")
     for column in ("form", "multiply-adds", f"weight bytes ({dtype})", "vs absorbed"):
         proj.add_column(column)
-    for name, value in (("run-time absorbed", cost.shared + cost.absorbed),
-                        ("pre-folded (exported)", cost.shared + cost.prefolded)):
-        proj.add_row(name, f"{value:,}", f"{value * nbytes / 2**20:,.1f} MiB",
+    for form, name, value in (("runtime", "run-time absorbed", cost.shared + cost.absorbed),
+                              ("prefolded", "pre-folded", cost.shared + cost.prefolded)):
+        label = f"{name} (--absorb {form}{', this file' if form == absorb else ''})"
+        proj.add_row(label, f"{value:,}", f"{value * nbytes / 2**20:,.1f} MiB",
                      f"{value / (cost.shared + cost.absorbed):.2f}x")
     console.print(proj)
+    if absorb is not None:
+        console.print(f"absorb: {absorb} (recorded in the file's metadata)")
+    console.print(absorb_advice(c, dtype))
     console.print(f"Latent attention core at {context} cached tokens: {attention_core_macs(c, context):,} "
                   "multiply-adds per new token per layer (same in both forms).")

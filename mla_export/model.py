@@ -6,7 +6,9 @@ state dict loads directly. Attention has three interchangeable paths:
 - `naive`: decompress per-head keys and values from the cached c_kv (the paper's form);
 - `absorbed`: W_UK applied to the query and W_UV to the latent output at run time (per-head einsums);
 - pre-folded: `FoldedMlaAttention`, whose weights come from `folding.fold_attention` and whose core is
-  the `MlaAttention` op (`torch.ops.mla.mla_attention`), which export turns into the ONNX node.
+  the `MlaAttention` op (`torch.ops.mla.mla_attention`), which export turns into the ONNX node;
+- run-time absorbed for export: `RuntimeAbsorbedMlaAttention` (weights from `folding.absorb_attention`),
+  W_UK and W_UV kept per head as batched matmuls around the same op.
 
 All paths read and write the same latent cache `[B, Smax, Dc + Dr]` (c_kv, then the rotated k_pe).
 """
@@ -24,6 +26,7 @@ from .moe import RoutingRule  # also registers torch.ops.mla.deepseek_moe
 from .ops import (append_rows, causal_mask, check_cache_room, mla_attention_reference, readable_cache,
                   token_positions)
 from .rope import rope_cos_sin, rotate_interleaved
+from .spec import ABSORB_MODES
 
 ATTENTION_PATHS = ("naive", "absorbed")
 
@@ -185,6 +188,51 @@ class FoldedMlaAttention(nn.Module):
         return self.out_proj(attn.reshape(batch, new_tokens, -1)), present
 
 
+class RuntimeAbsorbedMlaAttention(nn.Module):
+    """Run-time absorbed MLA for export: W_UQ(nope) then W_UK per head give the latent query, the core is
+    the MlaAttention op, then W_UV per head and W_O. Same op, cache and result as `FoldedMlaAttention`,
+    with the weights as the checkpoint holds them (no [H*Dc, q_in] or [d, H*Dc] products).
+
+    Parameters: q_nope_proj [H*Dn, q_in], q_pe_proj [H*Dr, q_in], w_uk [H, Dn, Dc], w_uv [H, Dc, Dv],
+    o_proj [d, H*Dv] (plus the query compression and kv_a_proj_with_mqa / kv_a_layernorm).
+    """
+
+    def __init__(self, config: MlaConfig):
+        super().__init__()
+        c = self.config = config
+        heads = c.num_attention_heads
+        q_in = c.q_lora_rank if c.q_lora_rank is not None else c.hidden_size
+        self.q_compression = QueryCompression(c)
+        self.q_nope_proj = nn.Linear(q_in, heads * c.qk_nope_head_dim, bias=False)
+        self.q_pe_proj = nn.Linear(q_in, heads * c.qk_rope_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.w_uk = nn.Parameter(torch.zeros(heads, c.qk_nope_head_dim, c.kv_lora_rank))  # [H, Dn, Dc]
+        self.w_uv = nn.Parameter(torch.zeros(heads, c.kv_lora_rank, c.v_head_dim))  # [H, Dc, Dv]
+        self.o_proj = nn.Linear(heads * c.v_head_dim, c.hidden_size, bias=False)
+
+    def forward(self, hidden: torch.Tensor, cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same signature and result as `MlaAttention.forward`."""
+        c = self.config
+        batch, new_tokens, _ = hidden.shape
+        heads, d_h, d_c = c.num_attention_heads, c.qk_nope_head_dim, c.kv_lora_rank
+        c_q = self.q_compression(hidden)  # [B, S, q_in]
+        # Heads first, tokens as rows: each head is one [B*S, Dn] x [Dn, Dc] product (one batched MatMul).
+        q_nope = self.q_nope_proj(c_q).reshape(batch * new_tokens, heads, d_h).transpose(0, 1)  # [H, B*S, Dn]
+        q_latent = torch.matmul(q_nope, self.w_uk)  # [H, B*S, Dc]
+        q_latent = q_latent.transpose(0, 1).reshape(batch, new_tokens, heads, d_c)  # [B, S, H, Dc]
+        q_pe = self.q_pe_proj(c_q).unflatten(-1, (heads, c.qk_rope_head_dim))  # [B, S, H, Dr]
+        c_kv, k_pe = latent_kv(self, hidden, d_c)  # [B, S, Dc], [B, S, Dr]
+        attn, present = torch.ops.mla.mla_attention(
+            q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
+            heads, d_c, c.qk_rope_head_dim, c.softmax_scale)  # [B, S, H, Dc]
+        attn = attn.reshape(batch * new_tokens, heads, d_c).transpose(0, 1)  # [H, B*S, Dc]
+        o = torch.matmul(attn, self.w_uv)  # [H, B*S, Dv]
+        o = o.transpose(0, 1).reshape(batch, new_tokens, heads * c.v_head_dim)  # [B, S, H*Dv]
+        return self.o_proj(o), present
+
+
 class Float32Params(nn.Module):
     """A module whose parameters stay float32 when the model is cast (`.to(dtype)` moves them, never rounds
     them): the router's weight and bias, as DeepSeek's and transformers' code keep them for routing."""
@@ -256,18 +304,26 @@ class MlaModel(nn.Module):
     """A stack of `config.num_hidden_layers` decoder layers over hidden states, or over tokens
     (embed_tokens -> layers -> norm -> lm_head) when `with_embeddings`.
 
+    Unfolded (`MlaAttention`, DeepSeek's weights, `path` naive or absorbed), or `folded` for export:
+    `absorb` "prefolded" (`FoldedMlaAttention`) or "runtime" (`RuntimeAbsorbedMlaAttention`).
+
     forward(x, cache_seqlens, *past_caches) -> (y, *present_caches), all functional:
     x is hidden_states [B,S,d] (float) or input_ids [B,S] (int64); y is hidden states [B,S,d] or
     logits [B,S,vocab]; caches [B,Smax,Dc+Dr]; cache_seqlens [B] int32.
     """
 
-    def __init__(self, config: MlaConfig, max_seq_len: int, *, folded: bool = False, path: str = "absorbed",
-                 with_embeddings: bool = False):
+    def __init__(self, config: MlaConfig, max_seq_len: int, *, folded: bool = False, absorb: str = "prefolded",
+                 path: str = "absorbed", with_embeddings: bool = False):
         super().__init__()
+        if absorb not in ABSORB_MODES:
+            raise ValueError(f"absorb {absorb!r}: expected one of {ABSORB_MODES}")
         self.config, self.max_seq_len, self.folded, self.with_embeddings = config, max_seq_len, folded, with_embeddings
+        self.absorb = absorb  # the export form of a folded model (see `folding.fold_model`)
 
         def attention():
-            return FoldedMlaAttention(config) if folded else MlaAttention(config, path)
+            if not folded:
+                return MlaAttention(config, path)
+            return FoldedMlaAttention(config) if absorb == "prefolded" else RuntimeAbsorbedMlaAttention(config)
 
         self.layers = nn.ModuleList(DecoderLayer(config, attention(), moe=config.is_moe_layer(i))
                                     for i in range(config.num_hidden_layers))

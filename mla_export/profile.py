@@ -1,9 +1,9 @@
 """`profile`: latency percentiles of prefill and one decode step over a batch x context sweep.
 
-Targets: an ONNX file on ONNX Runtime (CPU here), the eager pre-folded PyTorch model (CPU or GPU;
-on a GPU its attention runs the Triton kernels), a TensorRT engine (GPU), or the attention kernels
-alone (GPU). Each run also measures the device's copy bandwidth, so achieved cache GB/s is reported
-as a fraction of what that device can move.
+Targets: an ONNX file on ONNX Runtime (CPU here), the eager PyTorch model in its export form
+(`spec.absorb`: pre-folded or run-time absorbed; CPU or GPU, on a GPU its attention runs the Triton
+kernels), a TensorRT engine (GPU), or the attention kernels alone (GPU). Each run also measures the
+device's copy bandwidth, so achieved cache GB/s is reported as a fraction of what that device can move.
 
 Per (batch B, context L): `prefill` processes L new tokens from an empty cache; `decode` adds one
 token to sequences already holding L tokens. Cache bytes of a decode step = B * (L+1) * (Dc+Dr) *
@@ -117,7 +117,7 @@ class OnnxRuntimeTarget(Target):
 
 
 class EagerTarget(Target):
-    """The pre-folded eager model (on the GPU its attention is the Triton kernels)."""
+    """The eager model in its export form, `spec.absorb` (on the GPU its attention core is the Triton kernels)."""
 
     name = "eager"
 
@@ -127,7 +127,8 @@ class EagerTarget(Target):
 
         super().__init__(spec)
         self.cuda = torch.cuda.is_available()
-        self.model = fold_model(eager_model(spec), torch_dtype(spec.dtype)).eval().to("cuda" if self.cuda else "cpu")
+        model = fold_model(eager_model(spec), torch_dtype(spec.dtype), spec.absorb)
+        self.model = model.eval().to("cuda" if self.cuda else "cpu")
 
     def prepare(self, batch, context, new_tokens):
         device = "cuda" if self.cuda else "cpu"

@@ -19,6 +19,9 @@ from .hf_config import config_from_hf_dict
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DTYPE_NAMES = tuple(DTYPE_BYTES)
 IO_KINDS = ("hidden", "tokens")  # graph I/O: hidden states, or input_ids -> logits
+# Where W_UK and W_UV go in the exported graph: folded into the query and output projections at
+# export, or kept per head and applied at run time (batched matmuls around the MlaAttention node).
+ABSORB_MODES = ("prefolded", "runtime")
 
 
 def torch_dtype(name: str):
@@ -37,6 +40,9 @@ class ModelSpec:
     seed: seed of the random weights when `checkpoint` is None.
     checkpoint: a HF checkpoint directory the weights come from, or None.
     io: "hidden" (hidden states in and out) or "tokens" (input_ids -> logits).
+    absorb: "prefolded" (W_UK^T W_UQ and W_O W_UV multiplied at export) or "runtime" (W_UQ, W_UK
+        [H, Dn, Dc], W_UV [H, Dc, Dv] and W_O stored as they are, applied per head); both feed the
+        same MlaAttention node (ABSORB_MODES).
     """
 
     config: MlaConfig
@@ -45,12 +51,15 @@ class ModelSpec:
     seed: int = 0
     checkpoint: str | None = None
     io: str = "hidden"
+    absorb: str = "prefolded"
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
             raise FieldError("dtype", self.dtype, f"expected one of {', '.join(DTYPE_NAMES)}")
         if self.io not in IO_KINDS:
             raise FieldError("io", self.io, f"expected one of {', '.join(IO_KINDS)}")
+        if self.absorb not in ABSORB_MODES:
+            raise FieldError("absorb", self.absorb, f"expected one of {', '.join(ABSORB_MODES)}")
         if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len <= 0:
             raise FieldError("max_seq_len", self.max_seq_len, "expected a positive number of cache rows")
         if self.max_seq_len > self.config.max_position_embeddings:
@@ -79,6 +88,7 @@ class ModelSpec:
             contract.META_CHECKPOINT: self.checkpoint or "",
             contract.META_WEIGHTS: contract.WEIGHTS_SCHEME,
             contract.META_MOE_CONTRACT_VERSION: str(contract.MOE_CONTRACT_VERSION),
+            contract.META_ABSORB: self.absorb,
         }
 
 
@@ -98,7 +108,8 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
         config = config_from_hf_dict(json.loads(meta[contract.META_CONFIG]))
         spec = ModelSpec(config=config, dtype=meta[contract.META_DTYPE],
                          max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
-                         checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO])
+                         checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO],
+                         absorb=meta.get(contract.META_ABSORB, "prefolded"))
     except (KeyError, ValueError, json.JSONDecodeError, UserError) as exc:
         raise UserError(f"{source}: mla-export metadata is damaged ({exc}); re-export the model") from None
     if spec.checkpoint is None and meta.get(contract.META_WEIGHTS) != contract.WEIGHTS_SCHEME:

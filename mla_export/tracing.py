@@ -48,9 +48,10 @@ class TracedGraph:
 
 
 def meta_model(spec: ModelSpec) -> MlaModel:
-    """The pre-folded model of `spec` on the meta device, in the spec's dtype."""
+    """The export form of `spec` (pre-folded or run-time absorbed) on the meta device, in the spec's dtype."""
     with torch.device("meta"):
-        model = MlaModel(spec.config, spec.max_seq_len, folded=True, with_embeddings=spec.io == "tokens")
+        model = MlaModel(spec.config, spec.max_seq_len, folded=True, absorb=spec.absorb,
+                         with_embeddings=spec.io == "tokens")
     return model.to(torch_dtype(spec.dtype)).eval()
 
 

@@ -1,8 +1,7 @@
 """Writing a traced graph's weights into one external data file, one layer (and one expert) at a time.
 
 Every weight comes from the spec's weight source by name (`weights.py`): a decoder layer's unfolded
-attention parameters are read and folded (`folding.fold_attention_state`), every other parameter is read
-as it is, and the routed experts are read and written one expert at a time. Memory is therefore set by
+attention parameters are read and folded (`folding.fold_attention_state`), (pre-folded or laid out per head: `folding.export_attention_state`), every other parameter is read as it is, and the routed experts are read and written one expert at a time. Memory is therefore set by
 the largest layer's attention and dense weights, not by the model or its experts.
 """
 
@@ -14,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .folding import fold_attention_state
+from .folding import export_attention_state
 from .model import DecoderLayer, MlaAttention
 from .rope import rope_cos_sin
 from .spec import ModelSpec, torch_dtype
@@ -88,7 +87,7 @@ class LayerValues:
         attention = {name[len("self_attn."):]: parameter_value(self.source, prefix + name, tuple(p.shape))
                      for name, p in unfolded.named_parameters() if name.startswith("self_attn.")}
         self.values = {prefix + "self_attn." + name: value
-                       for name, value in fold_attention_state(config, attention, dtype).items()}
+                       for name, value in export_attention_state(config, attention, dtype, self.spec.absorb).items()}
         self.layer = index
 
     def chunks(self, ref: WeightRef, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:

@@ -68,6 +68,23 @@ def test_rtx_builds_a_decomposed_engine_with_its_sidecar(tiny_onnx, tmp_path):
     assert json.loads(sidecar.onnx_metadata[contract.META_CONFIG])["num_attention_heads"] == 4
 
 
+def test_rtx_builds_the_runtime_absorbed_form_and_its_sidecar_carries_the_mode(tmp_path):
+    """Same graph I/O in both --absorb forms: the same build, and the sidecar's copy of the metadata says which."""
+    from mla_export.spec import spec_from_metadata
+
+    rtx()
+    onnx_path, engine = tmp_path / "runtime.onnx", tmp_path / "runtime.engine"
+    export_onnx(ModelSpec(load_preset("tiny").with_layers(1), max_seq_len=SMAX, absorb="runtime"), onnx_path)
+    result = run("build", "--onnx", onnx_path, "-o", engine, "--backend", "tensorrt-rtx", "--attention", "decomposed",
+                 "--batch", "1:2:4", "--prefill-tokens", "2:8:32")
+    assert result.exit_code == 0, result.output
+    sidecar = Sidecar.read(engine)
+    assert sidecar.onnx_metadata[contract.META_ABSORB] == "runtime"
+    assert spec_from_metadata(sidecar.onnx_metadata, str(engine)).absorb == "runtime"
+    inputs, outputs = graph_io_names(1, "hidden")
+    assert [t["name"] for t in sidecar.io] == inputs + outputs
+
+
 def test_rtx_refuses_the_plugin_and_timing_cache(tiny_onnx, tmp_path):
     result = run("build", "--onnx", tiny_onnx, "-o", tmp_path / "x.engine", "--backend", "tensorrt-rtx")
     assert result.exit_code == 1 and "TensorRT-RTX cannot build engines with custom plugins" in result.output

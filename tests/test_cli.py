@@ -27,6 +27,9 @@ def test_info_prints_576_cached_values_for_deepseek_v3():
     assert "576" in mla_row and "1152" in mla_row  # values and bf16 bytes
     assert "32768" in result.output  # MHA: 2 * 128 * 128
     assert "pre-folded" in result.output and "3.20x" in result.output
+    advice = " ".join(result.output.split())  # rich wraps the sentence
+    assert "--absorb runtime is smaller and faster for deepseek-v3: 356.9 MiB" in advice
+    assert "q_lora_rank (1536) < Dn*Dc/(Dc-Dn) = 170.7" in advice
 
 
 def test_export_then_validate_tiny(tmp_path):
@@ -40,6 +43,24 @@ def test_export_then_validate_tiny(tmp_path):
     assert "PASS" in result.output and "decode 3" in result.output
     data = json.loads(report.read_text())
     assert data["passed"] and len(data["steps"]) == 4
+
+
+def test_export_runtime_absorbed_then_info_and_validate(tmp_path):
+    out = tmp_path / "r.onnx"
+    result = run("export", "--preset", "tiny", "--layers", 1, "--max-seq-len", 32, "--absorb", "runtime", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "--absorb runtime)" in result.output and "--absorb runtime is smaller and faster for tiny" in result.output
+    result = run("info", "--onnx", out)
+    assert result.exit_code == 0, result.output
+    assert "absorb: runtime (recorded in the file's metadata)" in result.output
+    assert "--absorb runtime, this file" in result.output
+    result = run("validate", "--onnx", out, "--steps", 2, "--prefill-len", 3, "--batch", 2)
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    result = run("info", "--onnx", out, "--preset", "tiny")
+    assert result.exit_code == 1 and "--onnx takes its config from the file" in result.output
+    result = run("export", "--preset", "tiny", "--absorb", "both", "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and "'both' is not one of 'prefolded', 'runtime'" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.onnx"]
 
 
 def test_export_tokens_io_validates(tmp_path):

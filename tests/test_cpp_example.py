@@ -1,12 +1,15 @@
 """examples/cpp: the runtime library and demo compile against TensorRT's headers, and the unit test
 of the parts that need no TensorRT runtime passes. (Linking needs TensorRT's libnvinfer.)"""
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mla_export.trt.sidecar import SIDECAR_VERSION
 
 from helpers import CUDA_INCLUDE
 
@@ -37,3 +40,10 @@ def test_runtime_unit_test_passes(build_dir):
     assert result.stdout.strip().endswith(" 0 failed")
     passed = int(result.stdout.strip().splitlines()[-1].split()[0])
     assert passed >= 20
+
+
+def test_the_example_reads_the_sidecar_format_build_writes():
+    """mlaRuntime.h's kSidecarFormatVersion is the format `mla-export build` writes (format 2 renamed a key the
+    example does not read; a mismatch would make it refuse every engine)."""
+    header = (ROOT / "examples" / "cpp" / "mlaRuntime.h").read_text()
+    assert int(re.search(r"constexpr int64_t kSidecarFormatVersion = (\d+);", header).group(1)) == SIDECAR_VERSION

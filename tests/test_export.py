@@ -15,8 +15,9 @@ from mla_export.eager import eager_model
 from mla_export.export import export_onnx
 from mla_export.folding import fold_model
 from mla_export.onnx_node import function_proto
+from mla_export.errors import FieldError, UserError
 from mla_export.onnx_reader import read_export_spec
-from mla_export.spec import ModelSpec
+from mla_export.spec import ModelSpec, spec_from_metadata
 from mla_export.validate import Scenario, validate_onnx
 
 from helpers import history_cache
@@ -28,6 +29,14 @@ SMAX = 96
 def tiny_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "tiny.onnx"
     export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=SMAX, seed=7), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime_onnx(tmp_path_factory):
+    """The run-time absorbed form of `tiny_onnx`: same config, seed and weights."""
+    path = tmp_path_factory.mktemp("export") / "tiny-runtime.onnx"
+    export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=SMAX, seed=7, absorb="runtime"), path)
     return path
 
 
@@ -193,3 +202,76 @@ def test_external_data_past_the_threshold(tmp_path, monkeypatch):
     again = sorted(p.name for p in tmp_path.iterdir())
     assert len(again) == 2 and again[1] != names[1]  # the old data file is gone with the old graph
     assert validate_onnx(path, Scenario(batch=2, prefill_len=3, steps=2)).passed
+
+
+def _initializer_shapes(model) -> dict[str, tuple[int, ...]]:
+    return {i.name: tuple(i.dims) for i in model.graph.initializer}
+
+
+def test_runtime_graph_holds_per_head_weights_and_no_folded_matrix(tiny_onnx, tiny_runtime_onnx):
+    """--absorb runtime: W_UK [H, Dn, Dc] and W_UV [H, Dc, Dv] initializers, each one MatMul's operand; no
+    [H*Dc, q_in] or [d, H*Dc] product (in either orientation); the same I/O and MlaAttention nodes."""
+    c = load_preset("tiny")
+    heads, dn, dc, dv, q_in, d = (c.num_attention_heads, c.qk_nope_head_dim, c.kv_lora_rank, c.v_head_dim,
+                                  c.q_lora_rank, c.hidden_size)
+    folded_shapes = {(heads * dc, q_in), (q_in, heads * dc), (d, heads * dc), (heads * dc, d)}
+    prefolded, runtime = onnx.load(str(tiny_onnx)), onnx.load(str(tiny_runtime_onnx))
+    assert folded_shapes & set(_initializer_shapes(prefolded).values())  # the check below can fail
+    shapes = _initializer_shapes(runtime)
+    assert not folded_shapes & set(shapes.values())
+    for layer in range(c.num_hidden_layers):
+        w_uk, w_uv = f"layers.{layer}.self_attn.w_uk", f"layers.{layer}.self_attn.w_uv"
+        assert (shapes[w_uk], shapes[w_uv]) == ((heads, dn, dc), (heads, dc, dv))
+        for name in (w_uk, w_uv):
+            users = [n for n in runtime.graph.node if name in n.input]
+            assert [n.op_type for n in users] == ["MatMul"] and users[0].input[1] == name
+
+    def io(model):
+        return [(v.name, onnx.helper.printable_type(v.type)) for v in list(model.graph.input) + list(model.graph.output)]
+
+    def attention_nodes(model):
+        return [(list(n.input[4:]), list(n.output[1:]), sorted(onnx.helper.printable_attribute(a) for a in n.attribute))
+                for n in model.graph.node if n.op_type == contract.OP_TYPE]
+
+    assert io(runtime) == io(prefolded)
+    assert attention_nodes(runtime) == attention_nodes(prefolded)
+
+
+def test_both_forms_give_the_same_outputs_on_the_same_weights(tiny_onnx, tiny_runtime_onnx):
+    """Same seed, so the same weights: ONNX Runtime on both graphs agrees to float32 rounding, caches included."""
+    config = load_preset("tiny")
+    histories = [3, 0, 40]
+    caches = history_cache(config, histories, SMAX, seed=2, dtype=torch.float32)
+    seqlens = torch.tensor(histories, dtype=torch.int32)
+    x = torch.randn(3, 5, config.hidden_size, generator=torch.Generator().manual_seed(3))
+    inputs, outputs = graph_io_names(2, "hidden")
+    feeds = dict(zip(inputs, [x.numpy(), seqlens.numpy()] + [c.numpy() for c in caches]))
+    got = {}
+    for path in (tiny_onnx, tiny_runtime_onnx):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got[path] = dict(zip(outputs, session.run(outputs, feeds)))
+    out = got[tiny_onnx][outputs[0]]
+    assert np.abs(out).max() > 0.1  # a real signal, not rounding noise
+    for name in outputs:
+        np.testing.assert_allclose(got[tiny_runtime_onnx][name], got[tiny_onnx][name], atol=1e-5, rtol=1e-5,
+                                   equal_nan=True, err_msg=name)
+
+
+def test_runtime_form_validates_against_the_eager_float64_model(tiny_runtime_onnx):
+    report = validate_onnx(tiny_runtime_onnx, Scenario(batch=3, prefill_len=6, steps=5))
+    assert report.passed and len(report.steps) == 6
+    assert report.steps[-1].comparisons[0].cosine > 0.99999
+
+
+def test_absorb_mode_round_trips_through_the_metadata(tiny_onnx, tiny_runtime_onnx):
+    runtime = read_export_spec(tiny_runtime_onnx)
+    assert runtime == ModelSpec(load_preset("tiny"), max_seq_len=SMAX, seed=7, absorb="runtime")
+    assert read_export_spec(tiny_onnx).absorb == "prefolded"
+    meta = runtime.metadata()
+    assert meta[contract.META_ABSORB] == "runtime"
+    del meta[contract.META_ABSORB]  # written before --absorb existed: pre-folded
+    assert spec_from_metadata(meta, "old.onnx").absorb == "prefolded"
+    with pytest.raises(UserError, match="metadata is damaged"):
+        spec_from_metadata({**meta, contract.META_ABSORB: "sideways"}, "bad.onnx")
+    with pytest.raises(FieldError, match="absorb='sideways': expected one of prefolded, runtime"):
+        ModelSpec(load_preset("tiny"), absorb="sideways")

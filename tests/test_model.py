@@ -1,4 +1,5 @@
-"""The eager model in float64: three attention paths, prefill+decode, YaRN far from 0, RoPE conventions."""
+"""The eager model in float64: the naive and absorbed paths and both export forms, prefill+decode, YaRN
+far from 0, RoPE conventions."""
 
 import pytest
 import torch
@@ -27,12 +28,13 @@ def run_all_paths(model, folded, x, seqlens, caches):
         model.set_attention_path(path)
         outputs[path] = model(x, seqlens, *caches)
     outputs["prefolded"] = folded(x, seqlens, *caches)
+    outputs["runtime"] = fold_model(model, torch.float64, "runtime")(x, seqlens, *caches)
     return outputs
 
 
 @pytest.mark.parametrize("config", [tiny(), tiny_no_q_lora(), tiny_plain_rope()], ids=lambda c: c.name)
 @pytest.mark.parametrize("new_tokens", [1, 5])
-def test_three_paths_agree_in_float64(config, new_tokens):
+def test_all_paths_and_forms_agree_in_float64(config, new_tokens):
     model, folded = models(config)
     histories = [0, 7, 100]  # ragged; rows past them are NaN and must not be read
     caches = history_cache(config, histories, SMAX)
@@ -41,7 +43,7 @@ def test_three_paths_agree_in_float64(config, new_tokens):
     out = run_all_paths(model, folded, x, seqlens, caches)
     ref = out["naive"]
     assert torch.isfinite(ref[0]).all()
-    for path in ("absorbed", "prefolded"):
+    for path in ("absorbed", "prefolded", "runtime"):
         assert (out[path][0] - ref[0]).abs().max() < 1e-10, path
         for got, want in zip(out[path][1:], ref[1:]):
             torch.testing.assert_close(got, want, atol=1e-12, rtol=0, equal_nan=True)
@@ -57,7 +59,7 @@ def test_prefill_then_decode_equals_one_forward():
     config = tiny()
     model, folded = models(config, seed=3, with_embeddings=True)
     tokens = torch.randint(0, config.vocab_size, (2, 50), generator=torch.Generator().manual_seed(2))
-    for m in (model, folded):
+    for m in (model, folded, fold_model(model, torch.float64, "runtime")):
         full_cache = m.new_cache(2, fill=float("nan"))
         full = m.step(tokens, full_cache)  # [2, 50, vocab]
         cache = m.new_cache(2, fill=float("nan"))
@@ -123,14 +125,15 @@ def test_step_refuses_a_cache_too_short():
 
 
 @pytest.mark.gpu
-def test_folded_model_on_cuda_runs_the_kernels_and_matches_float64():
-    """`.cuda()` on the pre-folded model: its attention is the Triton kernels (the custom op's CUDA
+@pytest.mark.parametrize("absorb", ["prefolded", "runtime"])
+def test_folded_model_on_cuda_runs_the_kernels_and_matches_float64(absorb):
+    """`.cuda()` on either export form: its attention core is the Triton kernels (the custom op's CUDA
     implementation), the rope table follows the model, and prefill + decode match the float64 model."""
     from mla_export.compare import compare, tolerance_for
 
     config = tiny()
     model, folded64 = models(config, seed=4, with_embeddings=True)
-    gpu = fold_model(model, torch.float16).cuda()
+    gpu = fold_model(model, torch.float16, absorb).cuda()
     tokens = torch.randint(0, config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
     cache64, cache16 = folded64.new_cache(2, fill=float("nan")), gpu.new_cache(2, fill=float("nan"))
     assert cache16.layers[0].is_cuda and cache16.seqlens.is_cuda

@@ -45,9 +45,10 @@ def test_profile_onnx_writes_table_json_csv_png(tiny_onnx, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
-def test_profile_eager(tmp_path):
-    result = run("profile", "--eager", "--preset", "tiny", "--batch", "2", "--context", "16", "--iters", 2,
-                 "--phase", "decode", "--json", tmp_path / "e.json")
+@pytest.mark.parametrize("absorb", ["prefolded", "runtime"])
+def test_profile_eager(tmp_path, absorb):
+    result = run("profile", "--eager", "--preset", "tiny", "--absorb", absorb, "--batch", "2", "--context", "16",
+                 "--iters", 2, "--phase", "decode", "--json", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     assert [(r["target"], r["phase"], r["batch"], r["context"]) for r in rows] == [("eager", "decode", 2, 16)]
@@ -64,10 +65,10 @@ def test_profile_refusals(tiny_onnx):
 @pytest.mark.gpu
 def test_profile_eager_and_kernels_on_a_gpu(tmp_path):
     """GPU only: the eager model on CUDA (its attention is the Triton kernels) and the kernels alone."""
-    for target in ("--eager", "--kernels"):
-        out = tmp_path / f"{target[2:]}.json"
-        result = run("profile", target, "--preset", "deepseek-v2-lite", "--layers", 1, "--batch", "1,8",
-                     "--context", "1024,4096", "--iters", 5, "--json", out)
+    for target, absorb in (("--eager", "prefolded"), ("--eager", "runtime"), ("--kernels", "prefolded")):
+        out = tmp_path / f"{target[2:]}-{absorb}.json"
+        result = run("profile", target, "--preset", "deepseek-v2-lite", "--layers", 1, "--absorb", absorb,
+                     "--batch", "1,8", "--context", "1024,4096", "--iters", 5, "--json", out)
         assert result.exit_code == 0, result.output
         data = json.loads(out.read_text())
         assert data["device"] != "cpu" and data["copy_gb_s"] > 100

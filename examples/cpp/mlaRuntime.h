@@ -182,14 +182,18 @@ inline bool jsonInt(std::string const& json, std::string const& key, int64_t& va
     return end != json.c_str() + pos + 1;
 }
 
+//! The sidecar format this program reads: SIDECAR_VERSION in mla_export/trt/sidecar.py (a test compares them).
+constexpr int64_t kSidecarFormatVersion = 2;
+
 //! Refuses a sidecar whose format or contract version this program does not know.
 inline Status checkSidecar(std::string const& json)
 {
     int64_t format = 0, contractVersion = 0;
     if (json.find("\"format\": \"mla-export-engine\"") == std::string::npos || !jsonInt(json, "format_version", format))
         return Status::error("not an mla-export engine sidecar (model.engine.json written by `mla-export build`)");
-    if (format != 1)
-        return Status::error("sidecar format " + std::to_string(format) + " is unknown to this program (knows 1)");
+    if (format != kSidecarFormatVersion)
+        return Status::error("sidecar format " + std::to_string(format) + " is unknown to this program (knows "
+            + std::to_string(kSidecarFormatVersion) + "): rebuild the engine with this mla-export, or rebuild this program");
     if (!jsonInt(json, "contract_version", contractVersion) || contractVersion != mla::contract::kContractVersion)
         return Status::error("engine speaks MlaAttention contract " + std::to_string(contractVersion)
             + ", this program speaks " + std::to_string(mla::contract::kContractVersion)

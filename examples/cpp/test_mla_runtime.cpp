@@ -78,8 +78,12 @@ int main()
     expect(!layerIndex("past_latent_cache.x", mla::contract::kPastCachePrefix, index), "bad layer index");
 
     // Sidecar.
-    std::string const good = "{\n  \"contract_version\": 1,\n  \"format\": \"mla-export-engine\",\n  \"format_version\": 1\n}";
+    std::string const good = "{\n  \"contract_version\": 1,\n  \"format\": \"mla-export-engine\",\n  \"format_version\": "
+        + std::to_string(kSidecarFormatVersion) + "\n}";
     expect(checkSidecar(good).ok, "current sidecar accepted");
+    std::string older = good;
+    older.replace(older.rfind(std::to_string(kSidecarFormatVersion)), 1, "1");
+    expect(!checkSidecar(older), "sidecar format 1 refused");
     std::string future = good;
     future.replace(future.find("\"contract_version\": 1"), 21, "\"contract_version\": 2");
     Status newer = checkSidecar(future);
