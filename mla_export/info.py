@@ -113,6 +113,29 @@ def rope_table(c: MlaConfig):
     return table
 
 
+def parameter_rows(c: MlaConfig, dtype: str) -> list[tuple[str, str]]:
+    """Total and per-token parameters, routed-expert bytes a decode token reads, and the export's size on disk
+    per dtype and form (embeddings and LM head included, as `--io tokens` exports them)."""
+    from .footprint import model_counts
+
+    counts = model_counts(c)
+    moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+    nbytes = DTYPE_BYTES[dtype]
+    rows = [("parameters", f"{counts.total / 1e9:,.3f} B"),
+            ("activated per token", f"{counts.activated / 1e9:,.3f} B"),
+            ("MoE layers", f"{moe_layers} of {c.num_hidden_layers}")]
+    if moe_layers:
+        rows += [("routed expert parameters", f"{counts.expert / 1e9:,.3f} B"),
+                 (f"expert bytes per decode token ({dtype})",
+                  f"{counts.activated_expert * nbytes / 2**30:,.2f} GiB ({c.num_experts_per_tok} experts x "
+                  f"{moe_layers} layers)")]
+    for name in ("float32", "float16", "bfloat16"):
+        size = DTYPE_BYTES[name]
+        rows.append((f"on disk, {name}", f"{counts.exported * size / 2**30:,.1f} GiB pre-folded, "
+                                         f"{counts.total * size / 2**30:,.1f} GiB runtime"))
+    return rows
+
+
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
                 absorb: str | None = None) -> None:
     """Print dims, the cache table and the projection costs with rich; `absorb` is the form an
@@ -130,6 +153,10 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
     dims.add_row("softmax_scale", f"{c.softmax_scale:.6g}")
     console.print(dims)
     console.print(rope_table(c))
+    params = Table(title=f"{c.name}: parameters", show_header=False)
+    for key, value in parameter_rows(c, dtype):
+        params.add_row(key, value)
+    console.print(params)
 
     cache = Table(title=f"Cache per token per layer ({dtype})")
     for column in ("scheme", "values", "bytes", f"whole model at {context} tokens", "vs MLA", "layout"):

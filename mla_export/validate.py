@@ -194,7 +194,12 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
 
 def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:
     """Validate an mla-export ONNX file on ONNX Runtime (CPU) against the eager float64 model."""
+    from .footprint import check_memory, validate_peak_bytes
     from .onnx_reader import read_export_spec
 
     spec = read_export_spec(path)
+    data = sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*") if p.is_file())
+    check_memory(validate_peak_bytes(spec.config, data, spec.io == "tokens"),
+                 f"validating {Path(path).name} (the float64 eager model beside ONNX Runtime)",
+                 "validate an export with fewer layers (export --layers N) on this machine")
     return validate_runner(OnnxRuntimeRunner(path), spec, scenario)
