@@ -9,7 +9,7 @@ BUILD ?= build
 # A TensorRT installation (headers and libraries) for the plugin and the C++ example, if any.
 export TENSORRT_ROOT
 
-.PHONY: setup test test-fast kernels plugins cpp-example bench clean
+.PHONY: setup test test-fast kernels plugins cpp-example bench gpu-bundle gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,25 @@ cpp-example: setup
 
 bench: setup
 	$(PY) benchmarks/bench_export.py
+
+# The one-command GPU check (benchmarks/gpu_check.py). On a CPU machine, `make gpu-bundle` builds what a
+# GPU machine needs and cannot build without a network (AOT kernels, libmla_plugin.so, the GPU programs)
+# into $(GPU_BUNDLE), under 48 MiB; on the GPU machine (CUDA toolkit, torch, triton; no network, no
+# TensorRT), `make gpu-check OUT=dir` installs the package without dependencies and runs every owed GPU
+# test, compute-sanitizer run and benchmark into OUT/gpu-check.json and OUT/gpu-check.md. Without a GPU
+# it stops at once with one line.
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+GPU_PYTHON ?= python3
+OUT ?= gpu-check-out
+
+gpu-bundle: plugins
+	$(PY) benchmarks/gpu_check.py --build $(BUILD) --bundle $(GPU_BUNDLE)
+
+gpu-check:
+	@$(GPU_PYTHON) benchmarks/gpu_check.py --probe
+	@$(GPU_PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e . || \
+		echo "gpu-check: pip install -e . failed; the steps run with PYTHONPATH=$(CURDIR)"
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT) --bundle $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(BUILD)

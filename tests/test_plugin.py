@@ -156,7 +156,13 @@ def _write_launch_plan(path: Path, kernels_dir: Path) -> int:
 @pytest.fixture(scope="module")
 def plugin_build(tmp_path_factory, aot_kernels) -> Path:
     """A fresh CMake build of plugins/ with the generated kernels, and the launch test's expectations: the
-    launches the Python API plans for PLAN_CASES."""
+    launches the Python API plans for PLAN_CASES. $MLA_PLUGIN_BUILD names a build made elsewhere instead (the
+    GPU bundle of `make gpu-bundle`: the shipped library and the GPU programs, in the build's layout)."""
+    given = os.environ.get("MLA_PLUGIN_BUILD")
+    if given:
+        built = Path(given)
+        assert (built / "mlaAttentionPlugin" / LIBRARY).is_file(), f"MLA_PLUGIN_BUILD={given} has no {LIBRARY}"
+        return built
     if shutil.which("cmake") is None:
         pytest.skip("cmake is missing")
     if not CUDA_HEADER.exists():
