@@ -7,6 +7,11 @@ set_optimization_profile_async, set_input_shape, set_tensor_address, execute_asy
 The latent caches are bound as the sidecar's `cache_binding` says (aliasing.py): "aliased", each layer's
 past and present on one device buffer, as TensorRT binds an aliased plugin output; "copy", present on a
 buffer of its own. The runner's name says which (it heads validate's report and profile's rows).
+
+Why not Polygraphy's TrtRunner: it gives every output a buffer of its own and copies it back after each
+inference, so it cannot bind `present_latent_cache.i` to `past_latent_cache.i`'s device buffer, which an
+engine with the aliased cache needs (avoiding a cache copy per step is the point of that binding).
+Polygraphy still runs our files: `mla_export.polygraphy_data` is a data loader for `polygraphy run`.
 """
 
 from __future__ import annotations
