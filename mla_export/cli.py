@@ -327,10 +327,9 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
     import torch
 
+    from .fileio import check_output_file
     from .profile import (EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile,
                           print_profile, run_profile)
-
-    from .fileio import check_output_file
 
     if sum([engine is not None, onnx_path is not None, eager, kernels]) != 1:
         raise UserError("pass exactly one of --engine, --onnx, --eager, --kernels")

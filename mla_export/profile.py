@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import csv
+import io
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -56,8 +57,6 @@ class ProfileReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def write_csv(self, path) -> None:
-        import io
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(asdict(self.rows[0]).keys()) if self.rows else ["target"])
         writer.writeheader()
@@ -284,8 +283,6 @@ def plot_profile(report: ProfileReport, path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)

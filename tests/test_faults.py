@@ -215,6 +215,26 @@ def test_internal_errors_are_one_line_and_the_traceback_is_behind_debug(monkeypa
     assert result.exit_code == EXIT_INTERNAL and "Traceback" in result.output and "raise TypeError" in result.output
 
 
+@pytest.mark.parametrize("command", [["info", "--preset", "tiny"], ["validate", "--onnx", "GOOD", "--steps", 1]])
+def test_sigterm_is_handled_like_ctrl_c_by_every_command(corpus_files, monkeypatch, command):
+    """SIGTERM during a command (sent here by the command itself) unwinds it: exit 143, one message; the
+    process's own SIGTERM handler is back afterwards."""
+    import mla_export.info as info
+    import mla_export.validate as validate
+
+    def terminate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(info, "render_info", terminate)
+    monkeypatch.setattr(validate, "validate_runner", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    result = run(*[corpus_files.good if a == "GOOD" else a for a in command])
+    assert_one_message(result, "terminated (SIGTERM)", EXIT_TERMINATED)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_ctrl_c_exits_130_after_cleaning_up(corpus_files, tmp_path, monkeypatch):
     import mla_export.weight_stream as weight_stream
 
