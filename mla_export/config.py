@@ -139,6 +139,15 @@ class MlaConfig:
         if not (_number(self.rms_norm_eps) and self.rms_norm_eps > 0):
             raise ValueError(f"config field rms_norm_eps={self.rms_norm_eps!r}: expected a positive number")
         self._check_rope()
+        try:
+            derived = (("softmax_scale", self.softmax_scale),
+                       ("cos/sin scale", 1.0 if self.rope_scaling is None else self.rope_scaling.cos_sin_scale))
+        except (ZeroDivisionError, OverflowError):
+            derived = (("cos/sin scale", float("inf")),)
+        for what, value in derived:
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"config fields rope_scaling.factor, mscale, mscale_all_dim give YaRN's {what} "
+                                 f"{value!r}: expected a finite positive number")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"config field model_type={self.model_type!r}: mla-export runs "
                              f"{', '.join(MODEL_TYPES)} (DeepSeek-V2/V3 and Kimi K2 architectures)")

@@ -58,3 +58,11 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped on CI, where every CPU test must run: {reason}"
+
+
+@pytest.fixture(scope="session")
+def corpus_files(tmp_path_factory):
+    """The good inputs that test_bad_inputs.py and test_faults.py damage (corpus.make_files), made once."""
+    from corpus import make_files
+
+    return make_files(tmp_path_factory.mktemp("corpus"))

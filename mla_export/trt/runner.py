@@ -48,6 +48,8 @@ class TensorRTRunner:
     def __init__(self, engine_path: str | Path, plugin_lib: str | None = None, sidecar: Sidecar | None = None):
         """`sidecar`: the engine's sidecar when the caller has read it already (else read here)."""
         self.sidecar = sidecar or Sidecar.read(engine_path)
+        data = Path(engine_path).read_bytes()
+        self.sidecar.check_engine_bytes(engine_path, data)  # the engine its sidecar describes, not another build's
         torch = _require_cuda()
         self.trt = trt = import_backend(self.sidecar.tensorrt_flavour)
         plugin = None
@@ -61,7 +63,7 @@ class TensorRTRunner:
         if plugin is not None:
             load_plugin_library(trt, plugin)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise UserError(f"TensorRT could not deserialize {engine_path} (see its log); rebuild the engine")
         self.context = self.engine.create_execution_context()
