@@ -9,7 +9,7 @@ BUILD ?= build
 # A TensorRT installation (headers and libraries) for the plugin and the C++ example, if any.
 export TENSORRT_ROOT
 
-.PHONY: setup test test-fast kernels plugins cpp-example bench gpu-bundle gpu-check clean
+.PHONY: setup test test-fast kernels plugins cpp-example bench wheel-check gpu-bundle gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,15 @@ cpp-example: setup
 
 bench: setup
 	$(PY) benchmarks/bench_export.py
+
+# The package as a user installs it: a wheel (not editable) in a fresh venv, run from outside the source tree.
+wheel-check: setup
+	rm -rf $(BUILD)/wheel $(BUILD)/wheel-venv
+	$(PY) -m pip wheel --quiet --no-deps -w $(BUILD)/wheel .
+	$(PYTHON) -m venv $(BUILD)/wheel-venv
+	$(BUILD)/wheel-venv/bin/python -m pip install --quiet "$(TORCH_SPEC)" $(BUILD)/wheel/mla_export-*.whl
+	cd $(BUILD)/wheel-venv && ./bin/mla-export export --preset tiny -q -o tiny.onnx && \
+		./bin/mla-export validate --onnx tiny.onnx --steps 2 > validate.txt && tail -1 validate.txt
 
 # The one-command GPU check (benchmarks/gpu_check.py). On a CPU machine, `make gpu-bundle` builds what a
 # GPU machine needs and cannot build without a network (AOT kernels, libmla_plugin.so, the GPU programs)

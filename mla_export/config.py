@@ -15,7 +15,16 @@ from pathlib import Path
 
 from .errors import FieldError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def _preset_dir() -> Path:
+    """The presets: `mla_export/presets/` in an installed wheel (pyproject.toml maps the repository's `models/`
+    there), else `models/` beside the package (a source tree, an editable install)."""
+    installed = Path(__file__).resolve().parent / "presets"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "models"
+
+
+PRESET_DIR = _preset_dir()
 
 MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")
 ROPE_TYPES = ("default", "yarn")
