@@ -255,7 +255,8 @@ def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, rep
               "[default: 2:256:min(2048, Smax)].")
 @click.option("--workspace", help="Workspace memory limit, e.g. 4G.")
 @click.option("--timing-cache", type=click.Path(), help="Timing cache file to read and update.")
-def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_tokens, workspace, timing_cache):
+@click.option("-v", "--verbose", is_flag=True, help="TensorRT's info messages too (stderr; warnings always).")
+def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_tokens, workspace, timing_cache, verbose):
     """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
     import time
 
@@ -265,7 +266,8 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
     spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
                      batch=parse_range(batch, "--batch"),
                      prefill_tokens=parse_range(prefill_tokens, "--prefill-tokens") if prefill_tokens else None,
-                     workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache)
+                     workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+                     verbose=verbose)
     start = time.perf_counter()
     path = build_engine(spec)
     binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer

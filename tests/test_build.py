@@ -104,6 +104,15 @@ def test_plugin_refuses_what_its_kernels_lack(tiny_onnx, tmp_path):
 
 
 def test_missing_plugin_library(tiny_fp16_onnx, tmp_path, monkeypatch):
+    """With TensorRT present (a stand-in here), a missing plugin library is the message; without TensorRT,
+    TensorRT is (no library would help), before the user is sent to build one."""
+    from types import SimpleNamespace
+
+    import mla_export.trt.build as build_module
+
+    result = run("build", "--onnx", tiny_fp16_onnx, "-o", tmp_path / "x.engine", "--plugin-lib", tmp_path / "nope.so")
+    assert result.exit_code == 1 and "tensorrt is not installed" in result.output and "make plugins" not in result.output
+    monkeypatch.setattr(build_module, "import_backend", lambda name: SimpleNamespace(__version__="10.99"))
     result = run("build", "--onnx", tiny_fp16_onnx, "-o", tmp_path / "x.engine", "--plugin-lib", tmp_path / "nope.so")
     assert result.exit_code == 1 and "libmla_plugin.so not found" in result.output and "make plugins" in result.output
     monkeypatch.setenv(backend.PLUGIN_ENV, str(tmp_path / "also-missing.so"))
@@ -196,3 +205,21 @@ def test_ranges_and_sizes():
         parse_size("lots")
     result = run("build", "--onnx", "nope.onnx", "-o", "x.engine")
     assert result.exit_code == 1 and "no such file" in result.output
+
+
+def test_build_log_on_stderr_without_duplicate_node_names(tiny_onnx, tmp_path):
+    """A 2-layer TensorRT-RTX build: the graph it parses has the nodes' functions inlined with a name per call
+    site, so no 'A node named ... already exists' warning; TensorRT's messages (--verbose) go to stderr and
+    stdout holds only the command's result."""
+    import subprocess
+    import sys
+
+    rtx()
+    engine = tmp_path / "tiny.engine"
+    proc = subprocess.run([sys.executable, "-c", "from mla_export.cli import main; main()", "build", "--onnx",
+                           str(tiny_onnx), "-o", str(engine), "--backend", "tensorrt-rtx", "--attention",
+                           "decomposed", "--verbose"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "already exists" not in proc.stdout + proc.stderr
+    assert "[TensorRT] I:" in proc.stderr and "[TensorRT]" not in proc.stdout
+    assert [line for line in proc.stdout.splitlines() if line.strip()][-1].startswith("wrote ")

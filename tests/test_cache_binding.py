@@ -83,18 +83,21 @@ def stand_in_tensorrt(with_aliasing: bool, layers: int, configs: list):
         def parse_from_file(self, path):
             return True
 
+        def parse(self, model_bytes, path):
+            return True
+
     class Monitor:
         def __init__(self):
             pass
 
-    class Logger:
-        WARNING = "warning"
+    class ILogger:
+        Severity = SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
 
-        def __init__(self, level=None):
+        def __init__(self):
             pass
 
     return SimpleNamespace(
-        __version__="10.99.0", Logger=Logger, get_plugin_registry=lambda: registry,
+        __version__="10.99.0", ILogger=ILogger, get_plugin_registry=lambda: registry,
         Builder=Builder, OnnxParser=Parser, IProgressMonitor=Monitor, PreviewFeature=SimpleNamespace(**features),
         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0), OnnxParserFlag=SimpleNamespace(),
         LayerType=SimpleNamespace(PLUGIN_V3="plugin-v3"))

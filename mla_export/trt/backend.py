@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 from .. import contract
@@ -35,6 +36,25 @@ def import_backend(name: str):
         except (ImportError, OSError) as exc:  # OSError: a stub wheel without its shared libraries
             errors.append(f"{module}: {exc}")
     raise UserError(f"{name} is not installed ({'; '.join(errors)}); {INSTALL_HINTS[name]}")
+
+
+def make_logger(trt, verbose: bool = False):
+    """The one TensorRT logger of build and run: messages on stderr as `[TensorRT] W: ...`, warnings and
+    errors only unless `verbose` (then info and verbose messages too)."""
+    severity = trt.ILogger.Severity
+    shown = {severity.INTERNAL_ERROR: "E", severity.ERROR: "E", severity.WARNING: "W"}
+    if verbose:
+        shown.update({severity.INFO: "I", severity.VERBOSE: "V"})
+
+    class StderrLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, level, message):
+            if level in shown:
+                print(f"[TensorRT] {shown[level]}: {message}", file=sys.stderr, flush=True)
+
+    return StderrLogger()
 
 
 def find_plugin_library(explicit: str | None = None) -> Path:

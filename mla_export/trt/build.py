@@ -20,7 +20,7 @@ from ..fileio import atomic_write_bytes, check_output_file, staging_dir, write_f
 from ..onnx_reader import read_exported_model
 from ..spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io
-from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
+from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
 from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, sidecar_path
 
 
@@ -58,6 +58,7 @@ class BuildSpec:
     prefill_tokens: tuple[int, int, int] | None = None  # None: default_prefill_tokens(the model's Smax)
     workspace: int | None = None
     timing_cache: str | None = None
+    verbose: bool = False  # TensorRT's info and verbose messages too (on stderr)
 
 
 def default_prefill_tokens(max_seq_len: int) -> tuple[int, int, int]:
@@ -150,9 +151,21 @@ def _detect_gpu() -> tuple[str | None, str | None]:
     return None, None
 
 
-def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None):
+def inlined_graph(exported) -> bytes:
+    """The exported graph (without its weights, which stay in their file) with the nodes' model-local
+    functions inlined by ONNX's inliner, serialized: what a build without the plugins parses. The inliner
+    names every inlined value per call site; TensorRT's parser, inlining them itself, would give each layer's
+    copy of a function the same node names (and warn once per node)."""
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(exported.header).SerializeToString()
+
+
+def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None, model_bytes: bytes | None = None):
     """Loader 1: the ONNX file parsed into a strongly typed network, with the plugin library (if any)
-    loaded first. Returns (builder, network, parser); the parser must outlive the network's use."""
+    loaded first; `model_bytes` (the file's graph, e.g. `inlined_graph`) is parsed instead of the file, its
+    external weights still read from beside `onnx`. Returns (builder, network, parser); the parser must
+    outlive the network's use."""
     if plugin_path is not None:
         load_plugin_library(trt, plugin_path)
     builder = trt.Builder(logger)
@@ -160,7 +173,9 @@ def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None):
     parser = trt.OnnxParser(network, logger)
     if plugin_path is not None and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
         parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
-    if not parser.parse_from_file(str(onnx)):
+    parsed = (parser.parse(model_bytes, str(Path(onnx).resolve())) if model_bytes is not None
+              else parser.parse_from_file(str(onnx)))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise UserError(f"TensorRT could not parse {onnx}: {errors}")
     return builder, network, parser
@@ -281,11 +296,12 @@ def build_engine(spec: BuildSpec) -> Path:
         raise UserError(f"--prefill-tokens max {prefill_tokens[2]} exceeds the cache ({model.max_seq_len} rows)")
     if spec.attention == "plugin":
         check_plugin_supports(model)
+    trt = import_backend(spec.backend)  # before the plugin library: no library helps without TensorRT
     plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
-    trt = import_backend(spec.backend)
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path)
+    logger = make_logger(trt, spec.verbose)
+    builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path,
+                                              None if plugin_path is not None else inlined_graph(exported))
     check_attention_layers(spec.attention, count_plugin_layers(trt, network), len(exported.attention_nodes()),
                            plugin_path)
     profiles = optimization_profiles(model, spec.batch, prefill_tokens)

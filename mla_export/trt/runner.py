@@ -23,7 +23,7 @@ import numpy as np
 from .. import contract
 from ..errors import UserError
 from ..runners import from_numpy, to_numpy
-from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
+from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
 from .sidecar import RuntimeEnvironment, Sidecar, check_compatible
 
 
@@ -59,7 +59,7 @@ class TensorRTRunner:
         env = RuntimeEnvironment(self.sidecar.tensorrt_flavour, str(trt.__version__), torch.cuda.get_device_name(),
                                  f"{major}.{minor}", file_sha256(plugin) if plugin else None)
         check_compatible(self.sidecar, env)
-        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.logger = make_logger(trt)
         if plugin is not None:
             load_plugin_library(trt, plugin)
         self.runtime = trt.Runtime(self.logger)
