@@ -175,6 +175,11 @@ char const* routingError(Dims const& d) noexcept
 }
 } // namespace
 
+int64_t chunkTokens() noexcept
+{
+    return kChunkTokens;
+}
+
 ImageSet imageSet() noexcept
 {
     return ImageSet{kImages, kNumImages, kNumKernels, kEntryNames};

@@ -64,6 +64,9 @@ bool supported(Dims const& dims, char const** why) noexcept;
 //! Scratch bytes `launch` needs for these dims (one chunk's routing, alignment and expert outputs).
 size_t workspaceBytes(Dims const& dims) noexcept;
 
+//! Tokens per chunk: `launch` runs the kernels on at most this many tokens at a time.
+int64_t chunkTokens() noexcept;
+
 //! The DeepseekMoE kernels' images: load a Module with `module.load(moe::imageSet())`.
 ImageSet imageSet() noexcept;
 
