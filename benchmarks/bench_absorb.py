@@ -6,7 +6,7 @@ forms timed in one run, interleaved (A B A B ...), so that drift of a shared mac
     python benchmarks/bench_absorb.py --gpu --preset deepseek-v3 --layers 1 --batch 1,8,64 --context 1024,4096
 
 --sizes exports both forms (each in a fresh process: its time and peak RSS are its own) and reports the
-bytes on disk (.onnx plus .onnx.data). --ort does the same, then times a decode step of both files on
+bytes on disk (.onnx plus the data file it names). --ort does the same, then times a decode step of both files on
 ONNX Runtime's CPU provider, every sequence holding `context` cache rows (Smax = largest context + 1).
 --ort also splits one step at the smallest batch into ONNX Runtime's per-node kernel times, summed by
 the weights each node reads: attention projections (`self_attn.*`), MLP (`mlp.*`), and the rest (the
@@ -32,14 +32,16 @@ FORMS = ("prefolded", "runtime")
 
 
 def _spec(preset: str, layers: int, dtype: str, max_seq_len: int, absorb: str):
-    from mla_export.config import load_preset
+    from mla_export.hf_config import load_preset
     from mla_export.spec import ModelSpec
 
     return ModelSpec(load_preset(preset).with_layers(layers), dtype=dtype, max_seq_len=max_seq_len, absorb=absorb)
 
 
 def _bytes_on_disk(path: Path) -> int:
-    return sum(f.stat().st_size for f in (path, path.with_name(path.name + ".data")) if f.exists())
+    from mla_export.export import written_files
+
+    return sum(f.stat().st_size for f in written_files(path))
 
 
 def _export_one(preset: str, layers: int, dtype: str, max_seq_len: int, absorb: str, out: str) -> dict:
@@ -193,7 +195,7 @@ def run_gpu(args) -> dict:
     """Both forms of the eager model on CUDA (main refuses --gpu without one; elsewhere this runs on the CPU)."""
     import torch
 
-    from mla_export.config import load_preset
+    from mla_export.hf_config import load_preset
     from mla_export.measure import copy_bandwidth_gb_s
     from mla_export.profile import EagerTarget
     from mla_export.spec import ModelSpec

@@ -1,39 +1,73 @@
-"""Time `export` of one DeepSeek-V3 layer (pre-folded, float32) and a tiny model; print seconds and peak RSS.
+"""Time `export` and measure its peak memory, one process per case (so each peak RSS is its own).
 
-    python benchmarks/bench_export.py [--preset deepseek-v3] [--layers 1] [--max-seq-len 4096]
+    python benchmarks/bench_export.py [CASE ...] [--json out.json]
+
+A CASE is PRESET[:LAYERS[:DTYPE[:ABSORB]]], LAYERS a number or `all` (default: the issue's set,
+deepseek-v2-lite whole and at 4 and 12 layers in bfloat16, one DeepSeek-V3 layer in float32). Prints, per
+case: wall seconds, GiB written, GB written per second, peak RSS (GiB) of the exporting process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mla_export.hf_config import load_preset
-from mla_export.export import export_onnx
-from mla_export.spec import ModelSpec
+DEFAULT_CASES = ["deepseek-v2-lite:all:bfloat16", "deepseek-v2-lite:4:bfloat16", "deepseek-v2-lite:12:bfloat16",
+                 "deepseek-v3:1:float32"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="deepseek-v3")
-    parser.add_argument("--layers", type=int, default=1)
-    parser.add_argument("--max-seq-len", type=int, default=4096)
-    parser.add_argument("--dtype", default="float32")
-    args = parser.parse_args()
-    config = load_preset(args.preset).with_layers(args.layers)
-    with tempfile.TemporaryDirectory() as tmp:
+def export_once(case: str) -> dict:
+    """Run one export in this process; the figures as a dict."""
+    from mla_export.export import export_onnx
+    from mla_export.hf_config import load_preset
+    from mla_export.spec import ModelSpec
+
+    parts = case.split(":")
+    preset, layers, dtype, absorb = parts + ["", "all", "float32", "prefolded"][len(parts):]
+    config = load_preset(preset)
+    if layers != "all":
+        config = config.with_layers(int(layers))
+    spec = ModelSpec(config, dtype=dtype, max_seq_len=min(4096, config.max_position_embeddings), absorb=absorb)
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
         out = Path(tmp) / "model.onnx"
         start = time.perf_counter()
-        export_onnx(ModelSpec(config, dtype=args.dtype, max_seq_len=args.max_seq_len), out)
+        export_onnx(spec, out)
         seconds = time.perf_counter() - start
-        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"export {args.preset} x{args.layers} layer(s) {args.dtype} Smax={args.max_seq_len}: "
-          f"{seconds:.1f} s, {size / 2**30:.2f} GiB on disk, peak RSS {peak_gib:.1f} GiB")
+        written = sum(p.stat().st_size for p in Path(tmp).iterdir())
+    return {"case": case, "layers": config.num_hidden_layers, "seconds": round(seconds, 1), "bytes_written": written,
+            "gib_written": round(written / 2**30, 2), "gb_per_s": round(written / 1e9 / seconds, 3),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", default=DEFAULT_CASES, help="PRESET[:LAYERS[:DTYPE[:ABSORB]]]")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print its JSON
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(export_once(args.one)))
+        return 0
+    rows = []
+    for case in args.cases:
+        proc = subprocess.run([sys.executable, __file__, "--one", case], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{case}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{row['case']:34} {row['layers']:3} layers  {row['seconds']:8.1f} s  {row['gib_written']:7.2f} GiB  "
+              f"{row['gb_per_s']:6.3f} GB/s  peak RSS {row['peak_rss_gib']:5.2f} GiB", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

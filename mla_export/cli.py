@@ -102,12 +102,15 @@ def info(preset, config_path, onnx_path, layers, dtype, context):
 @absorb_option("prefolded: W_UK^T W_UQ and W_O W_UV multiplied at export; runtime: W_UK [H,Dn,Dc] and W_UV "
                "[H,Dc,Dv] kept and applied per head (~3x fewer weights at DeepSeek's dims; see `info`).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path.")
-def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, output):
-    """Export the model (pre-folded or run-time absorbed) to ONNX with one MlaAttention node per layer."""
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, output, quiet):
+    """Export the model (pre-folded or run-time absorbed) to ONNX: one MlaAttention node per layer, one
+    DeepseekMoE node per mixture-of-experts layer."""
     import time
 
-    from .export import export_onnx
+    from .export import export_onnx, written_files
     from .info import absorb_advice
+    from .progress import ProgressReporter, human_size
     from .spec import ModelSpec
 
     if checkpoint and not (preset or config_path):
@@ -115,11 +118,14 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     config = _config(preset, config_path, layers)
     if max_seq_len is None:
         max_seq_len = min(4096, config.max_position_embeddings)
+    spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len, seed=seed, checkpoint=checkpoint, io=io,
+                     absorb=absorb)
     start = time.perf_counter()
-    path = export_onnx(ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len, seed=seed, checkpoint=checkpoint,
-                                  io=io, absorb=absorb), output)
-    click.echo(f"wrote {path} ({config.name}, {config.num_hidden_layers} layers, {dtype}, Smax {max_seq_len}, "
-               f"--absorb {absorb}) in {time.perf_counter() - start:.1f} s")
+    with ProgressReporter("export", quiet=quiet, unit="bytes") as progress:
+        path = export_onnx(spec, output, progress)
+    files = ", ".join(f"{p} ({human_size(p.stat().st_size)})" for p in written_files(path))
+    click.echo(f"wrote {files} in {time.perf_counter() - start:.1f} s: {config.name}, {config.num_hidden_layers} "
+               f"layers, {dtype}, Smax {max_seq_len}, --absorb {absorb}")
     click.echo(absorb_advice(config, dtype))
 
 

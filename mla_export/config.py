@@ -205,7 +205,7 @@ class MlaConfig:
             if getattr(self, field) is None:
                 raise ValueError(f"config field {field} is missing: layer {self.first_k_dense_replace} is a "
                                  f"mixture-of-experts layer (n_routed_experts={experts}) and needs it")
-        method = self.topk_method or "greedy"
+        method = self.routing_method
         if method != "greedy" and groups:
             allowed = (self.topk_group or 1) * (experts // groups)
             if top_k > allowed:
@@ -214,6 +214,17 @@ class MlaConfig:
             if method == "noaux_tc" and groups > 1 and experts // groups < 2:
                 raise ValueError(f"config fields n_group={groups}, n_routed_experts={experts}: noaux_tc scores a "
                                  "group by its top 2 experts, so each group needs at least 2")
+
+    @property
+    def routing_method(self) -> str:
+        """topk_method, or the architecture's when the config has none (transformers' DeepseekV3Config writes
+        none: its router is always noaux_tc): noaux_tc for V3 and Kimi, greedy for V2."""
+        return self.topk_method or ("noaux_tc" if self.model_type in ("deepseek_v3", "kimi_k2") else "greedy")
+
+    @property
+    def routing_scoring(self) -> str:
+        """scoring_func, or the architecture's when the config has none: sigmoid for V3 and Kimi, softmax for V2."""
+        return self.scoring_func or ("sigmoid" if self.model_type in ("deepseek_v3", "kimi_k2") else "softmax")
 
     # Derived sizes.
     @property

@@ -76,6 +76,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def written_files(output: Path) -> list[Path]:
+    """The files an export at `output` consists of: the .onnx, and its data file if it names one."""
+    data = referenced_data_file(output)
+    return [output] + ([output.parent / data] if data else [])
+
+
 def check_output_path(output: str | Path) -> Path:
     """`-o`: a .onnx path in an existing, writable directory, not a directory itself."""
     output = Path(output)

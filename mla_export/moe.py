@@ -79,8 +79,9 @@ class RoutingRule:
 
     @classmethod
     def from_config(cls, config: MlaConfig) -> "RoutingRule":
-        """The rule of DeepSeek's code for this config's `topk_method` (see the module docstring)."""
-        method = config.topk_method or "greedy"
+        """The rule of DeepSeek's code for this config's `topk_method` (see the module docstring); a config
+        without topk_method/scoring_func gets its architecture's (`MlaConfig.routing_method`)."""
+        method, scoring = config.routing_method, config.routing_scoring
         top_k = config.num_experts_per_tok
         normalize = bool(config.norm_topk_prob) and top_k > 1
         grouped = method != "greedy"
@@ -88,7 +89,7 @@ class RoutingRule:
         return cls(
             num_experts=config.n_routed_experts, top_k=top_k,
             n_group=(config.n_group or 1) if grouped else 1, topk_group=(config.topk_group or 1) if grouped else 1,
-            scoring=SCORING_FUNCS[config.scoring_func or "softmax"],
+            scoring=SCORING_FUNCS[scoring],
             group_score=contract.MOE_GROUP_SCORE_TOP2_SUM if v3 else contract.MOE_GROUP_SCORE_MAX,
             use_bias=v3, normalize=normalize,
             weight_scale=float(config.routed_scaling_factor) if v3 or not normalize else 1.0)
