@@ -1,6 +1,7 @@
 """`build` with TensorRT-RTX (a real builder that runs on the CPU), and every refusal of build/run."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -193,6 +194,56 @@ def test_plugin_refuses_moe_dims_its_kernels_lack(tmp_path):
     assert "moe_intermediate_size=24" in result.output and "multiples of 16" in result.output
     assert "--attention decomposed" in result.output
     assert not (tmp_path / "x.engine").exists()
+
+
+class _Layer:
+    """A parsed network's layer as the stand-in TensorRT returns it (ILayer)."""
+
+    type = "plugin-v3"
+
+    def __init__(self, plugin_name: str):
+        self.plugin_name = plugin_name
+
+
+class _PluginV3Layer(_Layer):
+    """What `layer.__class__ = trt.IPluginV3Layer` makes of it: its plugin's core capability names it."""
+
+    @property
+    def plugin(self):
+        return SimpleNamespace(get_capability_interface=lambda kind: SimpleNamespace(plugin_name=self.plugin_name))
+
+
+@pytest.mark.parametrize("names, error", [
+    (["MlaAttention"] * 3 + ["DeepseekMoE"] * 2, None),
+    (["MlaAttention"] * 3, "0 DeepseekMoE plugin layer.s. for 2 DeepseekMoE node.s.: TensorRT silently inlined"),
+    (["MlaAttention"] * 3 + ["DeepseekMoE", "MlaAttention"], "4 MlaAttention plugin layer.s. for 3"),
+])
+def test_build_engine_counts_plugin_layers_per_node_type(tiny_moe_onnx, tmp_path, monkeypatch, names, error):
+    """build_engine's own path on a tiny-moe export with TensorRT stood in, its plugin layers named by their
+    plugins: every MlaAttention and every DeepseekMoE node must be a plugin layer of its own type."""
+    from mla_export.trt import build
+    from mla_export.trt.build import BuildSpec, build_engine
+
+    from test_cache_binding import stand_in_tensorrt
+
+    trt = stand_in_tensorrt(True, 0, [])
+    network = trt.Builder(None).create_network(0)
+    network.num_layers = len(names)
+    network.get_layer = lambda i: _Layer(names[i])
+    trt.IPluginV3Layer = _PluginV3Layer
+    trt.PluginCapabilityType = SimpleNamespace(CORE="core")
+    monkeypatch.setattr(build, "import_backend", lambda name: trt)
+    library = tmp_path / "libmla_plugin.so"
+    library.write_bytes(b"stand-in plugin library")
+    spec = BuildSpec(onnx=str(tiny_moe_onnx), output=str(tmp_path / "moe.engine"), plugin_lib=str(library),
+                     prefill_tokens=(2, 8, 32))
+    if error is None:
+        assert build_engine(spec).read_bytes() == b"engine"
+        assert Sidecar.read(tmp_path / "moe.engine").attention == "plugin"
+    else:
+        with pytest.raises(UserError, match=error):
+            build_engine(spec)
+        assert not (tmp_path / "moe.engine").exists()
 
 
 def sidecar(**changes):

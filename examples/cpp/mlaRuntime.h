@@ -13,11 +13,13 @@
  * I/O name matching against the contract, sidecar checks, the cache binding plan) are inline below
  * and need no TensorRT runtime; MlaSession needs TensorRT 10.8+, the CUDA runtime and a GPU.
  *
- * Names come from the contract header mirrored from mla_export/contract.py.
+ * Names come from the contract headers mirrored from mla_export/contract.py. A model with DeepSeek MoE layers
+ * (DeepseekMoE nodes: the same plugin library, the same graph I/O) runs unchanged.
  */
 #pragma once
 
 #include "mlaContract.h"
+#include "moeContract.h"
 
 #include <cuda_runtime_api.h>
 
@@ -182,25 +184,6 @@ inline bool jsonInt(std::string const& json, std::string const& key, int64_t& va
     return end != json.c_str() + pos + 1;
 }
 
-//! The sidecar format this program reads: SIDECAR_VERSION in mla_export/trt/sidecar.py (a test compares them).
-constexpr int64_t kSidecarFormatVersion = 2;
-
-//! Refuses a sidecar whose format or contract version this program does not know.
-inline Status checkSidecar(std::string const& json)
-{
-    int64_t format = 0, contractVersion = 0;
-    if (json.find("\"format\": \"mla-export-engine\"") == std::string::npos || !jsonInt(json, "format_version", format))
-        return Status::error("not an mla-export engine sidecar (model.engine.json written by `mla-export build`)");
-    if (format != kSidecarFormatVersion)
-        return Status::error("sidecar format " + std::to_string(format) + " is unknown to this program (knows "
-            + std::to_string(kSidecarFormatVersion) + "): rebuild the engine with this mla-export, or rebuild this program");
-    if (!jsonInt(json, "contract_version", contractVersion) || contractVersion != mla::contract::kContractVersion)
-        return Status::error("engine speaks MlaAttention contract " + std::to_string(contractVersion)
-            + ", this program speaks " + std::to_string(mla::contract::kContractVersion)
-            + ": re-export and rebuild the engine, or rebuild this program");
-    return Status::success();
-}
-
 //! Reads a string field `"key": "value"` from the sidecar JSON text; false if absent or not a string.
 inline bool jsonString(std::string const& json, std::string const& key, std::string& value)
 {
@@ -215,6 +198,34 @@ inline bool jsonString(std::string const& json, std::string const& key, std::str
     value = json.substr(pos + 1, end - pos - 1);
     return true;
 }
+
+//! The sidecar format this program reads: SIDECAR_VERSION in mla_export/trt/sidecar.py (a test compares them).
+constexpr int64_t kSidecarFormatVersion = 2;
+
+//! Refuses a sidecar whose format or contract versions this program does not know: MlaAttention's, and the
+//! DeepseekMoE contract version the sidecar's copy of the ONNX metadata carries (absent: a model without MoE
+//! layers, or exported before MoE; the engine's I/O is the same either way).
+inline Status checkSidecar(std::string const& json)
+{
+    int64_t format = 0, contractVersion = 0;
+    if (json.find("\"format\": \"mla-export-engine\"") == std::string::npos || !jsonInt(json, "format_version", format))
+        return Status::error("not an mla-export engine sidecar (model.engine.json written by `mla-export build`)");
+    if (format != kSidecarFormatVersion)
+        return Status::error("sidecar format " + std::to_string(format) + " is unknown to this program (knows "
+            + std::to_string(kSidecarFormatVersion) + "): rebuild the engine with this mla-export, or rebuild this program");
+    if (!jsonInt(json, "contract_version", contractVersion) || contractVersion != mla::contract::kContractVersion)
+        return Status::error("engine speaks MlaAttention contract " + std::to_string(contractVersion)
+            + ", this program speaks " + std::to_string(mla::contract::kContractVersion)
+            + ": re-export and rebuild the engine, or rebuild this program");
+    std::string moeVersion;
+    if (jsonString(json, "mla_export.moe_contract_version", moeVersion)
+        && moeVersion != std::to_string(mla::moe_contract::kContractVersion))
+        return Status::error("engine speaks DeepseekMoE contract " + moeVersion + ", this program speaks "
+            + std::to_string(mla::moe_contract::kContractVersion)
+            + ": re-export and rebuild the engine, or rebuild this program");
+    return Status::success();
+}
+
 
 //! How the latent caches of an engine are bound (see the top of this file).
 enum class CacheBinding
