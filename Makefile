@@ -9,7 +9,7 @@ BUILD ?= build
 # A TensorRT installation (headers and libraries) for the plugin and the C++ example, if any.
 export TENSORRT_ROOT
 
-.PHONY: setup test test-fast kernels plugins cpp-example bench clean
+.PHONY: setup test test-fast kernels plugins cpp-example bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,21 @@ cpp-example: setup
 
 bench: setup
 	$(PY) benchmarks/bench_export.py
+
+# On a GPU machine, one command: the GPU-marked tests, then the GPU benchmarks, results under $(BUILD)/gpu-check/.
+# Needs no registry: it runs the Python that has torch+CUDA (GPU_PY), and the AOT kernels of `make kernels`
+# when $(BUILD)/kernels is carried along (else the plugin's GPU test builds them there).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ENV = PYTHONPATH=$(CURDIR) $(if $(wildcard $(BUILD)/kernels/manifest.json),MLA_KERNELS_DIR=$(abspath $(BUILD)/kernels))
+# Every step runs; the target fails when one did.
+gpu-check:
+	mkdir -p $(BUILD)/gpu-check
+	status=0; \
+	$(GPU_CHECK_ENV) $(GPU_PY) -m pytest -m gpu -q -rs > $(BUILD)/gpu-check/pytest.txt 2>&1 || status=1; \
+	cat $(BUILD)/gpu-check/pytest.txt; \
+	$(GPU_CHECK_ENV) $(GPU_PY) benchmarks/bench_kernels.py --json $(BUILD)/gpu-check/bench_kernels.json || status=1; \
+	$(GPU_CHECK_ENV) $(GPU_PY) benchmarks/bench_moe.py --json $(BUILD)/gpu-check/bench_moe.json || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(BUILD)
