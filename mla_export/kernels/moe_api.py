@@ -39,25 +39,40 @@ def _check_device(named: dict) -> None:
                          "mla_export.kernels was imported with TRITON_INTERPRET=1")
 
 
-def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out) -> MoeDims:
-    named = {"hidden_states": hidden, "router_weight": router_weight, "score_bias": score_bias,
-             "gate_up_proj": gate_up_proj, "down_proj": down_proj}
-    if out is not None:
-        named["out"] = out
+def _check_router(named: dict, rule) -> int:
+    """Checks shared by both entry points (named: hidden_states, router_weight, score_bias, ...); returns d."""
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not isinstance(rule, RoutingRule):
         raise TypeError(f"rule must be a mla_export.moe.RoutingRule, got {type(rule).__name__}")
+    hidden = named["hidden_states"]
     if hidden.dim() < 1:
         raise ValueError("hidden_states must be [..., d]")
     d = hidden.shape[-1]
+    for name, shape in (("router_weight", (rule.num_experts, d)), ("score_bias", (rule.num_experts,))):
+        if tuple(named[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} (num_experts={rule.num_experts}, d={d}), "
+                             f"got {list(named[name].shape)}")
+        if named[name].dtype != torch.float32:
+            raise TypeError(f"{name} must be float32 (routing runs in float32), got {named[name].dtype}")
+    if hidden.dtype not in _DTYPES:
+        raise TypeError(f"hidden_states must be float16, bfloat16 or float32, got {hidden.dtype}")
+    return d
+
+
+def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out) -> MoeDims:
+    named = {"hidden_states": hidden, "router_weight": router_weight, "score_bias": score_bias,
+             "gate_up_proj": gate_up_proj, "down_proj": down_proj}
+    if out is not None:
+        named["out"] = out
+    d = _check_router(named, rule)
     experts = rule.num_experts
     if gate_up_proj.dim() != 3 or gate_up_proj.shape[0] != experts or gate_up_proj.shape[2] != d \
             or gate_up_proj.shape[1] % 2:
         raise ValueError(f"gate_up_proj must be [E={experts}, 2I, d={d}], got {list(gate_up_proj.shape)}")
     inter = gate_up_proj.shape[1] // 2
-    expected = {"router_weight": (experts, d), "score_bias": (experts,), "down_proj": (experts, d, inter)}
+    expected = {"down_proj": (experts, d, inter)}
     if out is not None:
         expected["out"] = tuple(hidden.shape)
     for name, shape in expected.items():
@@ -65,14 +80,9 @@ def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule
             raise ValueError(f"{name} must have shape {list(shape)} (from hidden_states [..., d={d}], num_experts="
                              f"{experts} and gate_up_proj's 2I={2 * inter}), got {list(named[name].shape)}")
     dtype = hidden.dtype
-    if dtype not in _DTYPES:
-        raise TypeError(f"hidden_states must be float16, bfloat16 or float32, got {dtype}")
     for name in ("gate_up_proj", "down_proj") + (("out",) if out is not None else ()):
         if named[name].dtype != dtype:
             raise TypeError(f"{name} must have hidden_states' dtype {dtype}, got {named[name].dtype}")
-    for name in ("router_weight", "score_bias"):
-        if named[name].dtype != torch.float32:
-            raise TypeError(f"{name} must be float32 (routing runs in float32), got {named[name].dtype}")
     _check_device(named)
     return MoeDims(hidden.numel() // d if d else 0, d, inter, experts, rule.top_k, rule.n_group, _DTYPES[dtype])
 
@@ -169,13 +179,13 @@ def deepseek_moe_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score
 def moe_route_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: torch.Tensor,
                      rule: RoutingRule) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernels 1-2 alone: (weights [T, K] float32, experts [T, K] int32) of `hidden [T, d]`, as moe.route."""
+    named = {"hidden_states": hidden, "router_weight": router_weight, "score_bias": score_bias}
+    d = _check_router(named, rule)
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be [T, d], got {list(hidden.shape)}")
-    inter = 16  # no expert weights here: shapes only
-    gate_up = torch.empty(rule.num_experts, 2 * inter, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
-    down = torch.empty(rule.num_experts, hidden.shape[1], inter, dtype=hidden.dtype, device=hidden.device)
-    dims = _check_args(hidden, router_weight, score_bias, gate_up, down, rule, None)
-    plan = make_plan(dims, chunk_tokens=max(dims.tokens, 1))
+    _check_device(named)
+    dims = MoeDims(hidden.shape[0], d, 16, rule.num_experts, rule.top_k, rule.n_group, _DTYPES[hidden.dtype])
+    plan = make_plan(dims, chunk_tokens=max(dims.tokens, 1))  # one chunk: the routing of every token
     ws = _Workspace(plan, dims, hidden.device, hidden.dtype)
     if dims.tokens:
         _route(hidden, router_weight, score_bias, rule, dims, plan, plan.full, ws)
