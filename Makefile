@@ -9,7 +9,7 @@ BUILD ?= build
 # A TensorRT installation (headers and libraries) for the plugin and the C++ example, if any.
 export TENSORRT_ROOT
 
-.PHONY: setup test test-fast kernels plugins cpp-example bench gpu-check clean
+.PHONY: setup test test-fast kernels plugins cpp-example bench wheel-check gpu-bundle gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -45,20 +45,33 @@ cpp-example: setup
 bench: setup
 	$(PY) benchmarks/bench_export.py
 
-# On a GPU machine, one command: the GPU-marked tests, then the GPU benchmarks, results under $(BUILD)/gpu-check/.
-# Needs no registry: it runs the Python that has torch+CUDA (GPU_PY), and the AOT kernels of `make kernels`
-# when $(BUILD)/kernels is carried along (else the plugin's GPU test builds them there).
-GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
-GPU_CHECK_ENV = PYTHONPATH=$(CURDIR) $(if $(wildcard $(BUILD)/kernels/manifest.json),MLA_KERNELS_DIR=$(abspath $(BUILD)/kernels))
-# Every step runs; the target fails when one did.
+# The package as a user installs it: a wheel (not editable) in a fresh venv, run from outside the source tree.
+wheel-check: setup
+	rm -rf $(BUILD)/wheel $(BUILD)/wheel-venv
+	$(PY) -m pip wheel --quiet --no-deps -w $(BUILD)/wheel .
+	$(PYTHON) -m venv $(BUILD)/wheel-venv
+	$(BUILD)/wheel-venv/bin/python -m pip install --quiet "$(TORCH_SPEC)" $(BUILD)/wheel/mla_export-*.whl
+	cd $(BUILD)/wheel-venv && ./bin/mla-export export --preset tiny -q -o tiny.onnx && \
+		./bin/mla-export validate --onnx tiny.onnx --steps 2 > validate.txt && tail -1 validate.txt
+
+# The one-command GPU check (benchmarks/gpu_check.py). On a CPU machine, `make gpu-bundle` builds what a
+# GPU machine needs and cannot build without a network (AOT kernels, libmla_plugin.so, the GPU programs)
+# into $(GPU_BUNDLE), under 48 MiB; on the GPU machine (CUDA toolkit, torch, triton; no network, no
+# TensorRT), `make gpu-check OUT=dir` installs the package without dependencies and runs every owed GPU
+# test, compute-sanitizer run and benchmark into OUT/gpu-check.json and OUT/gpu-check.md. Without a GPU
+# it stops at once with one line.
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+GPU_PYTHON ?= python3
+OUT ?= gpu-check-out
+
+gpu-bundle: plugins
+	$(PY) benchmarks/gpu_check.py --build $(BUILD) --bundle $(GPU_BUNDLE)
+
 gpu-check:
-	mkdir -p $(BUILD)/gpu-check
-	status=0; \
-	$(GPU_CHECK_ENV) $(GPU_PY) -m pytest -m gpu -q -rs > $(BUILD)/gpu-check/pytest.txt 2>&1 || status=1; \
-	cat $(BUILD)/gpu-check/pytest.txt; \
-	$(GPU_CHECK_ENV) $(GPU_PY) benchmarks/bench_kernels.py --json $(BUILD)/gpu-check/bench_kernels.json || status=1; \
-	$(GPU_CHECK_ENV) $(GPU_PY) benchmarks/bench_moe.py --json $(BUILD)/gpu-check/bench_moe.json || status=1; \
-	exit $$status
+	@$(GPU_PYTHON) benchmarks/gpu_check.py --probe
+	@$(GPU_PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e . || \
+		echo "gpu-check: pip install -e . failed; the steps run with PYTHONPATH=$(CURDIR)"
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT) --bundle $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(BUILD)

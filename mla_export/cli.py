@@ -3,17 +3,26 @@ function of the package; anything here can be done from Python."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import traceback
 
 import click
 
 from . import __version__
 from .errors import FieldError, UserError
+from .spec import MAX_SEED
 
 # The option that sets each spec/config field a core function may name in a FieldError.
 FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtype": "--dtype", "io": "--io",
                  "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps",
-                 "absorb": "--absorb"}
+                 "absorb": "--absorb", "seed": "--seed"}
+REPORT_TO = "the mla-export issue tracker"  # where an internal error asks to be reported
+MAX_MESSAGE = 2000  # characters of one error message (a value echoed from a file can be huge)
+
+# Exit codes: 0 success, 1 an error in the input (or a failed validation), 2 a bad command line (click),
+# 70 an internal error (a bug: please report it), 130 Ctrl-C, 143 SIGTERM.
+EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 70, 130, 143
 
 
 def _config(preset: str | None, config_path: str | None, layers: int | None):
@@ -32,15 +41,73 @@ def user_message(exc: UserError) -> str:
     return str(exc)
 
 
+def _clip(message: str) -> str:
+    """`message` on one line, at most MAX_MESSAGE characters (its start and its end kept)."""
+    message = " ".join(message.split())
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE * 2 // 3]} [...] {message[-MAX_MESSAGE // 3:]}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds (and cleans up) like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    raise Terminated()
+
+
+def _os_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
 class Cli(click.Group):
-    """Turns UserError into one clear message and exit code 1."""
+    """Every failure of every command as one message on stderr, never a traceback for user input:
+    UserError (exit 1), an OSError or MemoryError from the environment (exit 1), Ctrl-C (130) and SIGTERM
+    (143), both after the command's own clean-up; anything else is a bug: one line saying where to report
+    it (exit 70), the traceback behind `mla-export --debug`."""
 
     def invoke(self, ctx):
+        debug = bool(ctx.params.get("debug"))
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread (an embedding application): leave its handler alone
+            pass
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click prints usage errors itself (exit 2)
         except UserError as exc:
-            click.echo(f"error: {user_message(exc)}", err=True)
-            sys.exit(1)
+            self._fail(f"error: {_clip(user_message(exc))}", 1, debug)
+        except Terminated:
+            self._fail("error: terminated (SIGTERM); partial output was removed", EXIT_TERMINATED, debug)
+        except KeyboardInterrupt:
+            self._fail("error: interrupted; partial output was removed", EXIT_INTERRUPTED, debug)
+        except MemoryError:
+            self._fail("error: out of memory; use a smaller model (--layers N), batch or context, or a machine "
+                       "with more memory", 1, debug)
+        except RecursionError:
+            self._fail("error: input nested too deeply to read", 1, debug)
+        except OSError as exc:
+            self._fail(f"error: {_clip(_os_message(exc))}", 1, debug)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self._fail(f"error: internal error ({type(exc).__name__}{': ' + _clip(first) if first else ''}); this is "
+                       f"a bug in mla-export {__version__}: please report it to {REPORT_TO} with the command and "
+                       "the traceback that `mla-export --debug ...` prints", EXIT_INTERNAL, debug)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    @staticmethod
+    def _fail(message: str, code: int, debug: bool):
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        click.echo(message, err=True)
+        sys.exit(code)
 
 
 preset_option = click.option("--preset", help="A preset from models/ (tiny, deepseek-v2-lite, deepseek-v2, "
@@ -58,9 +125,13 @@ def absorb_option(help_text: str):
 
 @click.group(cls=Cli)
 @click.version_option(__version__, prog_name="mla-export")
-def main():
+@click.option("--debug", is_flag=True, help="On an error, also print the Python traceback.")
+def main(debug):
     """Export Multi-head Latent Attention models to ONNX (one MlaAttention node per layer),
-    validate them against the eager model, and inspect their sizes."""
+    validate them against the eager model, and inspect their sizes.
+
+    Exit codes: 0 success, 1 bad input or a failed validation, 2 a bad command line, 70 an internal error,
+    130 interrupted, 143 terminated."""
 
 
 @main.command()
@@ -71,7 +142,8 @@ def main():
 @click.option("--layers", type=int, help="Use only the first N layers.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp8"]), default="bfloat16",
               show_default=True, help="Cache element type for the byte counts.")
-@click.option("--context", type=int, default=4096, show_default=True, help="Context length for whole-model figures.")
+@click.option("--context", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Context length for whole-model figures.")
 def info(preset, config_path, onnx_path, layers, dtype, context):
     """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA), projection costs and the smaller --absorb form."""
     from .info import render_info
@@ -98,7 +170,8 @@ def info(preset, config_path, onnx_path, layers, dtype, context):
               help="Cache rows per sequence (Smax).  [default: 4096, or max_position_embeddings if smaller]")
 @click.option("--io", type=click.Choice(["hidden", "tokens"]), default="hidden", show_default=True,
               help="Graph I/O: hidden states, or input_ids -> logits with embeddings and LM head.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+              help="Seed of the random weights.")
 @absorb_option("prefolded: W_UK^T W_UQ and W_O W_UV multiplied at export; runtime: W_UK [H,Dn,Dc] and W_UV "
                "[H,Dc,Dv] kept and applied per head (~3x fewer weights at DeepSeek's dims; see `info`).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path.")
@@ -108,24 +181,32 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     DeepseekMoE node per mixture-of-experts layer."""
     import time
 
-    from .export import export_onnx, written_files
+    from .export import check_output_path, export_onnx, written_files
+    from .fileio import check_output_file
     from .info import absorb_advice
     from .progress import ProgressReporter, human_size
     from .spec import ModelSpec
 
+    check_output_path(output)
+    check_output_file("-o", output, {"--config": config_path})
     if checkpoint and not (preset or config_path):
         config_path = checkpoint
     config = _config(preset, config_path, layers)
-    if max_seq_len is None:
-        max_seq_len = min(4096, config.max_position_embeddings)
-    spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len, seed=seed, checkpoint=checkpoint, io=io,
-                     absorb=absorb)
+    rows = max_seq_len if max_seq_len is not None else min(4096, config.max_position_embeddings)
+    try:
+        spec = ModelSpec(config, dtype=dtype, max_seq_len=rows, seed=seed, checkpoint=checkpoint, io=io,
+                         absorb=absorb)
+    except FieldError as exc:
+        if exc.field != "max_seq_len" or max_seq_len is not None:
+            raise
+        raise UserError(f"config field max_position_embeddings={config.max_position_embeddings}: the default cache "
+                        f"of {rows} rows is too small ({exc.expected})") from None
     start = time.perf_counter()
     with ProgressReporter("export", quiet=quiet, unit="bytes") as progress:
         path = export_onnx(spec, output, progress)
     files = ", ".join(f"{p} ({human_size(p.stat().st_size)})" for p in written_files(path))
     click.echo(f"wrote {files} in {time.perf_counter() - start:.1f} s: {config.name}, {config.num_hidden_layers} "
-               f"layers, {dtype}, Smax {max_seq_len}, --absorb {absorb}")
+               f"layers, {dtype}, Smax {rows}, --absorb {absorb}")
     click.echo(absorb_advice(config, dtype))
 
 
@@ -136,15 +217,19 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
 @click.option("--steps", type=int, default=8, show_default=True, help="Decode steps after the prefill.")
 @click.option("--batch", type=int, default=3, show_default=True, help="Sequences (with ragged cache lengths).")
 @click.option("--prefill-len", type=int, default=16, show_default=True, help="Tokens in the prefill step.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+              help="Seed of the random inputs.")
 @click.option("--report", type=click.Path(), help="Also write the full comparison as JSON here.")
 def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, report):
     """Compare ONNX Runtime (--onnx) or a TensorRT engine (--engine; with --onnx also engine vs ONNX Runtime)
     with the eager float64 model over a prefill and decode steps, caches included. Exit code 1 on failure."""
+    from .fileio import check_output_file
     from .validate import Scenario, print_report, validate_engine, validate_onnx
 
     if onnx_path is None and engine is None:
         raise UserError("pass --onnx MODEL.onnx, --engine MODEL.engine, or both")
+    if report:
+        check_output_file("--report", report, _input_files(onnx=onnx_path, engine=engine))
     scenario = Scenario(batch=batch, prefill_len=prefill_len, steps=steps, seed=seed)
     if engine is not None:
         result = validate_engine(engine, scenario, onnx=onnx_path, plugin_lib=plugin_lib)
@@ -188,6 +273,29 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_toke
                f"in {time.perf_counter() - start:.1f} s")
 
 
+def _input_files(onnx: str | None = None, engine: str | None = None) -> dict[str, str]:
+    """The files a command reads, by the option (or what) that names them: an output must be none of them."""
+    from pathlib import Path
+
+    files = {}
+    if onnx:
+        files["--onnx"] = onnx
+        try:
+            from .export import referenced_data_file
+
+            data = referenced_data_file(Path(onnx))
+        except Exception:  # unreadable: the command itself says why
+            data = None
+        if data:
+            files["the weights file of --onnx"] = str(Path(onnx).parent / data)
+    if engine:
+        from .trt.sidecar import sidecar_path
+
+        files["--engine"] = engine
+        files["the sidecar of --engine"] = str(sidecar_path(engine))
+    return files
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -224,6 +332,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
     import torch
 
+    from .fileio import check_output_file
     from .profile import (EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile,
                           print_profile, run_profile)
 
@@ -232,6 +341,11 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
     batches, contexts = _int_list(batch, "--batch"), _int_list(context, "--context")
     if warmup < 0 or iters < 1:
         raise UserError("--warmup must be >= 0 and --iters >= 1")
+    outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot}
+    for option, path in outputs.items():
+        if path:
+            others = {o: p for o, p in outputs.items() if o != option}
+            check_output_file(option, path, {**_input_files(onnx=onnx_path, engine=engine), **others})
     if engine is not None:
         target = EngineTarget(engine)
     elif onnx_path is not None:
@@ -241,7 +355,13 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
         dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
         from .spec import ModelSpec
 
-        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1, absorb=absorb)
+        try:
+            spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1, absorb=absorb)
+        except FieldError as exc:
+            if exc.field != "max_seq_len" or max_seq_len is not None:
+                raise
+            raise UserError(f"--context {max(contexts)}: the cache would need {max(contexts) + 1} rows; "
+                            f"{exc.expected}") from None
         target = EagerTarget(spec) if eager else KernelsTarget(spec)
     report = run_profile(target, batches, contexts, warmup, iters, tuple(phases) or ("prefill", "decode"))
     print_profile(report)

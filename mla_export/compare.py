@@ -1,9 +1,13 @@
 """The one comparator: tests, `validate` and benchmarks all judge tensors with `compare`.
 
 A comparison reports the max absolute error and where it is, the max relative error, the cosine
-similarity, and positions where exactly one side is NaN or infinite. It passes when every element
-satisfies |actual - expected| <= atol + rtol * |expected| (NaN matching NaN and equal infinities
-count as equal) and no NaN/inf mismatch exists.
+similarity (over the elements finite on both sides), and the number of NaN/inf mismatches. It passes
+when every element satisfies |actual - expected| <= atol + rtol * |expected| and no mismatch exists.
+
+A non-finite value on either side is a mismatch: NaN matching NaN, or an infinity matching the same
+infinity, counts as agreement only where the caller says the reference is *expected* to be non-finite
+(`expected_nonfinite`, e.g. cache rows a test filled with NaN that must stay untouched). So a model
+whose every output is NaN fails, as does one that turns a finite reference value into inf.
 """
 
 from __future__ import annotations
@@ -50,13 +54,24 @@ def _as_float64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def compare(name: str, actual, expected, atol: float, rtol: float) -> Comparison:
-    """Compare `actual` against the reference `expected` (torch tensors or arrays of one shape)."""
+def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonfinite=None) -> Comparison:
+    """Compare `actual` against the reference `expected` (torch tensors or arrays of one shape).
+
+    `expected_nonfinite`: a boolean array (or tensor) broadcastable to the shape, true where the reference is
+    meant to be non-finite; only there does an equal non-finite value on both sides count as agreement.
+    None (the default): nowhere, so any NaN or infinity on either side fails.
+    """
     a, e = _as_float64(actual), _as_float64(expected)
     if a.shape != e.shape:
         raise ValueError(f"{name}: shape {a.shape} does not match the reference's {e.shape}")
     a_bad, e_bad = ~np.isfinite(a), ~np.isfinite(e)
     same_nonfinite = a_bad & e_bad & ((np.isnan(a) & np.isnan(e)) | (a == e))
+    if expected_nonfinite is None:
+        same_nonfinite = np.zeros_like(same_nonfinite)
+    else:
+        allowed = expected_nonfinite.cpu().numpy() if isinstance(expected_nonfinite, torch.Tensor) \
+            else np.asarray(expected_nonfinite)
+        same_nonfinite &= np.broadcast_to(allowed.astype(bool), a.shape)
     mismatch = (a_bad | e_bad) & ~same_nonfinite
     both = ~(a_bad | e_bad)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -71,7 +86,10 @@ def compare(name: str, actual, expected, atol: float, rtol: float) -> Comparison
         index, max_abs, max_rel = (), 0.0, 0.0
     af, ef = np.where(both, a, 0.0).ravel(), np.where(both, e, 0.0).ravel()
     norms = float(np.linalg.norm(af) * np.linalg.norm(ef))
-    cosine = float(af @ ef / norms) if norms > 0 else (1.0 if not af.any() and not ef.any() else 0.0)
+    if norms > 0:
+        cosine = float(af @ ef / norms)
+    else:  # nothing to measure an angle on: equal only if both are all zeros (and something was compared)
+        cosine = 1.0 if not af.any() and not ef.any() and (both.any() or not a.size) else 0.0
     within = bool(np.all(diff <= atol + rtol * np.abs(np.where(both, e, 0.0))))
     nonfinite = int(mismatch.sum())
     return Comparison(name, tuple(a.shape), max_abs, index, max_rel, cosine, nonfinite, atol, rtol,

@@ -15,7 +15,16 @@ from pathlib import Path
 
 from .errors import FieldError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def _preset_dir() -> Path:
+    """The presets: `mla_export/presets/` in an installed wheel (pyproject.toml maps the repository's `models/`
+    there), else `models/` beside the package (a source tree, an editable install)."""
+    installed = Path(__file__).resolve().parent / "presets"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "models"
+
+
+PRESET_DIR = _preset_dir()
 
 MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")
 ROPE_TYPES = ("default", "yarn")
@@ -139,6 +148,15 @@ class MlaConfig:
         if not (_number(self.rms_norm_eps) and self.rms_norm_eps > 0):
             raise ValueError(f"config field rms_norm_eps={self.rms_norm_eps!r}: expected a positive number")
         self._check_rope()
+        try:
+            derived = (("softmax_scale", self.softmax_scale),
+                       ("cos/sin scale", 1.0 if self.rope_scaling is None else self.rope_scaling.cos_sin_scale))
+        except (ZeroDivisionError, OverflowError):
+            derived = (("cos/sin scale", float("inf")),)
+        for what, value in derived:
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"config fields rope_scaling.factor, mscale, mscale_all_dim give YaRN's {what} "
+                                 f"{value!r}: expected a finite positive number")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"config field model_type={self.model_type!r}: mla-export runs "
                              f"{', '.join(MODEL_TYPES)} (DeepSeek-V2/V3 and Kimi K2 architectures)")

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, contract
-from .errors import FieldError, UserError
+from .errors import FieldError
+from .fileio import STAGING_PREFIX, remove_stale_staging, write_failed
 from .footprint import check_free_disk, check_memory, export_peak_bytes, model_counts
 from .spec import ModelSpec
 
 ONNX_IR_VERSION = 10  # ONNX Runtime 1.22+ reads it; recent onnx writes 11+ by default
 EXTERNAL_DATA_THRESHOLD = 1 << 31  # protobuf's 2 GB limit
-STAGING_PREFIX = ".mla-export-"
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -55,25 +55,12 @@ def referenced_data_file(path: Path) -> str | None:
 def remove_stale_files(output: Path) -> None:
     """Remove what earlier exports of `output` left: staging folders of processes that are gone, and data
     files that the committed .onnx does not name."""
-    for entry in output.parent.glob(f"{STAGING_PREFIX}*"):
-        match = re.fullmatch(rf"{re.escape(STAGING_PREFIX)}(\d+)-[0-9a-f]+", entry.name)
-        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
+    remove_stale_staging(output.parent)
     keep = referenced_data_file(output)
     pattern = _data_file_pattern(output)
     for entry in output.parent.iterdir():
         if pattern.match(entry.name) and entry.name != keep:
             entry.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def written_files(output: Path) -> list[Path]:
@@ -153,6 +140,7 @@ def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None =
     output = check_output_path(output)
     remove_stale_files(output)
     check_resources(spec, output.parent)
+    source = weight_source(spec)  # a checkpoint's index and shards are checked before any work
     report = progress or (lambda what, done, total: None)
     report("tracing", 0, 1)
     traced = trace_graph(spec)
@@ -161,7 +149,6 @@ def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None =
     total = data_bytes(layout)
     external = total >= EXTERNAL_DATA_THRESHOLD
     check_free_disk(output.parent, total * (1 if external else 2), "the export")
-    source = weight_source(spec)
 
     token = secrets.token_hex(4)
     staging = output.parent / f"{STAGING_PREFIX}{os.getpid()}-{token}"
@@ -189,8 +176,7 @@ def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None =
             os.replace(staging / data_file, output.parent / data_file)
         os.replace(staged, output)  # the commit point
     except OSError as exc:
-        raise UserError(f"-o {output}: writing the export failed ({exc.strerror or exc}); nothing was "
-                        "replaced") from None
+        raise write_failed(output, exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         remove_stale_files(output)  # a data file moved in before a failed commit is named by no .onnx

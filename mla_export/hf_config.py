@@ -292,6 +292,10 @@ def load_config_file(path: str | Path) -> MlaConfig:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config {path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"config {path}: JSON nested too deeply; expected a DeepSeek config.json") from None
+    except OSError as exc:
+        raise UserError(f"config {path}: cannot be read ({exc.strerror or exc})") from None
     return config_from_hf_dict(data, name=path.parent.name if path.name == "config.json" else path.stem)
 
 

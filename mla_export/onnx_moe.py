@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import contract
-from .onnx_node import BODY_OPSET, FunctionBody
+from .onnx_node import BODY_OPSET, FunctionBody, schema_attributes
 
 
 def moe_op_schema() -> onnx.defs.OpSchema:
@@ -22,14 +22,10 @@ def moe_op_schema() -> onnx.defs.OpSchema:
     hidden, router, bias, gate_up, down = contract.MOE_INPUTS
     inputs = [t(hidden, "T"), t(router, "tensor(float)"), t(bias, "tensor(float)"), t(gate_up, "T"), t(down, "T")]
     outputs = [t(name, "T") for name in contract.MOE_OUTPUTS]
-    attr = onnx.defs.OpSchema.Attribute
-    kinds = {"INT": onnx.defs.OpSchema.AttrType.INT, "FLOAT": onnx.defs.OpSchema.AttrType.FLOAT}
-    attributes = [attr(name, kinds[kind], name) for name, kind in contract.MOE_ATTRIBUTES.items()]
-    attributes += [attr(name, onnx.defs.OpSchema.AttrType.STRING, name) for name in contract.PLUGIN_LOOKUP_ATTRIBUTES]
     return onnx.defs.OpSchema(
         contract.MOE_OP_TYPE, contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION, inputs=inputs, outputs=outputs,
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations, experts")],
-        attributes=attributes)
+        attributes=schema_attributes(contract.MOE_ATTRIBUTES))
 
 
 def moe_translation() -> dict:

@@ -16,21 +16,25 @@ from . import contract
 BODY_OPSET = 18  # Split(num_outputs) needs 18
 
 
+def schema_attributes(attributes: dict[str, str]) -> list:
+    """OpSchema attributes for a contract's {name: "INT" | "FLOAT"}, plus the plugin look-up strings."""
+    attr = onnx.defs.OpSchema.Attribute
+    kinds = {"INT": onnx.defs.OpSchema.AttrType.INT, "FLOAT": onnx.defs.OpSchema.AttrType.FLOAT}
+    return ([attr(name, kinds[kind], name) for name, kind in attributes.items()]
+            + [attr(name, onnx.defs.OpSchema.AttrType.STRING, name) for name in contract.PLUGIN_LOOKUP_ATTRIBUTES])
+
+
 def op_schema() -> onnx.defs.OpSchema:
     """The node's schema: seven inputs, two outputs, T in {float, float16, bfloat16}."""
     t = onnx.defs.OpSchema.FormalParameter
     inputs = [t(name, "T") for name in contract.OP_INPUTS[:5]]
     inputs += [t(contract.OP_INPUTS[5], "tensor(int32)"), t(contract.OP_INPUTS[6], "tensor(float)")]
     outputs = [t(name, "T") for name in contract.OP_OUTPUTS]
-    attr = onnx.defs.OpSchema.Attribute
-    kinds = {"INT": onnx.defs.OpSchema.AttrType.INT, "FLOAT": onnx.defs.OpSchema.AttrType.FLOAT}
-    attributes = [attr(name, kinds[kind], name) for name, kind in contract.OP_ATTRIBUTES.items()]
-    attributes += [attr(name, onnx.defs.OpSchema.AttrType.STRING, name) for name in contract.PLUGIN_LOOKUP_ATTRIBUTES]
     return onnx.defs.OpSchema(
         contract.OP_TYPE, contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION,
         inputs=inputs, outputs=outputs,
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "cache and activations")],
-        attributes=attributes,
+        attributes=schema_attributes(contract.OP_ATTRIBUTES),
     )
 
 

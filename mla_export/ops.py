@@ -7,6 +7,8 @@ first CUDA call), and is what export turns into the ONNX node.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .rope import rotate_interleaved
@@ -87,12 +89,34 @@ def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_laten
     return attn.to(q_latent.dtype), present
 
 
+def check_attributes(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.Tensor, k_pe: torch.Tensor,
+                     past_cache: torch.Tensor, num_heads: int, kv_lora_rank: int, qk_rope_head_dim: int,
+                     softmax_scale: float) -> None:
+    """Raise ValueError when the op's attributes disagree with its inputs' shapes (or the scale is not a
+    finite positive number): every implementation checks this, as the plugin does at build time."""
+    # [B,S,H,Dc], [B,S,H,Dr], [B,S,Dc], [B,S,Dr], [B,Smax,Dc+Dr]
+    expected = (num_heads, kv_lora_rank, qk_rope_head_dim)
+    got = (q_latent.shape[2], q_latent.shape[3], q_pe.shape[3])
+    if expected != got:
+        raise ValueError(f"mla_attention: attributes (num_heads, kv_lora_rank, qk_rope_head_dim)={expected} "
+                         f"do not match the inputs' shapes {got}")
+    widths = (q_pe.shape[2], kv_latent.shape[-1], k_pe.shape[-1], past_cache.shape[-1])
+    if widths != (num_heads, kv_lora_rank, qk_rope_head_dim, kv_lora_rank + qk_rope_head_dim):
+        raise ValueError(f"mla_attention: q_pe heads, kv_latent, k_pe and past_cache widths {widths} do not match "
+                         f"the attributes (num_heads={num_heads}, kv_lora_rank={kv_lora_rank}, "
+                         f"qk_rope_head_dim={qk_rope_head_dim})")
+    if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+        raise ValueError(f"mla_attention: softmax_scale={softmax_scale}: expected a finite positive number")
+
+
 @torch.library.custom_op("mla::mla_attention", mutates_args=())
 def mla_attention(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.Tensor, k_pe: torch.Tensor,
                   past_cache: torch.Tensor, cache_seqlens: torch.Tensor, rope_cos_sin: torch.Tensor,
                   num_heads: int, kv_lora_rank: int, qk_rope_head_dim: int,
                   softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`MlaAttention` as a PyTorch op (CPU: the reference; CUDA: the Triton kernels)."""
+    check_attributes(q_latent, q_pe, kv_latent, k_pe, past_cache, num_heads, kv_lora_rank, qk_rope_head_dim,
+                     softmax_scale)
     return mla_attention_reference(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope_cos_sin,
                                    softmax_scale)
 
@@ -108,11 +132,8 @@ def _mla_attention_cuda(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqle
                         kv_lora_rank, qk_rope_head_dim, softmax_scale):
     """The CUDA implementation: the Triton kernels (Triton is imported at the first call, not before)."""
     # [B,S,H,Dc], [B,S,H,Dr], [B,S,Dc], [B,S,Dr], [B,Smax,Dc+Dr], [B] int32, [Smax,Dr] f32
-    expected = (num_heads, kv_lora_rank, qk_rope_head_dim)
-    got = (q_latent.shape[2], q_latent.shape[3], q_pe.shape[3])
-    if expected != got:
-        raise ValueError(f"mla_attention: attributes (num_heads, kv_lora_rank, qk_rope_head_dim)={expected} "
-                         f"do not match the inputs' shapes {got}")
+    check_attributes(q_latent, q_pe, kv_latent, k_pe, past_cache, num_heads, kv_lora_rank, qk_rope_head_dim,
+                     softmax_scale)
     from .kernels.api import mla_attention_triton
 
     return mla_attention_triton(q_latent.contiguous(), q_pe.contiguous(), kv_latent.contiguous(), k_pe.contiguous(),

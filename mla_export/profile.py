@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import csv
+import io
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from typing import Callable
 import torch
 
 from .errors import UserError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_text
 from .measure import attention_inputs, copy_bandwidth_gb_s, percentile, time_calls
 from .spec import ModelSpec, torch_dtype
 
@@ -56,8 +57,6 @@ class ProfileReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def write_csv(self, path) -> None:
-        import io
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(asdict(self.rows[0]).keys()) if self.rows else ["target"])
         writer.writeheader()
@@ -78,6 +77,14 @@ class Target(abc.ABC):
     def cache_bytes(self, batch: int, context: int) -> int:
         c = self.spec.config
         return batch * (context + 1) * c.cache_width * self.spec.element_bytes * c.num_hidden_layers
+
+    def peak_bytes(self, batch: int, context: int) -> int:
+        """Estimated memory of one point's inputs and step: every layer's cache (drawn in float32, held in the
+        dtype, and the step's present copy) and the prefill's attention scores over the whole cache."""
+        c, smax = self.spec.config, self.spec.max_seq_len
+        caches = batch * smax * c.cache_width * c.num_hidden_layers * (4 + 2 * self.spec.element_bytes)
+        scores = batch * context * c.num_attention_heads * smax * 4 * 3
+        return caches + scores
 
     def inputs(self, batch: int, context: int, new_tokens: int) -> dict[str, torch.Tensor]:
         """Random graph inputs: empty caches for a prefill, caches holding `context` rows for a decode step."""
@@ -124,9 +131,14 @@ class EagerTarget(Target):
     def __init__(self, spec: ModelSpec):
         from .eager import eager_model
         from .folding import fold_model
+        from .footprint import GIB, check_memory, model_counts
 
         super().__init__(spec)
         self.cuda = torch.cuda.is_available()
+        counts = model_counts(spec.config, with_embeddings=spec.io == "tokens")
+        check_memory(4 * counts.total + spec.element_bytes * counts.exported + GIB,
+                     f"the eager model of {spec.config.name} ({spec.config.num_hidden_layers} layers)",
+                     "profile fewer layers (--layers N)")
         model = fold_model(eager_model(spec), torch_dtype(spec.dtype), spec.absorb)
         self.model = model.eval().to("cuda" if self.cuda else "cpu")
 
@@ -203,11 +215,16 @@ class KernelsTarget(Target):
 def run_profile(target: Target, batches: list[int], contexts: list[int], warmup: int = 2, iters: int = 10,
                 phases: tuple[str, ...] = ("prefill", "decode")) -> ProfileReport:
     """Time every (phase, batch, context); contexts must leave room in the cache."""
+    from .footprint import check_memory
+
     smax = target.spec.max_seq_len
     too_long = [c for c in contexts if c + 1 > smax]
     if too_long:
         raise UserError(f"--context {too_long[0]}: the cache holds {smax} rows (context + 1 new token must fit); "
                         "export with a larger --max-seq-len")
+    if not target.cuda:  # host memory; a GPU target's device memory is its runtime's to refuse
+        check_memory(target.peak_bytes(max(batches), max(contexts)),
+                     f"profiling --batch {max(batches)} --context {max(contexts)}", "lower --batch or --context")
     device = torch.cuda.get_device_name() if target.cuda else "cpu"
     report = ProfileReport(device, copy_bandwidth_gb_s(target.cuda))
     for phase in phases:
@@ -266,8 +283,7 @@ def plot_profile(report: ProfileReport, path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(Path(path), buffer.getvalue())

@@ -22,6 +22,7 @@ IO_KINDS = ("hidden", "tokens")  # graph I/O: hidden states, or input_ids -> log
 # Where W_UK and W_UV go in the exported graph: folded into the query and output projections at
 # export, or kept per head and applied at run time (batched matmuls around the MlaAttention node).
 ABSORB_MODES = ("prefolded", "runtime")
+MAX_SEED = 2**63 - 1  # seeds are 64-bit (torch.Generator)
 
 
 def torch_dtype(name: str):
@@ -60,8 +61,11 @@ class ModelSpec:
             raise FieldError("io", self.io, f"expected one of {', '.join(IO_KINDS)}")
         if self.absorb not in ABSORB_MODES:
             raise FieldError("absorb", self.absorb, f"expected one of {', '.join(ABSORB_MODES)}")
-        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len <= 0:
-            raise FieldError("max_seq_len", self.max_seq_len, "expected a positive number of cache rows")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
+            raise FieldError("max_seq_len", self.max_seq_len, "expected at least 2 cache rows (the graph takes a "
+                             "prefill of 2 or more tokens)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise FieldError("seed", self.seed, f"expected an integer from 0 to {MAX_SEED}")
         if self.max_seq_len > self.config.max_position_embeddings:
             raise FieldError("max_seq_len", self.max_seq_len,
                              f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
@@ -97,6 +101,9 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
 
     `source` names where the metadata came from in error messages (e.g. "--onnx m.onnx").
     """
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise UserError(f"{source}: mla-export metadata is damaged (expected a table of strings); re-export the "
+                        "model")
     if contract.META_PRODUCER not in meta or contract.META_CONFIG not in meta:
         raise UserError(f"{source}: not written by mla-export (no mla_export metadata); "
                         "export it with `mla-export export`")
@@ -110,8 +117,11 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                          max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
                          checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO],
                          absorb=meta.get(contract.META_ABSORB, "prefolded"))
-    except (KeyError, ValueError, json.JSONDecodeError, UserError) as exc:
-        raise UserError(f"{source}: mla-export metadata is damaged ({exc}); re-export the model") from None
+    except RecursionError:
+        raise UserError(f"{source}: mla-export metadata is damaged (its config is nested too deeply); "
+                        "re-export the model") from None
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError, UserError) as exc:
+        raise UserError(f"{source}: mla-export metadata is damaged ({str(exc)[:300]}); re-export the model") from None
     if spec.checkpoint is None and meta.get(contract.META_WEIGHTS) != contract.WEIGHTS_SCHEME:
         raise UserError(f"{source}: its random weights were made by an older mla-export (scheme "
                         f"{meta.get(contract.META_WEIGHTS, 'from before schemes')}, this one makes "

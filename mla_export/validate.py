@@ -35,6 +35,15 @@ class Scenario:
             if getattr(self, name) < least:
                 raise FieldError(name, getattr(self, name), f"expected at least {least}")
 
+    def peak_bytes(self, spec: ModelSpec) -> int:
+        """Estimated memory the scenario's tensors need beside the models: every layer's cache on both sides
+        (float64 reference, runtime copies, comparisons) and the largest step's attention scores and logits."""
+        c, element = spec.config, spec.element_bytes
+        cache = self.batch * spec.max_seq_len * c.cache_width * c.num_hidden_layers * (32 + 4 * element)
+        scores = self.batch * self.prefill_len * c.num_attention_heads * spec.max_seq_len * (3 * 8 + 3 * 4)
+        logits = self.batch * self.prefill_len * c.vocab_size * 16 if spec.io == "tokens" else 0
+        return cache + scores + logits
+
     def histories(self, max_seq_len: int) -> list[int]:
         """Cache rows each sequence already holds (ragged), leaving room for prefill + steps."""
         room = max_seq_len - self.prefill_len - self.steps
@@ -119,19 +128,28 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario,
         outputs = _run_checked(runner, feeds, out_names)
         caches_run = [from_numpy(outputs[n]) for n in out_names[1:]]
         result = StepResult("prefill" if step == 0 else f"decode {step}", new_tokens)
+        unwritten = unwritten_rows(seqlens, new_tokens, spec.max_seq_len)  # the NaN rows both sides must keep
         result.comparisons.append(compare(out_names[0], from_numpy(outputs[out_names[0]]), out_ref, atol, rtol))
         for name, got, ref in zip(out_names[1:], caches_run, caches_ref):
-            result.comparisons.append(compare(name, got, ref, atol, rtol))
+            result.comparisons.append(compare(name, got, ref, atol, rtol, expected_nonfinite=unwritten))
         if second is not None:
             feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_second)})
             other = _run_checked(second, feeds, out_names)
             caches_second = [from_numpy(other[n]) for n in out_names[1:]]
             for name in out_names:
+                allowed = unwritten if name != out_names[0] else None
                 result.comparisons.append(compare(f"{name} vs {second.name}", from_numpy(outputs[name]),
-                                                  from_numpy(other[name]), atol, rtol))
+                                                  from_numpy(other[name]), atol, rtol, expected_nonfinite=allowed))
         results.append(result)
         seqlens = seqlens + new_tokens
     return ValidationReport(runner.name, spec.dtype, scenario, results)
+
+
+def unwritten_rows(seqlens: torch.Tensor, new_tokens: int, max_seq_len: int) -> torch.Tensor:
+    """`[B, Smax, 1]` bool: the cache rows a step leaves unwritten (at or past seqlens[b] + new_tokens), which
+    hold NaN in the reference by design: the only place where NaN on both sides is agreement."""
+    rows = torch.arange(max_seq_len)  # [Smax]
+    return (rows[None, :] >= (seqlens.to(torch.long) + new_tokens)[:, None])[..., None]  # [B, Smax, 1]
 
 
 def _run_checked(runner: Runner, feeds: dict, out_names: list[str]) -> dict[str, np.ndarray]:
@@ -182,8 +200,13 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
     from .trt.runner import TensorRTRunner
     from .trt.sidecar import Sidecar
 
+    from .footprint import check_memory
+
     sidecar = Sidecar.read(engine)
     spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
+    check_memory(scenario.peak_bytes(spec), f"validating {Path(engine).name} with --batch {scenario.batch}",
+                 "lower --batch or --prefill-len")
+    scenario.histories(spec.max_seq_len)  # refuses a scenario the cache cannot hold
     second = None
     if onnx is not None:
         if read_export_spec(onnx) != spec:
@@ -195,11 +218,15 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
 def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:
     """Validate an mla-export ONNX file on ONNX Runtime (CPU) against the eager float64 model."""
     from .footprint import check_memory, validate_peak_bytes
-    from .onnx_reader import read_export_spec
+    from .onnx_reader import read_exported_model
 
-    spec = read_export_spec(path)
-    data = sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*") if p.is_file())
-    check_memory(validate_peak_bytes(spec.config, data, spec.io == "tokens"),
-                 f"validating {Path(path).name} (the float64 eager model beside ONNX Runtime)",
-                 "validate an export with fewer layers (export --layers N) on this machine")
+    model = read_exported_model(path)
+    spec = model.spec
+    check_memory(validate_peak_bytes(spec.config, model.weight_bytes(), spec.io == "tokens")
+                 + scenario.peak_bytes(spec),
+                 f"validating {Path(path).name} (the float64 eager model beside ONNX Runtime, --batch "
+                 f"{scenario.batch}, --prefill-len {scenario.prefill_len})",
+                 "validate an export with fewer layers (export --layers N), or a smaller --batch or --prefill-len, "
+                 "on this machine")
+    scenario.histories(spec.max_seq_len)  # refuses a scenario the cache cannot hold
     return validate_runner(OnnxRuntimeRunner(path), spec, scenario)

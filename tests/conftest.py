@@ -52,11 +52,18 @@ def aot_kernels(tmp_path_factory) -> Path:
 def plugin_build(tmp_path_factory, aot_kernels) -> Path:
     """One fresh CMake build of plugins/ (libmla_plugin.so with MlaAttention and DeepseekMoE, the C++ tests) with
     the session's generated kernels, and both launch tests' expectations: the launches the Python APIs plan
-    (tests/plugin_helpers.py). Shared by test_plugin.py and test_moe_plugin.py."""
+    (tests/plugin_helpers.py). Shared by test_plugin.py and test_moe_plugin.py. $MLA_PLUGIN_BUILD names a build
+    made elsewhere instead (the GPU bundle of `make gpu-bundle`: the shipped library and the GPU programs, in the
+    build's layout)."""
     import shutil
 
-    from plugin_helpers import CUDA_HEADER, build_plugins
+    from plugin_helpers import CUDA_HEADER, LIBRARY, build_plugins
 
+    given = os.environ.get("MLA_PLUGIN_BUILD")
+    if given:
+        built = Path(given)
+        assert (built / "mlaAttentionPlugin" / LIBRARY).is_file(), f"MLA_PLUGIN_BUILD={given} has no {LIBRARY}"
+        return built
     if shutil.which("cmake") is None:
         pytest.skip("cmake is missing")
     if not CUDA_HEADER.exists():
@@ -83,3 +90,11 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped on CI, where every CPU test must run: {reason}"
+
+
+@pytest.fixture(scope="session")
+def corpus_files(tmp_path_factory):
+    """The good inputs that test_bad_inputs.py and test_faults.py damage (corpus.make_files), made once."""
+    from corpus import make_files
+
+    return make_files(tmp_path_factory.mktemp("corpus"))

@@ -282,7 +282,11 @@ def test_sidecar_files(tmp_path, monkeypatch):
     (tmp_path / "m.engine.json").write_text('{"format": "something-else"}')
     with pytest.raises(UserError, match="not an mla-export engine sidecar"):
         Sidecar.read(engine)
-    written = sidecar(onnx_metadata=ModelSpec(load_preset("tiny"), max_seq_len=SMAX).metadata())
+    import hashlib
+
+    profiles = [{"name": name, "shapes": {"hidden_states": [[1, 1, 64]] * 3}} for name in ("decode", "prefill")]
+    written = sidecar(onnx_metadata=ModelSpec(load_preset("tiny"), max_seq_len=SMAX).metadata(), profiles=profiles,
+                      engine_size=6, engine_sha256=hashlib.sha256(b"engine").hexdigest())
     written.write(engine)
     assert Sidecar.read(engine) == written
     import torch

@@ -5,6 +5,7 @@ real API where it imports, and `build_engine`'s own code path with a stand-in Te
 
 from __future__ import annotations
 
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -164,8 +165,10 @@ def test_build_enables_aliasing_and_records_the_mode(tiny_fp16_onnx, tmp_path, m
 def test_sidecar_cache_binding_defaults_and_checks(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")
+    profiles = [{"name": name, "shapes": {}} for name in ("decode", "prefill")]
     base = Sidecar(tensorrt_flavour="tensorrt", tensorrt_version="10.13.0", attention="plugin", gpu_name=None,
-                   compute_capability=None, plugin_sha256=None, plugin_path=None)
+                   compute_capability=None, plugin_sha256=None, plugin_path=None, profiles=profiles,
+                   engine_size=6, engine_sha256=hashlib.sha256(b"engine").hexdigest())
     assert base.cache_binding == "copy"
     data = json.loads(json.dumps(base.__dict__))
     del data["cache_binding"]  # a sidecar written before the field: its engine declares no alias

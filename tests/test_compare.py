@@ -26,19 +26,40 @@ def test_relative_error_and_cosine():
     assert flipped.cosine == pytest.approx(-1.0)
 
 
-def test_nan_and_inf_mismatches_fail_but_matching_nans_pass():
+def test_nan_and_inf_fail_unless_the_reference_is_expected_to_be_non_finite_there():
     expected = np.array([np.nan, 1.0, np.inf, 2.0])
-    assert compare("x", expected.copy(), expected, 0, 0).passed
+    meant = np.array([True, False, True, False])  # where the reference is non-finite by design
+    assert compare("x", expected.copy(), expected, 0, 0, expected_nonfinite=meant).passed
+    same = compare("x", expected.copy(), expected, 0, 0)  # NaN vs NaN is no agreement unless declared
+    assert not same.passed and same.nonfinite_mismatches == 2
     actual = expected.copy()
     actual[1] = np.nan
-    result = compare("x", actual, expected, 1.0, 1.0)
+    result = compare("x", actual, expected, 1.0, 1.0, expected_nonfinite=meant)
     assert not result.passed and result.nonfinite_mismatches == 1
     actual = expected.copy()
     actual[2] = -np.inf
-    assert compare("x", actual, expected, 1.0, 1.0).nonfinite_mismatches == 1
+    assert compare("x", actual, expected, 1.0, 1.0, expected_nonfinite=meant).nonfinite_mismatches == 1
     actual = expected.copy()
     actual[0] = 0.0  # the reference's NaN became a number: also a mismatch
-    assert not compare("x", actual, expected, 1.0, 1.0).passed
+    assert not compare("x", actual, expected, 1.0, 1.0, expected_nonfinite=meant).passed
+
+
+def test_an_all_nan_output_fails_with_cosine_zero():
+    """NaN on both sides where the reference is finite... and the reference finite, the output all NaN: both fail,
+    and the cosine over nothing comparable is no 1.0."""
+    expected = torch.randn(2, 3, dtype=torch.float64)
+    result = compare("x", torch.full((2, 3), float("nan")), expected, 1.0, 1.0)
+    assert not result.passed and result.nonfinite_mismatches == 6 and result.cosine == 0.0
+    both = compare("x", torch.full((2, 3), float("nan")), torch.full((2, 3), float("nan")), 1.0, 1.0)
+    assert not both.passed and both.cosine == 0.0
+    inf = expected.clone()
+    inf[1, 1] = float("inf")
+    assert not compare("x", inf, expected, 1e9, 1e9).passed
+    rows = torch.tensor([[False], [True]])  # broadcast: row 1 may hold NaN on both sides
+    half = expected.clone()
+    half[1] = float("nan")
+    assert compare("x", half, half, 0, 0, expected_nonfinite=rows).passed
+    assert not compare("x", half, half, 0, 0, expected_nonfinite=~rows).passed
 
 
 def test_shape_mismatch_is_an_error():

@@ -164,3 +164,15 @@ def test_checkpoint_missing_or_misshapen_expert(tmp_path):
     assert result.exit_code == 1 and "experts.3.down_proj.weight' has shape (64, 31)" in result.output, result.output
     assert not (tmp_path / "x.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mla-export")]
+
+
+def test_validate_and_export_refuse_what_would_not_fit_in_memory(tiny_moe, tmp_path, monkeypatch):
+    """The checks run before any work, with the estimate and what is available."""
+    import mla_export.footprint as footprint
+
+    _, path = tiny_moe
+    monkeypatch.setattr(footprint, "available_memory", lambda: 100 << 20)  # a 100 MiB machine
+    result = run("validate", "--onnx", path)
+    assert result.exit_code == 1 and "GiB of memory and 0.1 GiB is available" in result.output, result.output
+    result = run("export", "--preset", "tiny-moe", "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 1 and "GiB of memory" in result.output and not (tmp_path / "x.onnx").exists()

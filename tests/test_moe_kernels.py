@@ -243,10 +243,9 @@ def float64_rows(x, router, bias, gate_up, down, rule) -> torch.Tensor:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ["deepseek-v2-lite", "deepseek-v3"])
-@pytest.mark.parametrize("tokens", [1, 64, 4097])
-def test_real_sizes_on_gpu(preset, tokens):
-    """V2-Lite and V3 expert sizes in bfloat16 (V3's 256 experts: 16 random ones repeated, 22.5 GB): against
-    float64 on 8 tokens, and bit-identical across two runs."""
+def test_real_sizes_on_gpu(preset):
+    """V2-Lite and V3 expert sizes in bfloat16 (V3's 256 experts: 16 random ones repeated, 22.5 GB, made once),
+    1, 64 and 4097 tokens (two chunks): against float64 on 8 tokens, and bit-identical across two runs."""
     from mla_export.hf_config import load_preset
     from mla_export.kernels.moe_api import deepseek_moe_triton
 
@@ -261,12 +260,13 @@ def test_real_sizes_on_gpu(preset, tokens):
     down = down.repeat(experts // distinct, 1, 1)
     router = (torch.randn(experts, d, generator=g) / d ** 0.5).cuda()
     bias = (0.01 * torch.randn(experts, generator=g)).cuda()
-    x = torch.randn(tokens, d, generator=g).bfloat16().cuda()
-    out = deepseek_moe_triton(x, router, bias, gate_up, down, rule)
-    again = deepseek_moe_triton(x, router, bias, gate_up, down, rule)
-    assert torch.equal(out.view(torch.int16), again.view(torch.int16))
-    sample = slice(0, min(tokens, 8))
-    want = float64_rows(x[sample].float().cpu(), router.cpu(), bias.cpu(), gate_up, down, rule)
     atol, rtol = tolerance_for("bfloat16")
-    result = compare("routed_output", out[sample].cpu(), want, atol * rule.weight_scale, rtol)
-    assert result.passed, result
+    for tokens in (1, 64, 4097):
+        x = torch.randn(tokens, d, generator=g).bfloat16().cuda()
+        out = deepseek_moe_triton(x, router, bias, gate_up, down, rule)
+        again = deepseek_moe_triton(x, router, bias, gate_up, down, rule)
+        assert torch.equal(out.view(torch.int16), again.view(torch.int16)), tokens
+        sample = slice(0, min(tokens, 8))
+        want = float64_rows(x[sample].float().cpu(), router.cpu(), bias.cpu(), gate_up, down, rule)
+        result = compare(f"routed_output ({tokens} tokens)", out[sample].cpu(), want, atol * rule.weight_scale, rtol)
+        assert result.passed, result

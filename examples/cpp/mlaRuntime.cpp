@@ -128,6 +128,8 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
         return s;
     if (Status s = readFile(options.enginePath, blob); !s)
         return s;
+    if (Status s = checkEngineSize(sidecar, blob.size()); !s)
+        return s;
     if (!options.pluginPath.empty())
     {
         auto* registry = getPluginRegistry();

@@ -200,7 +200,8 @@ inline bool jsonString(std::string const& json, std::string const& key, std::str
 }
 
 //! The sidecar format this program reads: SIDECAR_VERSION in mla_export/trt/sidecar.py (a test compares them).
-constexpr int64_t kSidecarFormatVersion = 2;
+//! Format 3 records the engine's size and sha256 (`engine_size`, `engine_sha256`).
+constexpr int64_t kSidecarFormatVersion = 3;
 
 //! Refuses a sidecar whose format or contract versions this program does not know: MlaAttention's, and the
 //! DeepseekMoE contract version the sidecar's copy of the ONNX metadata carries (absent: a model without MoE
@@ -223,6 +224,20 @@ inline Status checkSidecar(std::string const& json)
         return Status::error("engine speaks DeepseekMoE contract " + moeVersion + ", this program speaks "
             + std::to_string(mla::moe_contract::kContractVersion)
             + ": re-export and rebuild the engine, or rebuild this program");
+    return Status::success();
+}
+
+//! Refuses an engine of `engineBytes` bytes whose sidecar records another size: the two files are not from
+//! the same build (an interrupted build, or files copied from two builds). mla-export's own readers also
+//! compare the sha256; the size is what this program checks.
+inline Status checkEngineSize(std::string const& json, size_t engineBytes)
+{
+    int64_t recorded = -1;
+    if (!jsonInt(json, "engine_size", recorded) || recorded < 0)
+        return Status::error("the sidecar records no engine_size: rebuild the engine with this mla-export");
+    if (static_cast<uint64_t>(recorded) != engineBytes)
+        return Status::error("the engine holds " + std::to_string(engineBytes) + " bytes, its sidecar records "
+            + std::to_string(recorded) + ": the two files are not from the same build; rebuild the engine");
     return Status::success();
 }
 

@@ -97,6 +97,11 @@ int main()
     moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "2");
     Status moeNewer = checkSidecar(moeFuture);
     expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 2") != std::string::npos, "other MoE contract refused");
+    std::string const sized = "{\"engine_size\": 163840, \"engine_sha256\": \"ab\"}";
+    expect(checkEngineSize(sized, 163840).ok, "engine of the recorded size accepted");
+    Status other = checkEngineSize(sized, 163841);
+    expect(!other && other.message.find("not from the same build") != std::string::npos, "engine of another size refused");
+    expect(!checkEngineSize(good, 163840), "sidecar without engine_size refused");
 
     // Cache binding from the sidecar: aliased, copy, absent (older sidecars: copy), unknown (refused).
     CacheBinding binding{};

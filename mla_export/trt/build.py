@@ -2,25 +2,26 @@
 
 path -> (plugin library loaded) -> parsed network (plugin layers checked) -> two optimization
 profiles (decode: one new token; prefill) -> strongly typed build -> engine bytes -> engine file and
-sidecar, written atomically. Works with TensorRT 10.8+ and with TensorRT-RTX (plugin-free only).
+sidecar, committed as one (`save_engine`). Works with TensorRT 10.8+ and with TensorRT-RTX (plugin-free
+only).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import contract
 from ..errors import UserError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, check_output_file, staging_dir, write_failed, write_staged
 from ..onnx_reader import read_exported_model
 from ..spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library
-from .sidecar import Sidecar
-
-ATTENTION_MODES = ("plugin", "decomposed")
+from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, sidecar_path
 
 
 def parse_range(text: str, option: str) -> tuple[int, int, int]:
@@ -248,8 +249,13 @@ def builder_config(trt, builder, profiles: list[dict], workspace: int | None, ti
             profile.set_shape(tensor, tuple(lo), tuple(opt), tuple(hi))
         config.add_optimization_profile(profile)
     if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        try:
+            cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+                raise ValueError("TensorRT refused it")
+        except (TypeError, ValueError, RuntimeError) as exc:  # TensorRT's bindings raise these for bad bytes
+            raise UserError(f"--timing-cache {timing_cache}: not a timing cache of this TensorRT ({exc}); delete it "
+                            "or pass another path") from None
     return config
 
 
@@ -276,9 +282,37 @@ def network_io(network) -> list[dict]:
 
 
 def save_engine(output: Path, serialized: bytes, sidecar: Sidecar) -> Path:
-    """Loader 4: the engine file and its sidecar, each written atomically."""
-    atomic_write_bytes(output, serialized)
-    sidecar.write(output)
+    """Loader 4: the engine file and its sidecar, committed as one.
+
+    The sidecar records the engine's size and sha256, and readers refuse an engine that is not the one its
+    sidecar records (`Sidecar.read`, `Sidecar.check_engine_bytes`). Both files are written into a staging
+    folder beside `output`; the engine is renamed into place, then the sidecar: that second rename is the
+    commit point. Before it, a reader sees the old pair, or (between the two renames) the new engine with the
+    old sidecar, which it refuses; a failure between the renames puts the old engine back (kept as a hard link
+    in the staging folder). A kill between them leaves the mismatched pair, refused until the next build.
+    """
+    output = Path(output)
+    sidecar = dataclasses.replace(sidecar, engine_size=len(serialized), engine_sha256=bytes_sha256(serialized))
+    try:
+        with staging_dir(output.parent) as staging:
+            engine = write_staged(staging, output.name, serialized)
+            side = write_staged(staging, sidecar_path(output).name, sidecar.to_json().encode())
+            previous = staging / "previous.engine"
+            try:
+                os.link(output, previous)
+            except OSError:  # no old engine, or a file system without hard links: nothing to put back
+                previous = None
+            os.replace(engine, output)
+            try:
+                os.replace(side, sidecar_path(output))  # the commit point
+            except BaseException:
+                if previous is not None:
+                    os.replace(previous, output)
+                else:
+                    output.unlink(missing_ok=True)
+                raise
+    except OSError as exc:
+        raise write_failed(output, exc) from None
     return output
 
 
@@ -287,9 +321,13 @@ def build_engine(spec: BuildSpec) -> Path:
     if spec.attention not in ATTENTION_MODES:
         raise UserError(f"--attention {spec.attention}: expected one of {', '.join(ATTENTION_MODES)}")
     output = Path(spec.output)
-    if not output.parent.is_dir():
-        raise UserError(f"-o {output}: directory {output.parent} does not exist")
     exported = read_exported_model(spec.onnx)
+    inputs = {"--onnx": spec.onnx, "the weights file of --onnx": exported.data_file,
+              "--timing-cache": spec.timing_cache}
+    check_output_file("-o", output, inputs)
+    check_output_file("-o (its sidecar)", sidecar_path(output), inputs)
+    if spec.timing_cache:
+        check_output_file("--timing-cache", spec.timing_cache, {k: v for k, v in inputs.items() if k != "--timing-cache"})
     model = exported.spec
     if spec.attention == "plugin" and spec.backend == "tensorrt-rtx":
         raise UserError("TensorRT-RTX cannot build engines with custom plugins (its ONNX parser aborts after "

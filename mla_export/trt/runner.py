@@ -7,6 +7,11 @@ set_optimization_profile_async, set_input_shape, set_tensor_address, execute_asy
 The latent caches are bound as the sidecar's `cache_binding` says (aliasing.py): "aliased", each layer's
 past and present on one device buffer, as TensorRT binds an aliased plugin output; "copy", present on a
 buffer of its own. The runner's name says which (it heads validate's report and profile's rows).
+
+Why not Polygraphy's TrtRunner: it gives every output a buffer of its own and copies it back after each
+inference, so it cannot bind `present_latent_cache.i` to `past_latent_cache.i`'s device buffer, which an
+engine with the aliased cache needs (avoiding a cache copy per step is the point of that binding).
+Polygraphy still runs our files: `mla_export.polygraphy_data` is a data loader for `polygraphy run`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class TensorRTRunner:
     def __init__(self, engine_path: str | Path, plugin_lib: str | None = None, sidecar: Sidecar | None = None):
         """`sidecar`: the engine's sidecar when the caller has read it already (else read here)."""
         self.sidecar = sidecar or Sidecar.read(engine_path)
+        data = Path(engine_path).read_bytes()
+        self.sidecar.check_engine_bytes(engine_path, data)  # the engine its sidecar describes, not another build's
         torch = _require_cuda()
         self.trt = trt = import_backend(self.sidecar.tensorrt_flavour)
         plugin = None
@@ -56,7 +63,7 @@ class TensorRTRunner:
         if plugin is not None:
             load_plugin_library(trt, plugin)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise UserError(f"TensorRT could not deserialize {engine_path} (see its log); rebuild the engine")
         self.context = self.engine.create_execution_context()

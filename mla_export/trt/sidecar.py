@@ -1,23 +1,37 @@
 """The engine's JSON sidecar (`model.engine.json`): what built it, for which GPU, with which plugin,
-its optimization profiles and I/O table; and the check a runner makes before loading the engine."""
+its optimization profiles and I/O table, and the engine it belongs to (size and sha256); the checks a
+runner makes before loading the engine.
+
+The engine and its sidecar are one output in two files: `build` commits them with the sidecar's rename
+(`build.save_engine`), and a reader refuses an engine whose size or sha256 is not the one its sidecar
+records (a mismatched pair: an interrupted build, or files copied from two builds).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .. import __version__, contract
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from .aliasing import CACHE_BINDINGS
+from .backend import BACKENDS
 
 SIDECAR_FORMAT = "mla-export-engine"
-SIDECAR_VERSION = 2  # 2: `export` renamed `onnx_metadata`
+SIDECAR_VERSION = 3  # 2: `export` renamed `onnx_metadata`; 3: engine_size and engine_sha256
+ATTENTION_MODES = ("plugin", "decomposed")
+PROFILE_NAMES = ("decode", "prefill")
 
 
 def sidecar_path(engine: str | Path) -> Path:
     return Path(str(engine) + ".json")
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -33,17 +47,27 @@ class Sidecar:
     io: list[dict] = field(default_factory=list)  # {"name", "mode", "dtype", "shape"}
     onnx_metadata: dict = field(default_factory=dict)  # the ONNX file's metadata_props, as they are
     cache_binding: str = "copy"  # "aliased" | "copy" (aliasing.py)
+    engine_size: int | None = None  # bytes of the engine file this sidecar belongs to
+    engine_sha256: str | None = None  # and their sha256
     contract_version: int = contract.CONTRACT_VERSION
     mla_export_version: str = __version__
     format: str = SIDECAR_FORMAT
     format_version: int = SIDECAR_VERSION
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
     def write(self, engine: str | Path) -> Path:
-        return atomic_write_text(sidecar_path(engine), json.dumps(asdict(self), indent=2) + "\n")
+        """Write this sidecar beside `engine` (atomically). `build` commits engine and sidecar together instead
+        (`build.save_engine`)."""
+        return atomic_write_text(sidecar_path(engine), self.to_json())
 
     @classmethod
     def read(cls, engine: str | Path) -> "Sidecar":
+        """The sidecar of `engine`, checked: its JSON shape, format version, and the engine file's size."""
         path = sidecar_path(engine)
+        if Path(engine).is_dir():
+            raise UserError(f"--engine {engine}: is a directory; pass the engine file")
         if not Path(engine).is_file():
             raise UserError(f"--engine {engine}: no such file")
         if not path.is_file():
@@ -51,13 +75,89 @@ class Sidecar:
                             "`mla-export build` have one (rebuild the engine)")
         try:
             data = json.loads(path.read_text())
-            if data.get("format") != SIDECAR_FORMAT or data.get("format_version") != SIDECAR_VERSION:
-                raise ValueError(f"format {data.get('format')!r} version {data.get('format_version')!r}")
-            if data.get("cache_binding", "copy") not in CACHE_BINDINGS:
-                raise ValueError(f"cache_binding {data['cache_binding']!r} (knows {', '.join(CACHE_BINDINGS)})")
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise UserError(f"{path}: not an mla-export engine sidecar ({exc}); rebuild the engine") from None
+            sidecar = cls(**check_shape(data))
+        except RecursionError:
+            raise UserError(f"{path}: not an mla-export engine sidecar (nested too deeply); rebuild the engine") \
+                from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}: not an mla-export engine sidecar ({str(exc)[:300]}); rebuild the "
+                            "engine") from None
+        size = Path(engine).stat().st_size
+        if size != sidecar.engine_size:
+            raise mismatched(engine, f"the engine holds {size:,} bytes, its sidecar records {sidecar.engine_size:,}")
+        return sidecar
+
+    def check_engine_bytes(self, engine: str | Path, data: bytes) -> None:
+        """Refuse engine bytes that are not the ones this sidecar was written for (sha256)."""
+        if len(data) != self.engine_size or bytes_sha256(data) != self.engine_sha256:
+            raise mismatched(engine, f"the engine's sha256 is {bytes_sha256(data)[:12]}..., its sidecar records "
+                                     f"{str(self.engine_sha256)[:12]}...")
+
+
+def mismatched(engine: str | Path, detail: str) -> UserError:
+    return UserError(f"--engine {engine}: the engine and its sidecar {sidecar_path(engine).name} are not from the "
+                     f"same build ({detail}): an interrupted build, or files copied from two builds; rebuild the "
+                     "engine with `mla-export build`")
+
+
+# JSON types of each field: a tuple of accepted types (None: null).
+_TYPES = {
+    "tensorrt_flavour": (str,), "tensorrt_version": (str,), "attention": (str,), "gpu_name": (str, None),
+    "compute_capability": (str, None), "plugin_sha256": (str, None), "plugin_path": (str, None),
+    "profiles": (list,), "io": (list,), "onnx_metadata": (dict,), "cache_binding": (str,), "engine_size": (int,),
+    "engine_sha256": (str,), "contract_version": (int,), "mla_export_version": (str,), "format": (str,),
+    "format_version": (int,),
+}
+
+
+# Fields a sidecar may leave out, and what their absence means.
+_OPTIONAL = {"cache_binding": "copy"}  # no alias declared: present has a buffer of its own (aliasing.py)
+
+
+def _is(value, kinds: tuple) -> bool:
+    return any(value is None if k is None else isinstance(value, k) and not (k is int and isinstance(value, bool))
+               for k in kinds)
+
+
+def _shape_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
+
+
+def check_shape(data) -> dict:
+    """`data` (a parsed sidecar) if it has the sidecar's JSON shape; ValueError saying what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    if data.get("format") != SIDECAR_FORMAT or data.get("format_version") != SIDECAR_VERSION:
+        raise ValueError(f"format {str(data.get('format'))[:40]!r} version {str(data.get('format_version'))[:20]!r}, "
+                         f"this mla-export reads {SIDECAR_FORMAT!r} version {SIDECAR_VERSION}")
+    names = {f.name for f in fields(Sidecar)}
+    unknown = sorted(set(data) - names)
+    missing = sorted(names - set(data) - set(_OPTIONAL))
+    if unknown or missing:
+        raise ValueError(f"unknown field(s) {unknown[:3]}" if unknown else f"missing field(s) {missing[:3]}")
+    data = {**_OPTIONAL, **data}
+    for name, kinds in _TYPES.items():
+        if not _is(data[name], kinds):
+            raise ValueError(f"field {name} is {type(data[name]).__name__}")
+    if data["engine_size"] < 0 or len(data["engine_sha256"]) != 64:
+        raise ValueError("engine_size/engine_sha256 are not a size and a sha256")
+    checks = {"tensorrt_flavour": tuple(BACKENDS), "attention": ATTENTION_MODES, "cache_binding": CACHE_BINDINGS}
+    for name, allowed in checks.items():
+        if data[name] not in allowed:
+            raise ValueError(f"{name} {data[name][:40]!r} (knows {', '.join(allowed)})")
+    profiles = data["profiles"]
+    if [p.get("name") if isinstance(p, dict) else None for p in profiles] != list(PROFILE_NAMES) or not all(
+            isinstance(p.get("shapes"), dict) and all(
+                isinstance(k, str) and isinstance(v, list) and len(v) == 3 and all(map(_shape_list, v))
+                for k, v in p["shapes"].items()) for p in profiles):
+        raise ValueError(f"profiles are not the {' and '.join(PROFILE_NAMES)} profiles with [min, opt, max] shapes")
+    for entry in data["io"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry.get("mode") in
+                ("input", "output") and isinstance(entry.get("dtype"), str) and _shape_list(entry.get("shape"))):
+            raise ValueError("io is not a list of {name, mode, dtype, shape}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in data["onnx_metadata"].items()):
+        raise ValueError("onnx_metadata is not a table of strings")
+    return data
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""The one-command GPU check's runner, on the CPU: with a fake step list it runs every step under its limit,
+records failures, timeouts and skips, goes on past them, and writes both reports; without a GPU the command
+stops at once with one line; the bundle is assembled under its size limit."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(spec)
+sys.modules["gpu_check"] = gpu_check  # dataclasses look their module up there
+spec.loader.exec_module(gpu_check)
+
+
+def python(code: str):
+    return lambda ctx: [sys.executable, "-c", code]
+
+
+def test_runner_runs_every_step_and_writes_both_reports(tmp_path):
+    steps = [
+        gpu_check.Step("facts", "prints figures", 10, python('print("{\\"copy_gb_s\\": 3000.0}")'),
+                       lambda out, ctx: gpu_check._json_line(out)),
+        gpu_check.Step("broken", "exits 3", 10, python("import sys; print('bad thing'); sys.exit(3)")),
+        gpu_check.Step("slow", "sleeps past its limit", 1, python("import time; time.sleep(30)")),
+        gpu_check.Step("absent", "skips itself", 10, python("raise SystemExit(77)")),
+        gpu_check.Step("unparsable", "prints no JSON", 10, python("print('hello')"),
+                       lambda out, ctx: gpu_check._json_line(out)),
+        gpu_check.Step("uses-earlier", "reads an earlier step's figures", 10, python("print(1)"),
+                       lambda out, ctx: {"copy seen": ctx.figures["facts"]["copy_gb_s"]}),
+    ]
+    ctx = gpu_check.Context(out=tmp_path / "out", bundle=tmp_path)
+    lines = []
+    results = gpu_check.run_steps(steps, ctx, total_limit_s=60, log=lines.append)
+    status = {r.name: r.status for r in results}
+    assert status == {"facts": "ok", "broken": "failed", "slow": "timeout", "absent": "skipped",
+                      "unparsable": "failed", "uses-earlier": "ok"}
+    by_name = {r.name: r for r in results}
+    assert by_name["facts"].figures == {"copy_gb_s": 3000.0}
+    assert by_name["broken"].note == "exit 3: bad thing"
+    assert 0.9 <= by_name["slow"].seconds < 10
+    assert by_name["uses-earlier"].figures == {"copy seen": 3000.0}
+    assert len(lines) == len(steps)
+    gpu_check.write_reports(results, ctx.out)
+    data = json.loads((ctx.out / "gpu-check.json").read_text())
+    assert [d["name"] for d in data] == [s.name for s in steps]
+    table = (ctx.out / "gpu-check.md").read_text()
+    assert "| slow | sleeps past its limit | timeout (stopped at its limit of 1 s) |" in table
+    assert "| decode B=64 x 4096, % of copy | 70 | not measured | n/a |" in table
+    assert (ctx.out / "broken.log").read_text().endswith("bad thing\n")
+
+
+def test_run_stops_giving_time_when_the_total_is_spent(tmp_path):
+    steps = [gpu_check.Step(f"s{i}", "sleeps", 30, python("import time; time.sleep(30)")) for i in range(3)]
+    results = gpu_check.run_steps(steps, gpu_check.Context(out=tmp_path, bundle=tmp_path), total_limit_s=2,
+                                  log=lambda line: None)
+    assert [r.status for r in results] == ["timeout"] * 3
+    assert results[-1].note == "no time left in the run" and sum(r.seconds for r in results) < 5
+
+
+def test_cpp_bench_figures_against_the_baselines():
+    ctx = gpu_check.Context(out=Path("."), bundle=Path("."), figures={"baselines": {"copy_gb_s": 3000.0,
+                                                                                    "bf16_tflops": 800.0}})
+    output = "\n".join([
+        "# sm_90, 132 SMs",
+        '{"phase": "decode", "heads": 128, "batch": 64, "context": 4096, "new_tokens": 1, "median_us": 100.0, '
+        '"cache_bytes": 300000000}',
+        '{"phase": "prefill", "heads": 128, "batch": 1, "context": 0, "new_tokens": 4096, "median_us": 1000.0, '
+        '"flops": 400000000000}'])
+    figures = gpu_check._cpp_bench(output, ctx)
+    assert figures["decode B=64 x 4096, % of copy"] == pytest.approx(100.0)
+    assert figures["prefill S=4096, % of bf16 GEMM"] == pytest.approx(50.0)
+
+
+def test_moe_bench_figures_are_judged(tmp_path):
+    """bench_moe.py's JSON rows become the MoE targets' figures (its own same-run peaks)."""
+    rows = [{"preset": "deepseek-v3", "phase": "decode", "tokens": 1, "of_copy_bw": 0.8, "of_matmul": 0.0,
+             "of_roofline": 0.8},
+            {"preset": "deepseek-v2-lite", "phase": "prefill", "tokens": 4096, "of_copy_bw": 0.1, "of_matmul": 0.45,
+             "of_roofline": 0.5}]
+    (tmp_path / "moe.json").write_text(json.dumps({"rows": rows}))
+    figures = gpu_check._moe_bench("", gpu_check.Context(out=tmp_path, bundle=tmp_path))
+    assert figures["MoE V3 decode T=1, % of copy"] == 80.0
+    assert figures["MoE V2-Lite prefill T=4096, % of bf16 GEMM"] == 45.0
+    judged = [name for name in gpu_check.TARGETS if name in figures]
+    assert judged == ["MoE V3 decode T=1, % of copy", "MoE V2-Lite prefill T=4096, % of bf16 GEMM"]
+    assert gpu_check._moe_bench("", gpu_check.Context(out=tmp_path / "none", bundle=tmp_path)) == {}
+
+
+def test_steps_cover_what_the_check_owes():
+    names = [s.name for s in gpu_check.STEPS]
+    assert names[:2] == ["device", "baselines"]
+    for owed in ("pytest-gpu", "plugin-enqueue", "sanitizer-memcheck", "sanitizer-racecheck", "sanitizer-initcheck",
+                 "cpp-bench", "jit-bench", "absorb-gpu", "moe-bench"):
+        assert owed in names
+    assert sum(s.limit_s for s in gpu_check.STEPS) >= gpu_check.TOTAL_LIMIT_S  # the total cap is what binds
+    assert gpu_check.TOTAL_LIMIT_S < 9 * 60
+
+
+@pytest.mark.skipif(gpu_check.gpu_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_check_without_a_gpu_stops_with_one_line(tmp_path):
+    proc = subprocess.run(["make", "-s", "gpu-check", f"OUT={tmp_path / 'out'}", f"GPU_PYTHON={sys.executable}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
+    assert ours == ["gpu-check: no NVIDIA GPU here (torch.cuda.is_available() is false); run it on a GPU machine"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bundle_is_assembled_under_its_limit(tmp_path, aot_kernels):
+    """The bundle from a build layout (the files stand in for the compiled ones here; CI's `make gpu-bundle`
+    assembles the real build and checks the same limit)."""
+    build = tmp_path / "build"
+    for name in gpu_check.BUNDLE_FILES:
+        source = aot_kernels / Path(name).name if name.startswith("kernels/") else None
+        (build / name).parent.mkdir(parents=True, exist_ok=True)
+        (build / name).write_bytes(source.read_bytes() if source else b"\x7fELF" + b"\0" * 1000)
+    size = gpu_check.make_bundle(build, tmp_path / "bundle")
+    assert sorted(str(p.relative_to(tmp_path / "bundle")) for p in (tmp_path / "bundle").rglob("*") if p.is_file()) \
+        == sorted(gpu_check.BUNDLE_FILES)
+    assert 0 < size < gpu_check.BUNDLE_LIMIT_BYTES
+    with pytest.raises(SystemExit, match="missing"):
+        gpu_check.make_bundle(tmp_path / "nothing", tmp_path / "bundle2")
