@@ -48,6 +48,38 @@ def aot_kernels(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def plugin_build(tmp_path_factory, aot_kernels) -> Path:
+    """One fresh CMake build of plugins/ (libmla_plugin.so with MlaAttention and DeepseekMoE, the C++ tests) with
+    the session's generated kernels, and both launch tests' expectations: the launches the Python APIs plan
+    (tests/plugin_helpers.py). Shared by test_plugin.py and test_moe_plugin.py. $MLA_PLUGIN_BUILD names a build
+    made elsewhere instead (the GPU bundle of `make gpu-bundle`: the shipped library and the GPU programs, in the
+    build's layout)."""
+    import shutil
+
+    from plugin_helpers import CUDA_HEADER, LIBRARY, build_plugins
+
+    given = os.environ.get("MLA_PLUGIN_BUILD")
+    if given:
+        built = Path(given)
+        assert (built / "mlaAttentionPlugin" / LIBRARY).is_file(), f"MLA_PLUGIN_BUILD={given} has no {LIBRARY}"
+        return built
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is missing")
+    if not CUDA_HEADER.exists():
+        pytest.skip(f"the CUDA toolkit's cuda.h is missing ({CUDA_HEADER})")
+    return build_plugins(tmp_path_factory.mktemp("plugins"), aot_kernels)
+
+
+@pytest.fixture(scope="session")
+def plugin_library(plugin_build) -> Path:
+    from plugin_helpers import LIBRARY
+
+    library = plugin_build / "mlaAttentionPlugin" / LIBRARY
+    assert library.is_file()
+    return library
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With MLA_EXPORT_NO_SKIPS=1 (set by .ci/run) a skipped test that is not GPU-marked fails: on the CI

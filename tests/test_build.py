@@ -1,6 +1,7 @@
 """`build` with TensorRT-RTX (a real builder that runs on the CPU), and every refusal of build/run."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,8 @@ from mla_export.contract import graph_io_names
 from mla_export.export import export_onnx
 from mla_export.spec import ModelSpec
 from mla_export.trt import backend
-from mla_export.trt.build import check_attention_layers, count_plugin_layers, parse_range, parse_size
+from mla_export.trt.build import (UNKNOWN_PLUGIN, check_plugin_layers, count_plugin_layers, parse_range, parse_size,
+                                  plugin_layers_by_name, plugin_nodes)
 from mla_export.trt.sidecar import RuntimeEnvironment, Sidecar, check_compatible
 
 SMAX = 64
@@ -30,6 +32,13 @@ def tiny_onnx(tmp_path_factory):
 def tiny_fp16_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("build") / "tiny16.onnx"
     export_onnx(ModelSpec(load_preset("tiny"), dtype="float16", max_seq_len=SMAX), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_moe_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("build") / "tiny-moe16.onnx"
+    export_onnx(ModelSpec(load_preset("tiny-moe"), dtype="float16", max_seq_len=SMAX), path)
     return path
 
 
@@ -135,14 +144,115 @@ def test_silent_function_fallback_is_caught(tiny_onnx):
     logger = trt.Logger(trt.Logger.ERROR)
     network = trt.Builder(logger).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     assert trt.OnnxParser(network, logger).parse_from_file(str(tiny_onnx))
-    plugin_layers = count_plugin_layers(trt, network)
-    assert plugin_layers == 0 and network.num_layers > 100
-    with pytest.raises(UserError, match="silently inlined"):
-        check_attention_layers("plugin", plugin_layers, 2, None)
-    check_attention_layers("decomposed", plugin_layers, 2, None)
-    check_attention_layers("plugin", 2, 2, None)
+    layers = plugin_layers_by_name(trt, network)
+    assert layers == {} and count_plugin_layers(trt, network) == 0 and network.num_layers > 100
+    nodes = {"MlaAttention": 2, "DeepseekMoE": 0}
+    with pytest.raises(UserError, match="0 MlaAttention plugin layer.s. for 2 MlaAttention node.s.: TensorRT silently"):
+        check_plugin_layers("plugin", layers, nodes, None)
+    check_plugin_layers("decomposed", layers, nodes, None)
+    check_plugin_layers("plugin", {"MlaAttention": 2}, nodes, None)
     with pytest.raises(UserError, match="plugin layer"):
-        check_attention_layers("decomposed", 1, 2, None)
+        check_plugin_layers("decomposed", {"MlaAttention": 1}, nodes, None)
+
+
+def test_every_moe_node_must_be_a_plugin_layer():
+    """A MoE export: one plugin layer per MlaAttention and per DeepseekMoE node, counted per type; a DeepseekMoE
+    node inlined as its function body (the dense computation) fails the build. Layers whose plugin name the
+    bindings cannot tell count for the missing ones, never for more."""
+    nodes = {"MlaAttention": 3, "DeepseekMoE": 2}
+    check_plugin_layers("plugin", {"MlaAttention": 3, "DeepseekMoE": 2}, nodes, None)
+    check_plugin_layers("plugin", {UNKNOWN_PLUGIN: 5}, nodes, None)
+    check_plugin_layers("plugin", {"MlaAttention": 3, UNKNOWN_PLUGIN: 2}, nodes, None)
+    for layers in ({"MlaAttention": 3}, {"MlaAttention": 3, "DeepseekMoE": 1}, {UNKNOWN_PLUGIN: 4},
+                   {"MlaAttention": 4, "DeepseekMoE": 1}, {"MlaAttention": 3, "DeepseekMoE": 2, UNKNOWN_PLUGIN: 1},
+                   {"MlaAttention": 3, "DeepseekMoE": 1, "SomeOtherPlugin": 1}):
+        with pytest.raises(UserError, match="DeepseekMoE node.s.: TensorRT silently inlined|MlaAttention node"):
+            check_plugin_layers("plugin", layers, nodes, None)
+    with pytest.raises(UserError, match="DeepseekMoE"):
+        check_plugin_layers("decomposed", {"DeepseekMoE": 2}, nodes, None)
+
+
+def test_silent_moe_fallback_is_caught(tiny_moe_onnx):
+    """Parsed without our plugin, a tiny-moe export's DeepseekMoE nodes become their dense function body (every
+    expert for every token): build's count per node type says which fell back."""
+    import onnx
+
+    trt = rtx()
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, logger).parse_from_file(str(tiny_moe_onnx))
+    nodes = plugin_nodes(onnx.load(str(tiny_moe_onnx), load_external_data=False))
+    assert nodes == {"MlaAttention": 3, "DeepseekMoE": 2}
+    layers = plugin_layers_by_name(trt, network)
+    assert layers == {}
+    with pytest.raises(UserError, match=r"0 MlaAttention plugin layer\(s\) for 3 MlaAttention node\(s\); "
+                                        r"0 DeepseekMoE plugin layer\(s\) for 2 DeepseekMoE node\(s\)"):
+        check_plugin_layers("plugin", layers, nodes, None)
+
+
+def test_plugin_refuses_moe_dims_its_kernels_lack(tmp_path):
+    """The DeepseekMoE kernels take expert dims in multiples of 16: refused before TensorRT is touched."""
+    import dataclasses
+
+    path = tmp_path / "odd.onnx"
+    config = dataclasses.replace(load_preset("tiny-moe"), moe_intermediate_size=24).with_layers(2)
+    export_onnx(ModelSpec(config, dtype="float16", max_seq_len=SMAX), path)
+    result = run("build", "--onnx", path, "-o", tmp_path / "x.engine", "--plugin-lib", tmp_path / "nope.so")
+    assert result.exit_code == 1, result.output
+    assert "the DeepseekMoE plugin cannot run this export" in result.output
+    assert "moe_intermediate_size=24" in result.output and "multiples of 16" in result.output
+    assert "--attention decomposed" in result.output
+    assert not (tmp_path / "x.engine").exists()
+
+
+class _Layer:
+    """A parsed network's layer as the stand-in TensorRT returns it (ILayer)."""
+
+    type = "plugin-v3"
+
+    def __init__(self, plugin_name: str):
+        self.plugin_name = plugin_name
+
+
+class _PluginV3Layer(_Layer):
+    """What `layer.__class__ = trt.IPluginV3Layer` makes of it: its plugin's core capability names it."""
+
+    @property
+    def plugin(self):
+        return SimpleNamespace(get_capability_interface=lambda kind: SimpleNamespace(plugin_name=self.plugin_name))
+
+
+@pytest.mark.parametrize("names, error", [
+    (["MlaAttention"] * 3 + ["DeepseekMoE"] * 2, None),
+    (["MlaAttention"] * 3, "0 DeepseekMoE plugin layer.s. for 2 DeepseekMoE node.s.: TensorRT silently inlined"),
+    (["MlaAttention"] * 3 + ["DeepseekMoE", "MlaAttention"], "4 MlaAttention plugin layer.s. for 3"),
+])
+def test_build_engine_counts_plugin_layers_per_node_type(tiny_moe_onnx, tmp_path, monkeypatch, names, error):
+    """build_engine's own path on a tiny-moe export with TensorRT stood in, its plugin layers named by their
+    plugins: every MlaAttention and every DeepseekMoE node must be a plugin layer of its own type."""
+    from mla_export.trt import build
+    from mla_export.trt.build import BuildSpec, build_engine
+
+    from test_cache_binding import stand_in_tensorrt
+
+    trt = stand_in_tensorrt(True, 0, [])
+    network = trt.Builder(None).create_network(0)
+    network.num_layers = len(names)
+    network.get_layer = lambda i: _Layer(names[i])
+    trt.IPluginV3Layer = _PluginV3Layer
+    trt.PluginCapabilityType = SimpleNamespace(CORE="core")
+    monkeypatch.setattr(build, "import_backend", lambda name: trt)
+    library = tmp_path / "libmla_plugin.so"
+    library.write_bytes(b"stand-in plugin library")
+    spec = BuildSpec(onnx=str(tiny_moe_onnx), output=str(tmp_path / "moe.engine"), plugin_lib=str(library),
+                     prefill_tokens=(2, 8, 32))
+    if error is None:
+        assert build_engine(spec).read_bytes() == b"engine"
+        assert Sidecar.read(tmp_path / "moe.engine").attention == "plugin"
+    else:
+        with pytest.raises(UserError, match=error):
+            build_engine(spec)
+        assert not (tmp_path / "moe.engine").exists()
 
 
 def sidecar(**changes):

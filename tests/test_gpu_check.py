@@ -76,6 +76,21 @@ def test_cpp_bench_figures_against_the_baselines():
     assert figures["prefill S=4096, % of bf16 GEMM"] == pytest.approx(50.0)
 
 
+def test_moe_bench_figures_are_judged(tmp_path):
+    """bench_moe.py's JSON rows become the MoE targets' figures (its own same-run peaks)."""
+    rows = [{"preset": "deepseek-v3", "phase": "decode", "tokens": 1, "of_copy_bw": 0.8, "of_matmul": 0.0,
+             "of_roofline": 0.8},
+            {"preset": "deepseek-v2-lite", "phase": "prefill", "tokens": 4096, "of_copy_bw": 0.1, "of_matmul": 0.45,
+             "of_roofline": 0.5}]
+    (tmp_path / "moe.json").write_text(json.dumps({"rows": rows}))
+    figures = gpu_check._moe_bench("", gpu_check.Context(out=tmp_path, bundle=tmp_path))
+    assert figures["MoE V3 decode T=1, % of copy"] == 80.0
+    assert figures["MoE V2-Lite prefill T=4096, % of bf16 GEMM"] == 45.0
+    judged = [name for name in gpu_check.TARGETS if name in figures]
+    assert judged == ["MoE V3 decode T=1, % of copy", "MoE V2-Lite prefill T=4096, % of bf16 GEMM"]
+    assert gpu_check._moe_bench("", gpu_check.Context(out=tmp_path / "none", bundle=tmp_path)) == {}
+
+
 def test_steps_cover_what_the_check_owes():
     names = [s.name for s in gpu_check.STEPS]
     assert names[:2] == ["device", "baselines"]

@@ -2,197 +2,36 @@
 ONNX parser contract checked with TensorRT-RTX's real parser.
 
 The C++ tests (plugins/tests, run by ctest) cover the creator, shapes/types/workspace, and the launch path
-on a recording fake CUDA driver. Here: build them, run them, and check with TensorRT-RTX (which builds on a
-CPU-only machine) that its ONNX parser creates our plugin from an exported model with our attribute values.
-RTX aborts the process right after creating a plugin, so the parser runs in a subprocess and its log is read.
+on a recording fake CUDA driver. Here: build them (the session's `plugin_build`, conftest.py), run them, and
+check with TensorRT-RTX (which builds on a CPU-only machine) that its ONNX parser creates our plugin from an
+exported model with our attribute values. RTX aborts the process right after creating a plugin, so the parser
+runs in a subprocess and its log is read (plugin_helpers.parse_with_rtx). DeepseekMoE: test_moe_plugin.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mla_export import contract
 
-from helpers import CUDA_INCLUDE
+from plugin_helpers import LIBRARY, PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
-ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "plugins" / "mlaAttentionPlugin"
-LIBRARY = "libmla_plugin.so"
-CUDA_HEADER = CUDA_INCLUDE / "cuda.h"
-
-# Runs in a subprocess: load the library into TensorRT-RTX's registry, parse the model, print what happens.
-PARSE_SCRIPT = r"""
-import sys
-from mla_export.trt.backend import import_backend
-trt = import_backend("tensorrt-rtx")
-
-class Logger(trt.ILogger):
-    def __init__(self):
-        trt.ILogger.__init__(self)
-    def log(self, severity, msg):
-        print(f"[TRT {severity}] {msg}", flush=True)
-
-logger = Logger()
-builder = trt.Builder(logger)
-registry = trt.get_plugin_registry()
-handle = registry.load_library(sys.argv[1])
-print("library loaded:", handle is not None, flush=True)
-print("creator found:", registry.get_creator("MlaAttention", "1", "mla") is not None, flush=True)
-network = builder.create_network(0)
-parser = trt.OnnxParser(network, logger)
-ok = parser.parse_from_file(sys.argv[2])
-print("parsed:", ok, flush=True)
-for i in range(parser.num_errors):
-    print("parser error:", parser.get_error(i), flush=True)
-plugins = sum(1 for i in range(network.num_layers) if network.get_layer(i).type == trt.LayerType.PLUGIN_V3)
-print("plugin layers:", plugins, flush=True)
-"""
 CREATED = "Successfully created plugin: MlaAttention"
 PARSED_VALUES = re.compile(r"MlaAttention: num_heads=(\d+) kv_lora_rank=(\d+) qk_rope_head_dim=(\d+) "
                            r"softmax_scale=(\S+) \(build phase")
 
-
-def _rtx_missing() -> str | None:
-    """Why TensorRT-RTX cannot be imported here, or None (the same look-up `mla-export build` uses)."""
-    from mla_export.errors import UserError
-    from mla_export.trt.backend import import_backend
-
-    try:
-        import_backend("tensorrt-rtx")
-    except UserError as exc:
-        return str(exc)
-    return None
-
-
-# Descriptor sets whose launches the C++ launch test compares with the Python API's plan:
-# (B, S, H, Dc, Dr, Smax, dtype, SMs of the device).
-PLAN_CASES = [(b, s, h, dc, dr, smax, dtype, sms)
-              for dtype in ("float16", "bfloat16") for b in (1, 3, 8, 64) for s in (1, 2, 7)
-              for h, dc, dr, smax in ((4, 32, 8, 64), (16, 512, 64, 2048), (128, 512, 64, 4096))
-              for sms in (132, 78)]
-PLAN_DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
-
-
-PLAN_ARCH = 90  # the fake driver's device (plugins/tests/fakeCuda.cpp)
-PLAN_SOFTMAX_SCALE = "0.1"  # the plugin's softmax_scale in the launch test (kPlanSoftmaxScale)
-# Kernel pointer arguments -> the op's tensors (the cache is written in place in present_cache).
-PLAN_TENSOR_ARGS = {"q_lat_ptr": "q_latent", "q_pe_ptr": "q_pe", "kv_latent_ptr": "kv_latent", "k_pe_ptr": "k_pe",
-                    "cache_ptr": "present", "seqlens_ptr": "cache_seqlens", "cos_sin_ptr": "rope_cos_sin",
-                    "out_ptr": "attn_latent"}
-
-
-def _planned_args(kind: str, p, case) -> list[str]:
-    """Expected argument values of kernel `kind` under plan `p`, as testLaunch.cpp tokens."""
-    from mla_export.kernels.plan import runtime_args
-
-    args = runtime_args(kind)
-    b, s, h, dc, dr, smax, dtype, sms = case
-    split = p.num_splits > 1
-    values = {"q_rot_ptr": f"p:ws+{p.q_rot_offset}", "o_part_ptr": f"p:ws+{p.o_part_offset}" if split else "p:*",
-              "lse_part_ptr": f"p:ws+{p.lse_offset}" if split else "p:*", "S": f"i:{s}", "H": f"i:{h}",
-              "Smax": f"i:{smax}", "num_splits": f"i:{p.num_splits}", "softmax_scale": f"f:{PLAN_SOFTMAX_SCALE}"}
-    values.update({name: f"p:{tensor}" for name, tensor in PLAN_TENSOR_ARGS.items()})
-    unknown = [name for name, _ in args if name not in values]
-    assert not unknown, f"{kind}: kernel arguments {unknown} have no expected value here; update PLAN_TENSOR_ARGS"
-    return [values[name] for name, _ in args] + ["p:null", "p:null"]  # Triton's global/profile scratch: none
-
-
-def _manifest_kernels(kernels_dir: Path) -> list[dict]:
-    """The AOT build's compiled kernels (its manifest.json)."""
-    import json
-
-    return json.loads((kernels_dir / "manifest.json").read_text())["kernels"]
-
-
-def _planned_launches(case, compiled: list[dict]) -> list[tuple[str, tuple, tuple, str, list[str]]]:
-    """(kernel name, grid, block, shared memory, argument values) of each launch the Python API plans for `case`.
-
-    Grids and kernel choice come from `mla_export.kernels.plan` (the table the generated launchers share):
-    RoPE + cache append, attention, then the split combine when there is more than one split. Name, block
-    (num_warps * 32) and shared memory come from the AOT manifest for sm_90;
-    argument values from the kernels' signatures (`plan.runtime_args`) and the plan's workspace offsets.
-    """
-    from mla_export.kernels import plan as kplan
-
-    b, s, h, dc, dr, smax, dtype, sms = case
-    p = kplan.make_plan(kplan.Dims(b, s, h, dc, dr, smax, dtype), sms)
-    table = kplan.aot_kernel_table()
-    launches = []
-    for kind, grid, index in zip(kplan.KERNEL_KINDS, (p.rope_grid, p.attn_grid, p.combine_grid),
-                                 kplan.kernel_indices(p, dtype)):
-        if kind == "combine" and p.num_splits == 1:
-            continue
-        spec = table[index]
-        found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
-                 and (k["family_index"], k["dtype"], k["kind"], k["block_m"])
-                 == (spec.family_index, spec.dtype, spec.kind, spec.block_m)]
-        assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
-        launches.append((found[0]["name"], tuple(grid), (32 * found[0]["num_warps"], 1, 1), str(found[0]["shared"]),
-                         _planned_args(kind, p, case)))
-    return launches
-
-
-def _write_launch_plan(path: Path, kernels_dir: Path) -> int:
-    """Write the planned launches of PLAN_CASES in the format plugins/tests/testLaunch.cpp reads; returns the
-    number of cases written."""
-    lines = []
-    compiled = _manifest_kernels(kernels_dir)
-    for case in PLAN_CASES:
-        b, s, h, dc, dr, smax, dtype, sms = case
-        lines.append(f"case {b} {s} {h} {dc} {dr} {smax} {PLAN_DTYPE_CODES[dtype]} {sms}")
-        for name, grid, block, shared, args in _planned_launches(case, compiled):
-            lines.append(" ".join(["launch", name, *map(str, grid), *map(str, block), shared, *args]))
-    path.write_text("\n".join(lines) + "\n")
-    return len(PLAN_CASES)
-
-
-@pytest.fixture(scope="module")
-def plugin_build(tmp_path_factory, aot_kernels) -> Path:
-    """A fresh CMake build of plugins/ with the generated kernels, and the launch test's expectations: the
-    launches the Python API plans for PLAN_CASES. $MLA_PLUGIN_BUILD names a build made elsewhere instead (the
-    GPU bundle of `make gpu-bundle`: the shipped library and the GPU programs, in the build's layout)."""
-    given = os.environ.get("MLA_PLUGIN_BUILD")
-    if given:
-        built = Path(given)
-        assert (built / "mlaAttentionPlugin" / LIBRARY).is_file(), f"MLA_PLUGIN_BUILD={given} has no {LIBRARY}"
-        return built
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is missing")
-    if not CUDA_HEADER.exists():
-        pytest.skip(f"the CUDA toolkit's cuda.h is missing ({CUDA_HEADER})")
-    build = tmp_path_factory.mktemp("plugins")
-    plan = build / "launch_plan.txt"
-    _write_launch_plan(plan, aot_kernels)
-    kernels = [f"-DMLA_KERNELS_DIR={aot_kernels}", f"-DMLA_LAUNCH_EXPECTATIONS={plan}"]
-    configure = subprocess.run(["cmake", "-S", ROOT / "plugins", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-                                f"-DPython3_EXECUTABLE={sys.executable}", *kernels],
-                               capture_output=True, text=True)
-    assert configure.returncode == 0, configure.stdout + configure.stderr
-    compiled = subprocess.run(["cmake", "--build", build, "-j2"], capture_output=True, text=True)
-    assert compiled.returncode == 0, compiled.stdout[-5000:] + compiled.stderr[-5000:]
-    return build
-
-
-@pytest.fixture(scope="module")
-def plugin_library(plugin_build) -> Path:
-    library = plugin_build / "mlaAttentionPlugin" / LIBRARY
-    assert library.is_file()
-    return library
-
-
 def test_cpp_tests_pass(plugin_build):
     result = subprocess.run(["ctest", "--test-dir", plugin_build, "-V"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr
-    summaries = dict(re.findall(r"(test_mla_\w+): (\d+) passed, 0 failed", result.stdout))
+    summaries = dict(re.findall(r"(test_(?:mla|moe)_\w+): (\d+) passed, 0 failed", result.stdout))
     assert set(summaries) == {"test_mla_creator", "test_mla_shapes", "test_mla_launch", "test_mla_images",
-                              "test_mla_entry"}, \
+                              "test_mla_entry", "test_moe_creator", "test_moe_shapes", "test_moe_launch"}, \
         result.stdout[-4000:]
     assert int(summaries["test_mla_shapes"]) > 1000  # the format matrix alone is 1458 checks
     assert int(summaries["test_mla_launch"]) > 1000
@@ -233,31 +72,19 @@ def test_library_exports_only_the_entry_points(plugin_library):
     assert "libcuda" not in needed and "libnvinfer" not in needed  # both found at run time
 
 
-def _markdown_table(text: str, heading: str) -> list[list[str]]:
-    """Rows (cells stripped of backticks) of the first table after `## heading`."""
-    section = text.split(f"## {heading}\n", 1)[1]
-    rows = []
-    for line in section.splitlines():
-        if line.startswith("## "):
-            break
-        if line.startswith("|") and not set(line) <= set("|- "):
-            rows.append([cell.strip().replace("`", "") for cell in line.strip().strip("|").split("|")])
-    return rows[1:]  # without the header row
-
-
 def test_readme_tables_match_contract():
     from mla_export.onnx_node import op_schema
 
     readme = (PLUGIN_DIR / "README.md").read_text()
     schema = op_schema()
     types = {"T": "T", "int32": "tensor(int32)", "float32": "tensor(float)"}
-    inputs = _markdown_table(readme, "Inputs")
+    inputs = markdown_table(readme, "Inputs")
     assert [(int(r[0]), r[1]) for r in inputs] == list(enumerate(contract.OP_INPUTS))
     assert [types[r[3]] for r in inputs] == [p.type_str for p in schema.inputs]
-    outputs = _markdown_table(readme, "Outputs")
+    outputs = markdown_table(readme, "Outputs")
     assert [(int(r[0]), r[1]) for r in outputs] == list(enumerate(contract.OP_OUTPUTS))
     assert [types[r[3]] for r in outputs] == [p.type_str for p in schema.outputs]
-    attributes = _markdown_table(readme, "Attributes")
+    attributes = markdown_table(readme, "Attributes")
     assert {r[0]: r[1] for r in attributes} == contract.OP_ATTRIBUTES
     for row in attributes:
         assert row[2].startswith("kINT32" if row[1] == "INT" else "kFLOAT32")
@@ -319,16 +146,6 @@ def _handmade_onnx(path: Path, heads: int, rank: int, rope: int, scale: float, s
     return path
 
 
-def _parse(library: Path, model: Path) -> str:
-    if _rtx_missing():
-        pytest.skip(_rtx_missing())
-    env = dict(os.environ, MLA_PLUGIN_VERBOSE="1")  # RTX's logger finder gives no logger: our messages go to stderr
-    result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(library), str(model)], capture_output=True,
-                            text=True, timeout=600, env=env)
-    # RTX 1.7 aborts right after creating a plugin (rc -6); a clean exit is fine too.
-    return result.stdout + result.stderr
-
-
 def _attributes_of_nodes(model_path: Path) -> list[tuple]:
     import onnx
 
@@ -357,8 +174,8 @@ def _check_created_with(log: str, expected: tuple):
 @pytest.mark.slow
 def test_parser_creates_plugin_from_exported_model(plugin_library, tmp_path):
     """`mla-export export --preset tiny`: RTX's parser creates MlaAttention with the node's attribute values."""
-    if _rtx_missing():
-        pytest.skip(_rtx_missing())
+    if rtx_missing():
+        pytest.skip(rtx_missing())
     from mla_export.hf_config import load_preset
     from mla_export.export import export_onnx
     from mla_export.spec import ModelSpec
@@ -366,19 +183,19 @@ def test_parser_creates_plugin_from_exported_model(plugin_library, tmp_path):
     model = export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=128), tmp_path / "tiny.onnx")
     nodes = _attributes_of_nodes(model)
     assert nodes, "the export has no MlaAttention node"
-    _check_created_with(_parse(plugin_library, model), nodes[0])
+    _check_created_with(parse_with_rtx(plugin_library, model), nodes[0])
 
 
 def test_parser_passes_attribute_values(plugin_library, tmp_path):
     """Distinct values in a one-node model reach the creator unchanged."""
     expected = (2, 16, 4, 0.4375)
     model = _handmade_onnx(tmp_path / "one.onnx", *expected)
-    _check_created_with(_parse(plugin_library, model), expected)
+    _check_created_with(parse_with_rtx(plugin_library, model), expected)
 
 
 def test_parser_reports_invalid_attribute(plugin_library, tmp_path):
     model = _handmade_onnx(tmp_path / "bad.onnx", heads=2, rank=16, rope=7, scale=0.5)
-    log = _parse(plugin_library, model)
+    log = parse_with_rtx(plugin_library, model)
     assert CREATED not in log
     assert "attribute qk_rope_head_dim = 7: expected a positive even integer" in log, log[-3000:]
     assert "parsed: False" in log

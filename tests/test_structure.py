@@ -87,6 +87,7 @@ def test_spec_and_kernel_plan_are_torch_free():
     """What build, the plugin check and the AOT build read must not pull torch in."""
     modules = _modules()
     for name in ("mla_export.spec", "mla_export.config", "mla_export.contract", "mla_export.onnx_reader",
-                 "mla_export.kernels", "mla_export.kernels.plan", "mla_export.kernels.codegen"):
+                 "mla_export.kernels", "mla_export.kernels.plan", "mla_export.kernels.moe_plan",
+                 "mla_export.kernels.codegen"):
         top = _imports(modules[name], modules, top_level_only=True)
         assert "torch" not in top and "triton" not in top, name

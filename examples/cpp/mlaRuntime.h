@@ -13,11 +13,13 @@
  * I/O name matching against the contract, sidecar checks, the cache binding plan) are inline below
  * and need no TensorRT runtime; MlaSession needs TensorRT 10.8+, the CUDA runtime and a GPU.
  *
- * Names come from the contract header mirrored from mla_export/contract.py.
+ * Names come from the contract headers mirrored from mla_export/contract.py. A model with DeepSeek MoE layers
+ * (DeepseekMoE nodes: the same plugin library, the same graph I/O) runs unchanged.
  */
 #pragma once
 
 #include "mlaContract.h"
+#include "moeContract.h"
 
 #include <cuda_runtime_api.h>
 
@@ -182,11 +184,28 @@ inline bool jsonInt(std::string const& json, std::string const& key, int64_t& va
     return end != json.c_str() + pos + 1;
 }
 
+//! Reads a string field `"key": "value"` from the sidecar JSON text; false if absent or not a string.
+inline bool jsonString(std::string const& json, std::string const& key, std::string& value)
+{
+    auto pos = json.find("\"" + key + "\"");
+    if (pos == std::string::npos) return false;
+    pos = json.find(':', pos);
+    if (pos == std::string::npos) return false;
+    pos = json.find_first_not_of(" \t\r\n", pos + 1);
+    if (pos == std::string::npos || json[pos] != '"') return false;
+    auto const end = json.find('"', pos + 1);
+    if (end == std::string::npos) return false;
+    value = json.substr(pos + 1, end - pos - 1);
+    return true;
+}
+
 //! The sidecar format this program reads: SIDECAR_VERSION in mla_export/trt/sidecar.py (a test compares them).
 //! Format 3 records the engine's size and sha256 (`engine_size`, `engine_sha256`).
 constexpr int64_t kSidecarFormatVersion = 3;
 
-//! Refuses a sidecar whose format or contract version this program does not know.
+//! Refuses a sidecar whose format or contract versions this program does not know: MlaAttention's, and the
+//! DeepseekMoE contract version the sidecar's copy of the ONNX metadata carries (absent: a model without MoE
+//! layers, or exported before MoE; the engine's I/O is the same either way).
 inline Status checkSidecar(std::string const& json)
 {
     int64_t format = 0, contractVersion = 0;
@@ -198,6 +217,12 @@ inline Status checkSidecar(std::string const& json)
     if (!jsonInt(json, "contract_version", contractVersion) || contractVersion != mla::contract::kContractVersion)
         return Status::error("engine speaks MlaAttention contract " + std::to_string(contractVersion)
             + ", this program speaks " + std::to_string(mla::contract::kContractVersion)
+            + ": re-export and rebuild the engine, or rebuild this program");
+    std::string moeVersion;
+    if (jsonString(json, "mla_export.moe_contract_version", moeVersion)
+        && moeVersion != std::to_string(mla::moe_contract::kContractVersion))
+        return Status::error("engine speaks DeepseekMoE contract " + moeVersion + ", this program speaks "
+            + std::to_string(mla::moe_contract::kContractVersion)
             + ": re-export and rebuild the engine, or rebuild this program");
     return Status::success();
 }
@@ -216,20 +241,6 @@ inline Status checkEngineSize(std::string const& json, size_t engineBytes)
     return Status::success();
 }
 
-//! Reads a string field `"key": "value"` from the sidecar JSON text; false if absent or not a string.
-inline bool jsonString(std::string const& json, std::string const& key, std::string& value)
-{
-    auto pos = json.find("\"" + key + "\"");
-    if (pos == std::string::npos) return false;
-    pos = json.find(':', pos);
-    if (pos == std::string::npos) return false;
-    pos = json.find_first_not_of(" \t\r\n", pos + 1);
-    if (pos == std::string::npos || json[pos] != '"') return false;
-    auto const end = json.find('"', pos + 1);
-    if (end == std::string::npos) return false;
-    value = json.substr(pos + 1, end - pos - 1);
-    return true;
-}
 
 //! How the latent caches of an engine are bound (see the top of this file).
 enum class CacheBinding

@@ -89,6 +89,14 @@ int main()
     Status newer = checkSidecar(future);
     expect(!newer && newer.message.find("contract 2") != std::string::npos, "other contract refused");
     expect(!checkSidecar("{\"format\": \"something\"}"), "foreign sidecar refused");
+    // A MoE model's engine: same I/O, same checks, plus the DeepseekMoE contract version of its ONNX metadata.
+    std::string const moe = good.substr(0, good.size() - 2)
+        + ",\n  \"onnx_metadata\": {\"mla_export.moe_contract_version\": \"1\"}\n}";
+    expect(checkSidecar(moe).ok, "MoE engine sidecar accepted");
+    std::string moeFuture = moe;
+    moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "2");
+    Status moeNewer = checkSidecar(moeFuture);
+    expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 2") != std::string::npos, "other MoE contract refused");
     std::string const sized = "{\"engine_size\": 163840, \"engine_sha256\": \"ab\"}";
     expect(checkEngineSize(sized, 163840).ok, "engine of the recorded size accepted");
     Status other = checkEngineSize(sized, 163841);

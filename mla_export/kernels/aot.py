@@ -2,7 +2,8 @@
 
     python -m mla_export.kernels.aot --out-dir build/kernels [--archs 80,90] [--jobs 2]
 
-Compiles every specialization of `plan.aot_kernel_table()` with
+Compiles every specialization of `plan.aot_kernel_table()` (MlaAttention) and of
+`moe_plan.aot_kernel_table()` (DeepseekMoE) with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` for each arch of
 `plan.AOT_ARCHS`, plus PTX of the newest and the oldest arch (`.target sm_XXXa` lowered to `sm_XXX` and
 checked with ptxas, so the driver can JIT it: the newest for later GPUs, the oldest for the GPUs between
@@ -11,7 +12,10 @@ and writes data for the hand-written host code in plugins/kernels/ (via `codegen
 
     DIR/mla_kernels_images.cpp cubins/PTX as byte arrays, entry names, shared memory per kernel and arch
     DIR/mla_kernels_tables.h   plan.py's tables and constants (read by plugins/kernels/mlaKernelsPlan.cpp)
+    DIR/moe_kernels_images.cpp the same for the DeepseekMoE kernels
+    DIR/moe_kernels_tables.h   moe_plan.py's tables and constants (read by plugins/kernels/moeKernelsPlan.cpp)
     DIR/manifest.json          per kernel and arch: name, shared bytes, image bytes, compile seconds
+                               ("kernels": MlaAttention, "moe_kernels": DeepseekMoE)
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from . import plan
+from . import moe_plan, plan
 
 # Largest dynamic shared memory per block (opt-in), bytes, per compute capability: every GPU arch we know.
 SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
@@ -55,11 +59,20 @@ def ptx_jit_targets(cubin_archs: tuple[int, ...], ptx_archs: tuple[int, ...]) ->
             for p in ptx_archs}
 
 
+KERNEL_SETS = ("mla", "moe")  # MlaAttention (plan.py), DeepseekMoE (moe_plan.py)
+
+
+def kernel_table(kernel_set: str) -> tuple:
+    """The AOT kernel table of a kernel set."""
+    return {"mla": plan.aot_kernel_table, "moe": moe_plan.aot_kernel_table}[kernel_set]()
+
+
 @dataclass
 class Compiled:
     """One kernel specialization compiled for one arch (or PTX)."""
 
-    index: int  # position in plan.aot_kernel_table()
+    kernel_set: str  # KERNEL_SETS
+    index: int  # position in kernel_table(kernel_set)
     arch: int
     is_ptx: bool
     name: str  # entry point in the image
@@ -69,18 +82,25 @@ class Compiled:
     seconds: float
 
 
-def kernel_function(kind: str):
+def kernel_function(kind: str, kernel_set: str = "mla"):
     """The @triton.jit function of a kernel kind (imported here: needs triton)."""
+    if kernel_set == "moe":
+        from . import moe_align, moe_experts, moe_route
+
+        return {"router_logits": moe_route.moe_router_logits_kernel, "topk": moe_route.moe_topk_kernel,
+                "count": moe_align.moe_count_kernel, "align": moe_align.moe_align_kernel,
+                "gate_up": moe_experts.moe_gate_up_kernel, "down": moe_experts.moe_down_kernel,
+                "combine": moe_experts.moe_combine_kernel}[kind]
     from . import attention, combine, rope_append
 
     return {"rope_append": rope_append.mla_rope_append_kernel, "attention": attention.mla_attention_kernel,
             "combine": combine.mla_combine_kernel}[kind]
 
 
-def signature(spec: plan.KernelSpec) -> tuple[dict, dict, dict]:
-    """plan.kernel_signature(spec), checked against the @triton.jit function's own argument names."""
-    sig, constexprs, attrs = plan.kernel_signature(spec)
-    fn = kernel_function(spec.kind)
+def signature(spec, kernel_set: str = "mla") -> tuple[dict, dict, dict]:
+    """The plan's kernel_signature(spec), checked against the @triton.jit function's own argument names."""
+    sig, constexprs, attrs = (moe_plan if kernel_set == "moe" else plan).kernel_signature(spec)
+    fn = kernel_function(spec.kind, kernel_set)
     if list(sig) != list(fn.arg_names):
         raise RuntimeError(f"{spec.kind}: AOT signature {list(sig)} does not match the kernel's {list(fn.arg_names)}")
     return sig, constexprs, attrs
@@ -106,35 +126,36 @@ def _check_ptx(ptx: str, arch: int, targets: tuple[int, ...]) -> None:
                 raise RuntimeError(f"PTX of sm_{arch} does not assemble for sm_{target}: {proc.stderr[-2000:]}")
 
 
-def compile_one(index: int, arch: int, ptx_targets: tuple[int, ...]) -> list[Compiled]:
-    """Compile kernel `index` of the table for `arch`; also its portable PTX, checked for `ptx_targets`,
+def compile_one(kernel_set: str, index: int, arch: int, ptx_targets: tuple[int, ...]) -> list[Compiled]:
+    """Compile kernel `index` of the set's table for `arch`; also its portable PTX, checked for `ptx_targets`,
     when that is not empty."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     triton.knobs.compilation.disable_line_info = True  # smaller images
-    spec = plan.aot_kernel_table()[index]
-    sig, constexprs, attrs = signature(spec)
+    spec = kernel_table(kernel_set)[index]
+    sig, constexprs, attrs = signature(spec, kernel_set)
     start = time.perf_counter()
-    src = ASTSource(kernel_function(spec.kind), sig, constexprs, attrs)
+    src = ASTSource(kernel_function(spec.kind, kernel_set), sig, constexprs, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
                                      "enable_fp_fusion": plan.FP_FUSION})
     seconds = time.perf_counter() - start
     md = kernel.metadata
     if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
-        raise RuntimeError(f"kernel {index} ({spec.kind}) on sm_{arch} needs global/profile scratch "
+        raise RuntimeError(f"{kernel_set} kernel {index} ({spec.kind}) on sm_{arch} needs global/profile scratch "
                            f"({md.global_scratch_size}/{md.profile_scratch_size} bytes): the launcher passes none")
     limit = SHARED_LIMIT[arch]
     if md.shared > limit:
-        raise RuntimeError(f"kernel {index} ({spec.kind}, block_m {spec.block_m}, {spec.dtype}) needs {md.shared} "
-                           f"bytes of shared memory on sm_{arch}, over its limit {limit}: lower block sizes in plan.py")
-    out = [Compiled(index, arch, False, md.name, md.shared, md.num_warps, kernel.asm["cubin"], seconds)]
+        raise RuntimeError(f"{kernel_set} kernel {index} ({spec}) needs {md.shared} bytes of shared memory on "
+                           f"sm_{arch}, over its limit {limit}: lower block sizes in its plan")
+    out = [Compiled(kernel_set, index, arch, False, md.name, md.shared, md.num_warps, kernel.asm["cubin"], seconds)]
     if ptx_targets:
         ptx = _lower_ptx_target(kernel.asm["ptx"], arch)
         _check_ptx(ptx, arch, ptx_targets)
-        out.append(Compiled(index, arch, True, md.name, md.shared, md.num_warps, ptx.encode() + b"\0", 0.0))
+        out.append(Compiled(kernel_set, index, arch, True, md.name, md.shared, md.num_warps, ptx.encode() + b"\0",
+                            0.0))
     return out
 
 
@@ -146,10 +167,10 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
     for arch in archs:
         if arch not in SHARED_LIMIT:
             raise ValueError(f"arch {arch}: no shared-memory limit known (known: {sorted(SHARED_LIMIT)})")
-    table = plan.aot_kernel_table()
     ptx_archs = tuple(sorted({min(archs), max(archs)}))
     jit_targets = ptx_jit_targets(archs, ptx_archs)
-    work = [(i, arch, jit_targets.get(arch, ())) for arch in archs for i in range(len(table))]
+    work = [(kset, i, arch, jit_targets.get(arch, ())) for kset in KERNEL_SETS for arch in archs
+            for i in range(len(kernel_table(kset)))]
     start = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
     results: list[Compiled] = []
@@ -162,27 +183,35 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
                 results += res
     total = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "mla_kernels_images.cpp", codegen.images_source(results, archs, ptx_archs))
+    by_set = {kset: [r for r in results if r.kernel_set == kset] for kset in KERNEL_SETS}
+    atomic_write_text(out_dir / "mla_kernels_images.cpp", codegen.images_source(by_set["mla"], archs, ptx_archs))
     atomic_write_text(out_dir / "mla_kernels_tables.h", codegen.tables_header())
-    per_arch = {}
-    for r in results:
-        key = f"ptx{r.arch}" if r.is_ptx else f"sm_{r.arch}"
-        d = per_arch.setdefault(key, {"compile_seconds": 0.0, "image_bytes": 0, "max_shared": 0})
-        d["compile_seconds"] += r.seconds
-        d["image_bytes"] += len(r.image)
-        d["max_shared"] = max(d["max_shared"], r.shared)
+    atomic_write_text(out_dir / "moe_kernels_images.cpp",
+                      codegen.images_source(by_set["moe"], archs, ptx_archs, kernel_set="moe"))
+    atomic_write_text(out_dir / "moe_kernels_tables.h", codegen.moe_tables_header())
     manifest = {
         "archs": list(archs), "ptx_archs": list(ptx_archs),
         "ptx_checked_for": {f"sm_{p}": list(t) for p, t in jit_targets.items()}, "wall_seconds": round(total, 2), "jobs": jobs,
-        "per_arch": per_arch,
-        "kernels": [dict(asdict(table[r.index]), arch=r.arch, ptx=r.is_ptx, name=r.name, shared=r.shared,
-                         image_bytes=len(r.image), seconds=round(r.seconds, 2)) for r in results],
     }
+    for kset, prefix in (("mla", ""), ("moe", "moe_")):
+        table = kernel_table(kset)
+        per_arch = {}
+        for r in by_set[kset]:
+            key = f"ptx{r.arch}" if r.is_ptx else f"sm_{r.arch}"
+            d = per_arch.setdefault(key, {"compile_seconds": 0.0, "image_bytes": 0, "max_shared": 0})
+            d["compile_seconds"] += r.seconds
+            d["image_bytes"] += len(r.image)
+            d["max_shared"] = max(d["max_shared"], r.shared)
+        manifest[prefix + "per_arch"] = per_arch
+        manifest[prefix + "kernels"] = [
+            dict(asdict(table[r.index]), arch=r.arch, ptx=r.is_ptx, name=r.name, shared=r.shared,
+                 num_warps=r.num_warps, image_bytes=len(r.image), seconds=round(r.seconds, 2)) for r in by_set[kset]]
+        for key, d in per_arch.items():
+            log(f"{kset} {key}: {len(table)} kernels, {d['image_bytes'] / 1024:.0f} KiB, max shared "
+                f"{d['max_shared']} B, {d['compile_seconds']:.1f} s compile")
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
-    for key, d in per_arch.items():
-        log(f"{key}: {len(table)} kernels, {d['image_bytes'] / 1024:.0f} KiB, max shared {d['max_shared']} B, "
-            f"{d['compile_seconds']:.1f} s compile")
-    log(f"wrote {out_dir / 'mla_kernels_images.cpp'} and mla_kernels_tables.h in {total:.1f} s ({jobs} jobs)")
+    log(f"wrote {out_dir}/{{mla,moe}}_kernels_images.cpp and {{mla,moe}}_kernels_tables.h in {total:.1f} s "
+        f"({jobs} jobs)")
     return manifest
 
 

@@ -77,23 +77,65 @@ def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int,
     return shapes
 
 
+PLUGIN_OPS = (contract.OP_TYPE, contract.MOE_OP_TYPE)  # node types the plugin library replaces (domain mla)
+UNKNOWN_PLUGIN = "?"  # a plugin layer whose plugin name the bindings cannot tell
+
+
 def count_plugin_layers(trt, network) -> int:
     """Plugin layers in a parsed network (IPluginV3 and legacy V2)."""
+    return sum(plugin_layers_by_name(trt, network).values())
+
+
+def _plugin_name(trt, layer) -> str:
+    """The plugin name of an IPluginV3 layer (its core capability), or UNKNOWN_PLUGIN."""
+    try:
+        layer.__class__ = trt.IPluginV3Layer  # TensorRT's Python API: downcast by class assignment
+        core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
+        return str(core.plugin_name)
+    except Exception:  # bindings without the V3 layer or capability API
+        return UNKNOWN_PLUGIN
+
+
+def plugin_layers_by_name(trt, network) -> dict[str, int]:
+    """Plugin layers of a parsed network by plugin name (UNKNOWN_PLUGIN where the bindings cannot tell)."""
+    v3 = getattr(trt.LayerType, "PLUGIN_V3", None)
     kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN_V3", "PLUGIN_V2") if hasattr(trt.LayerType, k)}
-    return sum(network.get_layer(i).type in kinds for i in range(network.num_layers))
+    counts: dict[str, int] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            name = _plugin_name(trt, layer) if layer.type == v3 else UNKNOWN_PLUGIN
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
-def check_attention_layers(mode: str, plugin_layers: int, nodes: int, plugin_path: Path | None) -> None:
-    """Fail when the parsed network does not use the plugin as `mode` requires (the silent fallback)."""
-    if mode == "plugin" and plugin_layers != nodes:
-        raise UserError(
-            f"the parser created {plugin_layers} plugin layer(s) for {nodes} {contract.OP_TYPE} node(s): TensorRT "
-            f"silently inlined the node's reference function instead of using the plugin from {plugin_path}. "
-            f"Check that the library registers {contract.PLUGIN_NAME} v{contract.PLUGIN_VERSION} in namespace "
-            f"'{contract.PLUGIN_NAMESPACE}' (its log says so at load), or build with --attention decomposed")
-    if mode == "decomposed" and plugin_layers:
-        raise UserError(f"--attention decomposed, but the parser created {plugin_layers} plugin layer(s): a plugin "
-                        f"library registering {contract.PLUGIN_NAME} is loaded in this process")
+def plugin_nodes(header) -> dict[str, int]:
+    """Nodes of each PLUGIN_OPS type in an exported graph (ONNX header)."""
+    return {op: sum(n.op_type == op and n.domain == contract.OP_DOMAIN for n in header.graph.node) for op in PLUGIN_OPS}
+
+
+def check_plugin_layers(mode: str, layers: dict[str, int], nodes: dict[str, int], plugin_path: Path | None) -> None:
+    """Fail when the parsed network does not use the plugins as `mode` requires: with --attention plugin, one
+    plugin layer per MlaAttention and per DeepseekMoE node (TensorRT's parser silently inlines a node's function
+    body when no creator matches); with decomposed, none. `layers`: plugin_layers_by_name; `nodes`: plugin_nodes."""
+    found = sum(layers.values())
+    if mode == "plugin":
+        unknown = layers.get(UNKNOWN_PLUGIN, 0)
+        missing = {op: n - layers.get(op, 0) for op, n in nodes.items() if layers.get(op, 0) != n}
+        # Layers whose plugin name the bindings cannot tell may stand for the missing ones, no more.
+        if found != sum(nodes.values()) or min(missing.values(), default=0) < 0 or sum(missing.values()) != unknown:
+            counts = "; ".join(f"{layers.get(op, 0)} {op} plugin layer(s) for {n} {op} node(s)"
+                               for op, n in nodes.items() if n or layers.get(op, 0))
+            unnamed = f" (and {unknown} plugin layer(s) of unknown type)" if unknown else ""
+            raise UserError(
+                f"the parser created {counts}{unnamed}: TensorRT silently inlined the node's reference function "
+                f"instead of using the plugin from {plugin_path}. Check that the library registers "
+                + " and ".join(f"{op} v{contract.PLUGIN_VERSION}" for op in PLUGIN_OPS)
+                + f" in namespace '{contract.PLUGIN_NAMESPACE}' (its log says so at load), or build with "
+                "--attention decomposed")
+    if mode == "decomposed" and found:
+        raise UserError(f"--attention decomposed, but the parser created {found} plugin layer(s): a plugin "
+                        f"library registering {' or '.join(PLUGIN_OPS)} is loaded in this process")
 
 
 class _Progress:
@@ -126,9 +168,11 @@ class _Progress:
         self.monitor = Monitor()
 
 
-def check_plugin_supports(model: ModelSpec) -> None:
-    """Refuse, before any TensorRT work, an export whose dtype or head dims the plugin's kernels lack."""
-    from ..kernels.plan import Dims, unsupported_reason  # pure Python: no Triton, no GPU
+def check_plugin_supports(model: ModelSpec, header=None) -> None:
+    """Refuse, before any TensorRT work, an export whose dtype or dims the plugins' kernels lack: MlaAttention's
+    head dims, and (for the DeepseekMoE nodes of `header`, the ONNX header) the expert dims and routing."""
+    from ..kernels import moe_plan  # pure Python: no Triton, no GPU
+    from ..kernels.plan import Dims, unsupported_reason
 
     c = model.config
     why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
@@ -137,6 +181,21 @@ def check_plugin_supports(model: ModelSpec) -> None:
         raise UserError(f"--attention plugin: the MlaAttention plugin cannot run this export ({model.dtype}, "
                         f"kv_lora_rank={c.kv_lora_rank}, qk_rope_head_dim={c.qk_rope_head_dim}): {why}; "
                         "re-export with --dtype float16 or bfloat16, or build with --attention decomposed")
+    for node in header.graph.node if header is not None else ():
+        if (node.op_type, node.domain) != (contract.MOE_OP_TYPE, contract.OP_DOMAIN):
+            continue
+        import onnx
+
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        dims = moe_plan.MoeDims(1, c.hidden_size, c.moe_intermediate_size or 0, attrs.get("num_experts", 0),
+                                attrs.get("top_k", 0), attrs.get("n_group", 0), model.dtype)
+        why = moe_plan.unsupported_reason(dims)
+        if why is not None:
+            raise UserError(f"--attention plugin: the {contract.MOE_OP_TYPE} plugin cannot run this export "
+                            f"({model.dtype}, hidden_size={c.hidden_size}, moe_intermediate_size="
+                            f"{c.moe_intermediate_size}, num_experts={dims.num_experts}, top_k={dims.top_k}, "
+                            f"n_group={dims.n_group}): {why}; re-export with --dtype float16 or bfloat16, or "
+                            "build with --attention decomposed")
 
 
 def _detect_gpu() -> tuple[str | None, str | None]:
@@ -295,15 +354,15 @@ def build_engine(spec: BuildSpec) -> Path:
     if prefill_tokens[2] > model.max_seq_len:
         raise UserError(f"--prefill-tokens max {prefill_tokens[2]} exceeds the cache ({model.max_seq_len} rows)")
     if spec.attention == "plugin":
-        check_plugin_supports(model)
+        check_plugin_supports(model, exported.header)
     trt = import_backend(spec.backend)  # before the plugin library: no library helps without TensorRT
     plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
 
     logger = make_logger(trt, spec.verbose)
     builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path,
                                               None if plugin_path is not None else inlined_graph(exported))
-    check_attention_layers(spec.attention, count_plugin_layers(trt, network), len(exported.attention_nodes()),
-                           plugin_path)
+    check_plugin_layers(spec.attention, plugin_layers_by_name(trt, network), plugin_nodes(exported.header),
+                        plugin_path)
     profiles = optimization_profiles(model, spec.batch, prefill_tokens)
     timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
     config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)

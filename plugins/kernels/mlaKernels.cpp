@@ -23,39 +23,10 @@ namespace
 {
 using namespace tables;
 
-//! Exact cubin; else the newest sm_8x cubin not above an sm_8x device (binary compatible within 8.x);
-//! else the newest PTX not above the device (JIT by the driver; e.g. sm_103, sm_110, sm_121); else none.
 ArchImage const* imageFor(int32_t arch) noexcept
 {
-    ArchImage const* best = nullptr;
-    for (int32_t i = 0; i < kNumImages; ++i)
-    {
-        ArchImage const& img = kImages[i];
-        if (!img.isPtx && img.arch == arch)
-        {
-            return &img;
-        }
-        if (!img.isPtx && arch / 10 == 8 && img.arch / 10 == 8 && img.arch <= arch
-            && (best == nullptr || img.arch > best->arch))
-        {
-            best = &img;
-        }
-    }
-    if (best != nullptr)
-    {
-        return best;
-    }
-    for (int32_t i = 0; i < kNumImages; ++i)
-    {
-        ArchImage const& img = kImages[i];
-        if (img.isPtx && img.arch <= arch && (best == nullptr || img.arch > best->arch))
-        {
-            best = &img;
-        }
-    }
-    return best;
+    return pickImage(mlaImageSet(), arch);
 }
-
 bool aligned16(void const* p) noexcept
 {
     return (reinterpret_cast<uintptr_t>(p) & 15U) == 0;
@@ -124,6 +95,44 @@ CUresult launchCombine(Module const& module, ArchImage const& img, int32_t index
 }
 } // namespace
 
+ImageSet mlaImageSet() noexcept
+{
+    return ImageSet{kImages, kNumImages, kNumKernels, kEntryNames};
+}
+
+//! Exact cubin; else the newest sm_8x cubin not above an sm_8x device (binary compatible within 8.x);
+//! else the newest PTX not above the device (JIT by the driver; e.g. sm_103, sm_110, sm_121); else none.
+ArchImage const* pickImage(ImageSet const& set, int32_t arch) noexcept
+{
+    ArchImage const* best = nullptr;
+    for (int32_t i = 0; i < set.numImages; ++i)
+    {
+        ArchImage const& img = set.images[i];
+        if (!img.isPtx && img.arch == arch)
+        {
+            return &img;
+        }
+        if (!img.isPtx && arch / 10 == 8 && img.arch / 10 == 8 && img.arch <= arch
+            && (best == nullptr || img.arch > best->arch))
+        {
+            best = &img;
+        }
+    }
+    if (best != nullptr)
+    {
+        return best;
+    }
+    for (int32_t i = 0; i < set.numImages; ++i)
+    {
+        ArchImage const& img = set.images[i];
+        if (img.isPtx && img.arch <= arch && (best == nullptr || img.arch > best->arch))
+        {
+            best = &img;
+        }
+    }
+    return best;
+}
+
 bool imageChoice(int32_t arch, int32_t& imageArch, bool& isPtx) noexcept
 {
     ArchImage const* img = imageFor(arch);
@@ -158,6 +167,11 @@ size_t workspaceBytes(Dims const& dims, int32_t numSms) noexcept
 
 CUresult Module::load() noexcept
 {
+    return load(mlaImageSet());
+}
+
+CUresult Module::load(ImageSet const& set) noexcept
+{
     if (mModule != nullptr)
     {
         return CUDA_SUCCESS;
@@ -181,12 +195,16 @@ CUresult Module::load() noexcept
         return r;
     }
     int32_t const arch = major * 10 + minor;
-    ArchImage const* img = imageFor(arch);
+    ArchImage const* img = pickImage(set, arch);
     if (img == nullptr)
     {
         return CUDA_ERROR_NO_BINARY_FOR_GPU;
     }
-    for (int32_t k = 0; k < kNumKernels && r == CUDA_SUCCESS; ++k)
+    if (set.numKernels > kMaxFunctions)
+    {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    for (int32_t k = 0; k < set.numKernels && r == CUDA_SUCCESS; ++k)
     {
         if (img->sharedBytes[k] > sharedOptin)
         {
@@ -195,7 +213,7 @@ CUresult Module::load() noexcept
         }
         r = cuModuleLoadData(&mModules[k], img->images[k]);
         if (r == CUDA_SUCCESS)
-            r = cuModuleGetFunction(&mFunctions[k], mModules[k], kEntryNames[k]);
+            r = cuModuleGetFunction(&mFunctions[k], mModules[k], set.entryNames[k]);
         if (r == CUDA_SUCCESS && img->sharedBytes[k] > 48 * 1024)
             r = cuFuncSetAttribute(mFunctions[k], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, img->sharedBytes[k]);
     }
@@ -205,6 +223,7 @@ CUresult Module::load() noexcept
         unload();
         return r;
     }
+    mImage = img;
     mArch = arch;
     mNumSms = sms;
     return CUDA_SUCCESS;
@@ -222,6 +241,7 @@ void Module::unload() noexcept
         mFunctions[k] = nullptr;
     }
     mModule = nullptr;
+    mImage = nullptr;
     mArch = 0;
     mNumSms = 0;
 }

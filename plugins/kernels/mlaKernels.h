@@ -28,6 +28,10 @@ namespace mla
 {
 namespace kernels
 {
+namespace tables
+{
+struct ArchImage;
+} // namespace tables
 
 enum class DataType : int32_t
 {
@@ -69,6 +73,22 @@ bool supported(Dims const& dims, char const** why) noexcept;
 //! Scratch bytes that `launch` needs for these dims on a device with `numSms` SMs (split partials).
 size_t workspaceBytes(Dims const& dims, int32_t numSms) noexcept;
 
+//! One generated table of AOT-compiled kernels (MlaAttention's: mlaImageSet(); DeepseekMoE's:
+//! moe::imageSet() in moeKernels.h): the images of every arch, one per kernel, and their entry names.
+struct ImageSet
+{
+    tables::ArchImage const* images; //!< [numImages]
+    int32_t numImages;
+    int32_t numKernels;             //!< <= Module::kMaxFunctions
+    char const* const* entryNames;  //!< [numKernels]
+};
+
+//! The MlaAttention kernels' images (what Module::load() loads).
+ImageSet mlaImageSet() noexcept;
+
+//! The image a device of compute capability `arch` runs from `set` (imageChoice's rule), or nullptr.
+tables::ArchImage const* pickImage(ImageSet const& set, int32_t arch) noexcept;
+
 //! The kernels of one CUDA context: the images for the current device's arch (imageChoice: a cubin,
 //! or PTX where no cubin runs) loaded once with cuModuleLoadData and unloaded by `unload`.
 //! Driver calls used: cuCtxGetDevice, cuDeviceGetAttribute, cuModuleLoadData, cuModuleGetFunction,
@@ -77,12 +97,15 @@ size_t workspaceBytes(Dims const& dims, int32_t numSms) noexcept;
 class Module
 {
 public:
-    CUresult load() noexcept;   //!< reads the current context's device arch; idempotent
+    CUresult load() noexcept;   //!< load(mlaImageSet())
+    CUresult load(ImageSet const& set) noexcept; //!< reads the current context's device arch; idempotent
     void unload() noexcept;
     bool loaded() const noexcept { return mModule != nullptr; }
     CUmodule handle() const noexcept { return mModule; }
     int32_t arch() const noexcept { return mArch; } //!< e.g. 90 for sm_90
     int32_t numSms() const noexcept { return mNumSms; }
+    //! The loaded image of the set (its shared memory per kernel), nullptr before load.
+    tables::ArchImage const* image() const noexcept { return mImage; }
 
     static constexpr int32_t kMaxFunctions = 64;
     //! Function handles filled by load(), indexed by the generated kernel table.
@@ -93,6 +116,7 @@ private:
     CUfunction mFunctions[kMaxFunctions]{};
     //! Triton emits one image per kernel, so each function has its own module (mModules[0] == mModule).
     CUmodule mModules[kMaxFunctions]{};
+    tables::ArchImage const* mImage{nullptr};
     int32_t mArch{0};
     int32_t mNumSms{0};
 };

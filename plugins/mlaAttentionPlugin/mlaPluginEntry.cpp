@@ -3,10 +3,12 @@
  * get_plugin_registry().load_library (Python) and trtexec --dynamicPlugins call getCreators and
  * setLoggerFinder. Only these two symbols are exported (exports.map).
  *
+ * getCreators lists both plugins' creators: MlaAttention and DeepseekMoE (namespace mla, version 1).
  * There is no getPluginCreators: that entry point lists IPluginV2 creators, and this library has
- * only an IPluginCreatorV3One.
+ * only IPluginCreatorV3One ones.
  */
 #include "NvInferRuntime.h"
+#include "deepseekMoePlugin.h"
 #include "mlaAttentionPlugin.h"
 #include "mlaPluginLog.h"
 
@@ -19,8 +21,9 @@ extern "C" MLA_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finde
 
 extern "C" MLA_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    static mla::plugin::MlaAttentionPluginCreator sCreator;
-    static nvinfer1::IPluginCreatorInterface* const sCreators[] = {&sCreator};
-    nbCreators = 1;
+    static mla::plugin::MlaAttentionPluginCreator sAttention;
+    static mla::plugin::DeepseekMoePluginCreator sMoe;
+    static nvinfer1::IPluginCreatorInterface* const sCreators[] = {&sAttention, &sMoe};
+    nbCreators = static_cast<int32_t>(sizeof(sCreators) / sizeof(sCreators[0]));
     return sCreators;
 }

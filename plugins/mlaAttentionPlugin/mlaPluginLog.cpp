@@ -46,7 +46,7 @@ void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
         hasLogger = finder != nullptr && finder->findLogger() != nullptr;
     }
     log(nvinfer1::ILogger::Severity::kVERBOSE,
-        std::string("MlaAttention: setLoggerFinder called, ") + (hasLogger ? "logger found" : "no logger"));
+        std::string("libmla_plugin: setLoggerFinder called, ") + (hasLogger ? "logger found" : "no logger"));
 }
 
 void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept

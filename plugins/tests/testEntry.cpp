@@ -1,11 +1,13 @@
 /*
  * libmla_plugin.so as TensorRT loads it: dlopen, getCreators/setLoggerFinder present and nothing
- * else exported (in particular none of the CUDA driver forwarders), the creator's identity, and a
- * plugin created from the fields the ONNX parser sends, on a machine without a CUDA driver, whose
- * build capability declares present_cache an alias of past_cache.
+ * else exported (in particular none of the CUDA driver forwarders), both creators' identities
+ * (MlaAttention, DeepseekMoE), and a plugin of each created from the fields the ONNX parser sends, on
+ * a machine without a CUDA driver; MlaAttention's build capability declares present_cache an alias
+ * of past_cache.
  */
 #include "NvInferRuntime.h"
 #include "mlaContract.h"
+#include "moeContract.h"
 #include "testLogger.h"
 #include "testUtil.h"
 
@@ -46,8 +48,47 @@ int main(int argc, char** argv)
     setLoggerFinder(&logger);
     int32_t n = 0;
     nvinfer1::IPluginCreatorInterface* const* creators = getCreators(n);
-    CHECK(n == 1 && creators != nullptr && creators[0] != nullptr);
-    if (n == 1 && creators != nullptr && creators[0] != nullptr)
+    CHECK(n == 2 && creators != nullptr && creators[0] != nullptr && creators[1] != nullptr);
+    if (n == 2 && creators != nullptr && creators[1] != nullptr)
+    {
+        namespace m = mla::moe_contract;
+        CHECK(std::string(creators[1]->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE");
+        auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(creators[1]);
+        CHECK(std::string(creator->getPluginName()) == m::kPluginName);
+        CHECK(std::string(creator->getPluginVersion()) == m::kPluginVersion);
+        CHECK(std::string(creator->getPluginNamespace()) == m::kPluginNamespace);
+        CHECK(creator->getFieldNames() != nullptr && creator->getFieldNames()->nbFields == 9);
+        int32_t values[8] = {8, 2, 4, 2, 1, 1, 1, 1};
+        float scale = 2.5F;
+        char const* const names[9] = {m::kAttrNumExperts, m::kAttrTopK, m::kAttrNGroup, m::kAttrTopkGroup,
+            m::kAttrScoringFunc, m::kAttrGroupScore, m::kAttrUseBias, m::kAttrNormalize, m::kAttrWeightScale};
+        nvinfer1::PluginField fields[9];
+        for (int32_t k = 0; k < 8; ++k)
+        {
+            fields[k] = nvinfer1::PluginField(names[k], &values[k], nvinfer1::PluginFieldType::kINT32, 1);
+        }
+        fields[8] = nvinfer1::PluginField(names[8], &scale, nvinfer1::PluginFieldType::kFLOAT32, 1);
+        nvinfer1::PluginFieldCollection fc{9, fields};
+        nvinfer1::IPluginV3* plugin = creator->createPlugin("moe", &fc, nvinfer1::TensorRTPhase::kBUILD);
+        CHECK(plugin != nullptr);
+        CHECK(logger.contains("DeepseekMoE: num_experts=8 top_k=2 n_group=4 topk_group=2 scoring_func=1 "
+                              "group_score=1 use_bias=1 normalize=1 weight_scale=2.5 (build phase, layer moe)",
+            nvinfer1::ILogger::Severity::kINFO));
+        if (plugin != nullptr)
+        {
+            auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
+                plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+            CHECK(core != nullptr && std::strcmp(core->getPluginName(), "DeepseekMoE") == 0);
+            auto* capability = plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD);
+            CHECK(capability != nullptr && capability->getInterfaceInfo().major == 1); // no aliased output
+            delete plugin;
+        }
+        values[1] = 9; // top_k above num_experts
+        CHECK(creator->createPlugin("moe", &fc, nvinfer1::TensorRTPhase::kBUILD) == nullptr);
+        CHECK(logger.contains("attribute top_k = 9: expected an integer in [1, num_experts]",
+            nvinfer1::ILogger::Severity::kERROR));
+    }
+    if (n >= 1 && creators != nullptr && creators[0] != nullptr)
     {
         CHECK(std::string(creators[0]->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE");
         auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(creators[0]);

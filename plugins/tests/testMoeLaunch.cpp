@@ -1,0 +1,417 @@
+/*
+ * The DeepseekMoE plugin's launch path on a fake CUDA driver. For a sweep of tensor descriptors, enqueue must
+ *   - load the MoE kernel module once per plugin object (per context) and unload it on destruction,
+ *   - launch on the given stream, seven kernels per chunk of at most chunkTokens() tokens, and nothing else
+ *     (no copy, no memset, no host sync: the alignment runs on the device),
+ *   - refuse bad descriptors before any driver call and report every failing driver call.
+ * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe_plan) the
+ * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument.
+ */
+#include "deepseekMoePlugin.h"
+#include "fakeCuda.h"
+#include "mlaPluginLog.h"
+#include "mlaShapes.h"
+#include "moeContract.h"
+#include "testLogger.h"
+#include "testUtil.h"
+
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <vector>
+
+using namespace mla;
+using nvinfer1::DataType;
+namespace c = mla::moe_contract;
+
+namespace
+{
+testutil::CapturingLogger gLogger;
+
+struct Call
+{
+    int64_t batch, tokens, hidden, inter;
+    plugin::MoeAttributes attrs;
+    DataType type;
+};
+
+uintptr_t const kInputBase = 0x7f0000000000;
+uintptr_t const kOutput = 0x7f9000000000;
+uintptr_t const kWorkspace = 0x7fa000000000;
+CUstream const kStream = reinterpret_cast<CUstream>(0x5151);
+
+struct Launch
+{
+    nvinfer1::PluginTensorDesc in[5]{};
+    nvinfer1::PluginTensorDesc out[1]{};
+    void const* inputs[5]{};
+    void* outputs[1]{};
+
+    explicit Launch(Call const& k)
+    {
+        int64_t const e = k.attrs.numExperts;
+        std::vector<std::vector<int64_t>> const shapes = {{k.batch, k.tokens, k.hidden}, {e, k.hidden}, {e},
+            {e, 2 * k.inter, k.hidden}, {e, k.hidden, k.inter}};
+        for (int32_t i = 0; i < 5; ++i)
+        {
+            in[i].dims.nbDims = static_cast<int32_t>(shapes[i].size());
+            for (size_t a = 0; a < shapes[i].size(); ++a)
+            {
+                in[i].dims.d[a] = shapes[i][a];
+            }
+            in[i].type = i == c::kRouterWeight || i == c::kScoreBias ? DataType::kFLOAT : k.type;
+            in[i].format = nvinfer1::TensorFormat::kLINEAR;
+            inputs[i] = reinterpret_cast<void const*>(kInputBase + (static_cast<uintptr_t>(i) << 36));
+        }
+        out[0] = in[c::kHiddenStates];
+        outputs[0] = reinterpret_cast<void*>(kOutput);
+    }
+
+    int32_t run(nvinfer1::IPluginV3OneRuntime& p)
+    {
+        if (p.onShapeChange(in, 5, out, 1) != 0)
+        {
+            return -2;
+        }
+        return p.enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(kWorkspace), kStream);
+    }
+};
+
+std::string describe(Call const& k)
+{
+    std::ostringstream s;
+    s << "B=" << k.batch << " S=" << k.tokens << " d=" << k.hidden << " I=" << k.inter << " E=" << k.attrs.numExperts
+      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type);
+    return s.str();
+}
+
+plugin::MoeAttributes const kTinyMoe{8, 2, 4, 2, 1, 1, 1, 1, 2.5F};
+plugin::MoeAttributes const kLite{64, 6, 1, 1, 0, 0, 0, 0, 1.F};
+plugin::MoeAttributes const kV3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
+
+std::vector<Call> sweep()
+{
+    std::vector<Call> calls;
+    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    {
+        for (int64_t batch : {1, 3})
+        {
+            for (int64_t tokens : {1, 5, 700})
+            {
+                calls.push_back({batch, tokens, 64, 32, kTinyMoe, t});
+                calls.push_back({batch, tokens, 2048, 1408, kLite, t});
+            }
+        }
+    }
+    calls.push_back({2, 4097, 7168, 2048, kV3, DataType::kBF16}); // three chunks
+    calls.push_back({1, 3, 24, 32, kTinyMoe, DataType::kHALF});   // d not a multiple of 16: no kernel
+    return calls;
+}
+
+void testSweep()
+{
+    int32_t runs = 0;
+    int32_t unsupported = 0;
+    for (Call const& k : sweep())
+    {
+        fake::reset();
+        auto p = std::make_unique<plugin::DeepseekMoePlugin>(k.attrs);
+        kernels::DataType dtype{};
+        Launch l(k);
+        nvinfer1::Dims shapes[5];
+        for (int32_t i = 0; i < 5; ++i)
+        {
+            shapes[i] = l.in[i].dims;
+        }
+        bool const ok = plugin::toKernelType(k.type, dtype)
+            && kernels::moe::supported(plugin::moeKernelDims(k.attrs, shapes, dtype), nullptr);
+        if (!ok)
+        {
+            ++unsupported;
+            CHECK_MSG(l.run(*p) == -1, describe(k));
+            CHECK_MSG(fake::events().empty(), describe(k) + ": a driver call before the refusal");
+            continue;
+        }
+        for (int32_t repeat = 0; repeat < 2; ++repeat)
+        {
+            size_t const first = fake::events().size();
+            CHECK_MSG(l.run(*p) == 0, describe(k));
+            size_t loads = 0;
+            size_t launches = 0;
+            auto const& all = fake::events();
+            for (size_t i = first; i < all.size(); ++i)
+            {
+                fake::Event const& e = all[i];
+                if (e.kind == fake::Kind::kModuleLoad)
+                {
+                    ++loads;
+                }
+                else if (e.kind == fake::Kind::kLaunch)
+                {
+                    ++launches;
+                    CHECK_MSG(e.stream == kStream, describe(k) + ": launch on another stream");
+                    CHECK_MSG(e.name.rfind("moe_", 0) == 0, describe(k) + ": launched " + e.name);
+                }
+                else
+                {
+                    CHECK_MSG(e.kind == fake::Kind::kGetFunction || e.kind == fake::Kind::kFuncSetAttribute,
+                        describe(k) + ": a driver call other than loads and launches");
+                }
+            }
+            int64_t const tokens = k.batch * k.tokens;
+            int64_t const chunks = (tokens + kernels::moe::chunkTokens() - 1) / kernels::moe::chunkTokens();
+            CHECK_MSG(launches == static_cast<size_t>(7 * chunks), describe(k) + ": " + std::to_string(launches)
+                    + " launches for " + std::to_string(chunks) + " chunks");
+            CHECK_MSG(repeat == 0 ? loads > 0 : loads == 0, describe(k) + ": module loaded " + std::to_string(loads));
+            ++runs;
+        }
+        int32_t const live = fake::liveModules();
+        CHECK(live > 0);
+        p.reset();
+        CHECK(fake::liveModules() == 0);
+    }
+    std::printf("launch sweep: %d enqueues, %d descriptor sets without a kernel\n", runs, unsupported);
+    CHECK(runs > 0 && unsupported == 13); // float32 (12 calls) and d = 24
+}
+
+void testModulePerContextAndFailures()
+{
+    Call const k{1, 3, 64, 32, kTinyMoe, DataType::kHALF};
+    fake::reset();
+    plugin::DeepseekMoePlugin built(k.attrs);
+    testutil::CapturingRecorder recorder;
+    struct Context : nvinfer1::IPluginResourceContext
+    {
+        nvinfer1::IErrorRecorder* recorder;
+        nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
+        nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return recorder; }
+    } context;
+    context.recorder = &recorder;
+    std::unique_ptr<nvinfer1::IPluginV3> a(built.attachToContext(&context));
+    std::unique_ptr<nvinfer1::IPluginV3> b(built.attachToContext(&context));
+    auto runtime = [](nvinfer1::IPluginV3* p) {
+        return static_cast<nvinfer1::IPluginV3OneRuntime*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    };
+    Launch l(k);
+    CHECK(l.run(*runtime(a.get())) == 0);
+    size_t const perContext = fake::eventsOf(fake::Kind::kModuleLoad).size();
+    CHECK(perContext == static_cast<size_t>(kernels::moe::imageSet().numKernels));
+    CHECK(l.run(*runtime(b.get())) == 0);
+    CHECK(l.run(*runtime(a.get())) == 0);
+    CHECK(fake::eventsOf(fake::Kind::kModuleLoad).size() == 2 * perContext);
+    a.reset();
+    b.reset();
+    CHECK(fake::liveModules() == 0);
+    CHECK(recorder.errors.empty());
+
+    // A failing module load reaches the context's error recorder once, and is not retried.
+    std::unique_ptr<nvinfer1::IPluginV3> d(built.attachToContext(&context));
+    fake::failCall("cuModuleLoadData", CUDA_ERROR_NO_BINARY_FOR_GPU, 0);
+    size_t const launches = fake::eventsOf(fake::Kind::kLaunch).size();
+    CHECK(l.run(*runtime(d.get())) != 0);
+    CHECK(recorder.errors.size() == 1 && recorder.errors[0].second.find("DeepseekMoE: loading the kernel module")
+        != std::string::npos);
+    CHECK(l.run(*runtime(d.get())) != 0);
+    CHECK(recorder.errors.size() == 1);
+    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() == launches);
+    d.reset();
+    CHECK(fake::liveModules() == 0);
+
+    // A failing launch: nonzero, logged.
+    fake::reset();
+    plugin::DeepseekMoePlugin p(k.attrs);
+    fake::failCall("cuLaunchKernel", CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, 3);
+    gLogger.messages.clear();
+    CHECK(l.run(p) == -1);
+    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() == 4); // stopped at the failing one
+    CHECK(gLogger.contains("DeepseekMoE: launching the kernels failed", nvinfer1::ILogger::Severity::kERROR));
+
+    // Bad descriptors and pointers: refused before any driver call.
+    fake::reset();
+    plugin::DeepseekMoePlugin q(k.attrs);
+    Launch bad(k);
+    bad.in[c::kDownProj].dims.d[2] = 16;
+    CHECK(q.enqueue(bad.in, bad.out, bad.inputs, bad.outputs, nullptr, kStream) == -1);
+    CHECK(q.onShapeChange(bad.in, 5, bad.out, 1) == -1);
+    Launch wrongOut(k);
+    wrongOut.out[0].dims.d[2] = 32;
+    CHECK(q.enqueue(wrongOut.in, wrongOut.out, wrongOut.inputs, wrongOut.outputs, nullptr, kStream) == -1);
+    Launch halfRouter(k);
+    halfRouter.in[c::kRouterWeight].type = DataType::kHALF;
+    CHECK(q.enqueue(halfRouter.in, halfRouter.out, halfRouter.inputs, halfRouter.outputs, nullptr, kStream) == -1);
+    Launch misaligned(k);
+    misaligned.inputs[c::kGateUpProj] = static_cast<char const*>(misaligned.inputs[c::kGateUpProj]) + 2;
+    gLogger.messages.clear();
+    CHECK(q.enqueue(misaligned.in, misaligned.out, misaligned.inputs, misaligned.outputs, nullptr, kStream) == -1);
+    CHECK(gLogger.contains("tensor gate_up_proj is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
+    CHECK(q.enqueue(nullptr, bad.out, bad.inputs, bad.outputs, nullptr, kStream) == -1);
+    Launch none(Call{0, 3, 64, 32, kTinyMoe, DataType::kHALF}); // no token: nothing to do, success
+    CHECK(none.run(q) == 0);
+    CHECK(fake::events().empty());
+}
+
+// Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe_plan:
+//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype
+//   launch name gx gy gz bx by bz sharedMem arg...   (one line per planned launch, in order)
+// arguments: p:<tensor>[+<bytes>] with tensor hidden_states, router_weight, score_bias, gate_up_proj, down_proj,
+// routed_output, ws (the workspace) or null; i:<int32>; f:<float32>.
+bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
+{
+    std::string name = what;
+    uint64_t offset = 0;
+    size_t const plus = what.find('+');
+    if (plus != std::string::npos)
+    {
+        name = what.substr(0, plus);
+        offset = std::stoull(what.substr(plus + 1));
+    }
+    if (name == "null")
+    {
+        out = offset;
+        return true;
+    }
+    if (name == "ws")
+    {
+        out = kWorkspace + offset;
+        return true;
+    }
+    if (name == c::kOutputNames[0])
+    {
+        out = reinterpret_cast<uintptr_t>(l.outputs[0]) + offset;
+        return true;
+    }
+    for (int32_t i = 0; i < c::kNumInputs; ++i)
+    {
+        if (name == c::kInputNames[i])
+        {
+            out = reinterpret_cast<uintptr_t>(l.inputs[i]) + offset;
+            return true;
+        }
+    }
+    out = ~uint64_t{0};
+    return true;
+}
+
+std::string compareArgs(fake::Event const& got, std::vector<std::string> const& want, Launch const& l)
+{
+    std::ostringstream bad;
+    if (got.args.size() != want.size())
+    {
+        bad << got.args.size() << " arguments recorded, " << want.size() << " expected; ";
+        return bad.str();
+    }
+    for (size_t j = 0; j < want.size(); ++j)
+    {
+        std::string const kind = want[j].substr(0, 2);
+        std::string const value = want[j].substr(2);
+        if (kind == "p:")
+        {
+            uint64_t expected = 0;
+            if (expectedPointer(value, l, expected) && fake::argAs<uint64_t>(got, j) != expected)
+            {
+                bad << "arg " << j << " is 0x" << std::hex << fake::argAs<uint64_t>(got, j) << ", expected " << value
+                    << " 0x" << expected << std::dec << "; ";
+            }
+        }
+        else if (kind == "i:" && fake::argAs<int32_t>(got, j) != std::stoi(value))
+        {
+            bad << "arg " << j << " is " << fake::argAs<int32_t>(got, j) << ", expected " << value << "; ";
+        }
+        else if (kind == "f:" && fake::argAs<float>(got, j) != std::stof(value))
+        {
+            bad << "arg " << j << " is " << fake::argAs<float>(got, j) << ", expected " << value << "; ";
+        }
+    }
+    return bad.str();
+}
+
+int32_t compareWithPlan(char const* path)
+{
+    std::ifstream file(path);
+    if (!file)
+    {
+        std::printf("cannot read %s\n", path);
+        return -1;
+    }
+    struct Planned
+    {
+        Call call;
+        std::vector<fake::Event> launches;
+        std::vector<std::vector<std::string>> args;
+    };
+    std::vector<Planned> plans;
+    std::string line;
+    while (std::getline(file, line))
+    {
+        std::istringstream s(line);
+        std::string tag;
+        s >> tag;
+        if (tag == "case")
+        {
+            Planned p{};
+            plugin::MoeAttributes& a = p.call.attrs;
+            int32_t dtype = 0;
+            s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
+                >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
+            p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+            plans.push_back(p);
+        }
+        else if (tag == "launch" && !plans.empty())
+        {
+            fake::Event e{fake::Kind::kLaunch};
+            s >> e.name >> e.grid[0] >> e.grid[1] >> e.grid[2] >> e.block[0] >> e.block[1] >> e.block[2] >> e.sharedMem;
+            std::vector<std::string> args;
+            std::vector<uint32_t> sizes;
+            for (std::string token; s >> token;)
+            {
+                args.push_back(token);
+                sizes.push_back(token.rfind("p:", 0) == 0 ? 8 : 4);
+            }
+            fake::setSignature(e.name, sizes);
+            plans.back().launches.push_back(e);
+            plans.back().args.push_back(args);
+        }
+    }
+    for (Planned const& plan : plans)
+    {
+        fake::reset();
+        fake::setDevice(90, 132);
+        plugin::DeepseekMoePlugin p(plan.call.attrs);
+        Launch l(plan.call);
+        CHECK_MSG(l.run(p) == 0, describe(plan.call));
+        auto got = fake::eventsOf(fake::Kind::kLaunch);
+        std::string const what = describe(plan.call);
+        CHECK_MSG(got.size() == plan.launches.size(),
+            what + ": " + std::to_string(got.size()) + " launches, plan has " + std::to_string(plan.launches.size()));
+        for (size_t i = 0; i < got.size() && i < plan.launches.size(); ++i)
+        {
+            fake::Event const& g = got[i];
+            fake::Event const& w = plan.launches[i];
+            bool const same = g.name == w.name && std::equal(g.grid, g.grid + 3, w.grid)
+                && std::equal(g.block, g.block + 3, w.block) && g.sharedMem == w.sharedMem;
+            std::ostringstream s;
+            s << what << " launch " << i << ": got " << g.name << " grid " << g.grid[0] << "," << g.grid[1] << ","
+              << g.grid[2] << " block " << g.block[0] << " smem " << g.sharedMem << "; plan " << w.name << " grid "
+              << w.grid[0] << "," << w.grid[1] << "," << w.grid[2] << " block " << w.block[0] << " smem " << w.sharedMem;
+            CHECK_MSG(same, s.str());
+            std::string const mismatches = compareArgs(g, plan.args[i], l);
+            CHECK_MSG(mismatches.empty(), what + " launch " + std::to_string(i) + " (" + g.name + "): " + mismatches);
+        }
+    }
+    std::printf("compared %zu planned calls\n", plans.size());
+    return static_cast<int32_t>(plans.size());
+}
+} // namespace
+
+int main(int argc, char** argv)
+{
+    plugin::setLoggerFinder(&gLogger);
+    testSweep();
+    testModulePerContextAndFailures();
+    if (argc > 1)
+    {
+        CHECK(compareWithPlan(argv[1]) > 0);
+    }
+    plugin::setLoggerFinder(nullptr);
+    return testutil::finish("test_moe_launch");
+}

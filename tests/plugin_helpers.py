@@ -1,0 +1,244 @@
+"""Shared by the plugin tests (test_plugin.py: MlaAttention, test_moe_plugin.py: DeepseekMoE) and the session's
+plugin build (conftest.py): the C++ launch tests' expectations written from the Python plans, TensorRT-RTX's
+parser run in a subprocess, README tables."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import CUDA_INCLUDE
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = "libmla_plugin.so"
+CUDA_HEADER = CUDA_INCLUDE / "cuda.h"
+
+# Runs in a subprocess: load the library into TensorRT-RTX's registry, parse the model, print what happens.
+PARSE_SCRIPT = r"""
+import sys
+from mla_export.trt.backend import import_backend
+trt = import_backend("tensorrt-rtx")
+
+class Logger(trt.ILogger):
+    def __init__(self):
+        trt.ILogger.__init__(self)
+    def log(self, severity, msg):
+        print(f"[TRT {severity}] {msg}", flush=True)
+
+logger = Logger()
+builder = trt.Builder(logger)
+registry = trt.get_plugin_registry()
+handle = registry.load_library(sys.argv[1])
+print("library loaded:", handle is not None, flush=True)
+print("creator found:", registry.get_creator("MlaAttention", "1", "mla") is not None, flush=True)
+print("moe creator found:", registry.get_creator("DeepseekMoE", "1", "mla") is not None, flush=True)
+network = builder.create_network(0)
+parser = trt.OnnxParser(network, logger)
+ok = parser.parse_from_file(sys.argv[2])
+print("parsed:", ok, flush=True)
+for i in range(parser.num_errors):
+    print("parser error:", parser.get_error(i), flush=True)
+plugins = sum(1 for i in range(network.num_layers) if network.get_layer(i).type == trt.LayerType.PLUGIN_V3)
+print("plugin layers:", plugins, flush=True)
+"""
+def rtx_missing() -> str | None:
+    """Why TensorRT-RTX cannot be imported here, or None (the same look-up `mla-export build` uses)."""
+    from mla_export.errors import UserError
+    from mla_export.trt.backend import import_backend
+
+    try:
+        import_backend("tensorrt-rtx")
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def parse_with_rtx(library: Path, model: Path) -> str:
+    if rtx_missing():
+        pytest.skip(rtx_missing())
+    env = dict(os.environ, MLA_PLUGIN_VERBOSE="1")  # RTX's logger finder gives no logger: our messages go to stderr
+    result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(library), str(model)], capture_output=True,
+                            text=True, timeout=600, env=env)
+    # RTX 1.7 aborts right after creating a plugin (rc -6); a clean exit is fine too.
+    return result.stdout + result.stderr
+
+
+def markdown_table(text: str, heading: str) -> list[list[str]]:
+    """Rows (cells stripped of backticks) of the first table after `## heading`."""
+    section = text.split(f"## {heading}\n", 1)[1]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("## "):
+            break
+        if line.startswith("|") and not set(line) <= set("|- "):
+            rows.append([cell.strip().replace("`", "") for cell in line.strip().strip("|").split("|")])
+    return rows[1:]  # without the header row
+
+
+# Descriptor sets whose launches the C++ launch test compares with the Python API's plan:
+# (B, S, H, Dc, Dr, Smax, dtype, SMs of the device).
+PLAN_CASES = [(b, s, h, dc, dr, smax, dtype, sms)
+              for dtype in ("float16", "bfloat16") for b in (1, 3, 8, 64) for s in (1, 2, 7)
+              for h, dc, dr, smax in ((4, 32, 8, 64), (16, 512, 64, 2048), (128, 512, 64, 4096))
+              for sms in (132, 78)]
+PLAN_DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+PLAN_ARCH = 90  # the fake driver's device (plugins/tests/fakeCuda.cpp)
+PLAN_SOFTMAX_SCALE = "0.1"  # the plugin's softmax_scale in the launch test (kPlanSoftmaxScale)
+# Kernel pointer arguments -> the op's tensors (the cache is written in place in present_cache).
+PLAN_TENSOR_ARGS = {"q_lat_ptr": "q_latent", "q_pe_ptr": "q_pe", "kv_latent_ptr": "kv_latent", "k_pe_ptr": "k_pe",
+                    "cache_ptr": "present", "seqlens_ptr": "cache_seqlens", "cos_sin_ptr": "rope_cos_sin",
+                    "out_ptr": "attn_latent"}
+
+
+def _planned_args(kind: str, p, case) -> list[str]:
+    """Expected argument values of kernel `kind` under plan `p`, as testLaunch.cpp tokens."""
+    from mla_export.kernels.plan import runtime_args
+
+    args = runtime_args(kind)
+    b, s, h, dc, dr, smax, dtype, sms = case
+    split = p.num_splits > 1
+    values = {"q_rot_ptr": f"p:ws+{p.q_rot_offset}", "o_part_ptr": f"p:ws+{p.o_part_offset}" if split else "p:*",
+              "lse_part_ptr": f"p:ws+{p.lse_offset}" if split else "p:*", "S": f"i:{s}", "H": f"i:{h}",
+              "Smax": f"i:{smax}", "num_splits": f"i:{p.num_splits}", "softmax_scale": f"f:{PLAN_SOFTMAX_SCALE}"}
+    values.update({name: f"p:{tensor}" for name, tensor in PLAN_TENSOR_ARGS.items()})
+    unknown = [name for name, _ in args if name not in values]
+    assert not unknown, f"{kind}: kernel arguments {unknown} have no expected value here; update PLAN_TENSOR_ARGS"
+    return [values[name] for name, _ in args] + ["p:null", "p:null"]  # Triton's global/profile scratch: none
+
+
+def _manifest_kernels(kernels_dir: Path) -> list[dict]:
+    """The AOT build's compiled kernels (its manifest.json)."""
+    import json
+
+    return json.loads((kernels_dir / "manifest.json").read_text())["kernels"]
+
+
+def _planned_launches(case, compiled: list[dict]) -> list[tuple[str, tuple, tuple, str, list[str]]]:
+    """(kernel name, grid, block, shared memory, argument values) of each launch the Python API plans for `case`.
+
+    Grids and kernel choice come from `mla_export.kernels.plan` (the table the generated launchers share):
+    RoPE + cache append, attention, then the split combine when there is more than one split. Name, block
+    (num_warps * 32) and shared memory come from the AOT manifest for sm_90;
+    argument values from the kernels' signatures (`plan.runtime_args`) and the plan's workspace offsets.
+    """
+    from mla_export.kernels import plan as kplan
+
+    b, s, h, dc, dr, smax, dtype, sms = case
+    p = kplan.make_plan(kplan.Dims(b, s, h, dc, dr, smax, dtype), sms)
+    table = kplan.aot_kernel_table()
+    launches = []
+    for kind, grid, index in zip(kplan.KERNEL_KINDS, (p.rope_grid, p.attn_grid, p.combine_grid),
+                                 kplan.kernel_indices(p, dtype)):
+        if kind == "combine" and p.num_splits == 1:
+            continue
+        spec = table[index]
+        found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
+                 and (k["family_index"], k["dtype"], k["kind"], k["block_m"])
+                 == (spec.family_index, spec.dtype, spec.kind, spec.block_m)]
+        assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
+        launches.append((found[0]["name"], tuple(grid), (32 * found[0]["num_warps"], 1, 1), str(found[0]["shared"]),
+                         _planned_args(kind, p, case)))
+    return launches
+
+
+def write_mla_launch_plan(path: Path, kernels_dir: Path) -> int:
+    """Write the planned launches of PLAN_CASES in the format plugins/tests/testLaunch.cpp reads; returns the
+    number of cases written."""
+    lines = []
+    compiled = _manifest_kernels(kernels_dir)
+    for case in PLAN_CASES:
+        b, s, h, dc, dr, smax, dtype, sms = case
+        lines.append(f"case {b} {s} {h} {dc} {dr} {smax} {PLAN_DTYPE_CODES[dtype]} {sms}")
+        for name, grid, block, shared, args in _planned_launches(case, compiled):
+            lines.append(" ".join(["launch", name, *map(str, grid), *map(str, block), shared, *args]))
+    path.write_text("\n".join(lines) + "\n")
+    return len(PLAN_CASES)
+
+# DeepseekMoE calls whose launches testMoeLaunch.cpp compares with moe_plan's: (B, S, d, I, attributes, dtype).
+# Attributes in contract order: num_experts top_k n_group topk_group scoring_func group_score use_bias normalize
+# weight_scale.
+MOE_RULES = {"tiny-moe": (8, 2, 4, 2, 1, 1, 1, 1, 2.5), "v2-lite": (64, 6, 1, 1, 0, 0, 0, 0, 1.0),
+             "v2": (160, 6, 8, 3, 0, 0, 0, 0, 16.0), "v3": (256, 8, 8, 4, 1, 1, 1, 1, 2.5),
+             "kimi": (384, 8, 1, 1, 1, 1, 1, 1, 2.827)}
+MOE_PLAN_CASES = [(b, s, d, i, MOE_RULES[rule], dtype)
+                  for dtype in ("float16", "bfloat16")
+                  for b, s in ((1, 1), (8, 1), (64, 1), (1, 100), (2, 2049), (1, 4097))
+                  for rule, d, i in (("tiny-moe", 64, 32), ("v2-lite", 2048, 1408), ("v2", 5120, 1536),
+                                     ("v3", 7168, 2048), ("kimi", 7168, 2048))]
+# Kernel pointer arguments -> the op's tensors (or the workspace region, by moe_plan's offsets), per kind.
+MOE_TENSOR_ARGS = {"router_ptr": "router_weight", "bias_ptr": "score_bias"}
+MOE_WORKSPACE_ARGS = {"logits_ptr": "logits_offset", "ids_ptr": "ids_offset", "weights_ptr": "weights_offset",
+                      "counts_ptr": "counts_offset", "sorted_ptr": "sorted_offset",
+                      "block_expert_ptr": "block_expert_offset", "act_ptr": "act_offset", "y_ptr": "y_offset"}
+
+
+def _moe_planned_args(kind: str, plan, chunk, start: int, case) -> list[str]:
+    """Expected argument values of MoE kernel `kind` in the chunk starting at token `start`."""
+    from mla_export.kernels.moe_plan import ELEMENT_BYTES, runtime_args
+
+    b, s, d, i, attrs, dtype = case
+    experts, top_k, n_group, topk_group, scoring, group_score, use_bias, normalize, scale = attrs
+    row = start * d * ELEMENT_BYTES[dtype]
+    values = {"hidden_ptr": f"p:hidden_states+{row}", "out_ptr": f"p:routed_output+{row}",
+              "w_ptr": "p:gate_up_proj" if kind == "gate_up" else "p:down_proj",
+              "T": f"i:{chunk.tokens}", "E": f"i:{experts}", "D": f"i:{d}", "I": f"i:{i}", "top_k": f"i:{top_k}",
+              "n_group": f"i:{n_group}", "topk_group": f"i:{topk_group}", "scoring": f"i:{scoring}",
+              "group_score": f"i:{group_score}", "use_bias": f"i:{use_bias}", "normalize": f"i:{normalize}",
+              "weight_scale": f"f:{scale}", "num_slots": f"i:{chunk.slots}",
+              "block_m": f"i:{chunk.config.block_m}", "max_blocks": f"i:{chunk.max_blocks}"}
+    values.update({name: f"p:{tensor}" for name, tensor in MOE_TENSOR_ARGS.items()})
+    values.update({name: f"p:ws+{getattr(plan, field)}" for name, field in MOE_WORKSPACE_ARGS.items()})
+    args = runtime_args(kind, dtype)
+    unknown = [name for name, _ in args if name not in values]
+    assert not unknown, f"{kind}: kernel arguments {unknown} have no expected value here"
+    return [values[name] for name, _ in args] + ["p:null", "p:null"]  # Triton's global/profile scratch: none
+
+
+def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
+    """Write the launches moe_plan plans for MOE_PLAN_CASES in the format plugins/tests/testMoeLaunch.cpp reads
+    (name, block and shared memory from the AOT manifest for sm_90); returns the number of cases."""
+    import json
+
+    from mla_export.kernels import moe_plan
+
+    compiled = json.loads((kernels_dir / "manifest.json").read_text())["moe_kernels"]
+    table = moe_plan.aot_kernel_table()
+    lines = []
+    for case in MOE_PLAN_CASES:
+        b, s, d, i, attrs, dtype = case
+        lines.append(" ".join(map(str, ["case", b, s, d, i, *attrs, PLAN_DTYPE_CODES[dtype]])))
+        plan = moe_plan.make_plan(moe_plan.MoeDims(b * s, d, i, attrs[0], attrs[1], attrs[2], dtype))
+        for index in range(plan.num_chunks):
+            start, chunk = plan.chunk(index)
+            for kind, grid, k in zip(moe_plan.KERNEL_KINDS, chunk.grids(), moe_plan.kernel_indices(plan, chunk, dtype)):
+                spec = table[k]
+                found = [c for c in compiled if c["arch"] == PLAN_ARCH and not c["ptx"]
+                         and (c["kind"], c["dtype"], c["variant"]) == (spec.kind, spec.dtype, spec.variant)]
+                assert len(found) == 1, f"{kind} kernel {k}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
+                lines.append(" ".join(["launch", found[0]["name"], *map(str, grid), str(32 * found[0]["num_warps"]),
+                                       "1", "1", str(found[0]["shared"]),
+                                       *_moe_planned_args(kind, plan, chunk, start, case)]))
+    path.write_text("\n".join(lines) + "\n")
+    return len(MOE_PLAN_CASES)
+
+
+def build_plugins(build: Path, kernels_dir: Path) -> Path:
+    """Configure and build plugins/ into `build` with the generated kernels, after writing both launch tests'
+    expectations (launch_plan.txt, moe_launch_plan.txt) there."""
+    write_mla_launch_plan(build / "launch_plan.txt", kernels_dir)
+    write_moe_launch_plan(build / "moe_launch_plan.txt", kernels_dir)
+    options = [f"-DMLA_KERNELS_DIR={kernels_dir}", f"-DMLA_LAUNCH_EXPECTATIONS={build / 'launch_plan.txt'}",
+               f"-DMLA_MOE_LAUNCH_EXPECTATIONS={build / 'moe_launch_plan.txt'}"]
+    configure = subprocess.run(["cmake", "-S", ROOT / "plugins", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+                                f"-DPython3_EXECUTABLE={sys.executable}", *options], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    compiled = subprocess.run(["cmake", "--build", build, "-j2"], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stdout[-5000:] + compiled.stderr[-5000:]
+    return build
