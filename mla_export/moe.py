@@ -175,3 +175,15 @@ def deepseek_moe(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: 
 def _deepseek_moe_fake(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
                        topk_group, scoring_func, group_score, use_bias, normalize, weight_scale):
     return torch.empty_like(hidden)
+
+
+@deepseek_moe.register_kernel("cuda")
+def _deepseek_moe_cuda(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
+                       topk_group, scoring_func, group_score, use_bias, normalize, weight_scale):
+    """The CUDA implementation: the Triton kernels (Triton is imported at the first call, not before)."""
+    from .kernels.moe_api import deepseek_moe_triton
+
+    rule = RoutingRule(num_experts, top_k, n_group, topk_group, scoring_func, group_score, bool(use_bias),
+                       bool(normalize), weight_scale)
+    return deepseek_moe_triton(hidden.contiguous(), router_weight.float().contiguous(),
+                               score_bias.float().contiguous(), gate_up_proj.contiguous(), down_proj.contiguous(), rule)

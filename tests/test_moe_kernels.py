@@ -270,3 +270,28 @@ def test_real_sizes_on_gpu(preset):
         want = float64_rows(x[sample].float().cpu(), router.cpu(), bias.cpu(), gate_up, down, rule)
         result = compare(f"routed_output ({tokens} tokens)", out[sample].cpu(), want, atol * rule.weight_scale, rtol)
         assert result.passed, result
+
+
+def test_cuda_implementation_of_the_op_is_registered():
+    import mla_export.moe  # noqa: F401  (registers the op and its CUDA implementation)
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("mla::deepseek_moe", "CUDA")
+
+
+@pytest.mark.gpu
+def test_moe_model_on_cuda_runs_the_kernels():
+    """torch.ops.mla.deepseek_moe on CUDA tensors (the eager MoE layer on a GPU) runs the Triton kernels and
+    equals the float64 reference."""
+    from mla_export.model import MoeMlp
+    from mla_export.hf_config import load_preset
+    from mla_export.weights import init_random_weights
+
+    config = load_preset("tiny-moe")
+    mlp = MoeMlp(config)
+    init_random_weights(mlp, 1)
+    x = torch.randn(3, 9, config.hidden_size, generator=torch.Generator().manual_seed(0))
+    want = mlp.double()(x.double())
+    got = mlp.to("cuda", torch.bfloat16)(x.to("cuda", torch.bfloat16))
+    assert mlp.gate.weight.dtype == torch.float32 and mlp.gate.weight.is_cuda
+    result = compare("MoE layer", got, want, *tolerance_for("bfloat16"))
+    assert result.passed, result
