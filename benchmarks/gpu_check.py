@@ -263,7 +263,7 @@ STEPS = [
     Step("plugin-enqueue", "the plugin's enqueue on device buffers vs float64, aliased and copy cache", 90,
          lambda ctx: [ctx.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                       "tests/test_plugin.py"], _pytest_counts, _bundle_env),
-    *[Step(f"sanitizer-{tool}", f"compute-sanitizer {tool} over the AOT kernels' C++ driver", limit,
+    *[Step(f"sanitizer-{tool}", f"compute-sanitizer {tool} over the AOT kernels' C++ driver (MLA, MoE)", limit,
            lambda ctx, tool=tool: SANITIZER + [tool, _bundle(ctx, "plugins", "tools", "mla_kernels_bench"), "--check"],
            _sanitizer) for tool, limit in (("memcheck", 40), ("racecheck", 60), ("initcheck", 40))],
     Step("cpp-bench", "AOT kernels as the plugin ships them (C++, no Triton): decode GB/s, prefill TFLOP/s", 60,

@@ -4,7 +4,9 @@
  *
  *   mla_kernels_bench --check        a few decode and prefill calls (float16 and bfloat16, with and without
  *                                    splits, ragged cache lengths) on device buffers; checks every output is
- *                                    finite and every cache row outside the new ones is unchanged; exit 0/1
+ *                                    finite and every cache row outside the new ones is unchanged; then a few
+ *                                    DeepseekMoE calls (V2 and V3 routing, decode and prefill sizes, several
+ *                                    chunks): outputs finite and two runs bit-identical; exit 0/1
  *   mla_kernels_bench --bench        bfloat16, DeepSeek dims (Dc 512, Dr 64): decode with H in {128, 16},
  *                                    B in {1, 8, 64}, context in {4096, 65536}, and prefill of S = 4096 from an
  *                                    empty cache; one JSON object per line: phase, heads, batch, context,
@@ -14,12 +16,14 @@
  * calls go through the plugin's forwarders, mlaCudaDriver.cpp), so the program builds everywhere.
  */
 #include "mlaKernels.h"
+#include "moeKernels.h"
 
 #include <cuda.h>
 #include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -261,6 +265,83 @@ int check(Driver const& cu, k::Module const& module)
     return failures == 0 ? 0 : 1;
 }
 
+//! --check, DeepseekMoE part: outputs finite, two runs of a call bit-identical (no atomics in the sums).
+int checkMoe(Driver const& cu, k::Module const& module)
+{
+    namespace m = k::moe;
+    struct Case
+    {
+        int64_t tokens;
+        int32_t hidden, inter, experts, topK, nGroup, topkGroup, scoring, groupScore, useBias, normalize;
+        float scale;
+        k::DataType dtype;
+    };
+    Case const cases[] = {{1, 64, 32, 8, 2, 4, 2, 1, 1, 1, 1, 2.5F, k::DataType::kBFLOAT16},   // tiny-moe, decode
+        {37, 64, 32, 8, 2, 4, 2, 1, 1, 1, 1, 2.5F, k::DataType::kFLOAT16},                    // tiny-moe, prefill
+        {9, 2048, 1408, 64, 6, 1, 1, 0, 0, 0, 0, 1.0F, k::DataType::kBFLOAT16},              // V2-Lite greedy
+        {m::chunkTokens() + 5, 256, 128, 16, 4, 4, 2, 1, 1, 1, 1, 2.5F, k::DataType::kBFLOAT16}}; // two chunks
+    int failures = 0;
+    uint32_t state = 777U;
+    auto next = [&state]() {
+        state = state * 1664525U + 1013904223U;
+        return static_cast<float>((state >> 8) & 0xFFFFU) / 32768.0F - 1.0F;
+    };
+    for (Case const& c : cases)
+    {
+        m::Dims d{c.tokens, c.hidden, c.inter, c.experts, c.topK, c.nGroup, c.topkGroup, c.scoring, c.groupScore,
+            c.useBias, c.normalize, c.scale, c.dtype};
+        char const* why = nullptr;
+        if (!m::supported(d, &why))
+        {
+            std::printf("check-moe T=%lld d=%d: not supported (%s)\n", static_cast<long long>(c.tokens), c.hidden, why);
+            ++failures;
+            continue;
+        }
+        auto filled = [&](size_t count, bool halves, float scale) {
+            std::vector<uint16_t> h(halves ? count : 0);
+            std::vector<float> f(halves ? 0 : count);
+            for (size_t i = 0; i < count; ++i)
+            {
+                if (halves)
+                    h[i] = toBits(next() * scale, c.dtype);
+                else
+                    f[i] = next() * scale;
+            }
+            auto buffer = std::make_unique<Buffer>(cu, count * (halves ? 2 : 4));
+            cu.htod(buffer->ptr, halves ? static_cast<void const*>(h.data()) : f.data(), count * (halves ? 2 : 4));
+            return buffer;
+        };
+        size_t const t = static_cast<size_t>(c.tokens), e = size_t(c.experts), hid = size_t(c.hidden),
+                     in = size_t(c.inter);
+        auto hidden = filled(t * hid, true, 1.0F);
+        auto router = filled(e * hid, false, 0.1F);
+        auto bias = filled(e, false, 0.1F);
+        auto gateUp = filled(e * 2 * in * hid, true, 0.05F);
+        auto down = filled(e * hid * in, true, 0.05F);
+        Buffer out(cu, t * hid * 2), workspace(cu, m::workspaceBytes(d));
+        m::Tensors tensors{hidden->get(), static_cast<float const*>(router->get()),
+            static_cast<float const*>(bias->get()), gateUp->get(), down->get(), out.get()};
+        std::vector<uint16_t> first(t * hid), second(t * hid);
+        bool ok = m::launch(module, d, tensors, workspace.get(), nullptr) == CUDA_SUCCESS && cu.sync() == CUDA_SUCCESS
+            && cu.dtoh(first.data(), out.ptr, t * hid * 2) == CUDA_SUCCESS
+            && m::launch(module, d, tensors, workspace.get(), nullptr) == CUDA_SUCCESS && cu.sync() == CUDA_SUCCESS
+            && cu.dtoh(second.data(), out.ptr, t * hid * 2) == CUDA_SUCCESS;
+        bool finite = ok;
+        for (size_t i = 0; ok && i < first.size(); ++i)
+        {
+            finite = finite && std::isfinite(fromBits(first[i], c.dtype));
+        }
+        bool const same = ok && first == second;
+        std::printf("check-moe T=%lld d=%d E=%d top_k=%d: %s, outputs %s, two runs %s\n",
+            static_cast<long long>(c.tokens), c.hidden, c.experts, c.topK, ok ? "launched" : "LAUNCH FAILED",
+            finite ? "finite" : "NOT FINITE", same ? "bit-identical" : "DIFFERENT");
+        failures += (!ok || !finite || !same) ? 1 : 0;
+    }
+    std::printf("%s: %d of %zu DeepseekMoE calls failed\n", failures == 0 ? "PASS" : "FAIL", failures,
+        sizeof(cases) / sizeof(cases[0]));
+    return failures == 0 ? 0 : 1;
+}
+
 //! --bench: median microseconds of each call, one JSON object per line.
 int bench(Driver const& cu, k::Module const& module)
 {
@@ -343,7 +424,19 @@ int main(int argc, char** argv)
         return 1;
     }
     std::printf("# sm_%d, %d SMs\n", module.arch(), module.numSms());
-    int const rc = mode == "--check" ? check(cu, module) : bench(cu, module);
+    int rc = mode == "--check" ? check(cu, module) : bench(cu, module);
     module.unload();
+    if (mode == "--check")
+    {
+        k::Module moeModule;
+        if (CUresult r = moeModule.load(k::moe::imageSet()); r != CUDA_SUCCESS)
+        {
+            std::fprintf(stderr, "mla_kernels_bench: loading the DeepseekMoE kernels failed (CUresult %d)\n",
+                static_cast<int>(r));
+            return 1;
+        }
+        rc = checkMoe(cu, moeModule) != 0 ? 1 : rc;
+        moeModule.unload();
+    }
     return rc;
 }
