@@ -257,8 +257,8 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
         path = export_onnx(spec, output, progress)
     click.echo(prose(absorb_advice(config, dtype)))
     layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
-    click.echo(f"{_wrote(written_files(path))} in {time.perf_counter() - start:.1f} s: {config.name}, {layers_text}, "
-               f"{dtype}, Smax {rows}, --absorb {absorb}")
+    click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}")
+    click.echo(f"{_wrote(written_files(path))} in {time.perf_counter() - start:.1f} s")
 
 
 @main.command(epilog=EXIT_CODES, short_help="Compare ONNX Runtime or an engine with the eager model.")
@@ -335,10 +335,11 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefil
                      workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache)
     start = time.perf_counter()
     with ProgressReporter("build", quiet=quiet) as progress:
+        progress("reading and parsing the model", 0, 1)  # until TensorRT's first build phase
         path = build_engine(spec, progress=progress)
     binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer
-    click.echo(f"{_wrote([path, sidecar_path(path)])} in {time.perf_counter() - start:.1f} s: {backend}, "
-               f"attention {attention}, cache binding {binding}")
+    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}")
+    click.echo(f"{_wrote([path, sidecar_path(path)])} in {time.perf_counter() - start:.1f} s")
 
 
 def _input_files(onnx: str | None = None, engine: str | None = None) -> dict[str, str]:

@@ -275,6 +275,7 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     from .footprint import check_memory, validate_peak_bytes
     from .onnx_reader import read_exported_model
 
+    (progress or _no_progress)("reading the model", 0, scenario.steps + 1)
     model = read_exported_model(path)
     spec = model.spec
     check_memory(validate_peak_bytes(spec.config, model.weight_bytes(), spec.io == "tokens")
