@@ -17,12 +17,16 @@ from .spec import MAX_SEED
 FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtype": "--dtype", "io": "--io",
                  "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps",
                  "absorb": "--absorb", "seed": "--seed"}
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 REPORT_TO = "the mla-export issue tracker"  # where an internal error asks to be reported
 MAX_MESSAGE = 2000  # characters of one error message (a value echoed from a file can be huge)
 
 # Exit codes: 0 success, 1 an error in the input (or a failed validation), 2 a bad command line (click),
 # 70 an internal error (a bug: please report it), 130 Ctrl-C, 143 SIGTERM.
 EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 70, 130, 143
+EXIT_CODES = ("Exit codes: 0 success; 1 bad input (a file, an option's value, the environment) or a failed "
+              "validation; 2 a bad command line; 70 an internal error (a bug: please report it); 130 interrupted "
+              "(Ctrl-C); 143 terminated (SIGTERM).")
 
 
 def _config(preset: str | None, config_path: str | None, layers: int | None):
@@ -110,10 +114,19 @@ class Cli(click.Group):
         sys.exit(code)
 
 
-preset_option = click.option("--preset", help="A preset from models/ (tiny, deepseek-v2-lite, deepseek-v2, "
-                             "deepseek-v3, kimi-k2).")
+preset_option = click.option("--preset", help="A preset from models/ (tiny, tiny-moe, deepseek-v2-lite, "
+                             "deepseek-v2, deepseek-v3, kimi-k2).")
 config_option = click.option("--config", "config_path", type=click.Path(),
                              help="A DeepseekV2/V3 config.json (or a directory holding one).")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+
+
+def json_option(what: str):
+    """`--json [PATH]`, one meaning in every command: `what` as JSON, written to PATH; with no PATH (or -),
+    printed on stdout in place of the tables (everything else then goes to stderr)."""
+    return click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
+                        help=f"{what} as JSON: written to PATH, or with no PATH (or -) printed on stdout in "
+                             "place of the tables.")
 
 
 def absorb_option(help_text: str):
@@ -123,18 +136,39 @@ def absorb_option(help_text: str):
                         help=help_text)
 
 
-@click.group(cls=Cli)
-@click.version_option(__version__, prog_name="mla-export")
+def _say(message: str, json_on_stdout: bool = False) -> None:
+    """A line for the user: on stdout, or on stderr when stdout carries JSON."""
+    click.echo(message, err=json_on_stdout)
+
+
+def _wrote(paths) -> str:
+    """'wrote a (1.2 MB), b (3.4 KB)': what a command wrote where, with sizes."""
+    from pathlib import Path
+
+    from .progress import human_size
+
+    return "wrote " + ", ".join(f"{p} ({human_size(Path(p).stat().st_size)})" for p in paths)
+
+
+def _print_json(data) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(cls=Cli, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@click.version_option(__version__, "-V", "--version", prog_name="mla-export")
 @click.option("--debug", is_flag=True, help="On an error, also print the Python traceback.")
 def main(debug):
-    """Export Multi-head Latent Attention models to ONNX (one MlaAttention node per layer),
-    validate them against the eager model, and inspect their sizes.
+    """Export Multi-head Latent Attention (DeepSeek-V2/V3, Kimi K2) models to ONNX with one MlaAttention node
+    per layer, validate them against the eager model, build TensorRT engines, profile them, and show a
+    config's sizes.
 
-    Exit codes: 0 success, 1 bad input or a failed validation, 2 a bad command line, 70 an internal error,
-    130 interrupted, 143 terminated."""
+    Progress goes to stderr (-q silences it), results to stdout; `info`, `validate` and `profile` take
+    --json for machine-readable output. `mla-export COMMAND -h` shows a command's options."""
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES, short_help="Dims, cache bytes per token, projection costs of a config.")
 @preset_option
 @config_option
 @click.option("--onnx", "onnx_path", type=click.Path(),
@@ -143,23 +177,39 @@ def main(debug):
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp8"]), default="bfloat16",
               show_default=True, help="Cache element type for the byte counts.")
 @click.option("--context", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Context length for whole-model figures.")
-def info(preset, config_path, onnx_path, layers, dtype, context):
+              help="Context length (tokens) for whole-model figures.")
+@json_option("Everything shown")
+def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
     """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA), projection costs and the smaller --absorb form."""
-    from .info import render_info
+    from . import info as info_module
 
+    if json_out not in (None, "-"):
+        from .fileio import check_output_file
+
+        check_output_file("--json", json_out, _input_files(onnx=onnx_path))
     if onnx_path is None:
-        render_info(_config(preset, config_path, layers), dtype, context)
+        config, absorb = _config(preset, config_path, layers), None
+    else:
+        if preset or config_path or layers is not None:
+            raise UserError("--onnx takes its config from the file: pass it without --preset, --config or --layers")
+        from .onnx_reader import read_export_spec
+
+        spec = read_export_spec(onnx_path)
+        config, absorb = spec.config, spec.absorb
+    if json_out == "-":
+        _print_json(info_module.info_dict(config, dtype, context, absorb))
         return
-    if preset or config_path or layers is not None:
-        raise UserError("--onnx takes its config from the file: pass it without --preset, --config or --layers")
-    from .onnx_reader import read_export_spec
+    info_module.render_info(config, dtype, context, absorb=absorb)
+    if json_out is not None:
+        import json
 
-    spec = read_export_spec(onnx_path)
-    render_info(spec.config, dtype, context, absorb=spec.absorb)
+        from .fileio import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(info_module.info_dict(config, dtype, context, absorb), indent=2) + "\n")
+        _say(_wrote([json_out]))
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES, short_help="Export a model to ONNX (MlaAttention/DeepseekMoE nodes).")
 @preset_option
 @config_option
 @click.option("--checkpoint", type=click.Path(), help="HF DeepSeek checkpoint directory (default: random weights).")
@@ -175,16 +225,17 @@ def info(preset, config_path, onnx_path, layers, dtype, context):
 @absorb_option("prefolded: W_UK^T W_UQ and W_O W_UV multiplied at export; runtime: W_UK [H,Dn,Dc] and W_UV "
                "[H,Dc,Dv] kept and applied per head (~3x fewer weights at DeepSeek's dims; see `info`).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@quiet_option
 def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, output, quiet):
     """Export the model (pre-folded or run-time absorbed) to ONNX: one MlaAttention node per layer, one
     DeepseekMoE node per mixture-of-experts layer."""
     import time
 
+    from .console import prose
     from .export import check_output_path, export_onnx, written_files
     from .fileio import check_output_file
     from .info import absorb_advice
-    from .progress import ProgressReporter, human_size
+    from .progress import ProgressReporter
     from .spec import ModelSpec
 
     check_output_path(output)
@@ -204,44 +255,56 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     start = time.perf_counter()
     with ProgressReporter("export", quiet=quiet, unit="bytes") as progress:
         path = export_onnx(spec, output, progress)
-    files = ", ".join(f"{p} ({human_size(p.stat().st_size)})" for p in written_files(path))
-    click.echo(f"wrote {files} in {time.perf_counter() - start:.1f} s: {config.name}, {config.num_hidden_layers} "
-               f"layers, {dtype}, Smax {rows}, --absorb {absorb}")
-    click.echo(absorb_advice(config, dtype))
+    click.echo(prose(absorb_advice(config, dtype)))
+    layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
+    click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}")
+    click.echo(f"{_wrote(written_files(path))} in {time.perf_counter() - start:.1f} s")
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES, short_help="Compare ONNX Runtime or an engine with the eager model.")
 @click.option("--onnx", "onnx_path", type=click.Path(), help="An ONNX file written by mla-export export.")
 @click.option("--engine", type=click.Path(), help="A TensorRT engine built by mla-export build (needs a GPU).")
 @click.option("--plugin-lib", type=click.Path(), help="libmla_plugin.so for a plugin engine (default: as build).")
 @click.option("--steps", type=int, default=8, show_default=True, help="Decode steps after the prefill.")
-@click.option("--batch", type=int, default=3, show_default=True, help="Sequences (with ragged cache lengths).")
+@click.option("--batch", type=int, default=3, show_default=True,
+              help="Number of sequences (with ragged cache lengths).")
 @click.option("--prefill-len", type=int, default=16, show_default=True, help="Tokens in the prefill step.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the random inputs.")
-@click.option("--report", type=click.Path(), help="Also write the full comparison as JSON here.")
-def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, report):
+@json_option("The full comparison (every tensor of every step)")
+@click.option("--report", type=click.Path(), help="The same as --json PATH (kept for scripts that use it).")
+@quiet_option
+def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, json_out, report, quiet):
     """Compare ONNX Runtime (--onnx) or a TensorRT engine (--engine; with --onnx also engine vs ONNX Runtime)
     with the eager float64 model over a prefill and decode steps, caches included. Exit code 1 on failure."""
     from .fileio import check_output_file
+    from .progress import ProgressReporter
     from .validate import Scenario, print_report, validate_engine, validate_onnx
 
     if onnx_path is None and engine is None:
         raise UserError("pass --onnx MODEL.onnx, --engine MODEL.engine, or both")
-    if report:
-        check_output_file("--report", report, _input_files(onnx=onnx_path, engine=engine))
+    if report and json_out:
+        raise UserError("--report is --json PATH under its old name: pass one of them")
+    option, path = ("--report", report) if report else ("--json", json_out)
+    if path not in (None, "-"):
+        check_output_file(option, path, _input_files(onnx=onnx_path, engine=engine))
     scenario = Scenario(batch=batch, prefill_len=prefill_len, steps=steps, seed=seed)
-    if engine is not None:
-        result = validate_engine(engine, scenario, onnx=onnx_path, plugin_lib=plugin_lib)
+    with ProgressReporter("validate", quiet=quiet, unit="steps") as progress:
+        if engine is not None:
+            result = validate_engine(engine, scenario, onnx=onnx_path, plugin_lib=plugin_lib, progress=progress)
+        else:
+            result = validate_onnx(onnx_path, scenario, progress=progress)
+    if path == "-":
+        _print_json(result.to_dict())
     else:
-        result = validate_onnx(onnx_path, scenario)
-    print_report(result)
-    if report:
-        result.write_json(report)
+        print_report(result)
+    if path not in (None, "-"):
+        result.write_json(path)
+        _say(_wrote([path]))
     sys.exit(0 if result.passed else 1)
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES, short_help="Build a TensorRT engine and its JSON sidecar.")
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="An ONNX file written by mla-export export.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Engine file to write (plus OUTPUT.json).")
 @click.option("--attention", type=click.Choice(["plugin", "decomposed"]), default="plugin", show_default=True,
@@ -250,29 +313,35 @@ def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, rep
               help="TensorRT flavour (TensorRT-RTX builds plugin-free engines, also without a GPU).")
 @click.option("--plugin-lib", type=click.Path(), help="libmla_plugin.so (default: next to the package, build/, "
               "or $MLA_EXPORT_PLUGIN_LIB).")
-@click.option("--batch", default="1:8:32", show_default=True, help="Batch range MIN:OPT:MAX of both profiles.")
-@click.option("--prefill-tokens", default=None, help="New-token range MIN:OPT:MAX of the prefill profile "
-              "[default: 2:256:min(2048, Smax)].")
+@click.option("--batch-range", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX",
+              help="Batch sizes of both profiles (decode and prefill).")
+@click.option("--prefill-range", default=None, metavar="MIN:OPT:MAX", help="New tokens per sequence of the "
+              "prefill profile [default: 2:256:min(2048, Smax)].")
 @click.option("--workspace", help="Workspace memory limit, e.g. 4G.")
 @click.option("--timing-cache", type=click.Path(), help="Timing cache file to read and update.")
 @click.option("-v", "--verbose", is_flag=True, help="TensorRT's info messages too (stderr; warnings always).")
-def build(onnx_path, output, attention, backend, plugin_lib, batch, prefill_tokens, workspace, timing_cache, verbose):
+@quiet_option
+def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefill_range, workspace, timing_cache,
+          verbose, quiet):
     """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
     import time
 
+    from .progress import ProgressReporter
     from .trt.build import BuildSpec, build_engine, parse_range, parse_size
-    from .trt.sidecar import Sidecar
+    from .trt.sidecar import Sidecar, sidecar_path
 
     spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
-                     batch=parse_range(batch, "--batch"),
-                     prefill_tokens=parse_range(prefill_tokens, "--prefill-tokens") if prefill_tokens else None,
+                     batch=parse_range(batch_range, "--batch-range"),
+                     prefill_tokens=parse_range(prefill_range, "--prefill-range") if prefill_range else None,
                      workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
                      verbose=verbose)
     start = time.perf_counter()
-    path = build_engine(spec)
+    with ProgressReporter("build", quiet=quiet) as progress:
+        progress("reading and parsing the model", 0, 1)  # until TensorRT's first build phase
+        path = build_engine(spec, progress=progress)
     binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer
-    click.echo(f"wrote {path} and {path}.json ({backend}, attention {attention}, cache binding {binding}) "
-               f"in {time.perf_counter() - start:.1f} s")
+    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}")
+    click.echo(f"{_wrote([path, sidecar_path(path)])} in {time.perf_counter() - start:.1f} s")
 
 
 def _input_files(onnx: str | None = None, engine: str | None = None) -> dict[str, str]:
@@ -305,13 +374,33 @@ def _int_list(text: str, option: str) -> list[int]:
         values = []
     if not values or min(values) < 1:
         raise UserError(f"{option} {text}: expected a comma-separated list of positive integers")
-    return values
+    return sorted(set(values))
 
 
-@main.command()
+def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len, absorb, contexts):
+    """The --eager or --kernels target of `profile`: the config at `dtype` (float32 on the CPU, bfloat16 on a
+    GPU by default) with a cache that holds the longest context."""
+    import torch
+
+    from .profile import default_contexts
+    from .spec import ModelSpec
+
+    config = _config(preset, config_path, layers)
+    dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    longest = max(contexts or default_contexts(None))
+    try:
+        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or longest + 1, absorb=absorb)
+    except FieldError as exc:
+        if exc.field != "max_seq_len" or max_seq_len is not None:
+            raise
+        raise UserError(f"--contexts {longest}: the cache would need {longest + 1} rows; {exc.expected}") from None
+    return target_class(spec)
+
+
+@main.command(epilog=EXIT_CODES, short_help="Latency of prefill and decode over batch x context.")
 @click.option("--engine", type=click.Path(), help="Time a TensorRT engine (GPU).")
 @click.option("--onnx", "onnx_path", type=click.Path(), help="Time an ONNX file on ONNX Runtime (CPU).")
-@click.option("--eager", is_flag=True, help="Time the eager pre-folded PyTorch model of --preset/--config.")
+@click.option("--eager", is_flag=True, help="Time the eager PyTorch model of --preset/--config in its --absorb form.")
 @click.option("--kernels", is_flag=True, help="Time the Triton attention kernels alone at --preset/--config dims (GPU).")
 @preset_option
 @config_option
@@ -320,59 +409,70 @@ def _int_list(text: str, option: str) -> list[int]:
               "[default: float32 on the CPU, bfloat16 on a GPU].")
 @click.option("--max-seq-len", type=int, help="With --eager/--kernels: cache rows [default: largest context + 1].")
 @absorb_option("With --eager: the export form to time (an ONNX file or engine has its own).")
-@click.option("--batch", default="1,4", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--context", default="64,256", show_default=True, help="Comma-separated context lengths.")
+@click.option("--batches", default="1,4", show_default=True, metavar="N,N,...", help="Batch sizes to time.")
+@click.option("--contexts", default=None, metavar="N,N,...", help="Context lengths (tokens) to time [default: "
+              "16,32,...,1024, those the cache holds].")
 @click.option("--phase", "phases", type=click.Choice(["prefill", "decode"]), multiple=True,
               help="Phases to time [default: both].")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing.")
 @click.option("--iters", type=int, default=10, show_default=True, help="Timed calls per point.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the results as JSON.")
+@json_option("The results")
 @click.option("--csv", "csv_path", type=click.Path(), help="Write the results as CSV.")
-@click.option("--plot", type=click.Path(), help="Write latency vs context (one line per batch) as PNG.")
-def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, absorb, batch,
-            context, phases, warmup, iters, json_path, csv_path, plot):
+@click.option("--plot", type=click.Path(), help="Draw latency vs context (p50, p90-p99 band, one line per batch); "
+              "the format follows the extension: .png, .svg or .pdf.")
+@quiet_option
+def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, absorb, batches,
+            contexts, phases, warmup, iters, json_out, csv_path, plot, quiet):
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
-    import torch
-
     from .fileio import check_output_file
-    from .profile import (EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile,
-                          print_profile, run_profile)
+    from .profile import PLOT_FORMATS, default_contexts
 
     if sum([engine is not None, onnx_path is not None, eager, kernels]) != 1:
         raise UserError("pass exactly one of --engine, --onnx, --eager, --kernels")
-    batches, contexts = _int_list(batch, "--batch"), _int_list(context, "--context")
+    batch_list = _int_list(batches, "--batches")
+    context_list = _int_list(contexts, "--contexts") if contexts is not None else None
     if warmup < 0 or iters < 1:
         raise UserError("--warmup must be >= 0 and --iters >= 1")
-    outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot}
+    if plot and not plot.lower().endswith(PLOT_FORMATS):
+        raise UserError(f"--plot {plot}: the format follows the extension; expected a file name ending in "
+                        f"{', '.join(PLOT_FORMATS[:-1])} or {PLOT_FORMATS[-1]}")
+    outputs = {"--json": None if json_out == "-" else json_out, "--csv": csv_path, "--plot": plot}
     for option, path in outputs.items():
         if path:
             others = {o: p for o, p in outputs.items() if o != option}
             check_output_file(option, path, {**_input_files(onnx=onnx_path, engine=engine), **others})
-    if engine is not None:
-        target = EngineTarget(engine)
-    elif onnx_path is not None:
-        target = OnnxRuntimeTarget(onnx_path)
-    else:
-        config = _config(preset, config_path, layers)
-        dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
-        from .spec import ModelSpec
 
-        try:
-            spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or max(contexts) + 1, absorb=absorb)
-        except FieldError as exc:
-            if exc.field != "max_seq_len" or max_seq_len is not None:
-                raise
-            raise UserError(f"--context {max(contexts)}: the cache would need {max(contexts) + 1} rows; "
-                            f"{exc.expected}") from None
-        target = EagerTarget(spec) if eager else KernelsTarget(spec)
-    report = run_profile(target, batches, contexts, warmup, iters, tuple(phases) or ("prefill", "decode"))
-    print_profile(report)
-    if json_path:
-        report.write_json(json_path)
+    from .profile import EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile, print_profile, \
+        run_profile
+    from .progress import ProgressReporter
+
+    with ProgressReporter("profile", quiet=quiet, unit="steps") as progress:
+        progress("loading the model", 0, 1)
+        if engine is not None:
+            target = EngineTarget(engine)
+        elif onnx_path is not None:
+            target = OnnxRuntimeTarget(onnx_path)
+        else:
+            target = _profile_model(EagerTarget if eager else KernelsTarget, preset, config_path, layers, dtype,
+                                    max_seq_len, absorb, context_list)
+        report = run_profile(target, batch_list, context_list or default_contexts(target.spec.max_seq_len), warmup,
+                             iters, tuple(phases) or ("prefill", "decode"), progress=progress)
+    if json_out == "-":
+        _print_json(report.to_dict())
+    else:
+        print_profile(report)
+    written = []
+    if json_out not in (None, "-"):
+        report.write_json(json_out)
+        written.append(json_out)
     if csv_path:
         report.write_csv(csv_path)
+        written.append(csv_path)
     if plot:
         plot_profile(report, plot)
+        written.append(plot)
+    if written:
+        _say(_wrote(written), json_on_stdout=json_out == "-")
 
 
 if __name__ == "__main__":

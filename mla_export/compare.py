@@ -1,8 +1,11 @@
 """The one comparator: tests, `validate` and benchmarks all judge tensors with `compare`.
 
 A comparison reports the max absolute error and where it is, the max relative error, the cosine
-similarity (over the elements finite on both sides), and the number of NaN/inf mismatches. It passes
-when every element satisfies |actual - expected| <= atol + rtol * |expected| and no mismatch exists.
+similarity (over the elements finite on both sides), the number of NaN/inf mismatches, and how much of
+its tolerance the worst element uses (`tolerance_used`, and where). It passes when every element
+satisfies |actual - expected| <= atol + rtol * |expected| (tolerance_used <= 1) and no mismatch exists;
+the max relative error is for information only (it is large wherever |expected| is near zero, where
+atol decides).
 
 A non-finite value on either side is a mismatch: NaN matching NaN, or an infinity matching the same
 infinity, counts as agreement only where the caller says the reference is *expected* to be non-finite
@@ -43,9 +46,13 @@ class Comparison:
     atol: float
     rtol: float
     passed: bool
+    tolerance_used: float = 0.0  # max over elements of |actual - expected| / (atol + rtol * |expected|)
+    tolerance_index: tuple[int, ...] = ()  # where that maximum is
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON can hold them: a non-finite number (an infinite tolerance_used where atol and
+        rtol are 0, a NaN cosine) as None."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 def _as_float64(x) -> np.ndarray:
@@ -90,7 +97,16 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
         cosine = float(af @ ef / norms)
     else:  # nothing to measure an angle on: equal only if both are all zeros (and something was compared)
         cosine = 1.0 if not af.any() and not ef.any() and (both.any() or not a.size) else 0.0
-    within = bool(np.all(diff <= atol + rtol * np.abs(np.where(both, e, 0.0))))
+    allowed = atol + rtol * np.abs(np.where(both, e, 0.0))
+    within = bool(np.all(diff <= allowed))
+    if diff.size:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            used = np.where(diff > 0, diff / allowed, 0.0)  # inf where atol = rtol*|e| = 0 and the values differ
+        worst = int(np.argmax(used))
+        tolerance_used = float(used.reshape(-1)[worst])
+        tolerance_index = tuple(int(i) for i in np.unravel_index(worst, used.shape))
+    else:
+        tolerance_used, tolerance_index = 0.0, ()
     nonfinite = int(mismatch.sum())
     return Comparison(name, tuple(a.shape), max_abs, index, max_rel, cosine, nonfinite, atol, rtol,
-                      within and nonfinite == 0)
+                      within and nonfinite == 0, tolerance_used, tolerance_index)

@@ -18,15 +18,17 @@ class CacheRow:
 
 
 def cache_table(c: MlaConfig, gqa_groups: int = 8) -> list[CacheRow]:
-    """Cached values per token per layer for each attention scheme at this config's dims."""
+    """Cached values per token per layer for each attention scheme at this config's dims; GQA only where
+    `gqa_groups` lies strictly between one group (MQA) and one per head (MHA), MQA only with several heads."""
     h, dh, dr, dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
-    return [
-        CacheRow("MHA", 2 * h * dh, f"K and V of {h} heads x {dh}"),
-        CacheRow("MHA (decoupled RoPE keys)", h * (dh + dr) + h * dv, f"K {h}x{dh + dr}, V {h}x{dv}"),
-        CacheRow(f"GQA ({gqa_groups} groups)", 2 * gqa_groups * dh, f"K and V of {gqa_groups} groups x {dh}"),
-        CacheRow("MQA", 2 * dh, f"one K and V of {dh}"),
-        CacheRow("MLA", c.cache_width, f"c_kv {c.kv_lora_rank} + k_pe {dr}"),
-    ]
+    rows = [CacheRow("MHA", 2 * h * dh, f"K, V {h}x{dh}"),
+            CacheRow("MHA (decoupled RoPE keys)", h * (dh + dr) + h * dv, f"K {h}x{dh + dr}, V {h}x{dv}")]
+    if 1 < gqa_groups < h:
+        rows.append(CacheRow(f"GQA ({gqa_groups} groups)", 2 * gqa_groups * dh, f"K, V {gqa_groups}x{dh}"))
+    if h > 1:
+        rows.append(CacheRow("MQA", 2 * dh, f"K, V 1x{dh}"))
+    rows.append(CacheRow("MLA", c.cache_width, f"c_kv {c.kv_lora_rank} + k_pe {dr}"))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def attention_core_macs(c: MlaConfig, context: int) -> int:
     return c.num_attention_heads * context * (c.cache_width + c.kv_lora_rank)
 
 
+
 def rope_rows(c: MlaConfig) -> list[tuple[str, str]]:
     """The effective RoPE parameters (what the export uses and records), defaults filled in."""
     rows = [(key, f"{value:g}" if isinstance(value, float) else str(value))
@@ -104,82 +107,117 @@ def rope_rows(c: MlaConfig) -> list[tuple[str, str]]:
     return rows
 
 
-def rope_table(c: MlaConfig):
-    from rich.table import Table
-
-    table = Table(title=f"{c.name}: RoPE", show_header=False)
-    for key, value in rope_rows(c):
-        table.add_row(key, value)
-    return table
+DIM_FIELDS = ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+              "qk_rope_head_dim", "v_head_dim", "num_hidden_layers", "max_position_embeddings")
 
 
-def parameter_rows(c: MlaConfig, dtype: str) -> list[tuple[str, str]]:
-    """Total and per-token parameters, routed-expert bytes a decode token reads, and the export's size on disk
-    per dtype and form (embeddings and LM head included, as `--io tokens` exports them)."""
+def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb: str | None = None) -> dict:
+    """Everything `info` shows, as plain numbers (what `info --json` prints): dims, RoPE, parameters and sizes
+    on disk, cache per token per layer by scheme, projection costs of both `--absorb` forms."""
     from .footprint import model_counts
 
+    nbytes = DTYPE_BYTES[dtype]
     counts = model_counts(c)
     moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
-    nbytes = DTYPE_BYTES[dtype]
-    rows = [("parameters", f"{counts.total / 1e9:,.3f} B"),
-            ("activated per token", f"{counts.activated / 1e9:,.3f} B"),
-            ("MoE layers", f"{moe_layers} of {c.num_hidden_layers}")]
+    cost = projection_cost(c)
+    runtime, prefolded = cost.shared + cost.absorbed, cost.shared + cost.prefolded
+    q_even, o_even = prefold_break_even(c)
+    parameters = {"total": counts.total, "activated_per_token": counts.activated, "moe_layers": moe_layers,
+                  "layers": c.num_hidden_layers,
+                  "on_disk_bytes": {name: {"prefolded": counts.exported * size, "runtime": counts.total * size}
+                                    for name, size in DTYPE_BYTES.items() if name != "fp8"}}
     if moe_layers:
-        rows += [("routed expert parameters", f"{counts.expert / 1e9:,.3f} B"),
-                 (f"expert bytes per decode token ({dtype})",
-                  f"{counts.activated_expert * nbytes / 2**30:,.2f} GiB ({c.num_experts_per_tok} experts x "
-                  f"{moe_layers} layers)")]
-    for name in ("float32", "float16", "bfloat16"):
-        size = DTYPE_BYTES[name]
-        rows.append((f"on disk, {name}", f"{counts.exported * size / 2**30:,.1f} GiB pre-folded, "
-                                         f"{counts.total * size / 2**30:,.1f} GiB runtime"))
-    return rows
+        parameters.update(routed_expert=counts.expert, experts_per_token=c.num_experts_per_tok,
+                          expert_bytes_per_decode_token=counts.activated_expert * nbytes)
+    return {
+        "model": c.name, "dtype": dtype, "context": context, "absorb": absorb,
+        "dims": {**{f: getattr(c, f) for f in DIM_FIELDS}, "softmax_scale": c.softmax_scale},
+        "rope": dict(rope_rows(c)),
+        "parameters": parameters,
+        "cache_per_token_per_layer": [
+            {"scheme": r.scheme, "layout": r.note, "values": r.elements, "bytes": r.elements * nbytes,
+             "whole_model_bytes": r.elements * nbytes * context * c.num_hidden_layers,
+             "vs_mla": r.elements / c.cache_width} for r in cache_table(c)],
+        "projections_per_token_per_layer": {
+            "runtime": {"multiply_adds": runtime, "weight_bytes": runtime * nbytes},
+            "prefolded": {"multiply_adds": prefolded, "weight_bytes": prefolded * nbytes},
+            "smaller_form": cost.smaller_form, "prefold_break_even": {"query": q_even, "output": o_even}},
+        "attention_core_multiply_adds_per_token_per_layer": attention_core_macs(c, context),
+    }
+
+
+def count_text(n: int) -> str:
+    """A parameter count, exact, with its order of magnitude: 15,706,484,224 (15.71 B)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M")):
+        if n >= scale:
+            return f"{n:,} ({n / scale:,.2f} {unit})"
+    return f"{n:,}"
+
+
+def size_text(nbytes: float, unit_of: float | None = None) -> str:
+    """Bytes in binary units: 512 B, 36.0 KiB, 1,141.0 MiB, 3.59 GiB; in the unit `unit_of` would get, if given
+    (so that sizes side by side compare at a glance)."""
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if (nbytes if unit_of is None else unit_of) >= scale:
+            return f"{nbytes / scale:,.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{nbytes:,.0f} B"
 
 
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
                 absorb: str | None = None) -> None:
-    """Print dims, the cache table and the projection costs with rich; `absorb` is the form an
-    exported file holds (None for a config)."""
-    from rich.table import Table
-
-    from .console import make_console
+    """Print dims, RoPE, parameters, the cache table and the projection costs, laid out for 80 columns;
+    `absorb` is the form an exported file holds (None for a config)."""
+    from .console import add_columns, make_console, prose, table
 
     console = console or make_console()
-    nbytes = DTYPE_BYTES[dtype]
-    dims = Table(title=f"{c.name}: MLA dims", show_header=False)
-    for field in ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                  "qk_rope_head_dim", "v_head_dim", "num_hidden_layers", "max_position_embeddings"):
-        dims.add_row(field, str(getattr(c, field)))
-    dims.add_row("softmax_scale", f"{c.softmax_scale:.6g}")
-    console.print(dims)
-    console.print(rope_table(c))
-    params = Table(title=f"{c.name}: parameters", show_header=False)
-    for key, value in parameter_rows(c, dtype):
-        params.add_row(key, value)
-    console.print(params)
+    data = info_dict(c, dtype, context, absorb)
+    dims = table(f"{c.name}: MLA dims", show_header=False)
+    add_columns(dims, "field", "value", numbers_from=1)
+    for key, value in data["dims"].items():
+        dims.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    rope = table(f"{c.name}: RoPE", show_header=False)
+    add_columns(rope, "field", "value", numbers_from=2)
+    for key, value in data["rope"].items():
+        rope.add_row(key, value)
 
-    cache = Table(title=f"Cache per token per layer ({dtype})")
-    for column in ("scheme", "values", "bytes", f"whole model at {context} tokens", "vs MLA", "layout"):
-        cache.add_column(column)
-    mla = c.cache_width
-    for row in cache_table(c):
-        whole = row.elements * nbytes * context * c.num_hidden_layers
-        cache.add_row(row.scheme, str(row.elements), str(row.elements * nbytes), f"{whole / 2**30:.2f} GiB",
-                      f"{row.elements / mla:.2f}x", row.note)
-    console.print(cache)
+    p = data["parameters"]
+    params = table(f"{c.name}: parameters", show_header=False)
+    add_columns(params, "what", "value", numbers_from=2)
+    params.add_row("parameters", count_text(p["total"]))
+    params.add_row("activated per token", count_text(p["activated_per_token"]))
+    params.add_row("MoE layers", f"{p['moe_layers']} of {p['layers']}")
+    if p["moe_layers"]:
+        params.add_row("routed expert parameters", count_text(p["routed_expert"]))
+        params.add_row(f"expert bytes per decode token ({dtype})",
+                       f"{size_text(p['expert_bytes_per_decode_token'])} ({p['experts_per_token']} experts x "
+                       f"{p['moe_layers']} layers)")
+    disk = table(f"{c.name}: export on disk (with embeddings, LM head)")
+    add_columns(disk, "dtype", "--absorb prefolded", "--absorb runtime")
+    for name, sizes in p["on_disk_bytes"].items():
+        disk.add_row(name, size_text(sizes["prefolded"]), size_text(sizes["runtime"]))
 
-    cost = projection_cost(c)
-    proj = Table(title="Attention projections per token per layer")
-    for column in ("form", "multiply-adds", f"weight bytes ({dtype})", "vs absorbed"):
-        proj.add_column(column)
-    for form, name, value in (("runtime", "run-time absorbed", cost.shared + cost.absorbed),
-                              ("prefolded", "pre-folded", cost.shared + cost.prefolded)):
-        label = f"{name} (--absorb {form}{', this file' if form == absorb else ''})"
-        proj.add_row(label, f"{value:,}", f"{value * nbytes / 2**20:,.1f} MiB",
-                     f"{value / (cost.shared + cost.absorbed):.2f}x")
-    console.print(proj)
+    cache = table(f"Cache per token per layer ({dtype}), and for the whole model at {context:,} tokens")
+    add_columns(cache, "scheme", "layout", "values", "bytes", "whole model", "vs MLA", numbers_from=2)
+    for row in data["cache_per_token_per_layer"]:
+        cache.add_row(row["scheme"], row["layout"], f"{row['values']:,}", f"{row['bytes']:,}",
+                      size_text(row["whole_model_bytes"]), f"{row['vs_mla']:.2f}x")
+
+    proj = table("Attention projections per token per layer")
+    add_columns(proj, "--absorb", "multiply-adds", f"weights ({dtype})", "vs runtime")
+    forms = data["projections_per_token_per_layer"]
+    for form in ("runtime", "prefolded"):
+        label = f"{form} (this file)" if form == absorb else form
+        proj.add_row(label, f"{forms[form]['multiply_adds']:,}",
+                     size_text(forms[form]["weight_bytes"], unit_of=forms["runtime"]["weight_bytes"]),
+                     f"{forms[form]['multiply_adds'] / forms['runtime']['multiply_adds']:.2f}x")
+    for i, part in enumerate((dims, rope, params, disk, cache, proj)):
+        if i:
+            console.print()
+        console.print(part)
+    console.print()
     if absorb is not None:
         console.print(f"absorb: {absorb} (recorded in the file's metadata)")
-    console.print(absorb_advice(c, dtype))
-    console.print(f"Latent attention core at {context} cached tokens: {attention_core_macs(c, context):,} "
-                  "multiply-adds per new token per layer (same in both forms).")
+    console.print(prose(absorb_advice(c, dtype), console), markup=False)
+    console.print(prose(f"Latent attention core at {context:,} cached tokens: "
+                        f"{data['attention_core_multiply_adds_per_token_per_layer']:,} multiply-adds per new token "
+                        "per layer (same in both forms).", console), markup=False)

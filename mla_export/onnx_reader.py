@@ -213,7 +213,7 @@ def check_attention_nodes(model: ExportedModel, source: str) -> None:
 
 def check_moe_nodes(model: ExportedModel, source: str) -> None:
     """Each `DeepseekMoE` node: attributes equal to the routing rule of the metadata's config
-    (`moe.RoutingRule.from_config`) and expert weights of the config's shapes; one node per MoE layer."""
+    (`moe_rule.RoutingRule.from_config`) and expert weights of the config's shapes; one node per MoE layer."""
     c = model.spec.config
     nodes = model.moe_nodes()
     moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
@@ -222,7 +222,7 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
                               "layers in its metadata")
     if not nodes:
         return
-    from .moe import RoutingRule  # torch: only for files that have MoE layers
+    from .moe_rule import RoutingRule
 
     expected = RoutingRule.from_config(c).attributes()
     experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size

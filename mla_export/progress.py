@@ -1,9 +1,15 @@
 """Progress of long work, on stderr: a rich progress bar on a terminal, plain throttled lines otherwise
 (CI logs, pipes), nothing with `quiet`. Core functions take a `progress(what, done, total)` callable
-and know nothing of terminals."""
+and know nothing of terminals.
+
+`what` names the work: "writing weights (layer 3)", "step 2/9: decode 1". In plain lines each stage is
+printed when it starts, then at most every `min_interval` seconds; a stage is `what` up to " (", its
+numbers aside, so "step 2/9: decode 1" and "step 3/9: decode 2" are one stage.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -18,8 +24,9 @@ class ProgressReporter:
     """Callable as `progress(what, done, total)`; use as a context manager around the work."""
 
     def __init__(self, title: str, quiet: bool = False, unit: str = "", min_interval: float = 5.0):
-        """`unit` "bytes" shows amounts as sizes (KB ... GB); plain lines at most every `min_interval` seconds
-        for the same step."""
+        """`unit` "bytes" shows amounts as sizes (KB ... GB), "steps" shows none (`what` counts them, as in
+        "case 3/8"), anything else done/total; plain lines at most every `min_interval` seconds for the same
+        stage."""
         self.title, self.quiet, self.unit, self.min_interval = title, quiet, unit, min_interval
         self.terminal = sys.stderr.isatty()
         self._bar = None
@@ -43,6 +50,8 @@ class ProgressReporter:
             self._bar.__exit__(*exc)
 
     def _amount(self, done: float, total: float) -> str:
+        if self.unit == "steps":
+            return ""
         if self.unit != "bytes":
             return f"{done:g}/{total:g}"
         scale, unit = next((s, u) for s, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1, "B")) if total >= s or s == 1)
@@ -51,7 +60,7 @@ class ProgressReporter:
     def __call__(self, what: str, done: float, total: float) -> None:
         if self.quiet:
             return
-        step = what.split(" (")[0]
+        step = re.sub(r"\d+", "#", what.split(" (")[0])
         amount = self._amount(done, total) if total > 1 else ""
         if self._bar is not None:
             self._bar.update(self._task, description=f"{self.title}: {what}", completed=done, total=max(total, 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,12 @@ from .eager import eager_model
 from .errors import FieldError, UserError
 from .runners import OnnxRuntimeRunner, Runner, from_numpy, to_numpy
 from .spec import ModelSpec, torch_dtype
+
+Progress = Callable[[str, float, float], None]  # (what, done, total), as `progress.ProgressReporter` takes it
+
+
+def _no_progress(what: str, done: float, total: float) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -89,15 +96,20 @@ class ValidationReport:
 
 
 def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario,
-                    tolerances: tuple[float, float] | None = None, second: Runner | None = None) -> ValidationReport:
+                    tolerances: tuple[float, float] | None = None, second: Runner | None = None,
+                    progress: Progress | None = None) -> ValidationReport:
     """Run `scenario` through `runner` and the eager float64 model; compare every output and cache.
 
     With `second` (e.g. ONNX Runtime beside an engine), it runs the same inputs with its own caches and
     `runner`'s outputs are also compared against it, as `polygraphy run --trt --onnxrt` would.
+    `progress(what, done, total)` is told each step as it starts ("step 2/9: decode 1", steps done, steps).
     """
     config, dtype = spec.config, torch_dtype(spec.dtype)
     atol, rtol = tolerances or tolerance_for(spec.dtype)
     histories = scenario.histories(spec.max_seq_len)
+    report = progress or _no_progress
+    total = scenario.steps + 1
+    report("building the eager float64 model", 0, total)
     model = eager_model(spec, torch.float64)
     gen = torch.Generator().manual_seed(scenario.seed)
     shape = (scenario.batch, spec.max_seq_len, config.cache_width)
@@ -113,8 +125,9 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario,
     in_names, out_names = spec.graph_io_names()
 
     results = []
-    for step in range(scenario.steps + 1):
+    for step in range(total):
         new_tokens = scenario.prefill_len if step == 0 else 1
+        report(f"step {step + 1}/{total}: {'prefill' if step == 0 else f'decode {step}'}", step, total)
         if spec.io == "tokens":
             x_run = torch.randint(0, config.vocab_size, (scenario.batch, new_tokens), generator=gen)
             x_ref = x_run
@@ -160,40 +173,80 @@ def _run_checked(runner: Runner, feeds: dict, out_names: list[str]) -> dict[str,
     return outputs
 
 
-def print_report(report: ValidationReport, console=None) -> None:
-    """A table: per step, the output and the worst cache, then PASS/FAIL."""
-    from rich.table import Table
+MAX_FAILURES_SHOWN = 6  # failing rows of the table explained under it; --json has every tensor
 
-    from .console import make_console
 
-    console = console or make_console()
-    table = Table(title=f"{report.runtime} vs eager float64 ({report.dtype}, batch {report.scenario.batch})")
-    for column in ("step", "tensor", "max abs err", "at index", "max rel err", "cosine", "NaN/inf mism.", "ok"):
-        table.add_column(column)
+def _short(name: str) -> str:
+    """A tensor name for the table: present_latent_cache.3 -> cache 3 (the outputs keep their names)."""
+    prefix = "present_latent_cache."
+    return name.replace(prefix, "cache ") if name.startswith(prefix) else name
+
+
+def report_rows(report: ValidationReport) -> list[tuple[str, str, Comparison]]:
+    """(step, label, comparison) per table row: each step's output, its worst cache and, with a second
+    runtime, the worst of the comparisons against it (worst: failing first, then the most tolerance used)."""
+    rows = []
     for step in report.steps:
         output = step.comparisons[0]
-        caches = [c for c in step.comparisons[1:] if " vs " not in c.name]
-        rows = [(output, output.name)]
-        if caches:
-            worst = max(caches, key=lambda c: (not c.passed, c.max_abs_err))
-            rows.append((worst, f"{worst.name} (worst of {len(caches)} caches)"))
-        cross = [c for c in step.comparisons if " vs " in c.name]
-        if cross:
-            worst = max(cross, key=lambda c: (not c.passed, c.max_abs_err))
-            rows.append((worst, f"{worst.name} (worst of {len(cross)})"))
-        for c, label in rows:
-            table.add_row(step.step, label, f"{c.max_abs_err:.3e}", str(c.max_abs_index), f"{c.max_rel_err:.3e}",
-                          f"{c.cosine:.8f}", str(c.nonfinite_mismatches),
-                          "[green]yes[/green]" if c.passed else "[red]NO[/red]")
-    console.print(table)
-    atol, rtol = report.steps[0].comparisons[0].atol, report.steps[0].comparisons[0].rtol
-    verdict = "[bold green]PASS[/bold green]" if report.passed else "[bold red]FAIL[/bold red]"
-    console.print(f"{verdict}: {sum(len(s.comparisons) for s in report.steps)} tensors over {len(report.steps)} steps, "
-                  f"tolerance |err| <= {atol:g} + {rtol:g}*|ref|")
+        rows.append((step.step, _short(output.name), output))
+        for group in ([c for c in step.comparisons[1:] if " vs " not in c.name],
+                      [c for c in step.comparisons if " vs " in c.name]):
+            if group:
+                worst = max(group, key=lambda c: (not c.passed, c.tolerance_used, c.max_abs_err))
+                label = _short(worst.name) + (f" (worst of {len(group)})" if len(group) > 1 else "")
+                rows.append((step.step, label, worst))
+    return rows
+
+
+def _why(c: Comparison) -> str:
+    """What decided a failure: the element furthest outside its tolerance, and NaN/inf mismatches."""
+    reasons = []
+    if c.tolerance_used > 1:
+        reasons.append(f"at index {c.tolerance_index} the error is {c.tolerance_used:.3g}x the tolerance")
+    if c.nonfinite_mismatches:
+        reasons.append(f"{c.nonfinite_mismatches:,} NaN/inf where the other side is finite (or differs)")
+    return "; ".join(reasons)
+
+
+def print_report(report: ValidationReport, console=None) -> None:
+    """The comparison as a table that fits 80 columns: per step, the output, the worst cache (and the worst
+    against a second runtime), with the share of the tolerance the worst element uses (err/tol), which is
+    what decides; then what failed, and PASS or FAIL."""
+    from .console import add_columns, make_console, prose, ratio, sci, table
+
+    console = console or make_console()
+    s = report.scenario
+    first = report.steps[0].comparisons[0]
+    atol, rtol = first.atol, first.rtol
+    t = table(f"{report.runtime} vs eager float64 ({report.dtype}, batch {s.batch}, prefill {s.prefill_len}, "
+              f"{s.steps} decode steps)")
+    add_columns(t, "step", "tensor", "max |err|", "max rel", "1 - cos", "err/tol", "ok", numbers_from=2)
+    rows = report_rows(report)
+    for step, label, c in rows:
+        t.add_row(step, label, sci(c.max_abs_err), sci(c.max_rel_err, 1), sci(max(0.0, 1.0 - c.cosine), 1),
+                  ratio(c.tolerance_used), "yes" if c.passed else "[red]NO[/red]")
+    console.print(t)
+    console.print(prose(f"tol = {atol:g} + {rtol:g} x |ref| per element ({report.dtype}). A tensor passes when "
+                        "every element is within tol (err/tol <= 1) and no NaN/inf appears where the reference is "
+                        "finite. max rel is for information: it is large where |ref| is near 0, where atol decides.",
+                        console), markup=False, style="dim")
+    failed = [c for step in report.steps for c in step.comparisons if not c.passed]
+    shown = [(step, c) for step, _, c in rows if not c.passed][:MAX_FAILURES_SHOWN]  # the table's, in its order
+    for step, c in shown:
+        console.print(prose(f"FAIL {step}, {c.name}: {_why(c)}", console), markup=False)
+    if len(failed) > len(shown):
+        console.print(f"and {len(failed) - len(shown)} more failing tensors (every one: --json)")
+    count = sum(len(s_.comparisons) for s_ in report.steps)
+    if failed:
+        console.print(f"[bold red]FAIL[/bold red]: {len(failed)} of {count} tensors over {len(report.steps)} steps")
+    else:
+        worst = max((c for _, _, c in rows), key=lambda c: c.tolerance_used)
+        console.print(f"[bold green]PASS[/bold green]: {count} tensors over {len(report.steps)} steps; the worst "
+                      f"element uses {ratio(worst.tolerance_used)} of its tolerance")
 
 
 def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | None = None,
-                    plugin_lib: str | None = None) -> ValidationReport:
+                    plugin_lib: str | None = None, progress: Progress | None = None) -> ValidationReport:
     """Validate a TensorRT engine against the eager model (and against ONNX Runtime when `onnx` is given)."""
     from .onnx_reader import read_export_spec
     from .spec import spec_from_metadata
@@ -212,14 +265,17 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
         if read_export_spec(onnx) != spec:
             raise UserError(f"--onnx {onnx} is not the model {engine} was built from (their metadata differ)")
         second = OnnxRuntimeRunner(onnx)
-    return validate_runner(TensorRTRunner(engine, plugin_lib, sidecar=sidecar), spec, scenario, second=second)
+    (progress or _no_progress)("loading the engine", 0, scenario.steps + 1)
+    return validate_runner(TensorRTRunner(engine, plugin_lib, sidecar=sidecar), spec, scenario, second=second,
+                           progress=progress)
 
 
-def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:
+def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | None = None) -> ValidationReport:
     """Validate an mla-export ONNX file on ONNX Runtime (CPU) against the eager float64 model."""
     from .footprint import check_memory, validate_peak_bytes
     from .onnx_reader import read_exported_model
 
+    (progress or _no_progress)("reading the model", 0, scenario.steps + 1)
     model = read_exported_model(path)
     spec = model.spec
     check_memory(validate_peak_bytes(spec.config, model.weight_bytes(), spec.io == "tokens")
@@ -229,4 +285,5 @@ def validate_onnx(path: str | Path, scenario: Scenario) -> ValidationReport:
                  "validate an export with fewer layers (export --layers N), or a smaller --batch or --prefill-len, "
                  "on this machine")
     scenario.histories(spec.max_seq_len)  # refuses a scenario the cache cannot hold
-    return validate_runner(OnnxRuntimeRunner(path), spec, scenario)
+    (progress or _no_progress)("loading the model into ONNX Runtime", 0, scenario.steps + 1)
+    return validate_runner(OnnxRuntimeRunner(path), spec, scenario, progress=progress)

@@ -210,5 +210,5 @@ def rtx():
         pytest.skip(f"TensorRT-RTX is not installed here: {exc}")
 
 
-RTX_BUILD = ("--backend", "tensorrt-rtx", "--attention", "decomposed", "--batch", "1:1:2", "--prefill-tokens",
+RTX_BUILD = ("--backend", "tensorrt-rtx", "--attention", "decomposed", "--batch-range", "1:1:2", "--prefill-range",
              "2:4:8")

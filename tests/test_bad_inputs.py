@@ -111,7 +111,7 @@ def _config_case(changes: dict | str, command: str = "export"):
         if command == "export":
             return ["export", "--config", path, "--max-seq-len", SMAX, "-o", d / "out.onnx"]
         if command == "profile":
-            return ["profile", "--eager", "--config", path, "--batch", 1, "--context", 4, "--iters", 1]
+            return ["profile", "--eager", "--config", path, "--batches", 1, "--contexts", 4, "--iters", 1]
         return ["info", "--config", path]
 
     return setup
@@ -126,7 +126,7 @@ def _onnx_case(edit: Callable[[Path], None], command: str = "validate", source: 
         if command == "build":
             return ["build", "--onnx", model, "-o", d / "m.engine", *RTX_BUILD]
         if command == "profile":
-            return ["profile", "--onnx", model, "--batch", 1, "--context", 4, "--iters", 1, "--warmup", 0]
+            return ["profile", "--onnx", model, "--batches", 1, "--contexts", 4, "--iters", 1, "--warmup", 0]
         return ["info", "--onnx", model]
 
     return setup
@@ -138,7 +138,7 @@ def _engine_case(edit: Callable[[Path], None], command: str = "validate"):
         edit(engine)
         if command == "validate":
             return ["validate", "--engine", engine]
-        return ["profile", "--engine", engine, "--batch", 1, "--context", 4]
+        return ["profile", "--engine", engine, "--batches", 1, "--contexts", 4]
 
     return setup
 
@@ -398,18 +398,28 @@ CASES = [
          "'--seed'", code=2),
     Case("validate --seed -1", lambda d, f: ["validate", "--onnx", _good(d, f), "--seed", -1], "'--seed'", code=2),
     Case("info --context -1", _options("info", "--preset", "tiny", "--context", -1), "'--context'", code=2),
-    Case("profile --context past the model", _options("profile", "--eager", "--preset", "tiny", "--context", 10**8),
-         "--context 100000000: the cache would need"),
+    Case("profile --contexts past the model", _options("profile", "--eager", "--preset", "tiny", "--contexts",
+                                                       10**8), "--contexts 100000000: the cache would need"),
     Case("validate --batch 0", lambda d, f: ["validate", "--onnx", _good(d, f), "--batch", 0], "--batch 0"),
     Case("validate --batch 10**9", lambda d, f: ["validate", "--onnx", _good(d, f), "--batch", 10**9],
          "GiB of memory"),
-    Case("profile --batch 10**9", lambda d, f: ["profile", "--onnx", _good(d, f), "--batch", 10**9, "--context", 4],
-         "GiB of memory"),
+    Case("profile --batches 10**9", lambda d, f: ["profile", "--onnx", _good(d, f), "--batches", 10**9, "--contexts",
+                                                  4], "GiB of memory"),
     Case("export --layers -1", _options("export", "--preset", "tiny", "--layers", -1, "-o", _out("x.onnx")),
          "--layers -1"),
-    Case("build --batch 0:1:2", lambda d, f: ["build", "--onnx", _good(d, f), "-o", d / "e.engine", "--batch",
-                                              "0:1:2"], "--batch 0:1:2"),
-    Case("profile --batch a,b", lambda d, f: ["profile", "--onnx", _good(d, f), "--batch", "a,b"], "--batch a,b"),
+    Case("build --batch-range 0:1:2", lambda d, f: ["build", "--onnx", _good(d, f), "-o", d / "e.engine",
+                                                    "--batch-range", "0:1:2"], "--batch-range 0:1:2"),
+    Case("build --batch-range 8 (one number, not a range)", lambda d, f: [
+        "build", "--onnx", _good(d, f), "-o", d / "e.engine", "--batch-range", "8"], "not one number"),
+    Case("build --prefill-range 8 (one number, not a range)", lambda d, f: [
+        "build", "--onnx", _good(d, f), "-o", d / "e.engine", "--prefill-range", "8"], "write 8:8:8"),
+    Case("build --batch (renamed --batch-range)", lambda d, f: [
+        "build", "--onnx", _good(d, f), "-o", d / "e.engine", "--batch", "1:2:4"],
+         "No such option '--batch'. (Did you mean one of: '--backend', '--batch-range'?)", code=2),
+    Case("profile --batches a,b", lambda d, f: ["profile", "--onnx", _good(d, f), "--batches", "a,b"],
+         "--batches a,b"),
+    Case("profile --plot with an unknown extension", lambda d, f: [
+        "profile", "--onnx", _good(d, f), "--plot", d / "p.jpg"], "expected a file name ending in .png, .svg or .pdf"),
     Case("validate --prefill-len past the cache", lambda d, f: [
         "validate", "--onnx", _good(d, f), "--prefill-len", 40], "cache holds 32 rows"),
 ]

@@ -1,6 +1,7 @@
 """`build` with TensorRT-RTX (a real builder that runs on the CPU), and every refusal of build/run."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -57,9 +58,14 @@ def test_rtx_builds_a_decomposed_engine_with_its_sidecar(tiny_onnx, tmp_path):
     trt = rtx()
     engine = tmp_path / "tiny.engine"
     result = run("build", "--onnx", tiny_onnx, "-o", engine, "--backend", "tensorrt-rtx", "--attention", "decomposed",
-                 "--batch", "1:2:4", "--prefill-tokens", "2:8:32")
+                 "--batch-range", "1:2:4", "--prefill-range", "2:8:32")
     assert result.exit_code == 0, result.output
     assert "cache binding copy" in result.output
+    assert "build: Building engine" in result.stderr  # TensorRT's build phases, as progress on stderr
+    *_, summary, last = result.stdout.splitlines()
+    assert summary == "built with tensorrt-rtx: attention decomposed, cache binding copy"
+    name = re.escape(str(engine))
+    assert re.fullmatch(rf"wrote {name} \(\d+\.\d\d MB\), {name}\.json \(\d+\.\d\d KB\) in \d+\.\d s", last), last
     assert engine.stat().st_size > 100_000
     sidecar = Sidecar.read(engine)
     assert (sidecar.tensorrt_flavour, sidecar.tensorrt_version) == ("tensorrt-rtx", trt.__version__)
@@ -85,8 +91,9 @@ def test_rtx_builds_the_runtime_absorbed_form_and_its_sidecar_carries_the_mode(t
     onnx_path, engine = tmp_path / "runtime.onnx", tmp_path / "runtime.engine"
     export_onnx(ModelSpec(load_preset("tiny").with_layers(1), max_seq_len=SMAX, absorb="runtime"), onnx_path)
     result = run("build", "--onnx", onnx_path, "-o", engine, "--backend", "tensorrt-rtx", "--attention", "decomposed",
-                 "--batch", "1:2:4", "--prefill-tokens", "2:8:32")
+                 "--batch-range", "1:2:4", "--prefill-range", "2:8:32", "-q")
     assert result.exit_code == 0, result.output
+    assert "build:" not in result.stderr  # --quiet: no progress
     sidecar = Sidecar.read(engine)
     assert sidecar.onnx_metadata[contract.META_ABSORB] == "runtime"
     assert spec_from_metadata(sidecar.onnx_metadata, str(engine)).absorb == "runtime"
@@ -306,10 +313,10 @@ def test_sidecar_files(tmp_path, monkeypatch):
 
 
 def test_ranges_and_sizes():
-    assert parse_range("1:8:32", "--batch") == (1, 8, 32) and parse_range("4", "--batch") == (4, 4, 4)
-    for bad in ("0:1:2", "8:4:16", "1:2", "a:b:c"):
+    assert parse_range("1:8:32", "--batch-range") == (1, 8, 32) and parse_range("4:4:4", "x") == (4, 4, 4)
+    for bad in ("0:1:2", "8:4:16", "1:2", "a:b:c", "8"):  # one number is no range: refused, not read as 8:8:8
         with pytest.raises(UserError, match="MIN:OPT:MAX"):
-            parse_range(bad, "--batch")
+            parse_range(bad, "--batch-range")
     assert parse_size("4G") == 4 << 30 and parse_size("512M") == 512 << 20 and parse_size("1024") == 1024
     with pytest.raises(UserError, match="size"):
         parse_size("lots")

@@ -14,19 +14,48 @@ def run(*args):
 
 
 def test_help_of_every_command():
-    assert run("--help").exit_code == 0
-    for command in ("info", "export", "validate", "build", "profile"):
-        result = run(command, "--help")
-        assert result.exit_code == 0 and "Usage" in result.output
+    """-h and --help everywhere; the top-level help names every command; every help ends with the exit codes."""
+    top = run("-h")
+    assert top.exit_code == 0 and top.output == run("--help").output
+    commands = top.output.split("Commands:")[1]
+    assert sorted(main.commands) == ["build", "export", "info", "profile", "validate"]
+    for command in main.commands:
+        assert f"  {command} " in commands
+        result = run(command, "-h")
+        assert result.exit_code == 0 and "Usage" in result.output and result.output == run(command, "--help").output
+        assert "…" not in result.output and "..." not in commands
+        text = " ".join(result.output.split())
+        for code in ("0 success", "1 bad input", "2 a bad command line", "70 an internal error", "130 interrupted",
+                     "143 terminated"):
+            assert code in text and code in " ".join(top.output.split()), (command, code)
+
+
+def test_options_have_one_meaning_across_commands():
+    """--batch is a count (validate), ranges are --batch-range/--prefill-range (build), lists are --batches and
+    --contexts (profile), --json [PATH] is JSON in info, validate and profile alike."""
+    def options(command):
+        return {name: param for param in main.commands[command].params for name in param.opts}
+
+    assert options("validate")["--batch"].type.name == "integer"
+    assert "--batch" not in options("build") and "--batch" not in options("profile")
+    assert {"--batch-range", "--prefill-range"} <= set(options("build"))
+    assert {"--batches", "--contexts"} <= set(options("profile"))
+    assert options("info")["--context"].type.name == "integer range" and "--context" not in options("profile")
+    for command in ("info", "validate", "profile"):
+        json = options(command)["--json"]
+        assert not json.is_flag and json.flag_value == "-" and json.metavar == "[PATH]"
+    for command in ("export", "validate", "build", "profile"):
+        assert {"-q", "--quiet"} <= set(options(command))
 
 
 def test_info_prints_576_cached_values_for_deepseek_v3():
     result = run("info", "--preset", "deepseek-v3")
     assert result.exit_code == 0, result.output
-    mla_row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("MLA "))
-    assert "576" in mla_row and "1152" in mla_row  # values and bf16 bytes
-    assert "32768" in result.output  # MHA: 2 * 128 * 128
-    assert "pre-folded" in result.output and "3.20x" in result.output
+    mla_row = next(line for line in result.output.splitlines() if line.startswith("MLA "))
+    assert " 576 " in mla_row and " 1,152 " in mla_row  # values and bf16 bytes
+    assert "32,768" in result.output  # MHA: 2 * 128 * 128
+    assert "GQA (8 groups)" in result.output
+    assert "prefolded" in result.output and "3.20x" in result.output
     advice = " ".join(result.output.split())  # rich wraps the sentence
     assert "--absorb runtime is smaller and faster for deepseek-v3: 356.9 MiB" in advice
     assert "q_lora_rank (1536) < Dn*Dc/(Dc-Dn) = 170.7" in advice
@@ -53,7 +82,7 @@ def test_export_runtime_absorbed_then_info_and_validate(tmp_path):
     result = run("info", "--onnx", out)
     assert result.exit_code == 0, result.output
     assert "absorb: runtime (recorded in the file's metadata)" in result.output
-    assert "--absorb runtime, this file" in result.output
+    assert "runtime (this file)" in result.output
     result = run("validate", "--onnx", out, "--steps", 2, "--prefill-len", 3, "--batch", 2)
     assert result.exit_code == 0 and "PASS" in result.output, result.output
     result = run("info", "--onnx", out, "--preset", "tiny")

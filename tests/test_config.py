@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -275,14 +276,16 @@ def test_cli_refuses_with_one_message(tmp_path, command, data, message):
 
 
 def test_info_shows_kimi_k2_dims_and_rope_parameters():
-    result = CliRunner().invoke(main, ["info", "--preset", "kimi-k2"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["info", "--preset", "kimi-k2", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    rows = {line.strip("│ ").split("│")[0].strip(): line.strip("│ ").split("│")[-1].strip()
-            for line in result.output.splitlines() if line.count("│") == 3}
-    assert {k: rows[k] for k in ("hidden_size", "num_attention_heads", "kv_lora_rank", "qk_rope_head_dim")} == \
-        {"hidden_size": "7168", "num_attention_heads": "64", "kv_lora_rank": "512", "qk_rope_head_dim": "64"}
-    assert {k: rows[k] for k in ("rope_type", "rope_theta", "factor", "original_max_position_embeddings",
+    info = json.loads(result.stdout)
+    dims, rope = info["dims"], info["rope"]
+    assert {k: dims[k] for k in ("hidden_size", "num_attention_heads", "kv_lora_rank", "qk_rope_head_dim")} == \
+        {"hidden_size": 7168, "num_attention_heads": 64, "kv_lora_rank": 512, "qk_rope_head_dim": 64}
+    assert {k: rope[k] for k in ("rope_type", "rope_theta", "factor", "original_max_position_embeddings",
                                  "beta_fast", "beta_slow", "mscale", "mscale_all_dim")} == \
         {"rope_type": "yarn", "rope_theta": "50000", "factor": "32", "original_max_position_embeddings": "4096",
          "beta_fast": "1", "beta_slow": "1", "mscale": "1", "mscale_all_dim": "1"}
-    assert rows["rope_interleave"] == "true (pairs)"
+    assert rope["rope_interleave"] == "true (pairs)"
+    table = CliRunner().invoke(main, ["info", "--preset", "kimi-k2"], catch_exceptions=False).stdout
+    assert re.search(r"^rope_theta +50000 *$", table, re.M) and re.search(r"^num_attention_heads +64 *$", table, re.M)

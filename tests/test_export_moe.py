@@ -103,7 +103,7 @@ def test_rtx_builds_a_decomposed_moe_engine(tiny_moe, tmp_path):
     _, path = tiny_moe
     engine = tmp_path / "moe.engine"
     result = run("build", "--onnx", path, "-o", engine, "--backend", "tensorrt-rtx", "--attention", "decomposed",
-                 "--batch", "1:2:4", "--prefill-tokens", "2:8:32")
+                 "--batch-range", "1:2:4", "--prefill-range", "2:8:32")
     assert result.exit_code == 0, result.output
     assert engine.stat().st_size > 100_000
     sidecar = Sidecar.read(engine)

@@ -147,7 +147,7 @@ def test_full_disk_through_a_small_tmpfs(corpus_files, tmp_path, monkeypatch):
         assert_refused(result, "No space left on device", before, fs)
         result = run("validate", "--onnx", corpus_files.good, "--steps", 1, "--prefill-len", 2, "--report", fs / "r.json")
         assert_refused(result, "No space left on device", before, fs)
-        result = run("profile", "--onnx", corpus_files.good, "--batch", 1, "--context", 4, "--iters", 1, "--json",
+        result = run("profile", "--onnx", corpus_files.good, "--batches", 1, "--contexts", 4, "--iters", 1, "--json",
                      fs / "p.json")
         assert_refused(result, "No space left on device", before, fs)
 
@@ -163,10 +163,10 @@ def test_build_failure_between_engine_and_sidecar_keeps_the_previous_pair(corpus
     for target in ("m.engine.json", "m.engine"):
         with monkeypatch.context() as patch:
             patch.setattr(os, "replace", _failing_replace(lambda src, dst: dst.endswith("/" + target)))
-            result = run("build", "--onnx", model, "-o", tmp_path / "m.engine", *RTX_BUILD, "--batch", "1:2:4")
+            result = run("build", "--onnx", model, "-o", tmp_path / "m.engine", *RTX_BUILD, "--batch-range", "1:2:4")
         assert_refused(result, "Input/output error (forced by the test)", before, tmp_path)
         assert Sidecar.read(tmp_path / "m.engine") == old
-    result = run("build", "--onnx", model, "-o", tmp_path / "m.engine", *RTX_BUILD, "--batch", "1:2:4")
+    result = run("build", "--onnx", model, "-o", tmp_path / "m.engine", *RTX_BUILD, "--batch-range", "1:2:4")
     assert result.exit_code == 0, result.output
     new = Sidecar.read(tmp_path / "m.engine")  # consistently replaced: the new engine with its own sidecar
     assert new.profiles != old.profiles and new.engine_sha256 == bytes_sha256((tmp_path / "m.engine").read_bytes())

@@ -23,10 +23,10 @@ def tiny_onnx(tmp_path_factory):
 
 def test_profile_onnx_writes_table_json_csv_png(tiny_onnx, tmp_path):
     out = {k: tmp_path / f"p.{k}" for k in ("json", "csv", "png")}
-    result = run("profile", "--onnx", tiny_onnx, "--batch", "1,3", "--context", "8,32", "--iters", 3,
+    result = run("profile", "--onnx", tiny_onnx, "--batches", "1,3", "--contexts", "8,32", "--iters", 3,
                  "--json", out["json"], "--csv", out["csv"], "--plot", out["png"])
     assert result.exit_code == 0, result.output
-    assert "median ms" in result.output and "copy bandwidth" in result.output
+    assert "p50 ms" in result.output and "copy bandwidth" in result.output
     data = json.loads(out["json"].read_text())
     assert len(data["rows"]) == 2 * 2 * 2 and data["copy_gb_s"] > 0
     decode = [r for r in data["rows"] if r["phase"] == "decode"]
@@ -47,7 +47,7 @@ def test_profile_onnx_writes_table_json_csv_png(tiny_onnx, tmp_path):
 
 @pytest.mark.parametrize("absorb", ["prefolded", "runtime"])
 def test_profile_eager(tmp_path, absorb):
-    result = run("profile", "--eager", "--preset", "tiny", "--absorb", absorb, "--batch", "2", "--context", "16",
+    result = run("profile", "--eager", "--preset", "tiny", "--absorb", absorb, "--batches", "2", "--contexts", "16",
                  "--iters", 2, "--phase", "decode", "--json", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
@@ -56,9 +56,9 @@ def test_profile_eager(tmp_path, absorb):
 
 def test_profile_refusals(tiny_onnx):
     assert "exactly one of" in run("profile", "--onnx", tiny_onnx, "--eager").output
-    result = run("profile", "--onnx", tiny_onnx, "--context", "80")
+    result = run("profile", "--onnx", tiny_onnx, "--contexts", "80")
     assert result.exit_code == 1 and "cache holds 80 rows" in result.output
-    result = run("profile", "--onnx", tiny_onnx, "--batch", "0")
+    result = run("profile", "--onnx", tiny_onnx, "--batches", "0")
     assert result.exit_code == 1 and "positive integers" in result.output
 
 
@@ -68,7 +68,7 @@ def test_profile_eager_and_kernels_on_a_gpu(tmp_path):
     for target, absorb in (("--eager", "prefolded"), ("--eager", "runtime"), ("--kernels", "prefolded")):
         out = tmp_path / f"{target[2:]}-{absorb}.json"
         result = run("profile", target, "--preset", "deepseek-v2-lite", "--layers", 1, "--absorb", absorb,
-                     "--batch", "1,8", "--context", "1024,4096", "--iters", 5, "--json", out)
+                     "--batches", "1,8", "--contexts", "1024,4096", "--iters", 5, "--json", out)
         assert result.exit_code == 0, result.output
         data = json.loads(out.read_text())
         assert data["device"] != "cpu" and data["copy_gb_s"] > 100

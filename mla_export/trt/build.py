@@ -25,14 +25,16 @@ from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, sidecar_path
 
 
 def parse_range(text: str, option: str) -> tuple[int, int, int]:
-    """'MIN:OPT:MAX' (or one number) -> (min, opt, max), checked min <= opt <= max, min >= 1."""
+    """'MIN:OPT:MAX' -> (min, opt, max), checked min <= opt <= max, min >= 1. One number is refused, not read
+    as N:N:N: a profile of one size is written out as such."""
     parts = text.split(":")
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
         values = ()
     if len(values) == 1:
-        values = values * 3
+        raise UserError(f"{option} {text}: expected a range MIN:OPT:MAX, not one number (for that size alone, "
+                        f"write {values[0]}:{values[0]}:{values[0]})")
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
         raise UserError(f"{option} {text}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
     return values
@@ -139,32 +141,43 @@ def check_plugin_layers(mode: str, layers: dict[str, int], nodes: dict[str, int]
 
 
 class _Progress:
-    """Shows TensorRT's build phases with rich (IProgressMonitor protocol)."""
+    """TensorRT's build phases (IProgressMonitor protocol) told to `progress(what, done, total)`, the
+    command's reporter (a bar on stderr, plain lines in a log, nothing with --quiet): the innermost active
+    phase under the outermost, "Building engine > Timing graph nodes", and its steps done of its steps."""
 
-    def __init__(self, trt):
-        from rich.progress import Progress
-
+    def __init__(self, trt, progress=None):
+        report = progress or (lambda what, done, total: None)
         base = trt.IProgressMonitor
 
         class Monitor(base):
             def __init__(inner):
                 base.__init__(inner)
-                inner.tasks = {}
+                inner.active = {}  # phase -> [parent, steps, steps done]; phases nest, finish innermost first
+
+            def _path(inner, phase_name):
+                names = []
+                while phase_name in inner.active and phase_name not in names:
+                    names.append(phase_name)
+                    phase_name = inner.active[phase_name][0]
+                return " > ".join(reversed(names[:1] + names[1:][-1:]))
 
             def phase_start(inner, phase_name, parent_phase, num_steps):
-                inner.tasks[phase_name] = self.progress.add_task(phase_name, total=max(num_steps, 1))
+                inner.active[phase_name] = [parent_phase, max(num_steps, 1), 0]
+                report(inner._path(phase_name), 0, max(num_steps, 1))
 
             def step_complete(inner, phase_name, step):
-                if phase_name in inner.tasks:
-                    self.progress.update(inner.tasks[phase_name], completed=step + 1)
-                return True
+                if phase_name in inner.active:
+                    entry = inner.active[phase_name]
+                    entry[2] = step + 1
+                    report(inner._path(phase_name), entry[2], entry[1])
+                return True  # False would cancel the build
 
             def phase_finish(inner, phase_name):
-                task = inner.tasks.pop(phase_name, None)
-                if task is not None:
-                    self.progress.remove_task(task)
+                parent = inner.active.pop(phase_name, [None])[0]
+                if parent in inner.active:
+                    _, steps, done = inner.active[parent]
+                    report(inner._path(parent), done, steps)
 
-        self.progress = Progress(transient=True)
         self.monitor = Monitor()
 
 
@@ -274,12 +287,10 @@ def builder_config(trt, builder, profiles: list[dict], workspace: int | None, ti
     return config
 
 
-def engine_bytes(trt, builder, network, config) -> bytes:
-    """Loader 3: the serialized engine, with the build phases shown as progress."""
-    progress = _Progress(trt)
-    config.progress_monitor = progress.monitor
-    with progress.progress:
-        serialized = builder.build_serialized_network(network, config)
+def engine_bytes(trt, builder, network, config, progress=None) -> bytes:
+    """Loader 3: the serialized engine, the build phases told to `progress(what, done, total)`."""
+    config.progress_monitor = _Progress(trt, progress).monitor
+    serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError("TensorRT failed to build the engine (see its log above)")
     return bytes(memoryview(serialized))
@@ -331,8 +342,9 @@ def save_engine(output: Path, serialized: bytes, sidecar: Sidecar) -> Path:
     return output
 
 
-def build_engine(spec: BuildSpec) -> Path:
-    """Build `spec.onnx` into `spec.output` (+ sidecar). Raises UserError with the reason on failure."""
+def build_engine(spec: BuildSpec, progress=None) -> Path:
+    """Build `spec.onnx` into `spec.output` (+ sidecar). Raises UserError with the reason on failure.
+    `progress(what, done, total)` is told TensorRT's build phases."""
     if spec.attention not in ATTENTION_MODES:
         raise UserError(f"--attention {spec.attention}: expected one of {', '.join(ATTENTION_MODES)}")
     output = Path(spec.output)
@@ -352,7 +364,7 @@ def build_engine(spec: BuildSpec) -> Path:
                         "drop the option or use --backend tensorrt")
     prefill_tokens = spec.prefill_tokens or default_prefill_tokens(model.max_seq_len)
     if prefill_tokens[2] > model.max_seq_len:
-        raise UserError(f"--prefill-tokens max {prefill_tokens[2]} exceeds the cache ({model.max_seq_len} rows)")
+        raise UserError(f"--prefill-range max {prefill_tokens[2]} exceeds the cache ({model.max_seq_len} rows)")
     if spec.attention == "plugin":
         check_plugin_supports(model, exported.header)
     trt = import_backend(spec.backend)  # before the plugin library: no library helps without TensorRT
@@ -367,7 +379,7 @@ def build_engine(spec: BuildSpec) -> Path:
     timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
     config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)
     aliased_io = spec.attention == "plugin" and enable_aliased_plugin_io(trt, config)  # the cache updated in place
-    serialized = engine_bytes(trt, builder, network, config)
+    serialized = engine_bytes(trt, builder, network, config, progress)
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     gpu_name, capability = _detect_gpu()
