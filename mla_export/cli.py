@@ -382,7 +382,7 @@ def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len
     GPU by default) with a cache that holds the longest context."""
     import torch
 
-    from .profile import default_contexts
+    from .profile_report import default_contexts
     from .spec import ModelSpec
 
     config = _config(preset, config_path, layers)
@@ -425,7 +425,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
             contexts, phases, warmup, iters, json_out, csv_path, plot, quiet):
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
     from .fileio import check_output_file
-    from .profile import PLOT_FORMATS, default_contexts
+    from .profile_report import PLOT_FORMATS, default_contexts
 
     if sum([engine is not None, onnx_path is not None, eager, kernels]) != 1:
         raise UserError("pass exactly one of --engine, --onnx, --eager, --kernels")
@@ -442,8 +442,19 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
             others = {o: p for o, p in outputs.items() if o != option}
             check_output_file(option, path, {**_input_files(onnx=onnx_path, engine=engine), **others})
 
-    from .profile import EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, plot_profile, print_profile, \
-        run_profile
+    # The files given are read before torch is imported: a wrong one is refused at once.
+    onnx_spec = None
+    if onnx_path is not None:
+        from .onnx_reader import read_export_spec
+
+        onnx_spec = read_export_spec(onnx_path)
+    if engine is not None:
+        from .trt.sidecar import Sidecar
+
+        Sidecar.read(engine)
+
+    from .profile import EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, run_profile
+    from .profile_report import plot_profile, print_profile
     from .progress import ProgressReporter
 
     with ProgressReporter("profile", quiet=quiet, unit="steps") as progress:
@@ -451,7 +462,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
         if engine is not None:
             target = EngineTarget(engine)
         elif onnx_path is not None:
-            target = OnnxRuntimeTarget(onnx_path)
+            target = OnnxRuntimeTarget(onnx_path, onnx_spec)
         else:
             target = _profile_model(EagerTarget if eager else KernelsTarget, preset, config_path, layers, dtype,
                                     max_seq_len, absorb, context_list)

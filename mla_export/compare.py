@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 # Default tolerances by the dtype of the tested side (the reference is float64).
 TOLERANCES = {
@@ -56,7 +55,9 @@ class Comparison:
 
 
 def _as_float64(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor (torch is not imported here: validate's checks run before it)
+        import torch
+
         return x.detach().to("cpu", torch.float64).numpy()
     return np.asarray(x, dtype=np.float64)
 
@@ -76,7 +77,7 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
     if expected_nonfinite is None:
         same_nonfinite = np.zeros_like(same_nonfinite)
     else:
-        allowed = expected_nonfinite.cpu().numpy() if isinstance(expected_nonfinite, torch.Tensor) \
+        allowed = expected_nonfinite.cpu().numpy() if hasattr(expected_nonfinite, "detach") \
             else np.asarray(expected_nonfinite)
         same_nonfinite &= np.broadcast_to(allowed.astype(bool), a.shape)
     mismatch = (a_bad | e_bad) & ~same_nonfinite

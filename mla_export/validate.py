@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from .compare import Comparison, compare, tolerance_for
-from .eager import eager_model
 from .errors import FieldError, UserError
-from .runners import OnnxRuntimeRunner, Runner, from_numpy, to_numpy
+
+if TYPE_CHECKING:  # torch is imported when a validation runs, after every check of the command's input
+    import torch
+
+    from .runners import Runner
 from .spec import ModelSpec, torch_dtype
 
 Progress = Callable[[str, float, float], None]  # (what, done, total), as `progress.ProgressReporter` takes it
@@ -104,6 +106,11 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario,
     `runner`'s outputs are also compared against it, as `polygraphy run --trt --onnxrt` would.
     `progress(what, done, total)` is told each step as it starts ("step 2/9: decode 1", steps done, steps).
     """
+    import torch
+
+    from .eager import eager_model
+    from .runners import from_numpy, to_numpy
+
     config, dtype = spec.config, torch_dtype(spec.dtype)
     atol, rtol = tolerances or tolerance_for(spec.dtype)
     histories = scenario.histories(spec.max_seq_len)
@@ -161,6 +168,8 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario,
 def unwritten_rows(seqlens: torch.Tensor, new_tokens: int, max_seq_len: int) -> torch.Tensor:
     """`[B, Smax, 1]` bool: the cache rows a step leaves unwritten (at or past seqlens[b] + new_tokens), which
     hold NaN in the reference by design: the only place where NaN on both sides is agreement."""
+    import torch
+
     rows = torch.arange(max_seq_len)  # [Smax]
     return (rows[None, :] >= (seqlens.to(torch.long) + new_tokens)[:, None])[..., None]  # [B, Smax, 1]
 
@@ -250,6 +259,7 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
     """Validate a TensorRT engine against the eager model (and against ONNX Runtime when `onnx` is given)."""
     from .onnx_reader import read_export_spec
     from .spec import spec_from_metadata
+    from .runners import OnnxRuntimeRunner
     from .trt.runner import TensorRTRunner
     from .trt.sidecar import Sidecar
 
@@ -286,4 +296,6 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
                  "on this machine")
     scenario.histories(spec.max_seq_len)  # refuses a scenario the cache cannot hold
     (progress or _no_progress)("loading the model into ONNX Runtime", 0, scenario.steps + 1)
+    from .runners import OnnxRuntimeRunner
+
     return validate_runner(OnnxRuntimeRunner(path), spec, scenario, progress=progress)

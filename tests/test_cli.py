@@ -157,3 +157,19 @@ def test_export_refuses_bad_output_path(tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.output
     result = run("export", "--preset", "tiny", "-o", tmp_path / "x.txt")
     assert result.exit_code == 1 and ".onnx" in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["export", "--preset", "nope", "-o", "x.onnx"], ["export", "--preset", "tiny", "--layers", "9", "-o", "x.onnx"],
+    ["build", "--onnx", "nope.onnx", "-o", "x.engine"], ["validate", "--onnx", "nope.onnx"],
+    ["validate", "--onnx", "nope.onnx", "--steps", "-1"], ["profile", "--onnx", "nope.onnx"],
+    ["profile", "--onnx", "nope.onnx", "--plot", "x.jpg"], ["info", "--preset", "nope"]])
+def test_bad_options_are_refused_before_torch_is_imported(args, tmp_path):
+    """A wrong option or file costs no torch import (seconds): the message comes at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mla_export.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] in ("exit 1 False", "exit 2 False"), proc.stdout + proc.stderr
