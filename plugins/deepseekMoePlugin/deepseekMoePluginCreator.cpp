@@ -6,6 +6,7 @@
 #include "deepseekMoePlugin.h"
 
 #include "mlaPluginLog.h"
+#include "pluginFields.h"
 #include "moeContract.h"
 
 #include <cmath>
@@ -31,19 +32,6 @@ char const* const kFieldNames[kNumFields] = {c::kAttrNumExperts, c::kAttrTopK, c
     c::kAttrScoringFunc, c::kAttrGroupScore, c::kAttrUseBias, c::kAttrNormalize, c::kAttrWeightScale};
 constexpr int32_t kWeightScaleField = 8;
 
-char const* fieldTypeName(PluginFieldType type)
-{
-    switch (type)
-    {
-    case PluginFieldType::kINT32: return "kINT32";
-    case PluginFieldType::kINT64: return "kINT64";
-    case PluginFieldType::kFLOAT32: return "kFLOAT32";
-    case PluginFieldType::kFLOAT64: return "kFLOAT64";
-    case PluginFieldType::kCHAR: return "kCHAR";
-    default: return "another type";
-    }
-}
-
 int32_t* intField(MoeAttributes& a, int32_t which)
 {
     int32_t* const fields[] = {&a.numExperts, &a.topK, &a.nGroup, &a.topkGroup, &a.scoringFunc, &a.groupScore,
@@ -51,69 +39,6 @@ int32_t* intField(MoeAttributes& a, int32_t which)
     return fields[which];
 }
 
-// One integer attribute: kINT32 (what TensorRT's ONNX parser sends for INT) or kINT64, length 1, >= 0.
-std::string readInt(PluginField const& f, int32_t& out)
-{
-    std::ostringstream s;
-    if (f.data == nullptr || f.length != 1)
-    {
-        s << "attribute " << f.name << ": expected one integer, got length " << f.length;
-        return s.str();
-    }
-    int64_t value = 0;
-    if (f.type == PluginFieldType::kINT32)
-    {
-        value = *static_cast<int32_t const*>(f.data);
-    }
-    else if (f.type == PluginFieldType::kINT64)
-    {
-        value = *static_cast<int64_t const*>(f.data);
-    }
-    else
-    {
-        s << "attribute " << f.name << ": expected kINT32 or kINT64, got " << fieldTypeName(f.type);
-        return s.str();
-    }
-    if (value < 0 || value > std::numeric_limits<int32_t>::max())
-    {
-        s << "attribute " << f.name << " = " << value << ": expected a non-negative 32-bit integer";
-        return s.str();
-    }
-    out = static_cast<int32_t>(value);
-    return {};
-}
-
-// One float attribute: kFLOAT32 (what TensorRT's ONNX parser sends for FLOAT) or kFLOAT64, length 1, finite.
-std::string readFloat(PluginField const& f, float& out)
-{
-    std::ostringstream s;
-    if (f.data == nullptr || f.length != 1)
-    {
-        s << "attribute " << f.name << ": expected one float, got length " << f.length;
-        return s.str();
-    }
-    double value = 0;
-    if (f.type == PluginFieldType::kFLOAT32)
-    {
-        value = *static_cast<float const*>(f.data);
-    }
-    else if (f.type == PluginFieldType::kFLOAT64)
-    {
-        value = *static_cast<double const*>(f.data);
-    }
-    else
-    {
-        s << "attribute " << f.name << ": expected kFLOAT32 or kFLOAT64, got " << fieldTypeName(f.type);
-        return s.str();
-    }
-    if (!std::isfinite(value) || std::fabs(value) > std::numeric_limits<float>::max())
-    {
-        s << "attribute " << f.name << " = " << value << ": expected a finite float32 value";
-        return s.str();
-    }
-    out = static_cast<float>(value);
-    return {};
-}
 } // namespace
 
 DeepseekMoePluginCreator::DeepseekMoePluginCreator()
@@ -184,7 +109,8 @@ std::string DeepseekMoePluginCreator::parseFields(nvinfer1::PluginFieldCollectio
         log(Severity::kVERBOSE, std::string("DeepseekMoE: field ") + f.name + " arrived as " + fieldTypeName(f.type)
                 + ", length " + std::to_string(f.length));
         std::string const why
-            = which == kWeightScaleField ? readFloat(f, attrs.weightScale) : readInt(f, *intField(attrs, which));
+            = which == kWeightScaleField ? readFloatField(f, attrs.weightScale, false)
+                                         : readIntField(f, *intField(attrs, which), 0);
         if (!why.empty())
         {
             return why;

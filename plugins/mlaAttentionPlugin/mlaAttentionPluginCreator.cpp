@@ -7,6 +7,7 @@
 
 #include "mlaContract.h"
 #include "mlaPluginLog.h"
+#include "pluginFields.h"
 
 #include <cmath>
 #include <cstring>
@@ -26,82 +27,6 @@ using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
 using Severity = nvinfer1::ILogger::Severity;
 
-char const* fieldTypeName(PluginFieldType type)
-{
-    switch (type)
-    {
-    case PluginFieldType::kINT32: return "kINT32";
-    case PluginFieldType::kINT64: return "kINT64";
-    case PluginFieldType::kFLOAT32: return "kFLOAT32";
-    case PluginFieldType::kFLOAT64: return "kFLOAT64";
-    case PluginFieldType::kCHAR: return "kCHAR";
-    default: return "another type";
-    }
-}
-
-// One integer attribute: kINT32 (what TensorRT's ONNX parser sends for INT) or kINT64, length 1.
-std::string readInt(PluginField const& f, int32_t& out)
-{
-    std::ostringstream s;
-    if (f.data == nullptr || f.length != 1)
-    {
-        s << "attribute " << f.name << ": expected one integer, got length " << f.length;
-        return s.str();
-    }
-    int64_t value = 0;
-    if (f.type == PluginFieldType::kINT32)
-    {
-        value = *static_cast<int32_t const*>(f.data);
-    }
-    else if (f.type == PluginFieldType::kINT64)
-    {
-        value = *static_cast<int64_t const*>(f.data);
-    }
-    else
-    {
-        s << "attribute " << f.name << ": expected kINT32 or kINT64, got " << fieldTypeName(f.type);
-        return s.str();
-    }
-    if (value < 1 || value > std::numeric_limits<int32_t>::max())
-    {
-        s << "attribute " << f.name << " = " << value << ": expected a positive 32-bit integer";
-        return s.str();
-    }
-    out = static_cast<int32_t>(value);
-    return {};
-}
-
-// One float attribute: kFLOAT32 (what TensorRT's ONNX parser sends for FLOAT) or kFLOAT64, length 1.
-std::string readFloat(PluginField const& f, float& out)
-{
-    std::ostringstream s;
-    if (f.data == nullptr || f.length != 1)
-    {
-        s << "attribute " << f.name << ": expected one float, got length " << f.length;
-        return s.str();
-    }
-    double value = 0;
-    if (f.type == PluginFieldType::kFLOAT32)
-    {
-        value = *static_cast<float const*>(f.data);
-    }
-    else if (f.type == PluginFieldType::kFLOAT64)
-    {
-        value = *static_cast<double const*>(f.data);
-    }
-    else
-    {
-        s << "attribute " << f.name << ": expected kFLOAT32 or kFLOAT64, got " << fieldTypeName(f.type);
-        return s.str();
-    }
-    if (!std::isfinite(value) || value <= 0 || value > std::numeric_limits<float>::max())
-    {
-        s << "attribute " << f.name << " = " << value << ": expected a finite value > 0";
-        return s.str();
-    }
-    out = static_cast<float>(value);
-    return {};
-}
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -177,10 +102,10 @@ std::string MlaAttentionPluginCreator::parseFields(nvinfer1::PluginFieldCollecti
         std::string why;
         switch (which)
         {
-        case 0: why = readInt(f, attrs.numHeads); break;
-        case 1: why = readInt(f, attrs.kvLoraRank); break;
-        case 2: why = readInt(f, attrs.ropeDim); break;
-        default: why = readFloat(f, attrs.softmaxScale); break;
+        case 0: why = readIntField(f, attrs.numHeads, 1); break;
+        case 1: why = readIntField(f, attrs.kvLoraRank, 1); break;
+        case 2: why = readIntField(f, attrs.ropeDim, 1); break;
+        default: why = readFloatField(f, attrs.softmaxScale, true); break;
         }
         if (!why.empty())
         {
