@@ -6,7 +6,7 @@
 #include "deepseekMoePlugin.h"
 
 #include "mlaPluginLog.h"
-#include "pluginFields.h"
+#include "pluginCommon.h"
 #include "moeContract.h"
 
 #include <cmath>

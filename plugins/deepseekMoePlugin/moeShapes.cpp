@@ -3,6 +3,8 @@
  */
 #include "moeShapes.h"
 
+#include "pluginCommon.h"
+
 #include "mlaShapes.h" // isActivationType, toKernelType: the activation types both plugins take
 
 #include <algorithm>
@@ -19,23 +21,6 @@ namespace
 using nvinfer1::DataType;
 using nvinfer1::Dims;
 namespace c = moe_contract;
-
-bool agree(int64_t a, int64_t b)
-{
-    return a < 0 || b < 0 || a == b;
-}
-
-std::string dimsString(Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
 
 std::string mismatch(int32_t input, int32_t axis, Dims const& dims, int64_t want, char const* what)
 {
@@ -146,7 +131,7 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int
     };
     for (Rule const& r : rules)
     {
-        if (!agree(in[r.input].d[r.axis], r.want))
+        if (!dimsAgree(in[r.input].d[r.axis], r.want))
         {
             return mismatch(r.input, r.axis, in[r.input], r.want, r.what);
         }

@@ -7,7 +7,7 @@
 
 #include "mlaContract.h"
 #include "mlaPluginLog.h"
-#include "pluginFields.h"
+#include "pluginCommon.h"
 
 #include <cmath>
 #include <cstring>

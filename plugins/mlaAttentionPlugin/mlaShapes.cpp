@@ -3,6 +3,8 @@
  */
 #include "mlaShapes.h"
 
+#include "pluginCommon.h"
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -17,24 +19,6 @@ namespace
 using nvinfer1::DataType;
 using nvinfer1::Dims;
 namespace c = contract;
-
-// Equal, or one of them unknown (-1 at build time).
-bool agree(int64_t a, int64_t b)
-{
-    return a < 0 || b < 0 || a == b;
-}
-
-std::string dimsString(Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
 
 // A named mismatch: "<input>[<axis>] is <v>, expected <want> (<what>)".
 std::string mismatch(int32_t input, int32_t axis, Dims const& dims, int64_t want, char const* what)
@@ -117,7 +101,7 @@ std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_
     };
     for (Rule const& r : rules)
     {
-        if (!agree(in[r.input].d[r.axis], r.want))
+        if (!dimsAgree(in[r.input].d[r.axis], r.want))
         {
             return mismatch(r.input, r.axis, in[r.input], r.want, r.what);
         }
