@@ -33,8 +33,8 @@ def parse_range(text: str, option: str) -> tuple[int, int, int]:
     except ValueError:
         values = ()
     if len(values) == 1:
-        raise UserError(f"{option} {text}: expected a range MIN:OPT:MAX, not one number (for that size alone, "
-                        f"write {values[0]}:{values[0]}:{values[0]})")
+        raise UserError(f"{option} {text}: not one number but MIN:OPT:MAX (write "
+                        f"{values[0]}:{values[0]}:{values[0]})")
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
         raise UserError(f"{option} {text}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
     return values
