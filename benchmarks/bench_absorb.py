@@ -61,7 +61,7 @@ def _export_one(preset: str, layers: int, dtype: str, max_seq_len: int, absorb: 
 
 def export_both(args, directory: Path) -> list[dict]:
     """Both forms, one after the other, each in its own process (a V3 layer peaks near 10 GiB)."""
-    from mla_export.errors import UserError
+    from mla_export.common.errors import UserError
     from mla_export.onnx_reader import read_export_spec
 
     results = []

@@ -1,3 +1,5 @@
 """mla-export: Multi-head Latent Attention models to ONNX and TensorRT with an MlaAttention plugin."""
 
-__version__ = "0.1.0"
+from .common.version import __version__
+
+__all__ = ["__version__"]

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from .config import MlaConfig
-from .errors import UserError
+from .common.errors import UserError
 from .rope import halves_to_interleaved
 
 FP8_BLOCK = 128

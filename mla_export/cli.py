@@ -9,8 +9,8 @@ import traceback
 
 import click
 
-from . import __version__
-from .errors import FieldError, UserError
+from .common.version import __version__
+from .common.errors import FieldError, UserError
 from .spec import MAX_SEED
 
 # The option that sets each spec/config field a core function may name in a FieldError.
@@ -145,7 +145,7 @@ def _wrote(paths) -> str:
     """'wrote a (1.2 MB), b (3.4 KB)': what a command wrote where, with sizes."""
     from pathlib import Path
 
-    from .progress import human_size
+    from .common.progress import human_size
 
     return "wrote " + ", ".join(f"{p} ({human_size(Path(p).stat().st_size)})" for p in paths)
 
@@ -184,7 +184,7 @@ def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
     from . import info as info_module
 
     if json_out not in (None, "-"):
-        from .fileio import check_output_file
+        from .common.fileio import check_output_file
 
         check_output_file("--json", json_out, _input_files(onnx=onnx_path))
     if onnx_path is None:
@@ -203,7 +203,7 @@ def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
     if json_out is not None:
         import json
 
-        from .fileio import atomic_write_text
+        from .common.fileio import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(info_module.info_dict(config, dtype, context, absorb), indent=2) + "\n")
         _say(_wrote([json_out]))
@@ -231,11 +231,11 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     DeepseekMoE node per mixture-of-experts layer."""
     import time
 
-    from .console import prose
+    from .common.console import prose
     from .export import check_output_path, export_onnx, written_files
-    from .fileio import check_output_file
+    from .common.fileio import check_output_file
     from .info import absorb_advice
-    from .progress import ProgressReporter
+    from .common.progress import ProgressReporter
     from .spec import ModelSpec
 
     check_output_path(output)
@@ -277,8 +277,8 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
 def validate(onnx_path, engine, plugin_lib, steps, batch, prefill_len, seed, json_out, report, quiet):
     """Compare ONNX Runtime (--onnx) or a TensorRT engine (--engine; with --onnx also engine vs ONNX Runtime)
     with the eager float64 model over a prefill and decode steps, caches included. Exit code 1 on failure."""
-    from .fileio import check_output_file
-    from .progress import ProgressReporter
+    from .common.fileio import check_output_file
+    from .common.progress import ProgressReporter
     from .validate import Scenario, print_report, validate_engine, validate_onnx
 
     if onnx_path is None and engine is None:
@@ -326,7 +326,7 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefil
     """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
     import time
 
-    from .progress import ProgressReporter
+    from .common.progress import ProgressReporter
     from .trt.build import BuildSpec, build_engine, parse_range, parse_size
     from .trt.sidecar import Sidecar, sidecar_path
 
@@ -424,7 +424,7 @@ def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len
 def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, absorb, batches,
             contexts, phases, warmup, iters, json_out, csv_path, plot, quiet):
     """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
-    from .fileio import check_output_file
+    from .common.fileio import check_output_file
     from .profile_report import PLOT_FORMATS, default_contexts
 
     if sum([engine is not None, onnx_path is not None, eager, kernels]) != 1:
@@ -455,7 +455,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
 
     from .profile import EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, run_profile
     from .profile_report import plot_profile, print_profile
-    from .progress import ProgressReporter
+    from .common.progress import ProgressReporter
 
     with ProgressReporter("profile", quiet=quiet, unit="steps") as progress:
         progress("loading the model", 0, 1)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FieldError
+from .common.errors import FieldError
 
 
 

@@ -19,9 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, contract
-from .errors import FieldError
-from .fileio import STAGING_PREFIX, remove_stale_staging, write_failed
+from .common import contract
+from .common.version import __version__
+from .common.errors import FieldError
+from .common.fileio import STAGING_PREFIX, remove_stale_staging, write_failed
 from .footprint import check_free_disk, check_memory, export_peak_bytes, model_counts
 from .spec import ModelSpec
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MlaConfig
-from .errors import UserError
+from .common.errors import UserError
 
 GIB = 1 << 30
 

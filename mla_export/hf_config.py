@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .config import DEFAULT_ROPE_THETA, PRESET_DIR, ROPE_TYPES, MlaConfig, YarnScaling
-from .errors import UserError
+from .common.errors import UserError
 
 USED, NO_EFFECT, CHECKED = "used", "no effect on inference", "checked"
 # What mla-export does with every field of DeepSeek's config.json files (V2, V2-Lite, V3, Kimi K2) and

@@ -167,7 +167,7 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
                 absorb: str | None = None) -> None:
     """Print dims, RoPE, parameters, the cache table and the projection costs, laid out for 80 columns;
     `absorb` is the form an exported file holds (None for a config)."""
-    from .console import add_columns, make_console, prose, table
+    from .common.console import add_columns, make_console, prose, table
 
     console = console or make_console()
     data = info_dict(c, dtype, context, absorb)

@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import contract
-from .moe_rule import RoutingRule
+from .common import contract
+from .common.moe_rule import RoutingRule
 
 def top_indices(values: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest entries along the last axis, best first; equal values: lower index first."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from . import contract
+from .common import contract
 from .onnx_node import BODY_OPSET, FunctionBody, schema_attributes
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from . import contract
+from .common import contract
 
 BODY_OPSET = 18  # Split(num_outputs) needs 18
 

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import contract
-from .errors import UserError
+from .common import contract
+from .common.errors import UserError
 from .spec import ModelSpec, spec_from_metadata
 
 # ONNX TensorProto element types of the graph's tensors.
@@ -222,7 +222,7 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
                               "layers in its metadata")
     if not nodes:
         return
-    from .moe_rule import RoutingRule
+    from .common.moe_rule import RoutingRule
 
     expected = RoutingRule.from_config(c).attributes()
     experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size

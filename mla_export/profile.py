@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UserError
+from .common.errors import UserError
 from .measure import attention_inputs, copy_bandwidth_gb_s, percentile, time_calls
 from .profile_report import ProfileReport, ProfileRow
 from .spec import ModelSpec, torch_dtype

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .fileio import atomic_write_bytes, atomic_write_text
+from .common.errors import UserError
+from .common.fileio import atomic_write_bytes, atomic_write_text
 
 
 @dataclass
@@ -72,7 +72,7 @@ PHASE_NOTES = {"prefill": "all context tokens new, empty cache",
 
 def print_profile(report: ProfileReport, console=None) -> None:
     """One table per phase, laid out for 80 columns (prefill has no cache bandwidth: its columns are left out)."""
-    from .console import add_columns, make_console, sig, table
+    from .common.console import add_columns, make_console, sig, table
 
     console = console or make_console()
     target = report.rows[0].target if report.rows else ""

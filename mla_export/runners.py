@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .errors import UserError
+from .common.errors import UserError
 
 
 class Runner(Protocol):

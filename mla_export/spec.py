@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import __version__, contract
+from .common import contract
+from .common.version import __version__
 from .config import MlaConfig
-from .errors import FieldError, UserError
+from .common.errors import FieldError, UserError
 from .hf_config import config_from_hf_dict
 
 # Element types of weights, activations and caches, with their sizes in bytes.

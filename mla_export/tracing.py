@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import contract
+from .common import contract
 from .model import MlaModel
 from .onnx_moe import moe_translation
 from .onnx_node import translation_table

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .compare import Comparison, compare, tolerance_for
-from .errors import FieldError, UserError
+from .common.errors import FieldError, UserError
 
 if TYPE_CHECKING:  # torch is imported when a validation runs, after every check of the command's input
     import torch
@@ -92,7 +92,7 @@ class ValidationReport:
                            "comparisons": [c.to_dict() for c in s.comparisons]} for s in self.steps]}
 
     def write_json(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
+        from .common.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -221,7 +221,7 @@ def print_report(report: ValidationReport, console=None) -> None:
     """The comparison as a table that fits 80 columns: per step, the output, the worst cache (and the worst
     against a second runtime), with the share of the tolerance the worst element uses (err/tol), which is
     what decides; then what failed, and PASS or FAIL."""
-    from .console import add_columns, make_console, prose, ratio, sci, table
+    from .common.console import add_columns, make_console, prose, ratio, sci, table
 
     console = console or make_console()
     s = report.scenario

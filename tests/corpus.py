@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 import mla_export.export as export_module
 from mla_export import contract
 from mla_export.cli import main
-from mla_export.errors import UserError
+from mla_export.common.errors import UserError
 from mla_export.export import export_onnx
 from mla_export.hf_config import load_preset
 from mla_export.model import MlaModel

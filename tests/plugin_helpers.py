@@ -48,7 +48,7 @@ print("plugin layers:", plugins, flush=True)
 """
 def rtx_missing() -> str | None:
     """Why TensorRT-RTX cannot be imported here, or None (the same look-up `mla-export build` uses)."""
-    from mla_export.errors import UserError
+    from mla_export.common.errors import UserError
     from mla_export.trt.backend import import_backend
 
     try:

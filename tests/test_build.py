@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from mla_export import contract
 from mla_export.cli import main
 from mla_export.hf_config import load_preset
-from mla_export.errors import UserError
-from mla_export.contract import graph_io_names
+from mla_export.common.errors import UserError
+from mla_export.common.contract import graph_io_names
 from mla_export.export import export_onnx
 from mla_export.spec import ModelSpec
 from mla_export.trt import backend

@@ -14,8 +14,8 @@ import torch
 
 from mla_export import contract
 from mla_export.hf_config import load_preset
-from mla_export.errors import UserError
-from mla_export.contract import graph_io_names
+from mla_export.common.errors import UserError
+from mla_export.common.contract import graph_io_names
 from mla_export.export import export_onnx
 from mla_export.spec import ModelSpec
 from mla_export.trt import backend, build

@@ -13,7 +13,7 @@ from mla_export.checkpoint import CheckpointReader, dequantize_fp8_blocks
 from mla_export.cli import main
 from mla_export.config import MlaConfig
 from mla_export.hf_config import config_from_hf_dict, load_config_file
-from mla_export.errors import UserError
+from mla_export.common.errors import UserError
 from mla_export.model import MlaModel
 from mla_export.eager import eager_model
 from mla_export.rope import halves_to_interleaved, interleaved_to_halves

@@ -10,12 +10,12 @@ import torch
 
 from mla_export import contract
 from mla_export.hf_config import load_preset
-from mla_export.contract import graph_io_names
+from mla_export.common.contract import graph_io_names
 from mla_export.eager import eager_model
 from mla_export.export import export_onnx
 from mla_export.folding import fold_model
 from mla_export.onnx_node import function_proto
-from mla_export.errors import FieldError, UserError
+from mla_export.common.errors import FieldError, UserError
 from mla_export.onnx_reader import read_export_spec
 from mla_export.spec import ModelSpec, spec_from_metadata
 from mla_export.validate import Scenario, validate_onnx
@@ -168,7 +168,7 @@ def test_float16_export_validates(tmp_path):
 
 
 def test_bfloat16_export_has_bf16_bindings_and_onnx_runtime_cpu_refusal_is_clear(tmp_path):
-    from mla_export.errors import UserError
+    from mla_export.common.errors import UserError
 
     path = tmp_path / "tinybf16.onnx"
     export_onnx(ModelSpec(load_preset("tiny").with_layers(1), dtype="bfloat16", max_seq_len=32), path)

@@ -92,7 +92,7 @@ def test_moe_export_validates(tiny_moe):
 
 
 def test_rtx_builds_a_decomposed_moe_engine(tiny_moe, tmp_path):
-    from mla_export.errors import UserError
+    from mla_export.common.errors import UserError
     from mla_export.trt.backend import import_backend
     from mla_export.trt.sidecar import Sidecar
 

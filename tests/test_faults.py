@@ -24,7 +24,7 @@ import torch
 
 import mla_export.export as export_module
 from mla_export.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED
-from mla_export.fileio import STAGING_PREFIX
+from mla_export.common.fileio import STAGING_PREFIX
 from mla_export.trt.sidecar import Sidecar, bytes_sha256
 
 from corpus import (ROOT, RTX_BUILD, SMAX, assert_one_message, assert_refused, copy_model, data_file_of,
@@ -134,7 +134,7 @@ def test_full_disk_through_a_small_tmpfs(corpus_files, tmp_path, monkeypatch):
             result = run("export", "--preset", "tiny", "--layers", 1, "--max-seq-len", SMAX, "-o", fs / "m.onnx")
             assert_refused(result, "of disk in", before, fs)
         else:  # the file system stand-in: every staged write and the weights' write run out of space
-            import mla_export.fileio as fileio
+            import mla_export.common.fileio as fileio
             import mla_export.weight_stream as weight_stream
 
             fs = tmp_path / "fs"

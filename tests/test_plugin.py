@@ -103,7 +103,7 @@ def test_exported_caches_meet_the_aliasing_conditions(tmp_path):
     import onnx
 
     from mla_export.hf_config import load_preset
-    from mla_export.contract import graph_io_names
+    from mla_export.common.contract import graph_io_names
     from mla_export.export import export_onnx
     from mla_export.spec import ModelSpec
 

@@ -86,7 +86,7 @@ def test_trt_layer_imports_neither_torch_nor_the_exporter_at_module_level():
 def test_spec_and_kernel_plan_are_torch_free():
     """What build, the plugin check and the AOT build read must not pull torch in."""
     modules = _modules()
-    for name in ("mla_export.spec", "mla_export.config", "mla_export.contract", "mla_export.onnx_reader",
+    for name in ("mla_export.spec", "mla_export.config", "mla_export.common.contract", "mla_export.onnx_reader",
                  "mla_export.kernels", "mla_export.kernels.plan", "mla_export.kernels.moe_plan",
                  "mla_export.kernels.codegen"):
         top = _imports(modules[name], modules, top_level_only=True)

@@ -13,7 +13,7 @@
  * I/O name matching against the contract, sidecar checks, the cache binding plan) are inline below
  * and need no TensorRT runtime; MlaSession needs TensorRT 10.8+, the CUDA runtime and a GPU.
  *
- * Names come from the contract headers mirrored from mla_export/contract.py. A model with DeepSeek MoE layers
+ * Names come from the contract headers mirrored from mla_export/common/contract.py. A model with DeepSeek MoE layers
  * (DeepseekMoE nodes: the same plugin library, the same graph I/O) runs unchanged.
  */
 #pragma once

@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..common.fileio import atomic_write_text
 from . import moe_plan, plan
 
 # Largest dynamic shared memory per block (opt-in), bytes, per compute capability: every GPU arch we know.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..moe_rule import RoutingRule
+from ..common.moe_rule import RoutingRule
 from . import moe_align, moe_experts, moe_route
 from .moe_plan import (ALIGN_NUM_WARPS, COMBINE_NUM_WARPS, COUNT_NUM_WARPS, FP32_NUM_STAGES, FP_FUSION,
                        ROUTER_NUM_WARPS, TOPK_NUM_WARPS, ChunkPlan, MoeDims, MoePlan, kernel_constexprs,

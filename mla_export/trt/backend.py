@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .. import contract
-from ..errors import UserError
+from ..common import contract
+from ..common.errors import UserError
 
 BACKENDS = {
     "tensorrt": ("tensorrt",),

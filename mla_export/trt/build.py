@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import contract
-from ..errors import UserError
-from ..fileio import atomic_write_bytes, check_output_file, staging_dir, write_failed, write_staged
+from ..common import contract
+from ..common.errors import UserError
+from ..common.fileio import atomic_write_bytes, check_output_file, staging_dir, write_failed, write_staged
 from ..onnx_reader import read_exported_model
 from ..spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import contract
-from ..errors import UserError
+from ..common import contract
+from ..common.errors import UserError
 from ..runners import from_numpy, to_numpy
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
 from .sidecar import RuntimeEnvironment, Sidecar, check_compatible

@@ -14,9 +14,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .. import __version__, contract
-from ..errors import UserError
-from ..fileio import atomic_write_text
+from ..common import contract
+from ..common.version import __version__
+from ..common.errors import UserError
+from ..common.fileio import atomic_write_text
 from .aliasing import CACHE_BINDINGS
 from .backend import BACKENDS
 

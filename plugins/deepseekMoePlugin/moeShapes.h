@@ -2,7 +2,7 @@
  * Shape, type and workspace rules of DeepseekMoE as pure functions (no TensorRT objects, no CUDA calls), so
  * that the plugin's build-time answers can be unit-tested on a CPU-only machine.
  *
- * Contract: mla_export/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/moe.py.
+ * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/moe.py.
  *   inputs  hidden_states [B,S,d] T, router_weight [E,d] float32, score_bias [E] float32,
  *           gate_up_proj [E,2I,d] T, down_proj [E,d,I] T          (T in {fp16, bf16, fp32})
  *   output  routed_output [B,S,d] T (the shape of hidden_states)

@@ -6,7 +6,7 @@
  * (plugins/mlaAttentionPlugin) calls only this API. Every choice of specialization, grid and split count made here is the choice the Python API
  * (mla_export.kernels) makes for the same shapes: both read one table.
  *
- * Contract: mla_export/contract.py (mirrored in plugins/mlaAttentionPlugin/mlaContract.h).
+ * Contract: mla_export/common/contract.py (mirrored in plugins/mlaAttentionPlugin/mlaContract.h).
  *
  * What `launch` runs (plan and kernel table: mlaKernelsPlan.h, over the table generated from plan.py):
  *   1. rope_append, grid (B*S): rotates q_pe into the workspace and writes [kv_latent ; rotated k_pe]

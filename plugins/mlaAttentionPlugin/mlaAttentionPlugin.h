@@ -2,7 +2,7 @@
  * MlaAttention: TensorRT IPluginV3 plugin for absorbed Multi-head Latent Attention with an in-place
  * latent cache, and its IPluginCreatorV3One. Name `MlaAttention`, namespace `mla`, version `1`.
  *
- * Contract: mla_export/contract.py (mirrored in mlaContract.h); shapes and types: mlaShapes.h;
+ * Contract: mla_export/common/contract.py (mirrored in mlaContract.h); shapes and types: mlaShapes.h;
  * kernels: plugins/kernels/mlaKernels.h (AOT-compiled Triton). No CUDA syntax here: the plugin
  * calls the kernels' host API and the CUDA driver API only.
  *

@@ -1,5 +1,5 @@
 /*
- * The MlaAttention op contract in C++: a mirror of mla_export/contract.py (the one definition).
+ * The MlaAttention op contract in C++: a mirror of mla_export/common/contract.py (the one definition).
  * tests/test_contract_mirror.py checks every constant here against the Python module.
  */
 #pragma once

@@ -2,7 +2,7 @@
  * Shape, type and workspace rules of MlaAttention as pure functions (no TensorRT objects, no CUDA
  * calls), so that the plugin's build-time answers can be unit-tested on a CPU-only machine.
  *
- * Contract: mla_export/contract.py (mirrored in mlaContract.h). Shapes (T in {fp16, bf16, fp32}):
+ * Contract: mla_export/common/contract.py (mirrored in mlaContract.h). Shapes (T in {fp16, bf16, fp32}):
  *   inputs  q_latent [B,S,H,Dc] T, q_pe [B,S,H,Dr] T, kv_latent [B,S,Dc] T, k_pe [B,S,Dr] T,
  *           past_cache [B,Smax,Dc+Dr] T, cache_seqlens [B] int32, rope_cos_sin [Smax,Dr] float32
  *   outputs attn_latent [B,S,H,Dc] T (shape of q_latent), present_cache [B,Smax,Dc+Dr] T (shape of past_cache)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import contract
-from .config import MlaConfig
 
 SCORING_FUNCS = {"softmax": contract.MOE_SCORING_SOFTMAX, "sigmoid": contract.MOE_SCORING_SIGMOID}
 
@@ -50,9 +49,10 @@ class RoutingRule:
         return self.num_experts // self.n_group
 
     @classmethod
-    def from_config(cls, config: MlaConfig) -> "RoutingRule":
-        """The rule of DeepSeek's code for this config's `topk_method` (see the module docstring); a config
-        without topk_method/scoring_func gets its architecture's (`MlaConfig.routing_method`)."""
+    def from_config(cls, config) -> "RoutingRule":
+        """The rule of DeepSeek's code for this `MlaConfig`'s `topk_method` (see the module docstring); a
+        config without topk_method/scoring_func gets its architecture's (`MlaConfig.routing_method`). Read by
+        attribute, so this module imports no config: the kernels below the model read the rule too."""
         method, scoring = config.routing_method, config.routing_scoring
         top_k = config.num_experts_per_tok
         normalize = bool(config.norm_topk_prob) and top_k > 1
