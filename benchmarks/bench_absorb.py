@@ -32,14 +32,14 @@ FORMS = ("prefolded", "runtime")
 
 
 def _spec(preset: str, layers: int, dtype: str, max_seq_len: int, absorb: str):
-    from mla_export.hf_config import load_preset
-    from mla_export.spec import ModelSpec
+    from mla_export.model.hf_config import load_preset
+    from mla_export.model.spec import ModelSpec
 
     return ModelSpec(load_preset(preset).with_layers(layers), dtype=dtype, max_seq_len=max_seq_len, absorb=absorb)
 
 
 def _bytes_on_disk(path: Path) -> int:
-    from mla_export.export import written_files
+    from mla_export.graph.export import written_files
 
     return sum(f.stat().st_size for f in written_files(path))
 
@@ -48,7 +48,7 @@ def _export_one(preset: str, layers: int, dtype: str, max_seq_len: int, absorb: 
     """Export one form (runs in a fresh process); seconds, bytes on disk and this process's peak RSS."""
     import logging
 
-    from mla_export.export import export_onnx
+    from mla_export.graph.export import export_onnx
 
     for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -62,7 +62,7 @@ def _export_one(preset: str, layers: int, dtype: str, max_seq_len: int, absorb: 
 def export_both(args, directory: Path) -> list[dict]:
     """Both forms, one after the other, each in its own process (a V3 layer peaks near 10 GiB)."""
     from mla_export.common.errors import UserError
-    from mla_export.onnx_reader import read_export_spec
+    from mla_export.graph.onnx_reader import read_export_spec
 
     results = []
     for absorb in FORMS:
@@ -90,7 +90,7 @@ def export_both(args, directory: Path) -> list[dict]:
 
 def interleaved(calls: dict, warmup: int, iters: int, cuda: bool) -> dict[str, list[float]]:
     """Milliseconds of each call in `calls`, run in turn (A B A B ...) after `warmup` rounds."""
-    from mla_export.measure import time_calls
+    from mla_export.run.measure import time_calls
 
     for _ in range(warmup):
         for call in calls.values():
@@ -104,7 +104,7 @@ def interleaved(calls: dict, warmup: int, iters: int, cuda: bool) -> dict[str, l
 
 def time_decode(targets: dict, args, cuda: bool) -> list[dict]:
     """A decode step of every target at each (batch, context), interleaved; medians, p90 and ratios."""
-    from mla_export.measure import percentile
+    from mla_export.run.measure import percentile
 
     rows = []
     for context in args.context:
@@ -132,7 +132,7 @@ def op_breakdown(path: str, batch: int, context: int, iters: int) -> dict[str, f
     import numpy as np
     import onnxruntime as ort
 
-    from mla_export.onnx_reader import read_exported_model
+    from mla_export.graph.onnx_reader import read_exported_model
 
     exported = read_exported_model(path)
     weights = {i.name for i in exported.header.graph.initializer}
@@ -168,8 +168,8 @@ def op_breakdown(path: str, batch: int, context: int, iters: int) -> dict[str, f
 
 
 def run_ort(args, directory: Path) -> dict:
-    from mla_export.measure import copy_bandwidth_gb_s
-    from mla_export.profile import OnnxRuntimeTarget
+    from mla_export.run.measure import copy_bandwidth_gb_s
+    from mla_export.run.profile import OnnxRuntimeTarget
 
     exports = export_both(args, directory)
     targets = {r["form"]: OnnxRuntimeTarget(r["path"]) for r in exports}
@@ -195,10 +195,10 @@ def run_gpu(args) -> dict:
     """Both forms of the eager model on CUDA (main refuses --gpu without one; elsewhere this runs on the CPU)."""
     import torch
 
-    from mla_export.hf_config import load_preset
-    from mla_export.measure import copy_bandwidth_gb_s
-    from mla_export.profile import EagerTarget
-    from mla_export.spec import ModelSpec
+    from mla_export.model.hf_config import load_preset
+    from mla_export.run.measure import copy_bandwidth_gb_s
+    from mla_export.run.profile import EagerTarget
+    from mla_export.model.spec import ModelSpec
 
     cuda = torch.cuda.is_available()
     config = load_preset(args.preset).with_layers(args.layers)

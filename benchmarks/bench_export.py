@@ -24,9 +24,9 @@ DEFAULT_CASES = ["deepseek-v2-lite:all:bfloat16", "deepseek-v2-lite:4:bfloat16",
 
 def export_once(case: str) -> dict:
     """Run one export in this process; the figures as a dict."""
-    from mla_export.export import export_onnx
-    from mla_export.hf_config import load_preset
-    from mla_export.spec import ModelSpec
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.hf_config import load_preset
+    from mla_export.model.spec import ModelSpec
 
     parts = case.split(":")
     preset, layers, dtype, absorb = parts + ["", "all", "float32", "prefolded"][len(parts):]

@@ -22,9 +22,9 @@ import sys
 
 import torch
 
-from mla_export.hf_config import load_preset
-from mla_export.measure import attention_inputs, copy_bandwidth_gb_s, matmul_tflops, time_calls
-from mla_export.rope import rope_cos_sin
+from mla_export.model.hf_config import load_preset
+from mla_export.run.measure import attention_inputs, copy_bandwidth_gb_s, matmul_tflops, time_calls
+from mla_export.model.rope import rope_cos_sin
 
 DECODE_SHAPES = [(1, 4096), (1, 65536), (8, 4096), (32, 4096), (64, 4096), (128, 8192)]
 PREFILL_TOKENS = [512, 2048, 4096]
@@ -45,7 +45,7 @@ def make_inputs(batch, new_tokens, heads, context, max_seq_len, dtype):
 
 def bench_decode(heads: int, dtype: torch.dtype, copy_bw: float) -> list[dict]:
     from mla_export.kernels import mla_attention_triton
-    from mla_export.ops import mla_attention_reference
+    from mla_export.model.ops import mla_attention_reference
 
     rows = []
     for batch, context in DECODE_SHAPES:

@@ -50,7 +50,7 @@ def make_layer(config, dtype, device, seed: int = 0):
     """Random DeepseekMoE inputs of one layer: (router_weight, score_bias, gate_up_proj, down_proj) and the rule."""
     import torch
 
-    from mla_export.moe import RoutingRule
+    from mla_export.model.moe import RoutingRule
 
     g = torch.Generator(device=device).manual_seed(seed)
     e, d, i = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
@@ -65,7 +65,7 @@ def dense_body(x, router, bias, gate_up, down, rule):
     """The ONNX function body's computation (onnx_moe.py) in PyTorch: every expert for every token."""
     import torch
 
-    from mla_export.moe import route, router_logits
+    from mla_export.model.moe import route, router_logits
 
     weights, experts = route(router_logits(x, router), rule, bias)  # [T, K], [T, K]
     dense = torch.zeros(x.shape[0], rule.num_experts, device=x.device).scatter(1, experts, weights)  # [T, E]
@@ -93,7 +93,7 @@ class Timer:
         self.cuda, self.iters = cuda, iters
 
     def seconds(self, fn, iters: int | None = None) -> float:
-        from mla_export.measure import time_calls
+        from mla_export.run.measure import time_calls
 
         n = iters or self.iters
         return statistics.median(time_calls(fn, warmup=min(3, n), iters=n, cuda=self.cuda)) * 1e-3
@@ -123,9 +123,9 @@ def bench_case(preset: str, config, layer, rule, tokens: int, phase: str, dtype,
                baselines: bool) -> dict:
     import torch
 
-    from mla_export.compare import compare
-    from mla_export.kernels.moe_api import deepseek_moe_triton
-    from mla_export.moe import moe_reference, route, router_logits
+    from mla_export.run.compare import compare
+    from mla_export.kernels.moe.api import deepseek_moe_triton
+    from mla_export.model.moe import moe_reference, route, router_logits
 
     router, bias, gate_up, down = layer
     elem = torch.finfo(dtype).bits // 8
@@ -183,7 +183,7 @@ def peaks_of(cuda: bool, dtype) -> dict:
     """The device's copy bandwidth (bytes/s, read + written) and dense matmul rate (FLOP/s) of `dtype`."""
     import torch
 
-    from mla_export.measure import copy_bandwidth_gb_s, matmul_tflops, time_calls
+    from mla_export.run.measure import copy_bandwidth_gb_s, matmul_tflops, time_calls
 
     if cuda:
         return {"copy": copy_bandwidth_gb_s(cuda=True, nbytes=1 << 30, iters=20) * 1e9,
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         args.presets, args.decode, args.prefill, args.iters, args.dtype = ["tiny-moe"], "1,8", "300", 2, "float16"
     import torch
 
-    from mla_export.hf_config import load_preset
+    from mla_export.model.hf_config import load_preset
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:

@@ -307,7 +307,7 @@ def device_facts() -> dict:
 def baselines() -> dict:
     import torch
 
-    from mla_export.measure import copy_bandwidth_gb_s, matmul_tflops
+    from mla_export.run.measure import copy_bandwidth_gb_s, matmul_tflops
 
     return {"copy_gb_s": round(copy_bandwidth_gb_s(cuda=True, nbytes=1 << 30, iters=20), 1),
             "bf16_tflops": round(matmul_tflops(torch.bfloat16), 1)}

@@ -36,7 +36,7 @@ def feeds(path: str | Path, seed: int = 0) -> list[dict]:
     """The feed dicts (numpy arrays by graph input name) for the mla-export model at `path`."""
     import numpy as np
 
-    from mla_export.onnx_reader import read_export_spec  # absolute: Polygraphy loads this file as a script
+    from mla_export.graph.onnx_reader import read_export_spec  # absolute: Polygraphy loads this file as a script
 
     spec = read_export_spec(path)
     c = spec.config

@@ -16,14 +16,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-import mla_export.export as export_module
-from mla_export import contract
-from mla_export.cli import main
+import mla_export.graph.export as export_module
+from mla_export.common import contract
+from mla_export.ui.cli import main
 from mla_export.common.errors import UserError
-from mla_export.export import export_onnx
-from mla_export.hf_config import load_preset
-from mla_export.model import MlaModel
-from mla_export.spec import ModelSpec
+from mla_export.graph.export import export_onnx
+from mla_export.model.hf_config import load_preset
+from mla_export.model.model import MlaModel
+from mla_export.model.spec import ModelSpec
 from mla_export.trt import backend
 from mla_export.trt.sidecar import Sidecar, bytes_sha256
 

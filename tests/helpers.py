@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from mla_export.config import MlaConfig, YarnScaling
-from mla_export.hf_config import load_preset
+from mla_export.model.config import MlaConfig, YarnScaling
+from mla_export.model.hf_config import load_preset
 
 # The CUDA toolkit's headers (cuda.h, cuda_runtime_api.h), which the C++ builds compile against.
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"

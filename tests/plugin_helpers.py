@@ -99,7 +99,7 @@ PLAN_TENSOR_ARGS = {"q_lat_ptr": "q_latent", "q_pe_ptr": "q_pe", "kv_latent_ptr"
 
 def _planned_args(kind: str, p, case) -> list[str]:
     """Expected argument values of kernel `kind` under plan `p`, as testLaunch.cpp tokens."""
-    from mla_export.kernels.plan import runtime_args
+    from mla_export.kernels.attention.plan import runtime_args
 
     args = runtime_args(kind)
     b, s, h, dc, dr, smax, dtype, sms = case
@@ -123,12 +123,12 @@ def _manifest_kernels(kernels_dir: Path) -> list[dict]:
 def _planned_launches(case, compiled: list[dict]) -> list[tuple[str, tuple, tuple, str, list[str]]]:
     """(kernel name, grid, block, shared memory, argument values) of each launch the Python API plans for `case`.
 
-    Grids and kernel choice come from `mla_export.kernels.plan` (the table the generated launchers share):
+    Grids and kernel choice come from `mla_export.kernels.attention.plan` (the table the generated launchers share):
     RoPE + cache append, attention, then the split combine when there is more than one split. Name, block
     (num_warps * 32) and shared memory come from the AOT manifest for sm_90;
     argument values from the kernels' signatures (`plan.runtime_args`) and the plan's workspace offsets.
     """
-    from mla_export.kernels import plan as kplan
+    from mla_export.kernels.attention import plan as kplan
 
     b, s, h, dc, dr, smax, dtype, sms = case
     p = kplan.make_plan(kplan.Dims(b, s, h, dc, dr, smax, dtype), sms)
@@ -181,7 +181,7 @@ MOE_WORKSPACE_ARGS = {"logits_ptr": "logits_offset", "ids_ptr": "ids_offset", "w
 
 def _moe_planned_args(kind: str, plan, chunk, start: int, case) -> list[str]:
     """Expected argument values of MoE kernel `kind` in the chunk starting at token `start`."""
-    from mla_export.kernels.moe_plan import ELEMENT_BYTES, runtime_args
+    from mla_export.kernels.moe.plan import ELEMENT_BYTES, runtime_args
 
     b, s, d, i, attrs, dtype = case
     experts, top_k, n_group, topk_group, scoring, group_score, use_bias, normalize, scale = attrs
@@ -206,7 +206,7 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
     (name, block and shared memory from the AOT manifest for sm_90); returns the number of cases."""
     import json
 
-    from mla_export.kernels import moe_plan
+    from mla_export.kernels.moe import plan as moe_plan
 
     compiled = json.loads((kernels_dir / "manifest.json").read_text())["moe_kernels"]
     table = moe_plan.aot_kernel_table()

@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mla_export import contract
+from mla_export.common import contract
 
 from corpus import (RTX_BUILD, SMAX, TINY_JSON, Files, assert_refused, copy_model, data_file_of, edit_config,
                     edit_metadata, edit_node, fake_engine, fill_initializers, remove_attribute, run, sidecar_json,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mla_export.hf_config import load_preset
+from mla_export.model.hf_config import load_preset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_moe.py"
 sys.path.insert(0, str(BENCH.parent))

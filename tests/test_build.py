@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from mla_export import contract
-from mla_export.cli import main
-from mla_export.hf_config import load_preset
+from mla_export.common import contract
+from mla_export.ui.cli import main
+from mla_export.model.hf_config import load_preset
 from mla_export.common.errors import UserError
 from mla_export.common.contract import graph_io_names
-from mla_export.export import export_onnx
-from mla_export.spec import ModelSpec
+from mla_export.graph.export import export_onnx
+from mla_export.model.spec import ModelSpec
 from mla_export.trt import backend
 from mla_export.trt.build import (UNKNOWN_PLUGIN, check_plugin_layers, count_plugin_layers, parse_range, parse_size,
                                   plugin_layers_by_name, plugin_nodes)
@@ -85,7 +85,7 @@ def test_rtx_builds_a_decomposed_engine_with_its_sidecar(tiny_onnx, tmp_path):
 
 def test_rtx_builds_the_runtime_absorbed_form_and_its_sidecar_carries_the_mode(tmp_path):
     """Same graph I/O in both --absorb forms: the same build, and the sidecar's copy of the metadata says which."""
-    from mla_export.spec import spec_from_metadata
+    from mla_export.model.spec import spec_from_metadata
 
     rtx()
     onnx_path, engine = tmp_path / "runtime.onnx", tmp_path / "runtime.engine"
@@ -333,7 +333,7 @@ def test_build_log_on_stderr_without_duplicate_node_names(tiny_onnx, tmp_path):
 
     rtx()
     engine = tmp_path / "tiny.engine"
-    proc = subprocess.run([sys.executable, "-c", "from mla_export.cli import main; main()", "build", "--onnx",
+    proc = subprocess.run([sys.executable, "-c", "from mla_export.ui.cli import main; main()", "build", "--onnx",
                            str(tiny_onnx), "-o", str(engine), "--backend", "tensorrt-rtx", "--attention",
                            "decomposed", "--verbose"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

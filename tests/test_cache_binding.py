@@ -12,16 +12,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mla_export import contract
-from mla_export.hf_config import load_preset
+from mla_export.common import contract
+from mla_export.model.hf_config import load_preset
 from mla_export.common.errors import UserError
 from mla_export.common.contract import graph_io_names
-from mla_export.export import export_onnx
-from mla_export.spec import ModelSpec
+from mla_export.graph.export import export_onnx
+from mla_export.model.spec import ModelSpec
 from mla_export.trt import backend, build
 from mla_export.trt.aliasing import CACHE_BINDINGS, cache_binding, enable_aliased_plugin_io
 from mla_export.trt.build import BuildSpec, build_engine
-from mla_export.trt.runner import TensorRTRunner, present_cache_tensor
+from mla_export.run.trt_runner import TensorRTRunner, present_cache_tensor
 from mla_export.trt.sidecar import Sidecar
 
 SMAX = 64

@@ -9,15 +9,15 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from mla_export.checkpoint import CheckpointReader, dequantize_fp8_blocks
-from mla_export.cli import main
-from mla_export.config import MlaConfig
-from mla_export.hf_config import config_from_hf_dict, load_config_file
+from mla_export.weights.checkpoint import CheckpointReader, dequantize_fp8_blocks
+from mla_export.ui.cli import main
+from mla_export.model.config import MlaConfig
+from mla_export.model.hf_config import config_from_hf_dict, load_config_file
 from mla_export.common.errors import UserError
-from mla_export.model import MlaModel
-from mla_export.eager import eager_model
-from mla_export.rope import halves_to_interleaved, interleaved_to_halves
-from mla_export.spec import ModelSpec
+from mla_export.model.model import MlaModel
+from mla_export.weights.eager import eager_model
+from mla_export.model.rope import halves_to_interleaved, interleaved_to_halves
+from mla_export.model.spec import ModelSpec
 
 CONFIG = {
     "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",

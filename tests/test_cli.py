@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mla_export.cli import main
+from mla_export.ui.cli import main
 
 
 def run(*args):
@@ -169,7 +169,7 @@ def test_bad_options_are_refused_before_torch_is_imported(args, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom mla_export.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom mla_export.ui.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    print('exit', e.code, 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] in ("exit 1 False", "exit 2 False"), proc.stdout + proc.stderr

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mla_export.compare import compare, tolerance_for
+from mla_export.run.compare import compare, tolerance_for
 
 
 def test_reports_worst_element_and_passes_within_tolerance():

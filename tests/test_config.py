@@ -6,10 +6,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from mla_export.cli import main
-from mla_export.config import PRESET_DIR, MlaConfig, YarnScaling, yarn_get_mscale
+from mla_export.ui.cli import main
+from mla_export.model.config import PRESET_DIR, MlaConfig, YarnScaling, yarn_get_mscale
 from mla_export.common.errors import UserError
-from mla_export.hf_config import (CHECKED, HF_FIELDS, NO_EFFECT, USED, config_from_hf_dict, load_config_file,
+from mla_export.model.hf_config import (CHECKED, HF_FIELDS, NO_EFFECT, USED, config_from_hf_dict, load_config_file,
                                   load_preset, preset_names)
 
 

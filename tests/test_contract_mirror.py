@@ -4,7 +4,7 @@ plugins/deepseekMoePlugin/moeContract.h) say what contract.py says."""
 import re
 from pathlib import Path
 
-from mla_export import contract
+from mla_export.common import contract
 
 HEADER = Path(__file__).resolve().parents[1] / "plugins" / "mlaAttentionPlugin" / "mlaContract.h"
 

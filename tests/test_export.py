@@ -8,17 +8,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mla_export import contract
-from mla_export.hf_config import load_preset
+from mla_export.common import contract
+from mla_export.model.hf_config import load_preset
 from mla_export.common.contract import graph_io_names
-from mla_export.eager import eager_model
-from mla_export.export import export_onnx
-from mla_export.folding import fold_model
-from mla_export.onnx_node import function_proto
+from mla_export.weights.eager import eager_model
+from mla_export.graph.export import export_onnx
+from mla_export.model.folding import fold_model
+from mla_export.graph.onnx_node import function_proto
 from mla_export.common.errors import FieldError, UserError
-from mla_export.onnx_reader import read_export_spec
-from mla_export.spec import ModelSpec, spec_from_metadata
-from mla_export.validate import Scenario, validate_onnx
+from mla_export.graph.onnx_reader import read_export_spec
+from mla_export.model.spec import ModelSpec, spec_from_metadata
+from mla_export.run.validate import Scenario, validate_onnx
 
 from helpers import history_cache
 
@@ -104,7 +104,7 @@ def test_function_body_alone_matches_the_reference_with_poisoned_rows():
     """The model-local function, run by ONNX Runtime as a one-node model, against the float64 reference."""
     from onnx import TensorProto, helper
 
-    from mla_export.ops import mla_attention_reference
+    from mla_export.model.ops import mla_attention_reference
 
     b, s, h, dc, dr, smax = 3, 3, 4, 16, 8, 40
     scale = 0.3
@@ -186,7 +186,7 @@ def test_external_data_past_the_threshold(tmp_path, monkeypatch):
     (forced here with a 0 threshold); a second export replaces the pair and removes the old data file."""
     import re
 
-    import mla_export.export as export_module
+    import mla_export.graph.export as export_module
 
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
     path = tmp_path / "ext.onnx"

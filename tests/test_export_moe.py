@@ -9,16 +9,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mla_export import contract
-from mla_export.cli import main
-from mla_export.eager import eager_model
-from mla_export.export import export_onnx
-from mla_export.hf_config import load_preset
-from mla_export.moe import RoutingRule, route, router_logits
-from mla_export.onnx_moe import moe_op_schema
-from mla_export.runners import OnnxRuntimeRunner
-from mla_export.spec import ModelSpec
-from mla_export.validate import Scenario, validate_onnx
+from mla_export.common import contract
+from mla_export.ui.cli import main
+from mla_export.weights.eager import eager_model
+from mla_export.graph.export import export_onnx
+from mla_export.model.hf_config import load_preset
+from mla_export.model.moe import RoutingRule, route, router_logits
+from mla_export.graph.onnx_moe import moe_op_schema
+from mla_export.run.runners import OnnxRuntimeRunner
+from mla_export.model.spec import ModelSpec
+from mla_export.run.validate import Scenario, validate_onnx
 
 SMAX = 64
 
@@ -119,7 +119,7 @@ def test_rtx_builds_a_decomposed_moe_engine(tiny_moe, tmp_path):
     ({"num_experts_per_tok": None}, "num_experts_per_tok is missing"),
 ])
 def test_bad_routing_configs_are_refused(tmp_path, changes, message):
-    from mla_export.hf_config import PRESET_DIR
+    from mla_export.model.hf_config import PRESET_DIR
 
     data = json.loads((PRESET_DIR / "tiny-moe.json").read_text())
     data.update(changes)
@@ -135,8 +135,8 @@ def test_checkpoint_missing_or_misshapen_expert(tmp_path):
     """A checkpoint without one expert's tensor, or with an expert of the wrong shape: one message, no file."""
     from safetensors.torch import save_file
 
-    from mla_export.hf_config import PRESET_DIR
-    from mla_export.weights import RandomWeights
+    from mla_export.model.hf_config import PRESET_DIR
+    from mla_export.weights.weights import RandomWeights
 
     config = load_preset("tiny-moe")
     model = eager_model(ModelSpec(config, max_seq_len=SMAX))
@@ -168,7 +168,7 @@ def test_checkpoint_missing_or_misshapen_expert(tmp_path):
 
 def test_validate_and_export_refuse_what_would_not_fit_in_memory(tiny_moe, tmp_path, monkeypatch):
     """The checks run before any work, with the estimate and what is available."""
-    import mla_export.footprint as footprint
+    import mla_export.model.footprint as footprint
 
     _, path = tiny_moe
     monkeypatch.setattr(footprint, "available_memory", lambda: 100 << 20)  # a 100 MiB machine

@@ -22,8 +22,8 @@ from typing import Callable
 import pytest
 import torch
 
-import mla_export.export as export_module
-from mla_export.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED
+import mla_export.graph.export as export_module
+from mla_export.ui.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED
 from mla_export.common.fileio import STAGING_PREFIX
 from mla_export.trt.sidecar import Sidecar, bytes_sha256
 
@@ -85,7 +85,7 @@ def test_export_disk_full_mid_write(corpus_files, tmp_path, monkeypatch):
     """ENOSPC while writing the weights (here raised by the file system stand-in): one message, nothing left."""
     copy_model(corpus_files.good, tmp_path)
     before = snapshot(tmp_path)
-    import mla_export.weight_stream as weight_stream
+    import mla_export.graph.weight_stream as weight_stream
 
     def full(path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
@@ -135,7 +135,7 @@ def test_full_disk_through_a_small_tmpfs(corpus_files, tmp_path, monkeypatch):
             assert_refused(result, "of disk in", before, fs)
         else:  # the file system stand-in: every staged write and the weights' write run out of space
             import mla_export.common.fileio as fileio
-            import mla_export.weight_stream as weight_stream
+            import mla_export.graph.weight_stream as weight_stream
 
             fs = tmp_path / "fs"
             monkeypatch.setattr(fileio, "write_staged", _no_space)
@@ -186,7 +186,7 @@ def test_a_mismatched_engine_pair_is_refused_by_every_reader(corpus_files, tmp_p
 
 def test_the_cpu_op_checks_its_attributes_against_the_shapes():
     """The custom op's CPU implementation refuses attributes that disagree with its inputs, as the CUDA one does."""
-    import mla_export.ops  # noqa: F401  (registers the op)
+    import mla_export.model.ops  # noqa: F401  (registers the op)
 
     b, s, h, dc, dr, smax = 1, 2, 4, 32, 8, 16
     args = [torch.randn(b, s, h, dc), torch.randn(b, s, h, dr), torch.randn(b, s, dc), torch.randn(b, s, dr),
@@ -202,7 +202,7 @@ def test_the_cpu_op_checks_its_attributes_against_the_shapes():
 
 
 def test_internal_errors_are_one_line_and_the_traceback_is_behind_debug(monkeypatch, tmp_path):
-    import mla_export.info as info
+    import mla_export.ui.info as info
 
     def broken(*args, **kwargs):
         raise TypeError("a bug\nwith a second line")
@@ -219,8 +219,8 @@ def test_internal_errors_are_one_line_and_the_traceback_is_behind_debug(monkeypa
 def test_sigterm_is_handled_like_ctrl_c_by_every_command(corpus_files, monkeypatch, command):
     """SIGTERM during a command (sent here by the command itself) unwinds it: exit 143, one message; the
     process's own SIGTERM handler is back afterwards."""
-    import mla_export.info as info
-    import mla_export.validate as validate
+    import mla_export.ui.info as info
+    import mla_export.run.validate as validate
 
     def terminate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -236,7 +236,7 @@ def test_sigterm_is_handled_like_ctrl_c_by_every_command(corpus_files, monkeypat
 
 
 def test_ctrl_c_exits_130_after_cleaning_up(corpus_files, tmp_path, monkeypatch):
-    import mla_export.weight_stream as weight_stream
+    import mla_export.graph.weight_stream as weight_stream
 
     copy_model(corpus_files.good, tmp_path)
     before = snapshot(tmp_path)
@@ -252,14 +252,14 @@ def test_ctrl_c_exits_130_after_cleaning_up(corpus_files, tmp_path, monkeypatch)
 
 SLOW_EXPORT = """
 import sys, time
-import mla_export.weight_stream as ws
+import mla_export.graph.weight_stream as ws
 original = ws.write_weights
 def slow(path, *args, **kwargs):
     original(path, *args, **kwargs)
     print("WEIGHTS-WRITTEN", flush=True)
     time.sleep(120)
 ws.write_weights = slow
-from mla_export.cli import main
+from mla_export.ui.cli import main
 sys.argv = ["mla-export"] + sys.argv[1:]
 main()
 """

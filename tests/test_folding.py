@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mla_export.folding import absorb_attention_weights, fold_attention_weights, fold_model
-from mla_export.model import FoldedMlaAttention, MlaAttention, MlaModel, RuntimeAbsorbedMlaAttention
-from mla_export.weights import init_random_weights
+from mla_export.model.folding import absorb_attention_weights, fold_attention_weights, fold_model
+from mla_export.model.model import FoldedMlaAttention, MlaAttention, MlaModel, RuntimeAbsorbedMlaAttention
+from mla_export.weights.weights import init_random_weights
 
 from helpers import tiny, tiny_no_q_lora
 

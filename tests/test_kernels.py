@@ -17,9 +17,9 @@ import re
 import pytest
 import torch
 
-from mla_export.compare import compare, tolerance_for
-from mla_export.kernels import plan
-from mla_export.ops import mla_attention_reference
+from mla_export.run.compare import compare, tolerance_for
+from mla_export.kernels.attention import plan
+from mla_export.model.ops import mla_attention_reference
 
 ON_GPU = torch.cuda.is_available()
 
@@ -33,7 +33,7 @@ _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32:
 def _kernels_can_run():
     """Without a GPU the kernels must have been decorated under the interpreter (conftest.py sets it)."""
     if not ON_GPU:
-        from mla_export.kernels.api import interpreting
+        from mla_export.kernels.attention.api import interpreting
 
         assert interpreting(), "TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py does)"
 
@@ -202,7 +202,7 @@ def test_bad_arguments_are_refused_with_a_message(what, error, text):
 
 
 def test_cuda_implementation_is_registered():
-    import mla_export.ops  # noqa: F401  (registers the op and its CUDA implementation)
+    import mla_export.model.ops  # noqa: F401  (registers the op and its CUDA implementation)
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("mla::mla_attention", "CUDA")
 
@@ -238,7 +238,7 @@ def test_kernels_match_reference_on_gpu(case):
 
 @pytest.mark.gpu
 def test_custom_op_runs_the_kernels_on_cuda():
-    import mla_export.ops  # noqa: F401  (registers the CUDA implementation)
+    import mla_export.model.ops  # noqa: F401  (registers the CUDA implementation)
 
     args = [t.cuda() for t in make_case(2, 1, 16, DEEPSEEK, [5, 100], 128, torch.bfloat16)]
     attn, present = torch.ops.mla.mla_attention(*args, 16, 512, 64, 0.05)

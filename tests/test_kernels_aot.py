@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mla_export.kernels import aot, plan
+from mla_export.kernels import aot
+from mla_export.kernels.attention import plan
 
 from helpers import CUDA_INCLUDE
 

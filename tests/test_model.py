@@ -4,11 +4,11 @@ far from 0, RoPE conventions."""
 import pytest
 import torch
 
-from mla_export.folding import fold_model
-from mla_export.model import MlaModel
-from mla_export.weights import init_random_weights
-from mla_export.ops import mla_attention_reference
-from mla_export.rope import (interleaved_to_halves, inverse_frequencies, rope_cos_sin, rotate_half_reference,
+from mla_export.model.folding import fold_model
+from mla_export.model.model import MlaModel
+from mla_export.weights.weights import init_random_weights
+from mla_export.model.ops import mla_attention_reference
+from mla_export.model.rope import (interleaved_to_halves, inverse_frequencies, rope_cos_sin, rotate_half_reference,
                              rotate_interleaved)
 
 from helpers import history_cache, tiny, tiny_no_q_lora, tiny_plain_rope
@@ -129,7 +129,7 @@ def test_step_refuses_a_cache_too_short():
 def test_folded_model_on_cuda_runs_the_kernels_and_matches_float64(absorb):
     """`.cuda()` on either export form: its attention core is the Triton kernels (the custom op's CUDA
     implementation), the rope table follows the model, and prefill + decode match the float64 model."""
-    from mla_export.compare import compare, tolerance_for
+    from mla_export.run.compare import compare, tolerance_for
 
     config = tiny()
     model, folded64 = models(config, seed=4, with_embeddings=True)

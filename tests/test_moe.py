@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from mla_export import contract
-from mla_export.hf_config import load_preset
-from mla_export.model import MoeMlp
-from mla_export.moe import RoutingRule, moe_reference, route, router_logits
-from mla_export.weights import init_random_weights
+from mla_export.common import contract
+from mla_export.model.hf_config import load_preset
+from mla_export.model.model import MoeMlp
+from mla_export.model.moe import RoutingRule, moe_reference, route, router_logits
+from mla_export.weights.weights import init_random_weights
 
 SOFTMAX, SIGMOID = contract.MOE_SCORING_SOFTMAX, contract.MOE_SCORING_SIGMOID
 MAX, TOP2 = contract.MOE_GROUP_SCORE_MAX, contract.MOE_GROUP_SCORE_TOP2_SUM

@@ -16,10 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mla_export import contract
-from mla_export.compare import compare, tolerance_for
-from mla_export.kernels import moe_plan
-from mla_export.moe import RoutingRule, route, router_logits
+from mla_export.common import contract
+from mla_export.run.compare import compare, tolerance_for
+from mla_export.kernels.moe import plan as moe_plan
+from mla_export.model.moe import RoutingRule, route, router_logits
 
 from test_moe import RULES, loop_moe, random_layer
 
@@ -32,13 +32,13 @@ INTERPRETER_DTYPES = [torch.float32, torch.float16]
 @pytest.fixture(scope="module", autouse=True)
 def _kernels_can_run():
     if not ON_GPU:
-        from mla_export.kernels.moe_api import interpreting
+        from mla_export.kernels.moe.api import interpreting
 
         assert interpreting(), "TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py does)"
 
 
 def api():
-    from mla_export.kernels import moe_api
+    from mla_export.kernels.moe import api as moe_api
 
     return moe_api
 
@@ -246,8 +246,8 @@ def float64_rows(x, router, bias, gate_up, down, rule) -> torch.Tensor:
 def test_real_sizes_on_gpu(preset):
     """V2-Lite and V3 expert sizes in bfloat16 (V3's 256 experts: 16 random ones repeated, 22.5 GB, made once),
     1, 64 and 4097 tokens (two chunks): against float64 on 8 tokens, and bit-identical across two runs."""
-    from mla_export.hf_config import load_preset
-    from mla_export.kernels.moe_api import deepseek_moe_triton
+    from mla_export.model.hf_config import load_preset
+    from mla_export.kernels.moe.api import deepseek_moe_triton
 
     config = load_preset(preset)
     rule = RoutingRule.from_config(config)
@@ -273,7 +273,7 @@ def test_real_sizes_on_gpu(preset):
 
 
 def test_cuda_implementation_of_the_op_is_registered():
-    import mla_export.moe  # noqa: F401  (registers the op and its CUDA implementation)
+    import mla_export.model.moe  # noqa: F401  (registers the op and its CUDA implementation)
 
     assert torch._C._dispatch_has_kernel_for_dispatch_key("mla::deepseek_moe", "CUDA")
 
@@ -282,9 +282,9 @@ def test_cuda_implementation_of_the_op_is_registered():
 def test_moe_model_on_cuda_runs_the_kernels():
     """torch.ops.mla.deepseek_moe on CUDA tensors (the eager MoE layer on a GPU) runs the Triton kernels and
     equals the float64 reference."""
-    from mla_export.model import MoeMlp
-    from mla_export.hf_config import load_preset
-    from mla_export.weights import init_random_weights
+    from mla_export.model.model import MoeMlp
+    from mla_export.model.hf_config import load_preset
+    from mla_export.weights.weights import init_random_weights
 
     config = load_preset("tiny-moe")
     mlp = MoeMlp(config)

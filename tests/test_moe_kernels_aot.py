@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mla_export import contract
-from mla_export.kernels import aot, moe_plan, moe_route, plan
+from mla_export.common import contract
+from mla_export.kernels import aot
+from mla_export.kernels.attention import plan
+from mla_export.kernels.moe import plan as moe_plan, route as moe_route
 
 from helpers import CUDA_INCLUDE
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mla_export import contract
+from mla_export.common import contract
 
 from plugin_helpers import MOE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
@@ -39,7 +39,7 @@ def test_launches_match_python_plan(plugin_build):
 
 
 def test_readme_tables_match_contract():
-    from mla_export.onnx_moe import moe_op_schema
+    from mla_export.graph.onnx_moe import moe_op_schema
 
     readme = (PLUGIN_DIR / "README.md").read_text()
     schema = moe_op_schema()
@@ -90,9 +90,9 @@ def test_parser_creates_plugin_from_exported_tiny_moe(plugin_library, tmp_path):
         pytest.skip(rtx_missing())
     import onnx
 
-    from mla_export.export import export_onnx
-    from mla_export.hf_config import load_preset
-    from mla_export.spec import ModelSpec
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.hf_config import load_preset
+    from mla_export.model.spec import ModelSpec
 
     path = export_onnx(ModelSpec(load_preset("tiny-moe"), dtype="float16", max_seq_len=64), tmp_path / "tiny-moe.onnx")
     model = onnx.load(str(path))
@@ -154,8 +154,8 @@ def test_enqueue_on_gpu(plugin_build, tmp_path, dtype_name, batch, tokens):
     and two replays bit-identical."""
     import torch
 
-    from mla_export.compare import compare, tolerance_for
-    from mla_export.moe import RoutingRule, route, router_logits
+    from mla_export.run.compare import compare, tolerance_for
+    from mla_export.model.moe import RoutingRule, route, router_logits
 
     from test_moe import loop_moe
 

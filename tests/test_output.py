@@ -9,16 +9,16 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from mla_export.cli import main
-from mla_export.compare import compare
+from mla_export.ui.cli import main
+from mla_export.run.compare import compare
 from mla_export.common.console import ratio, sci, sig
-from mla_export.export import export_onnx
-from mla_export.hf_config import load_preset
-from mla_export.info import count_text, info_dict, render_info
-from mla_export.profile_report import ProfileReport, ProfileRow, plot_profile, print_profile
+from mla_export.graph.export import export_onnx
+from mla_export.model.hf_config import load_preset
+from mla_export.ui.info import count_text, info_dict, render_info
+from mla_export.run.profile_report import ProfileReport, ProfileRow, plot_profile, print_profile
 from mla_export.common.progress import ProgressReporter
-from mla_export.spec import ModelSpec
-from mla_export.validate import Scenario, StepResult, ValidationReport, print_report
+from mla_export.model.spec import ModelSpec
+from mla_export.run.validate import Scenario, StepResult, ValidationReport, print_report
 
 ELLIPSIS = ("…", "...")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mla_export import contract
+from mla_export.common import contract
 
 from plugin_helpers import LIBRARY, PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
@@ -73,7 +73,7 @@ def test_library_exports_only_the_entry_points(plugin_library):
 
 
 def test_readme_tables_match_contract():
-    from mla_export.onnx_node import op_schema
+    from mla_export.graph.onnx_node import op_schema
 
     readme = (PLUGIN_DIR / "README.md").read_text()
     schema = op_schema()
@@ -102,10 +102,10 @@ def test_exported_caches_meet_the_aliasing_conditions(tmp_path):
     alias) is present_latent_cache.i itself, a graph output: the pair the application binds to one buffer."""
     import onnx
 
-    from mla_export.hf_config import load_preset
+    from mla_export.model.hf_config import load_preset
     from mla_export.common.contract import graph_io_names
-    from mla_export.export import export_onnx
-    from mla_export.spec import ModelSpec
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.spec import ModelSpec
 
     model = onnx.load(str(export_onnx(ModelSpec(load_preset("tiny"), dtype="float16", max_seq_len=64),
                                       tmp_path / "tiny.onnx")))
@@ -176,9 +176,9 @@ def test_parser_creates_plugin_from_exported_model(plugin_library, tmp_path):
     """`mla-export export --preset tiny`: RTX's parser creates MlaAttention with the node's attribute values."""
     if rtx_missing():
         pytest.skip(rtx_missing())
-    from mla_export.hf_config import load_preset
-    from mla_export.export import export_onnx
-    from mla_export.spec import ModelSpec
+    from mla_export.model.hf_config import load_preset
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.spec import ModelSpec
 
     model = export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=128), tmp_path / "tiny.onnx")
     nodes = _attributes_of_nodes(model)
@@ -228,8 +228,8 @@ def test_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, dtype_name, ne
     one, past -> present); either way every cache row outside the new ones is bit-identical to the input."""
     import torch
 
-    from mla_export.compare import compare, tolerance_for
-    from mla_export.ops import mla_attention_reference
+    from mla_export.run.compare import compare, tolerance_for
+    from mla_export.model.ops import mla_attention_reference
 
     dtype = getattr(torch, dtype_name)
     b, s, h, dc, dr, smax, scale = 3, new_tokens, 16, 512, 64, 256, 0.0721687824

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mla_export.export import export_onnx
-from mla_export.hf_config import load_preset
+from mla_export.graph.export import export_onnx
+from mla_export.model.hf_config import load_preset
 from mla_export.polygraphy_data import feeds
-from mla_export.spec import ModelSpec
+from mla_export.model.spec import ModelSpec
 
 POLYGRAPHY = Path(sys.executable).parent / "polygraphy"
 

@@ -4,10 +4,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mla_export.cli import main
-from mla_export.hf_config import load_preset
-from mla_export.export import export_onnx
-from mla_export.spec import ModelSpec
+from mla_export.ui.cli import main
+from mla_export.model.hf_config import load_preset
+from mla_export.graph.export import export_onnx
+from mla_export.model.spec import ModelSpec
 
 
 def run(*args):

@@ -35,11 +35,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mla_export import contract
-from mla_export.weights import CheckpointWeights, load_weights
-from mla_export.cli import main
-from mla_export.hf_config import load_config_file
-from mla_export.model import MlaModel
+from mla_export.common import contract
+from mla_export.weights.weights import CheckpointWeights, load_weights
+from mla_export.ui.cli import main
+from mla_export.model.hf_config import load_config_file
+from mla_export.model.model import MlaModel
 
 transformers = pytest.importorskip("transformers")
 

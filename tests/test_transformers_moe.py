@@ -4,7 +4,7 @@ Three layers (one dense, two MoE) are built in transformers' configs, saved with
 writes the routed experts per expert, `mlp.experts.{j}.{gate,up,down}_proj.weight`, as the hub files do),
 and loaded with `--checkpoint`; the logits of the eager model and of the exported ONNX (ONNX Runtime,
 the DeepseekMoE node's function body) are compared with transformers' forward over a prefill and decode
-steps. The routing cases are ones where transformers and DeepSeek's code agree (mla_export/moe.py says
+steps. The routing cases are ones where transformers and DeepSeek's code agree (mla_export/model/moe.py says
 where they differ): V3 noaux_tc with norm_topk_prob and top_k > 1 (transformers masks groups with -inf
 like DeepSeek-V3's code and always routes sigmoid + noaux_tc); V2 greedy and group-limited with
 norm_topk_prob false (transformers' V2 router always scales and masks with 0.0, which with softmax
@@ -19,8 +19,8 @@ import json
 import pytest
 import torch
 
-from mla_export.hf_config import load_config_file
-from mla_export.moe import RoutingRule
+from mla_export.model.hf_config import load_config_file
+from mla_export.model.moe import RoutingRule
 
 from test_transformers import (BATCH, DIMS, MAX_SEQ_LEN, TOLERANCE, eager_logits, onnx_logits, relative_error,
                                scale_weights, token_steps, transformers_logits)
@@ -101,7 +101,7 @@ def test_eager_moe_matches_transformers(saved, name):
 def test_exported_moe_matches_transformers(saved, name, tmp_path):
     from click.testing import CliRunner
 
-    from mla_export.cli import main
+    from mla_export.ui.cli import main
 
     directory, reference = saved(name)
     out = tmp_path / "moe.onnx"

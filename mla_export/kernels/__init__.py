@@ -2,15 +2,15 @@
 DeepseekMoE op (router, top-k, alignment, grouped expert GEMMs, combine).
 
 Importing this package needs neither Triton, torch nor a GPU: the API is exposed lazily. The attention kernels
-are the CUDA implementation of `torch.ops.mla.mla_attention` (registered in `mla_export.ops`, which imports `api`
-at the first CUDA call). Modules: `plan` and `moe_plan` (the tables of launch choices and the kernels'
-signatures), `rope_append`, `attention`, `combine`, `moe_route`, `moe_align`, `moe_experts` (the kernels), `api`
-and `moe_api` (the torch entry points), `aot` and `codegen` (the ahead-of-time build for the TensorRT plugins).
+are the CUDA implementation of `torch.ops.mla.mla_attention` (registered in `mla_export.model.ops`, which imports `api`
+at the first CUDA call). Sub-packages `attention` and `moe` hold each op's launch table (`plan`), kernels and
+torch entry point (`api`); `aot` and `codegen` are the ahead-of-time build for the TensorRT plugins. The lowest
+layer but `common`: it imports no other part of mla-export.
 """
 
 from __future__ import annotations
 
-_LAZY = {"mla_attention_triton": "api", "plan_for": "api", "deepseek_moe_triton": "moe_api"}
+_LAZY = {"mla_attention_triton": "attention.api", "plan_for": "attention.api", "deepseek_moe_triton": "moe.api"}
 
 
 def __getattr__(name):

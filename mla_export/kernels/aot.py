@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..common.fileio import atomic_write_text
-from . import moe_plan, plan
+from .moe import plan as moe_plan
+from .attention import plan
 
 # Largest dynamic shared memory per block (opt-in), bytes, per compute capability: every GPU arch we know.
 SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
@@ -85,13 +86,13 @@ class Compiled:
 def kernel_function(kind: str, kernel_set: str = "mla"):
     """The @triton.jit function of a kernel kind (imported here: needs triton)."""
     if kernel_set == "moe":
-        from . import moe_align, moe_experts, moe_route
+        from .moe import align as moe_align, experts as moe_experts, route as moe_route
 
         return {"router_logits": moe_route.moe_router_logits_kernel, "topk": moe_route.moe_topk_kernel,
                 "count": moe_align.moe_count_kernel, "align": moe_align.moe_align_kernel,
                 "gate_up": moe_experts.moe_gate_up_kernel, "down": moe_experts.moe_down_kernel,
                 "combine": moe_experts.moe_combine_kernel}[kind]
-    from . import attention, combine, rope_append
+    from .attention import split_kv as attention, combine, rope_append
 
     return {"rope_append": rope_append.mla_rope_append_kernel, "attention": attention.mla_attention_kernel,
             "combine": combine.mla_combine_kernel}[kind]

@@ -17,8 +17,8 @@ from pathlib import Path
 from ..common import contract
 from ..common.errors import UserError
 from ..common.fileio import atomic_write_bytes, check_output_file, staging_dir, write_failed, write_staged
-from ..onnx_reader import read_exported_model
-from ..spec import ModelSpec
+from ..graph.onnx_reader import read_exported_model
+from ..model.spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
 from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, sidecar_path
@@ -184,8 +184,8 @@ class _Progress:
 def check_plugin_supports(model: ModelSpec, header=None) -> None:
     """Refuse, before any TensorRT work, an export whose dtype or dims the plugins' kernels lack: MlaAttention's
     head dims, and (for the DeepseekMoE nodes of `header`, the ONNX header) the expert dims and routing."""
-    from ..kernels import moe_plan  # pure Python: no Triton, no GPU
-    from ..kernels.plan import Dims, unsupported_reason
+    from ..kernels.moe import plan as moe_plan  # pure Python: no Triton, no GPU
+    from ..kernels.attention.plan import Dims, unsupported_reason
 
     c = model.config
     why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,

@@ -3,7 +3,7 @@
  * its IPluginCreatorV3One. Name `DeepseekMoE`, namespace `mla`, version `1`; shipped in libmla_plugin.so
  * beside MlaAttention.
  *
- * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/moe.py;
+ * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/model/moe.py;
  * shapes and types: moeShapes.h; kernels: plugins/kernels/moeKernels.h (AOT-compiled Triton). No CUDA syntax
  * here: the plugin calls the kernels' host API and the CUDA driver API only. The routing and alignment buffers
  * live in the workspace TensorRT hands enqueue (getWorkspaceSize): no allocation, no host sync, CUDA-graph safe.

@@ -1,6 +1,6 @@
 /*
  * The DeepseekMoE op contract in C++: a mirror of the MOE_* names of mla_export/common/contract.py (the one
- * definition; the routing rule is documented in mla_export/moe.py). tests/test_contract_mirror.py checks
+ * definition; the routing rule is documented in mla_export/model/moe.py). tests/test_contract_mirror.py checks
  * every constant here against the Python module.
  */
 #pragma once

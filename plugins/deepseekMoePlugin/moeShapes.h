@@ -2,7 +2,7 @@
  * Shape, type and workspace rules of DeepseekMoE as pure functions (no TensorRT objects, no CUDA calls), so
  * that the plugin's build-time answers can be unit-tested on a CPU-only machine.
  *
- * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/moe.py.
+ * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/model/moe.py.
  *   inputs  hidden_states [B,S,d] T, router_weight [E,d] float32, score_bias [E] float32,
  *           gate_up_proj [E,2I,d] T, down_proj [E,d,I] T          (T in {fp16, bf16, fp32})
  *   output  routed_output [B,S,d] T (the shape of hidden_states)
@@ -36,7 +36,7 @@ struct MoeAttributes
     float weightScale{1.F}; //!< weight_scale (finite)
 };
 
-//! Empty when `attrs` form a routing rule (the checks of mla_export.moe.RoutingRule); otherwise a message
+//! Empty when `attrs` form a routing rule (the checks of mla_export.model.moe.RoutingRule); otherwise a message
 //! naming the attribute, its value and what is expected.
 std::string validateMoeAttributes(MoeAttributes const& attrs);
 

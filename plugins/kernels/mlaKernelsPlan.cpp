@@ -1,5 +1,5 @@
 /*
- * The launch plan of the AOT kernels (mlaKernelsPlan.h): mla_export/kernels/plan.py's formula in C++,
+ * The launch plan of the AOT kernels (mlaKernelsPlan.h): mla_export/kernels/attention/plan.py's formula in C++,
  * over the tables the AOT build generates from plan.py (mla_kernels_tables.h). No CUDA calls, so tests
  * compile it alone and compare its plans with the Python ones (tests/test_kernels_aot.py).
  */

@@ -1,5 +1,5 @@
 /*
- * The launch plan of the AOT kernels: the C++ side of mla_export/kernels/plan.py.
+ * The launch plan of the AOT kernels: the C++ side of mla_export/kernels/attention/plan.py.
  *
  * Implemented by mlaKernelsPlan.cpp (hand-written: plan.py's formula) over plan.py's table (families,
  * block sizes, split constants, kernel table) that the AOT build generates as mla_kernels_tables.h

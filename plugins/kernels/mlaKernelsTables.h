@@ -2,7 +2,7 @@
  * The shapes of the data the AOT build generates for the kernels' host code.
  *
  * `python -m mla_export.kernels.aot --out-dir DIR` writes two files of data (no logic):
- *   DIR/mla_kernels_tables.h   constexpr tables of mla_export/kernels/plan.py: families, the kernel
+ *   DIR/mla_kernels_tables.h   constexpr tables of mla_export/kernels/attention/plan.py: families, the kernel
  *                              table, plan constants, the reasons of unsupportedReason, and each
  *                              kernel kind's runtime-argument count (included by mlaKernelsPlan.cpp and
  *                              mlaKernels.cpp);

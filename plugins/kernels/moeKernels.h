@@ -3,12 +3,12 @@
  * router included).
  *
  * Implemented by moeKernels.cpp (hand-written) over the images and tables that `make kernels`
- * (mla_export/kernels/aot.py) generates from mla_export/kernels/moe_plan.py. The plugin
+ * (mla_export/kernels/aot.py) generates from mla_export/kernels/moe/plan.py. The plugin
  * (plugins/deepseekMoePlugin) calls only this API; every choice made here (chunks, GEMM config, grids,
- * workspace) is the one the Python API (mla_export.kernels.moe_api) makes for the same shapes.
+ * workspace) is the one the Python API (mla_export.kernels.moe.api) makes for the same shapes.
  *
  * Contract: mla_export/common/contract.py MOE_* (mirrored in plugins/deepseekMoePlugin/moeContract.h); semantics:
- * mla_export/moe.py. What `launch` runs per chunk of at most kChunkTokens tokens (moeKernelsPlan.h):
+ * mla_export/model/moe.py. What `launch` runs per chunk of at most kChunkTokens tokens (moeKernelsPlan.h):
  *   router_logits, topk (routing, float32, moe.route's tie rule), count, align (slots grouped by expert and
  *   padded to the GEMM block on the device: no host sync), gate_up (silu(gate) * up), down (times the routing
  *   weight), combine (sum over the token's top_k experts in order, float32). No atomics: deterministic.

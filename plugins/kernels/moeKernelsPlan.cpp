@@ -1,5 +1,5 @@
 /*
- * The launch plan of the DeepseekMoE AOT kernels (moeKernelsPlan.h): mla_export/kernels/moe_plan.py's formula
+ * The launch plan of the DeepseekMoE AOT kernels (moeKernelsPlan.h): mla_export/kernels/moe/plan.py's formula
  * in C++, over the tables the AOT build generates from moe_plan.py (moe_kernels_tables.h). No CUDA calls, so
  * tests compile it alone and compare its plans with the Python ones (tests/test_moe_kernels_aot.py).
  */

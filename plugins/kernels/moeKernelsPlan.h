@@ -1,5 +1,5 @@
 /*
- * The launch plan of the DeepseekMoE AOT kernels: the C++ side of mla_export/kernels/moe_plan.py.
+ * The launch plan of the DeepseekMoE AOT kernels: the C++ side of mla_export/kernels/moe/plan.py.
  *
  * Implemented by moeKernelsPlan.cpp (hand-written: moe_plan.py's formula) over moe_plan.py's table, which
  * the AOT build generates as moe_kernels_tables.h. No CUDA calls, so tests compile it alone and compare it

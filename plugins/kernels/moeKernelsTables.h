@@ -2,7 +2,7 @@
  * The shapes of the data the AOT build generates for the DeepseekMoE kernels' host code.
  *
  * `python -m mla_export.kernels.aot --out-dir DIR` writes (data only, no logic):
- *   DIR/moe_kernels_tables.h   constexpr tables of mla_export/kernels/moe_plan.py: GEMM configs, the kernel
+ *   DIR/moe_kernels_tables.h   constexpr tables of mla_export/kernels/moe/plan.py: GEMM configs, the kernel
  *                              table, plan constants, the reasons of unsupportedReason, each kernel kind's
  *                              runtime-argument count (included by moeKernelsPlan.cpp and moeKernels.cpp);
  *   DIR/moe_kernels_images.cpp the compiled images (cubins per arch, PTX), entry names and shared-memory sizes,

@@ -1,7 +1,7 @@
 /*
  * DeepseekMoePluginCreator: identity, declared fields, parsing of what TensorRT's ONNX parser sends (kINT32 /
  * kFLOAT32) and of kINT64 / kFLOAT64, rejection of missing, malformed and invalid attributes (every routing
- * rule of mla_export.moe.RoutingRule) with a message naming the field, and the serialization round trip
+ * rule of mla_export.model.moe.RoutingRule) with a message naming the field, and the serialization round trip
  * getFieldsToSerialize -> createPlugin.
  */
 #include "deepseekMoePlugin.h"

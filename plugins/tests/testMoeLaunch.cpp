@@ -4,7 +4,7 @@
  *   - launch on the given stream, seven kernels per chunk of at most chunkTokens() tokens, and nothing else
  *     (no copy, no memset, no host sync: the alignment runs on the device),
  *   - refuse bad descriptors before any driver call and report every failing driver call.
- * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe_plan) the
+ * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe.plan) the
  * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument.
  */
 #include "deepseekMoePlugin.h"
@@ -250,7 +250,7 @@ void testModulePerContextAndFailures()
     CHECK(fake::events().empty());
 }
 
-// Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe_plan:
+// Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe.plan:
 //   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype
 //   launch name gx gy gz bx by bz sharedMem arg...   (one line per planned launch, in order)
 // arguments: p:<tensor>[+<bytes>] with tensor hidden_states, router_weight, score_bias, gate_up_proj, down_proj,

@@ -1,0 +1,287 @@
+"""Reading back an ONNX file written by `export`: is it ours, which model and settings made it, and does
+the file say what it is.
+
+`read_exported_model` (used by validate, build, profile and info) refuses, with one message each: a file
+that is not ONNX or not ours; metadata that disagrees with the graph (I/O names, dtypes, hidden size,
+cache rows and width); `MlaAttention`/`DeepseekMoE` nodes whose attributes disagree with the metadata's
+config or with the tensors they take; and weights whose data file is missing, outside the model's
+directory, shorter than the graph needs or not the one this export wrote (a mismatched pair).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..common import contract
+from ..common.errors import UserError
+from ..model.spec import ModelSpec, spec_from_metadata
+
+# ONNX TensorProto element types of the graph's tensors.
+_ELEM = {"float32": 1, "float16": 10, "bfloat16": 16}
+_INT32, _INT64 = 6, 7
+_EXTERNAL = 1  # TensorProto.EXTERNAL
+
+
+def load_onnx_header(path: str | Path):
+    """The ModelProto of `path` without its weights (cheap even for multi-GB models)."""
+    import onnx
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--onnx {path}: is a directory; pass the .onnx file")
+    if not path.is_file():
+        raise UserError(f"--onnx {path}: no such file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
+        raise UserError(f"--onnx {path}: not a readable ONNX model ({type(exc).__name__}: "
+                        f"{str(exc).strip()[:200]})") from None
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """An mla-export ONNX file read once and checked: its path, the spec in its metadata, the metadata
+    itself, the header (ModelProto without weights) and the external data file it names (or None)."""
+
+    path: Path
+    spec: ModelSpec
+    metadata: dict[str, str]
+    header: object  # onnx.ModelProto, external data not loaded
+    data_file: Path | None = None
+
+    def attention_nodes(self) -> list:
+        """The graph's `MlaAttention` nodes, in graph order."""
+        return [n for n in self.header.graph.node if n.op_type == contract.OP_TYPE and n.domain == contract.OP_DOMAIN]
+
+    def moe_nodes(self) -> list:
+        """The graph's `DeepseekMoE` nodes, in graph order."""
+        return [n for n in self.header.graph.node
+                if n.op_type == contract.MOE_OP_TYPE and n.domain == contract.OP_DOMAIN]
+
+    def weight_bytes(self) -> int:
+        """Bytes of the file and of its external data file."""
+        size = self.path.stat().st_size
+        return size + (self.data_file.stat().st_size if self.data_file is not None else 0)
+
+
+def read_exported_model(path: str | Path) -> ExportedModel:
+    """Read an mla-export ONNX file's header and metadata, and check the file against them; UserError if the
+    file is not ours, was edited, or is missing part of its weights."""
+    header = load_onnx_header(path)
+    source = f"--onnx {path}"
+    metadata = {p.key: p.value for p in header.metadata_props}
+    spec = spec_from_metadata(metadata, source)
+    model = ExportedModel(Path(path), spec, metadata, header)
+    nodes = len(model.attention_nodes())
+    if nodes != spec.config.num_hidden_layers:
+        raise UserError(f"{source}: {nodes} {contract.OP_TYPE} nodes for {spec.config.num_hidden_layers} "
+                        "layers; the graph was modified after export")
+    check_graph_io(header, spec, source)
+    check_attention_nodes(model, source)
+    check_moe_nodes(model, source)
+    data_file = check_weight_files(model, source)
+    return ExportedModel(model.path, spec, metadata, header, data_file)
+
+
+def read_export_spec(path: str | Path) -> ModelSpec:
+    """The `ModelSpec` recorded in an mla-export ONNX file; UserError if the file is not ours."""
+    return read_exported_model(path).spec
+
+
+def _edited(source: str, what: str) -> UserError:
+    return UserError(f"{source}: {what}; the file was edited after export (or is damaged): re-export it")
+
+
+def _dims(value_type) -> list[int | None]:
+    """Static dims of a tensor type (None for a symbolic or unknown one)."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_type.tensor_type.shape.dim]
+
+
+def _type_name(elem: int) -> str:
+    names = {v: k for k, v in _ELEM.items()} | {_INT32: "int32", _INT64: "int64"}
+    return names.get(elem, f"element type {elem}")
+
+
+def _dims_match(got: list[int | None], expected: list[int | None]) -> bool:
+    return len(got) == len(expected) and all(e is None or g == e for g, e in zip(got, expected))
+
+
+def check_graph_io(header, spec: ModelSpec, source: str) -> None:
+    """Refuse a graph whose inputs/outputs disagree with the metadata: names (layers, --io), element types
+    (dtype), hidden size or vocabulary, cache rows (max_seq_len) and width."""
+    c, elem = spec.config, _ELEM[spec.dtype]
+    inputs, outputs = spec.graph_io_names()
+    got_in, got_out = [v.name for v in header.graph.input], [v.name for v in header.graph.output]
+    if got_in != inputs or got_out != outputs:
+        raise _edited(source, f"graph inputs {got_in} and outputs {got_out} are not the ones its metadata "
+                              f"(io={spec.io}, {c.num_hidden_layers} layers) gives: {inputs} and {outputs}")
+    cache = (elem, [None, spec.max_seq_len, c.cache_width])
+    expected = {contract.CACHE_SEQLENS: (_INT32, [None])}
+    if spec.io == "tokens":
+        expected[contract.INPUT_IDS] = (_INT64, [None, None])
+        expected[contract.LOGITS] = (elem, [None, None, c.vocab_size])
+    else:
+        expected[contract.HIDDEN_STATES_IN] = (elem, [None, None, c.hidden_size])
+        expected[contract.HIDDEN_STATES_OUT] = (elem, [None, None, c.hidden_size])
+    for value in list(header.graph.input) + list(header.graph.output):
+        want_elem, want_dims = expected.get(value.name, cache)
+        got_elem, got_dims = value.type.tensor_type.elem_type, _dims(value.type)
+        if got_elem != want_elem or not _dims_match(got_dims, want_dims):
+            shown = ["?" if d is None else d for d in want_dims]
+            raise _edited(source, f"graph tensor {value.name} is {_type_name(got_elem)} "
+                                  f"{['?' if d is None else d for d in got_dims]}, its metadata says "
+                                  f"{_type_name(want_elem)} {shown} (dtype={spec.dtype}, "
+                                  f"max_seq_len={spec.max_seq_len}, hidden_size={c.hidden_size})")
+
+
+def _attributes(node) -> dict:
+    return {a.name: a for a in node.attribute}
+
+
+def _check_node_attributes(node, declared: dict[str, str], expected: dict, source: str, what: str) -> None:
+    """Every attribute of `declared` ({name: "INT"|"FLOAT"}) present with its type and the `expected` value
+    (floats: finite and equal to float32 rounding); the plugin look-up strings as the contract says."""
+    import onnx
+
+    attrs = _attributes(node)
+    kinds = {"INT": onnx.AttributeProto.INT, "FLOAT": onnx.AttributeProto.FLOAT}
+    for name, kind in declared.items():
+        attr = attrs.get(name)
+        if attr is None or attr.type != kinds[kind]:
+            raise _edited(source, f"{node.op_type} node {node.name or '?'} lacks its {kind} attribute {name}")
+        value = attr.i if kind == "INT" else attr.f
+        want = expected[name]
+        if kind == "FLOAT":
+            if not math.isfinite(value):
+                raise _edited(source, f"{node.op_type} node {node.name or '?'} attribute {name}={value} is not "
+                                      "finite")
+            ok = math.isclose(value, want, rel_tol=1e-6, abs_tol=0.0)
+        else:
+            ok = value == want
+        if not ok:
+            raise _edited(source, f"{node.op_type} node {node.name or '?'} attribute {name}={value:g} does not "
+                                  f"match {what} ({name}={want:g})")
+    for name, want in contract.PLUGIN_LOOKUP_ATTRIBUTES.items():
+        attr = attrs.get(name)
+        if attr is None or attr.s != want.encode():
+            got = attr.s.decode(errors="replace") if attr is not None else None
+            raise _edited(source, f"{node.op_type} node {node.name or '?'} attribute {name}={got!r}, the contract "
+                                  f"says {want!r}")
+
+
+def _value_dims(header) -> dict[str, list[int | None]]:
+    """Static dims of every value the header knows a shape for (value_info, graph I/O, initializers)."""
+    dims = {v.name: _dims(v.type) for v in list(header.graph.value_info) + list(header.graph.input)}
+    dims.update({i.name: list(i.dims) for i in header.graph.initializer})
+    return dims
+
+
+def check_attention_nodes(model: ExportedModel, source: str) -> None:
+    """Each `MlaAttention` node: seven inputs, two outputs, attributes equal to the metadata's config
+    (num_heads, kv_lora_rank, qk_rope_head_dim, softmax_scale with YaRN's mscale²) and to the static shapes of
+    the tensors it takes; the file holds the node's function (what ONNX Runtime runs)."""
+    c, spec = model.spec.config, model.spec
+    expected = {"num_heads": c.num_attention_heads, "kv_lora_rank": c.kv_lora_rank,
+                "qk_rope_head_dim": c.qk_rope_head_dim, "softmax_scale": c.softmax_scale}
+    heads, d_c, d_r = c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim
+    shapes = {0: [None, None, heads, d_c], 1: [None, None, heads, d_r], 2: [None, None, d_c], 3: [None, None, d_r],
+              4: [None, spec.max_seq_len, d_c + d_r], 6: [spec.max_seq_len, d_r]}
+    dims = _value_dims(model.header)
+    for node in model.attention_nodes():
+        if len(node.input) != len(contract.OP_INPUTS) or len(node.output) != len(contract.OP_OUTPUTS):
+            raise _edited(source, f"{contract.OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs and "
+                                  f"{len(node.output)} outputs, the contract {len(contract.OP_INPUTS)} and "
+                                  f"{len(contract.OP_OUTPUTS)}")
+        _check_node_attributes(node, contract.OP_ATTRIBUTES, expected, source, "the model in its metadata")
+        for index, want in shapes.items():
+            got = dims.get(node.input[index])
+            if got is not None and not _dims_match(got, want):
+                raise _edited(source, f"{contract.OP_TYPE} node {node.name or '?'} input "
+                                      f"{contract.OP_INPUTS[index]} has shape {got}, its attributes and metadata "
+                                      f"say {['?' if d is None else d for d in want]}")
+    functions = {(f.domain, f.name) for f in model.header.functions}
+    needed = [(contract.OP_DOMAIN, contract.OP_TYPE)]
+    if model.moe_nodes():
+        needed.append((contract.OP_DOMAIN, contract.MOE_OP_TYPE))
+    for domain, name in needed:
+        if (domain, name) not in functions:
+            raise _edited(source, f"the model-local function of {name} (domain {domain}) is missing")
+
+
+def check_moe_nodes(model: ExportedModel, source: str) -> None:
+    """Each `DeepseekMoE` node: attributes equal to the routing rule of the metadata's config
+    (`moe_rule.RoutingRule.from_config`) and expert weights of the config's shapes; one node per MoE layer."""
+    c = model.spec.config
+    nodes = model.moe_nodes()
+    moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+    if len(nodes) != moe_layers:
+        raise _edited(source, f"{len(nodes)} {contract.MOE_OP_TYPE} nodes for {moe_layers} mixture-of-experts "
+                              "layers in its metadata")
+    if not nodes:
+        return
+    from ..common.moe_rule import RoutingRule
+
+    expected = RoutingRule.from_config(c).attributes()
+    experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size
+    shapes = {1: [experts, d], 2: [experts], 3: [experts, 2 * inter, d], 4: [experts, d, inter]}
+    dims = _value_dims(model.header)
+    for node in nodes:
+        if len(node.input) != len(contract.MOE_INPUTS) or len(node.output) != len(contract.MOE_OUTPUTS):
+            raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs, "
+                                  f"the contract {len(contract.MOE_INPUTS)}")
+        _check_node_attributes(node, contract.MOE_ATTRIBUTES, expected, source,
+                               "the routing of the config in its metadata")
+        for index, want in shapes.items():
+            got = dims.get(node.input[index])
+            if got is not None and not _dims_match(got, want):
+                raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} input "
+                                      f"{contract.MOE_INPUTS[index]} has shape {got}, the config in its metadata "
+                                      f"says {want} (n_routed_experts, 2*moe_intermediate_size, hidden_size)")
+
+
+def _external(initializer) -> dict[str, str]:
+    return {e.key: e.value for e in initializer.external_data}
+
+
+def check_weight_files(model: ExportedModel, source: str) -> Path | None:
+    """The external data file the graph's initializers point into: beside the model, the one its metadata
+    names (export writes a file unique to each export, so an .onnx paired with another export's data is
+    refused), and as long as the graph needs. Returns its path, or None when the weights are inside."""
+    named = model.metadata.get(contract.META_DATA_FILE)  # None: a file from before the key existed
+    ends: dict[str, int] = {}
+    for init in model.header.graph.initializer:
+        if init.data_location != _EXTERNAL:
+            continue
+        info = _external(init)
+        location = info.get("location", "")
+        parts = PurePosixPath(location.replace("\\", "/")).parts
+        if not location or os.path.isabs(location) or ".." in parts or len(parts) != 1:
+            raise _edited(source, f"weight {init.name} points to {location!r}, outside the model's directory; "
+                                  "mla-export reads data files beside the .onnx only")
+        if named is not None and location != named:
+            expected = f"its metadata names {named!r}" if named else "its metadata says the weights are inside"
+            raise UserError(f"{source}: weight {init.name} is in {location!r} but {expected}: the .onnx and its "
+                            "data file are from different exports (an interrupted copy?); re-export it")
+        try:
+            end = int(info.get("offset", 0)) + int(info["length"])
+        except (KeyError, ValueError):
+            raise _edited(source, f"weight {init.name} has no valid offset/length into {location!r}") from None
+        ends[location] = max(ends.get(location, 0), end)
+    if named and not ends:
+        raise _edited(source, f"its metadata names the data file {named!r} but no weight is stored there")
+    for location, need in ends.items():
+        data = model.path.parent / location
+        if not data.is_file():
+            raise UserError(f"{source}: its weights file {location} is missing from {model.path.parent}; an .onnx "
+                            "from `mla-export export` needs the data file it names beside it (copy both, or "
+                            "re-export)")
+        size = data.stat().st_size
+        if size < need or (named and size != need):
+            raise UserError(f"{source}: its weights file {location} holds {size:,} bytes, the graph needs "
+                            f"{need:,}: truncated, or from another export; re-export it")
+    if not ends:
+        return None
+    return model.path.parent / next(iter(ends))

@@ -1,0 +1,149 @@
+"""Tracing without weights: the pre-folded model of a spec, built on PyTorch's meta device (shapes and
+dtypes, no data), traced to an ONNX graph whose weight initializers hold no values yet.
+
+`trace_graph` returns that graph and, for each weight initializer, which parameter of the pre-folded
+model it holds (and whether transposed); `weight_stream` then writes the values one layer at a time. So
+tracing costs the same for a tiny model and for DeepSeek-V3, and never holds a weight in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..common import contract
+from ..model.model import MlaModel
+from .onnx_moe import moe_translation
+from .onnx_node import translation_table
+from ..model.spec import ModelSpec, torch_dtype
+
+ONNX_OPSET = 18
+ROPE_TABLE = "rope_cos_sin_float32"  # the model's rope table attribute, lifted into an initializer
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """What a weight initializer of the traced graph holds: parameter `param` of the pre-folded model
+    (or the rope table, ROPE_TABLE), transposed when `transposed` (a 2-D weight feeding a MatMul)."""
+
+    param: str
+    transposed: bool = False
+
+    @property
+    def layer(self) -> int | None:
+        """The decoder layer the parameter belongs to, or None (embeddings, final norm, LM head, rope table)."""
+        parts = self.param.split(".")
+        return int(parts[1]) if parts[0] == "layers" else None
+
+
+@dataclass
+class TracedGraph:
+    """The traced graph (`onnx_ir.Model`) and, by initializer name, the weight each one holds."""
+
+    model: object
+    weights: dict[str, WeightRef]
+
+
+def meta_model(spec: ModelSpec) -> MlaModel:
+    """The export form of `spec` (pre-folded or run-time absorbed) on the meta device, in the spec's dtype."""
+    with torch.device("meta"):
+        model = MlaModel(spec.config, spec.max_seq_len, folded=True, absorb=spec.absorb,
+                         with_embeddings=spec.io == "tokens")
+    return model.to(torch_dtype(spec.dtype)).eval()
+
+
+def _example_inputs(model: MlaModel, spec: ModelSpec) -> tuple:
+    batch, new_tokens = 2, 2  # >1 so the tracer keeps both axes symbolic
+    if spec.io == "tokens":
+        x = torch.zeros(batch, new_tokens, dtype=torch.long, device="meta")
+    else:
+        x = torch.zeros(batch, new_tokens, spec.config.hidden_size, dtype=torch_dtype(spec.dtype), device="meta")
+    cache = model.new_cache(batch)
+    return x, cache.seqlens, tuple(cache.layers)
+
+
+def _fold_weight_transposes(graph, weights: dict[str, WeightRef]) -> None:
+    """Replace each Transpose of a 2-D weight initializer by an initializer `<name>.T` holding it transposed,
+    so the stored weights feed their MatMuls directly (as the exporter's optimizer does when it has values)."""
+    import onnx_ir as ir
+
+    for node in list(graph):
+        source = node.inputs[0] if node.op_type == "Transpose" and node.inputs else None
+        if source is None or source.name not in weights or len(source.shape) != 2:
+            continue
+        perm = node.attributes.get("perm")
+        if perm is not None and list(perm.as_ints()) != [1, 0]:
+            continue
+        name = source.name + ".T"
+        if name not in graph.initializers:
+            rows, cols = source.shape
+            value = ir.Value(name=name, shape=ir.Shape([cols, rows]), type=ir.TensorType(source.dtype))
+            graph.initializers[name] = value
+            weights[name] = WeightRef(weights[source.name].param, transposed=True)
+        node.outputs[0].replace_all_uses_with(graph.initializers[name])
+        graph.remove(node, safe=True)
+    for name in [n for n, v in graph.initializers.items() if n in weights and not v.uses()]:
+        del graph.initializers[name]
+        del weights[name]
+
+
+def trace_graph(spec: ModelSpec) -> TracedGraph:
+    """Trace the pre-folded model of `spec` (weightless) to an optimized ONNX graph.
+
+    Inputs and outputs are named as in `contract.graph_io_names`; batch and new tokens are dynamic. The
+    graph's weight initializers are listed in `weights` and hold no values (`const_value` None).
+    """
+    _quiet_exporter()
+    model = meta_model(spec)
+    x, seqlens, caches = _example_inputs(model, spec)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    new_tokens = torch.export.Dim("new_tokens", min=1, max=spec.max_seq_len)
+    dynamic_shapes = ({0: batch, 1: new_tokens}, {0: batch}, tuple({0: batch} for _ in caches))
+    inputs, outputs = spec.graph_io_names()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (x, seqlens, *caches), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=inputs,
+            output_names=outputs, opset_version=ONNX_OPSET,
+            custom_translation_table={**translation_table(), **moe_translation()},
+            optimize=False, verbose=False, report=False)
+    graph = program.model.graph
+    params = {name for name, _ in model.named_parameters()} | {ROPE_TABLE}
+    weights = {name: WeightRef(name) for name in graph.initializers if name in params}
+    unknown = [name for name, v in graph.initializers.items() if name not in weights]
+    if unknown:
+        raise RuntimeError(f"traced graph holds initializers that are no model weight: {unknown[:5]}")
+    for name in weights:  # meta tensors: nothing to fold, nothing to read
+        graph.initializers[name].const_value = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program.optimize()
+    _fold_weight_transposes(graph, weights)
+    _name_nodes(graph)
+    return TracedGraph(program.model, weights)
+
+
+def _quiet_exporter() -> None:
+    """The exporter's own chatter (registration notes, optimizer notes about weightless initializers) off."""
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _name_nodes(graph) -> None:
+    """Give every node a unique name (`<op>_<n>`), as builders that report per-node messages expect."""
+    seen: set[str] = set()
+    for index, node in enumerate(graph):
+        name = node.name or f"{node.op_type}_{index}"
+        if name in seen:
+            name = f"{name}_{index}"
+        seen.add(name)
+        node.name = name
+
+
+def attention_node_count(traced: TracedGraph) -> tuple[int, int]:
+    """(MlaAttention nodes, DeepseekMoE nodes) of the traced graph."""
+    nodes = [(n.op_type, n.domain) for n in traced.model.graph]
+    return (nodes.count((contract.OP_TYPE, contract.OP_DOMAIN)), nodes.count((contract.MOE_OP_TYPE, contract.OP_DOMAIN)))

@@ -1,0 +1,131 @@
+"""Writing a traced graph's weights into one external data file, one layer (and one expert) at a time.
+
+Every weight comes from the spec's weight source by name (`weights.py`): a decoder layer's unfolded
+attention parameters are read and folded (`folding.fold_attention_state`), (pre-folded or laid out per head: `folding.export_attention_state`), every other parameter is read as it is, and the routed experts are read and written one expert at a time. Memory is therefore set by
+the largest layer's attention and dense weights, not by the model or its experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..model.folding import export_attention_state
+from ..model.model import DecoderLayer, MlaAttention
+from ..model.rope import rope_cos_sin
+from ..model.spec import ModelSpec, torch_dtype
+from .tracing import ROPE_TABLE, TracedGraph, WeightRef
+from ..weights.weights import WeightSource, expert_chunks, is_expert_stack, parameter_value
+
+ALIGN = 4096  # each tensor starts on a page: ONNX Runtime can map the file
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one initializer's bytes go in the data file."""
+
+    name: str
+    ref: WeightRef
+    offset: int
+    length: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _torch_dtype(value) -> torch.dtype:
+    import onnx_ir as ir
+
+    table = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,
+             ir.DataType.BFLOAT16: torch.bfloat16}
+    return table[value.dtype]
+
+
+def _order(ref: WeightRef) -> tuple:
+    """Data-file order: embeddings, then layer by layer, then final norm, LM head, rope table."""
+    if ref.layer is not None:
+        return (1, ref.layer)
+    return (0, 0) if ref.param.startswith("embed_tokens") else (2, 0)
+
+
+def plan_layout(traced: TracedGraph) -> list[Placement]:
+    """Every weight initializer's offset and length, in the order `write_weights` produces them."""
+    graph = traced.model.graph
+    placements, offset = [], 0
+    for name, ref in sorted(traced.weights.items(), key=lambda item: (_order(item[1]), item[0])):
+        value = graph.initializers[name]
+        shape = tuple(int(d) for d in value.shape)
+        dtype = _torch_dtype(value)
+        length = dtype.itemsize
+        for d in shape:
+            length *= d
+        placements.append(Placement(name, ref, offset, length, shape, dtype))
+        offset += -(-length // ALIGN) * ALIGN
+    return placements
+
+
+def data_bytes(layout: list[Placement]) -> int:
+    """Size of the data file the layout describes."""
+    return max((p.offset + p.length for p in layout), default=0)
+
+
+class LayerValues:
+    """The pre-folded model's parameter values, produced for one decoder layer at a time."""
+
+    def __init__(self, spec: ModelSpec, source: WeightSource):
+        self.spec, self.source = spec, source
+        self.layer: int | None = None
+        self.values: dict[str, torch.Tensor] = {}
+
+    def _load_layer(self, index: int) -> None:
+        config, dtype = self.spec.config, torch_dtype(self.spec.dtype)
+        with torch.device("meta"):
+            unfolded = DecoderLayer(config, MlaAttention(config), moe=config.is_moe_layer(index))
+        prefix = f"layers.{index}."
+        attention = {name[len("self_attn."):]: parameter_value(self.source, prefix + name, tuple(p.shape))
+                     for name, p in unfolded.named_parameters() if name.startswith("self_attn.")}
+        self.values = {prefix + "self_attn." + name: value
+                       for name, value in export_attention_state(config, attention, dtype, self.spec.absorb).items()}
+        self.layer = index
+
+    def chunks(self, ref: WeightRef, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+        """The value of `ref` (pre-folded model's parameter, or the rope table) as consecutive chunks."""
+        if ref.param == ROPE_TABLE:
+            yield rope_cos_sin(self.spec.config, self.spec.max_seq_len, torch.float32)
+            return
+        if ref.layer is not None and ref.layer != self.layer:
+            self._load_layer(ref.layer)
+        value_shape = shape[::-1] if ref.transposed else shape
+        if is_expert_stack(ref.param):
+            yield from expert_chunks(self.source, ref.param, value_shape)
+            return
+        value = self.values.get(ref.param)
+        if value is None:
+            value = parameter_value(self.source, ref.param, value_shape)
+        yield value.T if ref.transposed else value
+
+
+def write_weights(path: Path, layout: list[Placement], spec: ModelSpec, source: WeightSource,
+                  progress: Callable[[int, int, str], None] | None = None) -> None:
+    """Write every placement's bytes to `path` (a new file), in layout order.
+
+    `progress(done_bytes, total_bytes, what)` is called as tensors are written.
+    """
+    values = LayerValues(spec, source)
+    total = data_bytes(layout)
+    with open(path, "wb") as out:
+        for p in layout:
+            out.seek(p.offset)
+            written = 0
+            for chunk in values.chunks(p.ref, p.shape):
+                data = chunk.to(p.dtype).contiguous()
+                out.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
+                written += data.numel() * data.element_size()
+            if written != p.length:
+                raise RuntimeError(f"weight {p.name}: wrote {written} bytes for a {p.shape} {p.dtype} tensor")
+            if progress is not None:
+                layer = p.ref.layer
+                progress(p.offset + p.length, total, f"layer {layer}" if layer is not None else p.ref.param)
+        out.truncate(total)

@@ -1,0 +1,138 @@
+"""What a model is, independent of any runtime: `ModelSpec`, its dtypes, and its ONNX metadata.
+
+Export records a `ModelSpec` in the ONNX file's metadata (`ModelSpec.metadata`); validate, build
+and profile read it back (`spec_from_metadata`) to rebuild the same eager model or size the same
+buffers. The engine sidecar carries the same metadata, copied as it is. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..common import contract
+from ..common.version import __version__
+from .config import MlaConfig
+from ..common.errors import FieldError, UserError
+from .hf_config import config_from_hf_dict
+
+# Element types of weights, activations and caches, with their sizes in bytes.
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPE_NAMES = tuple(DTYPE_BYTES)
+IO_KINDS = ("hidden", "tokens")  # graph I/O: hidden states, or input_ids -> logits
+# Where W_UK and W_UV go in the exported graph: folded into the query and output projections at
+# export, or kept per head and applied at run time (batched matmuls around the MlaAttention node).
+ABSORB_MODES = ("prefolded", "runtime")
+MAX_SEED = 2**63 - 1  # seeds are 64-bit (torch.Generator)
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a DTYPE_NAMES entry (imports torch)."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model and how it is laid out: the config, element type, cache rows, weights and graph I/O.
+
+    dtype: weights, activations and cache type (DTYPE_NAMES).
+    max_seq_len: cache rows per sequence (Smax).
+    seed: seed of the random weights when `checkpoint` is None.
+    checkpoint: a HF checkpoint directory the weights come from, or None.
+    io: "hidden" (hidden states in and out) or "tokens" (input_ids -> logits).
+    absorb: "prefolded" (W_UK^T W_UQ and W_O W_UV multiplied at export) or "runtime" (W_UQ, W_UK
+        [H, Dn, Dc], W_UV [H, Dc, Dv] and W_O stored as they are, applied per head); both feed the
+        same MlaAttention node (ABSORB_MODES).
+    """
+
+    config: MlaConfig
+    dtype: str = "float32"
+    max_seq_len: int = 4096
+    seed: int = 0
+    checkpoint: str | None = None
+    io: str = "hidden"
+    absorb: str = "prefolded"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPE_NAMES:
+            raise FieldError("dtype", self.dtype, f"expected one of {', '.join(DTYPE_NAMES)}")
+        if self.io not in IO_KINDS:
+            raise FieldError("io", self.io, f"expected one of {', '.join(IO_KINDS)}")
+        if self.absorb not in ABSORB_MODES:
+            raise FieldError("absorb", self.absorb, f"expected one of {', '.join(ABSORB_MODES)}")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
+            raise FieldError("max_seq_len", self.max_seq_len, "expected at least 2 cache rows (the graph takes a "
+                             "prefill of 2 or more tokens)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise FieldError("seed", self.seed, f"expected an integer from 0 to {MAX_SEED}")
+        if self.max_seq_len > self.config.max_position_embeddings:
+            raise FieldError("max_seq_len", self.max_seq_len,
+                             f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
+
+    @property
+    def element_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def graph_io_names(self) -> tuple[list[str], list[str]]:
+        """(input names, output names) of the exported graph, in order."""
+        return contract.graph_io_names(self.config.num_hidden_layers, self.io)
+
+    def metadata(self) -> dict[str, str]:
+        """The ONNX metadata_props that record this spec (read back by `spec_from_metadata`)."""
+        return {
+            contract.META_PRODUCER: __version__,
+            contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION),
+            contract.META_CONFIG: json.dumps(self.config.to_hf_dict(), sort_keys=True),
+            contract.META_DTYPE: self.dtype,
+            contract.META_NUM_LAYERS: str(self.config.num_hidden_layers),
+            contract.META_MAX_SEQ_LEN: str(self.max_seq_len),
+            contract.META_IO: self.io,
+            contract.META_SEED: str(self.seed),
+            contract.META_CHECKPOINT: self.checkpoint or "",
+            contract.META_WEIGHTS: contract.WEIGHTS_SCHEME,
+            contract.META_MOE_CONTRACT_VERSION: str(contract.MOE_CONTRACT_VERSION),
+            contract.META_ABSORB: self.absorb,
+        }
+
+
+def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
+    """The `ModelSpec` recorded in mla-export metadata (an ONNX file's, or an engine sidecar's copy).
+
+    `source` names where the metadata came from in error messages (e.g. "--onnx m.onnx").
+    """
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise UserError(f"{source}: mla-export metadata is damaged (expected a table of strings); re-export the "
+                        "model")
+    if contract.META_PRODUCER not in meta or contract.META_CONFIG not in meta:
+        raise UserError(f"{source}: not written by mla-export (no mla_export metadata); "
+                        "export it with `mla-export export`")
+    version = meta.get(contract.META_CONTRACT_VERSION)
+    if version != str(contract.CONTRACT_VERSION):
+        raise UserError(f"{source}: MlaAttention contract version {version}, this mla-export speaks "
+                        f"{contract.CONTRACT_VERSION}; re-export it with this version")
+    try:
+        config = config_from_hf_dict(json.loads(meta[contract.META_CONFIG]))
+        spec = ModelSpec(config=config, dtype=meta[contract.META_DTYPE],
+                         max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
+                         checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO],
+                         absorb=meta.get(contract.META_ABSORB, "prefolded"))
+    except RecursionError:
+        raise UserError(f"{source}: mla-export metadata is damaged (its config is nested too deeply); "
+                        "re-export the model") from None
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError, UserError) as exc:
+        raise UserError(f"{source}: mla-export metadata is damaged ({str(exc)[:300]}); re-export the model") from None
+    if spec.checkpoint is None and meta.get(contract.META_WEIGHTS) != contract.WEIGHTS_SCHEME:
+        raise UserError(f"{source}: its random weights were made by an older mla-export (scheme "
+                        f"{meta.get(contract.META_WEIGHTS, 'from before schemes')}, this one makes "
+                        f"{contract.WEIGHTS_SCHEME}), so they cannot be rebuilt to compare; re-export the model")
+    moe_version = meta.get(contract.META_MOE_CONTRACT_VERSION, str(contract.MOE_CONTRACT_VERSION))
+    if moe_version != str(contract.MOE_CONTRACT_VERSION):
+        raise UserError(f"{source}: DeepseekMoE contract version {moe_version}, this mla-export speaks "
+                        f"{contract.MOE_CONTRACT_VERSION}; re-export it with this version")
+    if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):
+        raise UserError(f"{source}: mla-export metadata is damaged ({contract.META_NUM_LAYERS}="
+                        f"{meta.get(contract.META_NUM_LAYERS)!r} for a {config.num_hidden_layers}-layer config); "
+                        "re-export the model")
+    return spec

@@ -1,0 +1,209 @@
+"""`profile`: latency percentiles of prefill and one decode step over a batch x context sweep.
+
+Targets: an ONNX file on ONNX Runtime (CPU here), the eager PyTorch model in its export form
+(`spec.absorb`: pre-folded or run-time absorbed; CPU or GPU, on a GPU its attention runs the Triton
+kernels), a TensorRT engine (GPU), or the attention kernels alone (GPU). Each run also measures the
+device's copy bandwidth, so achieved cache GB/s is reported as a fraction of what that device can move.
+The results and their table, files and plot are `profile_report`.
+
+Per (batch B, context L): `prefill` processes L new tokens from an empty cache; `decode` adds one
+token to sequences already holding L tokens. Cache bytes of a decode step = B * (L+1) * (Dc+Dr) *
+element size * layers (what the attention must read).
+"""
+
+from __future__ import annotations
+
+import abc
+import statistics
+from typing import Callable
+
+import torch
+
+from ..common.errors import UserError
+from .measure import attention_inputs, copy_bandwidth_gb_s, percentile, time_calls
+from .profile_report import ProfileReport, ProfileRow
+from ..model.spec import ModelSpec, torch_dtype
+
+
+class Target(abc.ABC):
+    """Something to time: `prepare(batch, context, new_tokens)` returns a zero-argument call."""
+
+    name = "target"
+    cuda = False
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def cache_bytes(self, batch: int, context: int) -> int:
+        c = self.spec.config
+        return batch * (context + 1) * c.cache_width * self.spec.element_bytes * c.num_hidden_layers
+
+    def peak_bytes(self, batch: int, context: int) -> int:
+        """Estimated memory of one point's inputs and step: every layer's cache (drawn in float32, held in the
+        dtype, and the step's present copy) and the prefill's attention scores over the whole cache."""
+        c, smax = self.spec.config, self.spec.max_seq_len
+        caches = batch * smax * c.cache_width * c.num_hidden_layers * (4 + 2 * self.spec.element_bytes)
+        scores = batch * context * c.num_attention_heads * smax * 4 * 3
+        return caches + scores
+
+    def inputs(self, batch: int, context: int, new_tokens: int) -> dict[str, torch.Tensor]:
+        """Random graph inputs: empty caches for a prefill, caches holding `context` rows for a decode step."""
+        c, dtype = self.spec.config, torch_dtype(self.spec.dtype)
+        names, _ = self.spec.graph_io_names()
+        gen = torch.Generator().manual_seed(0)
+        held = 0 if new_tokens > 1 else context
+        if self.spec.io == "tokens":
+            x = torch.randint(0, c.vocab_size, (batch, new_tokens), generator=gen)
+        else:
+            x = torch.randn(batch, new_tokens, c.hidden_size, generator=gen).to(dtype)
+        feeds = {names[0]: x, names[1]: torch.full((batch,), held, dtype=torch.int32)}
+        for name in names[2:]:
+            feeds[name] = torch.randn(batch, self.spec.max_seq_len, c.cache_width, generator=gen).to(dtype)
+        return feeds
+
+    @abc.abstractmethod
+    def prepare(self, batch: int, context: int, new_tokens: int) -> Callable[[], None]:
+        """Set up inputs once; the returned call runs one timed step."""
+
+
+class OnnxRuntimeTarget(Target):
+    name = "onnxruntime"
+
+    def __init__(self, path, spec: ModelSpec | None = None):
+        """`spec`: the file's, when the caller has read it already (else read here)."""
+        from ..graph.onnx_reader import read_export_spec
+        from .runners import OnnxRuntimeRunner
+
+        super().__init__(spec or read_export_spec(path))
+        self.runner = OnnxRuntimeRunner(path)
+
+    def prepare(self, batch, context, new_tokens):
+        from .runners import to_numpy
+
+        feeds = {k: to_numpy(v) for k, v in self.inputs(batch, context, new_tokens).items()}
+        return lambda: self.runner.run(feeds)
+
+
+class EagerTarget(Target):
+    """The eager model in its export form, `spec.absorb` (on the GPU its attention core is the Triton kernels)."""
+
+    name = "eager"
+
+    def __init__(self, spec: ModelSpec):
+        from ..weights.eager import eager_model
+        from ..model.folding import fold_model
+        from ..model.footprint import GIB, check_memory, model_counts
+
+        super().__init__(spec)
+        self.cuda = torch.cuda.is_available()
+        counts = model_counts(spec.config, with_embeddings=spec.io == "tokens")
+        check_memory(4 * counts.total + spec.element_bytes * counts.exported + GIB,
+                     f"the eager model of {spec.config.name} ({spec.config.num_hidden_layers} layers)",
+                     "profile fewer layers (--layers N)")
+        model = fold_model(eager_model(spec), torch_dtype(spec.dtype), spec.absorb)
+        self.model = model.eval().to("cuda" if self.cuda else "cpu")
+
+    def prepare(self, batch, context, new_tokens):
+        device = "cuda" if self.cuda else "cpu"
+        feeds = [t.to(device) for t in self.inputs(batch, context, new_tokens).values()]
+
+        def call():
+            with torch.no_grad():
+                self.model(*feeds)
+        return call
+
+
+class EngineTarget(Target):
+    name = "tensorrt"
+    cuda = True
+
+    def __init__(self, engine, plugin_lib=None):
+        from ..model.spec import spec_from_metadata
+        from .trt_runner import TensorRTRunner
+
+        self.runner = TensorRTRunner(engine, plugin_lib)
+        super().__init__(spec_from_metadata(self.runner.sidecar.onnx_metadata, f"--engine {engine}"))
+        self.name = self.runner.name
+
+    def prepare(self, batch, context, new_tokens):
+        inputs = {k: v.cuda() for k, v in self.inputs(batch, context, new_tokens).items()}
+        self.runner.bind(inputs, new_tokens)
+        execute = self.runner.execute
+        if new_tokens == 1:  # decode: replay a CUDA graph of the step where TensorRT allows capture
+            try:
+                execute()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self.runner.stream):
+                    execute()
+                return graph.replay
+            except Exception:  # capture is refused by some TensorRT builds/plugins: time plain launches
+                pass
+        return execute
+
+
+class KernelsTarget(Target):
+    """The MlaAttention op alone through the Triton kernels (GPU)."""
+
+    name = "triton kernels"
+    cuda = True
+
+    def __init__(self, spec: ModelSpec):
+        if not torch.cuda.is_available():
+            raise UserError("profile --kernels needs an NVIDIA GPU; none is available here "
+                            "(the kernels are tested on the CPU under the Triton interpreter)")
+        super().__init__(spec)
+        from ..kernels import mla_attention_triton  # noqa: F401  (imported lazily: needs triton)
+        self.op = mla_attention_triton
+        self.spec = spec
+
+    def cache_bytes(self, batch, context):
+        c = self.spec.config
+        return batch * (context + 1) * c.cache_width * self.spec.element_bytes
+
+    def prepare(self, batch, context, new_tokens):
+        from ..model.rope import rope_cos_sin
+
+        c = self.spec.config
+        held = 0 if new_tokens > 1 else context
+        *args, seqlens = attention_inputs(batch, new_tokens, c.num_attention_heads, c.kv_lora_rank,
+                                          c.qk_rope_head_dim, held, self.spec.max_seq_len,
+                                          torch_dtype(self.spec.dtype), "cuda")
+        table = rope_cos_sin(c, self.spec.max_seq_len).cuda()  # [Smax, Dr]
+        out = torch.empty_like(args[0])
+        return lambda: self.op(*args, seqlens, table, c.softmax_scale, out=out, in_place=True)
+
+
+def run_profile(target: Target, batches: list[int], contexts: list[int], warmup: int = 2, iters: int = 10,
+                phases: tuple[str, ...] = ("prefill", "decode"),
+                progress: Callable[[str, float, float], None] | None = None) -> ProfileReport:
+    """Time every (phase, batch, context); contexts must leave room in the cache. `progress(what, done, total)`
+    is told each case as it starts ("case 3/8: decode, batch 4, context 256", cases done, cases)."""
+    from ..model.footprint import check_memory
+
+    smax = target.spec.max_seq_len
+    too_long = [c for c in contexts if c + 1 > smax]
+    if too_long:
+        raise UserError(f"--contexts {too_long[0]}: the cache holds {smax} rows (context + 1 new token must fit); "
+                        "export with a larger --max-seq-len")
+    if not target.cuda:  # host memory; a GPU target's device memory is its runtime's to refuse
+        check_memory(target.peak_bytes(max(batches), max(contexts)),
+                     f"profiling --batches {max(batches)} --contexts {max(contexts)}", "lower --batches or --contexts")
+    report_progress = progress or (lambda what, done, total: None)
+    cases = [(phase, batch, context) for phase in phases for batch in batches for context in contexts]
+    report_progress("measuring the copy bandwidth", 0, len(cases))
+    device = torch.cuda.get_device_name() if target.cuda else "cpu"
+    c = target.spec.config
+    model = f"{c.name}, {c.num_hidden_layers} layer{'s' if c.num_hidden_layers > 1 else ''}"
+    report = ProfileReport(device, copy_bandwidth_gb_s(target.cuda), model=model, dtype=target.spec.dtype)
+    for i, (phase, batch, context) in enumerate(cases):
+        report_progress(f"case {i + 1}/{len(cases)}: {phase}, batch {batch}, context {context}", i, len(cases))
+        new_tokens = context if phase == "prefill" else 1
+        samples = time_calls(target.prepare(batch, context, new_tokens), warmup, iters, target.cuda)
+        median = statistics.median(samples)
+        row = ProfileRow(target.name, phase, batch, context, new_tokens, median, percentile(samples, 90),
+                         percentile(samples, 99), batch * new_tokens / (median * 1e-3))
+        if phase == "decode":
+            row.cache_gb_s = target.cache_bytes(batch, context) / (median * 1e-3) / 1e9
+            row.percent_of_copy = 100 * row.cache_gb_s / report.copy_gb_s
+        report.rows.append(row)
+    return report

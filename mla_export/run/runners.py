@@ -1,0 +1,61 @@
+"""Runners: something that runs an exported graph on named numpy feeds (ONNX Runtime here; a
+TensorRT engine in `trt/runner.py`), and the numpy <-> torch conversions they share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..common.errors import UserError
+
+
+class Runner(Protocol):
+    """Runs the exported graph: feeds by graph input name -> outputs by graph output name (numpy)."""
+
+    name: str
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """A CPU torch tensor as numpy (bfloat16 through ml_dtypes, which ONNX Runtime accepts)."""
+    if x.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return x.numpy()
+
+
+def from_numpy(x: np.ndarray) -> torch.Tensor:
+    """A numpy array as a torch tensor (ml_dtypes bfloat16 back to torch.bfloat16)."""
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class OnnxRuntimeRunner:
+    """ONNX Runtime session: the CUDA provider where torch sees a GPU, else the CPU provider."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        if providers is None:
+            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available()
+                         else ["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.name = "onnxruntime"
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types per failure
+            hint = ("ONNX Runtime's CPU provider has no bfloat16 kernels for these ops: validate a float32 or "
+                    "float16 export on the CPU, or a bfloat16 one on a GPU") if "NOT_IMPLEMENTED" in str(exc) else \
+                "the file may be damaged; re-export it"
+            raise UserError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:300]}); {hint}") from None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))

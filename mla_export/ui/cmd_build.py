@@ -1,0 +1,47 @@
+"""`mla-export build`: a TensorRT engine and its JSON sidecar from an export."""
+
+from __future__ import annotations
+
+import click
+
+from .options import EXIT_CODES, quiet_option, wrote
+
+
+@click.command(epilog=EXIT_CODES, short_help="Build a TensorRT engine and its JSON sidecar.")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="An ONNX file written by mla-export export.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Engine file to write (plus OUTPUT.json).")
+@click.option("--attention", type=click.Choice(["plugin", "decomposed"]), default="plugin", show_default=True,
+              help="plugin: MlaAttention runs our TensorRT plugin; decomposed: the node's reference ONNX function.")
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
+              help="TensorRT flavour (TensorRT-RTX builds plugin-free engines, also without a GPU).")
+@click.option("--plugin-lib", type=click.Path(), help="libmla_plugin.so (default: next to the package, build/, "
+              "or $MLA_EXPORT_PLUGIN_LIB).")
+@click.option("--batch-range", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX",
+              help="Batch sizes of both profiles (decode and prefill).")
+@click.option("--prefill-range", default=None, metavar="MIN:OPT:MAX", help="New tokens per sequence of the "
+              "prefill profile [default: 2:256:min(2048, Smax)].")
+@click.option("--workspace", help="Workspace memory limit, e.g. 4G.")
+@click.option("--timing-cache", type=click.Path(), help="Timing cache file to read and update.")
+@click.option("-v", "--verbose", is_flag=True, help="TensorRT's info messages too (stderr; warnings always).")
+@quiet_option
+def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefill_range, workspace, timing_cache,
+          verbose, quiet):
+    """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
+    import time
+
+    from ..common.progress import ProgressReporter
+    from ..trt.build import BuildSpec, build_engine, parse_range, parse_size
+    from ..trt.sidecar import Sidecar, sidecar_path
+
+    spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
+                     batch=parse_range(batch_range, "--batch-range"),
+                     prefill_tokens=parse_range(prefill_range, "--prefill-range") if prefill_range else None,
+                     workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+                     verbose=verbose)
+    start = time.perf_counter()
+    with ProgressReporter("build", quiet=quiet) as progress:
+        progress("reading and parsing the model", 0, 1)  # until TensorRT's first build phase
+        path = build_engine(spec, progress=progress)
+    binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer
+    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}")
+    click.echo(f"{wrote([path, sidecar_path(path)])} in {time.perf_counter() - start:.1f} s")

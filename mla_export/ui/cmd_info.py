@@ -1,0 +1,50 @@
+"""`mla-export info`: a config's dims, cache bytes per token and projection costs, or an export's."""
+
+from __future__ import annotations
+
+import click
+
+from ..common.errors import UserError
+from .options import (EXIT_CODES, config_option, input_files, json_option, load_config, preset_option, print_json,
+                      say, wrote)
+
+
+@click.command(epilog=EXIT_CODES, short_help="Dims, cache bytes per token, projection costs of a config.")
+@preset_option
+@config_option
+@click.option("--onnx", "onnx_path", type=click.Path(),
+              help="An ONNX file written by mla-export export: its config, and the --absorb form it holds.")
+@click.option("--layers", type=int, help="Use only the first N layers.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp8"]), default="bfloat16",
+              show_default=True, help="Cache element type for the byte counts.")
+@click.option("--context", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Context length (tokens) for whole-model figures.")
+@json_option("Everything shown")
+def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
+    """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA), projection costs and the smaller --absorb form."""
+    from . import info as info_module
+
+    if json_out not in (None, "-"):
+        from ..common.fileio import check_output_file
+
+        check_output_file("--json", json_out, input_files(onnx=onnx_path))
+    if onnx_path is None:
+        config, absorb = load_config(preset, config_path, layers), None
+    else:
+        if preset or config_path or layers is not None:
+            raise UserError("--onnx takes its config from the file: pass it without --preset, --config or --layers")
+        from ..graph.onnx_reader import read_export_spec
+
+        spec = read_export_spec(onnx_path)
+        config, absorb = spec.config, spec.absorb
+    if json_out == "-":
+        print_json(info_module.info_dict(config, dtype, context, absorb))
+        return
+    info_module.render_info(config, dtype, context, absorb=absorb)
+    if json_out is not None:
+        import json
+
+        from ..common.fileio import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(info_module.info_dict(config, dtype, context, absorb), indent=2) + "\n")
+        say(wrote([json_out]))

@@ -1,0 +1,223 @@
+"""Sizes and costs of a config: cache per token per layer (MLA vs MHA/GQA/MQA) and the cost of
+pre-folded vs run-time absorbed projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model.config import MlaConfig
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class CacheRow:
+    scheme: str
+    elements: int
+    note: str
+
+
+def cache_table(c: MlaConfig, gqa_groups: int = 8) -> list[CacheRow]:
+    """Cached values per token per layer for each attention scheme at this config's dims; GQA only where
+    `gqa_groups` lies strictly between one group (MQA) and one per head (MHA), MQA only with several heads."""
+    h, dh, dr, dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+    rows = [CacheRow("MHA", 2 * h * dh, f"K, V {h}x{dh}"),
+            CacheRow("MHA (decoupled RoPE keys)", h * (dh + dr) + h * dv, f"K {h}x{dh + dr}, V {h}x{dv}")]
+    if 1 < gqa_groups < h:
+        rows.append(CacheRow(f"GQA ({gqa_groups} groups)", 2 * gqa_groups * dh, f"K, V {gqa_groups}x{dh}"))
+    if h > 1:
+        rows.append(CacheRow("MQA", 2 * dh, f"K, V 1x{dh}"))
+    rows.append(CacheRow("MLA", c.cache_width, f"c_kv {c.kv_lora_rank} + k_pe {dr}"))
+    return rows
+
+
+@dataclass(frozen=True)
+class ProjectionCost:
+    """Multiply-adds per token (= weight elements) of one layer's attention projections."""
+
+    shared: int  # q_a_proj, the q_pe rows, kv_a_proj_with_mqa: identical in both forms
+    absorbed: int  # W_UQ(nope), W_UK, W_UV, W_O applied at run time
+    prefolded: int  # q_latent_proj and out_proj
+
+    @property
+    def ratio(self) -> float:
+        return (self.shared + self.prefolded) / (self.shared + self.absorbed)
+
+    @property
+    def smaller_form(self) -> str:
+        """The `--absorb` form with fewer weights, hence fewer multiply-adds and weight bytes read per
+        token: smaller, and faster wherever the projections bound the step ("prefolded" on a tie)."""
+        return "runtime" if self.absorbed < self.prefolded else "prefolded"
+
+
+def projection_cost(c: MlaConfig) -> ProjectionCost:
+    h, dh, dr, dv, dc, d = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                            c.kv_lora_rank, c.hidden_size)
+    q_in = c.q_lora_rank if c.q_lora_rank is not None else d
+    shared = (d * c.q_lora_rank if c.q_lora_rank is not None else 0) + q_in * h * dr + d * c.cache_width
+    absorbed = q_in * h * dh + h * dh * dc + h * dc * dv + h * dv * d
+    prefolded = q_in * h * dc + h * dc * d
+    return ProjectionCost(shared, absorbed, prefolded)
+
+
+def prefold_break_even(c: MlaConfig) -> tuple[float, float]:
+    """(query, output) widths below which pre-folding pays, per head.
+
+    Query: q_in*Dc (folded) < q_in*Dn + Dn*Dc (W_UQ then W_UK) iff q_in < Dn*Dc/(Dc-Dn); output:
+    Dc*d < Dc*Dv + Dv*d iff d < Dv*Dc/(Dc-Dv). Infinite where Dc <= Dn (or Dv): folding always pays.
+    """
+    dn, dv, dc = c.qk_nope_head_dim, c.v_head_dim, c.kv_lora_rank
+    return (dn * dc / (dc - dn) if dc > dn else float("inf"), dv * dc / (dc - dv) if dc > dv else float("inf"))
+
+
+def absorb_advice(c: MlaConfig, dtype: str = "bfloat16") -> str:
+    """One sentence saying which `--absorb` form is smaller and faster for `c`, with the numbers."""
+    cost = projection_cost(c)
+    runtime, prefolded = cost.shared + cost.absorbed, cost.shared + cost.prefolded
+    best, other = ("runtime", "prefolded") if cost.smaller_form == "runtime" else ("prefolded", "runtime")
+    sizes = {"runtime": runtime, "prefolded": prefolded}
+    q_in, q_name = (c.q_lora_rank, "q_lora_rank") if c.q_lora_rank is not None else (c.hidden_size, "hidden_size")
+    q_even, o_even = prefold_break_even(c)
+
+    def size(elements: int) -> str:
+        nbytes = elements * DTYPE_BYTES[dtype]
+        return f"{nbytes / 2**20:,.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.1f} KiB"
+
+    return (f"--absorb {best} is smaller and faster for {c.name}: {size(sizes[best])} of attention weights "
+            f"({dtype}) and {sizes[best]:,} multiply-adds per token per layer, against {size(sizes[other])} and "
+            f"{sizes[other]:,} with --absorb {other} ({max(runtime, prefolded) / min(runtime, prefolded):.2f}x). "
+            f"Pre-folding pays only for narrow inputs: the query path where {q_name} ({q_in}) < Dn*Dc/(Dc-Dn) = "
+            f"{q_even:.1f}, the output path where hidden_size ({c.hidden_size}) < Dv*Dc/(Dc-Dv) = {o_even:.1f}.")
+
+
+def attention_core_macs(c: MlaConfig, context: int) -> int:
+    """Multiply-adds per new token of the latent attention core over `context` cached rows."""
+    return c.num_attention_heads * context * (c.cache_width + c.kv_lora_rank)
+
+
+
+def rope_rows(c: MlaConfig) -> list[tuple[str, str]]:
+    """The effective RoPE parameters (what the export uses and records), defaults filled in."""
+    rows = [(key, f"{value:g}" if isinstance(value, float) else str(value))
+            for key, value in c.rope_parameters.items()]
+    scale = 1.0 if c.rope_scaling is None else c.rope_scaling.cos_sin_scale
+    rows.append(("cos/sin scale", f"{scale:.6g}"))
+    rows.append(("rope_interleave", "true (pairs)" if c.rope_interleave else
+                 "false (halves in the checkpoint, permuted to pairs at load)"))
+    return rows
+
+
+DIM_FIELDS = ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+              "qk_rope_head_dim", "v_head_dim", "num_hidden_layers", "max_position_embeddings")
+
+
+def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb: str | None = None) -> dict:
+    """Everything `info` shows, as plain numbers (what `info --json` prints): dims, RoPE, parameters and sizes
+    on disk, cache per token per layer by scheme, projection costs of both `--absorb` forms."""
+    from ..model.footprint import model_counts
+
+    nbytes = DTYPE_BYTES[dtype]
+    counts = model_counts(c)
+    moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+    cost = projection_cost(c)
+    runtime, prefolded = cost.shared + cost.absorbed, cost.shared + cost.prefolded
+    q_even, o_even = prefold_break_even(c)
+    parameters = {"total": counts.total, "activated_per_token": counts.activated, "moe_layers": moe_layers,
+                  "layers": c.num_hidden_layers,
+                  "on_disk_bytes": {name: {"prefolded": counts.exported * size, "runtime": counts.total * size}
+                                    for name, size in DTYPE_BYTES.items() if name != "fp8"}}
+    if moe_layers:
+        parameters.update(routed_expert=counts.expert, experts_per_token=c.num_experts_per_tok,
+                          expert_bytes_per_decode_token=counts.activated_expert * nbytes)
+    return {
+        "model": c.name, "dtype": dtype, "context": context, "absorb": absorb,
+        "dims": {**{f: getattr(c, f) for f in DIM_FIELDS}, "softmax_scale": c.softmax_scale},
+        "rope": dict(rope_rows(c)),
+        "parameters": parameters,
+        "cache_per_token_per_layer": [
+            {"scheme": r.scheme, "layout": r.note, "values": r.elements, "bytes": r.elements * nbytes,
+             "whole_model_bytes": r.elements * nbytes * context * c.num_hidden_layers,
+             "vs_mla": r.elements / c.cache_width} for r in cache_table(c)],
+        "projections_per_token_per_layer": {
+            "runtime": {"multiply_adds": runtime, "weight_bytes": runtime * nbytes},
+            "prefolded": {"multiply_adds": prefolded, "weight_bytes": prefolded * nbytes},
+            "smaller_form": cost.smaller_form, "prefold_break_even": {"query": q_even, "output": o_even}},
+        "attention_core_multiply_adds_per_token_per_layer": attention_core_macs(c, context),
+    }
+
+
+def count_text(n: int) -> str:
+    """A parameter count, exact, with its order of magnitude: 15,706,484,224 (15.71 B)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M")):
+        if n >= scale:
+            return f"{n:,} ({n / scale:,.2f} {unit})"
+    return f"{n:,}"
+
+
+def size_text(nbytes: float, unit_of: float | None = None) -> str:
+    """Bytes in binary units: 512 B, 36.0 KiB, 1,141.0 MiB, 3.59 GiB; in the unit `unit_of` would get, if given
+    (so that sizes side by side compare at a glance)."""
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if (nbytes if unit_of is None else unit_of) >= scale:
+            return f"{nbytes / scale:,.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{nbytes:,.0f} B"
+
+
+def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
+                absorb: str | None = None) -> None:
+    """Print dims, RoPE, parameters, the cache table and the projection costs, laid out for 80 columns;
+    `absorb` is the form an exported file holds (None for a config)."""
+    from ..common.console import add_columns, make_console, prose, table
+
+    console = console or make_console()
+    data = info_dict(c, dtype, context, absorb)
+    dims = table(f"{c.name}: MLA dims", show_header=False)
+    add_columns(dims, "field", "value", numbers_from=1)
+    for key, value in data["dims"].items():
+        dims.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    rope = table(f"{c.name}: RoPE", show_header=False)
+    add_columns(rope, "field", "value", numbers_from=2)
+    for key, value in data["rope"].items():
+        rope.add_row(key, value)
+
+    p = data["parameters"]
+    params = table(f"{c.name}: parameters", show_header=False)
+    add_columns(params, "what", "value", numbers_from=2)
+    params.add_row("parameters", count_text(p["total"]))
+    params.add_row("activated per token", count_text(p["activated_per_token"]))
+    params.add_row("MoE layers", f"{p['moe_layers']} of {p['layers']}")
+    if p["moe_layers"]:
+        params.add_row("routed expert parameters", count_text(p["routed_expert"]))
+        params.add_row(f"expert bytes per decode token ({dtype})",
+                       f"{size_text(p['expert_bytes_per_decode_token'])} ({p['experts_per_token']} experts x "
+                       f"{p['moe_layers']} layers)")
+    disk = table(f"{c.name}: export on disk (with embeddings, LM head)")
+    add_columns(disk, "dtype", "--absorb prefolded", "--absorb runtime")
+    for name, sizes in p["on_disk_bytes"].items():
+        disk.add_row(name, size_text(sizes["prefolded"]), size_text(sizes["runtime"]))
+
+    cache = table(f"Cache per token per layer ({dtype}), and for the whole model at {context:,} tokens")
+    add_columns(cache, "scheme", "layout", "values", "bytes", "whole model", "vs MLA", numbers_from=2)
+    for row in data["cache_per_token_per_layer"]:
+        cache.add_row(row["scheme"], row["layout"], f"{row['values']:,}", f"{row['bytes']:,}",
+                      size_text(row["whole_model_bytes"]), f"{row['vs_mla']:.2f}x")
+
+    proj = table("Attention projections per token per layer")
+    add_columns(proj, "--absorb", "multiply-adds", f"weights ({dtype})", "vs runtime")
+    forms = data["projections_per_token_per_layer"]
+    for form in ("runtime", "prefolded"):
+        label = f"{form} (this file)" if form == absorb else form
+        proj.add_row(label, f"{forms[form]['multiply_adds']:,}",
+                     size_text(forms[form]["weight_bytes"], unit_of=forms["runtime"]["weight_bytes"]),
+                     f"{forms[form]['multiply_adds'] / forms['runtime']['multiply_adds']:.2f}x")
+    for i, part in enumerate((dims, rope, params, disk, cache, proj)):
+        if i:
+            console.print()
+        console.print(part)
+    console.print()
+    if absorb is not None:
+        console.print(f"absorb: {absorb} (recorded in the file's metadata)")
+    console.print(prose(absorb_advice(c, dtype), console), markup=False)
+    console.print(prose(f"Latent attention core at {context:,} cached tokens: "
+                        f"{data['attention_core_multiply_adds_per_token_per_layer']:,} multiply-adds per new token "
+                        "per layer (same in both forms).", console), markup=False)

@@ -1,0 +1,189 @@
+"""Load attention and dense-MLP weights from a local HF DeepSeek-V2/V3 checkpoint directory.
+
+Reads `config.json`, `model.safetensors.index.json` (or a single `model.safetensors`), takes only the
+tensors of the requested layers, and dequantizes DeepSeek-V3's FP8 block-scaled weights
+(`weight` in float8_e4m3fn with `weight_scale_inv` per 128x128 block) to float32. A checkpoint saved
+with `rope_interleave: false` (RoPE rows in halves layout) has its q_pe and k_pe rows permuted to
+DeepSeek's pair layout, the one layout of the model and the op contract.
+
+Everything read is checked, each with one message naming the file or tensor: the index (a `weight_map`
+of tensor names to files in the checkpoint directory; a file outside it is refused, so a checkpoint cannot
+make the tool read other files), each shard (truncated, empty or not safetensors), each tensor (a
+floating-point type, finite values, the config's shape) and each FP8 scale (2-D, one per 128x128 block,
+finite and positive).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from ..model.config import MlaConfig
+from ..common.errors import UserError
+from ..model.rope import halves_to_interleaved
+
+FP8_BLOCK = 128
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FP8_TYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _shard_path(directory: Path, index: Path, name, file) -> Path:
+    """`directory/file` for a weight_map entry, refused unless `file` is a plain relative name inside the
+    checkpoint directory (no absolute path, no `..`): a checkpoint must not make the tool read other files.
+    Symbolic links inside the directory (the HF hub cache's) are followed as they are."""
+    if not isinstance(name, str) or not isinstance(file, str) or not file:
+        raise UserError(f"checkpoint {index}: weight_map entry {str(name)[:80]!r}: {str(file)[:80]!r} is not a "
+                        "tensor name mapped to a file name")
+    parts = PurePosixPath(file.replace("\\", "/")).parts
+    if os.path.isabs(file) or ".." in parts or "\0" in file:
+        raise UserError(f"checkpoint {index}: tensor {name!r} is mapped to {file!r}, outside the checkpoint "
+                        "directory; a checkpoint's files must all be inside it")
+    return directory / file
+
+
+def _weight_map(directory: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the index or the single file."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"checkpoint {index}: not valid JSON ({exc}); expected a safetensors index") from None
+        except RecursionError:
+            raise UserError(f"checkpoint {index}: JSON nested too deeply; expected a safetensors index") from None
+        mapping = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(mapping, dict):
+            raise UserError(f"checkpoint {index}: not a safetensors index; expected an object with a 'weight_map' "
+                            "of tensor names to file names")
+        return {name: _shard_path(directory, index, name, file) for name, file in mapping.items()}
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        return {name: single for name in _open_shard(single, None).keys()}
+    raise UserError(f"checkpoint {directory}: found neither {INDEX_FILE} nor {SINGLE_FILE}; "
+                    "pass a HF DeepSeek-V2/V3 checkpoint directory")
+
+
+def _open_shard(path: Path, index: Path | None):
+    """A safetensors file opened lazily; UserError naming it if it is missing, empty, truncated or not
+    safetensors (a header claiming more than the file holds included)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        named = f" (named by {index.name})" if index is not None else ""
+        raise UserError(f"checkpoint file {path}{named} is missing")
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        raise UserError(f"checkpoint file {path}: not a readable safetensors file ({str(exc).strip()[:200]}); "
+                        "it may be truncated or damaged: download it again") from None
+
+
+def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK,
+                          name: str | None = None) -> torch.Tensor:
+    """float8 weight [rows, cols] times its per-block scale [ceil(rows/block), ceil(cols/block)] -> float32.
+
+    UserError (naming the tensor `name` where given) for a weight that is not 2-D, a scale that is not a
+    floating-point tensor of one entry per block, or a scale that is not finite and positive."""
+    label = f"checkpoint tensor {name!r}" if name else "FP8 weight"
+    scale_label = f"checkpoint tensor {name + '_scale_inv'!r}" if name else "FP8 scale"
+    if weight.dim() != 2:
+        raise UserError(f"{label}: an FP8 weight of shape {tuple(weight.shape)}; FP8 weights are 2-D matrices")
+    rows, cols = weight.shape
+    expected = (math.ceil(rows / block), math.ceil(cols / block))
+    if scale_inv.dtype not in FLOAT_TYPES:
+        raise UserError(f"{scale_label}: {str(scale_inv.dtype).removeprefix('torch.')} values; FP8 block scales "
+                        "are floating-point")
+    if tuple(scale_inv.shape) != expected:
+        raise UserError(f"{scale_label} of shape {tuple(scale_inv.shape)} does not match weight "
+                        f"{tuple(weight.shape)} (expected {expected} for {block}x{block} blocks)")
+    if not bool(torch.isfinite(scale_inv).all()) or not bool((scale_inv > 0).all()):
+        raise UserError(f"{scale_label}: FP8 block scales must be finite and positive; this one holds "
+                        f"{_bad_values(scale_inv.float())}")
+    scale = scale_inv.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return weight.float() * scale
+
+
+class CheckpointReader:
+    """Reads named tensors from a checkpoint directory, dequantizing FP8 on the way."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise UserError(f"checkpoint {self.directory}: no such directory")
+        self.weight_map = _weight_map(self.directory)
+        self._handles: dict[Path, object] = {}
+        for path in sorted(set(self.weight_map.values())):  # every shard's header now: a damaged one fails first
+            self._handle(path)
+
+    def _handle(self, path: Path):
+        if path not in self._handles:
+            self._handles[path] = _open_shard(path, self.directory / INDEX_FILE)
+        return self._handles[path]
+
+    def has(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def _get(self, name: str) -> torch.Tensor:
+        path = self.weight_map[name]
+        handle = self._handle(path)
+        try:
+            return handle.get_tensor(name)
+        except Exception as exc:  # not in that file, or its bytes cannot be read
+            raise UserError(f"checkpoint file {path}: tensor {name!r} cannot be read ({str(exc).strip()[:200]}); the "
+                            f"index may name the wrong file, or the file is damaged") from None
+
+    def read(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor `name` as float32 (dequantized if FP8), checked against `shape` and for NaN/inf."""
+        if name not in self.weight_map:
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} is missing; is this checkpoint for the "
+                            "same model as its config.json?")
+        tensor = self._get(name)
+        if tensor.dtype in FP8_TYPES:
+            scale_name = name + "_scale_inv"
+            if scale_name not in self.weight_map:
+                raise UserError(f"checkpoint {self.directory}: FP8 tensor {name!r} has no {scale_name!r}")
+            tensor = dequantize_fp8_blocks(tensor, self._get(scale_name), name=name)
+        elif tensor.dtype not in FLOAT_TYPES:
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} holds "
+                            f"{str(tensor.dtype).removeprefix('torch.')} values; weights are floating-point (float32, "
+                            "float16, bfloat16 or DeepSeek's FP8)")
+        if tuple(tensor.shape) != tuple(shape):
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                            f"expected {tuple(shape)} from config.json")
+        tensor = tensor.float()
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} holds {_bad_values(tensor)}; "
+                            "weights must be finite (the checkpoint is damaged)")
+        return tensor
+
+
+def _bad_values(tensor: torch.Tensor) -> str:
+    """How many NaN, infinite and (for scales) non-positive values `tensor` holds, and where the first is."""
+    nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+    bad = ~torch.isfinite(tensor) | (tensor <= 0) if not (nan or inf) else ~torch.isfinite(tensor)
+    first = tuple(int(i) for i in bad.nonzero()[0]) if bool(bad.any()) else ()
+    if nan or inf:
+        return f"{nan} NaN and {inf} infinite value(s), the first at {first}"
+    return f"{int(bad.sum())} value(s) <= 0, the first at {first}"
+
+
+def rope_rows_to_pairs(name: str, weight: torch.Tensor, config: MlaConfig) -> torch.Tensor:
+    """`weight` [out, in] with the rows that produce q_pe (per head, in q_b_proj/q_proj) or k_pe (the
+    last Dr rows of kv_a_proj_with_mqa) moved from halves layout to pairs; other weights unchanged."""
+    d_h, d_r = config.qk_nope_head_dim, config.qk_rope_head_dim
+    if name.endswith(("self_attn.q_b_proj.weight", "self_attn.q_proj.weight")):
+        heads = weight.view(config.num_attention_heads, d_h + d_r, -1)  # [H, d_h + d_r, q_in]
+        rope = halves_to_interleaved(heads[:, d_h:], dim=1)  # [H, d_r, q_in]
+        return torch.cat([heads[:, :d_h], rope], dim=1).reshape(weight.shape)
+    if name.endswith("self_attn.kv_a_proj_with_mqa.weight"):
+        d_c = config.kv_lora_rank
+        return torch.cat([weight[:d_c], halves_to_interleaved(weight[d_c:], dim=0)])  # [Dc + Dr, d]
+    return weight
