@@ -1,11 +1,14 @@
 """The one comparator: tests, `validate` and benchmarks all judge tensors with `compare`.
 
-A comparison reports the max absolute error and where it is, the max relative error, the cosine
-similarity (over the elements finite on both sides), the number of NaN/inf mismatches, and how much of
-its tolerance the worst element uses (`tolerance_used`, and where). It passes when every element
-satisfies |actual - expected| <= atol + rtol * |expected| (tolerance_used <= 1) and no mismatch exists;
-the max relative error is for information only (it is large wherever |expected| is near zero, where
-atol decides).
+A comparison reports the max absolute error and where it is, the max relative error, the relative RMS
+error (`||actual - expected|| / ||expected||`), the cosine similarity (both over the elements finite on
+both sides), the number of NaN/inf mismatches, and how much of its tolerance the worst element uses
+(`tolerance_used`, and where). It passes when every element satisfies |actual - expected| <= atol +
+rtol * |expected| (tolerance_used <= 1), no mismatch exists and, where the caller gives the bounds (as
+`validate` does, per dtype: `verdict_for`), the relative RMS error is at most `max_rel_rms` and the
+cosine at least `min_cosine`. The element-wise rule is absolute where |expected| is small, so it alone
+passes a wrong tensor whose values are all small; the two whole-tensor rules scale with the tensor. The
+max relative error is for information only (it is large wherever |expected| is near zero).
 
 A non-finite value on either side is a mismatch: NaN matching NaN, or an infinity matching the same
 infinity, counts as agreement only where the caller says the reference is *expected* to be non-finite
@@ -28,9 +31,35 @@ TOLERANCES = {
 }
 
 
+# Whole-tensor bounds by dtype: (max relative RMS error, min cosine). Chosen from measured margins (README,
+# "What is verified where"): correct exports stay >= 10x inside them, planted bugs land outside.
+WHOLE_TENSOR_BOUNDS = {
+    "float64": (1e-9, 1.0 - 1e-12),
+    "float32": (1e-4, 1.0 - 1e-7),
+    "float16": (5e-3, 1.0 - 1e-4),
+    "bfloat16": (3e-2, 1.0 - 1e-3),
+}
+
+
 def tolerance_for(dtype: str) -> tuple[float, float]:
     """(atol, rtol) for a tested tensor of `dtype` ('float32', 'float16', ...)."""
     return TOLERANCES[dtype]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Every bound a tensor of one dtype must meet: element-wise `atol + rtol * |ref|`, and over the whole
+    tensor a relative RMS error of at most `max_rel_rms` and a cosine of at least `min_cosine`."""
+
+    atol: float
+    rtol: float
+    max_rel_rms: float
+    min_cosine: float
+
+
+def verdict_for(dtype: str) -> Verdict:
+    """The bounds `validate` judges a tensor of `dtype` by."""
+    return Verdict(*TOLERANCES[dtype], *WHOLE_TENSOR_BOUNDS[dtype])
 
 
 @dataclass
@@ -47,6 +76,17 @@ class Comparison:
     passed: bool
     tolerance_used: float = 0.0  # max over elements of |actual - expected| / (atol + rtol * |expected|)
     tolerance_index: tuple[int, ...] = ()  # where that maximum is
+    rel_rms: float = 0.0  # ||actual - expected|| / ||expected|| over the elements finite on both sides
+    max_rel_rms: float | None = None  # the bounds it was held to (None: not checked)
+    min_cosine: float | None = None
+
+    @property
+    def rel_rms_failed(self) -> bool:
+        return self.max_rel_rms is not None and not self.rel_rms <= self.max_rel_rms
+
+    @property
+    def cosine_failed(self) -> bool:
+        return self.min_cosine is not None and not self.cosine >= self.min_cosine
 
     def to_dict(self) -> dict:
         """The fields as JSON can hold them: a non-finite number (an infinite tolerance_used where atol and
@@ -62,8 +102,11 @@ def _as_float64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonfinite=None) -> Comparison:
+def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonfinite=None,
+            max_rel_rms: float | None = None, min_cosine: float | None = None) -> Comparison:
     """Compare `actual` against the reference `expected` (torch tensors or arrays of one shape).
+
+    `max_rel_rms`, `min_cosine`: whole-tensor bounds it must also meet (None: not checked).
 
     `expected_nonfinite`: a boolean array (or tensor) broadcastable to the shape, true where the reference is
     meant to be non-finite; only there does an equal non-finite value on both sides count as agreement.
@@ -93,7 +136,12 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
     else:
         index, max_abs, max_rel = (), 0.0, 0.0
     af, ef = np.where(both, a, 0.0).ravel(), np.where(both, e, 0.0).ravel()
-    norms = float(np.linalg.norm(af) * np.linalg.norm(ef))
+    error_norm, ref_norm = float(np.linalg.norm(diff)), float(np.linalg.norm(ef))
+    if ref_norm > 0:
+        rel_rms = error_norm / ref_norm
+    else:  # an all-zero reference: no error is relative to nothing
+        rel_rms = 0.0 if error_norm == 0 else float("inf")
+    norms = float(np.linalg.norm(af) * ref_norm)
     if norms > 0:
         cosine = float(af @ ef / norms)
     else:  # nothing to measure an angle on: equal only if both are all zeros (and something was compared)
@@ -109,5 +157,13 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
     else:
         tolerance_used, tolerance_index = 0.0, ()
     nonfinite = int(mismatch.sum())
-    return Comparison(name, tuple(a.shape), max_abs, index, max_rel, cosine, nonfinite, atol, rtol,
-                      within and nonfinite == 0, tolerance_used, tolerance_index)
+    result = Comparison(name, tuple(a.shape), max_abs, index, max_rel, cosine, nonfinite, atol, rtol,
+                        within and nonfinite == 0, tolerance_used, tolerance_index, rel_rms, max_rel_rms, min_cosine)
+    result.passed = result.passed and not result.rel_rms_failed and not result.cosine_failed
+    return result
+
+
+def compare_by(name: str, actual, expected, verdict: Verdict, expected_nonfinite=None) -> Comparison:
+    """`compare` under every bound of `verdict`."""
+    return compare(name, actual, expected, verdict.atol, verdict.rtol, expected_nonfinite,
+                   verdict.max_rel_rms, verdict.min_cosine)
