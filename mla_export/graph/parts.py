@@ -30,18 +30,21 @@ class Part:
 
 
 def _norm_input(graph, weight: str, source: str) -> str:
-    """The tensor an RMSNorm with weight initializer `weight` normalizes: `x` of `Mul(Mul(x, rsqrt), weight)`."""
+    """The tensor an RMSNorm with weight initializer `weight` normalizes: `x` of `Mul(Mul(x, rsqrt), weight)`
+    where `x` is squared (`Pow`), through the Casts a half-precision graph puts around the float32 norm."""
     produced = {out: node for node in graph.node for out in node.output}
+    squared = {n.input[0] for n in graph.node if n.op_type == "Pow"}
+    weights = {weight} | {n.output[0] for n in graph.node if n.op_type == "Cast" and n.input[0] == weight}
     for node in graph.node:
-        if node.op_type == "Mul" and weight in node.input:
-            scaled = produced.get(next(i for i in node.input if i != weight))
-            if scaled is not None and scaled.op_type == "Mul":
-                squares = {n.input[0] for n in graph.node if n.op_type == "Pow"}
-                found = [i for i in scaled.input if i in squares]
-                if found:
-                    return found[0]
+        if node.op_type != "Mul" or not weights & set(node.input):
+            continue
+        scaled = produced.get(next((i for i in node.input if i not in weights), ""))
+        found = [i for i in scaled.input if i in squared] if scaled is not None and scaled.op_type == "Mul" else []
+        if found:
+            cast = produced.get(found[0])
+            return cast.input[0] if cast is not None and cast.op_type == "Cast" else found[0]
     raise UserError(f"{source}: no RMSNorm with weight {weight} in the graph, so it cannot be cut per layer; "
-                    "validate it whole (without --per-layer), or re-export it with mla-export")
+                    "validate it whole (--whole), or re-export it with mla-export")
 
 
 def layer_parts(header, spec, source: str) -> list[Part]:
