@@ -146,3 +146,27 @@ def test_per_layer_refuses_an_engine_with_onnx(exports):
     result = run("validate", "--engine", "x.engine", "--onnx", exports("tiny"), "--per-layer")
     assert result.exit_code == 1
     assert "--per-layer with --engine" in result.output
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_per_layer_reads_an_external_data_file_linked_or_copied(tmp_path, monkeypatch, links):
+    """ONNX Runtime reads a part's weights from inside its own directory: a hard link to the export's data
+    file beside the export, or (no hard links there) a copy of the part's own weights in the system's
+    temporary directory. Either way nothing is left behind."""
+    import os
+
+    import mla_export.graph.export as export_module
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.hf_config import load_preset
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
+    path = export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=64), tmp_path / "m.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert any(name.endswith(".data") for name in before)
+    if not links:
+        def no_links(*args):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "link", no_links)
+    report = validate_per_layer(path, SCENARIO)
+    assert report.passed, _failing_parts(report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

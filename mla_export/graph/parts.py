@@ -6,7 +6,8 @@ A layer's input is the hidden state its `input_layernorm` reads; its outputs are
 the head's, or the graph's hidden-state output) and its `present_latent_cache.i`. The cut is found in the
 graph itself (the norm's weight initializer names the layer), so any export of ours can be cut; a part is
 every node between its inputs and outputs, with the initializers, model-local functions and opsets they use.
-Weights stay where they are: a part of an export with an external data file points into that file.
+Weights stay where they are where they can: a part of an export with an external data file points into a
+hard link to that file (`part_directory`), else it holds a copy of its own weights, removed after use.
 """
 
 from __future__ import annotations
@@ -117,14 +118,60 @@ def part_model(header, part: Part, hidden_elem_type: int):
     return model
 
 
+def part_directory(data_file: Path | None):
+    """A temporary directory for the parts of an export whose weights are in `data_file` (None: inside the
+    .onnx), removed on exit. ONNX Runtime reads external data only from inside a model's own directory
+    (symbolic links resolved), so where it can the directory sits beside the export, hidden, and holds a hard
+    link to the data file; elsewhere (an unwritable directory, a file system without hard links) each part
+    gets a copy of its own weights."""
+    import tempfile
+
+    if data_file is not None:
+        try:
+            directory = tempfile.TemporaryDirectory(prefix=".mla-export-parts-", dir=data_file.parent)
+        except OSError:
+            pass
+        else:
+            try:
+                os.link(data_file, Path(directory.name) / data_file.name)
+                return directory
+            except OSError:
+                directory.cleanup()
+    return tempfile.TemporaryDirectory(prefix="mla-export-parts-")
+
+
+def _inline_external(model, data_file: Path) -> None:
+    """Read each external initializer of `model` (a part: one layer's weights) from `data_file` into it."""
+    from onnx import TensorProto
+
+    with open(data_file, "rb") as data:
+        for init in model.graph.initializer:
+            if init.data_location != TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in init.external_data}
+            data.seek(int(info.get("offset", 0)))
+            init.raw_data = data.read(int(info["length"]))
+            del init.external_data[:]
+            init.data_location = TensorProto.DEFAULT
+
+
 def write_part(header, part: Part, hidden_elem_type: int, data_file: Path | None, directory: Path) -> Path:
-    """`part` as `directory/<label>.onnx`, beside a link to the export's external data file `data_file` (None:
-    the weights are inside), which its initializers point into; ONNX Runtime reads only the part's weights."""
+    """`part` as `directory/<label>.onnx` (a `part_directory`). Its initializers point into the export's data
+    file where the directory links it; otherwise the part's weights are copied beside it."""
     import onnx
 
     model = part_model(header, part, hidden_elem_type)
-    if data_file is not None and not (directory / data_file.name).exists():
-        os.symlink(data_file.resolve(), directory / data_file.name)
     path = directory / (part.label.replace(" ", "_") + ".onnx")
-    onnx.save(model, str(path))
+    if data_file is None or (directory / data_file.name).exists():
+        onnx.save(model, str(path))
+    else:
+        _inline_external(model, data_file)
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=1024)
     return path
+
+
+def remove_part(path: Path) -> None:
+    """Delete a written part and its own data file (if it has one); the linked export data stays."""
+    for file in (path, path.with_name(path.name + ".data")):
+        file.unlink(missing_ok=True)

@@ -123,9 +123,10 @@ def validate_peak_bytes(c: MlaConfig, data_bytes: int, with_embeddings: bool) ->
 
 
 def per_layer_validate_peak_bytes(c: MlaConfig, dtype_bytes: int, prefolded: bool, with_embeddings: bool) -> int:
-    """Estimated peak memory of `validate --per-layer`: the largest part, its float64 reference layer (or the
-    float32 embedding or head matrix) beside ONNX Runtime's copy of its exported weights, and the process."""
+    """Estimated peak memory of `validate --per-layer`: the largest part, its float64 reference layer or ONNX
+    Runtime's copy of its exported weights (one after the other; the embedding and head: their float32
+    matrix beside it), and the process."""
     layers = [layer_counts(c, i) for i in range(c.num_hidden_layers)]
-    layer = max(8 * lc.total() + 3 * dtype_bytes * lc.total(prefolded) // 2 for lc in layers)
+    layer = max(max(8 * lc.total(), 2 * dtype_bytes * lc.total(prefolded)) for lc in layers)
     edge = (4 + 2 * dtype_bytes) * c.vocab_size * c.hidden_size if with_embeddings else 0
     return max(layer, edge) + 1 * GIB

@@ -95,13 +95,21 @@ def print_report(report, console=None) -> None:
     console.print(t)
     bounds = ""
     if first.max_rel_rms is not None:
-        bounds = (f", its relative RMS error is at most {first.max_rel_rms:g} and 1 - cos at most "
+        bounds = (f", its relative RMS error is at most {first.max_rel_rms:.3g} and 1 - cos at most "
                   f"{1.0 - first.min_cosine:.1g}")
+    tied = [c for _, c in comparisons if c.exempt]
+    if tied:
+        bounds += (f"; {len(tied)} tensors leave the rows of tokens routed at a near tie (which a correct "
+                   "runtime may route otherwise) out of the element-wise rule")
     teacher = (" Each layer is fed the reference's own input (its error alone); e2e rows chain the parts on "
                "their own outputs." if per_layer else "")
-    console.print(prose(f"tol = {first.atol:g} + {first.rtol:g} x |ref| per element ({report.dtype}). A tensor "
+    layers = len(report.parts) - 1 - sum(p.label in ("embedding", "head") for p in report.parts) if per_layer \
+        else sum(c.name.startswith(CACHE_PREFIX) for c in report.steps[0].comparisons if " vs " not in c.name)
+    grown = (f" e2e rows: every bound grown as sqrt({layers} layers)." if per_layer else
+             f" These are one layer's bounds grown as sqrt({layers} layers)." if layers > 1 else "")
+    console.print(prose(f"tol = {first.atol:.3g} + {first.rtol:.3g} x |ref| per element ({report.dtype}). A tensor "
                         f"passes when every element is within tol (err/tol <= 1){bounds}, and no NaN/inf appears "
-                        f"where the reference is finite. max rel is for information.{teacher}", console),
+                        f"where the reference is finite. max rel is for information.{teacher}{grown}", console),
                   markup=False, style="dim")
     failed = [(where, c) for where, c in comparisons if not c.passed]
     shown = [(where, c) for where, _, c in rows if not c.passed][:MAX_FAILURES_SHOWN]  # the table's, in its order
