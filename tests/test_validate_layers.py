@@ -170,3 +170,26 @@ def test_per_layer_reads_an_external_data_file_linked_or_copied(tmp_path, monkey
     report = validate_per_layer(path, SCENARIO)
     assert report.passed, _failing_parts(report)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_token_at_a_routing_tie_is_fragile_and_a_clear_one_is_not():
+    """tiny-moe (8 experts in 4 groups, 2 groups kept, top-2): expert 0 wins clearly; for the second slot
+    experts 2 and 4 (other groups) score alike in the tied token, 3 apart in the clear one."""
+    import torch
+
+    from mla_export.model.hf_config import load_preset
+    from mla_export.model.model import MoeMlp
+    from mla_export.run.routing_ties import fragile_tokens
+
+    config = load_preset("tiny-moe")
+    mlp = MoeMlp(config)
+    direction = torch.zeros(config.hidden_size)
+    direction[0] = 1.0
+    with torch.no_grad():
+        mlp.gate.e_score_correction_bias.zero_()
+        for tied, (second, third) in ((True, (3.0, 3.0)), (False, (3.0, 0.0))):
+            scale = torch.tensor([6.0, -6.0, second, -6.0, third, -6.0, -6.0, -6.0])
+            mlp.gate.weight.copy_(scale[:, None] * direction[None, :])
+            hidden = direction.double().expand(1, 1, -1)  # [B, S, d]
+            for dtype in ("float32", "float16", "bfloat16"):
+                assert bool(fragile_tokens(hidden, mlp, dtype)[0, 0]) is tied, (tied, dtype)
