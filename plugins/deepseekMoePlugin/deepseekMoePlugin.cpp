@@ -2,12 +2,11 @@
  * DeepseekMoE IPluginV3 plugin (see deepseekMoePlugin.h; its creator: deepseekMoePluginCreator.cpp).
  *
  * Every TensorRT-facing method is noexcept and catches everything: errors are reported through the logger and
- * the context's error recorder (mlaPluginLog.h), never thrown across the boundary.
+ * the context's error recorder (pluginLog.h), never thrown across the boundary.
  */
 #include "deepseekMoePlugin.h"
 
-#include "mlaPluginLog.h"
-#include "mlaShapes.h" // toKernelType
+#include "pluginLog.h"
 #include "moeContract.h"
 
 #include <exception>

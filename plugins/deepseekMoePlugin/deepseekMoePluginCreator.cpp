@@ -5,8 +5,8 @@
  */
 #include "deepseekMoePlugin.h"
 
-#include "mlaPluginLog.h"
-#include "pluginCommon.h"
+#include "pluginLog.h"
+#include "pluginFields.h"
 #include "moeContract.h"
 
 #include <cmath>

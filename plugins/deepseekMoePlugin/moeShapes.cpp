@@ -3,9 +3,6 @@
  */
 #include "moeShapes.h"
 
-#include "pluginCommon.h"
-
-#include "mlaShapes.h" // isActivationType, toKernelType: the activation types both plugins take
 
 #include <algorithm>
 #include <cmath>

@@ -12,6 +12,7 @@
 #include "NvInferRuntime.h"
 #include "moeContract.h"
 #include "moeKernels.h"
+#include "pluginShapes.h"
 
 #include <cstddef>
 #include <cstdint>

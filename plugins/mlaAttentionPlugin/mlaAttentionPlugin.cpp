@@ -2,12 +2,12 @@
  * MlaAttention IPluginV3 plugin (see mlaAttentionPlugin.h; its creator: mlaAttentionPluginCreator.cpp).
  *
  * Every TensorRT-facing method is noexcept and catches everything: errors are reported through
- * the logger and the context's error recorder (mlaPluginLog.h), never thrown across the boundary.
+ * the logger and the context's error recorder (pluginLog.h), never thrown across the boundary.
  */
 #include "mlaAttentionPlugin.h"
 
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 
 #include <exception>
 

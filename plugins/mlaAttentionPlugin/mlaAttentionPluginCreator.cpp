@@ -6,8 +6,8 @@
 #include "mlaAttentionPlugin.h"
 
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
-#include "pluginCommon.h"
+#include "pluginLog.h"
+#include "pluginFields.h"
 
 #include <cmath>
 #include <cstring>

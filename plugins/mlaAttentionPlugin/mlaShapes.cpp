@@ -3,8 +3,6 @@
  */
 #include "mlaShapes.h"
 
-#include "pluginCommon.h"
-
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -144,11 +142,6 @@ Dims outputDims(int32_t outputIndex, Dims const* inputs)
     return inputs[outputShapeSource(outputIndex)];
 }
 
-bool isActivationType(DataType type)
-{
-    return type == DataType::kHALF || type == DataType::kBF16 || type == DataType::kFLOAT;
-}
-
 bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)
 {
     if (inOut == nullptr || nbInputs != c::kNumInputs || nbOutputs != c::kNumOutputs || pos < 0
@@ -209,17 +202,6 @@ std::string outputDataTypes(
     outputTypes[c::kAttnLatent] = t;
     outputTypes[c::kPresentCache] = t;
     return {};
-}
-
-bool toKernelType(DataType type, kernels::DataType& out)
-{
-    switch (type)
-    {
-    case DataType::kFLOAT: out = kernels::DataType::kFLOAT32; return true;
-    case DataType::kHALF: out = kernels::DataType::kFLOAT16; return true;
-    case DataType::kBF16: out = kernels::DataType::kBFLOAT16; return true;
-    default: return false;
-    }
 }
 
 kernels::Dims kernelDims(MlaAttributes const& attrs, Dims const* inputs, kernels::DataType dtype)

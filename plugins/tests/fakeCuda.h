@@ -1,6 +1,6 @@
 /*
  * A recording stand-in for the CUDA driver, linked into the test programs instead of libcuda (the
- * shipped library resolves the real driver at run time, mlaCudaDriver.cpp). It records module
+ * shipped library resolves the real driver at run time, common/cudaDriver.cpp). It records module
  * loads, function look-ups, launches (kernel name, grid, block, shared memory, argument bytes),
  * copies and memsets, and can be told to fail a given entry point. Test code only.
  */

@@ -5,7 +5,7 @@
  */
 #include "mlaAttentionPlugin.h"
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 #include "testLogger.h"
 #include "testUtil.h"
 

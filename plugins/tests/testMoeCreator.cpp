@@ -5,7 +5,7 @@
  * getFieldsToSerialize -> createPlugin.
  */
 #include "deepseekMoePlugin.h"
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 #include "moeContract.h"
 #include "testLogger.h"
 #include "testUtil.h"

@@ -9,8 +9,7 @@
  */
 #include "deepseekMoePlugin.h"
 #include "fakeCuda.h"
-#include "mlaPluginLog.h"
-#include "mlaShapes.h"
+#include "pluginLog.h"
 #include "moeContract.h"
 #include "testLogger.h"
 #include "testUtil.h"

@@ -3,7 +3,7 @@
  * the format/type support matrix, configurePlugin's refusals, and the workspace over a profile.
  */
 #include "deepseekMoePlugin.h"
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 #include "moeContract.h"
 #include "moeShapes.h"
 #include "testLogger.h"

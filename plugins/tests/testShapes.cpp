@@ -5,7 +5,7 @@
 #include "fakeCuda.h"
 #include "mlaAttentionPlugin.h"
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 #include "mlaShapes.h"
 #include "testLogger.h"
 #include "testUtil.h"

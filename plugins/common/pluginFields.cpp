@@ -1,7 +1,7 @@
 /*
- * What both plugins share (pluginCommon.h): shape-message helpers and the creators' attribute readers.
+ * The creators' attribute readers (pluginFields.h).
  */
-#include "pluginCommon.h"
+#include "pluginFields.h"
 
 #include <cmath>
 #include <limits>
@@ -13,18 +13,6 @@ namespace plugin
 {
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
-
-std::string dimsString(nvinfer1::Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
 
 char const* fieldTypeName(PluginFieldType type) noexcept
 {

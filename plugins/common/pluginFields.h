@@ -1,6 +1,5 @@
 /*
- * What both plugins (MlaAttention, DeepseekMoE) share: shape helpers for their messages, and reading one
- * attribute of a PluginFieldCollection, as both creators need it:
+ * Reading one attribute of a PluginFieldCollection, as both creators (MlaAttention, DeepseekMoE) need it:
  * TensorRT's ONNX parser sends ONNX INT as kINT32 and FLOAT as kFLOAT32; programmatic users may send
  * kINT64 / kFLOAT64. Each reader checks the field's type, length and value and returns an empty string,
  * or the reason naming the field.
@@ -16,15 +15,6 @@ namespace mla
 {
 namespace plugin
 {
-
-//! Two extents equal, or one of them unknown (-1 at build time).
-inline bool dimsAgree(int64_t a, int64_t b) noexcept
-{
-    return a < 0 || b < 0 || a == b;
-}
-
-//! Dims as "[2,-1,576]", for messages.
-std::string dimsString(nvinfer1::Dims const& dims);
 
 //! The name of a PluginFieldType, for messages ("kINT32", ...).
 char const* fieldTypeName(nvinfer1::PluginFieldType type) noexcept;
