@@ -22,6 +22,45 @@ std::string dimsString(nvinfer1::Dims const& d)
     return s.str();
 }
 
+bool sameDims(nvinfer1::Dims const& a, nvinfer1::Dims const& b) noexcept
+{
+    if (a.nbDims != b.nbDims)
+    {
+        return false;
+    }
+    for (int32_t i = 0; i < a.nbDims; ++i)
+    {
+        if (a.d[i] != b.d[i])
+        {
+            return false;
+        }
+    }
+    return true;
+}
+
+int64_t volume(nvinfer1::Dims const& d) noexcept
+{
+    int64_t v = 1;
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        v *= d.d[i];
+    }
+    return v;
+}
+
+size_t elementSize(nvinfer1::DataType type) noexcept
+{
+    using nvinfer1::DataType;
+    switch (type)
+    {
+    case DataType::kFLOAT:
+    case DataType::kINT32: return 4;
+    case DataType::kHALF:
+    case DataType::kBF16: return 2;
+    default: return 0;
+    }
+}
+
 bool isActivationType(nvinfer1::DataType type)
 {
     using nvinfer1::DataType;

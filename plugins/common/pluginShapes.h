@@ -7,6 +7,7 @@
 #include "NvInferRuntime.h"
 #include "mlaKernels.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -23,6 +24,15 @@ inline bool dimsAgree(int64_t a, int64_t b) noexcept
 
 //! Dims as "[2,-1,576]", for messages.
 std::string dimsString(nvinfer1::Dims const& dims);
+
+//! The same rank and extents.
+bool sameDims(nvinfer1::Dims const& a, nvinfer1::Dims const& b) noexcept;
+
+//! The number of elements (the product of the extents).
+int64_t volume(nvinfer1::Dims const& dims) noexcept;
+
+//! Bytes per element of float32, int32, float16 and bfloat16; 0 for other types.
+size_t elementSize(nvinfer1::DataType type) noexcept;
 
 //! The activation type T of both ops: fp16 or bf16 (fp32 too, for testing; the AOT kernels refuse it).
 bool isActivationType(nvinfer1::DataType type);
