@@ -5,11 +5,11 @@
  *                                                      IPluginV3OneBuildV2 for a plugin with aliased I/O
  *
  * and gets IPluginV3 (capabilities: core, build, runtime; clone), IPluginV3OneCore (name, version,
- * namespace of Plugin::kIdentity), the build and runtime methods (forwarded to PluginCore's steps,
+ * namespace of Plugin::kSpec), the build and runtime methods (forwarded to PluginCore's steps,
  * pluginCore.h), attachToContext (a copy reporting to the context's error recorder) and
  * getFieldsToSerialize (Plugin::kFields with the plugin's attributes, pluginFields.h). The plugin supplies:
  *
- *   static constexpr OpIdentity kIdentity;                       from its contract header
+ *   static constexpr OpSpec kSpec;                               its contract's names, its descriptors' rules
  *   static constexpr std::array<AttributeField<Attributes>, N> kFields;   in getFieldNames order
  *   static std::string validate(Attributes const&);              the creator's check of parsed attributes
  *   the PluginCore hooks                                         its op's rules, kernels and launch
@@ -66,9 +66,9 @@ public:
     }
 
     // IPluginV3OneCore
-    char const* getPluginName() const noexcept override { return Plugin::kIdentity.name; }
-    char const* getPluginVersion() const noexcept override { return Plugin::kIdentity.version; }
-    char const* getPluginNamespace() const noexcept override { return Plugin::kIdentity.nameSpace; }
+    char const* getPluginName() const noexcept override { return Plugin::kSpec.name; }
+    char const* getPluginVersion() const noexcept override { return Plugin::kSpec.version; }
+    char const* getPluginNamespace() const noexcept override { return Plugin::kSpec.nameSpace; }
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -92,7 +92,7 @@ public:
     {
         return formatSupported(pos, inOut, nbInputs, nbOutputs);
     }
-    int32_t getNbOutputs() const noexcept override { return Plugin::kIdentity.numOutputs; }
+    int32_t getNbOutputs() const noexcept override { return Plugin::kSpec.numOutputs; }
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept override
     {
@@ -140,7 +140,7 @@ public:
 protected:
     //! `attrs` must be valid (Plugin::validate); the creator checks them.
     explicit PluginBase(Attributes const& attrs)
-        : PluginCore(Plugin::kIdentity)
+        : PluginCore(Plugin::kSpec)
         , mAttrs(attrs)
     {
     }

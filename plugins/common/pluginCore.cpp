@@ -23,13 +23,13 @@ using nvinfer1::ErrorCode;
 constexpr uintptr_t kTensorAlignment = 16;
 } // namespace
 
-PluginCore::PluginCore(OpIdentity const& identity) noexcept
-    : mIdentity(identity)
+PluginCore::PluginCore(OpSpec const& spec) noexcept
+    : mSpec(spec)
 {
 }
 
 PluginCore::PluginCore(PluginCore const& other) noexcept
-    : mIdentity(other.mIdentity)
+    : mSpec(other.mSpec)
     , mErrorRecorder(other.mErrorRecorder)
 {
     // The kernel module belongs to one context: a copy loads its own.
@@ -56,23 +56,23 @@ void PluginCore::reportException(char const* method) const noexcept
     }
     catch (std::exception const& e)
     {
-        reportError(mErrorRecorder, ErrorCode::kINTERNAL_ERROR, std::string(mIdentity.name) + "::" + method + ": " + e.what());
+        reportError(mErrorRecorder, ErrorCode::kINTERNAL_ERROR, std::string(mSpec.name) + "::" + method + ": " + e.what());
     }
     catch (...)
     {
         reportError(
-            mErrorRecorder, ErrorCode::kINTERNAL_ERROR, std::string(mIdentity.name) + "::" + method + ": unknown exception");
+            mErrorRecorder, ErrorCode::kINTERNAL_ERROR, std::string(mSpec.name) + "::" + method + ": unknown exception");
     }
 }
 
 bool PluginCore::checkCounts(bool present, int32_t nbInputs, int32_t nbOutputs) const noexcept
 {
-    if (present && nbInputs == mIdentity.numInputs && nbOutputs == mIdentity.numOutputs)
+    if (present && nbInputs == mSpec.numInputs && nbOutputs == mSpec.numOutputs)
     {
         return true;
     }
-    reportInvalid(std::string(mIdentity.name) + ": expected " + std::to_string(mIdentity.numInputs) + " inputs and "
-        + std::to_string(mIdentity.numOutputs) + (mIdentity.numOutputs == 1 ? " output" : " outputs"));
+    reportInvalid(std::string(mSpec.name) + ": expected " + std::to_string(mSpec.numInputs) + " inputs and "
+        + std::to_string(mSpec.numOutputs) + (mSpec.numOutputs == 1 ? " output" : " outputs"));
     return false;
 }
 
@@ -88,7 +88,7 @@ bool PluginCore::checkCuda(CUresult result, char const* what) const noexcept
         name = "unknown CUDA error";
     }
     reportError(mErrorRecorder, ErrorCode::kFAILED_EXECUTION,
-        std::string(mIdentity.name) + ": " + what + " failed: " + name + " (" + std::to_string(static_cast<int>(result))
+        std::string(mSpec.name) + ": " + what + " failed: " + name + " (" + std::to_string(static_cast<int>(result))
             + ")");
     return false;
 }
@@ -103,7 +103,7 @@ bool PluginCore::ensureModuleLoaded() noexcept
     {
         return false; // reported once already
     }
-    mModuleFailed = !checkCuda(mModule.load(imageSet()), "loading the kernel module for the current device");
+    mModuleFailed = !checkCuda(mModule.load(mSpec.imageSet()), "loading the kernel module for the current device");
     return !mModuleFailed;
 }
 
@@ -136,9 +136,9 @@ int32_t PluginCore::configureProfile(nvinfer1::DynamicPluginTensorDesc const* in
         // profile's largest shapes).
         kernels::DataType dtype{};
         char const* unsupported = nullptr;
-        if (toKernelType(in[mIdentity.activationInput].desc.type, dtype) && !kernelsSupport(maxDims, dtype, &unsupported))
+        if (toKernelType(in[mSpec.activationInput].desc.type, dtype) && !kernelsSupport(maxDims, dtype, &unsupported))
         {
-            reportInvalid(std::string(mIdentity.name) + ": no kernel for this layer's type and profile: "
+            reportInvalid(std::string(mSpec.name) + ": no kernel for this layer's type and profile: "
                 + (unsupported != nullptr ? unsupported : "unsupported"));
             return -1;
         }
@@ -156,7 +156,7 @@ int32_t PluginCore::outputTypesFor(
 {
     try
     {
-        std::string const why = outputDataTypes(outputTypes, nbOutputs, inputTypes, nbInputs);
+        std::string const why = mSpec.outputDataTypes(outputTypes, nbOutputs, inputTypes, nbInputs);
         if (why.empty())
         {
             return 0;
@@ -181,7 +181,7 @@ int32_t PluginCore::outputShapesFor(nvinfer1::DimsExprs const* inputs, int32_t n
         }
         for (int32_t o = 0; o < nbOutputs; ++o)
         {
-            outputs[o] = inputs[outputShapeSource(o)];
+            outputs[o] = inputs[mSpec.outputShapeSource(o)];
         }
         return 0;
     }
@@ -197,7 +197,7 @@ bool PluginCore::formatSupported(
 {
     try
     {
-        if (inOut == nullptr || nbInputs != mIdentity.numInputs || nbOutputs != mIdentity.numOutputs)
+        if (inOut == nullptr || nbInputs != mSpec.numInputs || nbOutputs != mSpec.numOutputs)
         {
             return false;
         }
@@ -206,7 +206,7 @@ bool PluginCore::formatSupported(
         {
             descs[i] = inOut[i].desc;
         }
-        return supportsFormat(pos, descs, nbInputs, nbOutputs);
+        return mSpec.supportsFormat(pos, descs, nbInputs, nbOutputs);
     }
     catch (...)
     {
@@ -220,8 +220,8 @@ size_t PluginCore::workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs,
     try
     {
         kernels::DataType dtype{};
-        if (inputs == nullptr || nbInputs != mIdentity.numInputs
-            || !toKernelType(inputs[mIdentity.activationInput].desc.type, dtype))
+        if (inputs == nullptr || nbInputs != mSpec.numInputs
+            || !toKernelType(inputs[mSpec.activationInput].desc.type, dtype))
         {
             return 0;
         }
@@ -272,14 +272,14 @@ int32_t PluginCore::shapesChanged(nvinfer1::PluginTensorDesc const* in, int32_t 
 
 std::string PluginCore::checkPointers(void const* const* inputs, void* const* outputs) const
 {
-    int32_t const numInputs = mIdentity.numInputs;
-    for (int32_t i = 0; i < numInputs + mIdentity.numOutputs; ++i)
+    int32_t const numInputs = mSpec.numInputs;
+    for (int32_t i = 0; i < numInputs + mSpec.numOutputs; ++i)
     {
         void const* const ptr = i < numInputs ? inputs[i] : outputs[i - numInputs];
         if (ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % kTensorAlignment != 0)
         {
-            return std::string(mIdentity.name) + ": tensor "
-                + (i < numInputs ? mIdentity.inputNames[i] : mIdentity.outputNames[i - numInputs])
+            return std::string(mSpec.name) + ": tensor "
+                + (i < numInputs ? mSpec.inputNames[i] : mSpec.outputNames[i - numInputs])
                 + " is null or not 16-byte aligned (the kernels need 16-byte aligned buffers)";
         }
     }
@@ -292,14 +292,14 @@ int32_t PluginCore::enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc,
 {
     try
     {
-        std::string const name = mIdentity.name;
+        std::string const name = mSpec.name;
         if (inputDesc == nullptr || outputDesc == nullptr || inputs == nullptr || outputs == nullptr)
         {
             reportInvalid(name + "::enqueue: null descriptors");
             return -1;
         }
-        int32_t const numInputs = mIdentity.numInputs;
-        int32_t const numOutputs = mIdentity.numOutputs;
+        int32_t const numInputs = mSpec.numInputs;
+        int32_t const numOutputs = mSpec.numOutputs;
         DataType types[kMaxTensors];
         Dims dims[kMaxTensors];
         for (int32_t i = 0; i < numInputs; ++i)
@@ -308,22 +308,22 @@ int32_t PluginCore::enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc,
             dims[i] = inputDesc[i].dims;
         }
         DataType outTypes[kMaxTensors];
-        std::string why = outputDataTypes(outTypes, numOutputs, types, numInputs);
+        std::string why = mSpec.outputDataTypes(outTypes, numOutputs, types, numInputs);
         if (why.empty())
         {
             why = validateInputDims(dims, numInputs);
         }
         for (int32_t o = 0; why.empty() && o < numOutputs; ++o)
         {
-            int32_t const source = outputShapeSource(o);
+            int32_t const source = mSpec.outputShapeSource(o);
             if (outputDesc[o].type != outTypes[o] || !sameDims(outputDesc[o].dims, dims[source]))
             {
-                why = name + ": output " + mIdentity.outputNames[o] + " does not have the type and shape of input "
-                    + mIdentity.inputNames[source];
+                why = name + ": output " + mSpec.outputNames[o] + " does not have the type and shape of input "
+                    + mSpec.inputNames[source];
             }
         }
         kernels::DataType dtype{};
-        if (why.empty() && !toKernelType(types[mIdentity.activationInput], dtype))
+        if (why.empty() && !toKernelType(types[mSpec.activationInput], dtype))
         {
             why = name + ": unsupported activation type";
         }

@@ -1,21 +1,22 @@
 /*
  * PluginCore: what every plugin of this library does in the same order, over hooks each plugin supplies.
- * PluginBase (pluginBase.h) forwards TensorRT's IPluginV3 calls here; a plugin implements the hooks:
- * the rules of its op (mlaShapes.h, moeShapes.h: pure functions of its attributes and descriptors), the
- * kernels' answers (supported, workspace, images) and its launch.
+ * PluginBase (pluginBase.h) forwards TensorRT's IPluginV3 calls here. The op's spec (opSpec.h) gives the
+ * tensor counts, names and the rules of its descriptors; a plugin implements the hooks that depend on its
+ * attributes (mlaShapes.h, moeShapes.h: pure functions of attributes and descriptors), the kernels'
+ * answers (supported, workspace) and its launch.
  *
- * Each step checks the tensor counts against the op's identity, asks the hooks, reports a failure through
+ * Each step checks the tensor counts against the spec, asks the spec's rules and the hooks, reports a failure through
  * the logger and the context's error recorder (pluginLog.h) with a message starting "<op>: ", and never
  * throws: an exception escaping a hook is reported as "<op>::<method>: ...". Steps in TensorRT's order:
  *   configureProfile   both profile bounds valid (validateInputDims), kernels for the largest shapes
- *   outputTypesFor     outputDataTypes
- *   outputShapesFor    each output gets the shape expressions of its outputShapeSource
- *   formatSupported    supportsFormat, on the positions TensorRT has decided
+ *   outputTypesFor     the spec's outputDataTypes
+ *   outputShapesFor    each output gets the shape expressions of its outputShapeSource (spec)
+ *   formatSupported    the spec's supportsFormat, on the positions TensorRT has decided
  *   workspaceFor       workspaceSize over the profile (0 for a type without kernels)
  *   shapesChanged      validateInputDims
  *   enqueueChecked     types, shapes (outputs included), kernel type, nothingToCompute, 16-byte aligned
  *                      buffers, kernels for these shapes, the kernel module of this object's context
- *                      (loaded on first use, a failure reported once), then launch.
+ *                      (the spec's imageSet, loaded on first use, a failure reported once), then launch.
  * The kernel module belongs to one context: a copy (clone, attachToContext) loads its own, and the
  * module is unloaded with its object.
  */
@@ -23,7 +24,7 @@
 
 #include "NvInferRuntime.h"
 #include "mlaKernels.h"
-#include "opIdentity.h"
+#include "opSpec.h"
 
 #include <cuda.h>
 
@@ -54,32 +55,21 @@ public:
     PluginCore& operator=(PluginCore const&) = delete;
     virtual ~PluginCore(); //!< unloads the kernel module of its context, if loaded
 
-    OpIdentity const& identity() const noexcept { return mIdentity; }
+    OpSpec const& spec() const noexcept { return mSpec; }
 
 protected:
-    explicit PluginCore(OpIdentity const& identity) noexcept;
-    //! A copy keeps the identity and the error recorder; it has no kernel module yet.
+    explicit PluginCore(OpSpec const& spec) noexcept;
+    //! A copy keeps the spec and the error recorder; it has no kernel module yet.
     PluginCore(PluginCore const& other) noexcept;
 
-    // ---- hooks: the op's rules (arrays indexed by the op's input and output indices)
+    // ---- hooks: what depends on the attributes (arrays indexed by the op's input indices)
     //! Empty when the input shapes agree with each other and the attributes (extents < 0: unknown).
     virtual std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const = 0;
-    //! Output types from input types; empty when the input types are acceptable.
-    virtual std::string outputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const = 0;
-    //! supportsFormatCombination's rule for position `pos`, looking at positions <= pos only.
-    virtual bool supportsFormat(
-        int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) const = 0;
-    //! The input whose shape (and type) output `outputIndex` has.
-    virtual int32_t outputShapeSource(int32_t outputIndex) const = 0;
-    // ---- hooks: the kernels
     //! True when the kernels take these (fully known) input dims and type; else `why` may name the reason.
     virtual bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const = 0;
     //! Workspace bytes for every shape in [minDims, maxDims].
     virtual size_t workspaceSize(
         nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const = 0;
-    //! The kernels' images, loaded into this object's module on first enqueue.
-    virtual kernels::ImageSet imageSet() const = 0;
     //! True when a valid call has nothing to compute (enqueue then succeeds at once, before the pointer checks).
     virtual bool nothingToCompute(nvinfer1::Dims const* /*inputs*/) const { return false; }
     //! Runs the checked call with `module()` loaded; 0 or -1 (after reporting, e.g. through checkCuda).
@@ -118,7 +108,7 @@ private:
     //! Empty when every buffer is non-null and 16-byte aligned (what the kernels need); else names one.
     std::string checkPointers(void const* const* inputs, void* const* outputs) const;
 
-    OpIdentity mIdentity;
+    OpSpec mSpec;
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     kernels::Module mModule;
     bool mModuleFailed{false};

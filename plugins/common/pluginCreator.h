@@ -1,6 +1,6 @@
 /*
  * PluginCreator<Plugin>: the IPluginCreatorV3One of a plugin built on PluginBase (pluginBase.h). Its
- * identity is Plugin::kIdentity; it declares Plugin::kFields as the ONNX parser sends them (INT -> kINT32,
+ * identity is Plugin::kSpec; it declares Plugin::kFields as the ONNX parser sends them (INT -> kINT32,
  * FLOAT -> kFLOAT32; only declared names reach createPlugin); createPlugin parses and checks them
  * (readFields, then Plugin::validate) and returns nullptr, after logging why, when a field is missing or
  * invalid. A created plugin's attributes are logged at INFO: "<op>: name=value ... (build phase, layer L)".
@@ -32,9 +32,9 @@ public:
 
     PluginCreator() { mDeclared.write(Plugin::kFields, static_cast<Attributes const*>(nullptr)); }
 
-    char const* getPluginName() const noexcept override { return Plugin::kIdentity.name; }
-    char const* getPluginVersion() const noexcept override { return Plugin::kIdentity.version; }
-    char const* getPluginNamespace() const noexcept override { return Plugin::kIdentity.nameSpace; }
+    char const* getPluginName() const noexcept override { return Plugin::kSpec.name; }
+    char const* getPluginVersion() const noexcept override { return Plugin::kSpec.version; }
+    char const* getPluginNamespace() const noexcept override { return Plugin::kSpec.nameSpace; }
     nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return mDeclared.collection(); }
 
     nvinfer1::IPluginV3* createPlugin(
@@ -46,15 +46,15 @@ public:
             std::string const why = parseFields(fc, attrs);
             if (!why.empty())
             {
-                logCreateRefused(Plugin::kIdentity.name, name, why);
+                logCreateRefused(Plugin::kSpec.name, name, why);
                 return nullptr;
             }
-            logCreated(Plugin::kIdentity.name, describeFields(Plugin::kFields, attrs), name, phase);
+            logCreated(Plugin::kSpec.name, describeFields(Plugin::kFields, attrs), name, phase);
             return new Plugin(attrs);
         }
         catch (...)
         {
-            logCreateException(Plugin::kIdentity.name);
+            logCreateException(Plugin::kSpec.name);
         }
         return nullptr;
     }
@@ -62,7 +62,7 @@ public:
     //! The parsing alone: fills `attrs` or returns a message naming the offending field.
     static std::string parseFields(nvinfer1::PluginFieldCollection const* fc, Attributes& attrs)
     {
-        std::string const why = readFields(Plugin::kIdentity.name, fc, Plugin::kFields, attrs);
+        std::string const why = readFields(Plugin::kSpec.name, fc, Plugin::kFields, attrs);
         return why.empty() ? Plugin::validate(attrs) : why;
     }
 

@@ -11,7 +11,6 @@ namespace plugin
 namespace
 {
 namespace c = moe_contract;
-using nvinfer1::DataType;
 using nvinfer1::Dims;
 } // namespace
 
@@ -25,23 +24,6 @@ std::string DeepseekMoePlugin::validateInputDims(Dims const* inputs, int32_t nbI
     return validateMoeInputDims(mAttrs, inputs, nbInputs);
 }
 
-std::string DeepseekMoePlugin::outputDataTypes(
-    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const
-{
-    return moeOutputDataTypes(outputTypes, nbOutputs, inputTypes, nbInputs);
-}
-
-bool DeepseekMoePlugin::supportsFormat(
-    int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) const
-{
-    return moeSupportsFormat(pos, inOut, nbInputs, nbOutputs);
-}
-
-int32_t DeepseekMoePlugin::outputShapeSource(int32_t /*outputIndex*/) const
-{
-    return c::kHiddenStates; // routed_output has the shape of hidden_states (moeOutputDims)
-}
-
 bool DeepseekMoePlugin::kernelsSupport(Dims const* inputs, kernels::DataType dtype, char const** why) const
 {
     return kernels::moe::supported(moeKernelDims(mAttrs, inputs, dtype), why);
@@ -50,11 +32,6 @@ bool DeepseekMoePlugin::kernelsSupport(Dims const* inputs, kernels::DataType dty
 size_t DeepseekMoePlugin::workspaceSize(Dims const* minDims, Dims const* maxDims, kernels::DataType dtype) const
 {
     return moeWorkspaceSize(mAttrs, minDims, maxDims, dtype);
-}
-
-kernels::ImageSet DeepseekMoePlugin::imageSet() const
-{
-    return kernels::moe::imageSet();
 }
 
 bool DeepseekMoePlugin::nothingToCompute(Dims const* inputs) const

@@ -31,9 +31,10 @@ namespace plugin
 class DeepseekMoePlugin final : public PluginBase<DeepseekMoePlugin, MoeAttributes>
 {
 public:
-    static constexpr OpIdentity kIdentity{moe_contract::kPluginName, moe_contract::kPluginVersion,
+    static constexpr OpSpec kSpec{moe_contract::kPluginName, moe_contract::kPluginVersion,
         moe_contract::kPluginNamespace, moe_contract::kNumInputs, moe_contract::kNumOutputs, moe_contract::kInputNames,
-        moe_contract::kOutputNames, moe_contract::kHiddenStates};
+        moe_contract::kOutputNames, moe_contract::kHiddenStates, &moeOutputDataTypes, &moeSupportsFormat,
+        &moeOutputShapeSource, &kernels::moe::imageSet};
     //! The attributes, as TensorRT's ONNX parser sends them: non-negative integers (validateMoeAttributes checks
     //! the rule), a finite float.
     static constexpr std::array<AttributeField<MoeAttributes>, 9> kFields{{
@@ -54,15 +55,9 @@ public:
 
 private:
     std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
-    std::string outputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const override;
-    bool supportsFormat(
-        int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) const override;
-    int32_t outputShapeSource(int32_t outputIndex) const override;
     bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const override;
     size_t workspaceSize(
         nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const override;
-    kernels::ImageSet imageSet() const override;
     //! No token (B or S is 0): nothing to compute or write.
     bool nothingToCompute(nvinfer1::Dims const* inputs) const override;
     int32_t launch(EnqueueCall const& call) override;

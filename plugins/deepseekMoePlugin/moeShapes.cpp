@@ -149,7 +149,12 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int
 
 Dims moeOutputDims(Dims const* inputs)
 {
-    return inputs[c::kHiddenStates];
+    return inputs[moeOutputShapeSource(c::kRoutedOutput)];
+}
+
+int32_t moeOutputShapeSource(int32_t /*outputIndex*/)
+{
+    return c::kHiddenStates;
 }
 
 bool moeSupportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)

@@ -13,7 +13,6 @@ namespace plugin
 namespace
 {
 namespace c = contract;
-using nvinfer1::DataType;
 using nvinfer1::Dims;
 using Severity = nvinfer1::ILogger::Severity;
 } // namespace
@@ -33,23 +32,6 @@ std::string MlaAttentionPlugin::validateInputDims(Dims const* inputs, int32_t nb
     return plugin::validateInputDims(mAttrs, inputs, nbInputs);
 }
 
-std::string MlaAttentionPlugin::outputDataTypes(
-    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const
-{
-    return plugin::outputDataTypes(outputTypes, nbOutputs, inputTypes, nbInputs);
-}
-
-bool MlaAttentionPlugin::supportsFormat(
-    int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) const
-{
-    return plugin::supportsFormat(pos, inOut, nbInputs, nbOutputs);
-}
-
-int32_t MlaAttentionPlugin::outputShapeSource(int32_t outputIndex) const
-{
-    return plugin::outputShapeSource(outputIndex);
-}
-
 bool MlaAttentionPlugin::kernelsSupport(Dims const* inputs, kernels::DataType dtype, char const** why) const
 {
     return kernels::supported(kernelDims(mAttrs, inputs, dtype), why);
@@ -58,11 +40,6 @@ bool MlaAttentionPlugin::kernelsSupport(Dims const* inputs, kernels::DataType dt
 size_t MlaAttentionPlugin::workspaceSize(Dims const* minDims, Dims const* maxDims, kernels::DataType dtype) const
 {
     return plugin::workspaceSize(mAttrs, minDims, maxDims, dtype, queryNumSms());
-}
-
-kernels::ImageSet MlaAttentionPlugin::imageSet() const
-{
-    return kernels::mlaImageSet();
 }
 
 int32_t MlaAttentionPlugin::queryNumSms() noexcept

@@ -36,8 +36,9 @@ class MlaAttentionPlugin final
     : public PluginBase<MlaAttentionPlugin, MlaAttributes, nvinfer1::IPluginV3OneBuildV2>
 {
 public:
-    static constexpr OpIdentity kIdentity{contract::kPluginName, contract::kPluginVersion, contract::kPluginNamespace,
-        contract::kNumInputs, contract::kNumOutputs, contract::kInputNames, contract::kOutputNames, contract::kQLatent};
+    static constexpr OpSpec kSpec{contract::kPluginName, contract::kPluginVersion, contract::kPluginNamespace,
+        contract::kNumInputs, contract::kNumOutputs, contract::kInputNames, contract::kOutputNames, contract::kQLatent,
+        &plugin::outputDataTypes, &plugin::supportsFormat, &plugin::outputShapeSource, &kernels::mlaImageSet};
     //! The attributes, as TensorRT's ONNX parser sends them: positive integers, a float > 0.
     static constexpr std::array<AttributeField<MlaAttributes>, 4> kFields{{
         intAttribute(contract::kAttrNumHeads, &MlaAttributes::numHeads, 1),
@@ -56,16 +57,10 @@ public:
 
 private:
     std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
-    std::string outputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const override;
-    bool supportsFormat(
-        int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) const override;
-    int32_t outputShapeSource(int32_t outputIndex) const override;
     bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const override;
     //! For the build device's SM count (queryNumSms).
     size_t workspaceSize(
         nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const override;
-    kernels::ImageSet imageSet() const override;
     //! Copies past_cache to present_cache first when they are two buffers, then launches the kernels.
     int32_t launch(EnqueueCall const& call) override;
 
