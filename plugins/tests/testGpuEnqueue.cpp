@@ -116,33 +116,26 @@ int main(int argc, char** argv)
     {
         return cu.fail("device allocation failed");
     }
-    std::vector<nvinfer1::DynamicPluginTensorDesc> dyn = gpu::fixedProfile(in);
-    std::vector<nvinfer1::DynamicPluginTensorDesc> dynOut = gpu::fixedProfile(out);
-    if (build->configurePlugin(dyn.data(), 7, dynOut.data(), 2) != 0)
+    size_t wsBytes = 0;
+    why = gpu::configure(built, in, out, wsBytes);
+    if (!why.empty())
     {
-        return cu.fail("configurePlugin failed");
+        return cu.fail(why);
     }
-    size_t const wsBytes = build->getWorkspaceSize(dyn.data(), 7, dynOut.data(), 2);
     CUdeviceptr workspace{};
     if (wsBytes > 0 && !cu.alloc(workspace, wsBytes))
     {
         return cu.fail("workspace allocation failed");
     }
     gpu::Context context;
-    nvinfer1::IPluginV3* attached = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME))
-                                        ->attachToContext(&context);
-    auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-    void const* inputs[7];
-    for (int32_t i = 0; i < 7; ++i)
+    nvinfer1::IPluginV3* attached = nullptr;
+    nvinfer1::IPluginV3OneRuntime* runtime = gpu::attach(built, context, in, out, attached, why);
+    if (runtime == nullptr)
     {
-        inputs[i] = reinterpret_cast<void const*>(inPtr[i]);
+        return cu.fail(why);
     }
-    if (runtime->onShapeChange(in.data(), 7, out.data(), 2) != 0)
-    {
-        return cu.fail("onShapeChange failed");
-    }
+    std::vector<void const*> const inputAddresses = gpu::addresses(inPtr);
+    void const* const* inputs = inputAddresses.data();
     // Warm-up on scratch copies of the cache and output, so that the kernel module is loaded outside the
     // capture and the buffers under test are written by the captured step only.
     {
@@ -166,17 +159,13 @@ int main(int argc, char** argv)
     }
     void* outputs[2] = {reinterpret_cast<void*>(attn), reinterpret_cast<void*>(present)};
     CUgraph graph{};
-    if (!cu.beginCapture(CU_STREAM_CAPTURE_MODE_RELAXED))
-    {
-        return cu.fail("cuStreamBeginCapture failed");
-    }
-    int32_t const enqueued
-        = runtime->enqueue(in.data(), out.data(), inputs, outputs, reinterpret_cast<void*>(workspace), cu.stream());
-    if (!cu.endCapture(graph) || enqueued != 0)
-    {
-        return cu.fail("enqueue failed under stream capture");
-    }
-    why = cu.printNodeCounts(graph);
+    why = cu.captureStep(
+        CU_STREAM_CAPTURE_MODE_RELAXED,
+        [&] {
+            return runtime->enqueue(
+                in.data(), out.data(), inputs, outputs, reinterpret_cast<void*>(workspace), cu.stream());
+        },
+        "enqueue failed under stream capture", graph);
     if (!why.empty())
     {
         return cu.fail(why);

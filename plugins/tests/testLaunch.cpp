@@ -17,7 +17,7 @@
 #include "testPlugin.h"
 #include "testUtil.h"
 
-#include <fstream>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -454,12 +454,6 @@ bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
 
 int32_t compareWithPlan(char const* path)
 {
-    std::ifstream file(path);
-    if (!file)
-    {
-        std::printf("cannot read %s\n", path);
-        return -1;
-    }
     struct Planned
     {
         Call call;
@@ -467,25 +461,18 @@ int32_t compareWithPlan(char const* path)
         std::vector<testutil::PlannedLaunch> launches;
     };
     std::vector<Planned> plans;
-    std::string line;
-    while (std::getline(file, line))
+    auto const readCase = [&plans](std::istream& s) {
+        Planned p{};
+        int32_t dtype = 0;
+        s >> p.call.batch >> p.call.tokens >> p.call.heads >> p.call.rank >> p.call.rope >> p.call.maxSeqLen >> dtype
+            >> p.numSms;
+        p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        plans.push_back(p);
+    };
+    if (!testutil::readPlanFile(
+            path, readCase, [&plans](testutil::PlannedLaunch launch) { plans.back().launches.push_back(launch); }))
     {
-        std::istringstream s(line);
-        std::string tag;
-        s >> tag;
-        if (tag == "case")
-        {
-            Planned p{};
-            int32_t dtype = 0;
-            s >> p.call.batch >> p.call.tokens >> p.call.heads >> p.call.rank >> p.call.rope >> p.call.maxSeqLen
-                >> dtype >> p.numSms;
-            p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
-            plans.push_back(p);
-        }
-        else if (tag == "launch" && !plans.empty())
-        {
-            plans.back().launches.push_back(testutil::readPlannedLaunch(s));
-        }
+        return -1;
     }
     for (Planned const& plan : plans)
     {

@@ -62,7 +62,7 @@ int main(int argc, char** argv)
     nvinfer1::DataType const t = dtype == 1 ? nvinfer1::DataType::kHALF : nvinfer1::DataType::kBF16;
     std::vector<std::vector<int64_t>> const shapes = {{b, s, d}, {e, d}, {e}, {e, 2 * inter, d}, {e, d, inter}};
     std::vector<nvinfer1::PluginTensorDesc> in(5);
-    CUdeviceptr inPtr[5]{};
+    std::vector<CUdeviceptr> inPtr(5);
     for (int32_t i = 0; i < 5; ++i)
     {
         bool const f32 = i == c::kRouterWeight || i == c::kScoreBias;
@@ -101,35 +101,26 @@ int main(int argc, char** argv)
     {
         return cu.fail("createPlugin failed");
     }
-    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(
-        built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-    std::vector<nvinfer1::DynamicPluginTensorDesc> dyn = gpu::fixedProfile(in);
-    std::vector<nvinfer1::DynamicPluginTensorDesc> dynOut = gpu::fixedProfile(out);
-    if (build->configurePlugin(dyn.data(), 5, dynOut.data(), 1) != 0)
+    size_t wsBytes = 0;
+    why = gpu::configure(built, in, out, wsBytes);
+    if (!why.empty())
     {
-        return cu.fail("configurePlugin failed");
+        return cu.fail(why);
     }
-    size_t const wsBytes = build->getWorkspaceSize(dyn.data(), 5, dynOut.data(), 1);
     CUdeviceptr workspace{};
     if (wsBytes == 0 || !cu.alloc(workspace, wsBytes) || !cu.fill(workspace, 0xFF, wsBytes))
     {
         return cu.fail("workspace allocation failed");
     }
     gpu::Context context;
-    nvinfer1::IPluginV3* attached = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME))
-                                        ->attachToContext(&context);
-    auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-    void const* inputs[5];
-    for (int32_t i = 0; i < 5; ++i)
+    nvinfer1::IPluginV3* attached = nullptr;
+    nvinfer1::IPluginV3OneRuntime* runtime = gpu::attach(built, context, in, out, attached, why);
+    if (runtime == nullptr)
     {
-        inputs[i] = reinterpret_cast<void const*>(inPtr[i]);
+        return cu.fail(why);
     }
-    if (runtime->onShapeChange(in.data(), 5, out.data(), 1) != 0)
-    {
-        return cu.fail("onShapeChange failed");
-    }
+    std::vector<void const*> const inputAddresses = gpu::addresses(inPtr);
+    void const* const* inputs = inputAddresses.data();
     void* warmOutputs[1] = {reinterpret_cast<void*>(scratch)};
     if (runtime->enqueue(in.data(), out.data(), inputs, warmOutputs, reinterpret_cast<void*>(workspace), cu.stream()) != 0
         || !cu.sync())
@@ -138,17 +129,13 @@ int main(int argc, char** argv)
     }
     void* outputs[1] = {reinterpret_cast<void*>(output)};
     CUgraph graph{};
-    if (!cu.beginCapture(CU_STREAM_CAPTURE_MODE_GLOBAL))
-    {
-        return cu.fail("cuStreamBeginCapture failed");
-    }
-    int32_t const enqueued
-        = runtime->enqueue(in.data(), out.data(), inputs, outputs, reinterpret_cast<void*>(workspace), cu.stream());
-    if (!cu.endCapture(graph) || enqueued != 0)
-    {
-        return cu.fail("enqueue failed under stream capture (a host sync?)");
-    }
-    why = cu.printNodeCounts(graph);
+    why = cu.captureStep(
+        CU_STREAM_CAPTURE_MODE_GLOBAL,
+        [&] {
+            return runtime->enqueue(
+                in.data(), out.data(), inputs, outputs, reinterpret_cast<void*>(workspace), cu.stream());
+        },
+        "enqueue failed under stream capture (a host sync?)", graph);
     if (!why.empty())
     {
         return cu.fail(why);

@@ -14,7 +14,7 @@
 #include "testPlugin.h"
 #include "testUtil.h"
 
-#include <fstream>
+#include <cstdio>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -285,38 +285,25 @@ bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
 
 int32_t compareWithPlan(char const* path)
 {
-    std::ifstream file(path);
-    if (!file)
-    {
-        std::printf("cannot read %s\n", path);
-        return -1;
-    }
     struct Planned
     {
         Call call;
         std::vector<testutil::PlannedLaunch> launches;
     };
     std::vector<Planned> plans;
-    std::string line;
-    while (std::getline(file, line))
+    auto const readCase = [&plans](std::istream& s) {
+        Planned p{};
+        plugin::MoeAttributes& a = p.call.attrs;
+        int32_t dtype = 0;
+        s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
+            >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
+        p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        plans.push_back(p);
+    };
+    if (!testutil::readPlanFile(
+            path, readCase, [&plans](testutil::PlannedLaunch launch) { plans.back().launches.push_back(launch); }))
     {
-        std::istringstream s(line);
-        std::string tag;
-        s >> tag;
-        if (tag == "case")
-        {
-            Planned p{};
-            plugin::MoeAttributes& a = p.call.attrs;
-            int32_t dtype = 0;
-            s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
-                >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
-            p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
-            plans.push_back(p);
-        }
-        else if (tag == "launch" && !plans.empty())
-        {
-            plans.back().launches.push_back(testutil::readPlannedLaunch(s));
-        }
+        return -1;
     }
     for (Planned const& plan : plans)
     {

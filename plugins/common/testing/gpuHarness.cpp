@@ -80,16 +80,6 @@ bool Driver::sync() const
     return get<CUresult (*)(CUstream)>("cuStreamSynchronize")(mStream) == CUDA_SUCCESS;
 }
 
-bool Driver::beginCapture(CUstreamCaptureMode mode) const
-{
-    return get<CUresult (*)(CUstream, CUstreamCaptureMode)>("cuStreamBeginCapture_v2")(mStream, mode) == CUDA_SUCCESS;
-}
-
-bool Driver::endCapture(CUgraph& graph) const
-{
-    return get<CUresult (*)(CUstream, CUgraph*)>("cuStreamEndCapture")(mStream, &graph) == CUDA_SUCCESS;
-}
-
 bool Driver::instantiate(CUgraphExec& exec, CUgraph graph) const
 {
     using Instantiate = CUresult (*)(CUgraphExec*, CUgraph, unsigned long long);
@@ -107,8 +97,18 @@ void Driver::destroy(CUgraphExec exec, CUgraph graph) const
     get<CUresult (*)(CUgraph)>("cuGraphDestroy")(graph);
 }
 
-std::string Driver::printNodeCounts(CUgraph graph) const
+std::string Driver::captureStep(
+    CUstreamCaptureMode mode, std::function<int32_t()> const& step, char const* stepFailed, CUgraph& graph) const
 {
+    if (get<CUresult (*)(CUstream, CUstreamCaptureMode)>("cuStreamBeginCapture_v2")(mStream, mode) != CUDA_SUCCESS)
+    {
+        return "cuStreamBeginCapture failed";
+    }
+    int32_t const enqueued = step();
+    if (get<CUresult (*)(CUstream, CUgraph*)>("cuStreamEndCapture")(mStream, &graph) != CUDA_SUCCESS || enqueued != 0)
+    {
+        return stepFailed;
+    }
     auto getNodes = get<CUresult (*)(CUgraph, CUgraphNode*, size_t*)>("cuGraphGetNodes");
     size_t numNodes = 0;
     if (getNodes(graph, nullptr, &numNodes) != CUDA_SUCCESS)
@@ -206,6 +206,9 @@ nvinfer1::IPluginCreatorV3One* findCreator(char const* path, char const* name, s
     return nullptr;
 }
 
+namespace
+{
+// Descriptors of a fixed profile: min = opt = max = each tensor's dims.
 std::vector<nvinfer1::DynamicPluginTensorDesc> fixedProfile(std::vector<nvinfer1::PluginTensorDesc> const& descs)
 {
     std::vector<nvinfer1::DynamicPluginTensorDesc> dyn(descs.size());
@@ -215,6 +218,55 @@ std::vector<nvinfer1::DynamicPluginTensorDesc> fixedProfile(std::vector<nvinfer1
         dyn[i].min = dyn[i].max = dyn[i].opt = descs[i].dims;
     }
     return dyn;
+}
+
+nvinfer1::IPluginV3OneRuntime* runtimeOf(nvinfer1::IPluginV3* plugin)
+{
+    return static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+}
+} // namespace
+
+std::string configure(nvinfer1::IPluginV3* built, std::vector<nvinfer1::PluginTensorDesc> const& in,
+    std::vector<nvinfer1::PluginTensorDesc> const& out, size_t& workspaceBytes)
+{
+    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(
+        built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+    std::vector<nvinfer1::DynamicPluginTensorDesc> dyn = fixedProfile(in);
+    std::vector<nvinfer1::DynamicPluginTensorDesc> dynOut = fixedProfile(out);
+    int32_t const nbIn = static_cast<int32_t>(in.size());
+    int32_t const nbOut = static_cast<int32_t>(out.size());
+    if (build->configurePlugin(dyn.data(), nbIn, dynOut.data(), nbOut) != 0)
+    {
+        return "configurePlugin failed";
+    }
+    workspaceBytes = build->getWorkspaceSize(dyn.data(), nbIn, dynOut.data(), nbOut);
+    return {};
+}
+
+nvinfer1::IPluginV3OneRuntime* attach(nvinfer1::IPluginV3* built, Context& context,
+    std::vector<nvinfer1::PluginTensorDesc> const& in, std::vector<nvinfer1::PluginTensorDesc> const& out,
+    nvinfer1::IPluginV3*& attached, std::string& why)
+{
+    attached = runtimeOf(built)->attachToContext(&context);
+    nvinfer1::IPluginV3OneRuntime* runtime = runtimeOf(attached);
+    if (runtime->onShapeChange(in.data(), static_cast<int32_t>(in.size()), out.data(), static_cast<int32_t>(out.size()))
+        != 0)
+    {
+        why = "onShapeChange failed";
+        return nullptr;
+    }
+    return runtime;
+}
+
+std::vector<void const*> addresses(std::vector<CUdeviceptr> const& buffers)
+{
+    std::vector<void const*> pointers(buffers.size());
+    for (size_t i = 0; i < buffers.size(); ++i)
+    {
+        pointers[i] = reinterpret_cast<void const*>(buffers[i]);
+    }
+    return pointers;
 }
 
 } // namespace gpu

@@ -12,6 +12,7 @@
 
 #include <cuda.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,15 +42,15 @@ public:
     bool fill(CUdeviceptr dst, unsigned char value, size_t bytes) const;
     bool copy(CUdeviceptr dst, CUdeviceptr src, size_t bytes) const;
     bool sync() const;
-    bool beginCapture(CUstreamCaptureMode mode) const;
-    bool endCapture(CUgraph& graph) const;
     bool instantiate(CUgraphExec& exec, CUgraph graph) const;
     bool launch(CUgraphExec exec) const;
     void destroy(CUgraphExec exec, CUgraph graph) const;
 
-    //! Counts `graph`'s nodes by type and prints "graph: K kernel, C memcpy, M memset, O other nodes"; "" or
-    //! what failed.
-    std::string printNodeCounts(CUgraph graph) const;
+    //! Captures what `step` enqueues on the stream (capture mode `mode`) into `graph`, then counts the graph's
+    //! nodes by type and prints "graph: K kernel, C memcpy, M memset, O other nodes"; "" or what failed
+    //! (`stepFailed` when the capture ended badly or the step returned nonzero).
+    std::string captureStep(
+        CUstreamCaptureMode mode, std::function<int32_t()> const& step, char const* stepFailed, CUgraph& graph) const;
 
 private:
     template <typename F>
@@ -75,8 +76,10 @@ void writeFile(std::string const& path, void const* data, size_t bytes);
 //! The creator named `name` of the library at `path`, loaded with dlopen; nullptr (and `why`) when none.
 nvinfer1::IPluginCreatorV3One* findCreator(char const* path, char const* name, std::string& why);
 
-//! Descriptors of a fixed profile: min = opt = max = each tensor's dims.
-std::vector<nvinfer1::DynamicPluginTensorDesc> fixedProfile(std::vector<nvinfer1::PluginTensorDesc> const& descs);
+//! Configures `built` through its build capability for one fixed shape (min = opt = max: the descriptors'
+//! dims), as TensorRT builds an engine, and asks its workspace size; "" or what failed.
+std::string configure(nvinfer1::IPluginV3* built, std::vector<nvinfer1::PluginTensorDesc> const& in,
+    std::vector<nvinfer1::PluginTensorDesc> const& out, size_t& workspaceBytes);
 
 //! A resource context without allocator or error recorder, as the checks attach the plugin to.
 struct Context : nvinfer1::IPluginResourceContext
@@ -84,5 +87,14 @@ struct Context : nvinfer1::IPluginResourceContext
     nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
     nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
 };
+
+//! What TensorRT runs: a copy of `built` attached to `context` (in `attached`, the caller deletes it) with
+//! its shapes set (onShapeChange); its runtime capability, or nullptr and `why`.
+nvinfer1::IPluginV3OneRuntime* attach(nvinfer1::IPluginV3* built, Context& context,
+    std::vector<nvinfer1::PluginTensorDesc> const& in, std::vector<nvinfer1::PluginTensorDesc> const& out,
+    nvinfer1::IPluginV3*& attached, std::string& why);
+
+//! Device addresses as enqueue takes them.
+std::vector<void const*> addresses(std::vector<CUdeviceptr> const& buffers);
 
 } // namespace gpu

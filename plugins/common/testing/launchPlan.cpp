@@ -6,6 +6,8 @@
 #include "testUtil.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <sstream>
 
 namespace testutil
@@ -65,6 +67,35 @@ PlannedLaunch readPlannedLaunch(std::istream& s)
         fake::setSignature(e.name, sizes);
     }
     return planned;
+}
+
+bool readPlanFile(char const* path, std::function<void(std::istream& fields)> const& onCase,
+    std::function<void(PlannedLaunch launch)> const& onLaunch)
+{
+    std::ifstream file(path);
+    if (!file)
+    {
+        std::printf("cannot read %s\n", path);
+        return false;
+    }
+    bool inCase = false;
+    std::string line;
+    while (std::getline(file, line))
+    {
+        std::istringstream s(line);
+        std::string tag;
+        s >> tag;
+        if (tag == "case")
+        {
+            onCase(s);
+            inCase = true;
+        }
+        else if (tag == "launch" && inCase)
+        {
+            onLaunch(readPlannedLaunch(s));
+        }
+    }
+    return true;
 }
 
 void checkLaunches(std::vector<fake::Event> const& got, std::vector<PlannedLaunch> const& plan, std::string const& what,

@@ -6,7 +6,7 @@
  *
  * arguments: p:<pointer> (a name the test resolves: PointerResolver), i:<int32>, f:<float32>. With
  * `wildcards`, name "*", block "0 0 0" and sharedMem "*" match anything (MlaAttention's plan does not fix
- * them); without, every field must match. The tests read their own "case" lines.
+ * them); without, every field must match. Each test reads its own "case" lines (the call to plan for).
  */
 #pragma once
 
@@ -36,6 +36,11 @@ using PointerResolver = std::function<bool(std::string const& name, uint64_t& ad
 //! Reads the fields after "launch" of `line`, and registers the kernel's argument sizes (p: 8 bytes, i: and f:
 //! 4) with the fake driver so that its launches record argument values.
 PlannedLaunch readPlannedLaunch(std::istream& line);
+
+//! Reads the expectations file `path` line by line: the fields after "case" of each case line to `onCase`, each
+//! launch line after a case to `onLaunch`. False (after printing why) when the file cannot be read.
+bool readPlanFile(char const* path, std::function<void(std::istream& fields)> const& onCase,
+    std::function<void(PlannedLaunch launch)> const& onLaunch);
 
 //! CHECKs the launches recorded for the call `what` against `plan`: their number, then each launch's kernel,
 //! grid, block, shared memory and argument values.
