@@ -96,12 +96,6 @@ std::string describe(Call const& k, bool inPlace)
     return s.str();
 }
 
-std::vector<fake::Event> eventsSince(size_t first)
-{
-    auto const& all = fake::events();
-    return std::vector<fake::Event>(all.begin() + static_cast<long>(first), all.end());
-}
-
 // Checks one enqueue's events (from the first one after the module load) and returns its launches.
 std::vector<fake::Event> checkCall(Call const& k, bool inPlace, Launch const& l, std::vector<fake::Event> const& ev)
 {
@@ -202,7 +196,7 @@ void testSweep()
             Launch l(k, inPlace);
             int32_t const status = l.run(target);
             CHECK_MSG(status == 0, describe(k, inPlace) + ": enqueue returned " + std::to_string(status));
-            auto ev = eventsSince(first);
+            auto ev = fake::eventsSince(first);
             std::vector<fake::Event> afterLoad;
             int32_t loadsNow = 0;
             for (auto const& e : ev)
@@ -330,7 +324,7 @@ void testAliasedDecodeSteps()
             int32_t copies = 0;
             size_t launches = 0;
             uint64_t const cache = reinterpret_cast<uintptr_t>(l.outputs[c::kPresentCache]);
-            for (fake::Event const& e : eventsSince(first))
+            for (fake::Event const& e : fake::eventsSince(first))
             {
                 if (e.kind == fake::Kind::kMemcpy)
                 {

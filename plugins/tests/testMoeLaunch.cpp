@@ -137,10 +137,8 @@ void testSweep()
             CHECK_MSG(l.run(*p) == 0, describe(k));
             size_t loads = 0;
             size_t launches = 0;
-            auto const& all = fake::events();
-            for (size_t i = first; i < all.size(); ++i)
+            for (fake::Event const& e : fake::eventsSince(first))
             {
-                fake::Event const& e = all[i];
                 if (e.kind == fake::Kind::kModuleLoad)
                 {
                     ++loads;

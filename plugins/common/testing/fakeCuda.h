@@ -52,6 +52,8 @@ std::vector<Event> const& events();
 void reset();
 //! Events of one kind, in order.
 std::vector<Event> eventsOf(Kind kind);
+//! The events recorded after the first `first` (events().size() taken before a call: the call's events).
+std::vector<Event> eventsSince(size_t first);
 
 //! The device the fake reports (compute capability major*10+minor, and SM count).
 void setDevice(int32_t arch, int32_t numSms);
