@@ -29,7 +29,7 @@ END_TO_END = "end to end"
 
 @dataclass
 class PartResult:
-    """One part's comparisons over every step (teacher-forced), with its time and peak memory."""
+    """One part's comparisons over every step (teacher-forced), with the seconds it took."""
 
     label: str
     steps: list[StepResult] = field(default_factory=list)
