@@ -290,10 +290,8 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     spec = model.spec
     check_memory(validate_peak_bytes(spec.config, model.weight_bytes(), spec.io == "tokens")
                  + scenario.peak_bytes(spec),
-                 f"validating {Path(path).name} (the float64 eager model beside ONNX Runtime, --batch "
-                 f"{scenario.batch}, --prefill-len {scenario.prefill_len})",
-                 "validate an export with fewer layers (export --layers N), or a smaller --batch or --prefill-len, "
-                 "on this machine")
+                 f"validate --batch {scenario.batch} --prefill-len {scenario.prefill_len}",
+                 "lower them, or export fewer --layers")
     scenario.histories(spec.max_seq_len)  # refuses a scenario the cache cannot hold
     (progress or _no_progress)("loading the model into ONNX Runtime", 0, scenario.steps + 1)
     from .runners import OnnxRuntimeRunner
