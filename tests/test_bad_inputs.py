@@ -316,6 +316,9 @@ CASES += [
         "profile", "--onnx", good_model(d, f), "--csv", d / "f" / "p.csv"], "f is a file, expected a directory"),
     Case("export -o not UTF-8", lambda d, f: [
         "export", "--preset", "tiny", "-o", not_utf8(d, b"\xff.onnx")], "\\xff.onnx: the path is not valid UTF-8"),
+    Case("validate --onnx not UTF-8", lambda d, f: [
+        "validate", "--onnx", copy_model(f.good, d, os.fsdecode(b"\xfd.onnx"))],
+         "\\xfd.onnx: the path is not valid UTF-8; rename it"),
     Case("validate --json not UTF-8", lambda d, f: [
         "validate", "--onnx", good_model(d, f), "--json", not_utf8(d, b"r\xfe.json")], "the path is not valid UTF-8"),
     # Free-text config fields of the wrong type:
