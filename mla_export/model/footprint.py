@@ -120,3 +120,13 @@ def validate_peak_bytes(c: MlaConfig, data_bytes: int, with_embeddings: bool) ->
     exported weights (`data_bytes`, read once and partly copied), and the process itself: within 5% of the measured
     peak of deepseek-v2-lite --layers 3 (17.2 GiB, benchmarks/RESULTS.md)."""
     return 8 * model_counts(c, with_embeddings).total + 3 * data_bytes // 2 + 1 * GIB
+
+
+def per_layer_validate_peak_bytes(c: MlaConfig, dtype_bytes: int, prefolded: bool, with_embeddings: bool) -> int:
+    """Estimated peak memory of `validate --per-layer`: the largest part, its float64 reference layer or ONNX
+    Runtime's copy of its exported weights (one after the other; the embedding and head: their float32
+    matrix beside it), and the process."""
+    layers = [layer_counts(c, i) for i in range(c.num_hidden_layers)]
+    layer = max(max(8 * lc.total(), 2 * dtype_bytes * lc.total(prefolded)) for lc in layers)
+    edge = (4 + 2 * dtype_bytes) * c.vocab_size * c.hidden_size if with_embeddings else 0
+    return max(layer, edge) + 1 * GIB
