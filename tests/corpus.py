@@ -1,14 +1,17 @@
 """Shared by the corpus of bad inputs (test_bad_inputs.py) and the faults (test_faults.py): running the CLI,
-judging its failure (one message, no traceback, the destination unchanged), the good inputs the cases
-damage (`make_files`), and editors of ONNX files, sidecars and checkpoints."""
+judging its failure (one message, no traceback, the destination unchanged, the message's own text within
+two 80-column lines), the good inputs the cases damage (`make_files`), and editors of ONNX files, sidecars
+and checkpoints."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import pytest
@@ -53,6 +56,13 @@ def assert_one_message(result, message: str, code: int = 1):
     assert "Traceback" not in output, output
     assert len(error_lines(output)) == 1, output
     assert message in " ".join(output.split()), output
+
+
+def assert_fits_two_lines(output: str, directory: Path, width: int = 80):
+    """The error message's own text reads in two `width`-column lines: the paths under `directory` (the test's
+    folder, a long one) and the name taken from it counted as three letters, as a user's short path would be."""
+    message = error_lines(output)[0].replace(str(directory), "DIR").replace(directory.name, "DIR")
+    assert len(message) <= 2 * width, f"{len(message)} characters: {message}"
 
 
 def assert_refused(result, message: str, before: dict, directory: Path, code: int = 1):
@@ -127,13 +137,14 @@ class Files:
     checkpoint_onnx: Path  # exported from it
 
 
-def hf_checkpoint(directory: Path) -> None:
-    """tiny's first layer in DeepSeek's HF format: float32 tensors, kv_b_proj in FP8 with its block scale."""
+def hf_checkpoint(directory: Path, layers: int = 1) -> None:
+    """tiny's first `layers` layers in DeepSeek's HF format: float32 tensors, kv_b_proj in FP8 with its block
+    scale."""
     directory.mkdir()
-    config = {**TINY_JSON, "num_hidden_layers": 1,
+    config = {**TINY_JSON, "num_hidden_layers": layers,
               "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}}
     (directory / "config.json").write_text(json.dumps(config))
-    model = MlaModel(load_preset("tiny").with_layers(1), SMAX, with_embeddings=True)
+    model = MlaModel(load_preset("tiny").with_layers(layers), SMAX, with_embeddings=True)
     gen = torch.Generator().manual_seed(0)
     tensors = {}
     for name, param in model.state_dict().items():
@@ -212,3 +223,86 @@ def rtx():
 
 RTX_BUILD = ("--backend", "tensorrt-rtx", "--attention", "decomposed", "--batch-range", "1:1:2", "--prefill-range",
              "2:4:8")
+
+
+# ------------------------------------------------------------------------ editors of checkpoints (HF layout)
+
+def shard(checkpoint: Path, index: int = 0) -> Path:
+    return sorted(checkpoint.glob("*.safetensors"))[index]
+
+
+def index_file(checkpoint: Path) -> Path:
+    return checkpoint / "model.safetensors.index.json"
+
+
+def edit_index(checkpoint: Path, change: Callable[[dict], object]) -> None:
+    data = json.loads(index_file(checkpoint).read_text())
+    result = change(data)
+    index_file(checkpoint).write_text(json.dumps(data if result is None else result))
+
+
+def replace_tensor(name_end: str, make: Callable[[torch.Tensor], dict]):
+    """Damage: the tensor whose name ends with `name_end` replaced by `make(tensor)` ({name: tensor}; the
+    name "_" stands for the tensor's own, a missing one for its removal). New names join the index."""
+
+    def damage(checkpoint: Path):
+        from safetensors.torch import load_file
+
+        index = json.loads(index_file(checkpoint).read_text())
+        name = next(n for n in index["weight_map"] if n.endswith(name_end))
+        path = checkpoint / index["weight_map"][name]
+        tensors = load_file(str(path))
+        new = {k if k != "_" else name: v for k, v in make(tensors.pop(name)).items()}
+        tensors.update(new)
+        save_file(tensors, str(path))
+        if name not in new:
+            del index["weight_map"][name]
+        index["weight_map"].update({k: path.name for k in new})
+        index_file(checkpoint).write_text(json.dumps(index))
+
+    return damage
+
+
+def add_tensors(*names: str, value: torch.Tensor | None = None):
+    """Damage: tensors `names` (4x4 ones, or `value`) added to the first shard and the index."""
+    return replace_tensor("model.norm.weight", lambda t: {"_": t, **{n: torch.ones(4, 4) if value is None else value
+                                                                     for n in names}})
+
+
+def edit_checkpoint_config(checkpoint: Path, **changes) -> None:
+    path = checkpoint / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def huge_offsets(checkpoint: Path) -> None:
+    path = shard(checkpoint)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"] = [0, 10**12]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+# ---------------------------------------------------------------------------------------- editors of ONNX files
+
+def relocate(model_path: Path, location: str) -> None:
+    model = onnx.load(str(model_path), load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(model_path))
+
+
+def rename_input(model_path: Path) -> None:
+    model = onnx.load(str(model_path))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "x"
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = "x"
+    onnx.save(model, str(model_path))

@@ -117,9 +117,11 @@ def shown(path: str | Path) -> str:
 
 
 def check_input_file(option: str, path: str | Path, hint: str = "") -> Path:
-    """An input file that exists and is a regular file (a device or FIFO would block or read nothing), or one
-    UserError saying what it is instead; `hint` ("; pass ...") is added to the message."""
+    """An input file that exists and is a regular file (a device or FIFO would block or read nothing) at a
+    UTF-8 path (ONNX Runtime and TensorRT take paths as UTF-8 strings), or one UserError saying what it is
+    instead; `hint` ("; pass ...") is added to the message."""
     path = Path(path)
+    check_utf8_name(option, path, "rename it")
     if path.is_dir():
         raise UserError(f"{option} {shown(path)}: is a directory, expected a file{hint}")
     if not path.exists():
@@ -130,8 +132,9 @@ def check_input_file(option: str, path: str | Path, hint: str = "") -> Path:
 
 
 def check_input_dir(option: str, path: str | Path, hint: str = "") -> Path:
-    """An input directory that exists, or one UserError saying what `path` is instead."""
+    """An input directory that exists at a UTF-8 path, or one UserError saying what `path` is instead."""
     path = Path(path)
+    check_utf8_name(option, path, "rename it")
     if path.is_dir():
         return path
     if path.is_file():
@@ -141,13 +144,13 @@ def check_input_dir(option: str, path: str | Path, hint: str = "") -> Path:
     raise UserError(f"{option} {shown(path)}: no such directory{hint}")
 
 
-def check_utf8_name(option: str, path: str | Path) -> None:
-    """Refuse an output path that is not valid UTF-8 (bytes the file system takes but a UTF-8 string, such as
-    an ONNX file's record of its data file or a JSON report, cannot hold)."""
+def check_utf8_name(option: str, path: str | Path, fix: str = "choose a name in UTF-8") -> None:
+    """Refuse a path that is not valid UTF-8: bytes the file system takes but a UTF-8 string cannot hold (an
+    ONNX file's record of its data file, a JSON report, the path ONNX Runtime or TensorRT is given)."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise UserError(f"{option} {shown(path)}: the path is not valid UTF-8; choose a name in UTF-8") from None
+        raise UserError(f"{option} {shown(path)}: the path is not valid UTF-8; {fix}") from None
 
 
 def check_output_dir(option: str, path: Path) -> None:

@@ -89,7 +89,7 @@ def read_export_spec(path: str | Path) -> ModelSpec:
 
 
 def _edited(source: str, what: str) -> UserError:
-    return UserError(f"{source}: {what}; the file was edited after export (or is damaged): re-export it")
+    return UserError(f"{source}: {what}; edited since export: re-export it")
 
 
 def _dims(value_type) -> list[int | None]:
@@ -100,6 +100,10 @@ def _dims(value_type) -> list[int | None]:
 def _type_name(elem: int) -> str:
     names = {v: k for k, v in _ELEM.items()} | {_INT32: "int32", _INT64: "int64"}
     return names.get(elem, f"element type {elem}")
+
+
+def _shape_text(dims: list[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def _dims_match(got: list[int | None], expected: list[int | None]) -> bool:
@@ -113,8 +117,12 @@ def check_graph_io(header, spec: ModelSpec, source: str) -> None:
     inputs, outputs = spec.graph_io_names()
     got_in, got_out = [v.name for v in header.graph.input], [v.name for v in header.graph.output]
     if got_in != inputs or got_out != outputs:
-        raise _edited(source, f"graph inputs {got_in} and outputs {got_out} are not the ones its metadata "
-                              f"(io={spec.io}, {c.num_hidden_layers} layers) gives: {inputs} and {outputs}")
+        kind, got, want = ("input", got_in, inputs) if got_in != inputs else ("output", got_out, outputs)
+        i = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
+        found = f"{kind} {i} is {got[i]!r}" if i < len(got) else f"{len(got)} {kind}s"
+        wanted = repr(want[i]) if i < len(want) else f"{len(want)} {kind}s"
+        raise _edited(source, f"graph {found}, its metadata (io={spec.io}, {c.num_hidden_layers} layers) says "
+                              f"{wanted}")
     cache = (elem, [None, spec.max_seq_len, c.cache_width])
     expected = {contract.CACHE_SEQLENS: (_INT32, [None])}
     if spec.io == "tokens":
@@ -127,11 +135,12 @@ def check_graph_io(header, spec: ModelSpec, source: str) -> None:
         want_elem, want_dims = expected.get(value.name, cache)
         got_elem, got_dims = value.type.tensor_type.elem_type, _dims(value.type)
         if got_elem != want_elem or not _dims_match(got_dims, want_dims):
-            shown = ["?" if d is None else d for d in want_dims]
-            raise _edited(source, f"graph tensor {value.name} is {_type_name(got_elem)} "
-                                  f"{['?' if d is None else d for d in got_dims]}, its metadata says "
-                                  f"{_type_name(want_elem)} {shown} (dtype={spec.dtype}, "
-                                  f"max_seq_len={spec.max_seq_len}, hidden_size={c.hidden_size})")
+            field = (f"dtype={spec.dtype}" if got_elem != want_elem else
+                     f"max_seq_len={spec.max_seq_len}" if value.name not in expected else
+                     f"vocab_size={c.vocab_size}" if value.name == contract.LOGITS else f"hidden_size={c.hidden_size}")
+            got, want = ((_type_name(got_elem), _type_name(want_elem)) if got_elem != want_elem else
+                         (_shape_text(got_dims), _shape_text(want_dims)))
+            raise _edited(source, f"graph tensor {value.name} is {got}, its metadata says {want} ({field})")
 
 
 def _attributes(node) -> dict:
@@ -159,14 +168,13 @@ def _check_node_attributes(node, declared: dict[str, str], expected: dict, sourc
         else:
             ok = value == want
         if not ok:
-            raise _edited(source, f"{node.op_type} node {node.name or '?'} attribute {name}={value:g} does not "
-                                  f"match {what} ({name}={want:g})")
+            raise _edited(source, f"{node.op_type} node {node.name or '?'}: {name}={value:g}, {what} gives {want:g}")
     for name, want in contract.PLUGIN_LOOKUP_ATTRIBUTES.items():
         attr = attrs.get(name)
         if attr is None or attr.s != want.encode():
             got = attr.s.decode(errors="replace") if attr is not None else None
-            raise _edited(source, f"{node.op_type} node {node.name or '?'} attribute {name}={got!r}, the contract "
-                                  f"says {want!r}")
+            raise _edited(source, f"{node.op_type} node {node.name or '?'}: {name}={got!r}, the contract says "
+                                  f"{want!r}")
 
 
 def _value_dims(header) -> dict[str, list[int | None]]:
@@ -192,7 +200,7 @@ def check_attention_nodes(model: ExportedModel, source: str) -> None:
             raise _edited(source, f"{contract.OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs and "
                                   f"{len(node.output)} outputs, the contract {len(contract.OP_INPUTS)} and "
                                   f"{len(contract.OP_OUTPUTS)}")
-        _check_node_attributes(node, contract.OP_ATTRIBUTES, expected, source, "the model in its metadata")
+        _check_node_attributes(node, contract.OP_ATTRIBUTES, expected, source, "its metadata")
         for index, want in shapes.items():
             got = dims.get(node.input[index])
             if got is not None and not _dims_match(got, want):
@@ -230,13 +238,13 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
             raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs, "
                                   f"the contract {len(contract.MOE_INPUTS)}")
         _check_node_attributes(node, contract.MOE_ATTRIBUTES, expected, source,
-                               "the routing of the config in its metadata")
+                               "its config's routing")
         for index, want in shapes.items():
             got = dims.get(node.input[index])
             if got is not None and not _dims_match(got, want):
                 raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} input "
-                                      f"{contract.MOE_INPUTS[index]} has shape {got}, the config in its metadata "
-                                      f"says {want} (n_routed_experts, 2*moe_intermediate_size, hidden_size)")
+                                      f"{contract.MOE_INPUTS[index]} has shape {got}, its metadata's config says "
+                                      f"{want}")
 
 
 def _external(initializer) -> dict[str, str]:
@@ -256,12 +264,11 @@ def check_weight_files(model: ExportedModel, source: str) -> Path | None:
         location = info.get("location", "")
         parts = PurePosixPath(location.replace("\\", "/")).parts
         if not location or os.path.isabs(location) or ".." in parts or len(parts) != 1:
-            raise _edited(source, f"weight {init.name} points to {location!r}, outside the model's directory; "
-                                  "mla-export reads data files beside the .onnx only")
+            raise _edited(source, f"weight {init.name} points to {location!r}, outside the model's directory")
         if named is not None and location != named:
-            expected = f"its metadata names {named!r}" if named else "its metadata says the weights are inside"
-            raise UserError(f"{source}: weight {init.name} is in {location!r} but {expected}: the .onnx and its "
-                            "data file are from different exports (an interrupted copy?); re-export it")
+            expected = f"its metadata names {named!r}" if named else "its metadata says inside it"
+            raise UserError(f"{source}: its weights are in {location!r}, {expected}: files of different exports; "
+                            "copy both again")
         try:
             end = int(info.get("offset", 0)) + int(info["length"])
         except (KeyError, ValueError):
@@ -272,13 +279,12 @@ def check_weight_files(model: ExportedModel, source: str) -> Path | None:
     for location, need in ends.items():
         data = model.path.parent / location
         if not data.is_file():
-            raise UserError(f"{source}: its weights file {location} is missing from {model.path.parent}; an .onnx "
-                            "from `mla-export export` needs the data file it names beside it (copy both, or "
-                            "re-export)")
+            raise UserError(f"{source}: its weights file {location} is missing from {model.path.parent}; copy it "
+                            "beside the .onnx (or re-export)")
         size = data.stat().st_size
         if size < need or (named and size != need):
             raise UserError(f"{source}: its weights file {location} holds {size:,} bytes, the graph needs "
-                            f"{need:,}: truncated, or from another export; re-export it")
+                            f"{need:,} (truncated, or another export's): copy it again")
     if not ends:
         return None
     return model.path.parent / next(iter(ends))

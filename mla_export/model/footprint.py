@@ -94,7 +94,7 @@ def check_free_disk(directory: Path, need: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if need > free:
         raise UserError(f"{what} needs {size_text(need)} of disk in {directory}, which has {size_text(free)} free; "
-                        "free some space, export fewer layers (--layers N) or a smaller dtype")
+                        "free space, or export fewer --layers or a smaller --dtype")
 
 
 def check_memory(need: int, what: str, hint: str) -> None:

@@ -122,7 +122,8 @@ def config_from_hf_dict(data: dict, name: str = "custom") -> MlaConfig:
         kwargs["norm_topk_prob"] = False  # transformers' type allows null; both codes read it as false
     kwargs["n_routed_experts"] = _routed_experts(data)
     try:
-        return MlaConfig(rope_theta=rope_theta, rope_scaling=rope_scaling, name=name if data.get("mla_export_name") is None else data["mla_export_name"],
+        label = name if data.get("mla_export_name") is None else data["mla_export_name"]  # null: unset
+        return MlaConfig(rope_theta=rope_theta, rope_scaling=rope_scaling, name=label,
                          **kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -166,7 +167,7 @@ def check_quantization(quant, where: str) -> None:
         value = quant.get(key, expected)
         if value != expected:
             raise UserError(f"{where} field quantization_config.{key}={value!r}: not implemented; mla-export reads "
-                            f"unquantized checkpoints and DeepSeek's FP8 ones ({key} {expected!r})")
+                            f"unquantized or DeepSeek FP8 ({key} {expected!r})")
 
 
 def _routed_experts(data: dict) -> int | None:

@@ -63,8 +63,8 @@ class ModelSpec:
         if self.absorb not in ABSORB_MODES:
             raise FieldError("absorb", self.absorb, f"expected one of {', '.join(ABSORB_MODES)}")
         if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
-            raise FieldError("max_seq_len", self.max_seq_len, "expected at least 2 cache rows (the graph takes a "
-                             "prefill of 2 or more tokens)")
+            raise FieldError("max_seq_len", self.max_seq_len, "expected at least 2 cache rows (a prefill takes 2 "
+                             "tokens or more)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise FieldError("seed", self.seed, f"expected an integer from 0 to {MAX_SEED}")
         if self.max_seq_len > self.config.max_position_embeddings:

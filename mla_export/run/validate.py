@@ -170,9 +170,9 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     from ..model.footprint import check_memory
 
     check_memory(whole_peak_bytes(model, scenario),
-                 f"validating {Path(path).name} whole (the float64 eager model beside ONNX Runtime, --batch "
-                 f"{scenario.batch}, --prefill-len {scenario.prefill_len})",
-                 "validate it one layer at a time (--per-layer), or with a smaller --batch or --prefill-len")
+                 f"validating {Path(path).name} --whole (--batch {scenario.batch}, --prefill-len "
+                 f"{scenario.prefill_len})",
+                 "use --per-layer, or lower --batch or --prefill-len")
     (progress or no_progress)("loading the model into ONNX Runtime", 0, scenario.steps + 1)
     from .runners import OnnxRuntimeRunner
 

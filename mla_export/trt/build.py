@@ -205,7 +205,7 @@ def inlined_graph(exported):
 
 def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None, model_bytes: bytes | None = None):
     """Loader 1: the ONNX file parsed into a strongly typed network, with the plugin library (if any)
-    loaded first; `model_bytes` (the file's graph, e.g. `inlined_graph`'s, serialized) is parsed instead of the file, its
+    loaded first; `model_bytes` (the file's graph, e.g. `inlined_graph`'s serialized) is parsed instead of the file, its
     external weights still read from beside `onnx`. Returns (builder, network, parser); the parser must
     outlive the network's use."""
     if plugin_path is not None:
@@ -341,9 +341,10 @@ def build_engine(spec: BuildSpec, progress=None) -> Path:
     aliased_io = spec.attention == "plugin" and enable_aliased_plugin_io(trt, config)  # the cache updated in place
     serialized = engine_bytes(trt, builder, network, config, progress)
     if logger.profile_warnings:  # a limit the check above does not know: TensorRT's warning is not the only word
-        tensor = re.search(r"self-consistent\.\s*(\S+?):", logger.profile_warnings[0])
-        raise UserError(f"TensorRT: the profiles' MAX shapes are past its limits for tensor "
-                        f"{tensor[1] if tensor else '?'} (its warning above); lower --batch-range or --prefill-range MAX")
+        found = re.search(r"self-consistent\.\s*(\S+?):", logger.profile_warnings[0])
+        tensor = found[1] if found else "?"
+        raise UserError(f"TensorRT: the profiles' MAX shapes are past its limits for tensor {tensor} (its warning "
+                        "above); lower --batch-range or --prefill-range MAX")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     gpu_name, capability = _detect_gpu()

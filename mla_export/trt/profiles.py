@@ -94,28 +94,41 @@ def _largest(values, sizes: dict[str, int]) -> Largest:
 Dim = tuple[int, int, int, int]  # (c0, cb, ct, cbt): the dim c0 + cb*batch + ct*tokens + cbt*batch*tokens
 
 
-def _inferred_dims(inlined, sizes: dict[str, int]) -> dict[str, list[int]]:
-    """name -> dims of every value of `inlined` (a graph without model-local functions) that ONNX's shape
-    inference (with data propagation, which computes Reshape targets) fully determines when the graph's
-    inputs have the sizes `sizes`. Data propagation materializes Range outputs: keep `sizes` small."""
-    import onnx
+class _Probe:
+    """A weightless copy of a graph without model-local functions whose symbolic sizes can be set, and the
+    shapes ONNX's shape inference (with data propagation, which computes Reshape targets) gives its values
+    at those sizes. Data propagation materializes Range outputs: probe small sizes only."""
 
-    model = onnx.ModelProto()
-    model.CopyFrom(inlined)
-    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        for d in value.type.tensor_type.shape.dim:
-            if d.dim_param in sizes:
-                d.dim_value = sizes[d.dim_param]
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # a graph inference cannot follow: the recorded shapes are all there is
-        return {}
-    found = {}
-    for value in list(model.graph.value_info) + list(model.graph.output):
-        kind = value.type.tensor_type
-        if kind.HasField("shape") and all(d.HasField("dim_value") for d in kind.shape.dim):
-            found[value.name] = [d.dim_value for d in kind.shape.dim]
-    return found
+    def __init__(self, inlined):
+        import onnx
+
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(inlined)
+        for init in self.model.graph.initializer:  # float weights: their shapes are all inference needs
+            if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+                init.ClearField("raw_data")
+                init.ClearField("float_data")
+                init.ClearField("int32_data")
+        graph = self.model.graph
+        self.symbolic = [(d, d.dim_param) for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+                         for d in v.type.tensor_type.shape.dim if d.dim_param in (BATCH, NEW_TOKENS)]
+
+    def dims(self, sizes: dict[str, int]) -> dict[str, list[int]]:
+        """name -> dims of every value whose shape inference fully determines at `sizes`."""
+        import onnx
+
+        for dim, name in self.symbolic:
+            dim.dim_value = sizes[name]
+        try:
+            model = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+        except Exception:  # a graph inference cannot follow: the recorded shapes are all there is
+            return {}
+        found = {}
+        for value in list(model.graph.value_info) + list(model.graph.output):
+            kind = value.type.tensor_type
+            if kind.HasField("shape") and all(d.HasField("dim_value") for d in kind.shape.dim):
+                found[value.name] = [d.dim_value for d in kind.shape.dim]
+        return found
 
 
 def _fit_dim(samples: list[tuple[int, int, int]]) -> Dim | None:
@@ -143,7 +156,8 @@ def function_body_dims(inlined, max_seq_len: int) -> dict[str, list[Dim]]:
     nodes' functions inlined), from shape inference at five small sizes: a 2x2 grid and a check."""
     t1, t2 = (2, 3) if max_seq_len >= 3 else (1, 2)
     grid = [(3, t1), (5, t1), (3, t2), (5, t2), (7, t2)]
-    probes = [_inferred_dims(inlined, {BATCH: b, NEW_TOKENS: t}) for b, t in grid]
+    probe = _Probe(inlined)
+    probes = [probe.dims({BATCH: b, NEW_TOKENS: t}) for b, t in grid]
     dims = {}
     for name, first in probes[0].items():
         shapes = [p.get(name) for p in probes]

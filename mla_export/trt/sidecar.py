@@ -84,20 +84,19 @@ class Sidecar:
                             "engine") from None
         size = Path(engine).stat().st_size
         if size != sidecar.engine_size:
-            raise mismatched(engine, f"the engine holds {size:,} bytes, its sidecar records {sidecar.engine_size:,}")
+            raise mismatched(engine, f"it holds {size:,} bytes, the sidecar says {sidecar.engine_size:,}")
         return sidecar
 
     def check_engine_bytes(self, engine: str | Path, data: bytes) -> None:
         """Refuse engine bytes that are not the ones this sidecar was written for (sha256)."""
         if len(data) != self.engine_size or bytes_sha256(data) != self.engine_sha256:
-            raise mismatched(engine, f"the engine's sha256 is {bytes_sha256(data)[:12]}..., its sidecar records "
-                                     f"{str(self.engine_sha256)[:12]}...")
+            raise mismatched(engine, f"sha256 {bytes_sha256(data)[:12]}, the sidecar says "
+                                     f"{str(self.engine_sha256)[:12]}")
 
 
 def mismatched(engine: str | Path, detail: str) -> UserError:
-    return UserError(f"--engine {engine}: the engine and its sidecar {sidecar_path(engine).name} are not from the "
-                     f"same build ({detail}): an interrupted build, or files copied from two builds; rebuild the "
-                     "engine with `mla-export build`")
+    return UserError(f"--engine {engine}: it and its sidecar are not from the same build ({detail}); rebuild the "
+                     "engine")
 
 
 # JSON types of each field: a tuple of accepted types (None: null).
@@ -128,8 +127,8 @@ def check_shape(data) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, found {type(data).__name__}")
     if data.get("format") != SIDECAR_FORMAT or data.get("format_version") != SIDECAR_VERSION:
-        raise ValueError(f"format {str(data.get('format'))[:40]!r} version {str(data.get('format_version'))[:20]!r}, "
-                         f"this mla-export reads {SIDECAR_FORMAT!r} version {SIDECAR_VERSION}")
+        raise ValueError(f"format {str(data.get('format'))[:40]!r} version {str(data.get('format_version'))[:20]!r}; "
+                         f"this mla-export reads version {SIDECAR_VERSION}")
     names = {f.name for f in fields(Sidecar)}
     unknown = sorted(set(data) - names)
     missing = sorted(names - set(data) - set(_OPTIONAL))

@@ -33,7 +33,7 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
 
     from ..common.console import prose
     from ..graph.export import check_output_path, export_onnx, written_files
-    from ..common.fileio import check_input_dir, check_output_file, check_utf8_name
+    from ..common.fileio import check_input_dir, check_output_file
     from .info import absorb_advice
     from ..common.progress import ProgressReporter
     from ..model.spec import ModelSpec
@@ -41,8 +41,8 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     check_output_path(output)
     check_output_file("-o", output, {"--config": config_path})
     if checkpoint:
+        # a directory at a UTF-8 path (the export's metadata records it), checked before it is read as --config
         check_input_dir("--checkpoint", checkpoint, "; pass a HF DeepSeek-V2/V3 checkpoint directory")
-        check_utf8_name("--checkpoint", checkpoint)  # recorded in the export's metadata, a UTF-8 string
     if checkpoint and not (preset or config_path):
         config_path = checkpoint
     config = load_config(preset, config_path, layers)

@@ -50,8 +50,8 @@ def _shard_path(directory: Path, index: Path, name, file) -> Path:
                         "tensor name mapped to a file name")
     parts = PurePosixPath(file.replace("\\", "/")).parts
     if os.path.isabs(file) or ".." in parts or "\0" in file:
-        raise UserError(f"checkpoint {index}: tensor {name!r} is mapped to {file!r}, outside the checkpoint "
-                        "directory; a checkpoint's files must all be inside it")
+        raise UserError(f"checkpoint {directory}: its index maps {name!r} to {file!r}, outside the checkpoint "
+                        "directory; fix the index")
     return directory / file
 
 
@@ -63,7 +63,8 @@ def _weight_map(directory: Path) -> dict[str, Path]:
         try:
             data = json.loads(index.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"checkpoint {index}: not valid JSON ({exc}); expected a safetensors index") from None
+            raise UserError(f"checkpoint {index}: not valid JSON ({_json_error(exc)}); download it again") \
+                from None
         except RecursionError:
             raise UserError(f"checkpoint {index}: JSON nested too deeply; expected a safetensors index") from None
         mapping = data.get("weight_map") if isinstance(data, dict) else None
@@ -91,8 +92,9 @@ def _open_shard(path: Path, index: Path | None):
     try:
         return safe_open(path, framework="pt")
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
-        raise UserError(f"checkpoint file {path}: not a readable safetensors file ({str(exc).strip()[:200]}); "
-                        "it may be truncated or damaged: download it again") from None
+        reason = str(exc).strip().removeprefix("Error while deserializing header:").strip()[:100]
+        raise UserError(f"checkpoint {path}: not a readable safetensors file ({reason}); download it again") \
+            from None
 
 
 def read_checkpoint_config(directory: Path) -> dict:
@@ -105,13 +107,21 @@ def read_checkpoint_config(directory: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"checkpoint {path}: not valid JSON ({exc}); expected the checkpoint's config") from None
+        raise UserError(f"checkpoint {path}: not valid JSON ({_json_error(exc)}); expected the checkpoint's "
+                        "config") from None
     except RecursionError:
         raise UserError(f"checkpoint {path}: JSON nested too deeply; expected the checkpoint's config") from None
     if not isinstance(data, dict):
         raise UserError(f"checkpoint {path}: expected a JSON object (the checkpoint's config)")
     check_quantization(data.get("quantization_config"), f"checkpoint {path}")
     return data
+
+
+def _json_error(exc: ValueError) -> str:
+    """A JSON decoding error in few words: its message and where."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}, line {exc.lineno}"
+    return str(exc)[:80]
 
 
 def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK,
@@ -131,10 +141,9 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: 
                         "are floating-point")
     if tuple(scale_inv.shape) != expected:
         raise UserError(f"{scale_label} of shape {tuple(scale_inv.shape)} does not match weight "
-                        f"{tuple(weight.shape)} (expected {expected} for {block}x{block} blocks)")
+                        f"{tuple(weight.shape)}: expected {expected}, {block}x{block} blocks")
     if not bool(torch.isfinite(scale_inv).all()) or not bool((scale_inv > 0).all()):
-        raise UserError(f"{scale_label}: FP8 block scales must be finite and positive; this one holds "
-                        f"{_bad_values(scale_inv.float())}")
+        raise UserError(f"{scale_label} holds {_bad_values(scale_inv.float())}; scales must be finite and > 0")
     scale = scale_inv.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
     return weight.float() * scale
 
@@ -157,11 +166,11 @@ class CheckpointReader:
         for name in handle.keys():
             kind = handle.get_slice(name).get_dtype()
             if kind.startswith("F8") and kind != "F8_E4M3":
-                raise UserError(f"checkpoint tensor {name!r} is {kind}, not DeepSeek's FP8 (F8_E4M3, 128x128 "
-                                "block scales): convert the checkpoint to bfloat16")
+                raise UserError(f"checkpoint tensor {name!r} is {kind}, not DeepSeek's FP8 (E4M3, block scales): "
+                                "convert the checkpoint to bfloat16")
             if kind == "F8_E4M3" and name + SCALE_SUFFIX not in self.weight_map:
-                raise UserError(f"checkpoint tensor {name!r} is F8_E4M3 without {name.rsplit('.', 1)[-1]}{SCALE_SUFFIX}, not "
-                                "DeepSeek's FP8 (128x128 block scales): convert the checkpoint to bfloat16")
+                raise UserError(f"checkpoint tensor {name!r} is F8_E4M3 without DeepSeek's weight_scale_inv: convert "
+                                "the checkpoint to bfloat16")
 
     def _handle(self, path: Path):
         if path not in self._handles:
@@ -189,16 +198,15 @@ class CheckpointReader:
         if tensor.dtype == torch.float8_e4m3fn and name + SCALE_SUFFIX in self.weight_map:  # DeepSeek's FP8
             tensor = dequantize_fp8_blocks(tensor, self._get(name + SCALE_SUFFIX), name=name)
         elif tensor.dtype not in FLOAT_TYPES:
-            raise UserError(f"checkpoint {self.directory}: tensor {name!r} holds "
-                            f"{str(tensor.dtype).removeprefix('torch.')} values; weights are floating-point (float32, "
-                            "float16, bfloat16 or DeepSeek's FP8)")
+            raise UserError(f"checkpoint tensor {name!r} holds {str(tensor.dtype).removeprefix('torch.')} values; "
+                            "weights are floating-point (float32, float16, bfloat16 or DeepSeek's FP8)")
         if tuple(tensor.shape) != tuple(shape):
             raise UserError(f"checkpoint {self.directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                             f"expected {tuple(shape)} from config.json")
         tensor = tensor.float()
         if not bool(torch.isfinite(tensor).all()):
-            raise UserError(f"checkpoint {self.directory}: tensor {name!r} holds {_bad_values(tensor)}; "
-                            "weights must be finite (the checkpoint is damaged)")
+            raise UserError(f"checkpoint tensor {name!r} holds {_bad_values(tensor)}; the checkpoint is damaged: "
+                            "download it again")
         return tensor
 
 
@@ -208,8 +216,9 @@ def _bad_values(tensor: torch.Tensor) -> str:
     bad = ~torch.isfinite(tensor) | (tensor <= 0) if not (nan or inf) else ~torch.isfinite(tensor)
     first = tuple(int(i) for i in bad.nonzero()[0]) if bool(bad.any()) else ()
     if nan or inf:
-        return f"{nan} NaN and {inf} infinite value(s), the first at {first}"
-    return f"{int(bad.sum())} value(s) <= 0, the first at {first}"
+        kinds = " and ".join(text for count, text in ((nan, f"{nan} NaN"), (inf, f"{inf} infinite")) if count)
+        return f"{kinds} value(s), first at {first}"
+    return f"{int(bad.sum())} value(s) <= 0, first at {first}"
 
 
 def rope_rows_to_pairs(name: str, weight: torch.Tensor, config: MlaConfig) -> torch.Tensor:

@@ -116,9 +116,9 @@ def check_tensor_names(names: Iterable[str], config: MlaConfig, checkpoint_confi
             unknown.append(name)
     if unknown:
         unknown.sort(key=_natural)
-        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise UserError(f"{where}: tensor {unknown[0]}{more} has no place in the config's model: the checkpoint "
-                        "and the config are of different models")
+        more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise UserError(f"{where}: tensor {unknown[0]}{more} is not in the config's model; the checkpoint is of "
+                        "another model")
     return sorted(extras, key=_natural)
 
 
@@ -137,6 +137,7 @@ def skipped_summary(extras: list[str]) -> str | None:
         key = (f"*.{RECOMPUTED[0]}", "recomputed") if name.endswith(RECOMPUTED) else \
             (f"model.layers.{match[1]}.*", "multi-token prediction")
         groups[key] = groups.get(key, 0) + 1
+    ordered = sorted(groups.items(), key=lambda item: item[0][1] == "recomputed")  # the MTP layers first
     parts = ", ".join(f"{prefix} ({what}, {count} tensor{'s' if count > 1 else ''})"
-                      for (prefix, what), count in groups.items())
+                      for (prefix, what), count in ordered)
     return f"checkpoint: skipped what the export does not use: {parts}"
