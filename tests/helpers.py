@@ -29,6 +29,12 @@ def tiny_plain_rope() -> MlaConfig:
     return tiny(rope_scaling=None, name="tiny-plain-rope")
 
 
+def tiny_coarse_eps() -> MlaConfig:
+    """rms_norm_eps 1e-2, far from the latent norms' fixed 1e-6: a form that gives a latent norm the decoder's
+    eps (or the reverse) differs from the others by far more than rounding."""
+    return tiny(rms_norm_eps=1e-2, name="tiny-coarse-eps")
+
+
 def yarn(factor=8.0, original=32, mscale=1.0, mscale_all_dim=1.0) -> YarnScaling:
     return YarnScaling(factor=factor, original_max_position_embeddings=original, mscale=mscale,
                        mscale_all_dim=mscale_all_dim)

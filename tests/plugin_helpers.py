@@ -89,7 +89,7 @@ PLAN_CASES = [(b, s, h, dc, dr, smax, dtype, sms)
 PLAN_DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
-PLAN_ARCH = 90  # the fake driver's device (plugins/tests/fakeCuda.cpp)
+PLAN_ARCH = 90  # the fake driver's device (plugins/common/testing/fakeCuda.cpp)
 PLAN_SOFTMAX_SCALE = "0.1"  # the plugin's softmax_scale in the launch test (kPlanSoftmaxScale)
 # Kernel pointer arguments -> the op's tensors (the cache is written in place in present_cache).
 PLAN_TENSOR_ARGS = {"q_lat_ptr": "q_latent", "q_pe_ptr": "q_pe", "kv_latent_ptr": "kv_latent", "k_pe_ptr": "k_pe",

@@ -187,6 +187,6 @@ def test_validate_and_export_refuse_what_would_not_fit_in_memory(tiny_moe, tmp_p
     _, path = tiny_moe
     monkeypatch.setattr(footprint, "available_memory", lambda: 100 << 20)  # a 100 MiB machine
     result = run("validate", "--onnx", path)
-    assert result.exit_code == 1 and "GiB of memory and 0.1 GiB is available" in result.output, result.output
+    assert result.exit_code == 1 and "GiB of memory and 100.0 MiB is available" in result.output, result.output
     result = run("export", "--preset", "tiny-moe", "-o", tmp_path / "x.onnx")
     assert result.exit_code == 1 and "GiB of memory" in result.output and not (tmp_path / "x.onnx").exists()

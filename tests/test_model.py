@@ -11,7 +11,7 @@ from mla_export.model.ops import mla_attention_reference
 from mla_export.model.rope import (interleaved_to_halves, inverse_frequencies, rope_cos_sin, rotate_half_reference,
                              rotate_interleaved)
 
-from helpers import history_cache, tiny, tiny_no_q_lora, tiny_plain_rope
+from helpers import history_cache, tiny, tiny_coarse_eps, tiny_no_q_lora, tiny_plain_rope
 
 SMAX = 160  # past tiny's original_max_position_embeddings (32) under YaRN
 
@@ -32,7 +32,8 @@ def run_all_paths(model, folded, x, seqlens, caches):
     return outputs
 
 
-@pytest.mark.parametrize("config", [tiny(), tiny_no_q_lora(), tiny_plain_rope()], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [tiny(), tiny_no_q_lora(), tiny_plain_rope(), tiny_coarse_eps()],
+                         ids=lambda c: c.name)
 @pytest.mark.parametrize("new_tokens", [1, 5])
 def test_all_paths_and_forms_agree_in_float64(config, new_tokens):
     model, folded = models(config)

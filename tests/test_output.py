@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from mla_export.ui.cli import main
-from mla_export.run.compare import compare
+from mla_export.run.compare import compare, verdict_for
 from mla_export.common.console import ratio, sci, sig
 from mla_export.graph.export import export_onnx
 from mla_export.model.hf_config import load_preset
@@ -18,7 +18,8 @@ from mla_export.ui.info import count_text, info_dict, render_info
 from mla_export.run.profile_report import ProfileReport, ProfileRow, plot_profile, print_profile
 from mla_export.common.progress import ProgressReporter
 from mla_export.model.spec import ModelSpec
-from mla_export.run.validate import Scenario, StepResult, ValidationReport, print_report
+from mla_export.run.validate import Scenario, StepResult, ValidationReport
+from mla_export.run.validate_report import print_report
 
 ELLIPSIS = ("…", "...")
 
@@ -84,9 +85,12 @@ def test_validate_fits_80_columns_piped_with_every_number_whole(tiny_onnx, tmp_p
     data = json.loads((tmp_path / "r.json").read_text())
     for step in data["steps"]:
         out = step["comparisons"][0]
-        row_with(result.stdout, step["step"].split()[-1], out["name"], sci(out["max_abs_err"]),
-                 sci(out["max_rel_err"], 1), ratio(out["tolerance_used"]), "yes")
-    assert "tol = 0.0002 + 0.002 x |ref| per element (float32)" in " ".join(result.stdout.split())
+        row_with(result.stdout, step["step"].split()[-1], out["name"], sci(out["max_rel_err"], 1),
+                 sci(out["rel_rms"], 1), sci(max(0.0, 1.0 - out["cosine"]), 1), ratio(out["tolerance_used"]), "yes")
+    verdict = verdict_for("float32").through(2)  # tiny: two layers
+    assert f"tol = {verdict.atol:.3g} + {verdict.rtol:.3g} x |ref| per element (float32)" in " ".join(
+        result.stdout.split())
+    assert "one layer's bounds grown as sqrt(2 layers)" in " ".join(result.stdout.split())
     assert result.stdout.splitlines()[-1].startswith(f"wrote {tmp_path / 'r.json'} (")
 
 
@@ -129,7 +133,7 @@ def _renderings():
         (lambda c: print_profile(_extreme_profile(), c),
          ["123,457", "345,679", "110,000,000", "0.001234", "83,000,000", "12,346", "99.9", "1,024", "131,072"]),
         (lambda c: print_report(validation, c),
-         [sci(cache.max_abs_err), sci(cache.max_rel_err, 1), ratio(cache.tolerance_used), "1.0e+04", "0.050"]),
+         [sci(cache.rel_rms, 1), sci(cache.max_rel_err, 1), ratio(cache.tolerance_used), "1.0e+04", "0.050"]),
         (lambda c: render_info(load_preset("kimi-k2"), "float32", 10**7, c, absorb="runtime"),
          [count_text(info_dict(load_preset("kimi-k2"))["parameters"]["total"]).split()[0], "10,000,000"]),
     ]

@@ -90,9 +90,11 @@ CASES = [
          mscale=0.707, mscale_all_dim=0.707),
     Case("v2-theta50000", model_type="deepseek_v2", rope_type="default", rope_theta=50000.0),
 ]
-# Export + ONNX Runtime + validate take ~2.5 s a case: two run by default (YaRN, rope_theta 50000, both
-# with rope_interleave false), the rest are marked slow.
+# Export + ONNX Runtime + validate take ~2.5 s a case: three run by default in both export forms (YaRN,
+# rope_theta 50000, both with rope_interleave false; rms_norm_eps 1e-2, which the latent norms must not
+# take), the rest are marked slow.
 ONNX_CASES = [pytest.param("v3-yarn-halves-no-q-lora"), pytest.param("v3-theta50000-halves"),
+              pytest.param("v3-large-eps"),
               pytest.param("v3-yarn", marks=pytest.mark.slow), pytest.param("v3-theta50000", marks=pytest.mark.slow),
               pytest.param("v2-yarn-no-q-lora-deepseek-format", marks=pytest.mark.slow)]
 
@@ -265,11 +267,12 @@ def test_planted_rope_error_fails(saved, tmp_path, name, edit):
     assert error > 100 * TOLERANCE
 
 
+@pytest.mark.parametrize("absorb", ["prefolded", "runtime"])
 @pytest.mark.parametrize("name", ONNX_CASES)
-def test_exported_onnx_matches_transformers(saved, tmp_path, name):
+def test_exported_onnx_matches_transformers(saved, tmp_path, name, absorb):
     directory, reference = saved(name)
     out = tmp_path / f"{name}.onnx"
-    result = CliRunner().invoke(main, ["export", "--checkpoint", str(directory), "--io", "tokens",
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(directory), "--io", "tokens", "--absorb", absorb,
                                        "--max-seq-len", str(MAX_SEQ_LEN), "-o", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     config = load_config_file(directory)

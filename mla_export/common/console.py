@@ -56,6 +56,15 @@ def prose(text: str, console=None) -> str:
     return textwrap.fill(" ".join(text.split()), width=width, break_long_words=False, break_on_hyphens=False)
 
 
+def size_text(nbytes: float, unit_of: float | None = None) -> str:
+    """Bytes in binary units: 512 B, 36.0 KiB, 1,141.0 MiB, 3.59 GiB; in the unit `unit_of` would get, if given
+    (so that sizes side by side compare at a glance)."""
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if (nbytes if unit_of is None else unit_of) >= scale:
+            return f"{nbytes / scale:,.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{nbytes:,.0f} B"
+
+
 def sci(value: float, digits: int = 2) -> str:
     """A small or large quantity in scientific notation with `digits` after the point: 1.23e-05; 0 as 0."""
     if value == 0:

@@ -1,4 +1,5 @@
-"""Writing files so that readers see the old file or the whole new one, and checking output paths.
+"""Writing files so that readers see the old file or the whole new one, and checking the paths a command
+is given: outputs (directory, permissions, UTF-8, not an input) and inputs (a regular file, a directory).
 
 Every write stages its files in a folder `.mla-export-<pid>-<token>/` beside the target and renames
 them into place. A staging folder whose process is gone (a SIGKILL, a power cut) is recognisable by
@@ -110,20 +111,69 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
 
 
+def shown(path: str | Path) -> str:
+    """`path` as a message shows it: bytes that are not UTF-8 written as \\xNN (as the shell writes them)."""
+    return os.fsencode(str(path)).decode("utf-8", errors="backslashreplace")
+
+
+def check_input_file(option: str, path: str | Path, hint: str = "") -> Path:
+    """An input file that exists and is a regular file (a device or FIFO would block or read nothing), or one
+    UserError saying what it is instead; `hint` ("; pass ...") is added to the message."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {shown(path)}: is a directory, expected a file{hint}")
+    if not path.exists():
+        raise UserError(f"{option} {shown(path)}: no such file{hint}")
+    if not path.is_file():
+        raise UserError(f"{option} {shown(path)}: not a regular file (a device, FIFO or socket){hint}")
+    return path
+
+
+def check_input_dir(option: str, path: str | Path, hint: str = "") -> Path:
+    """An input directory that exists, or one UserError saying what `path` is instead."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise UserError(f"{option} {shown(path)}: is a file, expected a directory{hint}")
+    if path.exists():
+        raise UserError(f"{option} {shown(path)}: not a directory (a device, FIFO or socket){hint}")
+    raise UserError(f"{option} {shown(path)}: no such directory{hint}")
+
+
+def check_utf8_name(option: str, path: str | Path) -> None:
+    """Refuse an output path that is not valid UTF-8 (bytes the file system takes but a UTF-8 string, such as
+    an ONNX file's record of its data file or a JSON report, cannot hold)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{option} {shown(path)}: the path is not valid UTF-8; choose a name in UTF-8") from None
+
+
+def check_output_dir(option: str, path: Path) -> None:
+    """The directory `path` goes in exists, is a directory and is writable."""
+    parent = path.parent
+    if parent.is_dir():
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{option} {shown(path)}: directory {shown(parent)} is not writable")
+        return
+    if parent.exists():
+        raise UserError(f"{option} {shown(path)}: {shown(parent)} is a file, expected a directory")
+    raise UserError(f"{option} {shown(path)}: directory {shown(parent)} does not exist")
+
+
 def check_output_file(option: str, path: str | Path, inputs: dict[str, str | Path | None] | None = None,
                       suffix: str | None = None) -> Path:
-    """Check an output option before any work: not a directory, in an existing writable directory, ending in
-    `suffix` (if given), and not one of `inputs` ({option or description: path}, None entries skipped)."""
+    """Check an output option before any work: a UTF-8 name, not a directory, in an existing writable
+    directory, ending in `suffix` (if given), and not one of `inputs` ({option or description: path}, None
+    entries skipped)."""
     path = Path(path)
+    check_utf8_name(option, path)
     if suffix is not None and path.suffix != suffix:
         raise UserError(f"{option} {path}: expected a path ending in {suffix}")
     if path.is_dir():
         raise UserError(f"{option} {path}: is a directory; expected a file path")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UserError(f"{option} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {path}: directory {parent} is not writable")
+    check_output_dir(option, path)
     if path.exists() and not path.is_file():
         raise UserError(f"{option} {path}: exists and is not a regular file")
     for what, other in (inputs or {}).items():

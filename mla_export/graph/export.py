@@ -22,7 +22,8 @@ from typing import Callable
 from ..common import contract
 from ..common.version import __version__
 from ..common.errors import FieldError
-from ..common.fileio import STAGING_PREFIX, remove_stale_staging, write_failed
+from ..common.fileio import (STAGING_PREFIX, check_output_dir, check_utf8_name, remove_stale_staging,
+                             write_failed)
 from ..model.footprint import check_free_disk, check_memory, export_peak_bytes, model_counts
 from ..model.spec import ModelSpec
 
@@ -71,16 +72,15 @@ def written_files(output: Path) -> list[Path]:
 
 
 def check_output_path(output: str | Path) -> Path:
-    """`-o`: a .onnx path in an existing, writable directory, not a directory itself."""
+    """`-o`: a .onnx path in UTF-8 (the .onnx records its data file's name as a UTF-8 string) in an existing,
+    writable directory, not a directory itself."""
     output = Path(output)
+    check_utf8_name("-o", output)
     if output.suffix != ".onnx":
         raise FieldError("output", str(output), "expected a path ending in .onnx")
     if output.is_dir():
         raise FieldError("output", str(output), "is a directory; expected a file path ending in .onnx")
-    if not output.parent.is_dir():
-        raise FieldError("output", str(output), f"directory {output.parent} does not exist")
-    if not os.access(output.parent, os.W_OK | os.X_OK):
-        raise FieldError("output", str(output), f"directory {output.parent} is not writable")
+    check_output_dir("-o", output)
     return output
 
 
@@ -124,24 +124,30 @@ def _point_at_data(traced, layout, data_file: str) -> None:
                                               name=p.name)
 
 
-def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None = None) -> Path:
+def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None = None,
+                note: Callable[[str], None] | None = None) -> Path:
     """Export `spec` to `output` (weights in `output.<token>.data` beside it when past 2 GB), layer by layer.
 
     Nothing is left behind on failure and a previous export at `output` stays whole until the new one is
-    complete. `progress(what, done, total)` reports tracing and the bytes written.
+    complete. `progress(what, done, total)` reports tracing and the bytes written; `note(line)` is told what
+    the export leaves out of a checkpoint (its multi-token-prediction layers).
     """
     import onnx
     import onnx_ir as ir
     from onnx.external_data_helper import load_external_data_for_model
 
     from ..weights.eager import weight_source
+    from ..weights.tensor_names import skipped_summary
     from .tracing import trace_graph
     from .weight_stream import data_bytes, plan_layout, write_weights
 
     output = check_output_path(output)
     remove_stale_files(output)
     check_resources(spec, output.parent)
-    source = weight_source(spec)  # a checkpoint's index and shards are checked before any work
+    source = weight_source(spec)  # a checkpoint's index, shards and names are checked before any work
+    skipped = skipped_summary(getattr(source, "skipped", []))
+    if skipped and note is not None:
+        note(skipped)
     report = progress or (lambda what, done, total: None)
     report("tracing", 0, 1)
     traced = trace_graph(spec)

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from ..common import contract
 from ..common.errors import UserError
+from ..common.fileio import check_input_file
 from ..model.spec import ModelSpec, spec_from_metadata
 
 # ONNX TensorProto element types of the graph's tensors.
@@ -29,11 +30,7 @@ def load_onnx_header(path: str | Path):
     """The ModelProto of `path` without its weights (cheap even for multi-GB models)."""
     import onnx
 
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--onnx {path}: is a directory; pass the .onnx file")
-    if not path.is_file():
-        raise UserError(f"--onnx {path}: no such file")
+    path = check_input_file("--onnx", path, "; pass the .onnx file `mla-export export` wrote")
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX

@@ -1,8 +1,11 @@
 """Writing a traced graph's weights into one external data file, one layer (and one expert) at a time.
 
 Every weight comes from the spec's weight source by name (`weights.py`): a decoder layer's unfolded
-attention parameters are read and folded (`folding.fold_attention_state`), (pre-folded or laid out per head: `folding.export_attention_state`), every other parameter is read as it is, and the routed experts are read and written one expert at a time. Memory is therefore set by
-the largest layer's attention and dense weights, not by the model or its experts.
+attention parameters are read and folded (pre-folded or laid out per head:
+`folding.export_attention_state`), every other parameter is read as it is, and the routed experts are read
+and written one expert at a time. Memory is therefore set by the largest layer's attention and dense
+weights, not by the model or its experts. Every value is checked finite in the export's dtype as it is
+written (a weight of 1e30 is inf in float16): the weight is named, and the export stops.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from ..model.model import DecoderLayer, MlaAttention
 from ..model.rope import rope_cos_sin
 from ..model.spec import ModelSpec, torch_dtype
 from .tracing import ROPE_TABLE, TracedGraph, WeightRef
-from ..weights.weights import WeightSource, expert_chunks, is_expert_stack, parameter_value
+from ..common.errors import UserError
+from ..weights.weights import WeightSource, checkpoint_name, expert_chunks, is_expert_stack, parameter_value
 
 ALIGN = 4096  # each tensor starts on a page: ONNX Runtime can map the file
 
@@ -106,10 +110,35 @@ class LayerValues:
             value = parameter_value(self.source, ref.param, value_shape)
         yield value.T if ref.transposed else value
 
+    def label(self, ref: WeightRef, chunk: int) -> str:
+        """What the user knows chunk `chunk` of `ref` as: a checkpoint name, or the folded weight's name."""
+        if ref.param == ROPE_TABLE:
+            return "the RoPE cos/sin table"
+        if is_expert_stack(ref.param):
+            return f"{checkpoint_name(ref.param.rsplit('.', 1)[0])}.{chunk}.*"
+        if ref.param in self.values:
+            return f"{ref.param} (folded from layer {ref.layer}'s attention weights)"
+        return checkpoint_name(ref.param)
+
+
+def _check_finite(value: torch.Tensor, data: torch.Tensor, label: str) -> None:
+    """Refuse a weight `value` that is not finite once cast to the export's dtype (`data`; 1e30 is inf in
+    float16): the checkpoint's values are checked finite when read, so this is the cast (or the fold)
+    overflowing."""
+    if bool(torch.isfinite(data).all()):
+        return
+    kind = str(data.dtype).removeprefix("torch.")
+    instead = {"float16": "--dtype bfloat16 or float32", "bfloat16": "--dtype float32"}.get(kind)
+    fix = f"export with {instead}" if instead else "the checkpoint's weights are too large"
+    largest = float(value.double().abs().max())
+    raise UserError(f"weight {label} holds {largest:.3g}, past {kind}'s largest value "
+                    f"({torch.finfo(data.dtype).max:.3g}): {fix}")
+
 
 def write_weights(path: Path, layout: list[Placement], spec: ModelSpec, source: WeightSource,
                   progress: Callable[[int, int, str], None] | None = None) -> None:
-    """Write every placement's bytes to `path` (a new file), in layout order.
+    """Write every placement's bytes to `path` (a new file), in layout order; UserError, naming the weight,
+    for one that is not finite in the export's dtype.
 
     `progress(done_bytes, total_bytes, what)` is called as tensors are written.
     """
@@ -119,8 +148,9 @@ def write_weights(path: Path, layout: list[Placement], spec: ModelSpec, source: 
         for p in layout:
             out.seek(p.offset)
             written = 0
-            for chunk in values.chunks(p.ref, p.shape):
+            for index, chunk in enumerate(values.chunks(p.ref, p.shape)):
                 data = chunk.to(p.dtype).contiguous()
+                _check_finite(chunk, data, values.label(p.ref, index))
                 out.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
                 written += data.numel() * data.element_size()
             if written != p.length:

@@ -101,7 +101,7 @@ class MlaConfig:
     num_experts_per_tok, n_group, topk_group, topk_method, scoring_func, norm_topk_prob,
         routed_scaling_factor, n_shared_experts, moe_intermediate_size: the MoE router and experts,
         read and checked for the MoE model to come.
-    name: a label for reports.
+    name: a label for reports (config.json's `mla_export_name`): a non-empty string on one line.
     """
 
     hidden_size: int
@@ -166,6 +166,11 @@ class MlaConfig:
                              "(DeepSeek's and transformers') always rotates interleaved pairs and ignores it; remove "
                              "the field, or set model_type 'deepseek_v3' if the weights are in halves layout")
         self._check_moe()
+        if not (isinstance(self.name, str) and self.name and self.name.isprintable()):
+            shown = repr(self.name)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ValueError(f"config field mla_export_name={shown}: expected a non-empty string on one line (the "
+                             "model's name in reports)")
 
     def _check_rope(self) -> None:
         if not (_number(self.rope_theta) and self.rope_theta > 1):

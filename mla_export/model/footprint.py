@@ -2,7 +2,8 @@
 per token), bytes per dtype, and the up-front disk and memory checks of export and validate.
 
 Counts follow the parameters of the eager model (`model.py`); the checks refuse, before any work starts,
-what would run out of disk or memory, with the estimate and what is available.
+what would run out of disk or memory, with the estimate and what is available, each in the unit its size
+calls for (KiB, MiB or GiB: never "0.0 GiB").
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MlaConfig
+from ..common.console import size_text
 from ..common.errors import UserError
+from .config import MlaConfig
 
 GIB = 1 << 30
 
@@ -91,17 +93,15 @@ def check_free_disk(directory: Path, need: int, what: str) -> None:
     """Refuse `what` up front when `directory`'s file system has less than `need` bytes free."""
     free = shutil.disk_usage(directory).free
     if need > free:
-        raise UserError(f"{what} needs {need / GIB:,.1f} GiB of disk in {directory}, which has "
-                        f"{free / GIB:,.1f} GiB free; free some space, export fewer layers (--layers N) or a "
-                        "smaller dtype")
+        raise UserError(f"{what} needs {size_text(need)} of disk in {directory}, which has {size_text(free)} free; "
+                        "free some space, export fewer layers (--layers N) or a smaller dtype")
 
 
 def check_memory(need: int, what: str, hint: str) -> None:
     """Refuse `what` up front when it needs more memory than is available (where that is known)."""
     free = available_memory()
     if free is not None and need > free:
-        raise UserError(f"{what} needs about {need / GIB:,.1f} GiB of memory and {free / GIB:,.1f} GiB is available; "
-                        f"{hint}")
+        raise UserError(f"{what} needs about {size_text(need)} of memory and {size_text(free)} is available; {hint}")
 
 
 def export_peak_bytes(c: MlaConfig, dtype_bytes: int) -> int:
@@ -120,3 +120,13 @@ def validate_peak_bytes(c: MlaConfig, data_bytes: int, with_embeddings: bool) ->
     exported weights (`data_bytes`, read once and partly copied), and the process itself: within 5% of the measured
     peak of deepseek-v2-lite --layers 3 (17.2 GiB, benchmarks/RESULTS.md)."""
     return 8 * model_counts(c, with_embeddings).total + 3 * data_bytes // 2 + 1 * GIB
+
+
+def per_layer_validate_peak_bytes(c: MlaConfig, dtype_bytes: int, prefolded: bool, with_embeddings: bool) -> int:
+    """Estimated peak memory of `validate --per-layer`: the largest part, its float64 reference layer or ONNX
+    Runtime's copy of its exported weights (one after the other; the embedding and head: their float32
+    matrix beside it), and the process."""
+    layers = [layer_counts(c, i) for i in range(c.num_hidden_layers)]
+    layer = max(max(8 * lc.total(), 2 * dtype_bytes * lc.total(prefolded)) for lc in layers)
+    edge = (4 + 2 * dtype_bytes) * c.vocab_size * c.hidden_size if with_embeddings else 0
+    return max(layer, edge) + 1 * GIB

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import DEFAULT_ROPE_THETA, PRESET_DIR, ROPE_TYPES, MlaConfig, YarnScaling
 from ..common.errors import UserError
+from ..common.fileio import check_input_file
 
 USED, NO_EFFECT, CHECKED = "used", "no effect on inference", "checked"
 # What mla-export does with every field of DeepSeek's config.json files (V2, V2-Lite, V3, Kimi K2) and
@@ -121,7 +122,7 @@ def config_from_hf_dict(data: dict, name: str = "custom") -> MlaConfig:
         kwargs["norm_topk_prob"] = False  # transformers' type allows null; both codes read it as false
     kwargs["n_routed_experts"] = _routed_experts(data)
     try:
-        return MlaConfig(rope_theta=rope_theta, rope_scaling=rope_scaling, name=data.get("mla_export_name", name),
+        return MlaConfig(rope_theta=rope_theta, rope_scaling=rope_scaling, name=name if data.get("mla_export_name") is None else data["mla_export_name"],
                          **kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -150,16 +151,21 @@ def _check_unimplemented(data: dict) -> None:
     if partial is not None and partial != 1:
         raise UserError(f"config field partial_rotary_factor={partial!r}: not implemented; "
                         f"{HF_FIELDS['partial_rotary_factor'][1]}")
-    quant = data.get("quantization_config")
+    check_quantization(data.get("quantization_config"), "config")
+
+
+def check_quantization(quant, where: str) -> None:
+    """Refuse a `quantization_config` other than none or DeepSeek's FP8 (e4m3, 128x128 block scales); `where`
+    ("config", "checkpoint DIR/config.json") starts the message."""
     if quant is None:
         return
     fp8 = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"}
     if not isinstance(quant, dict):
-        raise UserError(f"config field quantization_config={quant!r}: expected an object or null")
+        raise UserError(f"{where} field quantization_config={quant!r}: expected an object or null")
     for key, expected in fp8.items():
         value = quant.get(key, expected)
         if value != expected:
-            raise UserError(f"config field quantization_config.{key}={value!r}: not implemented; mla-export reads "
+            raise UserError(f"{where} field quantization_config.{key}={value!r}: not implemented; mla-export reads "
                             f"unquantized checkpoints and DeepSeek's FP8 ones ({key} {expected!r})")
 
 
@@ -286,8 +292,7 @@ def load_config_file(path: str | Path) -> MlaConfig:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
-        raise UserError(f"config {path}: no such file; pass a DeepSeek config.json or a checkpoint directory")
+    check_input_file("config", path, "; pass a DeepSeek config.json or a checkpoint directory")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -296,7 +301,8 @@ def load_config_file(path: str | Path) -> MlaConfig:
         raise UserError(f"config {path}: JSON nested too deeply; expected a DeepSeek config.json") from None
     except OSError as exc:
         raise UserError(f"config {path}: cannot be read ({exc.strerror or exc})") from None
-    return config_from_hf_dict(data, name=path.parent.name if path.name == "config.json" else path.stem)
+    label = path.resolve().parent.name if path.name == "config.json" else path.stem
+    return config_from_hf_dict(data, name=label if label and label.isprintable() else "custom")
 
 
 def load_preset(name: str) -> MlaConfig:

@@ -46,6 +46,18 @@ class RMSNorm(nn.Module):
         return (normed * self.weight.to(work)).to(x.dtype)
 
 
+def hidden_norm(config: MlaConfig) -> RMSNorm:
+    """A norm of the hidden state (input_layernorm, post_attention_layernorm, the final norm): the one place
+    that gives them `config.rms_norm_eps`."""
+    return RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+def latent_norm(config: MlaConfig, dim: int) -> RMSNorm:
+    """A norm of a compressed latent (q_a_layernorm, kv_a_layernorm) of width `dim`, in every attention form:
+    the one place that gives them `config.latent_norm_eps` (1e-6, not rms_norm_eps; see MlaConfig)."""
+    return RMSNorm(dim, config.latent_norm_eps)
+
+
 class SwiGluMlp(nn.Module):
     """down(silu(gate(x)) * up(x))."""
 
@@ -67,7 +79,7 @@ class QueryCompression(nn.Module):
         self.enabled = config.q_lora_rank is not None
         if self.enabled:
             self.q_a_proj = nn.Linear(config.hidden_size, config.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.latent_norm_eps)
+            self.q_a_layernorm = latent_norm(config, config.q_lora_rank)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.q_a_layernorm(self.q_a_proj(hidden)) if self.enabled else hidden
@@ -97,7 +109,7 @@ class MlaAttention(nn.Module):
         else:
             self.q_proj = nn.Linear(q_in, q_out, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.latent_norm_eps)
+        self.kv_a_layernorm = latent_norm(c, c.kv_lora_rank)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim),
                                    bias=False)
         self.o_proj = nn.Linear(c.num_attention_heads * c.v_head_dim, c.hidden_size, bias=False)
@@ -170,7 +182,7 @@ class FoldedMlaAttention(nn.Module):
         self.q_latent_proj = nn.Linear(q_in, c.num_attention_heads * c.kv_lora_rank, bias=False)
         self.q_pe_proj = nn.Linear(q_in, c.num_attention_heads * c.qk_rope_head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.latent_norm_eps)
+        self.kv_a_layernorm = latent_norm(c, c.kv_lora_rank)
         self.out_proj = nn.Linear(c.num_attention_heads * c.kv_lora_rank, c.hidden_size, bias=False)
 
     def forward(self, hidden: torch.Tensor, cache: torch.Tensor, cache_seqlens: torch.Tensor,
@@ -206,7 +218,7 @@ class RuntimeAbsorbedMlaAttention(nn.Module):
         self.q_nope_proj = nn.Linear(q_in, heads * c.qk_nope_head_dim, bias=False)
         self.q_pe_proj = nn.Linear(q_in, heads * c.qk_rope_head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(c.hidden_size, c.cache_width, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.kv_a_layernorm = latent_norm(c, c.kv_lora_rank)
         self.w_uk = nn.Parameter(torch.zeros(heads, c.qk_nope_head_dim, c.kv_lora_rank))  # [H, Dn, Dc]
         self.w_uv = nn.Parameter(torch.zeros(heads, c.kv_lora_rank, c.v_head_dim))  # [H, Dc, Dv]
         self.o_proj = nn.Linear(heads * c.v_head_dim, c.hidden_size, bias=False)
@@ -289,9 +301,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: MlaConfig, attention: nn.Module, moe: bool = False):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = hidden_norm(config)
         self.self_attn = attention
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = hidden_norm(config)
         self.mlp = MoeMlp(config) if moe else SwiGluMlp(config.hidden_size, config.intermediate_size)
 
     def forward(self, x, cache, cache_seqlens, cos_sin):
@@ -329,7 +341,7 @@ class MlaModel(nn.Module):
                                     for i in range(config.num_hidden_layers))
         if with_embeddings:
             self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.norm = hidden_norm(config)
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # Plain attributes, not buffers: `.to(dtype)` must not round the table (the op takes it in float32).
         self.rope_cos_sin_float64 = rope_cos_sin(config, max_seq_len, torch.float64)  # [Smax, Dr]

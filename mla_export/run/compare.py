@@ -1,11 +1,14 @@
 """The one comparator: tests, `validate` and benchmarks all judge tensors with `compare`.
 
-A comparison reports the max absolute error and where it is, the max relative error, the cosine
-similarity (over the elements finite on both sides), the number of NaN/inf mismatches, and how much of
-its tolerance the worst element uses (`tolerance_used`, and where). It passes when every element
-satisfies |actual - expected| <= atol + rtol * |expected| (tolerance_used <= 1) and no mismatch exists;
-the max relative error is for information only (it is large wherever |expected| is near zero, where
-atol decides).
+A comparison reports the max absolute error and where it is, the max relative error, the relative RMS
+error (`||actual - expected|| / ||expected||`), the cosine similarity (both over the elements finite on
+both sides), the number of NaN/inf mismatches, and how much of its tolerance the worst element uses
+(`tolerance_used`, and where). It passes when every element satisfies |actual - expected| <= atol +
+rtol * |expected| (tolerance_used <= 1), no mismatch exists and, where the caller gives the bounds (as
+`validate` does, per dtype: `verdict_for`), the relative RMS error is at most `max_rel_rms` and the
+cosine at least `min_cosine`. The element-wise rule is absolute where |expected| is small, so it alone
+passes a wrong tensor whose values are all small; the two whole-tensor rules scale with the tensor. The
+max relative error is for information only (it is large wherever |expected| is near zero).
 
 A non-finite value on either side is a mismatch: NaN matching NaN, or an infinity matching the same
 infinity, counts as agreement only where the caller says the reference is *expected* to be non-finite
@@ -28,9 +31,45 @@ TOLERANCES = {
 }
 
 
+# Whole-tensor bounds by dtype: (max relative RMS error, min cosine), from measured margins
+# (benchmarks/bench_validate_margins.py, RESULTS.md): correct exports stay well inside them, and a weight
+# scaled by 1.01 in one layer lands outside (in float16 only these bounds catch it, not the element-wise one).
+WHOLE_TENSOR_BOUNDS = {
+    "float64": (1e-9, 1.0 - 1e-12),
+    "float32": (1e-5, 1.0 - 1e-9),
+    "float16": (3e-3, 1.0 - 1e-5),
+    "bfloat16": (3e-2, 1.0 - 1e-3),
+}
+
+
 def tolerance_for(dtype: str) -> tuple[float, float]:
     """(atol, rtol) for a tested tensor of `dtype` ('float32', 'float16', ...)."""
     return TOLERANCES[dtype]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Every bound a tensor of one dtype must meet: element-wise `atol + rtol * |ref|`, and over the whole
+    tensor a relative RMS error of at most `max_rel_rms` and a cosine of at least `min_cosine`."""
+
+    atol: float
+    rtol: float
+    max_rel_rms: float
+    min_cosine: float
+
+
+    def through(self, layers: int) -> "Verdict":
+        """The bounds for a tensor that came through `layers` layers of the runtime's own (a whole model, or
+        parts chained end to end): independent rounding errors add up in quadrature, so atol, rtol and the
+        relative RMS bound grow as sqrt(layers), and 1 - cos (half the relative error squared) as layers."""
+        grow = max(layers, 1) ** 0.5
+        return Verdict(self.atol * grow, self.rtol * grow, self.max_rel_rms * grow,
+                       1.0 - (1.0 - self.min_cosine) * grow * grow)
+
+
+def verdict_for(dtype: str) -> Verdict:
+    """The bounds `validate` judges a tensor of `dtype` by, for one layer fed the reference's own input."""
+    return Verdict(*TOLERANCES[dtype], *WHOLE_TENSOR_BOUNDS[dtype])
 
 
 @dataclass
@@ -47,6 +86,18 @@ class Comparison:
     passed: bool
     tolerance_used: float = 0.0  # max over elements of |actual - expected| / (atol + rtol * |expected|)
     tolerance_index: tuple[int, ...] = ()  # where that maximum is
+    rel_rms: float = 0.0  # ||actual - expected|| / ||expected|| over the elements finite on both sides
+    exempt: int = 0  # elements left out of the element-wise rule (rows of tokens routed at a near tie)
+    max_rel_rms: float | None = None  # the bounds it was held to (None: not checked)
+    min_cosine: float | None = None
+
+    @property
+    def rel_rms_failed(self) -> bool:
+        return self.max_rel_rms is not None and not self.rel_rms <= self.max_rel_rms
+
+    @property
+    def cosine_failed(self) -> bool:
+        return self.min_cosine is not None and not self.cosine >= self.min_cosine
 
     def to_dict(self) -> dict:
         """The fields as JSON can hold them: a non-finite number (an infinite tolerance_used where atol and
@@ -62,8 +113,17 @@ def _as_float64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonfinite=None) -> Comparison:
+def _as_bool(mask) -> np.ndarray:
+    return (mask.cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)).astype(bool)
+
+
+def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonfinite=None,
+            max_rel_rms: float | None = None, min_cosine: float | None = None, exempt=None) -> Comparison:
     """Compare `actual` against the reference `expected` (torch tensors or arrays of one shape).
+
+    `max_rel_rms`, `min_cosine`: whole-tensor bounds it must also meet (None: not checked).
+    `exempt`: a boolean array broadcastable to the shape, true where an element is left out of the
+    element-wise rule (it still counts in the whole-tensor ones and the NaN rules); None: nowhere.
 
     `expected_nonfinite`: a boolean array (or tensor) broadcastable to the shape, true where the reference is
     meant to be non-finite; only there does an equal non-finite value on both sides count as agreement.
@@ -77,9 +137,7 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
     if expected_nonfinite is None:
         same_nonfinite = np.zeros_like(same_nonfinite)
     else:
-        allowed = expected_nonfinite.cpu().numpy() if hasattr(expected_nonfinite, "detach") \
-            else np.asarray(expected_nonfinite)
-        same_nonfinite &= np.broadcast_to(allowed.astype(bool), a.shape)
+        same_nonfinite &= np.broadcast_to(_as_bool(expected_nonfinite), a.shape)
     mismatch = (a_bad | e_bad) & ~same_nonfinite
     both = ~(a_bad | e_bad)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -93,21 +151,41 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
     else:
         index, max_abs, max_rel = (), 0.0, 0.0
     af, ef = np.where(both, a, 0.0).ravel(), np.where(both, e, 0.0).ravel()
-    norms = float(np.linalg.norm(af) * np.linalg.norm(ef))
+    error_norm, ref_norm = float(np.linalg.norm(diff)), float(np.linalg.norm(ef))
+    if ref_norm > 0:
+        rel_rms = error_norm / ref_norm
+    else:  # an all-zero reference: no error is relative to nothing
+        rel_rms = 0.0 if error_norm == 0 else float("inf")
+    norms = float(np.linalg.norm(af) * ref_norm)
     if norms > 0:
         cosine = float(af @ ef / norms)
     else:  # nothing to measure an angle on: equal only if both are all zeros (and something was compared)
         cosine = 1.0 if not af.any() and not ef.any() and (both.any() or not a.size) else 0.0
     allowed = atol + rtol * np.abs(np.where(both, e, 0.0))
-    within = bool(np.all(diff <= allowed))
+    judged = diff
+    exempt_count = 0
+    if exempt is not None:
+        free = np.broadcast_to(_as_bool(exempt), a.shape)
+        exempt_count = int(free.sum())
+        judged = np.where(free, 0.0, diff)
+    within = bool(np.all(judged <= allowed))
     if diff.size:
         with np.errstate(divide="ignore", invalid="ignore"):
-            used = np.where(diff > 0, diff / allowed, 0.0)  # inf where atol = rtol*|e| = 0 and the values differ
+            used = np.where(judged > 0, judged / allowed, 0.0)  # inf where atol = rtol*|e| = 0 and they differ
         worst = int(np.argmax(used))
         tolerance_used = float(used.reshape(-1)[worst])
         tolerance_index = tuple(int(i) for i in np.unravel_index(worst, used.shape))
     else:
         tolerance_used, tolerance_index = 0.0, ()
     nonfinite = int(mismatch.sum())
-    return Comparison(name, tuple(a.shape), max_abs, index, max_rel, cosine, nonfinite, atol, rtol,
-                      within and nonfinite == 0, tolerance_used, tolerance_index)
+    result = Comparison(name, tuple(a.shape), max_abs, index, max_rel, cosine, nonfinite, atol, rtol,
+                        within and nonfinite == 0, tolerance_used, tolerance_index, rel_rms, exempt_count,
+                        max_rel_rms, min_cosine)
+    result.passed = result.passed and not result.rel_rms_failed and not result.cosine_failed
+    return result
+
+
+def compare_by(name: str, actual, expected, verdict: Verdict, expected_nonfinite=None, exempt=None) -> Comparison:
+    """`compare` under every bound of `verdict`."""
+    return compare(name, actual, expected, verdict.atol, verdict.rtol, expected_nonfinite,
+                   verdict.max_rel_rms, verdict.min_cosine, exempt)

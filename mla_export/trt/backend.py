@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..common import contract
 from ..common.errors import UserError
+from ..common.fileio import check_input_file
 
 BACKENDS = {
     "tensorrt": ("tensorrt",),
@@ -38,9 +39,13 @@ def import_backend(name: str):
     raise UserError(f"{name} is not installed ({'; '.join(errors)}); {INSTALL_HINTS[name]}")
 
 
+PROFILE_WARNING = "Profile kMAX values are not self-consistent"  # TensorRT: a profile past its size limits
+
+
 def make_logger(trt, verbose: bool = False):
     """The one TensorRT logger of build and run: messages on stderr as `[TensorRT] W: ...`, warnings and
-    errors only unless `verbose` (then info and verbose messages too)."""
+    errors only unless `verbose` (then info and verbose messages too). `profile_warnings` collects TensorRT's
+    warnings that a profile's MAX shapes are past its limits (the build goes on; `build` then refuses)."""
     severity = trt.ILogger.Severity
     shown = {severity.INTERNAL_ERROR: "E", severity.ERROR: "E", severity.WARNING: "W"}
     if verbose:
@@ -49,8 +54,11 @@ def make_logger(trt, verbose: bool = False):
     class StderrLogger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
+            self.profile_warnings: list[str] = []
 
         def log(self, level, message):
+            if PROFILE_WARNING in str(message):
+                self.profile_warnings.append(str(message))
             if level in shown:
                 print(f"[TensorRT] {shown[level]}: {message}", file=sys.stderr, flush=True)
 
@@ -60,6 +68,8 @@ def make_logger(trt, verbose: bool = False):
 def find_plugin_library(explicit: str | None = None) -> Path:
     """--plugin-lib, else $MLA_EXPORT_PLUGIN_LIB, else next to the package, else the repo's build/."""
     candidates = []
+    if explicit and os.path.lexists(explicit):  # there, but perhaps a directory or a device
+        return check_input_file("--plugin-lib", explicit, f"; pass {PLUGIN_FILE} (build it with `make plugins`)")
     if explicit:
         candidates.append(Path(explicit))
     elif os.environ.get(PLUGIN_ENV):

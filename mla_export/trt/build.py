@@ -21,23 +21,9 @@ from ..graph.onnx_reader import read_exported_model
 from ..model.spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
+from .profiles import (check_profile_volumes, default_prefill_tokens, optimization_profiles, parse_range,  # noqa: F401
+                       volume_function)
 from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, sidecar_path
-
-
-def parse_range(text: str, option: str) -> tuple[int, int, int]:
-    """'MIN:OPT:MAX' -> (min, opt, max), checked min <= opt <= max, min >= 1. One number is refused, not read
-    as N:N:N: a profile of one size is written out as such."""
-    parts = text.split(":")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        raise UserError(f"{option} {text}: not one number but MIN:OPT:MAX (write "
-                        f"{values[0]}:{values[0]}:{values[0]})")
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise UserError(f"{option} {text}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
-    return values
 
 
 def parse_size(text: str, option: str = "--workspace") -> int:
@@ -61,22 +47,6 @@ class BuildSpec:
     workspace: int | None = None
     timing_cache: str | None = None
     verbose: bool = False  # TensorRT's info and verbose messages too (on stderr)
-
-
-def default_prefill_tokens(max_seq_len: int) -> tuple[int, int, int]:
-    """New tokens MIN:OPT:MAX of the prefill profile when none is given: 2:256:2048, capped at Smax."""
-    return min(2, max_seq_len), min(256, max_seq_len), min(2048, max_seq_len)
-
-
-def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int, cache_width: int,
-                   batch: tuple[int, int, int], tokens: tuple[int, int, int]) -> dict[str, list[tuple]]:
-    """Input name -> [min, opt, max] shapes for one optimization profile."""
-    inputs, _ = contract.graph_io_names(num_layers, spec_io)
-    first = [(b, s) if spec_io == "tokens" else (b, s, hidden) for b, s in zip(batch, tokens)]
-    shapes = {inputs[0]: first, inputs[1]: [(b,) for b in batch]}
-    for name in inputs[2:]:
-        shapes[name] = [(b, max_seq_len, cache_width) for b in batch]
-    return shapes
 
 
 PLUGIN_OPS = (contract.OP_TYPE, contract.MOE_OP_TYPE)  # node types the plugin library replaces (domain mla)
@@ -223,19 +193,19 @@ def _detect_gpu() -> tuple[str | None, str | None]:
     return None, None
 
 
-def inlined_graph(exported) -> bytes:
+def inlined_graph(exported):
     """The exported graph (without its weights, which stay in their file) with the nodes' model-local
-    functions inlined by ONNX's inliner, serialized: what a build without the plugins parses. The inliner
-    names every inlined value per call site; TensorRT's parser, inlining them itself, would give each layer's
-    copy of a function the same node names (and warn once per node)."""
+    functions inlined by ONNX's inliner (a ModelProto): what a build without the plugins parses, serialized.
+    The inliner names every inlined value per call site; TensorRT's parser, inlining them itself, would give
+    each layer's copy of a function the same node names (and warn once per node)."""
     import onnx.inliner
 
-    return onnx.inliner.inline_local_functions(exported.header).SerializeToString()
+    return onnx.inliner.inline_local_functions(exported.header)
 
 
 def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None, model_bytes: bytes | None = None):
     """Loader 1: the ONNX file parsed into a strongly typed network, with the plugin library (if any)
-    loaded first; `model_bytes` (the file's graph, e.g. `inlined_graph`) is parsed instead of the file, its
+    loaded first; `model_bytes` (the file's graph, e.g. `inlined_graph`'s, serialized) is parsed instead of the file, its
     external weights still read from beside `onnx`. Returns (builder, network, parser); the parser must
     outlive the network's use."""
     if plugin_path is not None:
@@ -251,19 +221,6 @@ def parse_network(trt, logger, onnx: str | Path, plugin_path: Path | None, model
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise UserError(f"TensorRT could not parse {onnx}: {errors}")
     return builder, network, parser
-
-
-def optimization_profiles(model: ModelSpec, batch: tuple[int, int, int],
-                          prefill_tokens: tuple[int, int, int]) -> list[dict]:
-    """The engine's two profiles, decode (one new token) then prefill: [{"name", "shapes": {input: [min, opt,
-    max]}}], as the sidecar records them."""
-    c = model.config
-    profiles = []
-    for name, tokens in (("decode", (1, 1, 1)), ("prefill", prefill_tokens)):
-        shapes = profile_shapes(model.io, c.num_hidden_layers, c.hidden_size, model.max_seq_len, c.cache_width,
-                                batch, tokens)
-        profiles.append({"name": name, "shapes": {k: [list(s) for s in v] for k, v in shapes.items()}})
-    return profiles
 
 
 def builder_config(trt, builder, profiles: list[dict], workspace: int | None, timing_cache: Path | None):
@@ -367,12 +324,15 @@ def build_engine(spec: BuildSpec, progress=None) -> Path:
         raise UserError(f"--prefill-range max {prefill_tokens[2]} exceeds the cache ({model.max_seq_len} rows)")
     if spec.attention == "plugin":
         check_plugin_supports(model, exported.header)
+    inlined = inlined_graph(exported) if spec.attention == "decomposed" else None
+    check_profile_volumes(volume_function(exported.header, inlined, model.max_seq_len), spec.batch,
+                          prefill_tokens)
     trt = import_backend(spec.backend)  # before the plugin library: no library helps without TensorRT
     plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
 
     logger = make_logger(trt, spec.verbose)
     builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path,
-                                              None if plugin_path is not None else inlined_graph(exported))
+                                              None if inlined is None else inlined.SerializeToString())
     check_plugin_layers(spec.attention, plugin_layers_by_name(trt, network), plugin_nodes(exported.header),
                         plugin_path)
     profiles = optimization_profiles(model, spec.batch, prefill_tokens)
@@ -380,6 +340,10 @@ def build_engine(spec: BuildSpec, progress=None) -> Path:
     config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)
     aliased_io = spec.attention == "plugin" and enable_aliased_plugin_io(trt, config)  # the cache updated in place
     serialized = engine_bytes(trt, builder, network, config, progress)
+    if logger.profile_warnings:  # a limit the check above does not know: TensorRT's warning is not the only word
+        tensor = re.search(r"self-consistent\.\s*(\S+?):", logger.profile_warnings[0])
+        raise UserError(f"TensorRT: the profiles' MAX shapes are past its limits for tensor "
+                        f"{tensor[1] if tensor else '?'} (its warning above); lower --batch-range or --prefill-range MAX")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     gpu_name, capability = _detect_gpu()

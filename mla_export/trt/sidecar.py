@@ -17,7 +17,7 @@ from pathlib import Path
 from ..common import contract
 from ..common.version import __version__
 from ..common.errors import UserError
-from ..common.fileio import atomic_write_text
+from ..common.fileio import atomic_write_text, check_input_file
 from .aliasing import CACHE_BINDINGS
 from .backend import BACKENDS
 
@@ -67,10 +67,9 @@ class Sidecar:
     def read(cls, engine: str | Path) -> "Sidecar":
         """The sidecar of `engine`, checked: its JSON shape, format version, and the engine file's size."""
         path = sidecar_path(engine)
-        if Path(engine).is_dir():
-            raise UserError(f"--engine {engine}: is a directory; pass the engine file")
-        if not Path(engine).is_file():
-            raise UserError(f"--engine {engine}: no such file")
+        check_input_file("--engine", engine, "; pass the engine file `mla-export build` wrote")
+        if path.exists() and not path.is_file():
+            raise UserError(f"--engine {engine}: its sidecar {path.name} is not a regular file; rebuild the engine")
         if not path.is_file():
             raise UserError(f"--engine {engine}: its sidecar {path.name} is missing; engines built by "
                             "`mla-export build` have one (rebuild the engine)")

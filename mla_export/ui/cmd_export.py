@@ -33,13 +33,16 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
 
     from ..common.console import prose
     from ..graph.export import check_output_path, export_onnx, written_files
-    from ..common.fileio import check_output_file
+    from ..common.fileio import check_input_dir, check_output_file, check_utf8_name
     from .info import absorb_advice
     from ..common.progress import ProgressReporter
     from ..model.spec import ModelSpec
 
     check_output_path(output)
     check_output_file("-o", output, {"--config": config_path})
+    if checkpoint:
+        check_input_dir("--checkpoint", checkpoint, "; pass a HF DeepSeek-V2/V3 checkpoint directory")
+        check_utf8_name("--checkpoint", checkpoint)  # recorded in the export's metadata, a UTF-8 string
     if checkpoint and not (preset or config_path):
         config_path = checkpoint
     config = load_config(preset, config_path, layers)
@@ -54,7 +57,7 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
                         f"of {rows} rows is too small ({exc.expected})") from None
     start = time.perf_counter()
     with ProgressReporter("export", quiet=quiet, unit="bytes") as progress:
-        path = export_onnx(spec, output, progress)
+        path = export_onnx(spec, output, progress, note=lambda line: click.echo(line, err=True))
     click.echo(prose(absorb_advice(config, dtype)))
     layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
     click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}")

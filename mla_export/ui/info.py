@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..common.console import size_text
 from ..model.config import MlaConfig
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
@@ -152,15 +153,6 @@ def count_text(n: int) -> str:
         if n >= scale:
             return f"{n:,} ({n / scale:,.2f} {unit})"
     return f"{n:,}"
-
-
-def size_text(nbytes: float, unit_of: float | None = None) -> str:
-    """Bytes in binary units: 512 B, 36.0 KiB, 1,141.0 MiB, 3.59 GiB; in the unit `unit_of` would get, if given
-    (so that sizes side by side compare at a glance)."""
-    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if (nbytes if unit_of is None else unit_of) >= scale:
-            return f"{nbytes / scale:,.{2 if unit == 'GiB' else 1}f} {unit}"
-    return f"{nbytes:,.0f} B"
 
 
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,

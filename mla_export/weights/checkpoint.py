@@ -8,7 +8,9 @@ DeepSeek's pair layout, the one layout of the model and the op contract.
 
 Everything read is checked, each with one message naming the file or tensor: the index (a `weight_map`
 of tensor names to files in the checkpoint directory; a file outside it is refused, so a checkpoint cannot
-make the tool read other files), each shard (truncated, empty or not safetensors), each tensor (a
+make the tool read other files), the checkpoint's own config.json (its `quantization_config`: none or
+DeepSeek's FP8), each shard (truncated, empty or not safetensors) and its FP8 tensors (DeepSeek's format
+only: float8_e5m2, or e4m3 without `weight_scale_inv`, is refused, not read as stored), each tensor (a
 floating-point type, finite values, the config's shape) and each FP8 scale (2-D, one per 128x128 block,
 finite and positive).
 """
@@ -22,17 +24,21 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from ..model.config import MlaConfig
 from ..common.errors import UserError
+from ..common.fileio import check_input_dir, check_input_file
+from ..model.config import MlaConfig
+from ..model.hf_config import check_quantization
 from ..model.rope import halves_to_interleaved
 
 FP8_BLOCK = 128
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+SCALE_SUFFIX = "_scale_inv"  # DeepSeek's FP8 block scale of `<name>.weight` is `<name>.weight_scale_inv`
+CHECKPOINT_HINT = "; pass a HF DeepSeek-V2/V3 checkpoint directory"
 
 
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-FP8_TYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def _shard_path(directory: Path, index: Path, name, file) -> Path:
@@ -52,7 +58,8 @@ def _shard_path(directory: Path, index: Path, name, file) -> Path:
 def _weight_map(directory: Path) -> dict[str, Path]:
     """Tensor name -> safetensors file, from the index or the single file."""
     index = directory / INDEX_FILE
-    if index.is_file():
+    if os.path.lexists(index):
+        check_input_file("checkpoint", index)
         try:
             data = json.loads(index.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -65,7 +72,8 @@ def _weight_map(directory: Path) -> dict[str, Path]:
                             "of tensor names to file names")
         return {name: _shard_path(directory, index, name, file) for name, file in mapping.items()}
     single = directory / SINGLE_FILE
-    if single.is_file():
+    if os.path.lexists(single):
+        check_input_file("checkpoint", single)
         return {name: single for name in _open_shard(single, None).keys()}
     raise UserError(f"checkpoint {directory}: found neither {INDEX_FILE} nor {SINGLE_FILE}; "
                     "pass a HF DeepSeek-V2/V3 checkpoint directory")
@@ -76,14 +84,34 @@ def _open_shard(path: Path, index: Path | None):
     safetensors (a header claiming more than the file holds included)."""
     from safetensors import safe_open
 
-    if not path.is_file():
-        named = f" (named by {index.name})" if index is not None else ""
+    named = f" (named by {index.name})" if index is not None else ""
+    if not os.path.lexists(path):
         raise UserError(f"checkpoint file {path}{named} is missing")
+    check_input_file("checkpoint file", path, named)
     try:
         return safe_open(path, framework="pt")
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
         raise UserError(f"checkpoint file {path}: not a readable safetensors file ({str(exc).strip()[:200]}); "
                         "it may be truncated or damaged: download it again") from None
+
+
+def read_checkpoint_config(directory: Path) -> dict:
+    """The checkpoint's own config.json ({} when it has none), its quantization_config checked: the format
+    its FP8 tensors are in, whatever config the model comes from."""
+    path = directory / CONFIG_FILE
+    if not os.path.lexists(path):
+        return {}
+    check_input_file("checkpoint", path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"checkpoint {path}: not valid JSON ({exc}); expected the checkpoint's config") from None
+    except RecursionError:
+        raise UserError(f"checkpoint {path}: JSON nested too deeply; expected the checkpoint's config") from None
+    if not isinstance(data, dict):
+        raise UserError(f"checkpoint {path}: expected a JSON object (the checkpoint's config)")
+    check_quantization(data.get("quantization_config"), f"checkpoint {path}")
+    return data
 
 
 def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK,
@@ -115,13 +143,25 @@ class CheckpointReader:
     """Reads named tensors from a checkpoint directory, dequantizing FP8 on the way."""
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise UserError(f"checkpoint {self.directory}: no such directory")
+        self.directory = check_input_dir("checkpoint", directory, CHECKPOINT_HINT)
+        self.config_json = read_checkpoint_config(self.directory)
         self.weight_map = _weight_map(self.directory)
         self._handles: dict[Path, object] = {}
         for path in sorted(set(self.weight_map.values())):  # every shard's header now: a damaged one fails first
-            self._handle(path)
+            self._check_fp8_format(path)
+
+    def _check_fp8_format(self, path: Path) -> None:
+        """Refuse, from the shard's header, FP8 tensors in a format other than DeepSeek's: float8_e4m3fn with a
+        `weight_scale_inv` per 128x128 block (float8_e5m2, or e4m3 without its scale, would be read as stored)."""
+        handle = self._handle(path)
+        for name in handle.keys():
+            kind = handle.get_slice(name).get_dtype()
+            if kind.startswith("F8") and kind != "F8_E4M3":
+                raise UserError(f"checkpoint tensor {name!r} is {kind}, not DeepSeek's FP8 (F8_E4M3, 128x128 "
+                                "block scales): convert the checkpoint to bfloat16")
+            if kind == "F8_E4M3" and name + SCALE_SUFFIX not in self.weight_map:
+                raise UserError(f"checkpoint tensor {name!r} is F8_E4M3 without {name.rsplit('.', 1)[-1]}{SCALE_SUFFIX}, not "
+                                "DeepSeek's FP8 (128x128 block scales): convert the checkpoint to bfloat16")
 
     def _handle(self, path: Path):
         if path not in self._handles:
@@ -146,11 +186,8 @@ class CheckpointReader:
             raise UserError(f"checkpoint {self.directory}: tensor {name!r} is missing; is this checkpoint for the "
                             "same model as its config.json?")
         tensor = self._get(name)
-        if tensor.dtype in FP8_TYPES:
-            scale_name = name + "_scale_inv"
-            if scale_name not in self.weight_map:
-                raise UserError(f"checkpoint {self.directory}: FP8 tensor {name!r} has no {scale_name!r}")
-            tensor = dequantize_fp8_blocks(tensor, self._get(scale_name), name=name)
+        if tensor.dtype == torch.float8_e4m3fn and name + SCALE_SUFFIX in self.weight_map:  # DeepSeek's FP8
+            tensor = dequantize_fp8_blocks(tensor, self._get(name + SCALE_SUFFIX), name=name)
         elif tensor.dtype not in FLOAT_TYPES:
             raise UserError(f"checkpoint {self.directory}: tensor {name!r} holds "
                             f"{str(tensor.dtype).removeprefix('torch.')} values; weights are floating-point (float32, "

@@ -18,15 +18,14 @@ then `experts.{j}.up_proj.weight`; `layers.{i}.mlp.experts.down_proj [E, d, I]` 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import torch
 
 from ..model.config import MlaConfig
+from .tensor_names import EXPERT_STACK, checkpoint_name, is_expert_stack  # noqa: F401  (names live there)
 
-_EXPERT_STACK = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
 
 
 class WeightSource(Protocol):
@@ -63,10 +62,15 @@ class CheckpointWeights:
     e_score_correction_bias (V2) reads as zeros."""
 
     def __init__(self, directory: str | Path, config: MlaConfig):
+        """Opens the checkpoint (index, shard headers) and refuses tensors `config`'s model has no place for;
+        `skipped` lists the known extras it holds (DeepSeek's multi-token-prediction layers)."""
         from .checkpoint import CheckpointReader
+        from .tensor_names import check_tensor_names
 
         self.reader = CheckpointReader(directory)
         self.config = config
+        self.skipped = check_tensor_names(self.reader.weight_map, config, self.reader.config_json,
+                                          f"checkpoint {self.reader.directory}")
 
     def read(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         from .checkpoint import rope_rows_to_pairs
@@ -77,15 +81,9 @@ class CheckpointWeights:
         return tensor if self.config.rope_interleave else rope_rows_to_pairs(name, tensor, self.config)
 
 
-def checkpoint_name(param: str) -> str:
-    """The checkpoint name of an eager (unstacked) parameter name."""
-    name = param.replace(".q_compression.", ".")
-    return name if name == "lm_head.weight" else "model." + name
-
-
 def expert_chunks(source: WeightSource, param: str, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
     """The stacked expert parameter `param` (shape [E, ...]) one expert at a time, float32."""
-    match = _EXPERT_STACK.match(param)
+    match = EXPERT_STACK.match(param)
     prefix = checkpoint_name(match["prefix"])
     rows, cols = shape[1], shape[2]
     for j in range(shape[0]):
@@ -95,10 +93,6 @@ def expert_chunks(source: WeightSource, param: str, shape: tuple[int, ...]) -> I
                              source.read(f"{prefix}.{j}.up_proj.weight", half)])  # [2I, d]
         else:
             yield source.read(f"{prefix}.{j}.down_proj.weight", (rows, cols))  # [d, I]
-
-
-def is_expert_stack(param: str) -> bool:
-    return _EXPERT_STACK.match(param) is not None
 
 
 def parameter_value(source: WeightSource, param: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -7,101 +7,64 @@
  * shapes and types: moeShapes.h; kernels: plugins/kernels/moeKernels.h (AOT-compiled Triton). No CUDA syntax
  * here: the plugin calls the kernels' host API and the CUDA driver API only. The routing and alignment buffers
  * live in the workspace TensorRT hands enqueue (getWorkspaceSize): no allocation, no host sync, CUDA-graph safe.
+ * Built on the skeleton of plugins/common (pluginBase.h: the IPluginV3 methods, their checks and error
+ * reporting; pluginCreator.h: the creator): this class holds what is DeepseekMoE's own (its attributes as
+ * fields, the hooks over moeShapes.h, the launch).
  */
 #pragma once
 
 #include "NvInferRuntime.h"
-#include "mlaKernels.h"
+#include "moeContract.h"
+#include "moeKernels.h"
 #include "moeShapes.h"
+#include "pluginBase.h"
+#include "pluginCreator.h"
 
-#include <cuda.h>
-
+#include <array>
 #include <string>
-#include <vector>
 
 namespace mla
 {
 namespace plugin
 {
 
-class DeepseekMoePlugin : public nvinfer1::IPluginV3,
-                          public nvinfer1::IPluginV3OneCore,
-                          public nvinfer1::IPluginV3OneBuild,
-                          public nvinfer1::IPluginV3OneRuntime
+class DeepseekMoePlugin final : public PluginBase<DeepseekMoePlugin, MoeAttributes>
 {
 public:
+    static constexpr OpSpec kSpec{moe_contract::kPluginName, moe_contract::kPluginVersion,
+        moe_contract::kPluginNamespace, moe_contract::kNumInputs, moe_contract::kNumOutputs, moe_contract::kInputNames,
+        moe_contract::kOutputNames, moe_contract::kHiddenStates, &moeOutputDataTypes, &moeSupportsFormat,
+        &moeOutputShapeSource, &kernels::moe::imageSet};
+    //! The attributes, as TensorRT's ONNX parser sends them: non-negative integers (validateMoeAttributes checks
+    //! the rule), a finite float.
+    static constexpr std::array<AttributeField<MoeAttributes>, 9> kFields{{
+        intAttribute(moe_contract::kAttrNumExperts, &MoeAttributes::numExperts, 0),
+        intAttribute(moe_contract::kAttrTopK, &MoeAttributes::topK, 0),
+        intAttribute(moe_contract::kAttrNGroup, &MoeAttributes::nGroup, 0),
+        intAttribute(moe_contract::kAttrTopkGroup, &MoeAttributes::topkGroup, 0),
+        intAttribute(moe_contract::kAttrScoringFunc, &MoeAttributes::scoringFunc, 0),
+        intAttribute(moe_contract::kAttrGroupScore, &MoeAttributes::groupScore, 0),
+        intAttribute(moe_contract::kAttrUseBias, &MoeAttributes::useBias, 0),
+        intAttribute(moe_contract::kAttrNormalize, &MoeAttributes::normalize, 0),
+        floatAttribute(moe_contract::kAttrWeightScale, &MoeAttributes::weightScale, false),
+    }};
+    static std::string validate(MoeAttributes const& attrs) { return validateMoeAttributes(attrs); }
+
     //! `attrs` must be valid (validateMoeAttributes); the creator checks them.
     explicit DeepseekMoePlugin(MoeAttributes const& attrs);
-    DeepseekMoePlugin(DeepseekMoePlugin const& other);
-    DeepseekMoePlugin& operator=(DeepseekMoePlugin const&) = delete;
-    ~DeepseekMoePlugin() override; //!< unloads the kernel module of its context, if loaded
-
-    MoeAttributes const& attributes() const noexcept { return mAttrs; }
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-        int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    bool checkCuda(CUresult result, char const* what) const noexcept;
-    bool ensureModuleLoaded() noexcept;
-
-    MoeAttributes mAttrs;
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
-    kernels::Module mModule;
-    bool mModuleFailed{false};
+    std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
+    bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const override;
+    size_t workspaceSize(
+        nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const override;
+    //! No token (B or S is 0): nothing to compute or write.
+    bool nothingToCompute(nvinfer1::Dims const* inputs) const override;
+    int32_t launch(EnqueueCall const& call) override;
 };
 
-class DeepseekMoePluginCreator : public nvinfer1::IPluginCreatorV3One
-{
-public:
-    DeepseekMoePluginCreator();
-    ~DeepseekMoePluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    //! Parses and validates `fc`; returns nullptr (after logging why) when a field is missing or invalid.
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-    //! The parsing alone: fills `attrs` or returns a message naming the offending field.
-    static std::string parseFields(nvinfer1::PluginFieldCollection const* fc, MoeAttributes& attrs);
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
-};
+//! DeepseekMoE's creator: the fields of DeepseekMoePlugin::kFields, checked by validateMoeAttributes.
+using DeepseekMoePluginCreator = PluginCreator<DeepseekMoePlugin>;
 
 } // namespace plugin
 } // namespace mla

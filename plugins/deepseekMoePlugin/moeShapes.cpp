@@ -3,9 +3,6 @@
  */
 #include "moeShapes.h"
 
-#include "pluginCommon.h"
-
-#include "mlaShapes.h" // isActivationType, toKernelType: the activation types both plugins take
 
 #include <algorithm>
 #include <cmath>
@@ -22,13 +19,7 @@ using nvinfer1::DataType;
 using nvinfer1::Dims;
 namespace c = moe_contract;
 
-std::string mismatch(int32_t input, int32_t axis, Dims const& dims, int64_t want, char const* what)
-{
-    std::ostringstream s;
-    s << "DeepseekMoE: input " << input << " (" << c::kInputNames[input] << ") has shape " << dimsString(dims)
-      << ": axis " << axis << " is " << dims.d[axis] << ", expected " << want << " (" << what << ")";
-    return s.str();
-}
+constexpr InputShapeChecks kChecks{c::kPluginName, c::kInputNames, kMoeInputRanks, c::kNumInputs};
 
 std::string attribute(char const* name, int64_t value, char const* expected)
 {
@@ -92,86 +83,55 @@ std::string validateMoeAttributes(MoeAttributes const& a)
 
 std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int32_t nbInputs)
 {
-    if (nbInputs != c::kNumInputs)
+    std::string why = kChecks.countAndRanks(in, nbInputs);
+    if (!why.empty())
     {
-        return "DeepseekMoE: expected " + std::to_string(c::kNumInputs) + " inputs, got " + std::to_string(nbInputs);
-    }
-    for (int32_t i = 0; i < c::kNumInputs; ++i)
-    {
-        if (in[i].nbDims != kMoeInputRanks[i])
-        {
-            return std::string("DeepseekMoE: input ") + std::to_string(i) + " (" + c::kInputNames[i] + ") has rank "
-                + std::to_string(in[i].nbDims) + ", expected " + std::to_string(kMoeInputRanks[i]);
-        }
+        return why;
     }
     int64_t const d = in[c::kHiddenStates].d[2];
     int64_t const experts = attrs.numExperts;
     int64_t const twoInter = in[c::kGateUpProj].d[1];
     if (twoInter >= 0 && twoInter % 2 != 0)
     {
-        return mismatch(c::kGateUpProj, 1, in[c::kGateUpProj], twoInter + 1, "2I: gate rows then up rows");
+        return kChecks.mismatch(in, c::kGateUpProj, 1, twoInter + 1, "2I: gate rows then up rows");
     }
     int64_t const inter = twoInter >= 0 ? twoInter / 2 : -1;
-    struct Rule
-    {
-        int32_t input;
-        int32_t axis;
-        int64_t want;
-        char const* what;
-    };
-    Rule const rules[] = {
-        {c::kRouterWeight, 0, experts, "num_experts"},
-        {c::kRouterWeight, 1, d, "d of hidden_states"},
-        {c::kScoreBias, 0, experts, "num_experts"},
-        {c::kGateUpProj, 0, experts, "num_experts"},
-        {c::kGateUpProj, 2, d, "d of hidden_states"},
-        {c::kDownProj, 0, experts, "num_experts"},
-        {c::kDownProj, 1, d, "d of hidden_states"},
-        {c::kDownProj, 2, inter, "I: half of gate_up_proj's axis 1"},
-    };
-    for (Rule const& r : rules)
-    {
-        if (!dimsAgree(in[r.input].d[r.axis], r.want))
+    why = kChecks.axes(in,
         {
-            return mismatch(r.input, r.axis, in[r.input], r.want, r.what);
-        }
-    }
-    for (int32_t i = 0; i < c::kNumInputs; ++i)
-    {
-        for (int32_t a = 0; a < in[i].nbDims; ++a)
-        {
-            bool const tokenAxis = i == c::kHiddenStates && a < 2; // B and S may be 0: nothing to compute
-            if (in[i].d[a] == 0 && !tokenAxis)
-            {
-                return mismatch(i, a, in[i], 1, "a non-empty extent");
-            }
-        }
-    }
-    return {};
+            {c::kRouterWeight, 0, experts, "num_experts"},
+            {c::kRouterWeight, 1, d, "d of hidden_states"},
+            {c::kScoreBias, 0, experts, "num_experts"},
+            {c::kGateUpProj, 0, experts, "num_experts"},
+            {c::kGateUpProj, 2, d, "d of hidden_states"},
+            {c::kDownProj, 0, experts, "num_experts"},
+            {c::kDownProj, 1, d, "d of hidden_states"},
+            {c::kDownProj, 2, inter, "I: half of gate_up_proj's axis 1"},
+        });
+    // B and S of hidden_states may be 0: nothing to compute.
+    return why.empty() ? kChecks.nonEmpty(in, c::kHiddenStates, 2) : why;
 }
 
 Dims moeOutputDims(Dims const* inputs)
 {
-    return inputs[c::kHiddenStates];
+    return inputs[moeOutputShapeSource(c::kRoutedOutput)];
+}
+
+int32_t moeOutputShapeSource(int32_t /*outputIndex*/)
+{
+    return c::kHiddenStates;
 }
 
 bool moeSupportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)
 {
-    if (inOut == nullptr || nbInputs != c::kNumInputs || nbOutputs != c::kNumOutputs || pos < 0
-        || pos >= nbInputs + nbOutputs)
-    {
-        return false;
-    }
-    nvinfer1::PluginTensorDesc const& desc = inOut[pos];
-    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
+    if (!linearAt(pos, inOut, nbInputs, nbOutputs, c::kNumInputs, c::kNumOutputs))
     {
         return false;
     }
     if (pos == c::kRouterWeight || pos == c::kScoreBias)
     {
-        return desc.type == DataType::kFLOAT;
+        return inOut[pos].type == DataType::kFLOAT;
     }
-    return isActivationType(desc.type) && (pos == c::kHiddenStates || desc.type == inOut[c::kHiddenStates].type);
+    return activationAt(pos, inOut, c::kHiddenStates);
 }
 
 std::string moeOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs)
@@ -180,17 +140,11 @@ std::string moeOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataTyp
     {
         return "DeepseekMoE: expected 5 inputs and 1 output";
     }
-    DataType const t = inputTypes[c::kHiddenStates];
-    if (!isActivationType(t))
+    std::string const why = checkActivationTypes(
+        c::kPluginName, c::kInputNames, inputTypes, c::kHiddenStates, {c::kGateUpProj, c::kDownProj});
+    if (!why.empty())
     {
-        return "DeepseekMoE: hidden_states must be float16, bfloat16 or float32";
-    }
-    for (int32_t i : {c::kGateUpProj, c::kDownProj})
-    {
-        if (inputTypes[i] != t)
-        {
-            return std::string("DeepseekMoE: input ") + c::kInputNames[i] + " must have the type of hidden_states";
-        }
+        return why;
     }
     for (int32_t i : {c::kRouterWeight, c::kScoreBias})
     {
@@ -199,7 +153,7 @@ std::string moeOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataTyp
             return std::string("DeepseekMoE: input ") + c::kInputNames[i] + " must be float32 (routing runs in float32)";
         }
     }
-    outputTypes[c::kRoutedOutput] = t;
+    outputTypes[c::kRoutedOutput] = inputTypes[c::kHiddenStates];
     return {};
 }
 
@@ -227,14 +181,7 @@ size_t moeWorkspaceSize(MoeAttributes const& attrs, Dims const* minDims, Dims co
     kernels::moe::Dims d = moeKernelDims(attrs, maxDims, dtype);
     int64_t const lo = std::max<int64_t>(1, minDims[c::kHiddenStates].d[0] * minDims[c::kHiddenStates].d[1]);
     int64_t const hi = std::max<int64_t>(lo, d.tokens);
-    std::set<int64_t> tokenCounts{lo, hi};
-    for (int64_t p = 1; p < hi; p *= 2)
-    {
-        if (p > lo)
-        {
-            tokenCounts.insert(p);
-        }
-    }
+    std::set<int64_t> tokenCounts = profileSamples(lo, hi);
     int64_t const chunk = kernels::moe::chunkTokens();
     if (chunk > lo && chunk < hi)
     {

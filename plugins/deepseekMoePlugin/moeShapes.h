@@ -12,6 +12,7 @@
 #include "NvInferRuntime.h"
 #include "moeContract.h"
 #include "moeKernels.h"
+#include "pluginShapes.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -50,6 +51,9 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, nvinfer1::Dims cons
 
 //! routed_output's dims: those of hidden_states.
 nvinfer1::Dims moeOutputDims(nvinfer1::Dims const* inputs);
+
+//! The input whose shape routed_output has: hidden_states.
+int32_t moeOutputShapeSource(int32_t outputIndex);
 
 //! supportsFormatCombination's rule for position `pos` (inputs then the output); looks only at positions
 //! <= pos. Linear format; router_weight and score_bias float32; every other position T, decided by

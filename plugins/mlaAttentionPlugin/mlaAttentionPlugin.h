@@ -4,7 +4,10 @@
  *
  * Contract: mla_export/common/contract.py (mirrored in mlaContract.h); shapes and types: mlaShapes.h;
  * kernels: plugins/kernels/mlaKernels.h (AOT-compiled Triton). No CUDA syntax here: the plugin
- * calls the kernels' host API and the CUDA driver API only.
+ * calls the kernels' host API and the CUDA driver API only. Built on the skeleton of plugins/common
+ * (pluginBase.h: the IPluginV3 methods, their checks and error reporting; pluginCreator.h: the creator):
+ * this class holds what is MlaAttention's own (its attributes as fields, the hooks over mlaShapes.h,
+ * the launch, the alias).
  *
  * The latent cache is updated in place the way TensorRT documents it: the build capability is
  * IPluginV3OneBuildV2 and getAliasedInput declares present_cache (output 1) an alias of past_cache
@@ -15,105 +18,58 @@
 #pragma once
 
 #include "NvInferRuntime.h"
+#include "mlaContract.h"
 #include "mlaKernels.h"
 #include "mlaShapes.h"
+#include "pluginBase.h"
+#include "pluginCreator.h"
 
-#include <cuda.h>
-
+#include <array>
 #include <string>
-#include <vector>
 
 namespace mla
 {
 namespace plugin
 {
 
-class MlaAttentionPlugin : public nvinfer1::IPluginV3,
-                           public nvinfer1::IPluginV3OneCore,
-                           public nvinfer1::IPluginV3OneBuildV2,
-                           public nvinfer1::IPluginV3OneRuntime
+class MlaAttentionPlugin final
+    : public PluginBase<MlaAttentionPlugin, MlaAttributes, nvinfer1::IPluginV3OneBuildV2>
 {
 public:
+    static constexpr OpSpec kSpec{contract::kPluginName, contract::kPluginVersion, contract::kPluginNamespace,
+        contract::kNumInputs, contract::kNumOutputs, contract::kInputNames, contract::kOutputNames, contract::kQLatent,
+        &plugin::outputDataTypes, &plugin::supportsFormat, &plugin::outputShapeSource, &kernels::mlaImageSet};
+    //! The attributes, as TensorRT's ONNX parser sends them: positive integers, a float > 0.
+    static constexpr std::array<AttributeField<MlaAttributes>, 4> kFields{{
+        intAttribute(contract::kAttrNumHeads, &MlaAttributes::numHeads, 1),
+        intAttribute(contract::kAttrKvLoraRank, &MlaAttributes::kvLoraRank, 1),
+        intAttribute(contract::kAttrQkRopeHeadDim, &MlaAttributes::ropeDim, 1),
+        floatAttribute(contract::kAttrSoftmaxScale, &MlaAttributes::softmaxScale, true),
+    }};
+    static std::string validate(MlaAttributes const& attrs) { return validateAttributes(attrs); }
+
     //! `attrs` must be valid (validateAttributes); the creator checks them.
     explicit MlaAttentionPlugin(MlaAttributes const& attrs);
-    MlaAttentionPlugin(MlaAttentionPlugin const& other);
-    MlaAttentionPlugin& operator=(MlaAttentionPlugin const&) = delete;
-    ~MlaAttentionPlugin() override; //!< unloads the kernel module of its context, if loaded
-
-    MlaAttributes const& attributes() const noexcept { return mAttrs; }
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild (through IPluginV3OneBuildV2)
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
     // IPluginV3OneBuildV2
     //! kPastCache for kPresentCache (the cache is updated in place), -1 for every other output.
     int32_t getAliasedInput(int32_t outputIndex) noexcept override;
 
-    // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-        int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
 private:
-    //! Checks a CUDA driver result; reports a failure naming `what`. True when `result` is success.
-    bool checkCuda(CUresult result, char const* what) const noexcept;
-    //! Loads the kernel module for the current context once; true when loaded.
-    bool ensureModuleLoaded() noexcept;
+    std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
+    bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const override;
+    //! For the build device's SM count (queryNumSms).
+    size_t workspaceSize(
+        nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const override;
+    //! Copies past_cache to present_cache first when they are two buffers, then launches the kernels.
+    int32_t launch(EnqueueCall const& call) override;
+
     //! Number of SMs of the current device, or kFallbackNumSms when it cannot be queried.
     static int32_t queryNumSms() noexcept;
-
-    MlaAttributes mAttrs;
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
-    kernels::Module mModule;
-    bool mModuleFailed{false};
 };
 
-class MlaAttentionPluginCreator : public nvinfer1::IPluginCreatorV3One
-{
-public:
-    MlaAttentionPluginCreator();
-    ~MlaAttentionPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    //! Parses and validates `fc`; returns nullptr (after logging why) when a field is missing or invalid.
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-    //! The parsing alone: fills `attrs` or returns a message naming the offending field.
-    static std::string parseFields(nvinfer1::PluginFieldCollection const* fc, MlaAttributes& attrs);
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
-};
+//! MlaAttention's creator: the fields of MlaAttentionPlugin::kFields, checked by validateAttributes.
+using MlaAttentionPluginCreator = PluginCreator<MlaAttentionPlugin>;
 
 } // namespace plugin
 } // namespace mla

@@ -10,7 +10,7 @@
 #include "NvInferRuntime.h"
 #include "deepseekMoePlugin.h"
 #include "mlaAttentionPlugin.h"
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 
 #define MLA_PLUGIN_EXPORT __attribute__((visibility("default")))
 

@@ -3,8 +3,6 @@
  */
 #include "mlaShapes.h"
 
-#include "pluginCommon.h"
-
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -20,14 +18,7 @@ using nvinfer1::DataType;
 using nvinfer1::Dims;
 namespace c = contract;
 
-// A named mismatch: "<input>[<axis>] is <v>, expected <want> (<what>)".
-std::string mismatch(int32_t input, int32_t axis, Dims const& dims, int64_t want, char const* what)
-{
-    std::ostringstream s;
-    s << "MlaAttention: input " << input << " (" << c::kInputNames[input] << ") has shape " << dimsString(dims)
-      << ": axis " << axis << " is " << dims.d[axis] << ", expected " << want << " (" << what << ")";
-    return s.str();
-}
+constexpr InputShapeChecks kChecks{c::kPluginName, c::kInputNames, kInputRanks, c::kNumInputs};
 } // namespace
 
 std::string validateAttributes(MlaAttributes const& attrs)
@@ -55,17 +46,10 @@ std::string validateAttributes(MlaAttributes const& attrs)
 
 std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_t nbInputs)
 {
-    if (nbInputs != c::kNumInputs)
+    std::string why = kChecks.countAndRanks(in, nbInputs);
+    if (!why.empty())
     {
-        return "MlaAttention: expected " + std::to_string(c::kNumInputs) + " inputs, got " + std::to_string(nbInputs);
-    }
-    for (int32_t i = 0; i < c::kNumInputs; ++i)
-    {
-        if (in[i].nbDims != kInputRanks[i])
-        {
-            return std::string("MlaAttention: input ") + std::to_string(i) + " (" + c::kInputNames[i] + ") has rank "
-                + std::to_string(in[i].nbDims) + ", expected " + std::to_string(kInputRanks[i]);
-        }
+        return why;
     }
     Dims const& q = in[c::kQLatent];
     int64_t const batch = q.d[0];
@@ -74,59 +58,40 @@ std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_
     int64_t const dc = attrs.kvLoraRank;
     int64_t const dr = attrs.ropeDim;
     int64_t const smax = in[c::kPastCache].d[1];
-    struct Rule
-    {
-        int32_t input;
-        int32_t axis;
-        int64_t want;
-        char const* what;
-    };
-    Rule const rules[] = {
-        {c::kQLatent, 2, heads, "num_heads"},
-        {c::kQLatent, 3, dc, "kv_lora_rank"},
-        {c::kQPe, 0, batch, "B of q_latent"},
-        {c::kQPe, 1, tokens, "S of q_latent"},
-        {c::kQPe, 2, heads, "num_heads"},
-        {c::kQPe, 3, dr, "qk_rope_head_dim"},
-        {c::kKvLatent, 0, batch, "B of q_latent"},
-        {c::kKvLatent, 1, tokens, "S of q_latent"},
-        {c::kKvLatent, 2, dc, "kv_lora_rank"},
-        {c::kKPe, 0, batch, "B of q_latent"},
-        {c::kKPe, 1, tokens, "S of q_latent"},
-        {c::kKPe, 2, dr, "qk_rope_head_dim"},
-        {c::kPastCache, 0, batch, "B of q_latent"},
-        {c::kPastCache, 2, dc + dr, "kv_lora_rank + qk_rope_head_dim"},
-        {c::kCacheSeqlensIn, 0, batch, "B of q_latent"},
-        {c::kRopeCosSin, 1, dr, "qk_rope_head_dim"},
-    };
-    for (Rule const& r : rules)
-    {
-        if (!dimsAgree(in[r.input].d[r.axis], r.want))
+    why = kChecks.axes(in,
         {
-            return mismatch(r.input, r.axis, in[r.input], r.want, r.what);
-        }
+            {c::kQLatent, 2, heads, "num_heads"},
+            {c::kQLatent, 3, dc, "kv_lora_rank"},
+            {c::kQPe, 0, batch, "B of q_latent"},
+            {c::kQPe, 1, tokens, "S of q_latent"},
+            {c::kQPe, 2, heads, "num_heads"},
+            {c::kQPe, 3, dr, "qk_rope_head_dim"},
+            {c::kKvLatent, 0, batch, "B of q_latent"},
+            {c::kKvLatent, 1, tokens, "S of q_latent"},
+            {c::kKvLatent, 2, dc, "kv_lora_rank"},
+            {c::kKPe, 0, batch, "B of q_latent"},
+            {c::kKPe, 1, tokens, "S of q_latent"},
+            {c::kKPe, 2, dr, "qk_rope_head_dim"},
+            {c::kPastCache, 0, batch, "B of q_latent"},
+            {c::kPastCache, 2, dc + dr, "kv_lora_rank + qk_rope_head_dim"},
+            {c::kCacheSeqlensIn, 0, batch, "B of q_latent"},
+            {c::kRopeCosSin, 1, dr, "qk_rope_head_dim"},
+        });
+    if (!why.empty())
+    {
+        return why;
     }
     // RoPE rows are read at positions < Smax; a longer table is fine.
     int64_t const ropeRows = in[c::kRopeCosSin].d[0];
     if (ropeRows >= 0 && smax >= 0 && ropeRows < smax)
     {
-        return mismatch(c::kRopeCosSin, 0, in[c::kRopeCosSin], smax, "at least Smax rows, Smax of past_cache");
+        return kChecks.mismatch(in, c::kRopeCosSin, 0, smax, "at least Smax rows, Smax of past_cache");
     }
     if (tokens >= 0 && smax >= 0 && tokens > smax)
     {
-        return mismatch(c::kQLatent, 1, q, smax, "at most Smax new tokens, Smax of past_cache");
+        return kChecks.mismatch(in, c::kQLatent, 1, smax, "at most Smax new tokens, Smax of past_cache");
     }
-    for (int32_t i = 0; i < c::kNumInputs; ++i)
-    {
-        for (int32_t a = 0; a < in[i].nbDims; ++a)
-        {
-            if (in[i].d[a] == 0)
-            {
-                return mismatch(i, a, in[i], 1, "a non-empty extent");
-            }
-        }
-    }
-    return {};
+    return kChecks.nonEmpty(in);
 }
 
 int32_t outputShapeSource(int32_t outputIndex)
@@ -144,23 +109,13 @@ Dims outputDims(int32_t outputIndex, Dims const* inputs)
     return inputs[outputShapeSource(outputIndex)];
 }
 
-bool isActivationType(DataType type)
-{
-    return type == DataType::kHALF || type == DataType::kBF16 || type == DataType::kFLOAT;
-}
-
 bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)
 {
-    if (inOut == nullptr || nbInputs != c::kNumInputs || nbOutputs != c::kNumOutputs || pos < 0
-        || pos >= nbInputs + nbOutputs)
+    if (!linearAt(pos, inOut, nbInputs, nbOutputs, c::kNumInputs, c::kNumOutputs))
     {
         return false;
     }
     nvinfer1::PluginTensorDesc const& desc = inOut[pos];
-    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
-    {
-        return false;
-    }
     if (pos == c::kCacheSeqlensIn)
     {
         return desc.type == DataType::kINT32;
@@ -176,7 +131,7 @@ bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_
         return isActivationType(desc.type) && desc.type == inOut[source].type && desc.format == inOut[source].format;
     }
     // Every other position holds T: the first one decides it, the rest follow.
-    return isActivationType(desc.type) && (pos == c::kQLatent || desc.type == inOut[c::kQLatent].type);
+    return activationAt(pos, inOut, c::kQLatent);
 }
 
 std::string outputDataTypes(
@@ -186,18 +141,13 @@ std::string outputDataTypes(
     {
         return "MlaAttention: expected 7 inputs and 2 outputs";
     }
+    std::string const why = checkActivationTypes(
+        c::kPluginName, c::kInputNames, inputTypes, c::kQLatent, {c::kQPe, c::kKvLatent, c::kKPe, c::kPastCache});
+    if (!why.empty())
+    {
+        return why;
+    }
     DataType const t = inputTypes[c::kQLatent];
-    if (!isActivationType(t))
-    {
-        return "MlaAttention: q_latent must be float16, bfloat16 or float32";
-    }
-    for (int32_t i : {c::kQPe, c::kKvLatent, c::kKPe, c::kPastCache})
-    {
-        if (inputTypes[i] != t)
-        {
-            return std::string("MlaAttention: input ") + c::kInputNames[i] + " must have the type of q_latent";
-        }
-    }
     if (inputTypes[c::kCacheSeqlensIn] != DataType::kINT32)
     {
         return "MlaAttention: cache_seqlens must be int32";
@@ -209,17 +159,6 @@ std::string outputDataTypes(
     outputTypes[c::kAttnLatent] = t;
     outputTypes[c::kPresentCache] = t;
     return {};
-}
-
-bool toKernelType(DataType type, kernels::DataType& out)
-{
-    switch (type)
-    {
-    case DataType::kFLOAT: out = kernels::DataType::kFLOAT32; return true;
-    case DataType::kHALF: out = kernels::DataType::kFLOAT16; return true;
-    case DataType::kBF16: out = kernels::DataType::kBFLOAT16; return true;
-    default: return false;
-    }
 }
 
 kernels::Dims kernelDims(MlaAttributes const& attrs, Dims const* inputs, kernels::DataType dtype)
@@ -255,21 +194,6 @@ std::set<int64_t> every(int64_t lo, int64_t hi)
     return values;
 }
 
-// {lo, every power of two strictly between, hi}; lo/hi clamped to >= 1.
-std::set<int64_t> candidates(int64_t lo, int64_t hi)
-{
-    lo = std::max<int64_t>(lo, 1);
-    hi = std::max<int64_t>(hi, lo);
-    std::set<int64_t> values{lo, hi};
-    for (int64_t p = 1; p < hi; p *= 2)
-    {
-        if (p > lo)
-        {
-            values.insert(p);
-        }
-    }
-    return values;
-}
 } // namespace
 
 size_t workspaceSize(MlaAttributes const& attrs, Dims const* minDims, Dims const* maxDims, kernels::DataType dtype,
@@ -277,9 +201,9 @@ size_t workspaceSize(MlaAttributes const& attrs, Dims const* minDims, Dims const
 {
     kernels::Dims d = kernelDims(attrs, maxDims, dtype);
     size_t bytes = 0;
-    std::set<int64_t> const batches = candidates(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]);
-    std::set<int64_t> const tokenCounts = candidates(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]);
-    std::set<int64_t> const rowCounts = candidates(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]);
+    std::set<int64_t> const batches = profileSamples(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]);
+    std::set<int64_t> const tokenCounts = profileSamples(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]);
+    std::set<int64_t> const rowCounts = profileSamples(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]);
     bool const exhaustive = static_cast<double>(span(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]))
             * static_cast<double>(span(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]))
             * static_cast<double>(span(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]))

@@ -12,6 +12,7 @@
 #include "NvInferRuntime.h"
 #include "mlaContract.h"
 #include "mlaKernels.h"
+#include "pluginShapes.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -53,9 +54,6 @@ int32_t aliasedInput(int32_t outputIndex);
 //! Output dims from input dims (the same rule getOutputShapes applies to shape expressions).
 nvinfer1::Dims outputDims(int32_t outputIndex, nvinfer1::Dims const* inputs);
 
-//! The type constraint: fp16/bf16 (fp32 for testing) T shared by the T inputs and both outputs.
-bool isActivationType(nvinfer1::DataType type);
-
 //! supportsFormatCombination's rule for position `pos` of `inOut` (inputs then outputs); looks only
 //! at positions <= pos, as TensorRT requires. Linear format only; present_cache takes exactly
 //! past_cache's type and format (the pair is aliased).
@@ -64,9 +62,6 @@ bool supportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_
 //! Output types from input types; empty string when the inputs are acceptable.
 std::string outputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
     int32_t nbInputs);
-
-//! nvinfer1 type -> kernels type; false for types the kernels do not take.
-bool toKernelType(nvinfer1::DataType type, kernels::DataType& out);
 
 //! The kernels' view of a call with these (fully known) input dims and activation type.
 kernels::Dims kernelDims(MlaAttributes const& attrs, nvinfer1::Dims const* inputs, kernels::DataType dtype);

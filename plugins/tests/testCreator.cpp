@@ -5,8 +5,8 @@
  */
 #include "mlaAttentionPlugin.h"
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
-#include "testLogger.h"
+#include "testFields.h"
+#include "testPlugin.h"
 #include "testUtil.h"
 
 #include <cmath>
@@ -28,7 +28,7 @@ namespace
 testutil::CapturingLogger gLogger;
 
 // Owns the values a PluginFieldCollection points at.
-struct Fields
+struct Fields : testutil::FieldList
 {
     int32_t heads = 16;
     int32_t rank = 512;
@@ -38,54 +38,21 @@ struct Fields
     int64_t rank64 = 512;
     int64_t rope64 = 64;
     double scale64 = 0.0721687824;
-    std::vector<PluginField> fields;
-    PluginFieldCollection fc{};
 
     // What TensorRT's ONNX parser sends: INT as kINT32, FLOAT as kFLOAT32.
     Fields& onnxTypes()
     {
-        fields = {PluginField(contract::kAttrNumHeads, &heads, PluginFieldType::kINT32, 1),
-            PluginField(contract::kAttrKvLoraRank, &rank, PluginFieldType::kINT32, 1),
-            PluginField(contract::kAttrQkRopeHeadDim, &rope, PluginFieldType::kINT32, 1),
-            PluginField(contract::kAttrSoftmaxScale, &scale, PluginFieldType::kFLOAT32, 1)};
+        fields.clear();
+        add(contract::kAttrNumHeads, &heads).add(contract::kAttrKvLoraRank, &rank);
+        add(contract::kAttrQkRopeHeadDim, &rope).add(contract::kAttrSoftmaxScale, &scale);
         return *this;
     }
     Fields& wideTypes()
     {
-        fields = {PluginField(contract::kAttrNumHeads, &heads64, PluginFieldType::kINT64, 1),
-            PluginField(contract::kAttrKvLoraRank, &rank64, PluginFieldType::kINT64, 1),
-            PluginField(contract::kAttrQkRopeHeadDim, &rope64, PluginFieldType::kINT64, 1),
-            PluginField(contract::kAttrSoftmaxScale, &scale64, PluginFieldType::kFLOAT64, 1)};
+        fields.clear();
+        add(contract::kAttrNumHeads, &heads64).add(contract::kAttrKvLoraRank, &rank64);
+        add(contract::kAttrQkRopeHeadDim, &rope64).add(contract::kAttrSoftmaxScale, &scale64);
         return *this;
-    }
-    PluginField& field(char const* name)
-    {
-        for (auto& f : fields)
-        {
-            if (std::strcmp(f.name, name) == 0)
-            {
-                return f;
-            }
-        }
-        static PluginField none;
-        return none;
-    }
-    void drop(char const* name)
-    {
-        for (size_t i = 0; i < fields.size(); ++i)
-        {
-            if (std::strcmp(fields[i].name, name) == 0)
-            {
-                fields.erase(fields.begin() + static_cast<long>(i));
-                return;
-            }
-        }
-    }
-    PluginFieldCollection const* collection()
-    {
-        fc.nbFields = static_cast<int32_t>(fields.size());
-        fc.fields = fields.data();
-        return &fc;
     }
 };
 
@@ -309,12 +276,6 @@ void testSerializationRoundTrip()
 
 int main()
 {
-    plugin::setLoggerFinder(&gLogger);
-    testIdentity();
-    testParsesOnnxTypes();
-    testParsesWideTypes();
-    testRejects();
-    testSerializationRoundTrip();
-    plugin::setLoggerFinder(nullptr);
-    return testutil::finish("test_mla_creator");
+    return testutil::runTests("test_mla_creator", gLogger,
+        {testIdentity, testParsesOnnxTypes, testParsesWideTypes, testRejects, testSerializationRoundTrip});
 }

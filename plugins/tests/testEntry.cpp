@@ -8,6 +8,7 @@
 #include "NvInferRuntime.h"
 #include "mlaContract.h"
 #include "moeContract.h"
+#include "testFields.h"
 #include "testLogger.h"
 #include "testUtil.h"
 
@@ -60,16 +61,11 @@ int main(int argc, char** argv)
         CHECK(creator->getFieldNames() != nullptr && creator->getFieldNames()->nbFields == 9);
         int32_t values[8] = {8, 2, 4, 2, 1, 1, 1, 1};
         float scale = 2.5F;
-        char const* const names[9] = {m::kAttrNumExperts, m::kAttrTopK, m::kAttrNGroup, m::kAttrTopkGroup,
-            m::kAttrScoringFunc, m::kAttrGroupScore, m::kAttrUseBias, m::kAttrNormalize, m::kAttrWeightScale};
-        nvinfer1::PluginField fields[9];
-        for (int32_t k = 0; k < 8; ++k)
-        {
-            fields[k] = nvinfer1::PluginField(names[k], &values[k], nvinfer1::PluginFieldType::kINT32, 1);
-        }
-        fields[8] = nvinfer1::PluginField(names[8], &scale, nvinfer1::PluginFieldType::kFLOAT32, 1);
-        nvinfer1::PluginFieldCollection fc{9, fields};
-        nvinfer1::IPluginV3* plugin = creator->createPlugin("moe", &fc, nvinfer1::TensorRTPhase::kBUILD);
+        testutil::FieldList fields; // as the ONNX parser sends them
+        fields.add(m::kAttrNumExperts, &values[0]).add(m::kAttrTopK, &values[1]).add(m::kAttrNGroup, &values[2]);
+        fields.add(m::kAttrTopkGroup, &values[3]).add(m::kAttrScoringFunc, &values[4]).add(m::kAttrGroupScore, &values[5]);
+        fields.add(m::kAttrUseBias, &values[6]).add(m::kAttrNormalize, &values[7]).add(m::kAttrWeightScale, &scale);
+        nvinfer1::IPluginV3* plugin = creator->createPlugin("moe", fields.collection(), nvinfer1::TensorRTPhase::kBUILD);
         CHECK(plugin != nullptr);
         CHECK(logger.contains("DeepseekMoE: num_experts=8 top_k=2 n_group=4 topk_group=2 scoring_func=1 "
                               "group_score=1 use_bias=1 normalize=1 weight_scale=2.5 (build phase, layer moe)",
@@ -84,7 +80,7 @@ int main(int argc, char** argv)
             delete plugin;
         }
         values[1] = 9; // top_k above num_experts
-        CHECK(creator->createPlugin("moe", &fc, nvinfer1::TensorRTPhase::kBUILD) == nullptr);
+        CHECK(creator->createPlugin("moe", fields.collection(), nvinfer1::TensorRTPhase::kBUILD) == nullptr);
         CHECK(logger.contains("attribute top_k = 9: expected an integer in [1, num_experts]",
             nvinfer1::ILogger::Severity::kERROR));
     }
@@ -97,13 +93,10 @@ int main(int argc, char** argv)
         CHECK(std::string(creator->getPluginNamespace()) == mla::contract::kPluginNamespace);
         int32_t heads = 4, rank = 32, rope = 8;
         float scale = 0.25F;
-        nvinfer1::PluginField fields[4] = {
-            {mla::contract::kAttrNumHeads, &heads, nvinfer1::PluginFieldType::kINT32, 1},
-            {mla::contract::kAttrKvLoraRank, &rank, nvinfer1::PluginFieldType::kINT32, 1},
-            {mla::contract::kAttrQkRopeHeadDim, &rope, nvinfer1::PluginFieldType::kINT32, 1},
-            {mla::contract::kAttrSoftmaxScale, &scale, nvinfer1::PluginFieldType::kFLOAT32, 1}};
-        nvinfer1::PluginFieldCollection fc{4, fields};
-        nvinfer1::IPluginV3* plugin = creator->createPlugin("layer", &fc, nvinfer1::TensorRTPhase::kBUILD);
+        testutil::FieldList fields; // as the ONNX parser sends them
+        fields.add(mla::contract::kAttrNumHeads, &heads).add(mla::contract::kAttrKvLoraRank, &rank);
+        fields.add(mla::contract::kAttrQkRopeHeadDim, &rope).add(mla::contract::kAttrSoftmaxScale, &scale);
+        nvinfer1::IPluginV3* plugin = creator->createPlugin("layer", fields.collection(), nvinfer1::TensorRTPhase::kBUILD);
         CHECK(plugin != nullptr);
         CHECK(logger.contains("MlaAttention: num_heads=4 kv_lora_rank=32 qk_rope_head_dim=8 softmax_scale=0.25",
             nvinfer1::ILogger::Severity::kINFO));
@@ -123,8 +116,8 @@ int main(int argc, char** argv)
             }
             delete plugin; // no module was loaded: no driver call on destruction
         }
-        fields[0].length = 0;
-        CHECK(creator->createPlugin("layer", &fc, nvinfer1::TensorRTPhase::kBUILD) == nullptr);
+        fields.field(mla::contract::kAttrNumHeads).length = 0;
+        CHECK(creator->createPlugin("layer", fields.collection(), nvinfer1::TensorRTPhase::kBUILD) == nullptr);
         CHECK(logger.contains("num_heads: expected one integer", nvinfer1::ILogger::Severity::kERROR));
     }
     setLoggerFinder(nullptr);

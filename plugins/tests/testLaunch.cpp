@@ -11,13 +11,13 @@
  * plan) the recorded launches must equal the planned ones.
  */
 #include "fakeCuda.h"
+#include "launchPlan.h"
 #include "mlaAttentionPlugin.h"
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
-#include "testLogger.h"
+#include "testPlugin.h"
 #include "testUtil.h"
 
-#include <fstream>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -94,12 +94,6 @@ std::string describe(Call const& k, bool inPlace)
     s << "B=" << k.batch << " S=" << k.tokens << " H=" << k.heads << " Dc=" << k.rank << " Dr=" << k.rope
       << " Smax=" << k.maxSeqLen << " T=" << static_cast<int>(k.type) << (inPlace ? " in-place" : " copy");
     return s.str();
-}
-
-std::vector<fake::Event> eventsSince(size_t first)
-{
-    auto const& all = fake::events();
-    return std::vector<fake::Event>(all.begin() + static_cast<long>(first), all.end());
 }
 
 // Checks one enqueue's events (from the first one after the module load) and returns its launches.
@@ -202,7 +196,7 @@ void testSweep()
             Launch l(k, inPlace);
             int32_t const status = l.run(target);
             CHECK_MSG(status == 0, describe(k, inPlace) + ": enqueue returned " + std::to_string(status));
-            auto ev = eventsSince(first);
+            auto ev = fake::eventsSince(first);
             std::vector<fake::Event> afterLoad;
             int32_t loadsNow = 0;
             for (auto const& e : ev)
@@ -249,17 +243,11 @@ void testModulePerContext()
     Call const k = supportedCall();
     plugin::MlaAttentionPlugin built(attributesOf(k));
     testutil::CapturingRecorder recorder;
-    struct Context : nvinfer1::IPluginResourceContext
-    {
-        nvinfer1::IErrorRecorder* recorder;
-        nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
-        nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return recorder; }
-    } context;
-    context.recorder = &recorder;
+    testutil::RecordingContext context(&recorder);
     std::unique_ptr<nvinfer1::IPluginV3> a(built.attachToContext(&context));
     std::unique_ptr<nvinfer1::IPluginV3> b(built.attachToContext(&context));
-    auto* ra = static_cast<nvinfer1::IPluginV3OneRuntime*>(a->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-    auto* rb = static_cast<nvinfer1::IPluginV3OneRuntime*>(b->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    auto* ra = testutil::runtimeOf(a.get());
+    auto* rb = testutil::runtimeOf(b.get());
     size_t perContext = 0;
     for (int32_t i = 0; i < 3; ++i)
     {
@@ -283,7 +271,7 @@ void testModulePerContext()
 
     // A failing driver call reaches the context's error recorder.
     std::unique_ptr<nvinfer1::IPluginV3> d(built.attachToContext(&context));
-    auto* rd = static_cast<nvinfer1::IPluginV3OneRuntime*>(d->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    auto* rd = testutil::runtimeOf(d.get());
     size_t const launchesBefore = fake::eventsOf(fake::Kind::kLaunch).size();
     CHECK(launchesBefore >= 6);
     for (int32_t nth = 0; nth < 4; ++nth) // every image the loader may try (cubin, then PTX, ...)
@@ -323,8 +311,7 @@ void testAliasedDecodeSteps()
     {
         fake::reset();
         std::unique_ptr<nvinfer1::IPluginV3> attached(built.attachToContext(nullptr));
-        auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-            attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+        auto* runtime = testutil::runtimeOf(attached.get());
         for (int32_t step = 0; step < steps; ++step)
         {
             size_t const first = fake::events().size();
@@ -337,7 +324,7 @@ void testAliasedDecodeSteps()
             int32_t copies = 0;
             size_t launches = 0;
             uint64_t const cache = reinterpret_cast<uintptr_t>(l.outputs[c::kPresentCache]);
-            for (fake::Event const& e : eventsSince(first))
+            for (fake::Event const& e : fake::eventsSince(first))
             {
                 if (e.kind == fake::Kind::kMemcpy)
                 {
@@ -420,13 +407,9 @@ void testFailures()
 
 // Expectations written by tests/test_plugin.py from the Python API's plan:
 //   case B S H Dc Dr Smax dtype(0 fp32, 1 fp16, 2 bf16) numSms
-//   launch name gx gy gz bx by bz sharedMem     (one line per planned launch, in order)
-//   ... optionally followed by the expected argument values, in order:
-//       p:<tensor>   a pointer: q_latent q_pe kv_latent k_pe cache_seqlens rope_cos_sin past (inputs),
-//                    present attn_latent (outputs), ws+<bytes> (workspace offset), null; p:* any pointer
-//       i:<int32>    f:<float32>
-// where name "*", block "0 0 0" and sharedMem "*" match anything (the plan does not fix them).
-uint32_t const kAnySharedMem = 0xFFFFFFFFu;
+//   launch ...   (one line per planned launch, in order: launchPlan.h, with wildcards)
+// where the pointers of the arguments are p:<tensor>: q_latent q_pe kv_latent k_pe cache_seqlens rope_cos_sin
+// past (inputs), present attn_latent (outputs), ws+<bytes> (workspace offset), null; p:* any pointer.
 float const kPlanSoftmaxScale = 0.1F;
 
 // The address a "p:" token names for launch `l`; false for "p:*" (any).
@@ -463,91 +446,27 @@ bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
     return true;
 }
 
-// Checks the recorded argument values of `got` against the tokens of `want`; returns the mismatches.
-std::string compareArgs(fake::Event const& got, std::vector<std::string> const& want, Launch const& l)
-{
-    std::ostringstream bad;
-    if (got.args.size() != want.size())
-    {
-        bad << got.args.size() << " arguments recorded, " << want.size() << " expected; ";
-        return bad.str();
-    }
-    for (size_t j = 0; j < want.size(); ++j)
-    {
-        std::string const kind = want[j].substr(0, 2);
-        std::string const value = want[j].substr(2);
-        if (kind == "p:")
-        {
-            uint64_t expected = 0;
-            if (expectedPointer(value, l, expected) && fake::argAs<uint64_t>(got, j) != expected)
-            {
-                bad << "arg " << j << " is 0x" << std::hex << fake::argAs<uint64_t>(got, j) << ", expected " << value
-                    << " 0x" << expected << std::dec << "; ";
-            }
-        }
-        else if (kind == "i:" && fake::argAs<int32_t>(got, j) != std::stoi(value))
-        {
-            bad << "arg " << j << " is " << fake::argAs<int32_t>(got, j) << ", expected " << value << "; ";
-        }
-        else if (kind == "f:" && fake::argAs<float>(got, j) != std::stof(value))
-        {
-            bad << "arg " << j << " is " << fake::argAs<float>(got, j) << ", expected " << value << "; ";
-        }
-    }
-    return bad.str();
-}
-
 int32_t compareWithPlan(char const* path)
 {
-    std::ifstream file(path);
-    if (!file)
-    {
-        std::printf("cannot read %s\n", path);
-        return -1;
-    }
     struct Planned
     {
         Call call;
         int32_t numSms;
-        std::vector<fake::Event> launches;
-        std::vector<std::vector<std::string>> args; //!< expected argument tokens per launch (may be empty)
+        std::vector<testutil::PlannedLaunch> launches;
     };
     std::vector<Planned> plans;
-    std::string line;
-    while (std::getline(file, line))
+    auto const readCase = [&plans](std::istream& s) {
+        Planned p{};
+        int32_t dtype = 0;
+        s >> p.call.batch >> p.call.tokens >> p.call.heads >> p.call.rank >> p.call.rope >> p.call.maxSeqLen >> dtype
+            >> p.numSms;
+        p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        plans.push_back(p);
+    };
+    if (!testutil::readPlanFile(
+            path, readCase, [&plans](testutil::PlannedLaunch launch) { plans.back().launches.push_back(launch); }))
     {
-        std::istringstream s(line);
-        std::string tag;
-        s >> tag;
-        if (tag == "case")
-        {
-            Planned p{};
-            int32_t dtype = 0;
-            s >> p.call.batch >> p.call.tokens >> p.call.heads >> p.call.rank >> p.call.rope >> p.call.maxSeqLen
-                >> dtype >> p.numSms;
-            p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
-            plans.push_back(p);
-        }
-        else if (tag == "launch" && !plans.empty())
-        {
-            fake::Event e{fake::Kind::kLaunch};
-            std::string shared;
-            s >> e.name >> e.grid[0] >> e.grid[1] >> e.grid[2] >> e.block[0] >> e.block[1] >> e.block[2] >> shared;
-            e.sharedMem = shared == "*" ? kAnySharedMem : static_cast<uint32_t>(std::stoul(shared));
-            plans.back().launches.push_back(e);
-            std::vector<std::string> args;
-            std::vector<uint32_t> sizes;
-            for (std::string token; s >> token;)
-            {
-                args.push_back(token);
-                sizes.push_back(token.rfind("p:", 0) == 0 ? 8 : 4);
-            }
-            if (!args.empty() && e.name != "*")
-            {
-                fake::setSignature(e.name, sizes);
-            }
-            plans.back().args.push_back(args);
-        }
+        return -1;
     }
     for (Planned const& plan : plans)
     {
@@ -559,29 +478,9 @@ int32_t compareWithPlan(char const* path)
                 plugin::MlaAttributes{plan.call.heads, plan.call.rank, plan.call.rope, kPlanSoftmaxScale});
             Launch l(plan.call, inPlace);
             CHECK(l.run(p) == 0);
-            auto got = fake::eventsOf(fake::Kind::kLaunch);
-            std::string const what = describe(plan.call, inPlace);
-            CHECK_MSG(got.size() == plan.launches.size(),
-                what + ": " + std::to_string(got.size()) + " launches, plan has " + std::to_string(plan.launches.size()));
-            for (size_t i = 0; i < got.size() && i < plan.launches.size(); ++i)
-            {
-                fake::Event const& g = got[i];
-                fake::Event const& w = plan.launches[i];
-                bool const same = (w.name == "*" || g.name == w.name) && std::equal(g.grid, g.grid + 3, w.grid)
-                    && (w.block[0] == 0 || std::equal(g.block, g.block + 3, w.block))
-                    && (w.sharedMem == kAnySharedMem || g.sharedMem == w.sharedMem);
-                std::ostringstream s;
-                s << what << " launch " << i << ": got " << g.name << " grid " << g.grid[0] << "," << g.grid[1] << ","
-                  << g.grid[2] << " block " << g.block[0] << " smem " << g.sharedMem << "; plan " << w.name << " grid "
-                  << w.grid[0] << "," << w.grid[1] << "," << w.grid[2] << " block " << w.block[0] << " smem "
-                  << w.sharedMem;
-                CHECK_MSG(same, s.str());
-                if (!plan.args[i].empty())
-                {
-                    std::string const mismatches = compareArgs(g, plan.args[i], l);
-                    CHECK_MSG(mismatches.empty(), what + " launch " + std::to_string(i) + " (" + g.name + "): " + mismatches);
-                }
-            }
+            testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call, inPlace),
+                [&l](std::string const& name, uint64_t& address) { return expectedPointer(name, l, address); },
+                /*wildcards=*/true);
         }
     }
     std::printf("compared %zu planned calls\n", plans.size());
@@ -591,15 +490,11 @@ int32_t compareWithPlan(char const* path)
 
 int main(int argc, char** argv)
 {
-    plugin::setLoggerFinder(&gLogger);
-    testSweep();
-    testModulePerContext();
-    testAliasedDecodeSteps();
-    testFailures();
-    if (argc > 1)
-    {
-        CHECK(compareWithPlan(argv[1]) > 0);
-    }
-    plugin::setLoggerFinder(nullptr);
-    return testutil::finish("test_mla_launch");
+    return testutil::runTests("test_mla_launch", gLogger,
+        {testSweep, testModulePerContext, testAliasedDecodeSteps, testFailures, [&] {
+             if (argc > 1)
+             {
+                 CHECK(compareWithPlan(argv[1]) > 0);
+             }
+         }});
 }

@@ -5,9 +5,9 @@
  * getFieldsToSerialize -> createPlugin.
  */
 #include "deepseekMoePlugin.h"
-#include "mlaPluginLog.h"
 #include "moeContract.h"
-#include "testLogger.h"
+#include "testFields.h"
+#include "testPlugin.h"
 #include "testUtil.h"
 
 #include <cmath>
@@ -33,23 +33,21 @@ char const* const kNames[9] = {c::kAttrNumExperts, c::kAttrTopK, c::kAttrNGroup,
     c::kAttrScoringFunc, c::kAttrGroupScore, c::kAttrUseBias, c::kAttrNormalize, c::kAttrWeightScale};
 
 // Owns the values a PluginFieldCollection points at: DeepSeek-V3's rule by default.
-struct Fields
+struct Fields : testutil::FieldList
 {
     int32_t ints[8] = {256, 8, 8, 4, 1, 1, 1, 1};
     float scale = 2.5F;
     int64_t ints64[8] = {256, 8, 8, 4, 1, 1, 1, 1};
     double scale64 = 2.5;
-    std::vector<PluginField> fields;
-    PluginFieldCollection fc{};
 
     Fields& onnxTypes()
     {
         fields.clear();
         for (int32_t k = 0; k < 8; ++k)
         {
-            fields.emplace_back(kNames[k], &ints[k], PluginFieldType::kINT32, 1);
+            add(kNames[k], &ints[k]);
         }
-        fields.emplace_back(kNames[8], &scale, PluginFieldType::kFLOAT32, 1);
+        add(kNames[8], &scale);
         return *this;
     }
     Fields& wideTypes()
@@ -57,39 +55,10 @@ struct Fields
         fields.clear();
         for (int32_t k = 0; k < 8; ++k)
         {
-            fields.emplace_back(kNames[k], &ints64[k], PluginFieldType::kINT64, 1);
+            add(kNames[k], &ints64[k]);
         }
-        fields.emplace_back(kNames[8], &scale64, PluginFieldType::kFLOAT64, 1);
+        add(kNames[8], &scale64);
         return *this;
-    }
-    PluginField& field(char const* name)
-    {
-        for (auto& f : fields)
-        {
-            if (std::strcmp(f.name, name) == 0)
-            {
-                return f;
-            }
-        }
-        static PluginField none;
-        return none;
-    }
-    void drop(char const* name)
-    {
-        for (size_t i = 0; i < fields.size(); ++i)
-        {
-            if (std::strcmp(fields[i].name, name) == 0)
-            {
-                fields.erase(fields.begin() + static_cast<long>(i));
-                return;
-            }
-        }
-    }
-    PluginFieldCollection const* collection()
-    {
-        fc.nbFields = static_cast<int32_t>(fields.size());
-        fc.fields = fields.data();
-        return &fc;
     }
 };
 
@@ -286,11 +255,6 @@ void testSerializationRoundTrip()
 
 int main()
 {
-    plugin::setLoggerFinder(&gLogger);
-    testIdentityAndDeclaredFields();
-    testParsing();
-    testRoutingRules();
-    testSerializationRoundTrip();
-    plugin::setLoggerFinder(nullptr);
-    return testutil::finish("test_moe_creator");
+    return testutil::runTests("test_moe_creator", gLogger,
+        {testIdentityAndDeclaredFields, testParsing, testRoutingRules, testSerializationRoundTrip});
 }

@@ -9,13 +9,12 @@
  */
 #include "deepseekMoePlugin.h"
 #include "fakeCuda.h"
-#include "mlaPluginLog.h"
-#include "mlaShapes.h"
+#include "launchPlan.h"
 #include "moeContract.h"
-#include "testLogger.h"
+#include "testPlugin.h"
 #include "testUtil.h"
 
-#include <fstream>
+#include <cstdio>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -138,10 +137,8 @@ void testSweep()
             CHECK_MSG(l.run(*p) == 0, describe(k));
             size_t loads = 0;
             size_t launches = 0;
-            auto const& all = fake::events();
-            for (size_t i = first; i < all.size(); ++i)
+            for (fake::Event const& e : fake::eventsSince(first))
             {
-                fake::Event const& e = all[i];
                 if (e.kind == fake::Kind::kModuleLoad)
                 {
                     ++loads;
@@ -180,18 +177,10 @@ void testModulePerContextAndFailures()
     fake::reset();
     plugin::DeepseekMoePlugin built(k.attrs);
     testutil::CapturingRecorder recorder;
-    struct Context : nvinfer1::IPluginResourceContext
-    {
-        nvinfer1::IErrorRecorder* recorder;
-        nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
-        nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return recorder; }
-    } context;
-    context.recorder = &recorder;
+    testutil::RecordingContext context(&recorder);
     std::unique_ptr<nvinfer1::IPluginV3> a(built.attachToContext(&context));
     std::unique_ptr<nvinfer1::IPluginV3> b(built.attachToContext(&context));
-    auto runtime = [](nvinfer1::IPluginV3* p) {
-        return static_cast<nvinfer1::IPluginV3OneRuntime*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-    };
+    auto runtime = testutil::runtimeOf;
     Launch l(k);
     CHECK(l.run(*runtime(a.get())) == 0);
     size_t const perContext = fake::eventsOf(fake::Kind::kModuleLoad).size();
@@ -252,9 +241,9 @@ void testModulePerContextAndFailures()
 
 // Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe.plan:
 //   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype
-//   launch name gx gy gz bx by bz sharedMem arg...   (one line per planned launch, in order)
-// arguments: p:<tensor>[+<bytes>] with tensor hidden_states, router_weight, score_bias, gate_up_proj, down_proj,
-// routed_output, ws (the workspace) or null; i:<int32>; f:<float32>.
+//   launch ...   (one line per planned launch, in order: launchPlan.h, every field fixed)
+// where the pointers of the arguments are p:<tensor>[+<bytes>] with tensor hidden_states, router_weight,
+// score_bias, gate_up_proj, down_proj, routed_output, ws (the workspace) or null.
 bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
 {
     std::string name = what;
@@ -292,85 +281,27 @@ bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
     return true;
 }
 
-std::string compareArgs(fake::Event const& got, std::vector<std::string> const& want, Launch const& l)
-{
-    std::ostringstream bad;
-    if (got.args.size() != want.size())
-    {
-        bad << got.args.size() << " arguments recorded, " << want.size() << " expected; ";
-        return bad.str();
-    }
-    for (size_t j = 0; j < want.size(); ++j)
-    {
-        std::string const kind = want[j].substr(0, 2);
-        std::string const value = want[j].substr(2);
-        if (kind == "p:")
-        {
-            uint64_t expected = 0;
-            if (expectedPointer(value, l, expected) && fake::argAs<uint64_t>(got, j) != expected)
-            {
-                bad << "arg " << j << " is 0x" << std::hex << fake::argAs<uint64_t>(got, j) << ", expected " << value
-                    << " 0x" << expected << std::dec << "; ";
-            }
-        }
-        else if (kind == "i:" && fake::argAs<int32_t>(got, j) != std::stoi(value))
-        {
-            bad << "arg " << j << " is " << fake::argAs<int32_t>(got, j) << ", expected " << value << "; ";
-        }
-        else if (kind == "f:" && fake::argAs<float>(got, j) != std::stof(value))
-        {
-            bad << "arg " << j << " is " << fake::argAs<float>(got, j) << ", expected " << value << "; ";
-        }
-    }
-    return bad.str();
-}
-
 int32_t compareWithPlan(char const* path)
 {
-    std::ifstream file(path);
-    if (!file)
-    {
-        std::printf("cannot read %s\n", path);
-        return -1;
-    }
     struct Planned
     {
         Call call;
-        std::vector<fake::Event> launches;
-        std::vector<std::vector<std::string>> args;
+        std::vector<testutil::PlannedLaunch> launches;
     };
     std::vector<Planned> plans;
-    std::string line;
-    while (std::getline(file, line))
+    auto const readCase = [&plans](std::istream& s) {
+        Planned p{};
+        plugin::MoeAttributes& a = p.call.attrs;
+        int32_t dtype = 0;
+        s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
+            >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
+        p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        plans.push_back(p);
+    };
+    if (!testutil::readPlanFile(
+            path, readCase, [&plans](testutil::PlannedLaunch launch) { plans.back().launches.push_back(launch); }))
     {
-        std::istringstream s(line);
-        std::string tag;
-        s >> tag;
-        if (tag == "case")
-        {
-            Planned p{};
-            plugin::MoeAttributes& a = p.call.attrs;
-            int32_t dtype = 0;
-            s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
-                >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
-            p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
-            plans.push_back(p);
-        }
-        else if (tag == "launch" && !plans.empty())
-        {
-            fake::Event e{fake::Kind::kLaunch};
-            s >> e.name >> e.grid[0] >> e.grid[1] >> e.grid[2] >> e.block[0] >> e.block[1] >> e.block[2] >> e.sharedMem;
-            std::vector<std::string> args;
-            std::vector<uint32_t> sizes;
-            for (std::string token; s >> token;)
-            {
-                args.push_back(token);
-                sizes.push_back(token.rfind("p:", 0) == 0 ? 8 : 4);
-            }
-            fake::setSignature(e.name, sizes);
-            plans.back().launches.push_back(e);
-            plans.back().args.push_back(args);
-        }
+        return -1;
     }
     for (Planned const& plan : plans)
     {
@@ -379,24 +310,9 @@ int32_t compareWithPlan(char const* path)
         plugin::DeepseekMoePlugin p(plan.call.attrs);
         Launch l(plan.call);
         CHECK_MSG(l.run(p) == 0, describe(plan.call));
-        auto got = fake::eventsOf(fake::Kind::kLaunch);
-        std::string const what = describe(plan.call);
-        CHECK_MSG(got.size() == plan.launches.size(),
-            what + ": " + std::to_string(got.size()) + " launches, plan has " + std::to_string(plan.launches.size()));
-        for (size_t i = 0; i < got.size() && i < plan.launches.size(); ++i)
-        {
-            fake::Event const& g = got[i];
-            fake::Event const& w = plan.launches[i];
-            bool const same = g.name == w.name && std::equal(g.grid, g.grid + 3, w.grid)
-                && std::equal(g.block, g.block + 3, w.block) && g.sharedMem == w.sharedMem;
-            std::ostringstream s;
-            s << what << " launch " << i << ": got " << g.name << " grid " << g.grid[0] << "," << g.grid[1] << ","
-              << g.grid[2] << " block " << g.block[0] << " smem " << g.sharedMem << "; plan " << w.name << " grid "
-              << w.grid[0] << "," << w.grid[1] << "," << w.grid[2] << " block " << w.block[0] << " smem " << w.sharedMem;
-            CHECK_MSG(same, s.str());
-            std::string const mismatches = compareArgs(g, plan.args[i], l);
-            CHECK_MSG(mismatches.empty(), what + " launch " + std::to_string(i) + " (" + g.name + "): " + mismatches);
-        }
+        testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call),
+            [&l](std::string const& name, uint64_t& address) { return expectedPointer(name, l, address); },
+            /*wildcards=*/false);
     }
     std::printf("compared %zu planned calls\n", plans.size());
     return static_cast<int32_t>(plans.size());
@@ -405,13 +321,10 @@ int32_t compareWithPlan(char const* path)
 
 int main(int argc, char** argv)
 {
-    plugin::setLoggerFinder(&gLogger);
-    testSweep();
-    testModulePerContextAndFailures();
-    if (argc > 1)
-    {
-        CHECK(compareWithPlan(argv[1]) > 0);
-    }
-    plugin::setLoggerFinder(nullptr);
-    return testutil::finish("test_moe_launch");
+    return testutil::runTests("test_moe_launch", gLogger, {testSweep, testModulePerContextAndFailures, [&] {
+                                                               if (argc > 1)
+                                                               {
+                                                                   CHECK(compareWithPlan(argv[1]) > 0);
+                                                               }
+                                                           }});
 }

@@ -3,10 +3,9 @@
  * the format/type support matrix, configurePlugin's refusals, and the workspace over a profile.
  */
 #include "deepseekMoePlugin.h"
-#include "mlaPluginLog.h"
 #include "moeContract.h"
 #include "moeShapes.h"
-#include "testLogger.h"
+#include "testPlugin.h"
 #include "testUtil.h"
 
 #include <algorithm>
@@ -19,18 +18,9 @@ namespace c = mla::moe_contract;
 
 namespace
 {
+using testutil::dims;
+using testutil::sameDims;
 testutil::CapturingLogger gLogger;
-
-Dims dims(std::vector<int64_t> const& v)
-{
-    Dims d{};
-    d.nbDims = static_cast<int32_t>(v.size());
-    for (size_t i = 0; i < v.size(); ++i)
-    {
-        d.d[i] = v[i];
-    }
-    return d;
-}
 
 plugin::MoeAttributes tinyMoe()
 {
@@ -41,11 +31,6 @@ plugin::MoeAttributes tinyMoe()
 std::vector<Dims> inputs(int64_t b, int64_t s, int64_t d, int64_t e, int64_t inter)
 {
     return {dims({b, s, d}), dims({e, d}), dims({e}), dims({e, 2 * inter, d}), dims({e, d, inter})};
-}
-
-bool sameDims(Dims const& a, Dims const& b)
-{
-    return a.nbDims == b.nbDims && std::equal(a.d, a.d + a.nbDims, b.d);
 }
 
 void testInputDims()
@@ -94,23 +79,11 @@ void testOutputShapeAndTypes()
     auto in = inputs(2, 3, 64, 8, 32);
     CHECK(sameDims(plugin::moeOutputDims(in.data()), dims({2, 3, 64})));
     plugin::DeepseekMoePlugin p(tinyMoe());
-    struct Builder : nvinfer1::IExprBuilder
-    {
-    } builder;
-    int markers[5][3];
-    nvinfer1::DimsExprs exprs[5];
-    for (int32_t i = 0; i < 5; ++i)
-    {
-        exprs[i].nbDims = in[i].nbDims;
-        for (int32_t a = 0; a < in[i].nbDims; ++a)
-        {
-            exprs[i].d[a] = reinterpret_cast<nvinfer1::IDimensionExpr const*>(&markers[i][a]);
-        }
-    }
+    testutil::ShapeExprs exprs(in);
     nvinfer1::DimsExprs out[1];
-    CHECK(p.getOutputShapes(exprs, 5, nullptr, 0, out, 1, builder) == 0);
+    CHECK(p.getOutputShapes(exprs.data(), 5, nullptr, 0, out, 1, exprs.builder()) == 0);
     CHECK(out[0].nbDims == 3 && out[0].d[0] == exprs[0].d[0] && out[0].d[2] == exprs[0].d[2]);
-    CHECK(p.getOutputShapes(exprs, 4, nullptr, 0, out, 1, builder) != 0);
+    CHECK(p.getOutputShapes(exprs.data(), 4, nullptr, 0, out, 1, exprs.builder()) != 0);
     CHECK(p.getNbOutputs() == 1);
 
     for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
@@ -150,37 +123,9 @@ bool expectedSupport(int32_t pos, std::vector<DataType> const& types, nvinfer1::
 void testFormatMatrix()
 {
     plugin::DeepseekMoePlugin p(tinyMoe());
-    std::vector<DataType> const all = {DataType::kFLOAT, DataType::kHALF, DataType::kINT8, DataType::kINT32,
-        DataType::kBOOL, DataType::kUINT8, DataType::kFP8, DataType::kBF16, DataType::kINT64};
-    int32_t checked = 0;
-    int32_t accepted = 0;
-    for (DataType t0 : all)
-    {
-        for (int32_t pos = 0; pos < 6; ++pos)
-        {
-            for (DataType tp : all)
-            {
-                for (auto format : {nvinfer1::TensorFormat::kLINEAR, nvinfer1::TensorFormat::kHWC8})
-                {
-                    std::vector<DataType> types = {t0, DataType::kFLOAT, DataType::kFLOAT, t0, t0, t0};
-                    types[pos] = tp;
-                    nvinfer1::DynamicPluginTensorDesc io[6]{};
-                    for (int32_t i = 0; i < 6; ++i)
-                    {
-                        io[i].desc.type = types[i];
-                        io[i].desc.format = nvinfer1::TensorFormat::kLINEAR;
-                    }
-                    io[pos].desc.format = format;
-                    bool const want = expectedSupport(pos, types, format);
-                    bool const got = p.supportsFormatCombination(pos, io, 5, 1);
-                    CHECK_MSG(got == want, "pos " + std::to_string(pos) + " type " + std::to_string(int(tp))
-                            + " with T " + std::to_string(int(t0)));
-                    ++checked;
-                    accepted += got ? 1 : 0;
-                }
-            }
-        }
-    }
+    auto const [checked, accepted] = testutil::checkFormatMatrix(
+        p, 5, 1, [](DataType t0) { return std::vector<DataType>{t0, DataType::kFLOAT, DataType::kFLOAT, t0, t0, t0}; },
+        expectedSupport);
     CHECK(checked == 9 * 6 * 9 * 2);
     // Position 0: the 3 activation types (9 x 3); positions 3, 4, 5: t0 when t0 is one (3 x 3); float at 1
     // and 2 for every t0 (9 x 2).
@@ -279,12 +224,6 @@ void testWorkspace()
 
 int main()
 {
-    plugin::setLoggerFinder(&gLogger);
-    testInputDims();
-    testOutputShapeAndTypes();
-    testFormatMatrix();
-    testConfigurePlugin();
-    testWorkspace();
-    plugin::setLoggerFinder(nullptr);
-    return testutil::finish("test_moe_shapes");
+    return testutil::runTests("test_moe_shapes", gLogger,
+        {testInputDims, testOutputShapeAndTypes, testFormatMatrix, testConfigurePlugin, testWorkspace});
 }

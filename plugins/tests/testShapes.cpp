@@ -5,9 +5,8 @@
 #include "fakeCuda.h"
 #include "mlaAttentionPlugin.h"
 #include "mlaContract.h"
-#include "mlaPluginLog.h"
 #include "mlaShapes.h"
-#include "testLogger.h"
+#include "testPlugin.h"
 #include "testUtil.h"
 
 #include <algorithm>
@@ -21,18 +20,9 @@ namespace c = mla::contract;
 
 namespace
 {
+using testutil::dims;
+using testutil::sameDims;
 testutil::CapturingLogger gLogger;
-
-Dims dims(std::vector<int64_t> const& v)
-{
-    Dims d{};
-    d.nbDims = static_cast<int32_t>(v.size());
-    for (size_t i = 0; i < v.size(); ++i)
-    {
-        d.d[i] = v[i];
-    }
-    return d;
-}
 
 plugin::MlaAttributes attrs(int32_t h = 4, int32_t dc = 32, int32_t dr = 8)
 {
@@ -44,11 +34,6 @@ std::vector<Dims> inputs(int64_t b, int64_t s, int64_t h, int64_t dc, int64_t dr
 {
     return {dims({b, s, h, dc}), dims({b, s, h, dr}), dims({b, s, dc}), dims({b, s, dr}), dims({b, smax, dc + dr}),
         dims({b}), dims({smax, dr})};
-}
-
-bool sameDims(Dims const& a, Dims const& b)
-{
-    return a.nbDims == b.nbDims && std::equal(a.d, a.d + a.nbDims, b.d);
 }
 
 void testAttributes()
@@ -118,24 +103,12 @@ void testOutputShapes()
 
     // getOutputShapes hands back the inputs' shape expressions (never evaluated here).
     plugin::MlaAttentionPlugin p(attrs());
-    struct Builder : nvinfer1::IExprBuilder
-    {
-    } builder;
-    int markers[7][4];
-    nvinfer1::DimsExprs exprs[7];
-    for (int32_t i = 0; i < 7; ++i)
-    {
-        exprs[i].nbDims = in[i].nbDims;
-        for (int32_t a = 0; a < in[i].nbDims; ++a)
-        {
-            exprs[i].d[a] = reinterpret_cast<nvinfer1::IDimensionExpr const*>(&markers[i][a]);
-        }
-    }
+    testutil::ShapeExprs exprs(in);
     nvinfer1::DimsExprs outs[2];
-    CHECK(p.getOutputShapes(exprs, 7, nullptr, 0, outs, 2, builder) == 0);
+    CHECK(p.getOutputShapes(exprs.data(), 7, nullptr, 0, outs, 2, exprs.builder()) == 0);
     CHECK(outs[0].nbDims == 4 && outs[0].d[3] == exprs[c::kQLatent].d[3]);
     CHECK(outs[1].nbDims == 3 && outs[1].d[1] == exprs[c::kPastCache].d[1]);
-    CHECK(p.getOutputShapes(exprs, 6, nullptr, 0, outs, 2, builder) != 0);
+    CHECK(p.getOutputShapes(exprs.data(), 6, nullptr, 0, outs, 2, exprs.builder()) != 0);
     CHECK(p.getNbOutputs() == 2);
 }
 
@@ -187,38 +160,13 @@ bool expectedSupport(int32_t pos, std::vector<DataType> const& types, nvinfer1::
 void testFormatMatrix()
 {
     plugin::MlaAttentionPlugin p(attrs());
-    std::vector<DataType> const all = {DataType::kFLOAT, DataType::kHALF, DataType::kINT8, DataType::kINT32,
-        DataType::kBOOL, DataType::kUINT8, DataType::kFP8, DataType::kBF16, DataType::kINT64};
-    int32_t checked = 0;
-    int32_t accepted = 0;
     // For every T of position 0, every type at every other position (the rest set to valid types).
-    for (DataType t0 : all)
-    {
-        for (int32_t pos = 0; pos < 9; ++pos)
-        {
-            for (DataType tp : all)
-            {
-                for (auto format : {nvinfer1::TensorFormat::kLINEAR, nvinfer1::TensorFormat::kHWC8})
-                {
-                    std::vector<DataType> types = {t0, t0, t0, t0, t0, DataType::kINT32, DataType::kFLOAT, t0, t0};
-                    types[pos] = tp;
-                    nvinfer1::DynamicPluginTensorDesc io[9]{};
-                    for (int32_t i = 0; i < 9; ++i)
-                    {
-                        io[i].desc.type = types[i];
-                        io[i].desc.format = nvinfer1::TensorFormat::kLINEAR;
-                    }
-                    io[pos].desc.format = format;
-                    bool const want = expectedSupport(pos, types, format);
-                    bool const got = p.supportsFormatCombination(pos, io, 7, 2);
-                    CHECK_MSG(got == want, "pos " + std::to_string(pos) + " type " + std::to_string(int(tp))
-                            + " with T " + std::to_string(int(t0)));
-                    ++checked;
-                    accepted += got ? 1 : 0;
-                }
-            }
-        }
-    }
+    auto const [checked, accepted] = testutil::checkFormatMatrix(
+        p, 7, 2,
+        [](DataType t0) {
+            return std::vector<DataType>{t0, t0, t0, t0, t0, DataType::kINT32, DataType::kFLOAT, t0, t0};
+        },
+        expectedSupport);
     CHECK(checked == 9 * 9 * 9 * 2);
     // Position 0 takes the 3 activation types whatever t0 was (9 x 3); the 6 other T positions only
     // t0, when t0 is an activation type (3 x 6); int32 at 5 and float at 6 for every t0 (9 x 2).
@@ -309,8 +257,7 @@ void testAliasing()
         CHECK(p.getOutputDataTypes(out, 2, in, 7) == 0 && out[c::kPresentCache] == in[c::kPastCache]);
     }
     // Formats and types: whatever input 4 holds, output 1 is accepted only with exactly its type and format.
-    std::vector<DataType> const all = {DataType::kFLOAT, DataType::kHALF, DataType::kINT8, DataType::kINT32,
-        DataType::kBOOL, DataType::kUINT8, DataType::kFP8, DataType::kBF16, DataType::kINT64};
+    std::vector<DataType> const& all = testutil::kAllTypes;
     std::vector<nvinfer1::TensorFormat> const formats
         = {nvinfer1::TensorFormat::kLINEAR, nvinfer1::TensorFormat::kCHW32, nvinfer1::TensorFormat::kHWC8};
     int32_t pairs = 0;
@@ -423,15 +370,7 @@ void testWorkspace()
 
 int main()
 {
-    plugin::setLoggerFinder(&gLogger);
-    testAttributes();
-    testInputDims();
-    testOutputShapes();
-    testOutputTypes();
-    testFormatMatrix();
-    testConfigurePlugin();
-    testAliasing();
-    testWorkspace();
-    plugin::setLoggerFinder(nullptr);
-    return testutil::finish("test_mla_shapes");
+    return testutil::runTests("test_mla_shapes", gLogger,
+        {testAttributes, testInputDims, testOutputShapes, testOutputTypes, testFormatMatrix, testConfigurePlugin,
+            testAliasing, testWorkspace});
 }

@@ -13,7 +13,7 @@
  *                                    new_tokens, median_us, cache_bytes (decode) or flops (prefill)
  *
  * Exits 77 when no CUDA driver or device is present. The driver is opened with dlopen (the kernels' own
- * calls go through the plugin's forwarders, mlaCudaDriver.cpp), so the program builds everywhere.
+ * calls go through the plugin's forwarders, common/cudaDriver.cpp), so the program builds everywhere.
  */
 #include "mlaKernels.h"
 #include "moeKernels.h"

@@ -1,9 +1,12 @@
 /*
- * What both plugins share (pluginCommon.h): shape-message helpers and the creators' attribute readers.
+ * The creators' attribute readers (pluginFields.h).
  */
-#include "pluginCommon.h"
+#include "pluginFields.h"
+
+#include "pluginLog.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <sstream>
 
@@ -13,18 +16,7 @@ namespace plugin
 {
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
-
-std::string dimsString(nvinfer1::Dims const& d)
-{
-    std::ostringstream s;
-    s << "[";
-    for (int32_t i = 0; i < d.nbDims; ++i)
-    {
-        s << (i ? "," : "") << d.d[i];
-    }
-    s << "]";
-    return s.str();
-}
+using Severity = nvinfer1::ILogger::Severity;
 
 char const* fieldTypeName(PluginFieldType type) noexcept
 {
@@ -102,6 +94,56 @@ std::string readFloatField(PluginField const& f, float& out, bool positive)
         return s.str();
     }
     out = static_cast<float>(value);
+    return {};
+}
+
+std::string readBoundFields(
+    char const* op, nvinfer1::PluginFieldCollection const* fc, BoundField const* fields, size_t count)
+{
+    if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr) || fc->nbFields < 0)
+    {
+        return "no attributes given (null or malformed PluginFieldCollection)";
+    }
+    std::vector<bool> seen(count, false);
+    for (int32_t i = 0; i < fc->nbFields; ++i)
+    {
+        PluginField const& f = fc->fields[i];
+        if (f.name == nullptr)
+        {
+            return "attribute " + std::to_string(i) + " has no name";
+        }
+        size_t which = count;
+        for (size_t k = 0; k < count && which == count; ++k)
+        {
+            which = std::strcmp(f.name, fields[k].name) == 0 ? k : count;
+        }
+        if (which == count)
+        {
+            log(Severity::kWARNING, std::string(op) + ": ignoring unknown attribute " + f.name);
+            continue;
+        }
+        if (seen[which])
+        {
+            return std::string("attribute ") + f.name + " given twice";
+        }
+        seen[which] = true;
+        log(Severity::kVERBOSE, std::string(op) + ": field " + f.name + " arrived as " + fieldTypeName(f.type)
+                + ", length " + std::to_string(f.length));
+        BoundField const& target = fields[which];
+        std::string const why = target.intValue != nullptr ? readIntField(f, *target.intValue, target.minimum)
+                                                           : readFloatField(f, *target.floatValue, target.positive);
+        if (!why.empty())
+        {
+            return why;
+        }
+    }
+    for (size_t k = 0; k < count; ++k)
+    {
+        if (!seen[k])
+        {
+            return std::string("attribute ") + fields[k].name + " is missing";
+        }
+    }
     return {};
 }
 

@@ -1,6 +1,6 @@
 /*
  * A recording stand-in for the CUDA driver, linked into the test programs instead of libcuda (the
- * shipped library resolves the real driver at run time, mlaCudaDriver.cpp). It records module
+ * shipped library resolves the real driver at run time, common/cudaDriver.cpp). It records module
  * loads, function look-ups, launches (kernel name, grid, block, shared memory, argument bytes),
  * copies and memsets, and can be told to fail a given entry point. Test code only.
  */
@@ -52,6 +52,8 @@ std::vector<Event> const& events();
 void reset();
 //! Events of one kind, in order.
 std::vector<Event> eventsOf(Kind kind);
+//! The events recorded after the first `first` (events().size() taken before a call: the call's events).
+std::vector<Event> eventsSince(size_t first);
 
 //! The device the fake reports (compute capability major*10+minor, and SM count).
 void setDevice(int32_t arch, int32_t numSms);

@@ -4,6 +4,7 @@
  */
 #include "fakeCuda.h"
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -75,6 +76,12 @@ std::vector<Event> eventsOf(Kind kind)
         }
     }
     return out;
+}
+
+std::vector<Event> eventsSince(size_t first)
+{
+    auto const& all = state().events;
+    return std::vector<Event>(all.begin() + static_cast<long>(std::min(first, all.size())), all.end());
 }
 
 void reset()

@@ -1,7 +1,7 @@
 /*
- * Logging and error reporting of the MlaAttention plugin library (see mlaPluginLog.h).
+ * Logging and error reporting of the plugin library (see pluginLog.h).
  */
-#include "mlaPluginLog.h"
+#include "pluginLog.h"
 
 #include <cstdio>
 #include <cstdlib>

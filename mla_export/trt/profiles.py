@@ -1,0 +1,210 @@
+"""An engine's optimization profiles: the `MIN:OPT:MAX` ranges `build` takes, the input shapes of its two
+profiles (decode: one new token; prefill), and the check that the largest of them can be built.
+
+TensorRT refuses no profile: a profile whose MAX shapes give any tensor of the network more than 2^40
+values (1,099,511,627,776) only draws the warning "Profile kMAX values are not self-consistent ... tensor
+volume exceeds 1099511627776" (seen with TensorRT-RTX 1.7, whose builder shares TensorRT's shape checks),
+and the build goes on. `check_profile_volumes` refuses such ranges before the build, naming the tensor,
+the limit and the largest MAX that fits: the volumes come from the graph TensorRT parses (the export's
+value_info with `batch` and `new_tokens` set, and for a build without the plugins the nodes' inlined
+function bodies, whose shapes ONNX's shape inference computes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from ..common import contract
+from ..common.errors import UserError
+from ..model.spec import ModelSpec
+
+VOLUME_LIMIT = 1 << 40  # values in one tensor of a TensorRT profile's MAX shapes (TensorRT's shape machine)
+BATCH, NEW_TOKENS = "batch", "new_tokens"  # the export's symbolic dims
+
+
+def parse_range(text: str, option: str) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' -> (min, opt, max), checked min <= opt <= max, min >= 1. One number is refused, not read
+    as N:N:N: a profile of one size is written out as such."""
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        raise UserError(f"{option} {text}: not one number but MIN:OPT:MAX (write "
+                        f"{values[0]}:{values[0]}:{values[0]})")
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise UserError(f"{option} {text}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
+    return values
+
+
+def default_prefill_tokens(max_seq_len: int) -> tuple[int, int, int]:
+    """New tokens MIN:OPT:MAX of the prefill profile when none is given: 2:256:2048, capped at Smax."""
+    return min(2, max_seq_len), min(256, max_seq_len), min(2048, max_seq_len)
+
+
+def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int, cache_width: int,
+                   batch: tuple[int, int, int], tokens: tuple[int, int, int]) -> dict[str, list[tuple]]:
+    """Input name -> [min, opt, max] shapes for one optimization profile."""
+    inputs, _ = contract.graph_io_names(num_layers, spec_io)
+    first = [(b, s) if spec_io == "tokens" else (b, s, hidden) for b, s in zip(batch, tokens)]
+    shapes = {inputs[0]: first, inputs[1]: [(b,) for b in batch]}
+    for name in inputs[2:]:
+        shapes[name] = [(b, max_seq_len, cache_width) for b in batch]
+    return shapes
+
+
+def optimization_profiles(model: ModelSpec, batch: tuple[int, int, int],
+                          prefill_tokens: tuple[int, int, int]) -> list[dict]:
+    """The engine's two profiles, decode (one new token) then prefill: [{"name", "shapes": {input: [min, opt,
+    max]}}], as the sidecar records them."""
+    c = model.config
+    profiles = []
+    for name, tokens in (("decode", (1, 1, 1)), ("prefill", prefill_tokens)):
+        shapes = profile_shapes(model.io, c.num_hidden_layers, c.hidden_size, model.max_seq_len, c.cache_width,
+                                batch, tokens)
+        profiles.append({"name": name, "shapes": {k: [list(s) for s in v] for k, v in shapes.items()}})
+    return profiles
+
+
+Largest = tuple[int, str, list[int]]  # (volume, tensor name, dims)
+
+
+def _largest(values, sizes: dict[str, int]) -> Largest:
+    """The largest tensor of `values` (ValueInfoProtos) with its symbolic dims set from `sizes`; tensors with
+    a dim of another name or none are left out."""
+    best: Largest = (0, "", [])
+    for value in values:
+        dims = []
+        for d in value.type.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.dim_param in sizes:
+                dims.append(sizes[d.dim_param])
+            else:
+                break
+        else:
+            volume = math.prod(dims)
+            if volume > best[0]:
+                best = (volume, value.name, dims)
+    return best
+
+
+Dim = tuple[int, int, int, int]  # (c0, cb, ct, cbt): the dim c0 + cb*batch + ct*tokens + cbt*batch*tokens
+
+
+def _inferred_dims(inlined, sizes: dict[str, int]) -> dict[str, list[int]]:
+    """name -> dims of every value of `inlined` (a graph without model-local functions) that ONNX's shape
+    inference (with data propagation, which computes Reshape targets) fully determines when the graph's
+    inputs have the sizes `sizes`. Data propagation materializes Range outputs: keep `sizes` small."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(inlined)
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in sizes:
+                d.dim_value = sizes[d.dim_param]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # a graph inference cannot follow: the recorded shapes are all there is
+        return {}
+    found = {}
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        kind = value.type.tensor_type
+        if kind.HasField("shape") and all(d.HasField("dim_value") for d in kind.shape.dim):
+            found[value.name] = [d.dim_value for d in kind.shape.dim]
+    return found
+
+
+def _fit_dim(samples: list[tuple[int, int, int]]) -> Dim | None:
+    """The dim as c0 + cb*b + ct*t + cbt*b*t from (b, t, dim) samples on a 2x2 grid (the first four) checked
+    against the rest; None when no such integer form fits (the tensor is then left out)."""
+    from fractions import Fraction
+
+    (b1, t1, d11), (b2, _, d21), (_, t2, d12), (_, _, d22) = samples[:4]
+    cbt = Fraction(d22 - d21 - d12 + d11, (b2 - b1) * (t2 - t1))
+    cb = Fraction(d21 - d11, b2 - b1) - cbt * t1
+    ct = Fraction(d12 - d11, t2 - t1) - cbt * b1
+    c0 = d11 - cb * b1 - ct * t1 - cbt * b1 * t1
+    if any(c.denominator != 1 for c in (c0, cb, ct, cbt)):
+        return None
+    dim = (int(c0), int(cb), int(ct), int(cbt))
+    return dim if all(_at(dim, b, t) == d for b, t, d in samples) else None
+
+
+def _at(dim: Dim, batch: int, tokens: int) -> int:
+    return dim[0] + dim[1] * batch + dim[2] * tokens + dim[3] * batch * tokens
+
+
+def function_body_dims(inlined, max_seq_len: int) -> dict[str, list[Dim]]:
+    """name -> dims (as functions of batch and new tokens) of the values of `inlined` (the graph with the
+    nodes' functions inlined), from shape inference at five small sizes: a 2x2 grid and a check."""
+    t1, t2 = (2, 3) if max_seq_len >= 3 else (1, 2)
+    grid = [(3, t1), (5, t1), (3, t2), (5, t2), (7, t2)]
+    probes = [_inferred_dims(inlined, {BATCH: b, NEW_TOKENS: t}) for b, t in grid]
+    dims = {}
+    for name, first in probes[0].items():
+        shapes = [p.get(name) for p in probes]
+        if any(s is None or len(s) != len(first) for s in shapes):
+            continue
+        fitted = [_fit_dim([(b, t, s[i]) for (b, t), s in zip(grid, shapes)]) for i in range(len(first))]
+        if all(f is not None for f in fitted):
+            dims[name] = fitted
+    return dims
+
+
+def volume_function(header, inlined=None, max_seq_len: int = 2) -> Callable[[int, int], Largest]:
+    """(batch, new tokens) -> the largest tensor of the network TensorRT builds from `header` (the export's
+    ONNX header, whose value_info records every graph tensor's shape in `batch` and `new_tokens`), and with
+    `inlined` (the graph with the nodes' functions inlined, what a build without the plugins parses) of the
+    function bodies' tensors too (`function_body_dims`; `max_seq_len` bounds the sizes it probes)."""
+    recorded = list(header.graph.value_info) + list(header.graph.input) + list(header.graph.output)
+    bodies = function_body_dims(inlined, max_seq_len) if inlined is not None else {}
+
+    def largest(batch: int, tokens: int) -> Largest:
+        best = _largest(recorded, {BATCH: batch, NEW_TOKENS: tokens})
+        for name, dims in bodies.items():
+            values = [_at(d, batch, tokens) for d in dims]
+            volume = math.prod(values)
+            if volume > best[0]:
+                best = (volume, name, values)
+        return best
+
+    return largest
+
+
+def _fit(volume_at: Callable[[int], int], top: int, top_volume: int) -> int:
+    """The largest n < top with volume_at(n) <= VOLUME_LIMIT (0 if none), volume_at(top) being top_volume:
+    the guess that volumes grow in proportion to n (batch and new tokens do) tried first, then bisection."""
+    guess = min(top - 1, top * VOLUME_LIMIT // top_volume)
+    if guess >= 1 and volume_at(guess) <= VOLUME_LIMIT < volume_at(guess + 1):
+        return guess
+    low, high = 0, top  # volume_at(low) fits (0: none), volume_at(high) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if volume_at(middle) <= VOLUME_LIMIT else (low, middle)
+    return low
+
+
+def check_profile_volumes(largest: Callable[[int, int], Largest], batch: tuple[int, int, int],
+                          prefill_tokens: tuple[int, int, int]) -> None:
+    """Refuse ranges whose largest profile (batch MAX, prefill MAX; the decode profile is the same batch with
+    one token) gives a tensor more than VOLUME_LIMIT values; `largest` is `volume_function`'s. The message
+    names the tensor, the limit and the largest MAX that fits."""
+    b_max, t_max = batch[2], prefill_tokens[2]
+    volume, name, dims = largest(b_max, t_max)
+    if volume <= VOLUME_LIMIT:
+        return
+    tensor = f"tensor {name} {dims} exceeds TensorRT's 2^40 values"
+    batch_fit = _fit(lambda b: largest(b, t_max)[0], b_max, volume)
+    batch_text, tokens_text = ":".join(map(str, batch)), ":".join(map(str, prefill_tokens))
+    if largest(b_max, 1)[0] > VOLUME_LIMIT or t_max == 1:  # the decode profile too: only the batch helps
+        if not batch_fit:
+            raise UserError(f"--batch-range {batch_text} and --prefill-range {tokens_text}: {tensor}; lower both "
+                            "MAX values")
+        raise UserError(f"--batch-range {batch_text}: {tensor}; MAX {batch_fit} fits")
+    tokens_fit = _fit(lambda t: largest(b_max, t)[0], t_max, volume)
+    instead = f", or --batch-range MAX {batch_fit}" if batch_fit else ""
+    raise UserError(f"--prefill-range {tokens_text}: {tensor}; MAX {tokens_fit} fits{instead}")
