@@ -30,7 +30,8 @@ test-fast: setup
 # BLAS may split and order sums differently with the thread count, and every tolerance must hold either way.
 FLOAT_TESTS := tests/test_folding.py tests/test_model.py tests/test_moe.py tests/test_checkpoint.py \
 	tests/test_export.py tests/test_export_moe.py tests/test_transformers.py tests/test_transformers_moe.py \
-	tests/test_kernels.py tests/test_moe_kernels.py tests/test_output.py tests/test_polygraphy.py
+	tests/test_kernels.py tests/test_moe_kernels.py tests/test_output.py tests/test_polygraphy.py \
+	tests/test_validate_layers.py
 THREADS ?= 1 2
 
 test-threads: setup
