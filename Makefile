@@ -9,7 +9,7 @@ BUILD ?= build
 # A TensorRT installation (headers and libraries) for the plugin and the C++ example, if any.
 export TENSORRT_ROOT
 
-.PHONY: setup test test-fast kernels plugins cpp-example bench wheel-check gpu-bundle gpu-check clean
+.PHONY: setup test test-fast test-threads kernels plugins cpp-example bench wheel-check gpu-bundle gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,18 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+# The tests that compare float results with a reference, once per thread count in THREADS: torch and its
+# BLAS may split and order sums differently with the thread count, and every tolerance must hold either way.
+FLOAT_TESTS := tests/test_folding.py tests/test_model.py tests/test_moe.py tests/test_checkpoint.py \
+	tests/test_export.py tests/test_export_moe.py tests/test_transformers.py tests/test_transformers_moe.py \
+	tests/test_kernels.py tests/test_moe_kernels.py tests/test_output.py tests/test_polygraphy.py \
+	tests/test_validate_layers.py
+THREADS ?= 1 2
+
+test-threads: setup
+	@for n in $(THREADS); do echo "test-threads: OMP_NUM_THREADS=$$n"; \
+		OMP_NUM_THREADS=$$n $(PY) -m pytest -q $(FLOAT_TESTS) || exit 1; done
 
 kernels: setup
 	$(PY) -m mla_export.kernels.aot --out-dir $(BUILD)/kernels

@@ -89,7 +89,7 @@ def test_fp8_block_dequantization_partial_blocks():
     scale = torch.tensor([[2.0, 3.0], [5.0, 7.0]])
     out = dequantize_fp8_blocks(weight, scale)
     w = weight.float()
-    # exact: each block is one element-wise product, rounded once, on every machine
+    # Exact: an e4m3 value (4 significant bits) times 2, 3, 5 or 7 fits float32's 24 bits: no rounding at all.
     assert torch.equal(out[:128, :128], w[:128, :128] * 2) and torch.equal(out[128:, 128:], w[128:, 128:] * 7)
     assert torch.equal(out[:128, 128:], w[:128, 128:] * 3) and torch.equal(out[128:, :128], w[128:, :128] * 5)
     with pytest.raises(UserError, match="does not match"):
@@ -103,7 +103,8 @@ def test_loads_dense_layers_dequantized(checkpoint):
     attn = model.layers[0].self_attn
     name = "model.layers.0.self_attn.kv_b_proj.weight"
     expected = dequantize_fp8_blocks(tensors[name], tensors[name + "_scale_inv"])
-    assert torch.equal(attn.kv_b_proj.weight, expected)  # exact here and below: loading copies the values
+    # Exact: the loader runs this same elementwise multiply (correctly rounded alike on every CPU) or copies.
+    assert torch.equal(attn.kv_b_proj.weight, expected)
     assert torch.equal(attn.q_compression.q_a_layernorm.weight,
                        tensors["model.layers.0.self_attn.q_a_layernorm.weight"].float())
     assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"].float())
@@ -119,7 +120,7 @@ def test_loads_moe_layer_experts_dequantized(checkpoint):
     def weight(name):
         return dequantize_fp8_blocks(tensors[prefix + name], tensors[prefix + name + "_scale_inv"])
 
-    for j in range(4):  # exact below: the loader runs this same element-wise dequantization, or copies
+    for j in range(4):  # exact: the same elementwise dequantization as the loader's, then copies (stacking)
         gate_up = torch.cat([weight(f"experts.{j}.gate_proj.weight"), weight(f"experts.{j}.up_proj.weight")])
         assert torch.equal(mlp.experts.gate_up_proj[j], gate_up)
         assert torch.equal(mlp.experts.down_proj[j], weight(f"experts.{j}.down_proj.weight"))
@@ -178,7 +179,7 @@ def test_halves_layout_rows_are_permuted_to_pairs(checkpoint, tmp_path):
     loaded = halves_model.layers[0].self_attn
     q_read = as_read.q_b_proj.weight.view(2, 24, -1)  # [H, d_h + d_r, q_lora_rank]
     q_loaded = loaded.q_b_proj.weight.view(2, 24, -1)
-    # exact: a permutation of rows moves values, it computes none
+    # Exact: the same dequantization of the same file, then rows moved (a permutation has no arithmetic).
     assert torch.equal(q_loaded[:, :16], q_read[:, :16]) and torch.equal(q_loaded[:, 16:], q_read[:, 16:][:, perm])
     kv_read, kv_loaded = as_read.kv_a_proj_with_mqa.weight, loaded.kv_a_proj_with_mqa.weight  # [Dc + Dr, d]
     assert torch.equal(kv_loaded[:64], kv_read[:64]) and torch.equal(kv_loaded[64:], kv_read[64:][perm])
@@ -188,5 +189,5 @@ def test_halves_layout_rows_are_permuted_to_pairs(checkpoint, tmp_path):
 
 def test_halves_to_interleaved_inverts_interleaved_to_halves():
     x = torch.randn(3, 8, 5)
-    assert torch.equal(halves_to_interleaved(interleaved_to_halves(x, dim=1), dim=1), x)
+    assert torch.equal(halves_to_interleaved(interleaved_to_halves(x, dim=1), dim=1), x)  # exact: permutations
     assert halves_to_interleaved(torch.arange(8.0)).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]

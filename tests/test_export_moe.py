@@ -14,11 +14,14 @@ from mla_export.ui.cli import main
 from mla_export.weights.eager import eager_model
 from mla_export.graph.export import export_onnx
 from mla_export.model.hf_config import load_preset
+from mla_export.model.model import MoeMlp
 from mla_export.model.moe import RoutingRule, route, router_logits
 from mla_export.graph.onnx_moe import moe_op_schema
 from mla_export.run.runners import OnnxRuntimeRunner
 from mla_export.model.spec import ModelSpec
 from mla_export.run.validate import Scenario, validate_onnx
+
+from helpers import ROUTING_MARGIN, routing_margin
 
 SMAX = 64
 
@@ -72,8 +75,19 @@ def test_every_expert_is_exported_whatever_tracing_saw(tiny_moe):
     feeds = {contract.HIDDEN_STATES_IN: x.numpy(), contract.CACHE_SEQLENS: cache.seqlens.numpy()}
     feeds.update({contract.past_cache_name(i): c.numpy() for i, c in enumerate(cache.layers)})
     got = runner.run(feeds)[contract.HIDDEN_STATES_OUT]
+    moe_inputs = []  # each MoE layer's input [B, S, d], seen on the way
+    hooks = [layer.mlp.register_forward_pre_hook(lambda mlp, args: moe_inputs.append((mlp, args[0])))
+             for layer in model.layers if isinstance(layer.mlp, MoeMlp)]
     with torch.no_grad():
         want, *_ = model(x.double(), cache.seqlens, *[c.double() for c in cache.layers])
+    for hook in hooks:
+        hook.remove()
+    # ONNX Runtime routes in float32 from its own float32 activations: it picks the eager model's experts only
+    # because no choice of these tokens is within rounding of a tie.
+    assert len(moe_inputs) == 2
+    for mlp, h in moe_inputs:
+        logits = router_logits(h.reshape(-1, h.shape[-1]), mlp.gate.weight)  # [B*S, E]
+        assert routing_margin(logits, mlp.rule, mlp.gate.e_score_correction_bias) > ROUTING_MARGIN
     np.testing.assert_allclose(got, want.numpy(), atol=2e-4, rtol=2e-3)
     # The routing of these tokens reaches every expert in layer 1 (its input is the post-attention norm).
     layer = model.layers[1]

@@ -44,6 +44,10 @@ def test_absorbed_weights_reproduce_the_unfolded_projections():
         assert (w.q_nope_proj.shape, w.q_pe_proj.shape) == ((heads * dh, q_in), (heads * dr, q_in))
         assert (w.w_uk.shape, w.w_uv.shape, w.o_proj.shape) == ((heads, dh, dc), (heads, dc, dv),
                                                                  (config.hidden_size, heads * dv))
+        # Exact: the layout is a copy (no arithmetic), so its rows are the unfolded weight's own bits.
+        per_head = q_up.view(heads, dh + dr, q_in)  # [H, dh+dr, q_in]
+        assert torch.equal(w.q_nope_proj.view(heads, dh, q_in), per_head[:, :dh])
+        assert torch.equal(w.q_pe_proj.view(heads, dr, q_in), per_head[:, dh:])
         c_q = torch.randn(5, q_in, dtype=torch.float64)
         q = (c_q @ q_up.T).view(5, heads, -1)  # [5, H, dh+dr]
         w_uk, w_uv = attn.kv_up_weights()  # [H, dh, Dc], [H, dv, Dc]

@@ -69,6 +69,7 @@ def check(batch, new_tokens, heads, dims, lens, max_seq_len, dtype, num_splits, 
     attn, present = mla_attention_triton(*on_device, scale, out=out, num_splits=num_splits)
     assert attn is out
     attn, present = attn.cpu(), present.cpu()
+    # Exact (as bits, so NaN rows compare too): inputs the kernels must leave untouched.
     assert torch.equal(on_device[4].cpu().view(_BITS[dtype]), past.view(_BITS[dtype])), "input cache changed"
     assert torch.equal(cache.view(_BITS[dtype]), past.view(_BITS[dtype])), "past_cache changed without in_place"
 
@@ -84,6 +85,7 @@ def check(batch, new_tokens, heads, dims, lens, max_seq_len, dtype, num_splits, 
         got = compare(f"cache[{b}] new rows", present[b, new], ref_present[b, new], atol, rtol)
         assert got.passed, got
         bits, ref_bits = present[b].view(_BITS[dtype]), past[b].view(_BITS[dtype])  # [Smax, Dc+Dr]
+        # Exact: rows the step must not touch are copied through bit for bit.
         assert torch.equal(bits[:n], ref_bits[:n]), f"sequence {b}: rows before {n} changed"
         assert torch.equal(bits[n + new_tokens:], ref_bits[n + new_tokens:]), f"sequence {b}: rows past the new ones"
     return result
@@ -146,7 +148,7 @@ def test_out_of_contract_call_writes_nothing_outside_the_cache():
     before = buffer.clone()
     args[4] = buffer[:2]  # a contiguous view: the guard sequence lies right after the cache
     mla_attention_triton(*args, 0.1, in_place=True)
-    bits, old = buffer.view(torch.int32), before.view(torch.int32)
+    bits, old = buffer.view(torch.int32), before.view(torch.int32)  # exact: memory no write may touch
     assert torch.equal(bits[2], old[2]), "a write landed past the cache"
     assert torch.equal(bits[0, :smax - 1], old[0, :smax - 1]), "sequence 0: rows before its new ones changed"
     assert not torch.equal(bits[0, smax - 1], old[0, smax - 1]), "sequence 0: its one in-cache new row not written"

@@ -12,6 +12,8 @@ from mla_export.model.model import MoeMlp
 from mla_export.model.moe import RoutingRule, moe_reference, route, router_logits
 from mla_export.weights.weights import init_random_weights
 
+from helpers import ROUTING_MARGIN, routing_margin
+
 SOFTMAX, SIGMOID = contract.MOE_SCORING_SOFTMAX, contract.MOE_SCORING_SIGMOID
 MAX, TOP2 = contract.MOE_GROUP_SCORE_MAX, contract.MOE_GROUP_SCORE_TOP2_SUM
 
@@ -85,7 +87,9 @@ def test_layer_equals_per_token_loop_in_float64(name, tokens):
     got = moe_reference(x, router, bias, gate_up, down, rule)
     want = loop_moe(x, router, bias, gate_up, down, rule)
     # Routing runs in float32 (as in DeepSeek's code); the loop's weights are exact: 1e-6 of the weights' scale
-    # covers their rounding. Every expert choice is the loop's (a wrong one would be off by O(1)).
+    # covers their rounding. Every expert choice is the loop's (a wrong one would be off by O(1)): no choice of
+    # these tokens is within rounding of a tie, so no CPU or thread count can flip one.
+    assert routing_margin(router_logits(x, router), rule, bias) > ROUTING_MARGIN
     torch.testing.assert_close(got, want, atol=1e-6 * rule.weight_scale, rtol=1e-6)
 
 
@@ -94,6 +98,7 @@ def test_routing_weights_and_experts_match_the_loop():
     router, bias, _, _ = random_layer(rule)
     x = torch.randn(32, 24, generator=torch.Generator().manual_seed(5))
     weights, experts = route(router_logits(x, router), rule, bias)
+    assert routing_margin(router_logits(x, router), rule, bias) > ROUTING_MARGIN  # so experts compare exactly
     for t in range(32):
         pairs = loop_route(router_logits(x[t:t + 1], router)[0].double().tolist(), rule, bias.double().tolist())
         assert experts[t].tolist() == [e for e, _ in pairs]

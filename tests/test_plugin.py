@@ -275,4 +275,5 @@ def test_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, dtype_name, ne
                                expected_nonfinite=untouched[..., None])):  # unused rows: NaN on both sides
             assert result.passed, result.to_dict()
         cache_bits = _read_raw(tmp_path / f"present_cache.{mode}.bin", torch.int16, (b, smax, dc + dr))
+        # Exact (as bits): rows outside the new ones, which the plugin must not touch.
         assert torch.equal(cache_bits[untouched], past_bits[untouched]), f"{mode}: rows outside the new ones changed"
