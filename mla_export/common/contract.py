@@ -58,10 +58,18 @@ PLUGIN_LOOKUP_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_versio
 #             4 down_proj       [E, d, I]      T        expert j's down_proj
 #     outputs 0 routed_output   [B, S, d]      T        sum over the token's top_k experts of
 #                                                       weight * down(silu(gate(x)) * up(x))
-MOE_CONTRACT_VERSION = 1
+#
+# Version 2 adds FP8 experts (`--quant fp8`): gate_up_proj and down_proj as float8e4m3fn, each followed by its
+# float32 block scales (FP8 block convention below), as two more inputs:
+#             5 gate_up_scale   [E, ceil(2I/128), ceil(d/128)]  float32
+#             6 down_scale      [E, ceil(d/128), ceil(I/128)]   float32
+# A node has 5 inputs (experts in T) or 7 (experts in FP8). Version-1 files (5 inputs) still read.
+MOE_CONTRACT_VERSION = 2
+MOE_READABLE_VERSIONS = (1, 2)
 MOE_OP_TYPE = "DeepseekMoE"
 MOE_PLUGIN_NAME = MOE_OP_TYPE
 MOE_INPUTS = ("hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj")
+MOE_FP8_INPUTS = MOE_INPUTS + ("gate_up_scale", "down_scale")
 MOE_OUTPUTS = ("routed_output",)
 MOE_ATTRIBUTES = {
     "num_experts": "INT",   # E
@@ -76,6 +84,31 @@ MOE_ATTRIBUTES = {
 }
 MOE_SCORING_SOFTMAX, MOE_SCORING_SIGMOID = 0, 1
 MOE_GROUP_SCORE_MAX, MOE_GROUP_SCORE_TOP2_SUM = 0, 1
+
+# FP8 weights (`--quant fp8`), DeepSeek's block convention: a weight W [..., R, C] is stored as float8e4m3fn
+# `q` with a float32 scale per block of FP8_BLOCK x FP8_BLOCK elements (the last block of a row or column may
+# be partial): scale_inv [..., ceil(R/128), ceil(C/128)], W[..., r, c] = float(q[..., r, c]) * scale_inv[...,
+# r // 128, c // 128]. Quantizing takes scale_inv = amax(|block|) / FP8_MAX (1.0 for an all-zero block).
+FP8_BLOCK = 128
+FP8_MAX = 448.0  # largest finite float8e4m3fn
+
+# The `BlockFp8MatMul` op: a product with a weight in that FP8 form, in a Linear's convention
+# (output = input @ W^T, W [out, in] as DeepSeek's checkpoints store it). T is float32, float16 or bfloat16.
+#
+#     inputs  0 input             [..., K] T       (weight 2-D, or 3-D with G = 1)  or  [G, M, K] T (G > 1)
+#             1 weight            [N, K] or [G, N, K]                         float8e4m3fn
+#             2 weight_scale_inv  [ceil(N/128), ceil(K/128)] or [G, ceil(N/128), ceil(K/128)]  float32
+#     outputs 0 output            [..., N] T  or  [G, M, N] T
+#     attribute block_size INT    FP8_BLOCK (the only value supported)
+#
+# output = input @ dequantize(weight)^T per G, products accumulated in float32, rounded once to T.
+FP8_CONTRACT_VERSION = 1
+FP8_OP_TYPE = "BlockFp8MatMul"
+FP8_PLUGIN_NAME = FP8_OP_TYPE
+FP8_INPUTS = ("input", "weight", "weight_scale_inv")
+FP8_OUTPUTS = ("output",)
+FP8_ATTRIBUTES = {"block_size": "INT"}
+QUANT_MODES = ("none", "fp8")  # --quant: weights in the export's dtype, or the large projections in FP8
 
 # Graph-level I/O names.
 CACHE_SEQLENS = "cache_seqlens"
@@ -121,3 +154,5 @@ META_WEIGHTS = "mla_export.weights"  # how random weights derive from the seed (
 META_DATA_FILE = "mla_export.data_file"  # the external data file of this export, "" when weights are inside
 WEIGHTS_SCHEME = "per-name-1"  # weights.RandomWeights: each tensor from (seed, its checkpoint name)
 META_ABSORB = "mla_export.absorb"  # absent in files from before --absorb: read as "prefolded"
+META_QUANT = "mla_export.quant"  # QUANT_MODES; absent in files from before --quant: read as "none"
+META_FP8_CONTRACT_VERSION = "mla_export.fp8_contract_version"  # written by --quant fp8 exports

@@ -128,7 +128,7 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                         f"{meta.get(contract.META_WEIGHTS, 'from before schemes')}, this one makes "
                         f"{contract.WEIGHTS_SCHEME}), so they cannot be rebuilt to compare; re-export the model")
     moe_version = meta.get(contract.META_MOE_CONTRACT_VERSION, str(contract.MOE_CONTRACT_VERSION))
-    if moe_version != str(contract.MOE_CONTRACT_VERSION):
+    if moe_version not in {str(v) for v in contract.MOE_READABLE_VERSIONS}:
         raise UserError(f"{source}: DeepseekMoE contract version {moe_version}, this mla-export speaks "
                         f"{contract.MOE_CONTRACT_VERSION}; re-export it with this version")
     if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):

@@ -12,7 +12,7 @@ namespace mla
 namespace moe_contract
 {
 
-constexpr int32_t kContractVersion = 1;
+constexpr int32_t kContractVersion = 2;
 
 // Plugin identity (ONNX node: op_type DeepseekMoE, domain "mla").
 constexpr char const* kOpType = "DeepseekMoE";
