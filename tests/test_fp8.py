@@ -252,24 +252,66 @@ def test_fp8_export_from_an_fp8_checkpoint_validates(fp8_checkpoint, tmp_path):
     assert "PASS" in result.output
 
 
-def test_fp8_checkpoint_with_a_bad_scale_is_refused(fp8_checkpoint, tmp_path):
-    """A non-positive block scale: one message naming the tensor, exit 1, nothing written."""
+SCALE = "model.layers.0.self_attn.o_proj.weight_scale_inv"
+
+
+def _zero_scale(t):
+    t = t.clone()
+    t[0, 0] = 0.0
+    return t
+
+
+def _nan_scale(t):
+    t = t.clone()
+    t[-1, -1] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda tensors: tensors | {SCALE: _zero_scale(tensors[SCALE])}, ["o_proj.weight_scale_inv", "> 0"]),
+    (lambda tensors: tensors | {SCALE: _nan_scale(tensors[SCALE])}, ["o_proj.weight_scale_inv", "NaN"]),
+    (lambda tensors: tensors | {SCALE: tensors[SCALE].repeat(1, 2)}, ["o_proj.weight_scale_inv", "128x128 blocks"]),
+    (lambda tensors: {k: v for k, v in tensors.items() if k != SCALE}, ["o_proj.weight", "weight_scale_inv"]),
+], ids=["non-positive scale", "NaN scale", "scale not one per block", "scale missing"])
+def test_fp8_checkpoint_with_bad_scales_is_refused(fp8_checkpoint, tmp_path, edit, expected):
+    """Each bad FP8 checkpoint: one message naming the tensor, exit 1, nothing written."""
     directory, tensors = fp8_checkpoint
     bad = tmp_path / "bad"
-    broken = dict(tensors)
-    name = "model.layers.0.self_attn.o_proj.weight_scale_inv"
-    broken[name] = broken[name].clone()
-    broken[name][0, 0] = 0.0
     bad.mkdir()
     (bad / "config.json").write_text((directory / "config.json").read_text())
-    save_file({k: v.contiguous() for k, v in broken.items()}, str(bad / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in edit(dict(tensors)).items()}, str(bad / "model.safetensors"))
     out = tmp_path / "bad.onnx"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(bad), "--quant", "fp8", "--absorb", "runtime",
                                        "--max-seq-len", "64", "-q", "-o", str(out)])
-    assert result.exit_code == 1
-    assert "o_proj.weight_scale_inv" in result.output and "> 0" in result.output
-    assert "Traceback" not in result.output and not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad.onnx")]
+    assert result.exit_code == 1, result.output
+    assert all(text in result.output for text in expected), result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad.onnx") or p.name.startswith(".mla-export")]
+
+
+def test_fp8_checkpoint_with_another_block_size_is_refused(fp8_checkpoint, tmp_path):
+    directory, _ = fp8_checkpoint
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"]["weight_block_size"] = [64, 64]
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").symlink_to(directory / "model.safetensors")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(bad), "--quant", "fp8", "-q", "-o",
+                                       str(tmp_path / "bad.onnx")])
+    assert result.exit_code == 1 and "weight_block_size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_build_refuses_fp8_with_float32_activations_on_the_plugin_path(tmp_path):
+    """Before TensorRT is imported: the plugins take FP8 weights with 16-bit activations only."""
+    onnx_path, engine = tmp_path / "f32.onnx", tmp_path / "f32.engine"
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--preset", "tiny", "--quant", "fp8", "--max-seq-len", "32", "-q", "-o",
+                                str(onnx_path)]).exit_code == 0
+    result = runner.invoke(main, ["build", "--onnx", str(onnx_path), "-o", str(engine)])
+    assert result.exit_code == 1 and "--quant fp8" in result.output and "--dtype bfloat16" in result.output
+    assert "Traceback" not in result.output and not engine.exists()
 
 
 def test_v3_layer_in_fp8_is_at_most_055_of_bfloat16():
@@ -296,3 +338,18 @@ def test_written_files_of_an_fp8_export(tmp_path):
                                        "-o", str(out)], catch_exceptions=False)
     assert result.exit_code == 0 and "--quant fp8" in result.output
     assert written_files(out) == [out]
+
+
+@pytest.mark.parametrize("quant", ["none", "fp8"])
+@pytest.mark.parametrize("absorb", ["prefolded", "runtime"])
+def test_info_weight_bytes_are_the_exports_bytes(quant, absorb):
+    """`info`'s bytes per layer and in all (footprint.weight_bytes) equal what the export's layout stores."""
+    from mla_export.graph.tracing import ROPE_TABLE
+    from mla_export.model.footprint import weight_bytes
+
+    config = load_preset("tiny-moe")
+    layout = plan_layout(trace_graph(ModelSpec(config, dtype="float16", max_seq_len=32, absorb=absorb, quant=quant)))
+    per_layer = [sum(p.length for p in layout if p.ref.layer == i) for i in range(config.num_hidden_layers)]
+    sizes = weight_bytes(config, 2, quant, absorb, with_embeddings=False)
+    assert sizes["layers"] == per_layer
+    assert sizes["total"] == sum(p.length for p in layout if p.ref.param != ROPE_TABLE)
