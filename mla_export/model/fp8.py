@@ -42,19 +42,36 @@ def dequantize_blocks(q: torch.Tensor, scale_inv: torch.Tensor, dtype: torch.dty
     return q.to(dtype) * expand_scale(scale_inv.to(dtype), tuple(q.shape), block)
 
 
+CHUNK_BLOCK_ROWS = 16  # row blocks quantized at a time: a V3 out_proj (7168 x 65536) never needs float32 copies
+
+
 def quantize_blocks(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """(q float8_e4m3fn [..., R, C], scale_inv float32 [..., ceil(R/b), ceil(C/b)]) of a finite `weight`:
-    scale_inv = amax(|block|) / FP8_MAX (1.0 for an all-zero block), q = round_to_e4m3(W / scale_inv)."""
-    w = weight.to(torch.float32)
-    *lead, rows, cols = w.shape
+    scale_inv = amax(|block|) / FP8_MAX (1.0 for an all-zero block), q = round_to_e4m3(W / scale_inv).
+    Rows are taken CHUNK_BLOCK_ROWS blocks at a time, so memory beyond the result stays small."""
+    *lead, rows, cols = weight.shape
+    grid = block_grid(tuple(weight.shape), block)
+    matrices = weight.reshape(-1, rows, cols)  # [G, R, C]
+    q = torch.empty(matrices.shape, dtype=FP8_DTYPE)
+    scale_inv = torch.empty(matrices.shape[0], *grid[-2:], dtype=torch.float32)
+    step = CHUNK_BLOCK_ROWS * block
+    for g, matrix in enumerate(matrices):
+        for start in range(0, rows, step):
+            q[g, start:start + step], scale_inv[g, start // block:(start + step) // block] = \
+                _quantize_rows(matrix[start:start + step].to(torch.float32), block)
+    return q.view(*lead, rows, cols), scale_inv.view(grid)
+
+
+def _quantize_rows(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_blocks` of one float32 matrix `w [r, C]` (r <= CHUNK_BLOCK_ROWS blocks)."""
+    rows, cols = w.shape
     grid = block_grid(tuple(w.shape), block)
-    padded = torch.zeros(*lead, grid[-2] * block, grid[-1] * block, dtype=torch.float32)
-    padded[..., :rows, :cols] = w
-    blocks = padded.unflatten(-1, (grid[-1], block)).unflatten(-3, (grid[-2], block))  # [..., nb, b, kb, b]
-    amax = blocks.abs().amax(dim=(-3, -1))  # [..., nb, kb]
+    padded = torch.zeros(grid[0] * block, grid[1] * block, dtype=torch.float32)
+    padded[:rows, :cols] = w
+    amax = padded.view(grid[0], block, grid[1], block).abs().amax(dim=(1, 3))  # [nb, kb]
     scale_inv = torch.where(amax > 0, amax / contract.FP8_MAX, torch.ones_like(amax))
     scaled = w / expand_scale(scale_inv, tuple(w.shape), block)  # |.| <= 448
-    return scaled.clamp(-contract.FP8_MAX, contract.FP8_MAX).to(FP8_DTYPE), scale_inv.contiguous()
+    return scaled.clamp(-contract.FP8_MAX, contract.FP8_MAX).to(FP8_DTYPE), scale_inv
 
 
 def block_fp8_matmul_reference(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
