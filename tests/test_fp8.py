@@ -353,3 +353,17 @@ def test_info_weight_bytes_are_the_exports_bytes(quant, absorb):
     sizes = weight_bytes(config, 2, quant, absorb, with_embeddings=False)
     assert sizes["layers"] == per_layer
     assert sizes["total"] == sum(p.length for p in layout if p.ref.param != ROPE_TABLE)
+
+
+def test_fp8_validate_per_layer_reports_the_quantization_error(tmp_path):
+    """Per layer, as whole: judged against the FP8 reference, the unquantized model's error reported beside."""
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--preset", "tiny-moe", "--quant", "fp8", "--absorb", "runtime",
+                                "--max-seq-len", "64", "-q", "-o", str(out)]).exit_code == 0
+    result = runner.invoke(main, ["validate", "--onnx", str(out), "--per-layer", "--steps", "2", "--json",
+                                  str(report)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "vs the unquantized model" in result.output
+    errors = json.loads(report.read_text())["quantization_error"]
+    assert len(errors) == 3 and all(0 < e["rel_rms"] < 1 and 0 < e["cosine"] < 1 for e in errors)
