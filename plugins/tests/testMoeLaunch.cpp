@@ -1,5 +1,6 @@
 /*
- * The DeepseekMoE plugin's launch path on a fake CUDA driver. For a sweep of tensor descriptors, enqueue must
+ * The DeepseekMoE plugin's launch path on a fake CUDA driver. For a sweep of tensor descriptors (experts in T, 5
+ * inputs, and FP8 experts with their block scales, 7 inputs), enqueue must
  *   - load the MoE kernel module once per plugin object (per context) and unload it on destruction,
  *   - launch on the given stream, seven kernels per chunk of at most chunkTokens() tokens, and nothing else
  *     (no copy, no memset, no host sync: the alignment runs on the device),
@@ -32,7 +33,13 @@ struct Call
     int64_t batch, tokens, hidden, inter;
     plugin::MoeAttributes attrs;
     DataType type;
+    bool fp8{false}; //!< FP8 experts: 7 inputs
 };
+
+int64_t blocks(int64_t extent)
+{
+    return (extent + 127) / 128;
+}
 
 uintptr_t const kInputBase = 0x7f0000000000;
 uintptr_t const kOutput = 0x7f9000000000;
@@ -41,24 +48,29 @@ CUstream const kStream = reinterpret_cast<CUstream>(0x5151);
 
 struct Launch
 {
-    nvinfer1::PluginTensorDesc in[5]{};
+    int32_t count;
+    nvinfer1::PluginTensorDesc in[7]{};
     nvinfer1::PluginTensorDesc out[1]{};
-    void const* inputs[5]{};
+    void const* inputs[7]{};
     void* outputs[1]{};
 
     explicit Launch(Call const& k)
+        : count(k.fp8 ? c::kNumInputs : c::kNumInputsTExperts)
     {
         int64_t const e = k.attrs.numExperts;
         std::vector<std::vector<int64_t>> const shapes = {{k.batch, k.tokens, k.hidden}, {e, k.hidden}, {e},
-            {e, 2 * k.inter, k.hidden}, {e, k.hidden, k.inter}};
-        for (int32_t i = 0; i < 5; ++i)
+            {e, 2 * k.inter, k.hidden}, {e, k.hidden, k.inter}, {e, blocks(2 * k.inter), blocks(k.hidden)},
+            {e, blocks(k.hidden), blocks(k.inter)}};
+        for (int32_t i = 0; i < count; ++i)
         {
             in[i].dims.nbDims = static_cast<int32_t>(shapes[i].size());
             for (size_t a = 0; a < shapes[i].size(); ++a)
             {
                 in[i].dims.d[a] = shapes[i][a];
             }
-            in[i].type = i == c::kRouterWeight || i == c::kScoreBias ? DataType::kFLOAT : k.type;
+            bool const experts = i == c::kGateUpProj || i == c::kDownProj;
+            in[i].type = k.fp8 && experts ? DataType::kFP8
+                                          : (experts || i == c::kHiddenStates ? k.type : DataType::kFLOAT);
             in[i].format = nvinfer1::TensorFormat::kLINEAR;
             inputs[i] = reinterpret_cast<void const*>(kInputBase + (static_cast<uintptr_t>(i) << 36));
         }
@@ -68,11 +80,21 @@ struct Launch
 
     int32_t run(nvinfer1::IPluginV3OneRuntime& p)
     {
-        if (p.onShapeChange(in, 5, out, 1) != 0)
+        if (p.onShapeChange(in, count, out, 1) != 0)
         {
             return -2;
         }
         return p.enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(kWorkspace), kStream);
+    }
+
+    kernels::moe::Dims kernelDims(plugin::MoeAttributes const& attrs, kernels::DataType dtype) const
+    {
+        nvinfer1::Dims shapes[7];
+        for (int32_t i = 0; i < count; ++i)
+        {
+            shapes[i] = in[i].dims;
+        }
+        return plugin::moeKernelDims(attrs, shapes, count, dtype);
     }
 };
 
@@ -80,7 +102,7 @@ std::string describe(Call const& k)
 {
     std::ostringstream s;
     s << "B=" << k.batch << " S=" << k.tokens << " d=" << k.hidden << " I=" << k.inter << " E=" << k.attrs.numExperts
-      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type);
+      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type) << (k.fp8 ? " FP8 experts" : "");
     return s.str();
 }
 
@@ -91,19 +113,22 @@ plugin::MoeAttributes const kV3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
 std::vector<Call> sweep()
 {
     std::vector<Call> calls;
-    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    for (bool fp8 : {false, true})
     {
-        for (int64_t batch : {1, 3})
+        for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
         {
-            for (int64_t tokens : {1, 5, 700})
+            for (int64_t batch : {1, 3})
             {
-                calls.push_back({batch, tokens, 64, 32, kTinyMoe, t});
-                calls.push_back({batch, tokens, 2048, 1408, kLite, t});
+                for (int64_t tokens : {1, 5, 700})
+                {
+                    calls.push_back({batch, tokens, 64, 32, kTinyMoe, t, fp8});
+                    calls.push_back({batch, tokens, 2048, 1408, kLite, t, fp8});
+                }
             }
         }
+        calls.push_back({2, 4097, 7168, 2048, kV3, DataType::kBF16, fp8}); // three chunks
+        calls.push_back({1, 3, 24, 32, kTinyMoe, DataType::kHALF, fp8});   // d not a multiple of 16: no kernel
     }
-    calls.push_back({2, 4097, 7168, 2048, kV3, DataType::kBF16}); // three chunks
-    calls.push_back({1, 3, 24, 32, kTinyMoe, DataType::kHALF});   // d not a multiple of 16: no kernel
     return calls;
 }
 
@@ -117,13 +142,7 @@ void testSweep()
         auto p = std::make_unique<plugin::DeepseekMoePlugin>(k.attrs);
         kernels::DataType dtype{};
         Launch l(k);
-        nvinfer1::Dims shapes[5];
-        for (int32_t i = 0; i < 5; ++i)
-        {
-            shapes[i] = l.in[i].dims;
-        }
-        bool const ok = plugin::toKernelType(k.type, dtype)
-            && kernels::moe::supported(plugin::moeKernelDims(k.attrs, shapes, dtype), nullptr);
+        bool const ok = plugin::toKernelType(k.type, dtype) && kernels::moe::supported(l.kernelDims(k.attrs, dtype), nullptr);
         if (!ok)
         {
             ++unsupported;
@@ -168,7 +187,7 @@ void testSweep()
         CHECK(fake::liveModules() == 0);
     }
     std::printf("launch sweep: %d enqueues, %d descriptor sets without a kernel\n", runs, unsupported);
-    CHECK(runs > 0 && unsupported == 13); // float32 (12 calls) and d = 24
+    CHECK(runs > 0 && unsupported == 2 * 13); // float32 (12 calls) and d = 24, with experts in T and in FP8
 }
 
 void testModulePerContextAndFailures()
@@ -237,6 +256,30 @@ void testModulePerContextAndFailures()
     Launch none(Call{0, 3, 64, 32, kTinyMoe, DataType::kHALF}); // no token: nothing to do, success
     CHECK(none.run(q) == 0);
     CHECK(fake::events().empty());
+
+    // FP8 experts: the layer's input count comes from onShapeChange (enqueue is not told it).
+    Call const fp8{1, 3, 64, 32, kTinyMoe, DataType::kHALF, true};
+    plugin::DeepseekMoePlugin fresh(fp8.attrs);
+    Launch l7(fp8);
+    gLogger.messages.clear();
+    CHECK(fresh.enqueue(l7.in, l7.out, l7.inputs, l7.outputs, nullptr, kStream) == -1);
+    CHECK(gLogger.contains("DeepseekMoE::enqueue: called before configurePlugin or onShapeChange",
+        nvinfer1::ILogger::Severity::kERROR));
+    CHECK(fake::events().empty());
+    Launch halfScale(fp8);
+    halfScale.in[c::kGateUpScale].type = DataType::kHALF;
+    CHECK(halfScale.run(fresh) == -1);
+    Launch badScale(fp8);
+    badScale.in[c::kDownScale].dims.d[2] = 2;
+    CHECK(fresh.onShapeChange(badScale.in, 7, badScale.out, 1) == -1);
+    Launch unaligned(fp8);
+    unaligned.inputs[c::kDownScale] = static_cast<char const*>(unaligned.inputs[c::kDownScale]) + 4;
+    gLogger.messages.clear();
+    CHECK(unaligned.run(fresh) == -1);
+    CHECK(gLogger.contains("tensor down_scale is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
+    CHECK(fake::events().empty());
+    CHECK(l7.run(fresh) == 0);
+    CHECK(!fake::eventsOf(fake::Kind::kLaunch).empty());
 }
 
 // Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe.plan:
