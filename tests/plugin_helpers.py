@@ -37,6 +37,7 @@ handle = registry.load_library(sys.argv[1])
 print("library loaded:", handle is not None, flush=True)
 print("creator found:", registry.get_creator("MlaAttention", "1", "mla") is not None, flush=True)
 print("moe creator found:", registry.get_creator("DeepseekMoE", "1", "mla") is not None, flush=True)
+print("fp8 creator found:", registry.get_creator("BlockFp8MatMul", "1", "mla") is not None, flush=True)
 network = builder.create_network(0)
 parser = trt.OnnxParser(network, logger)
 ok = parser.parse_from_file(sys.argv[2])
@@ -66,6 +67,25 @@ def parse_with_rtx(library: Path, model: Path) -> str:
                             text=True, timeout=600, env=env)
     # RTX 1.7 aborts right after creating a plugin (rc -6); a clean exit is fine too.
     return result.stdout + result.stderr
+
+
+def fp8_initializer(name: str, shape: list[int], seed: int):
+    """A FLOAT8E4M3FN initializer of `shape` (raw e4m3 bytes of N(0, 1) values, saturated at +-448)."""
+    import torch
+    from onnx import TensorProto, helper
+
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).clamp(-448, 448)
+    raw = values.to(torch.float8_e4m3fn).view(torch.uint8).numpy().tobytes()
+    return helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, shape, raw, raw=True)
+
+
+def fp8_scale_initializer(name: str, shape: list[int], seed: int):
+    """A float32 block-scale initializer of `shape`, positive (amax/448-like magnitudes)."""
+    import torch
+    from onnx import numpy_helper
+
+    scale = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 1e-2 + 1e-4
+    return numpy_helper.from_array(scale.numpy(), name)
 
 
 def markdown_table(text: str, heading: str) -> list[list[str]]:

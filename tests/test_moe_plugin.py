@@ -43,10 +43,14 @@ def test_readme_tables_match_contract():
 
     readme = (PLUGIN_DIR / "README.md").read_text()
     schema = moe_op_schema()
-    types = {"T": "T", "float32": "tensor(float)"}
+    types = {"T": "T", "float32": "tensor(float)", "float8e4m3fn": "tensor(float8e4m3fn)"}
     inputs = markdown_table(readme, "Inputs")
-    assert [(int(r[0]), r[1]) for r in inputs] == list(enumerate(contract.MOE_INPUTS))
-    assert [types[r[3]] for r in inputs] == [p.type_str for p in schema.inputs]
+    assert [(int(r[0]), r[1]) for r in inputs] == list(enumerate(contract.MOE_FP8_INPUTS))
+    # Each row's type cell names the input's type in a 5-input node and in a 7-input one (FP8 experts).
+    cells = [{types[t] for t in r[3].split(" or ")} for r in inputs]
+    assert all(p.type_str in cell for p, cell in zip(schema.inputs, cells))
+    assert all(p.type_str in cell for p, cell in zip(moe_op_schema(fp8=True).inputs, cells))
+    assert [len(cell) for cell in cells] == [1, 1, 1, 2, 2, 1, 1]
     outputs = markdown_table(readme, "Outputs")
     assert [(int(r[0]), r[1]) for r in outputs] == list(enumerate(contract.MOE_OUTPUTS))
     assert [types[r[3]] for r in outputs] == [p.type_str for p in schema.outputs]
