@@ -1,271 +1,307 @@
 /*
- * The BlockFp8MatMul plugin's launch path on a fake CUDA driver. For a sweep of tensor descriptors (decode and
- * prefill rows, 2-D and 3-D weights, inputs of rank 2 to 4, the three activation types, native-FP8 and
- * weight-only devices), enqueue must
- *   - load the kernel module once per plugin object (per context) and unload it on destruction,
- *   - launch on the given stream the kernels the C++ plan plans (fp8KernelsPlan.h), and nothing else
- *     (no copy, no memset, no host sync),
- *   - refuse bad descriptors before any driver call and report every failing driver call.
- * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.fp8.plan) the
- * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument.
+ * The BlockFp8MatMul kernels' launch path (plugins/kernels/fp8Kernels.h) on the recording fake CUDA driver:
+ *   - a decode shape (M = 1, kv_a_proj_with_mqa's 576 x 7168: split-K, gemm + reduce), a prefill shape (M = 4096,
+ *     7168 x 2048: one split, gemm alone) and per-head weights (G = 128, W_UK^T's 512 x 128) launch exactly the
+ *     kernels, grids, blocks, shared memory and arguments worked out by hand below from fp8_plan.py's rule;
+ *   - the module loads the image of the device's arch (the native path's on sm_89+, the weight-only one below);
+ *   - bad dims, null or misaligned pointers and a missing workspace are refused before any driver call, a failing
+ *     launch is reported, no row launches nothing.
+ * With an expectations file (argv[1], written by tests/test_fp8_kernels_aot.py from mla_export.kernels.fp8.plan)
+ * the recorded launches of every case there must equal the planned ones, every field.
  */
-#include "blockFp8MatMulPlugin.h"
 #include "fakeCuda.h"
-#include "fp8Contract.h"
+#include "fp8Kernels.h"
 #include "fp8KernelsPlan.h"
+#include "fp8_kernels_tables.h"
 #include "launchPlan.h"
-#include "testPlugin.h"
+#include "mlaKernelsTables.h"
 #include "testUtil.h"
 
 #include <cstdio>
-#include <memory>
 #include <sstream>
+#include <string>
 #include <vector>
 
-using namespace mla;
-using nvinfer1::DataType;
-namespace c = mla::fp8_contract;
+using namespace mla::kernels;
 
 namespace
 {
-testutil::CapturingLogger gLogger;
-
-//! One call: input `lead` + [K], weight [N, K] (groups 0) or [G, N, K].
-struct Call
-{
-    std::vector<int64_t> lead;
-    int64_t groups; //!< 0: a 2-D weight
-    int64_t n, k;
-    DataType type;
-};
-
-uintptr_t const kInputBase = 0x7f0000000000;
-uintptr_t const kOutput = 0x7f9000000000;
-uintptr_t const kWorkspace = 0x7fa000000000;
+uintptr_t const kInput = 0x7f0000000000;
+uintptr_t const kWeight = 0x7f1000000000;
+uintptr_t const kScale = 0x7f2000000000;
+uintptr_t const kOutput = 0x7f3000000000;
+uintptr_t const kWorkspace = 0x7f4000000000;
 CUstream const kStream = reinterpret_cast<CUstream>(0x5151);
 
-int64_t blocks(int64_t extent)
+fp8::Tensors tensors()
 {
-    return (extent + 127) / 128;
+    return fp8::Tensors{reinterpret_cast<void const*>(kInput), reinterpret_cast<void const*>(kWeight),
+        reinterpret_cast<float const*>(kScale), reinterpret_cast<void*>(kOutput)};
 }
 
-struct Launch
-{
-    nvinfer1::PluginTensorDesc in[3]{};
-    nvinfer1::PluginTensorDesc out[1]{};
-    void const* inputs[3]{};
-    void* outputs[1]{};
-
-    explicit Launch(Call const& k)
-    {
-        std::vector<int64_t> x = k.lead;
-        x.push_back(k.k);
-        std::vector<std::vector<int64_t>> shapes = {x, {k.n, k.k}, {blocks(k.n), blocks(k.k)}};
-        if (k.groups > 0)
-        {
-            shapes[1].insert(shapes[1].begin(), k.groups);
-            shapes[2].insert(shapes[2].begin(), k.groups);
-        }
-        for (int32_t i = 0; i < 3; ++i)
-        {
-            in[i].dims = testutil::dims(shapes[i]);
-            in[i].type = i == c::kWeight ? DataType::kFP8 : (i == c::kWeightScaleInv ? DataType::kFLOAT : k.type);
-            in[i].format = nvinfer1::TensorFormat::kLINEAR;
-            inputs[i] = reinterpret_cast<void const*>(kInputBase + (static_cast<uintptr_t>(i) << 36));
-        }
-        out[0] = in[c::kInput];
-        out[0].dims.d[out[0].dims.nbDims - 1] = k.n;
-        outputs[0] = reinterpret_cast<void*>(kOutput);
-    }
-
-    int32_t run(nvinfer1::IPluginV3OneRuntime& p)
-    {
-        if (p.onShapeChange(in, 3, out, 1) != 0)
-        {
-            return -2;
-        }
-        return p.enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(kWorkspace), kStream);
-    }
-
-    kernels::fp8::Dims kernelDims(kernels::DataType dtype) const
-    {
-        nvinfer1::Dims shapes[3] = {in[0].dims, in[1].dims, in[2].dims};
-        return plugin::fp8KernelDims(plugin::Fp8Attributes{}, shapes, dtype);
-    }
-};
-
-std::string describe(Call const& k)
+std::string describe(fp8::Dims const& d)
 {
     std::ostringstream s;
-    s << "lead=[";
-    for (int64_t v : k.lead)
-    {
-        s << v << ",";
-    }
-    s << "] G=" << k.groups << " N=" << k.n << " K=" << k.k << " T=" << static_cast<int>(k.type);
+    s << "G=" << d.groups << " M=" << d.rows << " N=" << d.n << " K=" << d.k << " T=" << static_cast<int>(d.dtype);
     return s.str();
 }
 
-std::vector<Call> sweep()
+//! Loads the fp8 images on a fake device of `arch`; the module stays loaded until `unload`.
+void loadOn(Module& module, int32_t arch)
 {
-    std::vector<Call> calls;
-    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    fake::reset();
+    fake::setDevice(arch, 132);
+    CHECK(module.load(fp8::imageSet()) == CUDA_SUCCESS);
+}
+
+//! What one launch must be: kernel table index, grid, and the int32 arguments after the pointers.
+struct Expected
+{
+    int32_t kernel;
+    uint32_t grid[3];
+    std::vector<uint64_t> pointers; //!< the kernel's pointer arguments, then Triton's two null scratch pointers
+    std::vector<int32_t> ints;
+};
+
+void checkLaunch(Module const& module, fake::Event const& e, Expected const& want, std::string const& what)
+{
+    tables::ArchImage const* image = module.image();
+    CHECK_MSG(e.name == fp8::imageSet().entryNames[want.kernel], what + ": launched " + e.name);
+    CHECK_MSG(e.grid[0] == want.grid[0] && e.grid[1] == want.grid[1] && e.grid[2] == want.grid[2],
+        what + ": grid " + std::to_string(e.grid[0]) + " " + std::to_string(e.grid[1]) + " " + std::to_string(e.grid[2]));
+    CHECK_MSG(e.block[0] == 128 && e.block[1] == 1 && e.block[2] == 1, what + ": block"); // 4 warps, every kernel
+    CHECK_MSG(e.sharedMem == static_cast<uint32_t>(image->sharedBytes[want.kernel]), what + ": shared memory");
+    CHECK_MSG(e.stream == kStream, what + ": stream");
+    size_t const count = want.pointers.size() + want.ints.size() + 2;
+    CHECK_MSG(e.args.size() == count, what + ": " + std::to_string(e.args.size()) + " arguments");
+    if (e.args.size() != count)
     {
-        for (std::vector<int64_t> lead : std::vector<std::vector<int64_t>>{{1, 1}, {8, 1}, {3, 5}, {2, 700}, {4096}})
-        {
-            calls.push_back({lead, 0, 1536, 7168, t}); // V3 q_a_proj
-            calls.push_back({lead, 0, 40, 72, t});     // tiny: ragged single blocks
-        }
-        calls.push_back({{128, 1}, 128, 128, 512, t});  // W_UK^T per head, decode
-        calls.push_back({{128, 300}, 128, 512, 128, t}); // W_UV per head, prefill
-        calls.push_back({{2, 2, 3}, 1, 64, 64, t});      // 3-D weight with G = 1, rank-4 input
+        return;
     }
-    calls.push_back({{1, 3}, 0, 64, 24, DataType::kHALF}); // K not a multiple of 16: no kernel
-    return calls;
-}
-
-//! The launches the C++ plan plans for `d` (what enqueue must launch).
-size_t plannedLaunches(kernels::fp8::Dims const& d)
-{
-    kernels::fp8::plan::LaunchPlan p{};
-    return kernels::fp8::plan::makePlan(d, p) ? static_cast<size_t>(p.launches) : 0;
-}
-
-void testSweep()
-{
-    int32_t runs = 0;
-    int32_t unsupported = 0;
-    for (int32_t arch : {90, 80})
+    for (size_t i = 0; i < want.pointers.size(); ++i)
     {
-        for (Call const& k : sweep())
+        CHECK_MSG(fake::argAs<uint64_t>(e, i) == want.pointers[i], what + ": pointer argument " + std::to_string(i));
+    }
+    for (size_t i = 0; i < want.ints.size(); ++i)
+    {
+        CHECK_MSG(fake::argAs<int32_t>(e, want.pointers.size() + i) == want.ints[i],
+            what + ": int argument " + std::to_string(i));
+    }
+    CHECK_MSG(fake::argAs<uint64_t>(e, count - 2) == 0 && fake::argAs<uint64_t>(e, count - 1) == 0,
+        what + ": Triton's scratch pointers must be null");
+}
+
+//! Kernel table index of (kind, dtype, variant) in the generated table (fp8_plan.aot_kernel_table), or -1.
+int32_t kernelOf(fp8_tables::KernelKind kind, DataType dtype, int32_t variant)
+{
+    for (int32_t i = 0; i < fp8_tables::kNumKernels; ++i)
+    {
+        fp8_tables::KernelEntry const& e = fp8_tables::kKernels[i];
+        if (e.kind == kind && e.dtype == static_cast<int32_t>(dtype) && e.variant == variant)
         {
-            fake::reset();
-            fake::setDevice(arch, arch == 90 ? 132 : 108);
-            auto p = std::make_unique<plugin::BlockFp8MatMulPlugin>(plugin::Fp8Attributes{});
-            Launch l(k);
-            kernels::DataType dtype{};
-            bool const ok = plugin::toKernelType(k.type, dtype) && kernels::fp8::supported(l.kernelDims(dtype), nullptr);
-            if (!ok)
-            {
-                ++unsupported;
-                CHECK_MSG(l.run(*p) == -1, describe(k));
-                CHECK_MSG(fake::events().empty(), describe(k) + ": a driver call before the refusal");
-                continue;
-            }
-            size_t const planned = plannedLaunches(l.kernelDims(dtype));
-            CHECK_MSG(planned >= 1, describe(k));
-            for (int32_t repeat = 0; repeat < 2; ++repeat)
-            {
-                size_t const first = fake::events().size();
-                CHECK_MSG(l.run(*p) == 0, describe(k));
-                size_t loads = 0;
-                size_t launches = 0;
-                for (fake::Event const& e : fake::eventsSince(first))
-                {
-                    if (e.kind == fake::Kind::kModuleLoad)
-                    {
-                        ++loads;
-                    }
-                    else if (e.kind == fake::Kind::kLaunch)
-                    {
-                        ++launches;
-                        CHECK_MSG(e.stream == kStream, describe(k) + ": launch on another stream");
-                        CHECK_MSG(e.name.rfind("fp8_", 0) == 0, describe(k) + ": launched " + e.name);
-                    }
-                    else
-                    {
-                        CHECK_MSG(e.kind == fake::Kind::kGetFunction || e.kind == fake::Kind::kFuncSetAttribute,
-                            describe(k) + ": a driver call other than loads and launches");
-                    }
-                }
-                CHECK_MSG(launches == planned, describe(k) + ": " + std::to_string(launches) + " launches, planned "
-                        + std::to_string(planned));
-                CHECK_MSG(repeat == 0 ? loads > 0 : loads == 0, describe(k) + ": module loaded " + std::to_string(loads));
-                ++runs;
-            }
-            CHECK(fake::liveModules() > 0);
-            p.reset();
-            CHECK(fake::liveModules() == 0);
+            return i;
         }
     }
-    std::printf("launch sweep: %d enqueues, %d descriptor sets without a kernel\n", runs, unsupported);
-    CHECK(runs > 0 && unsupported == 2 * 13); // float32 (12 calls) and K = 24, on both devices
+    return -1;
 }
 
-void testModulePerContextAndFailures()
+void registerSignatures()
 {
-    Call const k{{1, 3}, 0, 64, 64, DataType::kHALF};
-    fake::reset();
-    plugin::BlockFp8MatMulPlugin built(plugin::Fp8Attributes{});
-    testutil::CapturingRecorder recorder;
-    testutil::RecordingContext context(&recorder);
-    std::unique_ptr<nvinfer1::IPluginV3> a(built.attachToContext(&context));
-    std::unique_ptr<nvinfer1::IPluginV3> b(built.attachToContext(&context));
-    auto runtime = testutil::runtimeOf;
-    Launch l(k);
-    CHECK(l.run(*runtime(a.get())) == 0);
-    size_t const perContext = fake::eventsOf(fake::Kind::kModuleLoad).size();
-    CHECK(perContext == static_cast<size_t>(kernels::fp8::imageSet().numKernels));
-    CHECK(l.run(*runtime(b.get())) == 0);
-    CHECK(l.run(*runtime(a.get())) == 0);
-    CHECK(fake::eventsOf(fake::Kind::kModuleLoad).size() == 2 * perContext);
-    a.reset();
-    b.reset();
-    CHECK(fake::liveModules() == 0);
-    CHECK(recorder.errors.empty());
+    // gemm: 5 pointers, 4 int32, 2 scratch pointers; reduce: 2 pointers, 2 int32, 2 scratch pointers.
+    for (int32_t i = 0; i < fp8::imageSet().numKernels; ++i)
+    {
+        std::string const name = fp8::imageSet().entryNames[i];
+        bool const gemm = name.find("matmul") != std::string::npos;
+        fake::setSignature(name, gemm ? std::vector<uint32_t>{8, 8, 8, 8, 8, 4, 4, 4, 4, 8, 8}
+                                      : std::vector<uint32_t>{8, 8, 4, 4, 8, 8});
+    }
+}
 
-    // A failing module load reaches the context's error recorder once, and is not retried.
-    std::unique_ptr<nvinfer1::IPluginV3> d(built.attachToContext(&context));
-    fake::failCall("cuModuleLoadData", CUDA_ERROR_NO_BINARY_FOR_GPU, 0);
-    size_t const launches = fake::eventsOf(fake::Kind::kLaunch).size();
-    CHECK(l.run(*runtime(d.get())) != 0);
-    CHECK(recorder.errors.size() == 1
-        && recorder.errors[0].second.find("BlockFp8MatMul: loading the kernel module") != std::string::npos);
-    CHECK(l.run(*runtime(d.get())) != 0);
-    CHECK(recorder.errors.size() == 1);
-    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() == launches);
-    d.reset();
-    CHECK(fake::liveModules() == 0);
+// By hand from fp8_plan.py: decode (M <= 16) tiles 16 x 64, prefill 64 x 128, BLOCK_K 128; split K while
+// G * tiles < 256: want = min(32, kBlocks, cdiv(256, tiles)), perSplit = cdiv(kBlocks, want), splits =
+// cdiv(kBlocks, perSplit).
+void testDecodePrefillAndPerHead()
+{
+    Module module;
+    loadOn(module, 90);
+    registerSignatures();
+    fp8::Tensors const t = tensors();
 
-    // A failing launch: nonzero, logged.
-    fake::reset();
-    plugin::BlockFp8MatMulPlugin p(plugin::Fp8Attributes{});
+    // Decode: M 1, N 576, K 7168 bf16. nTiles 9, kBlocks 56: want min(32, 56, 29) = 29, perSplit 2, splits 28.
+    fp8::Dims const decode{1, 1, 576, 7168, 128, DataType::kBFLOAT16};
+    CHECK(fp8::workspaceBytes(decode) >= 28 * 576 * 4);
+    size_t first = fake::events().size();
+    CHECK(fp8::launch(module, decode, t, reinterpret_cast<void*>(kWorkspace), kStream) == CUDA_SUCCESS);
+    std::vector<fake::Event> got = fake::eventsSince(first);
+    CHECK_MSG(got.size() == 2, describe(decode) + ": " + std::to_string(got.size()) + " driver calls");
+    if (got.size() == 2)
+    {
+        checkLaunch(module, got[0],
+            {kernelOf(fp8_tables::kGemm, DataType::kBFLOAT16, 0), {9, 28, 1}, {kInput, kWeight, kScale, kOutput, kWorkspace},
+                {1, 576, 7168, 2}},
+            "decode gemm");
+        checkLaunch(module, got[1],
+            {kernelOf(fp8_tables::kReduce, DataType::kBFLOAT16, 0), {1, 1, 1}, {kWorkspace, kOutput}, {576, 28}},
+            "decode reduce");
+    }
+
+    // Prefill: M 4096, N 7168, K 2048 fp16. 64 x 56 = 3584 tiles >= 256: one split, no reduce, no workspace.
+    fp8::Dims const prefill{1, 4096, 7168, 2048, 128, DataType::kFLOAT16};
+    first = fake::events().size();
+    CHECK(fp8::launch(module, prefill, t, nullptr, kStream) == CUDA_SUCCESS);
+    got = fake::eventsSince(first);
+    CHECK_MSG(got.size() == 1, describe(prefill) + ": " + std::to_string(got.size()) + " driver calls");
+    if (got.size() == 1)
+    {
+        checkLaunch(module, got[0],
+            {kernelOf(fp8_tables::kGemm, DataType::kFLOAT16, 1), {3584, 1, 1}, {kInput, kWeight, kScale, kOutput, 0},
+                {4096, 7168, 2048, 16}},
+            "prefill gemm");
+    }
+
+    // Per head: G 128, M 4, N 512, K 128 (one K-block: never split). Decode tiles: 8 per group.
+    fp8::Dims const heads{128, 4, 512, 128, 128, DataType::kBFLOAT16};
+    CHECK(fp8::workspaceBytes(heads) == 0);
+    first = fake::events().size();
+    CHECK(fp8::launch(module, heads, t, nullptr, kStream) == CUDA_SUCCESS);
+    got = fake::eventsSince(first);
+    CHECK(got.size() == 1);
+    if (got.size() == 1)
+    {
+        checkLaunch(module, got[0],
+            {kernelOf(fp8_tables::kGemm, DataType::kBFLOAT16, 0), {8, 1, 128}, {kInput, kWeight, kScale, kOutput, 0},
+                {4, 512, 128, 1}},
+            "per-head gemm");
+    }
+    module.unload();
+    CHECK(fake::liveModules() == 0);
+}
+
+void testImagePerArch()
+{
+    for (int32_t arch : {80, 86, 89, 90, 100, 120, 121, 103})
+    {
+        Module module;
+        loadOn(module, arch);
+        ImageSet const set = fp8::imageSet();
+        tables::ArchImage const* image = pickImage(set, arch);
+        CHECK_MSG(image != nullptr && module.image() == image, "sm_" + std::to_string(arch));
+        std::vector<fake::Event> loads = fake::eventsOf(fake::Kind::kModuleLoad);
+        CHECK(loads.size() == static_cast<size_t>(set.numKernels));
+        for (size_t i = 0; i < loads.size() && image != nullptr; ++i)
+        {
+            CHECK(loads[i].image == image->images[i]);
+        }
+        module.unload();
+    }
+}
+
+void testRefusalsAndFailures()
+{
+    Module module;
+    fp8::Dims const ok{1, 1, 576, 7168, 128, DataType::kBFLOAT16};
+    fp8::Tensors const t = tensors();
+    void* const ws = reinterpret_cast<void*>(kWorkspace);
+    CHECK(fp8::launch(module, ok, t, ws, kStream) == CUDA_ERROR_NOT_INITIALIZED);
+    loadOn(module, 89);
+    size_t const first = fake::events().size();
+    char const* why = nullptr;
+    std::vector<fp8::Dims> const bad = {{1, 1, 576, 7168, 64, DataType::kBFLOAT16}, {1, 1, 576, 7168, 128,
+                                            DataType::kFLOAT32},
+        {1, 1, 576, 7160, 128, DataType::kBFLOAT16}, {1, 1, 580, 7168, 128, DataType::kBFLOAT16},
+        {0, 1, 576, 7168, 128, DataType::kBFLOAT16}, {1, -1, 576, 7168, 128, DataType::kBFLOAT16},
+        {1, int64_t{1} << 31, 576, 7168, 128, DataType::kBFLOAT16}};
+    for (fp8::Dims const& d : bad)
+    {
+        CHECK_MSG(!fp8::supported(d, &why) && why != nullptr, describe(d));
+        CHECK_MSG(fp8::workspaceBytes(d) == 0, describe(d));
+        CHECK_MSG(fp8::launch(module, d, t, ws, kStream) == CUDA_ERROR_INVALID_VALUE, describe(d));
+    }
+    CHECK(fp8::supported(ok, &why) && why == nullptr);
+    fp8::Tensors misaligned = t;
+    misaligned.weight = reinterpret_cast<void const*>(kWeight + 8);
+    CHECK(fp8::launch(module, ok, misaligned, ws, kStream) == CUDA_ERROR_INVALID_VALUE);
+    fp8::Tensors nullScale = t;
+    nullScale.scaleInv = nullptr;
+    CHECK(fp8::launch(module, ok, nullScale, ws, kStream) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(fp8::launch(module, ok, t, nullptr, kStream) == CUDA_ERROR_INVALID_VALUE); // split: needs the workspace
+    CHECK(fp8::launch(module, {1, 0, 576, 7168, 128, DataType::kBFLOAT16}, t, nullptr, kStream) == CUDA_SUCCESS);
+    CHECK_MSG(fake::eventsSince(first).empty(), "a driver call before a refusal, or for no row");
+
     fake::failCall("cuLaunchKernel", CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, 0);
-    gLogger.messages.clear();
-    CHECK(l.run(p) == -1);
-    CHECK(gLogger.contains("BlockFp8MatMul: launching the kernel failed", nvinfer1::ILogger::Severity::kERROR));
+    CHECK(fp8::launch(module, ok, t, ws, kStream) == CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() <= 1); // the reduce never follows a failed gemm
+    module.unload();
+}
 
-    // Bad descriptors and pointers: refused before any driver call.
-    fake::reset();
-    plugin::BlockFp8MatMulPlugin q(plugin::Fp8Attributes{});
-    Launch badK(k);
-    badK.in[c::kInput].dims.d[2] = 48;
-    CHECK(q.onShapeChange(badK.in, 3, badK.out, 1) == -1);
-    CHECK(q.enqueue(badK.in, badK.out, badK.inputs, badK.outputs, nullptr, kStream) == -1);
-    Launch wrongOut(k);
-    wrongOut.out[0].dims.d[2] = 32;
-    gLogger.messages.clear();
-    CHECK(q.enqueue(wrongOut.in, wrongOut.out, wrongOut.inputs, wrongOut.outputs, nullptr, kStream) == -1);
-    CHECK(gLogger.contains("output output does not have the type and shape the inputs give, [1,3,64]",
-        nvinfer1::ILogger::Severity::kERROR));
-    Launch halfWeight(k);
-    halfWeight.in[c::kWeight].type = DataType::kHALF;
-    CHECK(q.enqueue(halfWeight.in, halfWeight.out, halfWeight.inputs, halfWeight.outputs, nullptr, kStream) == -1);
-    Launch misaligned(k);
-    misaligned.inputs[c::kWeightScaleInv] = static_cast<char const*>(misaligned.inputs[c::kWeightScaleInv]) + 4;
-    gLogger.messages.clear();
-    CHECK(q.enqueue(misaligned.in, misaligned.out, misaligned.inputs, misaligned.outputs, nullptr, kStream) == -1);
-    CHECK(gLogger.contains("tensor weight_scale_inv is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
-    CHECK(q.enqueue(nullptr, badK.out, badK.inputs, badK.outputs, nullptr, kStream) == -1);
-    Launch none(Call{{0, 3}, 0, 64, 64, DataType::kHALF}); // no row: nothing to do, success
-    CHECK(none.run(q) == 0);
-    CHECK(fake::events().empty());
+// Expectations written by tests/test_fp8_kernels_aot.py from mla_export.kernels.fp8.plan:
+//   case G M N K dtype   then one launch line per planned launch (launchPlan.h, every field fixed), pointers
+//   p:input, p:weight, p:scale_inv, p:output, p:ws or p:null.
+int32_t compareWithPlan(char const* path)
+{
+    struct Planned
+    {
+        fp8::Dims dims;
+        std::vector<testutil::PlannedLaunch> launches;
+    };
+    std::vector<Planned> plans;
+    auto const readCase = [&plans](std::istream& s) {
+        Planned p{};
+        int32_t dtype = 0;
+        s >> p.dims.groups >> p.dims.rows >> p.dims.n >> p.dims.k >> dtype;
+        p.dims.blockSize = 128;
+        p.dims.dtype = static_cast<DataType>(dtype);
+        plans.push_back(p);
+    };
+    if (!testutil::readPlanFile(
+            path, readCase, [&plans](testutil::PlannedLaunch launch) { plans.back().launches.push_back(launch); }))
+    {
+        return -1;
+    }
+    auto const pointer = [](std::string const& name, uint64_t& address) {
+        address = name == "input" ? kInput
+            : name == "weight"    ? kWeight
+            : name == "scale_inv" ? kScale
+            : name == "output"    ? kOutput
+            : name == "ws"        ? kWorkspace
+            : name == "null"      ? 0
+                                  : ~uint64_t{0};
+        return true;
+    };
+    for (Planned const& p : plans)
+    {
+        Module module;
+        fake::reset();
+        fake::setDevice(90, 132);
+        CHECK(module.load(fp8::imageSet()) == CUDA_SUCCESS);
+        for (testutil::PlannedLaunch const& l : p.launches) // reset() forgot the signatures: register them again
+        {
+            std::vector<uint32_t> sizes;
+            for (std::string const& a : l.args)
+            {
+                sizes.push_back(a.rfind("p:", 0) == 0 ? 8 : 4);
+            }
+            fake::setSignature(l.event.name, sizes);
+        }
+        CHECK_MSG(fp8::launch(module, p.dims, tensors(), reinterpret_cast<void*>(kWorkspace), kStream) == CUDA_SUCCESS,
+            describe(p.dims));
+        testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), p.launches, describe(p.dims), pointer,
+            /*wildcards=*/false);
+        module.unload();
+    }
+    std::printf("compared %zu planned calls\n", plans.size());
+    return static_cast<int32_t>(plans.size());
 }
 } // namespace
 
 int main(int argc, char** argv)
 {
-    (void) argc;
-    (void) argv;
-    return testutil::runTests("test_fp8_launch", gLogger, {testSweep, testModulePerContextAndFailures});
+    testDecodePrefillAndPerHead();
+    testImagePerArch();
+    testRefusalsAndFailures();
+    if (argc > 1)
+    {
+        CHECK(compareWithPlan(argv[1]) > 0);
+    }
+    return testutil::finish("test_fp8_launch");
 }
