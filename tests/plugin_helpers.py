@@ -250,12 +250,17 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
 
 
 def build_plugins(build: Path, kernels_dir: Path) -> Path:
-    """Configure and build plugins/ into `build` with the generated kernels, after writing both launch tests'
-    expectations (launch_plan.txt, moe_launch_plan.txt) there."""
+    """Configure and build plugins/ into `build` with the generated kernels, after writing the launch tests'
+    expectations (launch_plan.txt, moe_launch_plan.txt, fp8_launch_plan.txt: BlockFp8MatMul's, read by the
+    kernels' test_fp8_launch and the plugin's test_fp8_plugin_launch) there."""
+    from test_fp8_kernels_aot import write_launch_plan as write_fp8_launch_plan
+
     write_mla_launch_plan(build / "launch_plan.txt", kernels_dir)
     write_moe_launch_plan(build / "moe_launch_plan.txt", kernels_dir)
+    write_fp8_launch_plan(build / "fp8_launch_plan.txt", kernels_dir)
     options = [f"-DMLA_KERNELS_DIR={kernels_dir}", f"-DMLA_LAUNCH_EXPECTATIONS={build / 'launch_plan.txt'}",
-               f"-DMLA_MOE_LAUNCH_EXPECTATIONS={build / 'moe_launch_plan.txt'}"]
+               f"-DMLA_MOE_LAUNCH_EXPECTATIONS={build / 'moe_launch_plan.txt'}",
+               f"-DMLA_FP8_LAUNCH_EXPECTATIONS={build / 'fp8_launch_plan.txt'}"]
     configure = subprocess.run(["cmake", "-S", ROOT / "plugins", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                                 f"-DPython3_EXECUTABLE={sys.executable}", *options], capture_output=True, text=True)
     assert configure.returncode == 0, configure.stdout + configure.stderr

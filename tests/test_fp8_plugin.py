@@ -181,6 +181,21 @@ def test_parser_creates_fp8_moe_from_tiny_moe_export(plugin_library, tmp_path):
     assert CREATED_FP8 not in log and "Successfully created plugin: MlaAttention" not in log
 
 
+def test_plugin_launches_match_python_plan(plugin_build):
+    """enqueue through the plugin's descriptors launches exactly what fp8_plan plans for the same call (kernel,
+    grid, block, shared memory, every argument: the tensors' addresses, the workspace), decode and prefill, split
+    and not, ragged N/K, per-head 3-D weights."""
+    import subprocess
+
+    from test_fp8_kernels_aot import LAUNCH_CASES
+
+    result = subprocess.run([plugin_build / "tests" / "test_fp8_plugin_launch", plugin_build / "fp8_launch_plan.txt"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-8000:]
+    assert f"compared {len(LAUNCH_CASES)} planned calls" in result.stdout
+    assert re.search(r"test_fp8_plugin_launch: \d+ passed, 0 failed", result.stdout)
+
+
 def test_readme_tables_match_contract():
     from mla_export.graph.onnx_fp8 import fp8_op_schema
 

@@ -91,6 +91,10 @@ std::string validateMoeAttributes(MoeAttributes const& a)
 
 std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int32_t nbInputs)
 {
+    if (nbInputs != c::kNumInputsTExperts && nbInputs != c::kNumInputs)
+    {
+        return std::string(c::kPluginName) + ": expected 5 or 7 inputs, got " + std::to_string(nbInputs);
+    }
     InputShapeChecks const& checks = moeFp8Experts(nbInputs) ? kChecksFp8 : kChecksT;
     std::string why = checks.countAndRanks(in, nbInputs);
     if (!why.empty())
