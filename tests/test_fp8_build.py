@@ -56,3 +56,32 @@ def test_fp8_weights_the_kernels_lack_are_refused():
         check_fp8_supports(model, _header({"q_a_proj": [48, 64], "odd": [40, 72]}))
     with pytest.raises(UserError, match="float16 and bfloat16 only"):
         check_fp8_supports(SimpleNamespace(dtype="float32"), _header({"q_a_proj": [48, 64]}))
+
+
+def test_build_refuses_fp8_exports_the_kernels_lack(tmp_path):
+    """`build --attention plugin` on `--quant fp8` exports, before any TensorRT work: the 7-input DeepseekMoE is
+    checked as FP8 experts (expert dims in multiples of 16), then every BlockFp8MatMul weight (K a multiple of
+    16); nothing is written."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.hf_config import load_preset
+    from mla_export.model.spec import ModelSpec
+    from mla_export.ui.cli import main
+
+    def build(config, name):
+        path = export_onnx(ModelSpec(config, dtype="float16", quant="fp8", max_seq_len=64), tmp_path / name)
+        result = CliRunner().invoke(main, ["build", "--onnx", str(path), "-o", str(tmp_path / "x.engine"),
+                                           "--plugin-lib", str(tmp_path / "nope.so")], catch_exceptions=False)
+        assert result.exit_code == 1 and not (tmp_path / "x.engine").exists()
+        return result.output
+
+    moe = dataclasses.replace(load_preset("tiny-moe"), moe_intermediate_size=24).with_layers(2)
+    output = build(moe, "odd-moe.onnx")
+    assert "the DeepseekMoE plugin cannot run this export" in output and "multiples of 16" in output, output
+    dense = dataclasses.replace(load_preset("tiny"), intermediate_size=72).with_layers(1)
+    output = build(dense, "odd-mlp.onnx")
+    assert "the BlockFp8MatMul plugin cannot run node" in output and "[64, 72]" in output, output
+    assert "K must be a positive multiple of 16" in output

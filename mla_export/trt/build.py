@@ -192,8 +192,9 @@ def check_plugin_supports(model: ModelSpec, header=None) -> None:
         import onnx
 
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        fp8_experts = int(len(node.input) == len(contract.MOE_FP8_INPUTS))  # 7 inputs: FP8 experts, their scales
         dims = moe_plan.MoeDims(1, c.hidden_size, c.moe_intermediate_size or 0, attrs.get("num_experts", 0),
-                                attrs.get("top_k", 0), attrs.get("n_group", 0), model.dtype)
+                                attrs.get("top_k", 0), attrs.get("n_group", 0), model.dtype, fp8_experts)
         why = moe_plan.unsupported_reason(dims)
         if why is not None:
             raise UserError(f"--attention plugin: the {contract.MOE_OP_TYPE} plugin cannot run this export "
