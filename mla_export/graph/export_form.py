@@ -63,3 +63,34 @@ def export_form_model(spec: ModelSpec, source: WeightSource, dtype: torch.dtype)
     model.rope_cos_sin_float64 = rope_cos_sin(spec.config, spec.max_seq_len, torch.float64)
     model.rope_cos_sin_float32 = model.rope_cos_sin_float64.float()
     return model.eval()
+
+
+def requantization_error(spec: ModelSpec, source: WeightSource, index: int) -> dict[str, float]:
+    """For an FP8 spec, layer `index`: each re-quantized attention weight's relative RMS error against its
+    float64 value (the fold of the dequantized factors, or the cut weight), {name: error}."""
+    from ..model.fp8 import dequantize_blocks
+    from ..model.folding import export_attention_state
+    from ..model.model import MlaAttention
+    from ..weights.fp8_values import requantized_weights
+    from ..weights.weights import parameter_value
+
+    names = [n for n in requantized_weights(spec.config, spec.absorb) if not n.startswith("experts.")]
+    if not names:
+        return {}
+    with torch.device("meta"):
+        unfolded = MlaAttention(spec.config)
+    prefix = f"layers.{index}.self_attn."
+    factors = {name: parameter_value(source, prefix + name, tuple(p.shape)).double()
+               for name, p in unfolded.named_parameters()}
+    exact = export_attention_state(spec.config, factors, torch.float64, spec.absorb)
+    if spec.absorb == "runtime":  # the FP8 form's layouts: W_UK^T per head, W_UV per head
+        exact = {"w_uk.weight": exact["w_uk"].transpose(1, 2), "w_uv.weight": exact["w_uv"].transpose(1, 2)}
+    values = LayerValues(spec, source)
+    errors = {}
+    for name in names:
+        weight = prefix + name + ".weight"
+        q = next(values.chunks(WeightRef(weight), ()))
+        scale = values.values[weight + "_scale_inv"]
+        ref = exact[name + ".weight"]
+        errors[name] = float(torch.linalg.norm(dequantize_blocks(q, scale, torch.float64) - ref) / torch.linalg.norm(ref))
+    return errors
