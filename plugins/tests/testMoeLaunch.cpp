@@ -283,10 +283,10 @@ void testModulePerContextAndFailures()
 }
 
 // Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe.plan:
-//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype
+//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype [fp8]
 //   launch ...   (one line per planned launch, in order: launchPlan.h, every field fixed)
 // where the pointers of the arguments are p:<tensor>[+<bytes>] with tensor hidden_states, router_weight,
-// score_bias, gate_up_proj, down_proj, routed_output, ws (the workspace) or null.
+// score_bias, gate_up_proj, down_proj, gate_up_scale, down_scale (FP8 experts), routed_output, ws (the workspace) or null.
 bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
 {
     std::string name = what;
@@ -336,9 +336,12 @@ int32_t compareWithPlan(char const* path)
         Planned p{};
         plugin::MoeAttributes& a = p.call.attrs;
         int32_t dtype = 0;
+        int32_t fp8 = 0; // an optional last field: 1 for FP8 experts (a 7-input node)
         s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
             >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
+        s >> fp8;
         p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        p.call.fp8 = fp8 == 1;
         plans.push_back(p);
     };
     if (!testutil::readPlanFile(
