@@ -98,9 +98,11 @@ def kernel_function(kind: str, kernel_set: str = "mla"):
             "combine": combine.mla_combine_kernel}[kind]
 
 
-def signature(spec, kernel_set: str = "mla") -> tuple[dict, dict, dict]:
-    """The plan's kernel_signature(spec), checked against the @triton.jit function's own argument names."""
-    sig, constexprs, attrs = (moe_plan if kernel_set == "moe" else plan).kernel_signature(spec)
+def signature(spec, kernel_set: str = "mla", arch: int | None = None) -> tuple[dict, dict, dict]:
+    """The plan's kernel_signature(spec) (for `arch`: the MoE FP8 experts' path depends on it), checked against
+    the @triton.jit function's own argument names."""
+    sig, constexprs, attrs = (moe_plan.kernel_signature(spec, arch) if kernel_set == "moe"
+                              else plan.kernel_signature(spec))
     fn = kernel_function(spec.kind, kernel_set)
     if list(sig) != list(fn.arg_names):
         raise RuntimeError(f"{spec.kind}: AOT signature {list(sig)} does not match the kernel's {list(fn.arg_names)}")
@@ -136,7 +138,7 @@ def compile_one(kernel_set: str, index: int, arch: int, ptx_targets: tuple[int, 
 
     triton.knobs.compilation.disable_line_info = True  # smaller images
     spec = kernel_table(kernel_set)[index]
-    sig, constexprs, attrs = signature(spec, kernel_set)
+    sig, constexprs, attrs = signature(spec, kernel_set, arch)
     start = time.perf_counter()
     src = ASTSource(kernel_function(spec.kind, kernel_set), sig, constexprs, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),

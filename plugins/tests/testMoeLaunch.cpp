@@ -5,7 +5,9 @@
  *     (no copy, no memset, no host sync: the alignment runs on the device),
  *   - refuse bad descriptors before any driver call and report every failing driver call.
  * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe.plan) the
- * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument.
+ * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument. Cases whose
+ * case line ends in 1 have FP8 experts (contract version 2): they drive kernels::moe::launch itself (what the
+ * plugin's enqueue calls) with fp8Experts = 1 and the two block-scale tensors, on a module loaded for sm_90.
  */
 #include "deepseekMoePlugin.h"
 #include "fakeCuda.h"
@@ -32,11 +34,14 @@ struct Call
     int64_t batch, tokens, hidden, inter;
     plugin::MoeAttributes attrs;
     DataType type;
+    int32_t fp8Experts = 0; //!< 1: FP8 experts, launched through kernels::moe::launch
 };
 
 uintptr_t const kInputBase = 0x7f0000000000;
 uintptr_t const kOutput = 0x7f9000000000;
 uintptr_t const kWorkspace = 0x7fa000000000;
+uintptr_t const kGateUpScale = kInputBase + (uintptr_t{5} << 36); // FP8 experts: inputs 5 and 6 of contract v2
+uintptr_t const kDownScale = kInputBase + (uintptr_t{6} << 36);
 CUstream const kStream = reinterpret_cast<CUstream>(0x5151);
 
 struct Launch
@@ -80,7 +85,7 @@ std::string describe(Call const& k)
 {
     std::ostringstream s;
     s << "B=" << k.batch << " S=" << k.tokens << " d=" << k.hidden << " I=" << k.inter << " E=" << k.attrs.numExperts
-      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type);
+      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type) << (k.fp8Experts ? " fp8" : "");
     return s.str();
 }
 
@@ -254,6 +259,11 @@ bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
         name = what.substr(0, plus);
         offset = std::stoull(what.substr(plus + 1));
     }
+    if (name == "gate_up_scale" || name == "down_scale")
+    {
+        out = (name == "gate_up_scale" ? kGateUpScale : kDownScale) + offset;
+        return true;
+    }
     if (name == "null")
     {
         out = offset;
@@ -281,6 +291,43 @@ bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
     return true;
 }
 
+//! The kernel API's launch of an FP8-expert call (the plugin's enqueue calls it the same way): module loaded on the
+//! fake driver's device, the call's tensors at Launch's addresses plus the two scale tensors. Also checks that
+//! the FP8 call is refused without its scales, before any launch.
+CUresult launchFp8Experts(Call const& k, Launch const& l)
+{
+    kernels::DataType dtype{};
+    CHECK(plugin::toKernelType(k.type, dtype));
+    nvinfer1::Dims shapes[5];
+    for (int32_t i = 0; i < 5; ++i)
+    {
+        shapes[i] = l.in[i].dims;
+    }
+    kernels::moe::Dims d = plugin::moeKernelDims(k.attrs, shapes, dtype);
+    d.fp8Experts = 1;
+    char const* why = nullptr;
+    CHECK_MSG(kernels::moe::supported(d, &why), describe(k) + ": " + (why != nullptr ? why : ""));
+    kernels::moe::Dims plain = d;
+    plain.fp8Experts = 0;
+    CHECK_MSG(kernels::moe::workspaceBytes(d) == kernels::moe::workspaceBytes(plain), describe(k)); // no extra scratch
+    kernels::Module module;
+    if (CUresult const r = module.load(kernels::moe::imageSet()))
+    {
+        return r;
+    }
+    kernels::moe::Tensors t{l.inputs[c::kHiddenStates], static_cast<float const*>(l.inputs[c::kRouterWeight]),
+        static_cast<float const*>(l.inputs[c::kScoreBias]), l.inputs[c::kGateUpProj], l.inputs[c::kDownProj],
+        l.outputs[0], nullptr, reinterpret_cast<float const*>(kDownScale)};
+    size_t const before = fake::eventsOf(fake::Kind::kLaunch).size();
+    CHECK_MSG(kernels::moe::launch(module, d, t, reinterpret_cast<void*>(kWorkspace), kStream)
+            == CUDA_ERROR_INVALID_VALUE, describe(k) + ": launched without gate_up_scale");
+    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() == before);
+    t.gateUpScale = reinterpret_cast<float const*>(kGateUpScale);
+    CUresult const r = kernels::moe::launch(module, d, t, reinterpret_cast<void*>(kWorkspace), kStream);
+    module.unload();
+    return r;
+}
+
 int32_t compareWithPlan(char const* path)
 {
     struct Planned
@@ -296,6 +343,10 @@ int32_t compareWithPlan(char const* path)
         s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
             >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
         p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        if (!(s >> p.call.fp8Experts))
+        {
+            p.call.fp8Experts = 0;
+        }
         plans.push_back(p);
     };
     if (!testutil::readPlanFile(
@@ -303,19 +354,29 @@ int32_t compareWithPlan(char const* path)
     {
         return -1;
     }
+    size_t fp8Calls = 0;
     for (Planned const& plan : plans)
     {
         fake::reset();
         fake::setDevice(90, 132);
-        plugin::DeepseekMoePlugin p(plan.call.attrs);
         Launch l(plan.call);
-        CHECK_MSG(l.run(p) == 0, describe(plan.call));
+        if (plan.call.fp8Experts != 0)
+        {
+            CHECK_MSG(launchFp8Experts(plan.call, l) == CUDA_SUCCESS, describe(plan.call));
+            ++fp8Calls;
+        }
+        else
+        {
+            plugin::DeepseekMoePlugin p(plan.call.attrs);
+            CHECK_MSG(l.run(p) == 0, describe(plan.call));
+        }
         testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call),
             [&l](std::string const& name, uint64_t& address) { return expectedPointer(name, l, address); },
             /*wildcards=*/false);
     }
-    std::printf("compared %zu planned calls\n", plans.size());
-    return static_cast<int32_t>(plans.size());
+    std::printf("compared %zu planned calls\n", plans.size() - fp8Calls);
+    std::printf("compared %zu planned FP8-expert kernel calls\n", fp8Calls);
+    return static_cast<int32_t>(plans.size() - fp8Calls);
 }
 } // namespace
 
