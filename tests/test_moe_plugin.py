@@ -17,7 +17,7 @@ import pytest
 
 from mla_export.common import contract
 
-from plugin_helpers import MOE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
+from plugin_helpers import MOE_FP8_PLAN_CASES, MOE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
 PLUGIN_DIR = ROOT / "plugins" / "deepseekMoePlugin"
 CREATED = "Successfully created plugin: DeepseekMoE"
@@ -34,6 +34,7 @@ def test_launches_match_python_plan(plugin_build):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:]
     assert f"compared {len(MOE_PLAN_CASES)} planned calls" in result.stdout
+    assert f"compared {len(MOE_FP8_PLAN_CASES)} planned FP8-expert calls through the plugin" in result.stdout
     launches = sum(line.startswith("launch ") for line in (plugin_build / "moe_launch_plan.txt").read_text().splitlines())
     assert launches > 7 * len(MOE_PLAN_CASES)  # several cases span more than one chunk
 

@@ -109,12 +109,14 @@ def kernel_function(kind: str, kernel_set: str = "mla"):
 
 
 def signature(spec, kernel_set: str = "mla", arch: int | None = None) -> tuple[dict, dict, dict]:
-    """The plan's kernel_signature(spec), checked against the @triton.jit function's own argument names (the fp8
-    set's depends on the arch: its path)."""
+    """The plan's kernel_signature(spec) (for `arch`: the fp8 set's path and the MoE FP8 experts' depend on it),
+    checked against the @triton.jit function's own argument names."""
     if kernel_set == "fp8":
         sig, constexprs, attrs = fp8_plan.kernel_signature(spec, arch)
+    elif kernel_set == "moe":
+        sig, constexprs, attrs = moe_plan.kernel_signature(spec, arch)
     else:
-        sig, constexprs, attrs = (moe_plan if kernel_set == "moe" else plan).kernel_signature(spec)
+        sig, constexprs, attrs = plan.kernel_signature(spec)
     fn = kernel_function(spec.kind, kernel_set)
     if list(sig) != list(fn.arg_names):
         raise RuntimeError(f"{spec.kind}: AOT signature {list(sig)} does not match the kernel's {list(fn.arg_names)}")

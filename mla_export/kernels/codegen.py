@@ -150,7 +150,8 @@ char const* const kEntryNames[] = {{{", ".join(entry)}}};
 def moe_tables_header() -> str:
     """moe_kernels_tables.h: moe_plan.py's table and constants as constexpr data."""
     m = moe_plan
-    configs = [f"{{{c.block_m}, {c.block_n}, {c.block_k}, {c.num_warps}}} /* {c.name} */" for c in m.GEMM_CONFIGS]
+    configs = [f"{{{c.block_m}, {c.block_n}, {c.block_k}, {c.num_warps}}} /* {c.name}{' fp8' if c.fp8 else ''} */"
+               for c in m.GEMM_CONFIGS]
     kernels = [f"{{{m.KERNEL_KINDS.index(k.kind)}, {plan.DTYPE_ENUM.get(k.dtype, -1)}, {k.variant}, {k.num_warps}}}"
                f" /* {i}: {k.kind} {k.dtype or 'any'} {k.variant} */" for i, k in enumerate(m.aot_kernel_table())]
     element_bytes = [f"{{{plan.DTYPE_ENUM[d]}, {n}}}" for d, n in m.ELEMENT_BYTES.items()]
@@ -159,7 +160,8 @@ def moe_tables_header() -> str:
         "kRouterBlockT": m.ROUTER_BLOCK_T, "kRouterBlockE": m.ROUTER_BLOCK_E, "kTopkBlockT": m.TOPK_BLOCK_T,
         "kMaxExperts": m.MAX_EXPERTS, "kMaxTopK": m.MAX_TOP_K, "kMaxGroups": m.MAX_GROUPS,
         "kCountBlockE": m.COUNT_BLOCK_E, "kCombineBlockD": m.COMBINE_BLOCK_D,
-        "kDecodeSlotsPerExpert": m.DECODE_SLOTS_PER_EXPERT,
+        "kDecodeSlotsPerExpert": m.DECODE_SLOTS_PER_EXPERT, "kFp8ConfigOffset": m.FP8_CONFIG_OFFSET,
+        "kFp8Block": m.FP8_BLOCK,
     }
     reasons = {"kReasonDtype": m.REASON_DTYPE, "kReasonExperts": m.REASON_EXPERTS, "kReasonTopK": m.REASON_TOP_K,
                "kReasonGroups": m.REASON_GROUPS, "kReasonDims": m.REASON_DIMS, "kReasonNegative": m.REASON_NEGATIVE}

@@ -6,7 +6,9 @@
  *     (no copy, no memset, no host sync: the alignment runs on the device),
  *   - refuse bad descriptors before any driver call and report every failing driver call.
  * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe.plan) the
- * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument.
+ * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument. Cases whose
+ * case line ends in 1 have FP8 experts (contract version 2): they run through the plugin's 7-input descriptors,
+ * the block scales included in the expected arguments.
  */
 #include "deepseekMoePlugin.h"
 #include "fakeCuda.h"
@@ -253,6 +255,22 @@ void testModulePerContextAndFailures()
     CHECK(q.enqueue(misaligned.in, misaligned.out, misaligned.inputs, misaligned.outputs, nullptr, kStream) == -1);
     CHECK(gLogger.contains("tensor gate_up_proj is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
     CHECK(q.enqueue(nullptr, bad.out, bad.inputs, bad.outputs, nullptr, kStream) == -1);
+    // The kernels refuse FP8 experts without their scales before any launch (the plugin always passes both).
+    {
+        fake::reset();
+        Launch l7(Call{1, 3, 64, 32, kTinyMoe, DataType::kHALF, true});
+        kernels::moe::Dims const d = l7.kernelDims(kTinyMoe, kernels::DataType::kFLOAT16);
+        CHECK(d.fp8Experts == 1 && kernels::moe::supported(d, nullptr));
+        kernels::Module module;
+        CHECK(module.load(kernels::moe::imageSet()) == CUDA_SUCCESS);
+        kernels::moe::Tensors t{l7.inputs[c::kHiddenStates], static_cast<float const*>(l7.inputs[c::kRouterWeight]),
+            static_cast<float const*>(l7.inputs[c::kScoreBias]), l7.inputs[c::kGateUpProj], l7.inputs[c::kDownProj],
+            l7.outputs[0], nullptr, static_cast<float const*>(l7.inputs[c::kDownScale])};
+        CHECK(kernels::moe::launch(module, d, t, reinterpret_cast<void*>(kWorkspace), kStream) == CUDA_ERROR_INVALID_VALUE);
+        CHECK(fake::eventsOf(fake::Kind::kLaunch).empty());
+        module.unload();
+    }
+    fake::reset();
     Launch none(Call{0, 3, 64, 32, kTinyMoe, DataType::kHALF}); // no token: nothing to do, success
     CHECK(none.run(q) == 0);
     CHECK(fake::events().empty());
@@ -349,19 +367,22 @@ int32_t compareWithPlan(char const* path)
     {
         return -1;
     }
+    size_t fp8Calls = 0;
     for (Planned const& plan : plans)
     {
         fake::reset();
         fake::setDevice(90, 132);
         plugin::DeepseekMoePlugin p(plan.call.attrs);
-        Launch l(plan.call);
+        Launch l(plan.call); // 7 inputs for FP8 experts
         CHECK_MSG(l.run(p) == 0, describe(plan.call));
         testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call),
             [&l](std::string const& name, uint64_t& address) { return expectedPointer(name, l, address); },
             /*wildcards=*/false);
+        fp8Calls += plan.call.fp8 ? 1 : 0;
     }
-    std::printf("compared %zu planned calls\n", plans.size());
-    return static_cast<int32_t>(plans.size());
+    std::printf("compared %zu planned calls\n", plans.size() - fp8Calls);
+    std::printf("compared %zu planned FP8-expert calls through the plugin\n", fp8Calls);
+    return static_cast<int32_t>(plans.size() - fp8Calls);
 }
 } // namespace
 

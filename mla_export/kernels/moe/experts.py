@@ -41,10 +41,10 @@ import triton
 import triton.language as tl
 
 
-FP8_BLOCK = 128  # the weights' scale blocks (contract.FP8_BLOCK)
-E4M3_MAX = 448.0  # largest finite float8e4m3fn (contract.FP8_MAX)
-E4M3_MIN_NORMAL = 0.015625  # 2^-6; below it the e4m3 grid is uniform with step 2^-9
-SCALE_FLOOR = 1.1754944e-38  # smallest normal float32: an all-zero (or all-tiny) row divides by it, not by 0
+FP8_BLOCK = tl.constexpr(128)  # the weights' scale blocks (contract.FP8_BLOCK)
+E4M3_MAX = tl.constexpr(448.0)  # largest finite float8e4m3fn (contract.FP8_MAX)
+E4M3_MIN_NORMAL = tl.constexpr(0.015625)  # 2^-6; below it the e4m3 grid is uniform with step 2^-9
+SCALE_FLOOR = tl.constexpr(1.1754944e-38)  # smallest normal float32: an all-zero row divides by it, not by 0
 
 
 @triton.jit

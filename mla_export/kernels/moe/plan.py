@@ -80,7 +80,7 @@ GEMM_CONFIGS = (
     GemmConfig("prefill", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3),
     # FP8 experts: the weight tiles are 1 byte per element, so BLOCK_K 128 costs the shared memory of 64 in T.
     GemmConfig("decode", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, fp8=True),
-    GemmConfig("prefill", block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=2, fp8=True),
+    GemmConfig("prefill", block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3, fp8=True),
 )
 FP8_CONFIG_OFFSET = 2  # GEMM_CONFIGS[i + FP8_CONFIG_OFFSET] is config i for FP8 experts
 FP8_BLOCK = 128  # contract.FP8_BLOCK: the experts' scale blocks are FP8_BLOCK x FP8_BLOCK
