@@ -25,7 +25,7 @@ def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (1.0 for an all-zero block), q = w / scale_inv rounded by torch's float8 cast."""
     n, k = w.shape[-2:]
     nb, kb = -(-n // BLOCK), -(-k // BLOCK)
-    padded = torch.zeros(*w.shape[:-2], nb * BLOCK, kb * BLOCK, dtype=torch.float32)
+    padded = torch.zeros(*w.shape[:-2], nb * BLOCK, kb * BLOCK, dtype=torch.float32, device=w.device)
     padded[..., :n, :k] = w.float()
     blocks = padded.unflatten(-2, (nb, BLOCK)).unflatten(-1, (kb, BLOCK))  # [..., nb, 128, kb, 128]
     amax = blocks.abs().amax(dim=(-3, -1))  # [..., nb, kb]
@@ -52,7 +52,7 @@ def act_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     k = x.shape[-1]
     kb = -(-k // BLOCK)
     xf = x.float()
-    padded = torch.zeros(*x.shape[:-1], kb * BLOCK)
+    padded = torch.zeros(*x.shape[:-1], kb * BLOCK, device=x.device)
     padded[..., :k] = xf.abs()
     amax = padded.unflatten(-1, (kb, BLOCK)).amax(-1)  # [..., kb]
     s = amax.clamp_min(1e-30) / E4M3_MAX
