@@ -34,7 +34,7 @@ BUNDLE_LIMIT_BYTES = 48 << 20
 BUNDLE_FILES = ("kernels/manifest.json", "kernels/mla_kernels_images.cpp", "kernels/mla_kernels_tables.h",
                 "plugins/mlaAttentionPlugin/libmla_plugin.so", "plugins/tests/test_mla_gpu_enqueue",
                 "plugins/tests/test_moe_gpu_enqueue", "plugins/tests/test_fp8_gpu_enqueue",
-                "plugins/tools/mla_kernels_bench")
+                "plugins/tools/mla_kernels_bench", "plugins/tools/fp8_kernels_run")
 # Targets the figures are judged against (H100, bfloat16, DeepSeek dims; issue "one command proves the GPU path").
 TARGETS = {"decode B=64 x 4096, % of copy": 70.0, "decode B=1 x 65536, % of copy": 60.0,
            "prefill S=4096, % of bf16 GEMM": 25.0, "speed-up vs eager, B=64 x 4096": 6.0,

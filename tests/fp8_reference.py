@@ -78,3 +78,14 @@ def activation_quant_bound(x: torch.Tensor, q: torch.Tensor, scale_inv: torch.Te
     _, s_full = act_quant(x)
     per_element = 2.0 ** -4 * x.double().abs() + 2.0 ** -10 * s_full
     return per_element @ dequantize(q, scale_inv).abs().transpose(-1, -2)
+
+
+def kernel_bound(x: torch.Tensor, q: torch.Tensor, scale_inv: torch.Tensor, splits: int, native: bool,
+                 rounding: float, tiny: float) -> torch.Tensor:
+    """Element-wise absolute allowance of a kernel output beside `rounding` * |y| (the rounding to T): the
+    float32 accumulation, on the native path also the activation quantization (1.1: |x_q s| <= (1 + 2^-4) |x| +
+    ...), each itself rounded to T, plus `tiny` (T's smallest subnormal: outputs below it round to 0)."""
+    bound = accumulation_bound(x, q, scale_inv, splits)
+    if native:
+        bound = 1.1 * bound + activation_quant_bound(x, q, scale_inv)
+    return bound * (1 + rounding) + tiny

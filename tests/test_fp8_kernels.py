@@ -78,10 +78,7 @@ def check(x, q, s, path, out=None, **overrides):
     got = api().block_fp8_matmul_triton(x, q, s, 128, path=path, out=None if out is None else out.to(DEVICE),
                                         **overrides).cpu()
     want = ref.reference(x, q, s).cpu()
-    bound = ref.accumulation_bound(x, q, s, splits)
-    if path == "native":
-        bound = 1.1 * bound + ref.activation_quant_bound(x, q, s)  # 1.1: |x_q s| <= (1 + 2^-4) |x| + ...
-    atol = (bound * (1 + ROUNDING[x.dtype]) + TINY[x.dtype]).cpu().numpy()
+    atol = ref.kernel_bound(x, q, s, splits, path == "native", ROUNDING[x.dtype], TINY[x.dtype]).cpu().numpy()
     result = compare("block_fp8_matmul", got, want, atol, ROUNDING[x.dtype])
     assert got.dtype == x.dtype and got.shape == want.shape
     assert result.passed, result
@@ -105,8 +102,10 @@ def test_matches_float64_on_ragged_shapes(shape, dtype, path):
     check(x, q, s, path)
 
 
-def test_native_quantizes_activations_as_act_quant():
-    """The kernel's e4m3 rounding of x / s (and s itself) is DeepSeek's act_quant, not merely within its bound."""
+@pytest.mark.parametrize("config", ["decode", "prefill"])
+def test_native_quantizes_activations_as_act_quant(config):
+    """The e4m3 rounding of x / s (and s itself) is DeepSeek's act_quant, not merely within its bound: in the GEMM
+    (decode) and in kernel 1, whose codes the GEMM reads (prefill)."""
     if "native" not in paths_here():
         pytest.skip("native FP8 needs sm_89 or later")
     q, s = random_weight((96, 300), seed=3)
@@ -114,7 +113,8 @@ def test_native_quantizes_activations_as_act_quant():
     x = torch.randn(9, 300, generator=g) * torch.logspace(-3, 3, 300)  # [M, K]: blocks of mixed magnitudes
     x[2, :128] = 0.0  # an all-zero row block: s = 1e-30 / 448, quantized to zeros
     x[3, 5] = 1e-8  # far below its block's amax: an e4m3 subnormal (or zero)
-    got = api().block_fp8_matmul_triton(x.to(DEVICE), q.to(DEVICE), s.to(DEVICE), path="native").cpu()
+    got = api().block_fp8_matmul_triton(x.to(DEVICE), q.to(DEVICE), s.to(DEVICE), path="native",
+                                        config=config).cpu()
     xq, s_full = ref.act_quant(x)
     want = (xq * s_full) @ ref.dequantize(q, s).T
     atol = ref.accumulation_bound(xq * s_full, q, s).numpy() + 2.0 ** -149
@@ -222,20 +222,24 @@ def test_bad_arguments_are_refused_with_the_fix():
 
 
 def test_plan_workspace_covers_every_smaller_call():
-    """workspace_bytes(M) >= the partials of every M' <= M (an engine sizes it once, at its profile's largest M);
-    no split is empty; the grid covers every tile."""
+    """workspace_bytes(M) >= the workspace of every M' <= M (an engine sizes it once, at its profile's largest M);
+    no split is empty; the grid covers every tile; the regions do not overlap."""
     for n, k, groups in ((576, 7168, 1), (7168, 18432, 1), (40, 1100, 1), (128, 512, 128), (1536, 7168, 1)):
         sizes = []
         for rows in range(0, 400):
             dims = fp8_plan.Fp8Dims(groups, rows, n, k, "bfloat16")
             p = fp8_plan.make_plan(dims)
-            sizes.append(p.partial_bytes)
+            sizes.append(p.call_bytes)
             assert p.workspace_bytes >= max(sizes), (n, k, groups, rows)
             if rows:
                 assert (p.splits - 1) * p.k_blocks_per_split < p.k_blocks <= p.splits * p.k_blocks_per_split
                 assert p.gemm_grid == (p.m_tiles * p.n_tiles, p.splits, groups)
                 assert p.m_tiles * p.config.block_m >= rows and p.n_tiles * p.config.block_n >= n
                 assert p.config.name == ("decode" if rows <= fp8_plan.DECODE_MAX_ROWS else "prefill")
+                if p.quant_first:  # codes [G*M, K] u8, then scales [G*M, k_blocks] f32, then partials
+                    assert p.sx_offset >= groups * rows * k and p.partial_offset >= p.sx_offset + groups * rows * 4 \
+                        * p.k_blocks
+                assert p.call_bytes >= p.partial_offset + (4 * p.splits * groups * rows * n if p.splits > 1 else 0)
         assert max(sizes) > 0 or k <= 128
 
 

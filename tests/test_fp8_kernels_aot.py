@@ -41,10 +41,14 @@ def test_each_arch_compiles_its_path():
     """NATIVE is a compile-time constant of the arch: sm_89 and later native FP8, below weight-only."""
     for spec in fp8_plan.aot_kernel_table():
         for arch in aot.KNOWN_ARCHS:
-            _, constexprs, _ = fp8_plan.kernel_signature(spec, arch)
             if spec.kind == "gemm":
+                sig, constexprs, _ = fp8_plan.kernel_signature(spec, arch)
                 assert constexprs["NATIVE"] is (arch >= 89) and constexprs["UPCAST_DOT"] is False
                 assert constexprs["BLOCK_K"] == 128 and 128 % constexprs["BLOCK_N"] == 0
+                prefill_native = arch >= 89 and fp8_plan.GEMM_CONFIGS[spec.variant].name == "prefill"
+                assert constexprs["X_FP8"] is prefill_native  # reads act_quant's codes: x_ptr holds bytes
+                assert sig["x_ptr"] == ("*u8" if prefill_native else "*" + {"float16": "fp16",
+                                                                           "bfloat16": "bf16"}[spec.dtype])
 
 
 @pytest.mark.slow
@@ -61,9 +65,9 @@ def test_every_fp8_kernel_is_built_for_every_arch_within_shared_memory(aot_kerne
 
 
 @pytest.mark.slow
-def test_machine_code_of_each_arch_is_its_path(aot_kernels):
-    """SASS (Triton's cuobjdump) of every GEMM cubin: e4m3 instructions (the activation quantization, an FP8 MMA
-    in prefill) on sm_89+, none on sm_80/86; the PTX for later GPUs (sm_120's) is native, the one for the GPUs
+def test_machine_code_of_each_arch_is_its_path(aot_kernels, tmp_path):
+    """SASS (Triton's cuobjdump) of every GEMM cubin: e4m3 instructions (decode's activation quantization, an FP8
+    MMA in prefill) on sm_89+, none on sm_80/86; the PTX for later GPUs (sm_120's) is native, the one for the GPUs
     between cubins (sm_80's: sm_103, sm_110) weight-only."""
     import triton
 
@@ -75,13 +79,14 @@ def test_machine_code_of_each_arch_is_its_path(aot_kernels):
     prefill = fp8_plan.GEMM_CONFIGS.index(fp8_plan.config_named("prefill"))
     for arch in plan.AOT_ARCHS:
         for i in gemms:
-            cubin = aot_kernels / f"sass_{arch}_{i}.cubin"
+            cubin = tmp_path / f"sass_{arch}_{i}.cubin"
             cubin.write_bytes(_image(source, f"k_sm{arch}_{i}"))
             sass = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True).stdout
             assert "MMA" in sass, (arch, i)
-            assert ("E4M3" in sass) == (arch >= 89), (arch, i)
+            fp8_mma = re.search(r"\b(QMMA|QGMMA|UTCQMMA)\b", sass)  # FP8 tensor cores
+            assert bool("E4M3" in sass or fp8_mma) == (arch >= 89), (arch, i)  # e4m3 conversions or FP8 MMA
             if arch >= 89 and fp8_plan.aot_kernel_table()[i].variant == prefill:
-                assert re.search(r"\b(QMMA|QGMMA|UTCQMMA)\b", sass), (arch, i)  # FP8 tensor cores
+                assert fp8_mma, (arch, i)
     for i in gemms:
         assert "e4m3" in _image(source, f"k_ptx{max(PTX_ARCHS)}_{i}").decode()
         assert "e4m3" not in _image(source, f"k_ptx{min(PTX_ARCHS)}_{i}").decode()
@@ -98,7 +103,7 @@ def test_generated_fp8_files_hold_data_only(aot_kernels):
 def test_launchers_pass_the_kernels_arguments_in_order():
     """Each hand-written launcher builds its argument array in fp8_plan.RUNTIME_ARGS order, with the types."""
     source = (KERNELS_INCLUDE / "fp8Kernels.cpp").read_text()
-    for kind, function in {"gemm": "launchGemm", "reduce": "launchReduce"}.items():
+    for kind, function in {"act_quant": "launchActQuant", "gemm": "launchGemm", "reduce": "launchReduce"}.items():
         body = source.split(f"CUresult {function}(", 1)[1].split(") noexcept\n{", 1)[1]
         body = body.split("return launchKernel", 1)[0]
         args = re.search(r"void\* args\[\] = \{(.*?)\};", body, re.S).group(1)
@@ -134,12 +139,13 @@ int main()
             std::printf("no %s\n", why != nullptr ? why : "makePlan failed");
             continue;
         }
-        std::printf("ok %d %lld %lld %lld %d %d %d", p.config, static_cast<long long>(p.mTiles),
-            static_cast<long long>(p.nTiles), static_cast<long long>(p.kBlocks), p.splits, p.kBlocksPerSplit,
-            p.launches);
-        for (int kind = 0; kind < 2; ++kind)
+        std::printf("ok %d %lld %lld %lld %d %d", p.config, static_cast<long long>(p.mTiles),
+            static_cast<long long>(p.nTiles), static_cast<long long>(p.kBlocks), p.splits, p.kBlocksPerSplit);
+        for (int kind = 0; kind < 3; ++kind)
             std::printf(" %d %u %u %u", p.kernels[kind], p.grids[kind][0], p.grids[kind][1], p.grids[kind][2]);
-        std::printf(" %lld %lld\n", static_cast<long long>(p.partialBytes), static_cast<long long>(p.workspaceBytes));
+        std::printf(" %lld %lld %lld %lld %lld\n", static_cast<long long>(p.xqOffset), static_cast<long long>(p.sxOffset),
+            static_cast<long long>(p.partialOffset), static_cast<long long>(p.callBytes),
+            static_cast<long long>(p.workspaceBytes));
     }
     return 0;
 }
@@ -153,10 +159,11 @@ def python_line(groups, rows, n, k, block, dtype) -> str:
         return f"no {why}"
     p = fp8_plan.make_plan(dims)
     fields = [fp8_plan.GEMM_CONFIGS.index(p.config), p.m_tiles, p.n_tiles, p.k_blocks, p.splits,
-              p.k_blocks_per_split, p.launches]
-    for index, grid in zip(fp8_plan.kernel_indices(p, dims.dtype), (p.gemm_grid, p.reduce_grid)):
+              p.k_blocks_per_split]
+    for index, grid in zip(fp8_plan.kernel_indices(p, dims.dtype), (p.quant_grid, p.gemm_grid, p.reduce_grid)):
         fields += [index, *grid]
-    return "ok " + " ".join(map(str, fields + [p.partial_bytes, p.workspace_bytes]))
+    fields += [p.xq_offset, p.sx_offset, p.partial_offset, p.call_bytes, p.workspace_bytes]
+    return "ok " + " ".join(map(str, fields))
 
 
 @pytest.mark.slow
@@ -180,13 +187,14 @@ def test_cpp_plan_equals_python_plan(aot_kernels, tmp_path):
     run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
     cpp = run.stdout.splitlines()
     assert len(cpp) == len(sweep)
-    supported = split = 0
+    supported = split = quant = 0
     for (g, m, (n, k), b, dt), got in zip(sweep, cpp):
         want = python_line(g, m, n, k, b, dt)
         assert got == want, f"G={g} M={m} N={n} K={k} block={b} dtype={dt}"
         supported += want.startswith("ok")
         split += want.startswith("ok") and want.split()[5] != "1"
-    assert supported >= 300 and split >= 40  # both kinds of plan are compared
+        quant += want.startswith("ok") and want.split()[8] != "0"  # act_quant's grid
+    assert supported >= 300 and split >= 40 and quant >= 100  # every kind of plan is compared
 
 
 # Cases of the launch comparison: decode, prefill, split and not, ragged N/K, per-head weights.
@@ -195,20 +203,24 @@ LAUNCH_CASES = [(1, 1, 576, 7168, "bfloat16"), (1, 7, 40, 1104, "float16"), (1, 
 
 
 def write_launch_plan(path: Path, kernels_dir: Path) -> int:
-    """The launches fp8_plan plans for LAUNCH_CASES in testFp8Launch.cpp's format (names, blocks and shared memory
-    from the AOT manifest for sm_90); returns the number of launches."""
+    """The launches fp8_plan plans for LAUNCH_CASES in testFp8Launch.cpp's format on sm_90 (the native path; names,
+    blocks and shared memory from the AOT manifest for sm_90); returns the number of launches."""
     compiled = json.loads((kernels_dir / "manifest.json").read_text())["fp8_kernels"]
     table = fp8_plan.aot_kernel_table()
     lines, launches = [], 0
     for groups, rows, n, k, dtype in LAUNCH_CASES:
         lines.append(f"case {groups} {rows} {n} {k} {plan.DTYPE_ENUM[dtype]}")
         p = fp8_plan.make_plan(fp8_plan.Fp8Dims(groups, rows, n, k, dtype))
-        gemm, reduce = fp8_plan.kernel_indices(p, dtype)
-        part = "p:ws" if p.splits > 1 else "p:null"
-        planned = [(gemm, p.gemm_grid, ["p:input", "p:weight", "p:scale_inv", "p:output", part, f"i:{rows}", f"i:{n}",
-                                        f"i:{k}", f"i:{p.k_blocks_per_split}"])]
-        if p.splits > 1:
-            planned.append((reduce, p.reduce_grid, ["p:ws", "p:output", f"i:{groups * rows * n}", f"i:{p.splits}"]))
+        quant, gemm, reduce = fp8_plan.kernel_indices(p, dtype)
+        kinds = p.launches(native=True)
+        part = f"p:ws+{p.partial_offset}" if p.splits > 1 else "p:null"
+        x, sx = (f"p:ws+{p.xq_offset}", f"p:ws+{p.sx_offset}") if "act_quant" in kinds else ("p:input", "p:null")
+        planned = [(quant, p.quant_grid, ["p:input", x, sx, f"i:{groups * rows}", f"i:{k}"])] if "act_quant" in kinds \
+            else []
+        planned.append((gemm, p.gemm_grid, [x, "p:weight", "p:scale_inv", sx, "p:output", part, f"i:{rows}", f"i:{n}",
+                                            f"i:{k}", f"i:{p.k_blocks_per_split}"]))
+        if "reduce" in kinds:
+            planned.append((reduce, p.reduce_grid, [part, "p:output", f"i:{groups * rows * n}", f"i:{p.splits}"]))
         for index, grid, args in planned:
             spec = table[index]
             found = [c for c in compiled if c["arch"] == 90 and not c["ptx"]
@@ -239,3 +251,105 @@ def test_cpp_launches_equal_the_python_plan(aot_kernels, tmp_path):
     run = subprocess.run([str(exe), str(tmp_path / "fp8_launch_plan.txt")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-4000:]
     assert f"compared {len(LAUNCH_CASES)} planned calls" in run.stdout and " 0 failed" in run.stdout
+
+
+# ---- GPU: the AOT images themselves (plugins/tools/fp8_kernels_run, the plugin's kernels library) vs float64 ----
+
+GPU_CASES = [  # (G, M, N, K, dtype, weight spread): split-K decode, ragged prefill, groups, ragged K with a split
+    (1, 1, 576, 7168, "bfloat16", True), (1, 300, 136, 272, "float16", True), (3, 5, 72, 160, "bfloat16", True),
+    (1, 3, 40, 1104, "float16", True), (128, 4, 512, 128, "bfloat16", False), (1, 4096, 1536, 7168, "bfloat16", False),
+]
+
+
+def _run_aot(exe: Path, tmp_path: Path, x, q, s, extra=()) -> tuple:
+    """Write IN, run `exe` (optionally under `extra`, e.g. compute-sanitizer), read OUT: (output, JSON line)."""
+    import numpy as np
+    import torch
+
+    groups, rows, k = (x.shape if x.dim() == 3 else (1, *x.shape))
+    n = q.shape[-2]
+    header = np.array([groups, rows, n, k, plan.DTYPE_ENUM[str(x.dtype).removeprefix("torch.")]], dtype="<i8")
+    raw = [header.tobytes(), x.contiguous().view(torch.uint8).numpy().tobytes(),
+           q.contiguous().view(torch.uint8).numpy().tobytes(), s.contiguous().numpy().astype("<f4").tobytes()]
+    (tmp_path / "in.bin").write_bytes(b"".join(raw))
+    proc = subprocess.run([*extra, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = torch.frombuffer(bytearray((tmp_path / "out.bin").read_bytes()), dtype=torch.uint8)
+    out = data.view(x.dtype).reshape(groups, rows, n) if x.dim() == 3 else data.view(x.dtype).reshape(rows, n)
+    return out, json.loads(proc.stdout.strip().splitlines()[0]), proc.stdout + proc.stderr
+
+
+def _gpu_case(case):
+    import torch
+
+    import fp8_reference as ref
+
+    groups, rows, n, k, dtype, spread = case
+    g = torch.Generator().manual_seed(rows + n + k)
+    w = torch.randn(groups, n, k, generator=g)
+    if spread:
+        w = w * ref.expand_scales(10.0 ** (6 * torch.rand(groups, -(-n // 128), -(-k // 128), generator=g) - 3),
+                                  n, k).float()
+    q, s = ref.quantize(w)
+    x = torch.randn(groups, rows, k, generator=g).to(getattr(torch, dtype))
+    return (x, q, s) if groups > 1 else (x[0], q[0], s[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_aot_kernels_match_float64_on_gpu(plugin_build, tmp_path, case):
+    """The shipped images on this GPU (its arch's path: native FP8 on sm_89+) within the path's bound."""
+    import torch
+
+    import fp8_reference as ref
+    from mla_export.run.compare import compare
+
+    x, q, s = _gpu_case(case)
+    got, facts, _ = _run_aot(plugin_build / "tools" / "fp8_kernels_run", tmp_path, x, q, s)
+    native = facts["arch"] >= fp8_plan.NATIVE_MIN_ARCH and facts["image_arch"] >= fp8_plan.NATIVE_MIN_ARCH
+    dims = fp8_plan.Fp8Dims(q.shape[0] if q.dim() == 3 else 1, x.shape[-2] if x.dim() == 3 else x.shape[0],
+                            q.shape[-2], q.shape[-1], str(x.dtype).removeprefix("torch."))
+    splits = fp8_plan.make_plan(dims).splits
+    xs, qs, ss = (t.cuda() for t in (x, q, s))  # the float64 reference on the GPU
+    rounding = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[x.dtype]
+    tiny = {torch.float16: 2.0 ** -24, torch.bfloat16: 2.0 ** -133}[x.dtype]
+    atol = ref.kernel_bound(xs, qs, ss, splits, native, rounding, tiny).cpu().numpy()
+    result = compare("fp8 AOT", got, ref.reference(xs, qs, ss).cpu(), atol, rounding)
+    assert result.passed, (facts, result)
+
+
+@pytest.mark.gpu
+def test_aot_kernels_under_memcheck(plugin_build, tmp_path):
+    """compute-sanitizer memcheck over a split-K decode with ragged K and a ragged prefill: no invalid access."""
+    sanitizer = shutil.which("compute-sanitizer")
+    if sanitizer is None:
+        pytest.skip("compute-sanitizer is missing")
+    for case in (GPU_CASES[3], GPU_CASES[1]):
+        x, q, s = _gpu_case(case)
+        _, _, log = _run_aot(plugin_build / "tools" / "fp8_kernels_run", tmp_path, x, q, s,
+                             extra=(sanitizer, "--error-exitcode", "1", "--tool", "memcheck"))
+        assert "ERROR SUMMARY: 0 errors" in log, log[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="checks the runner on a machine without a GPU")
+def test_aot_runner_reads_its_input_and_needs_a_gpu(plugin_build, tmp_path):
+    """Without a GPU the runner reads and checks IN, then exits 77 (gpu_check's skip code); bad dims exit 1 with
+    the plan's reason, before any device work."""
+    import torch
+
+    exe = plugin_build / "tools" / "fp8_kernels_run"
+    x, q, s = _gpu_case(GPU_CASES[3])
+    header = [1, 3, 40, 1104, plan.DTYPE_ENUM["float16"]]
+    body = x.view(torch.uint8).numpy().tobytes() + q.view(torch.uint8).numpy().tobytes() + s.numpy().tobytes()
+    for values, code, text in ((header, 77, "no CUDA driver or device"), ([1, 3, 40, 1100, 1], 1, "K must be"),
+                               ([1, 3, 40, 1104, 0], 1, "float16 and bfloat16 only")):
+        (tmp_path / "in.bin").write_bytes(b"".join(v.to_bytes(8, "little", signed=True) for v in values) + body)
+        proc = subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == code and text in proc.stderr, (values, proc.returncode, proc.stderr)
+    (tmp_path / "in.bin").write_bytes(b"".join(v.to_bytes(8, "little", signed=True) for v in header) + body[:100])
+    proc = subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "shorter than its header" in proc.stderr

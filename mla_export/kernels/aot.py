@@ -94,7 +94,8 @@ def kernel_function(kind: str, kernel_set: str = "mla"):
     if kernel_set == "fp8":
         from .fp8 import gemm as fp8_gemm
 
-        return {"gemm": fp8_gemm.block_fp8_matmul_kernel, "reduce": fp8_gemm.block_fp8_reduce_kernel}[kind]
+        return {"act_quant": fp8_gemm.block_fp8_act_quant_kernel, "gemm": fp8_gemm.block_fp8_matmul_kernel,
+                "reduce": fp8_gemm.block_fp8_reduce_kernel}[kind]
     if kernel_set == "moe":
         from .moe import align as moe_align, experts as moe_experts, route as moe_route
 

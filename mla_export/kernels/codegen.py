@@ -206,7 +206,8 @@ def fp8_tables_header() -> str:
     constants = {
         "kBlockK": f.BLOCK_K, "kDecodeMaxRows": f.DECODE_MAX_ROWS, "kTargetPrograms": f.TARGET_PROGRAMS,
         "kMaxSplits": f.MAX_SPLITS, "kMaxGroups": f.MAX_GROUPS, "kKMultiple": f.K_MULTIPLE,
-        "kNMultiple": f.N_MULTIPLE, "kReduceBlock": f.REDUCE_BLOCK, "kWorkspaceAlign": f.WORKSPACE_ALIGN,
+        "kNMultiple": f.N_MULTIPLE, "kReduceBlock": f.REDUCE_BLOCK, "kQuantBlockR": f.QUANT_BLOCK_R,
+        "kWorkspaceAlign": f.WORKSPACE_ALIGN,
         "kNativeMinArch": f.NATIVE_MIN_ARCH,
     }
     reasons = {"kReasonDtype": f.REASON_DTYPE, "kReasonBlock": f.REASON_BLOCK, "kReasonDims": f.REASON_DIMS,

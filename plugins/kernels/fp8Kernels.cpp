@@ -49,16 +49,28 @@ CUresult launchKernel(Module const& module, int32_t index, uint32_t const grid[3
 
 // Typed launchers, one per kernel kind: arguments in the order of fp8_plan.RUNTIME_ARGS.
 
-CUresult launchGemm(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* input,
-    void const* weight, float const* scaleInv, void* output, void* partials, int32_t rows, int32_t n, int32_t k,
-    int32_t kBlocksPerSplit) noexcept
+CUresult launchActQuant(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* input,
+    void* codes, void* scales, int32_t rows, int32_t k) noexcept
 {
-    CUdeviceptr a0 = devicePtr(input), a1 = devicePtr(weight), a2 = devicePtr(scaleInv), a3 = devicePtr(output),
-                a4 = devicePtr(partials);
-    int32_t a5 = rows, a6 = n, a7 = k, a8 = kBlocksPerSplit;
+    CUdeviceptr a0 = devicePtr(input), a1 = devicePtr(codes), a2 = devicePtr(scales);
+    int32_t a3 = rows, a4 = k;
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
-    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &globalScratch, &profileScratch};
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &globalScratch, &profileScratch};
+    static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kActQuant] + 2, "act_quant arguments");
+    return launchKernel(m, index, grid, stream, args);
+}
+
+CUresult launchGemm(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* input,
+    void const* weight, float const* scaleInv, void const* inputScales, void* output, void* partials, int32_t rows,
+    int32_t n, int32_t k, int32_t kBlocksPerSplit) noexcept
+{
+    CUdeviceptr a0 = devicePtr(input), a1 = devicePtr(weight), a2 = devicePtr(scaleInv), a3 = devicePtr(inputScales),
+                a4 = devicePtr(output), a5 = devicePtr(partials);
+    int32_t a6 = rows, a7 = n, a8 = k, a9 = kBlocksPerSplit;
+    CUdeviceptr globalScratch = 0;
+    CUdeviceptr profileScratch = 0;
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kGemm] + 2, "gemm arguments");
     return launchKernel(m, index, grid, stream, args);
 }
@@ -108,7 +120,7 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
     {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    if (p.launches == 0)
+    if (p.grids[kGemm][0] == 0)
     {
         return CUDA_SUCCESS; // no row
     }
@@ -120,14 +132,30 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
             return CUDA_ERROR_INVALID_VALUE;
         }
     }
+    // The loaded image's path: sm_89+ images (cubin or PTX) are native, their prefill gemm reads act_quant's codes.
+    bool const quantFirst = p.grids[kActQuant][0] != 0 && module.image()->arch >= kNativeMinArch;
     bool const split = p.splits > 1;
-    if (split && !aligned16(workspace))
+    if ((split || quantFirst) && !aligned16(workspace))
     {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    void* partials = split ? workspace : nullptr;
-    CUresult r = launchGemm(module, p.kernels[kGemm], p.grids[kGemm], stream, t.input, t.weight, t.scaleInv,
-        t.output, partials, static_cast<int32_t>(d.rows), d.n, d.k, p.kBlocksPerSplit);
+    char* const ws = static_cast<char*>(workspace);
+    void* partials = split ? ws + p.partialOffset : nullptr;
+    void const* input = t.input;
+    void const* inputScales = nullptr;
+    CUresult r = CUDA_SUCCESS;
+    if (quantFirst)
+    {
+        r = launchActQuant(module, p.kernels[kActQuant], p.grids[kActQuant], stream, t.input, ws + p.xqOffset,
+            ws + p.sxOffset, static_cast<int32_t>(d.groups * d.rows), d.k);
+        input = ws + p.xqOffset;
+        inputScales = ws + p.sxOffset;
+    }
+    if (r == CUDA_SUCCESS)
+    {
+        r = launchGemm(module, p.kernels[kGemm], p.grids[kGemm], stream, input, t.weight, t.scaleInv, inputScales,
+            t.output, partials, static_cast<int32_t>(d.rows), d.n, d.k, p.kBlocksPerSplit);
+    }
     if (r == CUDA_SUCCESS && split)
     {
         r = launchReduce(module, p.kernels[kReduce], p.grids[kReduce], stream, partials, t.output,

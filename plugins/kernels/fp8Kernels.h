@@ -9,10 +9,13 @@
  * Contract: mla_export/common/contract.py FP8_* (the FP8 block convention and the BlockFp8MatMul op):
  *   output[g] = input[g] @ dequantize(weight[g])^T, W[n, k] = float(q[n, k]) * scaleInv[n / 128, k / 128],
  *   float32 accumulation, rounded once to T. What `launch` runs (fp8KernelsPlan.h):
- *   1. gemm, grid (mTiles * nTiles, splits, G): native FP8 tensor cores on sm_89 and later (activations
- *      quantized to e4m3 per [row, 128 columns] in the kernel, DeepSeek's act_quant), the weight decoded to T
- *      in registers on sm_80/86; with one split it writes the output, else float32 partials to the workspace;
- *   2. reduce, grid (cdiv(G*M*N, kReduceBlock)), only when splits > 1: the partials summed in split order.
+ *   1. act_quant, grid (cdiv(G*M, 16), kBlocks), native path and M > 16 only: the input quantized to e4m3 per
+ *      [row, 128 columns] (DeepSeek's act_quant) into the workspace, once;
+ *   2. gemm, grid (mTiles * nTiles, splits, G): native FP8 tensor cores on sm_89 and later (decode quantizes the
+ *      input in the kernel), the weight decoded to T in registers on sm_80/86; with one split it writes the
+ *      output, else float32 partials to the workspace;
+ *   3. reduce, grid (cdiv(G*M*N, kReduceBlock)), only when splits > 1: the partials summed in split order.
+ * The path is the loaded image's (Module::image()->arch >= 89: native).
  * No atomics: deterministic. The plan reads shapes only (the same on every GPU).
  */
 #pragma once
@@ -55,7 +58,8 @@ struct Tensors
 bool supported(Dims const& dims, char const** why) noexcept;
 
 //! Scratch bytes `launch` needs for these dims and for every call with the same groups, n, k and fewer rows
-//! (the split-K partials; 0 when nothing is split): size it once at an engine profile's largest rows.
+//! (act_quant's codes and scales when M > 16, on any arch; the split-K partials): size it once at an engine
+//! profile's largest rows. 0 for decode shapes that are not split.
 size_t workspaceBytes(Dims const& dims) noexcept;
 
 //! The BlockFp8MatMul kernels' images: load a Module with `module.load(fp8::imageSet())`.

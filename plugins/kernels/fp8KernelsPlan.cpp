@@ -49,14 +49,16 @@ int32_t findKernel(int32_t kind, int32_t dtype, int32_t variant) noexcept
     return -1;
 }
 
-//! One config's tiling of `rows` rows (fp8_plan._partial_bytes).
-struct Tiling
+//! One config's tiling of `rows` rows and its workspace regions (fp8_plan._layout).
+struct Layout
 {
     int64_t mTiles;
     int64_t nTiles;
     int64_t splits;
     int64_t perSplit;
-    int64_t partialBytes;
+    int64_t sxOffset;
+    int64_t partialOffset;
+    int64_t total;
 };
 
 //! fp8_plan.split_k: (splits, K-blocks per split) for `programs` output tiles of all groups.
@@ -73,34 +75,38 @@ void splitK(int64_t programs, int64_t kBlocks, int64_t& splits, int64_t& perSpli
     splits = cdiv(kBlocks, perSplit);
 }
 
-Tiling tiling(Dims const& d, int64_t rows, int32_t config) noexcept
+Layout layout(Dims const& d, int64_t rows, int32_t config) noexcept
 {
     GemmConfig const& c = kGemmConfigs[config];
-    Tiling t{};
-    t.mTiles = cdiv(rows, c.blockM);
-    t.nTiles = cdiv(d.n, c.blockN);
-    splitK(d.groups * t.mTiles * t.nTiles, cdiv(d.k, kBlockK), t.splits, t.perSplit);
-    t.partialBytes = t.splits > 1 ? alignUp(t.splits * d.groups * rows * d.n * 4) : 0;
-    return t;
+    int64_t const kBlocks = cdiv(d.k, kBlockK);
+    bool const quant = config == 1; // prefill: act_quant's regions
+    Layout l{};
+    l.mTiles = cdiv(rows, c.blockM);
+    l.nTiles = cdiv(d.n, c.blockN);
+    splitK(d.groups * l.mTiles * l.nTiles, kBlocks, l.splits, l.perSplit);
+    l.sxOffset = quant ? alignUp(d.groups * rows * d.k) : 0;
+    l.partialOffset = l.sxOffset + (quant ? alignUp(d.groups * rows * kBlocks * 4) : 0);
+    l.total = l.partialOffset + (l.splits > 1 ? alignUp(l.splits * d.groups * rows * d.n * 4) : 0);
+    return l;
 }
 
-//! fp8_plan.workspace_bound: the largest partial bytes over 1 <= M' <= rows.
+//! fp8_plan.workspace_bound: the largest workspace over 1 <= M' <= rows.
 int64_t workspaceBound(Dims const& d) noexcept
 {
     if (std::min<int64_t>({d.rows, d.n, d.groups}) <= 0)
     {
         return 0;
     }
-    int64_t best = tiling(d, std::min<int64_t>(d.rows, kDecodeMaxRows), 0).partialBytes;
+    int64_t best = layout(d, std::min<int64_t>(d.rows, kDecodeMaxRows), 0).total;
     GemmConfig const& prefill = kGemmConfigs[1];
     int64_t const nTiles = cdiv(d.n, prefill.blockN);
     int64_t const maxTiles = std::min(cdiv(d.rows, prefill.blockM), cdiv(kTargetPrograms, d.groups * nTiles));
-    for (int64_t tiles = 1; tiles <= maxTiles; ++tiles)
+    for (int64_t tiles = 1; tiles <= maxTiles + 1; ++tiles)
     {
-        int64_t const rows = std::min<int64_t>(d.rows, tiles * prefill.blockM);
+        int64_t const rows = tiles <= maxTiles ? std::min<int64_t>(d.rows, tiles * prefill.blockM) : d.rows;
         if (rows > kDecodeMaxRows)
         {
-            best = std::max(best, tiling(d, rows, 1).partialBytes);
+            best = std::max(best, layout(d, rows, 1).total);
         }
     }
     return best;
@@ -144,8 +150,9 @@ char const* unsupportedReason(Dims const& d) noexcept
         return kReasonNegative;
     }
     int64_t const limit = int64_t{1} << 31;
-    // rows > limit / n already makes G * M * N too large; below it no product here overflows int64.
-    if (d.rows > limit / d.n || d.groups * d.rows * d.n >= limit || d.rows * d.k >= limit)
+    // rows > limit / max(n, k) already makes a product too large; below it none overflows int64.
+    int64_t const wide = std::max(d.n, d.k);
+    if (d.rows > limit / wide || d.groups * d.rows * wide >= limit)
     {
         return kReasonSize;
     }
@@ -160,36 +167,30 @@ bool makePlan(Dims const& d, LaunchPlan& p) noexcept
         return false;
     }
     p.config = d.rows <= kDecodeMaxRows ? 0 : 1;
-    Tiling const t = tiling(d, d.rows, p.config);
-    p.mTiles = t.mTiles;
-    p.nTiles = t.nTiles;
+    Layout const l = layout(d, d.rows, p.config);
+    p.mTiles = l.mTiles;
+    p.nTiles = l.nTiles;
     p.kBlocks = cdiv(d.k, kBlockK);
-    p.splits = static_cast<int32_t>(t.splits);
-    p.kBlocksPerSplit = static_cast<int32_t>(t.perSplit);
-    bool const empty = t.mTiles * t.nTiles <= 0;
-    if (empty)
-    {
-        setGrid(p.grids[kGemm], 0, 0, 0);
-    }
-    else
-    {
-        setGrid(p.grids[kGemm], t.mTiles * t.nTiles, t.splits, d.groups);
-    }
-    if (t.splits > 1 && !empty)
-    {
-        setGrid(p.grids[kReduce], cdiv(d.groups * d.rows * d.n, kReduceBlock), 1, 1);
-    }
-    else
-    {
-        setGrid(p.grids[kReduce], 0, 0, 0);
-    }
-    p.launches = empty ? 0 : (t.splits > 1 ? 2 : 1);
-    p.partialBytes = t.partialBytes;
+    p.splits = static_cast<int32_t>(l.splits);
+    p.kBlocksPerSplit = static_cast<int32_t>(l.perSplit);
+    bool const empty = l.mTiles * l.nTiles <= 0;
+    setGrid(p.grids[kGemm], empty ? 0 : l.mTiles * l.nTiles, empty ? 0 : l.splits, empty ? 0 : d.groups);
+    bool const quant = p.config == 1 && !empty && p.kBlocks > 0;
+    setGrid(p.grids[kActQuant], quant ? cdiv(d.groups * d.rows, kQuantBlockR) : 0, quant ? p.kBlocks : 0,
+        quant ? 1 : 0);
+    bool const reduce = l.splits > 1 && !empty;
+    setGrid(p.grids[kReduce], reduce ? cdiv(d.groups * d.rows * d.n, kReduceBlock) : 0, reduce ? 1 : 0,
+        reduce ? 1 : 0);
+    p.xqOffset = 0;
+    p.sxOffset = l.sxOffset;
+    p.partialOffset = l.partialOffset;
+    p.callBytes = l.total;
     p.workspaceBytes = workspaceBound(d);
     int32_t const dtype = static_cast<int32_t>(d.dtype);
+    p.kernels[kActQuant] = findKernel(kActQuant, dtype, 0);
     p.kernels[kGemm] = findKernel(kGemm, dtype, p.config);
     p.kernels[kReduce] = findKernel(kReduce, dtype, 0);
-    return p.kernels[kGemm] >= 0 && p.kernels[kReduce] >= 0;
+    return p.kernels[kActQuant] >= 0 && p.kernels[kGemm] >= 0 && p.kernels[kReduce] >= 0;
 }
 
 } // namespace plan

@@ -20,8 +20,8 @@ namespace fp8
 namespace plan
 {
 
-//! Every launch decision of one call (fp8_plan.Fp8Plan). Grids are (x, y, z), in KernelKind order; the reduce
-//! grid is {0, 0, 0} when splits == 1.
+//! Every launch decision of one call (fp8_plan.Fp8Plan). Grids are (x, y, z), in KernelKind order; a kind not
+//! launched has grid {0, 0, 0}. act_quant's grid is set for the prefill config, launched on the native path only.
 struct LaunchPlan
 {
     int32_t config; //!< GEMM config index (0 decode, 1 prefill)
@@ -30,11 +30,13 @@ struct LaunchPlan
     int64_t kBlocks;
     int32_t splits;
     int32_t kBlocksPerSplit;
-    int32_t launches;   //!< 0 (no rows), 1 (gemm) or 2 (gemm, reduce)
-    int32_t kernels[2]; //!< kernel table index per KernelKind (Module::function)
-    uint32_t grids[2][3];
-    int64_t partialBytes;   //!< this call's partials
-    int64_t workspaceBytes; //!< the largest partialBytes over rows <= dims.rows
+    int32_t kernels[3]; //!< kernel table index per KernelKind (Module::function)
+    uint32_t grids[3][3];
+    int64_t xqOffset;       //!< workspace byte offsets: act_quant's codes [G*M, K] u8, scales [G*M, kBlocks] f32,
+    int64_t sxOffset;       //!< then the split partials [splits, G, M, N] f32
+    int64_t partialOffset;
+    int64_t callBytes;      //!< this call's workspace
+    int64_t workspaceBytes; //!< the largest callBytes over rows <= dims.rows
 };
 
 //! nullptr when the AOT kernels handle `dims`, else the reason (fp8_plan.unsupported_reason's text).

@@ -28,9 +28,10 @@ using tables::ElementBytes;
 //! Kernel kinds, in launch order (fp8_plan.KERNEL_KINDS).
 enum KernelKind : int32_t
 {
-    kGemm = 0,
-    kReduce = 1,
-    kNumKinds = 2,
+    kActQuant = 0,
+    kGemm = 1,
+    kReduce = 2,
+    kNumKinds = 3,
 };
 
 //! Block sizes of the GEMM (fp8_plan.GemmConfig; BLOCK_K is kBlockK); index 0 "decode", 1 "prefill".
@@ -47,6 +48,7 @@ struct KernelEntry
     int32_t kind;    //!< KernelKind
     int32_t dtype;   //!< DataType value
     int32_t variant; //!< GEMM config index (gemm), else 0
+    // The images of sm_89+ are the native path's: their prefill gemm reads act_quant's codes (x_fp8).
     int32_t numWarps;
 };
 

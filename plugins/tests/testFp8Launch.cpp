@@ -1,8 +1,9 @@
 /*
  * The BlockFp8MatMul kernels' launch path (plugins/kernels/fp8Kernels.h) on the recording fake CUDA driver:
  *   - a decode shape (M = 1, kv_a_proj_with_mqa's 576 x 7168: split-K, gemm + reduce), a prefill shape (M = 4096,
- *     7168 x 2048: one split, gemm alone) and per-head weights (G = 128, W_UK^T's 512 x 128) launch exactly the
- *     kernels, grids, blocks, shared memory and arguments worked out by hand below from fp8_plan.py's rule;
+ *     7168 x 2048: one split; act_quant + gemm on sm_90, gemm alone on sm_86) and per-head weights (G = 128,
+ *     W_UK^T's 512 x 128) launch exactly the kernels, grids, blocks, shared memory and arguments worked out by
+ *     hand below from fp8_plan.py's rule;
  *   - the module loads the image of the device's arch (the native path's on sm_89+, the weight-only one below);
  *   - bad dims, null or misaligned pointers and a missing workspace are refused before any driver call, a failing
  *     launch is reported, no row launches nothing.
@@ -107,71 +108,97 @@ int32_t kernelOf(fp8_tables::KernelKind kind, DataType dtype, int32_t variant)
 
 void registerSignatures()
 {
-    // gemm: 5 pointers, 4 int32, 2 scratch pointers; reduce: 2 pointers, 2 int32, 2 scratch pointers.
-    for (int32_t i = 0; i < fp8::imageSet().numKernels; ++i)
+    // act_quant: 3 pointers, 2 int32; gemm: 6 pointers, 4 int32; reduce: 2 pointers, 2 int32; then 2 scratch.
+    fake::setSignature("block_fp8_act_quant_kernel", {8, 8, 8, 4, 4, 8, 8});
+    fake::setSignature("block_fp8_matmul_kernel", {8, 8, 8, 8, 8, 8, 4, 4, 4, 4, 8, 8});
+    fake::setSignature("block_fp8_reduce_kernel", {8, 8, 4, 4, 8, 8});
+}
+
+//! The driver calls of one launch() on `module` (every one must be a launch).
+std::vector<fake::Event> launchesOf(Module const& module, fp8::Dims const& d, void* workspace)
+{
+    size_t const first = fake::events().size();
+    CHECK_MSG(fp8::launch(module, d, tensors(), workspace, kStream) == CUDA_SUCCESS, describe(d));
+    std::vector<fake::Event> got = fake::eventsSince(first);
+    for (fake::Event const& e : got)
     {
-        std::string const name = fp8::imageSet().entryNames[i];
-        bool const gemm = name.find("matmul") != std::string::npos;
-        fake::setSignature(name, gemm ? std::vector<uint32_t>{8, 8, 8, 8, 8, 4, 4, 4, 4, 8, 8}
-                                      : std::vector<uint32_t>{8, 8, 4, 4, 8, 8});
+        CHECK_MSG(e.kind == fake::Kind::kLaunch, describe(d) + ": a driver call other than a launch");
     }
+    return got;
 }
 
 // By hand from fp8_plan.py: decode (M <= 16) tiles 16 x 64, prefill 64 x 128, BLOCK_K 128; split K while
 // G * tiles < 256: want = min(32, kBlocks, cdiv(256, tiles)), perSplit = cdiv(kBlocks, want), splits =
-// cdiv(kBlocks, perSplit).
+// cdiv(kBlocks, perSplit). Prefill workspace: codes [G*M, K] u8, scales [G*M, kBlocks] f32, partials; 256-aligned.
 void testDecodePrefillAndPerHead()
 {
     Module module;
     loadOn(module, 90);
     registerSignatures();
-    fp8::Tensors const t = tensors();
+    void* const ws = reinterpret_cast<void*>(kWorkspace);
 
     // Decode: M 1, N 576, K 7168 bf16. nTiles 9, kBlocks 56: want min(32, 56, 29) = 29, perSplit 2, splits 28.
     fp8::Dims const decode{1, 1, 576, 7168, 128, DataType::kBFLOAT16};
     CHECK(fp8::workspaceBytes(decode) >= 28 * 576 * 4);
-    size_t first = fake::events().size();
-    CHECK(fp8::launch(module, decode, t, reinterpret_cast<void*>(kWorkspace), kStream) == CUDA_SUCCESS);
-    std::vector<fake::Event> got = fake::eventsSince(first);
-    CHECK_MSG(got.size() == 2, describe(decode) + ": " + std::to_string(got.size()) + " driver calls");
+    std::vector<fake::Event> got = launchesOf(module, decode, ws);
+    CHECK_MSG(got.size() == 2, describe(decode) + ": " + std::to_string(got.size()) + " launches");
     if (got.size() == 2)
     {
         checkLaunch(module, got[0],
-            {kernelOf(fp8_tables::kGemm, DataType::kBFLOAT16, 0), {9, 28, 1}, {kInput, kWeight, kScale, kOutput, kWorkspace},
-                {1, 576, 7168, 2}},
+            {kernelOf(fp8_tables::kGemm, DataType::kBFLOAT16, 0), {9, 28, 1},
+                {kInput, kWeight, kScale, 0, kOutput, kWorkspace}, {1, 576, 7168, 2}},
             "decode gemm");
         checkLaunch(module, got[1],
             {kernelOf(fp8_tables::kReduce, DataType::kBFLOAT16, 0), {1, 1, 1}, {kWorkspace, kOutput}, {576, 28}},
             "decode reduce");
     }
 
-    // Prefill: M 4096, N 7168, K 2048 fp16. 64 x 56 = 3584 tiles >= 256: one split, no reduce, no workspace.
+    // Prefill: M 4096, N 7168, K 2048 fp16. 64 x 56 = 3584 tiles >= 256: one split. On sm_90 act_quant first
+    // (grid 4096/16 = 256 x 16 K-blocks): codes at ws, scales at ws + 4096 * 2048, read by the gemm.
     fp8::Dims const prefill{1, 4096, 7168, 2048, 128, DataType::kFLOAT16};
-    first = fake::events().size();
-    CHECK(fp8::launch(module, prefill, t, nullptr, kStream) == CUDA_SUCCESS);
-    got = fake::eventsSince(first);
-    CHECK_MSG(got.size() == 1, describe(prefill) + ": " + std::to_string(got.size()) + " driver calls");
-    if (got.size() == 1)
+    uint64_t const scales = kWorkspace + 4096 * 2048;
+    // Its workspace covers every M' <= 4096: the worst is M' = 256 (4 x 56 = 224 tiles < 256: 2 splits), whose
+    // partials 2 * 256 * 7168 * 4 B and codes and scales 256 * 2048 + 256 * 16 * 4 B outgrow M = 4096's 8.65 MB.
+    CHECK(fp8::workspaceBytes(prefill) == 2 * 256 * 7168 * 4 + 256 * 2048 + 256 * 16 * 4);
+    got = launchesOf(module, prefill, ws);
+    CHECK_MSG(got.size() == 2, describe(prefill) + ": " + std::to_string(got.size()) + " launches");
+    if (got.size() == 2)
     {
         checkLaunch(module, got[0],
-            {kernelOf(fp8_tables::kGemm, DataType::kFLOAT16, 1), {3584, 1, 1}, {kInput, kWeight, kScale, kOutput, 0},
-                {4096, 7168, 2048, 16}},
-            "prefill gemm");
+            {kernelOf(fp8_tables::kActQuant, DataType::kFLOAT16, 0), {256, 16, 1}, {kInput, kWorkspace, scales},
+                {4096, 2048}},
+            "prefill act_quant");
+        checkLaunch(module, got[1],
+            {kernelOf(fp8_tables::kGemm, DataType::kFLOAT16, 1), {3584, 1, 1},
+                {kWorkspace, kWeight, kScale, scales, kOutput, 0}, {4096, 7168, 2048, 16}},
+            "prefill gemm (sm_90)");
     }
 
     // Per head: G 128, M 4, N 512, K 128 (one K-block: never split). Decode tiles: 8 per group.
     fp8::Dims const heads{128, 4, 512, 128, 128, DataType::kBFLOAT16};
     CHECK(fp8::workspaceBytes(heads) == 0);
-    first = fake::events().size();
-    CHECK(fp8::launch(module, heads, t, nullptr, kStream) == CUDA_SUCCESS);
-    got = fake::eventsSince(first);
+    got = launchesOf(module, heads, nullptr);
     CHECK(got.size() == 1);
     if (got.size() == 1)
     {
         checkLaunch(module, got[0],
-            {kernelOf(fp8_tables::kGemm, DataType::kBFLOAT16, 0), {8, 1, 128}, {kInput, kWeight, kScale, kOutput, 0},
+            {kernelOf(fp8_tables::kGemm, DataType::kBFLOAT16, 0), {8, 1, 128}, {kInput, kWeight, kScale, 0, kOutput, 0},
                 {4, 512, 128, 1}},
             "per-head gemm");
+    }
+    module.unload();
+
+    // sm_86 (weight-only images): the prefill gemm reads the input itself, no act_quant, no workspace needed.
+    loadOn(module, 86);
+    registerSignatures();
+    got = launchesOf(module, prefill, nullptr);
+    CHECK(got.size() == 1);
+    if (got.size() == 1)
+    {
+        checkLaunch(module, got[0],
+            {kernelOf(fp8_tables::kGemm, DataType::kFLOAT16, 1), {3584, 1, 1}, {kInput, kWeight, kScale, 0, kOutput, 0},
+                {4096, 7168, 2048, 16}},
+            "prefill gemm (sm_86)");
     }
     module.unload();
     CHECK(fake::liveModules() == 0);
@@ -225,18 +252,20 @@ void testRefusalsAndFailures()
     nullScale.scaleInv = nullptr;
     CHECK(fp8::launch(module, ok, nullScale, ws, kStream) == CUDA_ERROR_INVALID_VALUE);
     CHECK(fp8::launch(module, ok, t, nullptr, kStream) == CUDA_ERROR_INVALID_VALUE); // split: needs the workspace
+    fp8::Dims const prefill{1, 300, 576, 7168, 128, DataType::kBFLOAT16}; // native: act_quant needs it too
+    CHECK(fp8::launch(module, prefill, t, nullptr, kStream) == CUDA_ERROR_INVALID_VALUE);
     CHECK(fp8::launch(module, {1, 0, 576, 7168, 128, DataType::kBFLOAT16}, t, nullptr, kStream) == CUDA_SUCCESS);
     CHECK_MSG(fake::eventsSince(first).empty(), "a driver call before a refusal, or for no row");
 
     fake::failCall("cuLaunchKernel", CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, 0);
     CHECK(fp8::launch(module, ok, t, ws, kStream) == CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
-    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() <= 1); // the reduce never follows a failed gemm
+    CHECK(fake::eventsOf(fake::Kind::kLaunch).size() <= 1); // nothing follows a failed launch
     module.unload();
 }
 
 // Expectations written by tests/test_fp8_kernels_aot.py from mla_export.kernels.fp8.plan:
 //   case G M N K dtype   then one launch line per planned launch (launchPlan.h, every field fixed), pointers
-//   p:input, p:weight, p:scale_inv, p:output, p:ws or p:null.
+//   p:input, p:weight, p:scale_inv, p:output, p:ws or p:null, each optionally +<bytes>.
 int32_t compareWithPlan(char const* path)
 {
     struct Planned
@@ -258,14 +287,17 @@ int32_t compareWithPlan(char const* path)
     {
         return -1;
     }
-    auto const pointer = [](std::string const& name, uint64_t& address) {
-        address = name == "input" ? kInput
+    auto const pointer = [](std::string const& token, uint64_t& address) {
+        size_t const plus = token.find('+');
+        std::string const name = token.substr(0, plus);
+        uint64_t const offset = plus == std::string::npos ? 0 : std::stoull(token.substr(plus + 1));
+        address = offset + (name == "input" ? kInput
             : name == "weight"    ? kWeight
             : name == "scale_inv" ? kScale
             : name == "output"    ? kOutput
             : name == "ws"        ? kWorkspace
             : name == "null"      ? 0
-                                  : ~uint64_t{0};
+                                  : ~uint64_t{0});
         return true;
     };
     for (Planned const& p : plans)

@@ -12,7 +12,7 @@ import torch
 
 from ...common.contract import FP8_BLOCK
 from . import gemm
-from .plan import (FP32_NUM_STAGES, FP_FUSION, GEMM_CONFIGS, REDUCE_NUM_WARPS, Fp8Dims, Fp8Plan, kernel_constexprs, make_plan,
+from .plan import (FP32_NUM_STAGES, FP_FUSION, GEMM_CONFIGS, QUANT_NUM_WARPS, REDUCE_NUM_WARPS, Fp8Dims, Fp8Plan, kernel_constexprs, make_plan,
                    native_fp8)
 
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -106,19 +106,30 @@ def block_fp8_matmul_triton(x: torch.Tensor, weight: torch.Tensor, scale_inv: to
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     result = out if out is not None else torch.empty(out_shape, dtype=x.dtype, device=x.device)
     plan = plan_for(dims, config)
-    if plan.launches == 0:
+    if plan.gemm_grid[0] == 0:
         return result
     native = (path or device_path(x.device)) == "native"
     upcast = not native and x.dtype == torch.bfloat16 and interpreting()
-    partials = (torch.empty(plan.partial_bytes // 4, dtype=torch.float32, device=x.device) if plan.splits > 1
-                else torch.empty(0, dtype=torch.float32, device=x.device))
+    device = x.device
     cfg = plan.config
-    constexprs = kernel_constexprs("gemm", GEMM_CONFIGS.index(cfg), dims.dtype, native, upcast)
+    variant = GEMM_CONFIGS.index(cfg)
+    launched = plan.launches(native)
+    x_in, sx = x, torch.empty(0, dtype=torch.float32, device=device)
+    if "act_quant" in launched:  # kernel 1: the activations' e4m3 codes and scales, once per call
+        rows = dims.groups * dims.rows
+        x_in = torch.empty(rows, dims.k, dtype=torch.uint8, device=device)  # [G*M, K] e4m3 codes
+        sx = torch.empty(rows, plan.k_blocks, dtype=torch.float32, device=device)  # [G*M, k_blocks]
+        gemm.block_fp8_act_quant_kernel[plan.quant_grid](
+            x, x_in, sx, rows, dims.k, **kernel_constexprs("act_quant", 0, dims.dtype, native),
+            num_warps=QUANT_NUM_WARPS, num_stages=1, enable_fp_fusion=FP_FUSION)
+    partials = torch.empty((plan.splits * dims.groups * dims.rows * dims.n) if plan.splits > 1 else 0,
+                           dtype=torch.float32, device=device)  # [splits, G, M, N]
+    constexprs = kernel_constexprs("gemm", variant, dims.dtype, native, upcast)
     stages = FP32_NUM_STAGES if dims.dtype == "float32" else cfg.num_stages
     gemm.block_fp8_matmul_kernel[plan.gemm_grid](
-        x, weight.view(torch.uint8), scale_inv, result, partials, dims.rows, dims.n, dims.k, plan.k_blocks_per_split,
-        **constexprs, num_warps=cfg.num_warps, num_stages=stages, enable_fp_fusion=FP_FUSION)
-    if plan.splits > 1:
+        x_in, weight.view(torch.uint8), scale_inv, sx, result, partials, dims.rows, dims.n, dims.k,
+        plan.k_blocks_per_split, **constexprs, num_warps=cfg.num_warps, num_stages=stages, enable_fp_fusion=FP_FUSION)
+    if "reduce" in launched:
         gemm.block_fp8_reduce_kernel[plan.reduce_grid](
             partials, result, dims.groups * dims.rows * dims.n, plan.splits,
             **kernel_constexprs("reduce", 0, dims.dtype, native), num_warps=REDUCE_NUM_WARPS, num_stages=1,

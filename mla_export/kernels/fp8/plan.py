@@ -8,9 +8,11 @@ generated C++ header that the hand-written C++ plan (plugins/kernels/fp8KernelsP
 One call: y[g] = x[g] @ dequantize(w[g])^T for g < G, x [G, M, K] T, w [G, N, K] float8e4m3fn with float32
 scale_inv [G, ceil(N/128), ceil(K/128)] (contract.py's FP8 block convention), y [G, M, N] T. Launches:
 
-    1 gemm    (m_tiles * n_tiles, splits, G)   K-blocks [s * kb_per_split, (s+1) * kb_per_split) of each tile;
-                                               splits == 1: y in T; else float32 partials [splits, G, M, N]
-    2 reduce  (cdiv(G*M*N, REDUCE_BLOCK),)     only when splits > 1: y = sum of the partials, s = 0.. in order
+    1 act_quant (cdiv(G*M, QUANT_BLOCK_R), k_blocks)  native path, prefill config only: x -> e4m3 codes and their
+                                                 scales per [row, 128 columns] block, into the workspace
+    2 gemm      (m_tiles * n_tiles, splits, G)   K-blocks [s * kb_per_split, (s+1) * kb_per_split) of each tile;
+                                                 splits == 1: y in T; else float32 partials [splits, G, M, N]
+    3 reduce    (cdiv(G*M*N, REDUCE_BLOCK),)     only when splits > 1: y = sum of the partials, s = 0.. in order
 
 BLOCK_K is the scale block (128) and BLOCK_N divides it, so every K-step of a program reads one weight scale.
 GEMM config: "decode" (BLOCK_M 16: weight-bandwidth bound) while M <= DECODE_MAX_ROWS, else "prefill".
@@ -19,11 +21,14 @@ programs stream the weight, at most MAX_SPLITS, each split a whole number of K-b
 The plan reads shapes only (no device property): the same on every GPU.
 
 Path, chosen per arch at compile time (same arguments, grids and workspace): native FP8 on sm_89 and later
-(activations quantized to e4m3 per [row, 128-column] block in the kernel, FP8 tl.dot), weight-only below (the
-weight decoded to the activation dtype in registers, tl.dot in that dtype). Both accumulate in float32.
+(activations quantized to e4m3 per [row, 128-column] block, by kernel 1 for prefill or in the GEMM for decode;
+FP8 tl.dot), weight-only below (the weight decoded to the activation dtype in registers, tl.dot in that dtype;
+kernel 1 is not launched). Both accumulate in float32.
 
-Workspace: the partials [splits, G, M, N] float32 when splits > 1. `workspace_bytes` is the largest of that
-over every M' <= M (same G, N, K), so one size serves every call of an engine profile up to M.
+Workspace (each region at a multiple of WORKSPACE_ALIGN): with the prefill config xq [G*M, K] uint8 and
+sx [G*M, k_blocks] float32 (used on the native path only, reserved on every arch), then the partials
+[splits, G, M, N] float32 when splits > 1. `workspace_bytes` is the largest total over every M' <= M (same G, N,
+K), so one size serves every call of an engine profile up to M.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ MAX_SPLITS = 32
 MAX_GROUPS = 65535  # the grid's z
 K_MULTIPLE, N_MULTIPLE = 16, 8  # AOT: 16-byte rows of the FP8 weight and of the T output
 REDUCE_BLOCK, REDUCE_NUM_WARPS = 1024, 4
+QUANT_BLOCK_R, QUANT_NUM_WARPS = 16, 4
 GROUP_M = 8  # programs walk GROUP_M row tiles per column tile (weight tiles reused from L2)
 MIN_AMAX = 1e-30  # activation scale floor (an all-zero row block quantizes to zeros, never 0/0)
 WORKSPACE_ALIGN = 256
@@ -102,14 +108,25 @@ class Fp8Plan:
     k_blocks: int
     splits: int
     k_blocks_per_split: int
+    quant_grid: tuple[int, int, int]  # (0, 0, 0) unless the prefill config (launched on the native path only)
     gemm_grid: tuple[int, int, int]
     reduce_grid: tuple[int, int, int]
-    partial_bytes: int  # this call's partials (0 when splits == 1)
-    workspace_bytes: int  # the largest partial_bytes over rows <= this call's rows
+    xq_offset: int  # workspace byte offsets: quantized activations, their scales, the partials
+    sx_offset: int
+    partial_offset: int
+    call_bytes: int  # this call's workspace (partial_offset + its partials)
+    workspace_bytes: int  # the largest call_bytes over rows <= this call's rows
 
     @property
-    def launches(self) -> int:
-        return 0 if 0 in self.gemm_grid else (2 if self.splits > 1 else 1)
+    def quant_first(self) -> bool:
+        return self.quant_grid[0] > 0
+
+    def launches(self, native: bool) -> tuple[str, ...]:
+        """The kernel kinds launched, in order, on the native or the weight-only path."""
+        if self.gemm_grid[0] == 0:
+            return ()
+        return (("act_quant",) if native and self.quant_first else ()) + ("gemm",) + \
+            (("reduce",) if self.splits > 1 else ())
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -134,43 +151,63 @@ def split_k(programs: int, k_blocks: int) -> tuple[int, int]:
     return _cdiv(k_blocks, per_split), per_split
 
 
-def _partial_bytes(dims: Fp8Dims, rows: int, cfg: GemmConfig) -> tuple[int, int, int, int, int]:
-    """(m_tiles, n_tiles, splits, per_split, partial bytes) of `rows` rows under config `cfg`."""
+@dataclass(frozen=True)
+class _Layout:
+    """One config's tiling of `rows` rows and its workspace regions."""
+
+    m_tiles: int
+    n_tiles: int
+    splits: int
+    per_split: int
+    xq_offset: int
+    sx_offset: int
+    partial_offset: int
+    total: int
+
+
+def _layout(dims: Fp8Dims, rows: int, cfg: GemmConfig) -> _Layout:
     m_tiles, n_tiles = _cdiv(rows, cfg.block_m), _cdiv(dims.n, cfg.block_n)
-    splits, per_split = split_k(dims.groups * m_tiles * n_tiles, _cdiv(dims.k, BLOCK_K))
-    size = _align(splits * dims.groups * rows * dims.n * 4) if splits > 1 else 0
-    return m_tiles, n_tiles, splits, per_split, size
+    k_blocks = _cdiv(dims.k, BLOCK_K)
+    splits, per_split = split_k(dims.groups * m_tiles * n_tiles, k_blocks)
+    quant = cfg is GEMM_CONFIGS[1]  # prefill: kernel 1's regions
+    sx_offset = _align(dims.groups * rows * dims.k) if quant else 0
+    partial_offset = sx_offset + (_align(dims.groups * rows * k_blocks * 4) if quant else 0)
+    partial = _align(splits * dims.groups * rows * dims.n * 4) if splits > 1 else 0
+    return _Layout(m_tiles, n_tiles, splits, per_split, 0, sx_offset, partial_offset, partial_offset + partial)
 
 
 def workspace_bound(dims: Fp8Dims) -> int:
-    """max over 1 <= M' <= dims.rows of the partial bytes (the planned config of each M'); 0 without rows."""
+    """max over 1 <= M' <= dims.rows of the workspace bytes (the planned config of each M'); 0 without rows."""
     if min(dims.rows, dims.n, dims.groups) <= 0:
         return 0
-    best = _partial_bytes(dims, min(dims.rows, DECODE_MAX_ROWS), GEMM_CONFIGS[0])[-1]
+    best = _layout(dims, min(dims.rows, DECODE_MAX_ROWS), GEMM_CONFIGS[0]).total
     prefill = GEMM_CONFIGS[1]
     n_tiles = _cdiv(dims.n, prefill.block_n)
-    # The bytes grow with M' inside a row-tile count and splits only fall as tiles grow: the worst M' of each
-    # tile count is its largest; past TARGET_PROGRAMS tiles nothing is split.
+    # Every region grows with M' inside a row-tile count and splits only fall as tiles grow: the worst M' of each
+    # tile count is its largest; past TARGET_PROGRAMS tiles nothing is split and M itself is the worst.
     max_tiles = min(_cdiv(dims.rows, prefill.block_m), _cdiv(TARGET_PROGRAMS, dims.groups * n_tiles))
-    for tiles in range(1, max_tiles + 1):
-        rows = min(dims.rows, tiles * prefill.block_m)
+    candidates = [min(dims.rows, tiles * prefill.block_m) for tiles in range(1, max_tiles + 1)] + [dims.rows]
+    for rows in candidates:
         if rows > DECODE_MAX_ROWS:
-            best = max(best, _partial_bytes(dims, rows, prefill)[-1])
+            best = max(best, _layout(dims, rows, prefill).total)
     return best
 
 
 def make_plan(dims: Fp8Dims, config: str | None = None) -> Fp8Plan:
     """The plan for `dims`; `config` (a GEMM_CONFIGS name) overrides the decode/prefill rule (tests)."""
     cfg = config_named(config) if config is not None else choose_config(dims.rows)
-    m_tiles, n_tiles, splits, per_split, partial = _partial_bytes(dims, max(dims.rows, 0), cfg)
+    lay = _layout(dims, max(dims.rows, 0), cfg)
     k_blocks = _cdiv(dims.k, BLOCK_K)
-    gemm_grid = (m_tiles * n_tiles, splits, dims.groups)
+    gemm_grid = (lay.m_tiles * lay.n_tiles, lay.splits, dims.groups)
     if min(gemm_grid) <= 0:
         gemm_grid = (0, 0, 0)
-    reduce_grid = (_cdiv(dims.groups * dims.rows * dims.n, REDUCE_BLOCK), 1, 1) if splits > 1 and gemm_grid[0] \
+    quant_grid = (_cdiv(dims.groups * dims.rows, QUANT_BLOCK_R), k_blocks, 1) \
+        if cfg is GEMM_CONFIGS[1] and gemm_grid[0] and k_blocks else (0, 0, 0)
+    reduce_grid = (_cdiv(dims.groups * dims.rows * dims.n, REDUCE_BLOCK), 1, 1) if lay.splits > 1 and gemm_grid[0] \
         else (0, 0, 0)
-    bound = workspace_bound(dims) if config is None else max(partial, workspace_bound(dims))
-    return Fp8Plan(cfg, m_tiles, n_tiles, k_blocks, splits, per_split, gemm_grid, reduce_grid, partial, bound)
+    bound = workspace_bound(dims) if config is None else max(lay.total, workspace_bound(dims))
+    return Fp8Plan(cfg, lay.m_tiles, lay.n_tiles, k_blocks, lay.splits, lay.per_split, quant_grid, gemm_grid,
+                   reduce_grid, lay.xq_offset, lay.sx_offset, lay.partial_offset, lay.total, bound)
 
 
 # Reasons of unsupported_reason, word for word those of mla::kernels::fp8::plan::unsupportedReason.
@@ -179,7 +216,7 @@ REASON_BLOCK = f"block_size: the kernels take {FP8_BLOCK} only"
 REASON_DIMS = (f"K must be a positive multiple of {K_MULTIPLE} and N of {N_MULTIPLE} for the AOT kernels")
 REASON_GROUPS = f"groups: the AOT kernels take 1 to {MAX_GROUPS} weight groups"
 REASON_NEGATIVE = "negative number of rows"
-REASON_SIZE = "G * M * N and M * K must stay below 2^31 elements for the AOT kernels"
+REASON_SIZE = "G * M * N and G * M * K must stay below 2^31 elements for the AOT kernels"
 
 
 def unsupported_reason(dims: Fp8Dims, block_size: int = FP8_BLOCK) -> str | None:
@@ -194,13 +231,13 @@ def unsupported_reason(dims: Fp8Dims, block_size: int = FP8_BLOCK) -> str | None
         return REASON_GROUPS
     if dims.rows < 0:
         return REASON_NEGATIVE
-    if dims.groups * dims.rows * dims.n >= 2 ** 31 or dims.rows * dims.k >= 2 ** 31:
+    if dims.groups * dims.rows * max(dims.n, dims.k) >= 2 ** 31:
         return REASON_SIZE
     return None
 
 
 # Kernel kinds, in launch order.
-KERNEL_KINDS = ("gemm", "reduce")
+KERNEL_KINDS = ("act_quant", "gemm", "reduce")
 
 
 @dataclass(frozen=True)
@@ -219,23 +256,29 @@ def aot_kernel_table() -> tuple[KernelSpec, ...]:
     """Every specialization the plugin needs (the same table on every arch; the path is the arch's)."""
     table = []
     for dtype in AOT_DTYPES:
+        table.append(KernelSpec("act_quant", dtype, 0, QUANT_NUM_WARPS, 1))
         for ci, cfg in enumerate(GEMM_CONFIGS):
             table.append(KernelSpec("gemm", dtype, ci, cfg.num_warps, cfg.num_stages))
         table.append(KernelSpec("reduce", dtype, 0, REDUCE_NUM_WARPS, 1))
     return tuple(table)
 
 
-def kernel_indices(plan: Fp8Plan, dtype: str) -> tuple[int, int]:
-    """Indices into `aot_kernel_table()` of (gemm, reduce) for `plan`."""
+def kernel_indices(plan: Fp8Plan, dtype: str) -> tuple[int, int, int]:
+    """Indices into `aot_kernel_table()` of (act_quant, gemm, reduce) for `plan`."""
     table = aot_kernel_table()
-    keys = (("gemm", dtype, GEMM_CONFIGS.index(plan.config)), ("reduce", dtype, 0))
+    keys = (("act_quant", dtype, 0), ("gemm", dtype, GEMM_CONFIGS.index(plan.config)), ("reduce", dtype, 0))
     found = []
     for key in keys:
         matches = [i for i, k in enumerate(table) if (k.kind, k.dtype, k.variant) == key]
         if len(matches) != 1:
             raise KeyError(key)
         found.append(matches[0])
-    return found[0], found[1]
+    return found[0], found[1], found[2]
+
+
+def x_fp8(kind: str, variant: int, native: bool) -> bool:
+    """True when the GEMM reads kernel 1's e4m3 codes (the native path's prefill config) instead of x."""
+    return kind == "gemm" and native and GEMM_CONFIGS[variant].name == "prefill"
 
 
 def kernel_constexprs(kind: str, variant: int, dtype: str, native: bool, upcast_dot: bool = False) -> dict:
@@ -245,8 +288,10 @@ def kernel_constexprs(kind: str, variant: int, dtype: str, native: bool, upcast_
     if kind == "gemm":
         cfg = GEMM_CONFIGS[variant]
         return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": BLOCK_K, "GROUP_M": GROUP_M,
-                "NATIVE": native, "UPCAST_DOT": upcast_dot,
+                "NATIVE": native, "X_FP8": x_fp8(kind, variant, native), "UPCAST_DOT": upcast_dot,
                 "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+    if kind == "act_quant":
+        return {"BLOCK_R": QUANT_BLOCK_R, "BLOCK_K": BLOCK_K}
     if kind == "reduce":
         return {"BLOCK": REDUCE_BLOCK}
     raise ValueError(f"unknown kernel kind {kind!r}")
@@ -254,25 +299,32 @@ def kernel_constexprs(kind: str, variant: int, dtype: str, native: bool, upcast_
 
 # Runtime arguments of each kernel kind, in the kernels' order: (name, Triton type), "*T" standing for the element
 # type. The hand-written C++ launchers (plugins/kernels/fp8Kernels.cpp) pass them in this order, then Triton's
-# global-scratch and profile-scratch pointers. The weight travels as bytes (*u8: sm_80/86 have no FP8 type).
+# global-scratch and profile-scratch pointers. The weight travels as bytes (*u8: sm_80/86 have no FP8 type), and so
+# do kernel 1's codes (the GEMM's x_ptr is *u8 where x_fp8).
 RUNTIME_ARGS = {
-    "gemm": (("x_ptr", "*T"), ("w_ptr", "*u8"), ("s_ptr", "*fp32"), ("y_ptr", "*T"), ("part_ptr", "*fp32"),
-             ("M", "i32"), ("N", "i32"), ("K", "i32"), ("k_blocks_per_split", "i32")),
+    "act_quant": (("x_ptr", "*T"), ("xq_ptr", "*u8"), ("sx_ptr", "*fp32"), ("R", "i32"), ("K", "i32")),
+    "gemm": (("x_ptr", "*T"), ("w_ptr", "*u8"), ("s_ptr", "*fp32"), ("sx_ptr", "*fp32"), ("y_ptr", "*T"),
+             ("part_ptr", "*fp32"), ("M", "i32"), ("N", "i32"), ("K", "i32"), ("k_blocks_per_split", "i32")),
     "reduce": (("part_ptr", "*fp32"), ("y_ptr", "*T"), ("total", "i32"), ("splits", "i32")),
 }
 DIVISIBILITY = {"K": K_MULTIPLE, "N": N_MULTIPLE}  # declared to the AOT compiler (unsupported_reason holds them)
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def runtime_args(kind: str, dtype: str = "float16") -> list[tuple[str, str]]:
-    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype`, in order."""
-    return [(name, ty.replace("T", _TRITON_TYPES[dtype]) if ty == "*T" else ty) for name, ty in RUNTIME_ARGS[kind]]
+def runtime_args(kind: str, dtype: str = "float16", codes: bool = False) -> list[tuple[str, str]]:
+    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype`, in order; `codes`: the
+    GEMM's x_ptr holds kernel 1's e4m3 codes."""
+    def typed(name: str, ty: str) -> str:
+        if ty != "*T":
+            return ty
+        return "*u8" if codes and name == "x_ptr" else "*" + _TRITON_TYPES[dtype]
+    return [(name, typed(name, ty)) for name, ty in RUNTIME_ARGS[kind]]
 
 
 def kernel_signature(spec: KernelSpec, arch: int) -> tuple[dict, dict, dict]:
     """(signature, constexprs, attrs) of `spec` compiled for sm_<arch> for Triton's ASTSource: runtime arguments
     then constexprs (NATIVE per `native_fp8(arch)`); pointers 16-byte aligned, K and N per DIVISIBILITY."""
-    runtime = runtime_args(spec.kind, spec.dtype)
+    runtime = runtime_args(spec.kind, spec.dtype, x_fp8(spec.kind, spec.variant, native_fp8(arch)))
     constexprs = kernel_constexprs(spec.kind, spec.variant, spec.dtype, native_fp8(arch))
     sig = dict(runtime)
     sig.update({k: "constexpr" for k in constexprs})
@@ -280,6 +332,6 @@ def kernel_signature(spec: KernelSpec, arch: int) -> tuple[dict, dict, dict]:
     for i, (name, ty) in enumerate(runtime):
         if ty.startswith("*"):
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif spec.kind == "gemm" and name in DIVISIBILITY:
+        elif name in DIVISIBILITY:
             attrs[(i,)] = [["tt.divisibility", DIVISIBILITY[name]]]
     return sig, constexprs, attrs
