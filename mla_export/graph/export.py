@@ -98,6 +98,7 @@ def _finish(proto, spec: ModelSpec, data_file: str) -> None:
     """Add the nodes' functions, opset, IR version and metadata to the serialized model, in place."""
     import onnx
 
+    from .onnx_fp8 import FP8_OPSET, fp8_function_proto
     from .onnx_moe import moe_function_proto
     from .onnx_node import function_proto
 
@@ -105,7 +106,13 @@ def _finish(proto, spec: ModelSpec, data_file: str) -> None:
     ops = {n.op_type for n in proto.graph.node if n.domain == contract.OP_DOMAIN}
     proto.functions.append(function_proto())
     if contract.MOE_OP_TYPE in ops:
-        proto.functions.append(moe_function_proto())
+        proto.functions.append(moe_function_proto(fp8=spec.quant == "fp8"))
+    if contract.FP8_OP_TYPE in ops:
+        proto.functions.append(fp8_function_proto())
+    if spec.quant == "fp8":  # Shape and Cast take float8 from opset 19: the graph and every body import it
+        for opset in [*proto.opset_import, *(o for f in proto.functions for o in f.opset_import)]:
+            if opset.domain == "":
+                opset.version = max(opset.version, FP8_OPSET)
     if not any(o.domain == contract.OP_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION))
     proto.producer_name, proto.producer_version = "mla_export", __version__

@@ -13,14 +13,20 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..common import contract
+from .onnx_fp8 import dequantized
 from .onnx_node import BODY_OPSET, FunctionBody, schema_attributes
 
 
-def moe_op_schema() -> onnx.defs.OpSchema:
-    """The node's schema: five inputs, one output, T in {float, float16, bfloat16}."""
+def moe_op_schema(fp8: bool = False) -> onnx.defs.OpSchema:
+    """The node's schema: five inputs (seven with FP8 experts and their scales), one output, T in {float,
+    float16, bfloat16}."""
     t = onnx.defs.OpSchema.FormalParameter
     hidden, router, bias, gate_up, down = contract.MOE_INPUTS
-    inputs = [t(hidden, "T"), t(router, "tensor(float)"), t(bias, "tensor(float)"), t(gate_up, "T"), t(down, "T")]
+    expert = "tensor(float8e4m3fn)" if fp8 else "T"
+    inputs = [t(hidden, "T"), t(router, "tensor(float)"), t(bias, "tensor(float)"), t(gate_up, expert),
+              t(down, expert)]
+    if fp8:
+        inputs += [t(name, "tensor(float)") for name in contract.MOE_FP8_INPUTS[5:]]
     outputs = [t(name, "T") for name in contract.MOE_OUTPUTS]
     return onnx.defs.OpSchema(
         contract.MOE_OP_TYPE, contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION, inputs=inputs, outputs=outputs,
@@ -38,8 +44,17 @@ def moe_translation() -> dict:
     op = values.Op(values.Opset(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION), contract.MOE_OP_TYPE,
                    moe_op_schema())
 
+    fp8_op = values.Op(values.Opset(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION), contract.MOE_OP_TYPE,
+                       moe_op_schema(fp8=True))
+
     def deepseek_moe(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
-                     topk_group, scoring_func, group_score, use_bias, normalize, weight_scale):
+                     topk_group, scoring_func, group_score, use_bias, normalize, weight_scale, gate_up_scale=None,
+                     down_scale=None):
+        if gate_up_scale is not None:
+            return fp8_op(hidden, router_weight, score_bias, gate_up_proj, down_proj, gate_up_scale, down_scale,
+                          num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
+                          scoring_func=scoring_func, group_score=group_score, use_bias=use_bias, normalize=normalize,
+                          weight_scale=weight_scale, **contract.PLUGIN_LOOKUP_ATTRIBUTES)
         return op(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts=num_experts, top_k=top_k,
                   n_group=n_group, topk_group=topk_group, scoring_func=scoring_func, group_score=group_score,
                   use_bias=use_bias, normalize=normalize, weight_scale=weight_scale,
@@ -78,11 +93,17 @@ def _route(g: FunctionBody, logits: str) -> tuple[str, str]:
     return g("Mul", g("Div", weights, divisor), g.attribute_float("weight_scale")), experts
 
 
-def moe_function_proto() -> onnx.FunctionProto:
-    """`DeepseekMoE` as a model-local function (domain `mla`): the contract in standard ONNX ops."""
+def moe_function_proto(fp8: bool = False) -> onnx.FunctionProto:
+    """`DeepseekMoE` as a model-local function (domain `mla`): the contract in standard ONNX ops. With `fp8`
+    (contract version 2, seven inputs) the experts are dequantized to T first."""
     g = FunctionBody()
     hidden, router_weight, _, gate_up_proj, down_proj = contract.MOE_INPUTS
     (routed_output,) = contract.MOE_OUTPUTS
+    if fp8:
+        gate_up_scale, down_scale = contract.MOE_FP8_INPUTS[5:]
+        block = g.scalar_int(contract.FP8_BLOCK)
+        gate_up_proj = g("CastLike", dequantized(g, gate_up_proj, gate_up_scale, block), hidden)  # [E, 2I, d]
+        down_proj = g("CastLike", dequantized(g, down_proj, down_scale, block), hidden)  # [E, d, I]
 
     hidden_shape = g("Shape", hidden)  # [B, S, d]
     x = g("Reshape", hidden, g("Concat", g.const([-1]), g("Slice", hidden_shape, g.const([2]), g.const([3])),
@@ -101,7 +122,8 @@ def moe_function_proto() -> onnx.FunctionProto:
     out = g("ReduceSum", weighted, g.const([0]), keepdims=0)  # [T, d] float
     g.nodes.append(helper.make_node("CastLike", [g("Reshape", out, hidden_shape), hidden], [routed_output]))
 
+    inputs = contract.MOE_FP8_INPUTS if fp8 else contract.MOE_INPUTS
     return helper.make_function(
-        contract.OP_DOMAIN, contract.MOE_OP_TYPE, list(contract.MOE_INPUTS), list(contract.MOE_OUTPUTS), g.nodes,
+        contract.OP_DOMAIN, contract.MOE_OP_TYPE, list(inputs), list(contract.MOE_OUTPUTS), g.nodes,
         opset_imports=[helper.make_opsetid("", BODY_OPSET)],
         attributes=list(contract.MOE_ATTRIBUTES) + list(contract.PLUGIN_LOOKUP_ATTRIBUTES))

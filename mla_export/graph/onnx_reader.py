@@ -58,6 +58,11 @@ class ExportedModel:
         return [n for n in self.header.graph.node
                 if n.op_type == contract.MOE_OP_TYPE and n.domain == contract.OP_DOMAIN]
 
+    def fp8_nodes(self) -> list:
+        """The graph's `BlockFp8MatMul` nodes, in graph order."""
+        return [n for n in self.header.graph.node
+                if n.op_type == contract.FP8_OP_TYPE and n.domain == contract.OP_DOMAIN]
+
     def weight_bytes(self) -> int:
         """Bytes of the file and of its external data file."""
         size = self.path.stat().st_size
@@ -79,6 +84,7 @@ def read_exported_model(path: str | Path) -> ExportedModel:
     check_graph_io(header, spec, source)
     check_attention_nodes(model, source)
     check_moe_nodes(model, source)
+    check_fp8_nodes(model, source)
     data_file = check_weight_files(model, source)
     return ExportedModel(model.path, spec, metadata, header, data_file)
 
@@ -211,6 +217,8 @@ def check_attention_nodes(model: ExportedModel, source: str) -> None:
     needed = [(contract.OP_DOMAIN, contract.OP_TYPE)]
     if model.moe_nodes():
         needed.append((contract.OP_DOMAIN, contract.MOE_OP_TYPE))
+    if model.fp8_nodes():
+        needed.append((contract.OP_DOMAIN, contract.FP8_OP_TYPE))
     for domain, name in needed:
         if (domain, name) not in functions:
             raise _edited(source, f"the model-local function of {name} (domain {domain}) is missing")
@@ -232,11 +240,15 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
     expected = RoutingRule.from_config(c).attributes()
     experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size
     shapes = {1: [experts, d], 2: [experts], 3: [experts, 2 * inter, d], 4: [experts, d, inter]}
+    inputs = contract.MOE_INPUTS
+    if model.spec.quant == "fp8":  # contract version 2: FP8 experts and their block scales
+        inputs = contract.MOE_FP8_INPUTS
+        shapes.update({5: list(_grid([experts, 2 * inter, d])), 6: list(_grid([experts, d, inter]))})
     dims = _value_dims(model.header)
     for node in nodes:
-        if len(node.input) != len(contract.MOE_INPUTS) or len(node.output) != len(contract.MOE_OUTPUTS):
+        if len(node.input) != len(inputs) or len(node.output) != len(contract.MOE_OUTPUTS):
             raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs, "
-                                  f"the contract {len(contract.MOE_INPUTS)}")
+                                  f"the contract {len(inputs)} for --quant {model.spec.quant}")
         _check_node_attributes(node, contract.MOE_ATTRIBUTES, expected, source,
                                "its config's routing")
         for index, want in shapes.items():
@@ -245,6 +257,33 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
                 raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} input "
                                       f"{contract.MOE_INPUTS[index]} has shape {got}, its metadata's config says "
                                       f"{want}")
+
+
+def _grid(shape: list[int]) -> tuple[int, ...]:
+    """The FP8 block-scale shape of a weight of `shape` [..., R, C]."""
+    *lead, rows, cols = shape
+    return (*lead, -(-rows // contract.FP8_BLOCK), -(-cols // contract.FP8_BLOCK))
+
+
+def check_fp8_nodes(model: ExportedModel, source: str) -> None:
+    """`BlockFp8MatMul` nodes exist iff the metadata says --quant fp8; each has three inputs, block_size 128,
+    an FP8 weight initializer and a scale initializer of one float32 per 128x128 block of it."""
+    nodes = model.fp8_nodes()
+    if bool(nodes) != (model.spec.quant == "fp8"):
+        raise _edited(source, f"{len(nodes)} {contract.FP8_OP_TYPE} nodes in a --quant {model.spec.quant} export")
+    from onnx import TensorProto
+
+    initializers = {i.name: i for i in model.header.graph.initializer}
+    for node in nodes:
+        label = f"{contract.FP8_OP_TYPE} node {node.name or '?'}"
+        if len(node.input) != len(contract.FP8_INPUTS) or len(node.output) != len(contract.FP8_OUTPUTS):
+            raise _edited(source, f"{label} has {len(node.input)} inputs, the contract {len(contract.FP8_INPUTS)}")
+        _check_node_attributes(node, contract.FP8_ATTRIBUTES, {"block_size": contract.FP8_BLOCK}, source,
+                               "the FP8 format")
+        weight, scale = initializers.get(node.input[1]), initializers.get(node.input[2])
+        if weight is None or scale is None or weight.data_type != TensorProto.FLOAT8E4M3FN \
+                or scale.data_type != TensorProto.FLOAT or tuple(scale.dims) != _grid(list(weight.dims)):
+            raise _edited(source, f"{label} does not take an FP8 weight and its 128x128 block scales")
 
 
 def _external(initializer) -> dict[str, str]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..common import contract
+from ..model.fp8_forms import to_fp8_form
 from ..model.model import MlaModel
+from .onnx_fp8 import fp8_translation
 from .onnx_moe import moe_translation
 from .onnx_node import translation_table
 from ..model.spec import ModelSpec, torch_dtype
@@ -52,7 +54,11 @@ def meta_model(spec: ModelSpec) -> MlaModel:
     with torch.device("meta"):
         model = MlaModel(spec.config, spec.max_seq_len, folded=True, absorb=spec.absorb,
                          with_embeddings=spec.io == "tokens")
-    return model.to(torch_dtype(spec.dtype)).eval()
+    model = model.to(torch_dtype(spec.dtype))
+    if spec.quant == "fp8":
+        with torch.device("meta"):
+            to_fp8_form(model)
+    return model.eval()
 
 
 def _example_inputs(model: MlaModel, spec: ModelSpec) -> tuple:
@@ -108,7 +114,7 @@ def trace_graph(spec: ModelSpec) -> TracedGraph:
         program = torch.onnx.export(
             model, (x, seqlens, *caches), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=inputs,
             output_names=outputs, opset_version=ONNX_OPSET,
-            custom_translation_table={**translation_table(), **moe_translation()},
+            custom_translation_table={**translation_table(), **moe_translation(), **fp8_translation()},
             optimize=False, verbose=False, report=False)
     graph = program.model.graph
     params = {name for name, _ in model.named_parameters()} | {ROPE_TABLE}

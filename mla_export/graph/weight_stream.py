@@ -10,6 +10,7 @@ written (a weight of 1e30 is inf in float16): the weight is named, and the expor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +23,12 @@ from ..model.rope import rope_cos_sin
 from ..model.spec import ModelSpec, torch_dtype
 from .tracing import ROPE_TABLE, TracedGraph, WeightRef
 from ..common.errors import UserError
+from ..weights.fp8_values import attention_fp8_state, expert_fp8, kept_fp8
 from ..weights.weights import WeightSource, checkpoint_name, expert_chunks, is_expert_stack, parameter_value
+
+# An FP8 export's routed experts: the stacks and their block scales (`fp8_forms.Fp8RoutedExperts`).
+FP8_MLP = re.compile(r"^.*\.mlp\.(shared_experts\.)?(gate|up|down)_proj\.weight(_scale_inv)?$")
+FP8_EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<kind>gate_up_proj|down_proj|gate_up_scale|down_scale)$")
 
 ALIGN = 4096  # each tensor starts on a page: ONNX Runtime can map the file
 
@@ -43,7 +49,7 @@ def _torch_dtype(value) -> torch.dtype:
     import onnx_ir as ir
 
     table = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,
-             ir.DataType.BFLOAT16: torch.bfloat16}
+             ir.DataType.BFLOAT16: torch.bfloat16, ir.DataType.FLOAT8E4M3FN: torch.float8_e4m3fn}
     return table[value.dtype]
 
 
@@ -76,12 +82,14 @@ def data_bytes(layout: list[Placement]) -> int:
 
 
 class LayerValues:
-    """The pre-folded model's parameter values, produced for one decoder layer at a time."""
+    """The export form's parameter values (pre-folded or run-time, FP8 or not), produced for one decoder
+    layer at a time (and, for the routed experts, one expert at a time)."""
 
     def __init__(self, spec: ModelSpec, source: WeightSource):
         self.spec, self.source = spec, source
         self.layer: int | None = None
         self.values: dict[str, torch.Tensor] = {}
+        self.expert_scales: dict[tuple[str, int], torch.Tensor] = {}  # FP8 experts' scales, kept from their weights
 
     def _load_layer(self, index: int) -> None:
         config, dtype = self.spec.config, torch_dtype(self.spec.dtype)
@@ -90,31 +98,71 @@ class LayerValues:
         prefix = f"layers.{index}."
         attention = {name[len("self_attn."):]: parameter_value(self.source, prefix + name, tuple(p.shape))
                      for name, p in unfolded.named_parameters() if name.startswith("self_attn.")}
-        self.values = {prefix + "self_attn." + name: value
-                       for name, value in export_attention_state(config, attention, dtype, self.spec.absorb).items()}
+        if self.spec.quant == "fp8":
+            state = attention_fp8_state(config, self.source, attention, prefix + "self_attn.", self.spec.absorb)
+        else:
+            state = export_attention_state(config, attention, dtype, self.spec.absorb)
+        self.values = {prefix + "self_attn." + name: value for name, value in state.items()}
+        self.expert_scales.clear()
         self.layer = index
 
     def chunks(self, ref: WeightRef, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
-        """The value of `ref` (pre-folded model's parameter, or the rope table) as consecutive chunks."""
+        """The value of `ref` (the export form's parameter, or the rope table) as consecutive chunks."""
         if ref.param == ROPE_TABLE:
             yield rope_cos_sin(self.spec.config, self.spec.max_seq_len, torch.float32)
             return
         if ref.layer is not None and ref.layer != self.layer:
             self._load_layer(ref.layer)
         value_shape = shape[::-1] if ref.transposed else shape
+        if self.spec.quant == "fp8" and FP8_EXPERTS.match(ref.param):
+            yield from self._fp8_experts(ref.param, value_shape[0])
+            return
         if is_expert_stack(ref.param):
             yield from expert_chunks(self.source, ref.param, value_shape)
             return
         value = self.values.get(ref.param)
+        if value is None and self.spec.quant == "fp8" and FP8_MLP.match(ref.param):
+            value = self._fp8_linear(ref.param)
         if value is None:
             value = parameter_value(self.source, ref.param, value_shape)
         yield value.T if ref.transposed else value
+
+    def _fp8_linear(self, param: str) -> torch.Tensor:
+        """A dense or shared-expert MLP's FP8 weight or its scale (the pair made once per layer)."""
+        weight = param.removesuffix("_scale_inv")
+        if weight not in self.values:
+            q, scale = kept_fp8(self.source, checkpoint_name(weight), self._mlp_shape(weight))
+            self.values[weight], self.values[weight + "_scale_inv"] = q, scale
+        return self.values[param]
+
+    def _mlp_shape(self, weight: str) -> tuple[int, int]:
+        """The [out, in] shape of a dense or shared-expert MLP weight."""
+        c = self.spec.config
+        shared = ".shared_experts." in weight
+        inter = c.n_shared_experts * c.moe_intermediate_size if shared else c.intermediate_size
+        return (c.hidden_size, inter) if weight.endswith("down_proj.weight") else (inter, c.hidden_size)
+
+    def _fp8_experts(self, param: str, experts: int) -> Iterator[torch.Tensor]:
+        """An FP8 expert stack (`gate_up_proj`, `down_proj`) or its scales, one expert at a time."""
+        match = FP8_EXPERTS.match(param)
+        kind = "gate_up_proj" if match["kind"].startswith("gate_up") else "down_proj"
+        prefix = checkpoint_name(match["prefix"])
+        for j in range(experts):
+            if match["kind"].endswith("_scale") and (kind, j) in self.expert_scales:
+                yield self.expert_scales.pop((kind, j))
+                continue
+            q, scale = expert_fp8(self.source, prefix, kind, j, self.spec.config)
+            if match["kind"].endswith("_scale"):
+                yield scale
+            else:
+                self.expert_scales[(kind, j)] = scale
+                yield q
 
     def label(self, ref: WeightRef, chunk: int) -> str:
         """What the user knows chunk `chunk` of `ref` as: a checkpoint name, or the folded weight's name."""
         if ref.param == ROPE_TABLE:
             return "the RoPE cos/sin table"
-        if is_expert_stack(ref.param):
+        if is_expert_stack(ref.param) or FP8_EXPERTS.match(ref.param):
             return f"{checkpoint_name(ref.param.rsplit('.', 1)[0])}.{chunk}.*"
         if ref.param in self.values:
             return f"{ref.param} (folded from layer {ref.layer}'s attention weights)"
@@ -150,7 +198,8 @@ def write_weights(path: Path, layout: list[Placement], spec: ModelSpec, source: 
             written = 0
             for index, chunk in enumerate(values.chunks(p.ref, p.shape)):
                 data = chunk.to(p.dtype).contiguous()
-                _check_finite(chunk, data, values.label(p.ref, index))
+                if p.dtype != torch.float8_e4m3fn:  # FP8 values are finite by construction (and checked when read)
+                    _check_finite(chunk, data, values.label(p.ref, index))
                 out.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
                 written += data.numel() * data.element_size()
             if written != p.length:

@@ -130,3 +130,49 @@ def per_layer_validate_peak_bytes(c: MlaConfig, dtype_bytes: int, prefolded: boo
     layer = max(max(8 * lc.total(), 2 * dtype_bytes * lc.total(prefolded)) for lc in layers)
     edge = (4 + 2 * dtype_bytes) * c.vocab_size * c.hidden_size if with_embeddings else 0
     return max(layer, edge) + 1 * GIB
+
+
+def fp8_matrices(c: MlaConfig, layer: int, absorb: str) -> list[tuple[int, int, int]]:
+    """The FP8 weights of one layer of an FP8 export (`fp8_forms.py`) as (rows, cols, how many)."""
+    h, dh, dr, dv, dc, d = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                            c.kv_lora_rank, c.hidden_size)
+    q_in = c.q_lora_rank if c.q_lora_rank is not None else d
+    mats = [(dc + dr, d, 1)] + ([(c.q_lora_rank, d, 1)] if c.q_lora_rank is not None else [])
+    if absorb == "prefolded":
+        mats += [(h * dc, q_in, 1), (h * dr, q_in, 1), (d, h * dc, 1)]
+    else:
+        mats += [(h * (dh + dr), q_in, 1), (dc, dh, h), (dv, dc, h), (d, h * dv, 1)]
+    if not c.is_moe_layer(layer):
+        return mats + [(c.intermediate_size, d, 2), (d, c.intermediate_size, 1)]
+    inter, shared = c.moe_intermediate_size, (c.n_shared_experts or 0) * c.moe_intermediate_size
+    if shared:
+        mats += [(shared, d, 2), (d, shared, 1)]
+    return mats + [(2 * inter, d, c.n_routed_experts), (d, inter, c.n_routed_experts)]
+
+
+def _fp8_bytes(rows: int, cols: int) -> int:
+    """One FP8 matrix with its float32 scale per 128x128 block."""
+    return rows * cols + -(-rows // 128) * -(-cols // 128) * 4
+
+
+def weight_bytes(c: MlaConfig, element_bytes: int, quant: str, absorb: str, with_embeddings: bool = True) -> dict:
+    """Bytes of the export's weights: per layer (`layers`), `total`, and `per_decode_token` (what one token's
+    step reads: every weight but the routed experts, of which top_k per MoE layer). FP8 weights count one
+    byte per value plus their scales; everything else (norms, embeddings, head) `element_bytes`, the router
+    float32."""
+    layers, per_token = [], 0
+    for i in range(c.num_hidden_layers):
+        lc = layer_counts(c, i)
+        router = lc.experts * (c.hidden_size + 1)  # float32 in every form
+        total = lc.total(prefolded=absorb == "prefolded") * element_bytes + router * (4 - element_bytes)
+        expert = lc.routed_expert * element_bytes
+        if quant == "fp8":
+            mats = fp8_matrices(c, i, absorb)
+            others = lc.norms + (c.q_lora_rank or 0) + c.kv_lora_rank  # the layer norms and the latent norms
+            total = sum(n * _fp8_bytes(r, k) for r, k, n in mats) + others * element_bytes + router * 4
+            expert = sum(_fp8_bytes(r, k) for r, k, n in mats[-2:]) if lc.experts else 0
+        layers.append(total)
+        per_token += total - (lc.experts - lc.top_k) * expert if lc.experts else total
+    edges = (2 * c.vocab_size * c.hidden_size + c.hidden_size) * element_bytes if with_embeddings else 0
+    read = (c.vocab_size * c.hidden_size + 2 * c.hidden_size) * element_bytes if with_embeddings else 0  # head, a row
+    return {"layers": layers, "total": sum(layers) + edges, "per_decode_token": per_token + read}

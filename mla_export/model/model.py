@@ -22,6 +22,7 @@ from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.mla.mla_attention)
 from .config import MlaConfig
+from .fp8 import KeepTypes
 from .moe import RoutingRule  # also registers torch.ops.mla.deepseek_moe
 from .ops import (append_rows, causal_mask, check_cache_room, mla_attention_reference, readable_cache,
                   token_positions)
@@ -245,15 +246,9 @@ class RuntimeAbsorbedMlaAttention(nn.Module):
         return self.o_proj(o), present
 
 
-class Float32Params(nn.Module):
+class Float32Params(KeepTypes):
     """A module whose parameters stay float32 when the model is cast (`.to(dtype)` moves them, never rounds
     them): the router's weight and bias, as DeepSeek's and transformers' code keep them for routing."""
-
-    def _apply(self, fn, recurse=True):
-        def move_only(t: torch.Tensor) -> torch.Tensor:
-            return t.to(fn(t.new_empty(0)).device)
-
-        return super()._apply(move_only, recurse)
 
 
 class Router(Float32Params):
@@ -276,6 +271,10 @@ class RoutedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.zeros(experts, 2 * inter, d))
         self.down_proj = nn.Parameter(torch.zeros(experts, d, inter))
 
+    def op_weights(self) -> dict[str, torch.Tensor]:
+        """The `DeepseekMoE` op's expert arguments."""
+        return {"gate_up_proj": self.gate_up_proj, "down_proj": self.down_proj}
+
 
 class MoeMlp(nn.Module):
     """A DeepSeek MoE MLP: the routed experts through the `DeepseekMoE` op, plus the shared experts."""
@@ -291,8 +290,7 @@ class MoeMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, S, d] -> [B, S, d]."""
         routed = torch.ops.mla.deepseek_moe(x, self.gate.weight, self.gate.e_score_correction_bias,
-                                            self.experts.gate_up_proj, self.experts.down_proj,
-                                            **self.rule.attributes())  # [B, S, d]
+                                            **self.experts.op_weights(), **self.rule.attributes())  # [B, S, d]
         return routed + self.shared_experts(x) if self.shared_experts is not None else routed
 
 
@@ -331,6 +329,7 @@ class MlaModel(nn.Module):
             raise ValueError(f"absorb {absorb!r}: expected one of {ABSORB_MODES}")
         self.config, self.max_seq_len, self.folded, self.with_embeddings = config, max_seq_len, folded, with_embeddings
         self.absorb = absorb  # the export form of a folded model (see `folding.fold_model`)
+        self.quant = "none"  # "fp8" once `fp8_forms.to_fp8_form` has made the large projections FP8
 
         def attention():
             if not folded:

@@ -73,14 +73,20 @@ def router_logits(hidden: torch.Tensor, router_weight: torch.Tensor) -> torch.Te
 
 
 def moe_reference(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: torch.Tensor,
-                  gate_up_proj: torch.Tensor, down_proj: torch.Tensor, rule: RoutingRule) -> torch.Tensor:
+                  gate_up_proj: torch.Tensor, down_proj: torch.Tensor, rule: RoutingRule,
+                  gate_up_scale: torch.Tensor | None = None, down_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The `DeepseekMoE` op computed plainly: the routed experts' output `[..., d]` in hidden's dtype.
 
     hidden [..., d] T; router_weight [E, d] float32; score_bias [E] float32 (used when rule.use_bias);
     gate_up_proj [E, 2I, d] T (gate rows, then up rows); down_proj [E, d, I] T. Only the experts some
     token routes to are read. Products in T, the weighted sum over a token's experts in float32
-    (float64 for float64 inputs), added in expert order.
+    (float64 for float64 inputs), added in expert order. With `gate_up_scale`/`down_scale` (contract
+    version 2) the experts are FP8 blocks: each used expert is dequantized (`fp8.dequantize_blocks`) to
+    float32 (float64 for float64 inputs) and its products run in that type, rounded to T.
     """
+    if gate_up_scale is not None:
+        return _fp8_moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale,
+                                  down_scale)
     shape = hidden.shape
     x = hidden.reshape(-1, shape[-1])  # [T, d]
     weights, experts = route(router_logits(x, router_weight), rule, score_bias)  # [T, k], [T, k]
@@ -96,30 +102,58 @@ def moe_reference(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias:
     return out.to(hidden.dtype).reshape(shape)
 
 
+def _fp8_moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale, down_scale):
+    """`moe_reference` with FP8 experts: each routed expert dequantized on its own (memory: one expert)."""
+    from .fp8 import dequantize_blocks
+
+    shape = hidden.shape
+    x = hidden.reshape(-1, shape[-1])  # [T, d]
+    weights, experts = route(router_logits(x, router_weight), rule, score_bias)  # [T, k], [T, k]
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out = torch.zeros(x.shape, dtype=acc, device=x.device)  # [T, d]
+    inter = down_proj.shape[-1]
+    for expert in torch.unique(experts).tolist():  # ascending: a fixed order for every token's sum
+        tokens, slot = (experts == expert).nonzero(as_tuple=True)  # [n], [n]
+        w_gate_up = dequantize_blocks(gate_up_proj[expert], gate_up_scale[expert], acc)  # [2I, d]
+        w_down = dequantize_blocks(down_proj[expert], down_scale[expert], acc)  # [d, I]
+        gate_up = (x[tokens].to(acc) @ w_gate_up.T).to(hidden.dtype).to(acc)  # [n, 2I], rounded to T
+        act = (nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]).to(hidden.dtype).to(acc)  # [n, I]
+        y = (act @ w_down.T).to(hidden.dtype).to(acc)  # [n, d]
+        out.index_add_(0, tokens, y * weights[tokens, slot, None].to(acc))
+    return out.to(hidden.dtype).reshape(shape)
+
+
 @torch.library.custom_op("mla::deepseek_moe", mutates_args=())
 def deepseek_moe(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: torch.Tensor,
                  gate_up_proj: torch.Tensor, down_proj: torch.Tensor, num_experts: int, top_k: int, n_group: int,
                  topk_group: int, scoring_func: int, group_score: int, use_bias: int, normalize: int,
-                 weight_scale: float) -> torch.Tensor:
-    """`DeepseekMoE` as a PyTorch op (the routed part of a DeepSeek MoE MLP); export turns it into the node."""
+                 weight_scale: float, gate_up_scale: torch.Tensor | None = None,
+                 down_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`DeepseekMoE` as a PyTorch op (the routed part of a DeepSeek MoE MLP); export turns it into the node.
+    With the two scales, the experts are FP8 blocks (contract version 2)."""
     rule = RoutingRule(num_experts, top_k, n_group, topk_group, scoring_func, group_score, bool(use_bias),
                        bool(normalize), weight_scale)
-    return moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule)
+    return moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale, down_scale)
 
 
 @deepseek_moe.register_fake
 def _deepseek_moe_fake(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
-                       topk_group, scoring_func, group_score, use_bias, normalize, weight_scale):
+                       topk_group, scoring_func, group_score, use_bias, normalize, weight_scale, gate_up_scale=None,
+                       down_scale=None):
     return torch.empty_like(hidden)
 
 
 @deepseek_moe.register_kernel("cuda")
 def _deepseek_moe_cuda(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
-                       topk_group, scoring_func, group_score, use_bias, normalize, weight_scale):
+                       topk_group, scoring_func, group_score, use_bias, normalize, weight_scale, gate_up_scale=None,
+                       down_scale=None):
     """The CUDA implementation: the Triton kernels (Triton is imported at the first call, not before)."""
     from ..kernels.moe.api import deepseek_moe_triton
 
     rule = RoutingRule(num_experts, top_k, n_group, topk_group, scoring_func, group_score, bool(use_bias),
                        bool(normalize), weight_scale)
+    scales = {} if gate_up_scale is None else {"gate_up_scale": gate_up_scale.float().contiguous(),
+                                               "down_scale": down_scale.float().contiguous()}
     return deepseek_moe_triton(hidden.contiguous(), router_weight.float().contiguous(),
-                               score_bias.float().contiguous(), gate_up_proj.contiguous(), down_proj.contiguous(), rule)
+                               score_bias.float().contiguous(), gate_up_proj.contiguous(), down_proj.contiguous(), rule,
+                               **scales)

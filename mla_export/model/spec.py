@@ -45,6 +45,8 @@ class ModelSpec:
     absorb: "prefolded" (W_UK^T W_UQ and W_O W_UV multiplied at export) or "runtime" (W_UQ, W_UK
         [H, Dn, Dc], W_UV [H, Dc, Dv] and W_O stored as they are, applied per head); both feed the
         same MlaAttention node (ABSORB_MODES).
+    quant: "none" (every weight in `dtype`) or "fp8" (the large projections as FP8 blocks with float32
+        scales, `model/fp8_forms.py`; embedding, norms, router, head and cache in `dtype`) (QUANT_MODES).
     """
 
     config: MlaConfig
@@ -54,6 +56,7 @@ class ModelSpec:
     checkpoint: str | None = None
     io: str = "hidden"
     absorb: str = "prefolded"
+    quant: str = "none"
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
@@ -62,6 +65,8 @@ class ModelSpec:
             raise FieldError("io", self.io, f"expected one of {', '.join(IO_KINDS)}")
         if self.absorb not in ABSORB_MODES:
             raise FieldError("absorb", self.absorb, f"expected one of {', '.join(ABSORB_MODES)}")
+        if self.quant not in contract.QUANT_MODES:
+            raise FieldError("quant", self.quant, f"expected one of {', '.join(contract.QUANT_MODES)}")
         if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
             raise FieldError("max_seq_len", self.max_seq_len, "expected at least 2 cache rows (a prefill takes 2 "
                              "tokens or more)")
@@ -94,6 +99,8 @@ class ModelSpec:
             contract.META_WEIGHTS: contract.WEIGHTS_SCHEME,
             contract.META_MOE_CONTRACT_VERSION: str(contract.MOE_CONTRACT_VERSION),
             contract.META_ABSORB: self.absorb,
+            contract.META_QUANT: self.quant,
+            **({contract.META_FP8_CONTRACT_VERSION: str(contract.FP8_CONTRACT_VERSION)} if self.quant == "fp8" else {}),
         }
 
 
@@ -117,7 +124,8 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
         spec = ModelSpec(config=config, dtype=meta[contract.META_DTYPE],
                          max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
                          checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO],
-                         absorb=meta.get(contract.META_ABSORB, "prefolded"))
+                         absorb=meta.get(contract.META_ABSORB, "prefolded"),
+                         quant=meta.get(contract.META_QUANT, "none"))
     except RecursionError:
         raise UserError(f"{source}: mla-export metadata is damaged (its config is nested too deeply); "
                         "re-export the model") from None
@@ -131,6 +139,10 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
     if moe_version not in {str(v) for v in contract.MOE_READABLE_VERSIONS}:
         raise UserError(f"{source}: DeepseekMoE contract version {moe_version}, this mla-export speaks "
                         f"{contract.MOE_CONTRACT_VERSION}; re-export it with this version")
+    fp8_version = meta.get(contract.META_FP8_CONTRACT_VERSION, str(contract.FP8_CONTRACT_VERSION))
+    if spec.quant == "fp8" and fp8_version != str(contract.FP8_CONTRACT_VERSION):
+        raise UserError(f"{source}: BlockFp8MatMul contract version {fp8_version}, this mla-export speaks "
+                        f"{contract.FP8_CONTRACT_VERSION}; re-export it with this version")
     if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):
         raise UserError(f"{source}: mla-export metadata is damaged ({contract.META_NUM_LAYERS}="
                         f"{meta.get(contract.META_NUM_LAYERS)!r} for a {config.num_hidden_layers}-layer config); "

@@ -10,6 +10,7 @@ the last part's outputs and every layer's final cache are compared with the refe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from ..common.errors import UserError
 from ..model.spec import torch_dtype
-from .compare import Comparison, compare_by, verdict_for
+from .compare import Comparison, compare, compare_by, verdict_for
 from .routing_ties import TieWatch, tie_positions
 from .reference import (ScenarioInputs, reference_cos_sin, reference_embedding, reference_head,
                         reference_layer)
@@ -50,6 +51,8 @@ class LayerwiseReport:
     dtype: str
     scenario: Scenario
     parts: list[PartResult]
+    # --quant fp8: each step's (rel RMS, cosine) of the chained output against the unquantized model
+    quantization_error: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -61,7 +64,9 @@ class LayerwiseReport:
                 "parts": [{"part": p.label, "passed": p.passed, "seconds": round(p.seconds, 3),
                            "steps": [{"step": s.step, "new_tokens": s.new_tokens, "passed": s.passed,
                                       "comparisons": [c.to_dict() for c in s.comparisons]} for s in p.steps]}
-                          for p in self.parts]}
+                          for p in self.parts],
+                "quantization_error": [{"step": step, "rel_rms": rms, "cosine": cos}
+                                       for step, rms, cos in self.quantization_error]}
 
     def write_json(self, path) -> None:
         import json
@@ -160,7 +165,8 @@ def validate_per_layer(path: str | Path, scenario: Scenario, progress: Progress 
             result.seconds = time.perf_counter() - start
             results.append(result)
     results.append(_end_to_end(inputs, spec, reference, chained, verdict))
-    return LayerwiseReport("onnxruntime", spec.dtype, scenario, results)
+    return LayerwiseReport("onnxruntime", spec.dtype, scenario, results,
+                           _quantization_error(spec, inputs, source, chained, report))
 
 
 def _check_edge(part, inputs, spec, source, runner, reference, chained, result, verdict) -> None:
@@ -294,4 +300,28 @@ def validate_streamed(runner, spec, scenario: Scenario, progress: Progress | Non
         del layer
     if spec.io == "tokens":
         reference.tensors = reference_head(source, spec, reference.tensors)
-    return LayerwiseReport(runner.name, spec.dtype, scenario, [_end_to_end(inputs, spec, reference, chained, verdict)])
+    return LayerwiseReport(runner.name, spec.dtype, scenario, [_end_to_end(inputs, spec, reference, chained, verdict)],
+                           _quantization_error(spec, inputs, source, chained, report))
+
+
+def _quantization_error(spec, inputs, source, chained, report) -> list[tuple[str, float, float]]:
+    """For a quantized export: each step's chained output against the unquantized model's (streamed one
+    layer at a time, float64), as (step, rel RMS, cosine): the quantization's own error, not judged."""
+    if spec.quant == "none":
+        return []
+    plain = dataclasses.replace(spec, quant="none")
+    cos_sin = reference_cos_sin(spec)
+    tensors = list(inputs.reference_inputs)
+    if spec.io == "tokens":
+        tensors = reference_embedding(source, spec, tensors)
+    for index in range(spec.config.num_hidden_layers):
+        report(f"unquantized layer {index}", index, spec.config.num_hidden_layers)
+        layer, cache = reference_layer(plain, source, index), inputs.initial_cache(index)
+        with torch.no_grad():
+            for step in range(inputs.steps):
+                tensors[step], cache = layer(tensors[step], cache, inputs.seqlens[step], cos_sin)
+        del layer
+    if spec.io == "tokens":
+        tensors = reference_head(source, spec, tensors)
+    errors = [compare("output", got, want, float("inf"), 0.0) for got, want in zip(chained.tensors, tensors)]
+    return [(inputs.step_name(step), e.rel_rms, e.cosine) for step, e in enumerate(errors)]

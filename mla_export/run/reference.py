@@ -91,8 +91,25 @@ def _fill(module: torch.nn.Module, source: WeightSource, prefix: str) -> None:
                 param.copy_(source.read(checkpoint_name(full), tuple(param.shape)))
 
 
+def reference_model(spec: ModelSpec):
+    """The whole float64 reference of `spec`: the unfolded eager model; for `--quant fp8`, the export form
+    holding the export's own FP8 weights (`graph.export_form`: the export's numerics, not another model)."""
+    from ..weights.eager import eager_model, weight_source
+
+    if spec.quant == "fp8":
+        from ..graph.export_form import export_form_model
+
+        return export_form_model(spec, weight_source(spec), torch.float64)
+    return eager_model(spec, torch.float64)
+
+
 def reference_layer(spec: ModelSpec, source: WeightSource, index: int) -> DecoderLayer:
-    """Decoder layer `index` of the unfolded eager model, float64, eval mode, weights from `source`."""
+    """Decoder layer `index` of the float64 reference (as `reference_model`: the unfolded eager model, or an
+    FP8 export's own form), eval mode, weights from `source`."""
+    if spec.quant == "fp8":
+        from ..graph.export_form import export_form_layer
+
+        return export_form_layer(spec, source, index, torch.float64)
     config = spec.config
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # parameters made in float64 at once: no float32 copy beside them

@@ -8,7 +8,7 @@ length are NaN on both sides, so a runtime that reads them fails loudly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,9 @@ class ValidationReport:
     dtype: str
     scenario: Scenario
     steps: list[StepResult]
+    # --quant fp8: each step's (rel RMS, cosine) of the runtime's output against the unquantized model
+    # (the quantization's own error: reported, not judged); empty for unquantized exports
+    quantization_error: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -38,7 +41,9 @@ class ValidationReport:
         return {"runtime": self.runtime, "dtype": self.dtype, "passed": self.passed,
                 "scenario": self.scenario.__dict__,
                 "steps": [{"step": s.step, "new_tokens": s.new_tokens, "passed": s.passed,
-                           "comparisons": [c.to_dict() for c in s.comparisons]} for s in self.steps]}
+                           "comparisons": [c.to_dict() for c in s.comparisons]} for s in self.steps],
+                "quantization_error": [{"step": step, "rel_rms": rms, "cosine": cos}
+                                       for step, rms, cos in self.quantization_error]}
 
     def write_json(self, path: str | Path) -> None:
         from ..common.fileio import atomic_write_text
@@ -57,7 +62,8 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
     import torch
 
     from ..weights.eager import eager_model
-    from .reference import ScenarioInputs
+    from .compare import compare
+    from .reference import ScenarioInputs, reference_model
     from .routing_ties import TieWatch, tie_positions
     from .runners import from_numpy, to_numpy
 
@@ -68,8 +74,11 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
     report = progress or no_progress
     total = inputs.steps
     report("building the eager float64 model", 0, total)
-    model = eager_model(spec, torch.float64)
+    model = reference_model(spec)
+    plain = eager_model(spec, torch.float64) if spec.quant != "none" else None  # the unquantized model
     caches_ref = [inputs.initial_cache(i) for i in range(config.num_hidden_layers)]  # [B, Smax, Dc+Dr] float64
+    caches_plain = list(caches_ref)
+    quantization_error = []
     dtype = torch_dtype(spec.dtype)
     caches_run = [c.to(dtype) for c in caches_ref]
     caches_second = list(caches_run)
@@ -88,6 +97,11 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
         feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_run)})
         outputs = run_checked(runner, feeds, out_names)
         caches_run = [from_numpy(outputs[n]) for n in out_names[1:]]
+        if plain is not None:
+            with torch.no_grad():
+                out_plain, *caches_plain = plain(inputs.reference_inputs[step], seqlens, *caches_plain)
+            error = compare(out_names[0], from_numpy(outputs[out_names[0]]), out_plain, float("inf"), 0.0)
+            quantization_error.append((inputs.step_name(step), error.rel_rms, error.cosine))
         result = StepResult(inputs.step_name(step), new_tokens)
         unwritten = unwritten_rows(seqlens, new_tokens, spec.max_seq_len)  # the NaN rows both sides must keep
         tied = torch.zeros(scenario.batch, new_tokens, dtype=torch.bool)  # [B, S], over the layers so far
@@ -108,7 +122,7 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
                                                      from_numpy(other[name]), verdict, allowed))
         results.append(result)
     watch.close()
-    return ValidationReport(runner.name, spec.dtype, scenario, results)
+    return ValidationReport(runner.name, spec.dtype, scenario, results, quantization_error)
 
 
 def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | None = None,

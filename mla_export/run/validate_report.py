@@ -111,6 +111,12 @@ def print_report(report, console=None) -> None:
                         f"passes when every element is within tol (err/tol <= 1){bounds}, and no NaN/inf appears "
                         f"where the reference is finite. max rel is for information.{teacher}{grown}", console),
                   markup=False, style="dim")
+    quantized = getattr(report, "quantization_error", None)
+    if quantized:
+        rms = max(e[1] for e in quantized)
+        cos = min(e[2] for e in quantized)
+        console.print(prose(f"vs the unquantized model (the FP8 weights' own error, not judged): output rel RMS "
+                            f"up to {rms:.2g}, 1 - cos up to {max(0.0, 1.0 - cos):.2g}", console), markup=False)
     failed = [(where, c) for where, c in comparisons if not c.passed]
     shown = [(where, c) for where, _, c in rows if not c.passed][:MAX_FAILURES_SHOWN]  # the table's, in its order
     for where, c in shown:

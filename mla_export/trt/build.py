@@ -158,6 +158,9 @@ def check_plugin_supports(model: ModelSpec, header=None) -> None:
     from ..kernels.attention.plan import Dims, unsupported_reason
 
     c = model.config
+    if model.quant == "fp8" and model.dtype == "float32":
+        raise UserError("--attention plugin: FP8 weights (--quant fp8) take 16-bit activations in the plugins; "
+                        "re-export with --dtype bfloat16 or float16, or build with --attention decomposed")
     why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
                                   model.max_seq_len, model.dtype))
     if why is not None:

@@ -24,9 +24,12 @@ from .options import EXIT_CODES, absorb_option, config_option, load_config, pres
               help="Seed of the random weights.")
 @absorb_option("prefolded: W_UK^T W_UQ and W_O W_UV multiplied at export; runtime: W_UK [H,Dn,Dc] and W_UV "
                "[H,Dc,Dv] kept and applied per head (~3x fewer weights at DeepSeek's dims; see `info`).")
+@click.option("--quant", type=click.Choice(["none", "fp8"]), default="none", show_default=True,
+              help="fp8: the large projections and routed experts as FP8 (e4m3) with float32 128x128 block "
+                   "scales, DeepSeek's format (an FP8 checkpoint's bytes kept); none: every weight in --dtype.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path.")
 @quiet_option
-def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, output, quiet):
+def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, quant, output, quiet):
     """Export the model (pre-folded or run-time absorbed) to ONNX: one MlaAttention node per layer, one
     DeepseekMoE node per mixture-of-experts layer."""
     import time
@@ -49,7 +52,7 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     rows = max_seq_len if max_seq_len is not None else min(4096, config.max_position_embeddings)
     try:
         spec = ModelSpec(config, dtype=dtype, max_seq_len=rows, seed=seed, checkpoint=checkpoint, io=io,
-                         absorb=absorb)
+                         absorb=absorb, quant=quant)
     except FieldError as exc:
         if exc.field != "max_seq_len" or max_seq_len is not None:
             raise
@@ -60,5 +63,6 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
         path = export_onnx(spec, output, progress, note=lambda line: click.echo(line, err=True))
     click.echo(prose(absorb_advice(config, dtype)))
     layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
-    click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}")
+    quantized = ", --quant fp8" if quant == "fp8" else ""
+    click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}{quantized}")
     click.echo(f"{wrote(written_files(path))} in {time.perf_counter() - start:.1f} s")

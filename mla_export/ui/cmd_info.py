@@ -28,6 +28,7 @@ def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
         from ..common.fileio import check_output_file
 
         check_output_file("--json", json_out, input_files(onnx=onnx_path))
+    errors = None
     if onnx_path is None:
         config, absorb = load_config(preset, config_path, layers), None
     else:
@@ -37,10 +38,12 @@ def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
 
         spec = read_export_spec(onnx_path)
         config, absorb = spec.config, spec.absorb
+        if spec.quant == "fp8":
+            errors = measured_requantization(spec)
     if json_out == "-":
-        print_json(info_module.info_dict(config, dtype, context, absorb))
+        print_json(info_module.info_dict(config, dtype, context, absorb) | {"requantization_error": errors})
         return
-    info_module.render_info(config, dtype, context, absorb=absorb)
+    info_module.render_info(config, dtype, context, absorb=absorb, requant_errors=errors)
     if json_out is not None:
         import json
 
@@ -48,3 +51,16 @@ def info(preset, config_path, onnx_path, layers, dtype, context, json_out):
 
         atomic_write_text(json_out, json.dumps(info_module.info_dict(config, dtype, context, absorb), indent=2) + "\n")
         say(wrote([json_out]))
+
+
+MEASURED_LAYERS = 4  # layers whose re-quantization error `info --onnx` measures (a V3 fold is ~4 GiB of float64)
+
+
+def measured_requantization(spec) -> list[dict[str, float]]:
+    """Per layer (the first MEASURED_LAYERS) of an FP8 export: its re-quantized weights' relative RMS error
+    against their float64 values, from the spec's own weights."""
+    from ..graph.export_form import requantization_error
+    from ..weights.eager import weight_source
+
+    source = weight_source(spec)
+    return [requantization_error(spec, source, i) for i in range(min(MEASURED_LAYERS, spec.config.num_hidden_layers))]

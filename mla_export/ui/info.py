@@ -130,6 +130,13 @@ def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb
     if moe_layers:
         parameters.update(routed_expert=counts.expert, experts_per_token=c.num_experts_per_tok,
                           expert_bytes_per_decode_token=counts.activated_expert * nbytes)
+    from ..model.footprint import weight_bytes
+    from ..weights.fp8_values import requantized_weights
+
+    weight_element = nbytes if dtype != "fp8" else 2  # FP8 caches go with bfloat16 activations
+    parameters["weights_by_quant"] = {f"{quant} {form}": weight_bytes(c, weight_element, quant, form)
+                                      for quant in ("none", "fp8") for form in ("prefolded", "runtime")}
+    parameters["fp8_requantized"] = {form: requantized_weights(c, form) for form in ("prefolded", "runtime")}
     return {
         "model": c.name, "dtype": dtype, "context": context, "absorb": absorb,
         "dims": {**{f: getattr(c, f) for f in DIM_FIELDS}, "softmax_scale": c.softmax_scale},
@@ -156,9 +163,10 @@ def count_text(n: int) -> str:
 
 
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
-                absorb: str | None = None) -> None:
-    """Print dims, RoPE, parameters, the cache table and the projection costs, laid out for 80 columns;
-    `absorb` is the form an exported file holds (None for a config)."""
+                absorb: str | None = None, requant_errors: list[dict[str, float]] | None = None) -> None:
+    """Print dims, RoPE, parameters, weights by --quant, the cache table and the projection costs, laid out
+    for 80 columns; `absorb` is the form an exported file holds (None for a config); `requant_errors`, per
+    layer of an FP8 export, its re-quantized weights' measured errors."""
     from ..common.console import add_columns, make_console, prose, table
 
     console = console or make_console()
@@ -188,6 +196,13 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
     for name, sizes in p["on_disk_bytes"].items():
         disk.add_row(name, size_text(sizes["prefolded"]), size_text(sizes["runtime"]))
 
+    element = "bfloat16" if dtype == "fp8" else dtype
+    quant = table(f"{c.name}: weights by --quant (FP8: e4m3, 128x128 scales; others {element})")
+    add_columns(quant, "--quant, --absorb", "first layer", "last layer", "whole model", "per decode token")
+    for label, sizes in p["weights_by_quant"].items():
+        quant.add_row(label, size_text(sizes["layers"][0]), size_text(sizes["layers"][-1]), size_text(sizes["total"]),
+                      size_text(sizes["per_decode_token"]))
+
     cache = table(f"Cache per token per layer ({dtype}), and for the whole model at {context:,} tokens")
     add_columns(cache, "scheme", "layout", "values", "bytes", "whole model", "vs MLA", numbers_from=2)
     for row in data["cache_per_token_per_layer"]:
@@ -202,11 +217,20 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
         proj.add_row(label, f"{forms[form]['multiply_adds']:,}",
                      size_text(forms[form]["weight_bytes"], unit_of=forms["runtime"]["weight_bytes"]),
                      f"{forms[form]['multiply_adds'] / forms['runtime']['multiply_adds']:.2f}x")
-    for i, part in enumerate((dims, rope, params, disk, cache, proj)):
+    for i, part in enumerate((dims, rope, params, disk, quant, cache, proj)):
         if i:
             console.print()
         console.print(part)
     console.print()
+    requantized = p["fp8_requantized"]
+    console.print(prose("--quant fp8 keeps an FP8 checkpoint's bytes except where it re-quantizes (products, "
+                        f"or cuts across 128-row blocks): --absorb prefolded: {', '.join(requantized['prefolded'])}; "
+                        f"--absorb runtime: {', '.join(requantized['runtime']) or 'none'}.", console), markup=False)
+    for layer, errors in enumerate(requant_errors or []):
+        if errors:
+            text = ", ".join(f"{name} {error:.2g}" for name, error in errors.items())
+            console.print(prose(f"layer {layer}, re-quantization error (relative RMS vs the float64 value): {text}",
+                                console), markup=False)
     if absorb is not None:
         console.print(f"absorb: {absorb} (recorded in the file's metadata)")
     console.print(prose(absorb_advice(c, dtype), console), markup=False)

@@ -130,6 +130,16 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: 
 
     UserError (naming the tensor `name` where given) for a weight that is not 2-D, a scale that is not a
     floating-point tensor of one entry per block, or a scale that is not finite and positive."""
+    check_fp8_blocks(weight, scale_inv, block, name)
+    rows, cols = weight.shape
+    scale = scale_inv.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return weight.float() * scale
+
+
+def check_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK,
+                     name: str | None = None) -> None:
+    """UserError (naming `name`) unless `weight` is 2-D and `scale_inv` holds one finite, positive
+    floating-point scale per block of it."""
     label = f"checkpoint tensor {name!r}" if name else "FP8 weight"
     scale_label = f"checkpoint tensor {name + '_scale_inv'!r}" if name else "FP8 scale"
     if weight.dim() != 2:
@@ -144,8 +154,6 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: 
                         f"{tuple(weight.shape)}: expected {expected}, {block}x{block} blocks")
     if not bool(torch.isfinite(scale_inv).all()) or not bool((scale_inv > 0).all()):
         raise UserError(f"{scale_label} holds {_bad_values(scale_inv.float())}; scales must be finite and > 0")
-    scale = scale_inv.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
-    return weight.float() * scale
 
 
 class CheckpointReader:
@@ -188,6 +196,24 @@ class CheckpointReader:
         except Exception as exc:  # not in that file, or its bytes cannot be read
             raise UserError(f"checkpoint file {path}: tensor {name!r} cannot be read ({str(exc).strip()[:200]}); the "
                             f"index may name the wrong file, or the file is damaged") from None
+
+    def read_fp8(self, name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The tensor `name` as the checkpoint stores it when that is DeepSeek's FP8: (float8_e4m3fn [rows,
+        cols], float32 scale per 128x128 block), checked like `read`; None when it is stored in another type."""
+        if name not in self.weight_map or name + SCALE_SUFFIX not in self.weight_map:
+            return None
+        tensor = self._get(name)
+        if tensor.dtype != torch.float8_e4m3fn:
+            return None
+        if tuple(tensor.shape) != tuple(shape):
+            raise UserError(f"checkpoint {self.directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                            f"expected {tuple(shape)} from config.json")
+        scale = self._get(name + SCALE_SUFFIX)
+        check_fp8_blocks(tensor, scale, name=name)
+        if not bool(torch.isfinite(tensor.float()).all()):
+            raise UserError(f"checkpoint tensor {name!r} holds {_bad_values(tensor.float())}; the checkpoint is "
+                            "damaged: download it again")
+        return tensor, scale.float()
 
     def read(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor `name` as float32 (dequantized if FP8), checked against `shape` and for NaN/inf."""

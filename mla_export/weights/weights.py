@@ -80,6 +80,22 @@ class CheckpointWeights:
         tensor = self.reader.read(name, shape)
         return tensor if self.config.rope_interleave else rope_rows_to_pairs(name, tensor, self.config)
 
+    def read_fp8(self, name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The checkpoint's own FP8 bytes and block scales of `name` (rows moved as `read` moves them), or
+        None when it is not stored as DeepSeek's FP8, or when the RoPE permutation would move rows across
+        a 128-row block (then its float value is quantized instead)."""
+        from .checkpoint import FP8_BLOCK, rope_rows_to_pairs
+
+        pair = self.reader.read_fp8(name, shape)
+        if pair is None or self.config.rope_interleave:
+            return pair
+        q, scale = pair
+        rows = torch.arange(q.shape[0], dtype=torch.float64)[:, None]  # [R, 1]: each row's index
+        moved = rope_rows_to_pairs(name, rows.expand(-1, 1), self.config)[:, 0].long()  # [R]
+        if bool((moved // FP8_BLOCK != torch.arange(q.shape[0]) // FP8_BLOCK).any()):
+            return None
+        return q.view(torch.uint8)[moved].view(torch.float8_e4m3fn), scale
+
 
 def expert_chunks(source: WeightSource, param: str, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
     """The stacked expert parameter `param` (shape [E, ...]) one expert at a time, float32."""
