@@ -220,21 +220,21 @@ def _jit_bench(output: str, ctx: Context) -> dict:
     return figures
 
 
-def _moe_bench(output: str, ctx: Context) -> dict:
-    """bench_moe.py's rows (OUT/moe.json), and per preset and token count the % of copy bandwidth (decode) or
+def _moe_bench(output: str, ctx: Context, name: str = "moe.json", label: str = "MoE") -> dict:
+    """bench_moe.py's rows (OUT/<name>), and per preset and token count the % of copy bandwidth (decode) or
     of the bf16 GEMM (prefill) its own same-run peaks give."""
-    path = ctx.out / "moe.json"
+    path = ctx.out / name
     if not path.is_file():
         return {}
     rows = json.loads(path.read_text())["rows"]
     figures: dict = {"rows": rows}
     for row in rows:
-        preset = MOE_PRESETS.get(row["preset"], row["preset"])
+        preset = f"{label} {MOE_PRESETS.get(row['preset'], row['preset'])}"
         if row["phase"] == "decode":
-            figures[f"MoE {preset} decode T={row['tokens']}, % of copy"] = round(100 * row["of_copy_bw"], 1)
+            figures[f"{preset} decode T={row['tokens']}, % of copy"] = round(100 * row["of_copy_bw"], 1)
         else:
-            figures[f"MoE {preset} prefill T={row['tokens']}, % of bf16 GEMM"] = round(100 * row["of_matmul"], 1)
-            figures[f"MoE {preset} prefill T={row['tokens']}, % of roofline"] = round(100 * row["of_roofline"], 1)
+            figures[f"{preset} prefill T={row['tokens']}, % of bf16 GEMM"] = round(100 * row["of_matmul"], 1)
+            figures[f"{preset} prefill T={row['tokens']}, % of roofline"] = round(100 * row["of_roofline"], 1)
     return figures
 
 
@@ -304,6 +304,10 @@ STEPS = [
     Step("fp8-bench", "BlockFp8MatMul kernels: FP8 weight GB/s vs copy, prefill TFLOP/s (bench_fp8.py)", 60,
          _optional_script("benchmarks/bench_fp8.py", lambda ctx: ["--iters", "10", "--json", str(ctx.out / "fp8.json")]),
          _fp8_bench),
+    Step("moe-fp8-bench", "MoE FP8 experts (issue 22): expert weight GB/s read vs copy, prefill (bench_moe.py)", 75,
+         _optional_script("benchmarks/bench_moe.py", lambda ctx: [
+             "--experts", "fp8", "--no-baselines", "--iters", "10", "--json", str(ctx.out / "moe_fp8.json")]),
+         lambda output, ctx: _moe_bench(output, ctx, "moe_fp8.json", "MoE FP8")),
 ]
 
 

@@ -2,6 +2,7 @@
 tiny-moe under the Triton interpreter (--dry-run). Its real measurements are owed to a GPU (`make gpu-check`)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,9 @@ def test_fp8_expert_bytes_and_quantization():
 
 @pytest.mark.slow
 def test_dry_run_with_fp8_experts(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parents[1])}  # this tree's package, not an installed one
     proc = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--experts", "fp8", "--no-baselines", "--json",
-                           "moe.json"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           "moe.json"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "moe.json").read_text())
     assert result["experts"] == "fp8"
