@@ -15,6 +15,7 @@
 #include "fakeCuda.h"
 #include "fp8Contract.h"
 #include "fp8KernelsPlan.h"
+#include "fp8_kernels_tables.h"
 #include "launchPlan.h"
 #include "testPlugin.h"
 #include "testUtil.h"
@@ -180,11 +181,17 @@ std::vector<Call> sweep()
     return calls;
 }
 
-//! The launches the C++ plan plans for `d` (what enqueue must launch).
-size_t plannedLaunches(kernels::fp8::Dims const& d)
+//! The launches the C++ plan plans for `d` on a device of `arch` (what enqueue must launch): the gemm, the
+//! split-K reduce when it splits, and act_quant first where the plan quantizes (prefill) on a native-FP8 arch.
+size_t plannedLaunches(kernels::fp8::Dims const& d, int32_t arch)
 {
     kernels::fp8::plan::LaunchPlan p{};
-    return kernels::fp8::plan::makePlan(d, p) ? static_cast<size_t>(p.launches) : 0;
+    if (!kernels::fp8::plan::makePlan(d, p))
+    {
+        return 0;
+    }
+    bool const quant = p.grids[kernels::fp8_tables::kActQuant][0] != 0 && arch >= kernels::fp8_tables::kNativeMinArch;
+    return 1 + (p.splits > 1 ? 1 : 0) + (quant ? 1 : 0);
 }
 
 void testSweep()
@@ -208,7 +215,7 @@ void testSweep()
                 CHECK_MSG(fake::events().empty(), describe(k) + ": a driver call before the refusal");
                 continue;
             }
-            size_t const planned = plannedLaunches(l.kernelDims(dtype));
+            size_t const planned = plannedLaunches(l.kernelDims(dtype), arch);
             CHECK_MSG(planned >= 1, describe(k));
             for (int32_t repeat = 0; repeat < 2; ++repeat)
             {
