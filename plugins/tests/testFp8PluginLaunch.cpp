@@ -146,14 +146,17 @@ int32_t compareWithPlan(char const* path)
         plugin::BlockFp8MatMulPlugin p(plugin::Fp8Attributes{});
         Launch l(plan.call);
         CHECK_MSG(l.run(p) == 0, describe(plan.call));
-        auto const pointer = [&l](std::string const& name, uint64_t& address) {
-            address = name == "input"     ? reinterpret_cast<uintptr_t>(l.inputs[c::kInput])
-                : name == "weight"        ? reinterpret_cast<uintptr_t>(l.inputs[c::kWeight])
-                : name == "scale_inv"     ? reinterpret_cast<uintptr_t>(l.inputs[c::kWeightScaleInv])
-                : name == "output"        ? reinterpret_cast<uintptr_t>(l.outputs[c::kOutput])
-                : name == "ws"            ? kWorkspace
-                : name == "null"          ? 0
-                                          : ~uint64_t{0};
+        auto const pointer = [&l](std::string const& token, uint64_t& address) { // "name" or "name+offset"
+            size_t const plus = token.find('+');
+            std::string const name = token.substr(0, plus);
+            uint64_t const offset = plus == std::string::npos ? 0 : std::stoull(token.substr(plus + 1));
+            address = offset + (name == "input" ? reinterpret_cast<uintptr_t>(l.inputs[c::kInput])
+                : name == "weight"              ? reinterpret_cast<uintptr_t>(l.inputs[c::kWeight])
+                : name == "scale_inv"           ? reinterpret_cast<uintptr_t>(l.inputs[c::kWeightScaleInv])
+                : name == "output"              ? reinterpret_cast<uintptr_t>(l.outputs[c::kOutput])
+                : name == "ws"                  ? kWorkspace
+                : name == "null"                ? 0
+                                                : ~uint64_t{0});
             return true;
         };
         testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call), pointer,
