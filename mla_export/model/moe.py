@@ -36,6 +36,7 @@ from torch import nn
 
 from ..common import contract
 from ..common.moe_rule import RoutingRule
+from .fp8 import dequantize_blocks
 
 def top_indices(values: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest entries along the last axis, best first; equal values: lower index first."""
@@ -84,42 +85,26 @@ def moe_reference(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias:
     version 2) the experts are FP8 blocks: each used expert is dequantized (`fp8.dequantize_blocks`) to
     float32 (float64 for float64 inputs) and its products run in that type, rounded to T.
     """
-    if gate_up_scale is not None:
-        return _fp8_moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale,
-                                  down_scale)
     shape = hidden.shape
     x = hidden.reshape(-1, shape[-1])  # [T, d]
     weights, experts = route(router_logits(x, router_weight), rule, score_bias)  # [T, k], [T, k]
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     out = torch.zeros(x.shape, dtype=acc, device=x.device)  # [T, d]
     inter = down_proj.shape[-1]
+
+    def expert_weights(expert: int) -> tuple[torch.Tensor, torch.Tensor]:  # ([2I, d], [d, I]), one expert
+        if gate_up_scale is None:
+            return gate_up_proj[expert], down_proj[expert]
+        return (dequantize_blocks(gate_up_proj[expert], gate_up_scale[expert], acc),
+                dequantize_blocks(down_proj[expert], down_scale[expert], acc))
+
     for expert in torch.unique(experts).tolist():  # ascending: a fixed order for every token's sum
         tokens, slot = (experts == expert).nonzero(as_tuple=True)  # [n], [n]
-        gate_up = x[tokens] @ gate_up_proj[expert].T  # [n, 2I]
+        w_gate_up, w_down = expert_weights(expert)
+        gate_up = (x[tokens].to(w_gate_up.dtype) @ w_gate_up.T).to(hidden.dtype)  # [n, 2I]
         act = nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
-        y = act @ down_proj[expert].T  # [n, d]
+        y = (act.to(w_down.dtype) @ w_down.T).to(hidden.dtype)  # [n, d]
         out.index_add_(0, tokens, y.to(acc) * weights[tokens, slot, None].to(acc))
-    return out.to(hidden.dtype).reshape(shape)
-
-
-def _fp8_moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale, down_scale):
-    """`moe_reference` with FP8 experts: each routed expert dequantized on its own (memory: one expert)."""
-    from .fp8 import dequantize_blocks
-
-    shape = hidden.shape
-    x = hidden.reshape(-1, shape[-1])  # [T, d]
-    weights, experts = route(router_logits(x, router_weight), rule, score_bias)  # [T, k], [T, k]
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    out = torch.zeros(x.shape, dtype=acc, device=x.device)  # [T, d]
-    inter = down_proj.shape[-1]
-    for expert in torch.unique(experts).tolist():  # ascending: a fixed order for every token's sum
-        tokens, slot = (experts == expert).nonzero(as_tuple=True)  # [n], [n]
-        w_gate_up = dequantize_blocks(gate_up_proj[expert], gate_up_scale[expert], acc)  # [2I, d]
-        w_down = dequantize_blocks(down_proj[expert], down_scale[expert], acc)  # [d, I]
-        gate_up = (x[tokens].to(acc) @ w_gate_up.T).to(hidden.dtype).to(acc)  # [n, 2I], rounded to T
-        act = (nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]).to(hidden.dtype).to(acc)  # [n, I]
-        y = (act @ w_down.T).to(hidden.dtype).to(acc)  # [n, d]
-        out.index_add_(0, tokens, y * weights[tokens, slot, None].to(acc))
     return out.to(hidden.dtype).reshape(shape)
 
 
