@@ -8,6 +8,7 @@
  * plugins/tests/testFp8Launch.cpp checks the launches on a recording CUDA driver.
  */
 #include "fp8Kernels.h"
+#include "launchUtil.h"
 #include "fp8KernelsPlan.h"
 
 #include "fp8_kernels_tables.h"
@@ -24,27 +25,14 @@ namespace
 {
 using namespace fp8_tables;
 
-bool aligned16(void const* p) noexcept
-{
-    return p != nullptr && (reinterpret_cast<uintptr_t>(p) & 15U) == 0;
-}
+using launch_util::aligned16;
+using launch_util::devicePtr;
 
-CUdeviceptr devicePtr(void const* p) noexcept
-{
-    return reinterpret_cast<CUdeviceptr>(p);
-}
-
-//! One launch of kernel `index` with `args` (pointers to each argument's value, scratch pointers last).
+//! One launch of kernel `index` of this family's table with `args` (scratch pointers last).
 CUresult launchKernel(Module const& module, int32_t index, uint32_t const grid[3], CUstream stream,
     void** args) noexcept
 {
-    if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0)
-    {
-        return CUDA_SUCCESS;
-    }
-    unsigned const threads = static_cast<unsigned>(kKernels[index].numWarps) * 32U;
-    return cuLaunchKernel(module.function(index), grid[0], grid[1], grid[2], threads, 1, 1,
-        static_cast<unsigned>(module.image()->sharedBytes[index]), stream, args, nullptr);
+    return launch_util::launchOnGrid(module, index, kKernels[index].numWarps, grid, stream, args);
 }
 
 // Typed launchers, one per kernel kind: arguments in the order of fp8_plan.RUNTIME_ARGS.
