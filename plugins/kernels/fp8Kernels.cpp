@@ -32,7 +32,8 @@ using launch_util::devicePtr;
 CUresult launchKernel(Module const& module, int32_t index, uint32_t const grid[3], CUstream stream,
     void** args) noexcept
 {
-    return launch_util::launchOnGrid(module, index, kKernels[index].numWarps, grid, stream, args);
+    return launch_util::launchOnGrid(module, index, kKernels[index].numWarps, module.image()->sharedBytes[index], grid,
+        stream, args);
 }
 
 // Typed launchers, one per kernel kind: arguments in the order of fp8_plan.RUNTIME_ARGS.

@@ -28,10 +28,11 @@ inline CUdeviceptr devicePtr(void const* p) noexcept
     return reinterpret_cast<CUdeviceptr>(p);
 }
 
-//! One launch of `module`'s kernel `index` (`numWarps` warps per block, its image's shared memory) with `args`
-//! (pointers to each argument's value, scratch pointers last); a grid with a zero extent launches nothing.
-inline CUresult launchOnGrid(Module const& module, int32_t index, int32_t numWarps, uint32_t const grid[3],
-    CUstream stream, void** args) noexcept
+//! One launch of `module`'s kernel `index` (`numWarps` warps per block, `sharedBytes` of dynamic shared memory)
+//! with `args` (pointers to each argument's value, scratch pointers last); a grid with a zero extent launches
+//! nothing.
+inline CUresult launchOnGrid(Module const& module, int32_t index, int32_t numWarps, int64_t sharedBytes,
+    uint32_t const grid[3], CUstream stream, void** args) noexcept
 {
     if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0)
     {
@@ -39,7 +40,7 @@ inline CUresult launchOnGrid(Module const& module, int32_t index, int32_t numWar
     }
     unsigned const threads = static_cast<unsigned>(numWarps) * 32U;
     return cuLaunchKernel(module.function(index), grid[0], grid[1], grid[2], threads, 1, 1,
-        static_cast<unsigned>(module.image()->sharedBytes[index]), stream, args, nullptr);
+        static_cast<unsigned>(sharedBytes), stream, args, nullptr);
 }
 
 } // namespace launch_util
