@@ -69,9 +69,9 @@ def check_room(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int, 
                             "the tokenizer is not this model's (pass the right --tokenizer)")
         need = max(longest, len(prompt) + max_new_tokens - 1)
         if need > max_seq_len:
-            raise UserError(f"prompt {b + 1} has {len(prompt)} tokens: with --max-new-tokens {max_new_tokens} the "
-                            f"cache needs {need} rows, the model holds {max_seq_len} (--max-seq-len); shorten it, "
-                            "lower --max-new-tokens, or export with a larger --max-seq-len")
+            raise UserError(f"prompt {b + 1}: {len(prompt)} tokens + --max-new-tokens {max_new_tokens} need {need} "
+                            f"cache rows, the model has {max_seq_len}; shorten it, lower --max-new-tokens or export "
+                            "a larger --max-seq-len")
 
 
 def generate(model: StepModel, prompts: list[list[int]], max_new_tokens: int, sampler: Sampler,

@@ -103,8 +103,8 @@ def load_tokenizer(path: str | Path, option: str) -> TextTokenizer:
     path = Path(path)
     file = path / TOKENIZER_FILE if path.is_dir() else path
     if not file.is_file():
-        raise UserError(f"{option} {path}: no {TOKENIZER_FILE} there; pass --tokenizer PATH (a {TOKENIZER_FILE} "
-                        "or the directory of the model's tokenizer)")
+        raise UserError(f"{option} {path}: no {TOKENIZER_FILE} there; pass --tokenizer PATH (the model's "
+                        f"{TOKENIZER_FILE} or its directory)")
     try:
         from tokenizers import Tokenizer
     except ImportError:
@@ -112,8 +112,8 @@ def load_tokenizer(path: str | Path, option: str) -> TextTokenizer:
     try:
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises its own Exception type for every parse failure
-        raise UserError(f"{file}: not a tokenizer file the `tokenizers` package reads ({str(exc)[:200]}); "
-                        "restore it from the checkpoint") from None
+        raise UserError(f"{file}: not a tokenizer file the `tokenizers` package reads ({str(exc)[:60]}); "
+                        "restore it") from None
     directory = file.parent
     config = _read_json(directory / TOKENIZER_CONFIG) if (directory / TOKENIZER_CONFIG).is_file() else {}
     result = TextTokenizer(tokenizer, str(file))

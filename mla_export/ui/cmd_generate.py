@@ -53,7 +53,7 @@ def _tokenizer_path(tokenizer: str | None, checkpoint: str | None, spec_checkpoi
     """(path, the option it came from): --tokenizer, else --checkpoint, else the checkpoint the model was
     exported from."""
     for path, option in ((tokenizer, "--tokenizer"), (checkpoint, "--checkpoint"),
-                         (spec_checkpoint, "the model's checkpoint")):
+                         (spec_checkpoint, "checkpoint")):
         if path:
             return path, option
     raise UserError("no tokenizer: the model was not exported from a checkpoint; pass --tokenizer PATH (a "
