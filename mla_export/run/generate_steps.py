@@ -62,6 +62,7 @@ class OnnxRuntimeSteps:
         self.name = f"onnxruntime ({self.device}{', io binding' if io_binding else ''})"
         self.layers = spec.config.num_hidden_layers
         self.caches: list[list] = []
+        self.bindings: list = []
         self.parity = 0
 
     def reset(self, batch: int) -> None:
@@ -74,6 +75,14 @@ class OnnxRuntimeSteps:
             return
         self.caches = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), self.device) for _ in range(2)]
                        for _ in range(self.layers)]
+        self.bindings = []  # by parity: past on buffer `parity`, present on the other; bound once, here
+        for parity in range(2):
+            binding = self.session.io_binding()
+            binding.bind_output(contract.LOGITS, "cpu")  # first: get_outputs()[0]; bound again every step
+            for i, pair in enumerate(self.caches):
+                binding.bind_ortvalue_input(contract.past_cache_name(i), pair[parity])
+                binding.bind_ortvalue_output(contract.present_cache_name(i), pair[1 - parity])
+            self.bindings.append(binding)
         self.parity = 0
 
     def step(self, ids: np.ndarray, seqlens: np.ndarray, last: np.ndarray) -> torch.Tensor:
@@ -84,13 +93,10 @@ class OnnxRuntimeSteps:
             names = [contract.LOGITS] + [contract.present_cache_name(i) for i in range(self.layers)]
             logits, *self.caches = self.session.run(names, feeds)
             return torch.from_numpy(np.ascontiguousarray(logits[rows, last])).float()  # [B, V]
-        binding = self.session.io_binding()
+        binding = self.bindings[self.parity]
         binding.bind_cpu_input(contract.INPUT_IDS, ids)
         binding.bind_cpu_input(contract.CACHE_SEQLENS, seqlens)
-        binding.bind_output(contract.LOGITS, "cpu")
-        for i, pair in enumerate(self.caches):
-            binding.bind_ortvalue_input(contract.past_cache_name(i), pair[self.parity])
-            binding.bind_ortvalue_output(contract.present_cache_name(i), pair[1 - self.parity])
+        binding.bind_output(contract.LOGITS, "cpu")  # ORT allocates it (its shape changes), in its first slot
         self.session.run_with_iobinding(binding)
         self.parity = 1 - self.parity
         logits = binding.get_outputs()[0].numpy()  # [B, S, V]
