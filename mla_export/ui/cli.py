@@ -113,8 +113,8 @@ class Cli(click.Group):
 @click.option("--debug", is_flag=True, help="On an error, also print the Python traceback.")
 def main(debug):
     """Export Multi-head Latent Attention (DeepSeek-V2/V3, Kimi K2) models to ONNX with one MlaAttention node
-    per layer, validate them against the eager model, build TensorRT engines, profile them, and show a
-    config's sizes.
+    per layer, validate them against the eager model, build TensorRT engines, profile them, generate text
+    with them, and show a config's sizes.
 
     Progress goes to stderr (-q silences it), results to stdout; `info`, `validate` and `profile` take
     --json for machine-readable output. `mla-export COMMAND -h` shows a command's options."""
