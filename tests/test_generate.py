@@ -235,3 +235,19 @@ def test_chat_template(dense, dense_onnx, tmp_path):
     want = tokenizer.encode(f"{BOS}<user>{PROMPTS[0]}<assistant>", add_special_tokens=False).ids
     assert got["sequences"][0]["prompt_ids"] == want
     assert want[0] == tokenizer.token_to_id(BOS) and want[1] != want[0]
+
+
+def test_prompts_file_prints_each_completion_when_it_ends(dense, dense_onnx, tmp_path):
+    """Several prompts: each completion printed once, numbered, as its sequence ends; timings on stderr."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[2]}\n")
+    result = CliRunner().invoke(main, ["generate", "--onnx", str(dense_onnx), "--prompts-file", str(prompts),
+                                       "--max-new-tokens", str(NEW_TOKENS)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(dense[0] / "tokenizer.json"))
+    texts = [tokenizer.decode(dense[1][b], skip_special_tokens=True) for b in (0, 2)]
+    order = sorted(range(2), key=lambda i: len(dense[1][(0, 2)[i]]))  # the shorter one ends (is printed) first
+    assert result.stdout == "".join(f"[{i + 1}] {texts[i]}\n" for i in order)
+    assert "prefill 2 x up to" in result.stderr and "tokens/s" in result.stderr
