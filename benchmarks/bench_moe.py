@@ -2,7 +2,7 @@
 device's own peaks, measured in the same run, and against two PyTorch baselines.
 
     python benchmarks/bench_moe.py [--presets deepseek-v2-lite deepseek-v3] [--decode 1,8,64] [--prefill 4096]
-                                   [--dtype bfloat16] [--no-baselines] [--json out.json]
+                                   [--dtype bfloat16] [--experts fp8] [--no-baselines] [--json out.json]
     python benchmarks/bench_moe.py --dry-run      # tiny-moe on the CPU under the Triton interpreter (tests)
 
 Measured in the same run: device-to-device copy bandwidth (bytes read + written, as bench_kernels.py) and the
@@ -18,6 +18,10 @@ random weights, random tokens, the preset's own routing rule:
   matrix; onnx_moe.py) in PyTorch, and moe.moe_reference (a PyTorch loop over the routed experts), each where
   it fits in memory; ratios are their time / the kernels' time. Every row also reports the kernels' max error
   against the PyTorch loop (float32 accumulation) on the same inputs.
+--experts fp8 (issue 22): the experts as float8_e4m3fn with 128 x 128 block scales (quantized here from the same
+random weights), the device's FP8 path (FP8 x FP8 on sm_89+, weight-only on sm_80/86); weight bytes are then the
+FP8 bytes plus the scales, and the error column is against the PyTorch loop on the dequantized weights (so it
+holds the activation quantization of the native path).
 Exits with a message on a machine without a CUDA GPU (unless --dry-run).
 """
 
@@ -36,9 +40,43 @@ DECODE_BAR, DECODE_GOAL = 0.70, 0.85  # of copy bandwidth
 PREFILL_BAR, PREFILL_GOAL = 0.40, 0.60  # of the matmul rate
 
 
-def expert_bytes(config, elem: int) -> int:
-    """Bytes of one routed expert's weights: gate, up and down, each I x d."""
-    return 3 * config.moe_intermediate_size * config.hidden_size * elem
+def expert_bytes(config, elem: int, fp8: bool = False) -> int:
+    """Bytes of one routed expert's weights: gate, up and down, each I x d (FP8: 1 byte each plus the float32
+    scales, one per 128 x 128 block)."""
+    d, i = config.hidden_size, config.moe_intermediate_size
+    if fp8:
+        blocks = -(-2 * i // 128) * -(-d // 128) + -(-d // 128) * -(-i // 128)
+        return 3 * i * d + 4 * blocks
+    return 3 * i * d * elem
+
+
+def quantize_experts(w):
+    """w [E, R, C] -> (float8_e4m3fn [E, R, C], float32 scales [E, ceil(R/128), ceil(C/128)]): amax / 448 per
+    128 x 128 block (1 for an all-zero block), DeepSeek's convention; one expert at a time (V3: 30 GB at once)."""
+    import torch
+
+    e, r, c = w.shape
+    rb, cb = -(-r // 128), -(-c // 128)
+    q = torch.empty(w.shape, device=w.device, dtype=torch.float8_e4m3fn)
+    scale = torch.empty(e, rb, cb, device=w.device, dtype=torch.float32)
+    for j in range(e):
+        padded = torch.zeros(rb * 128, cb * 128, device=w.device, dtype=torch.float32)
+        padded[:r, :c] = w[j]
+        amax = padded.view(rb, 128, cb, 128).abs().amax(dim=(1, 3))  # [Rb, Cb]
+        scale[j] = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+        q[j] = (w[j].float() / scale[j].repeat_interleave(128, 0)[:r].repeat_interleave(128, 1)[:, :c]).to(q.dtype)
+    return q, scale
+
+
+def dequantize_experts(q, scale, dtype):
+    """quantize_experts' output as weights in `dtype`, one expert at a time."""
+    import torch
+
+    r, c = q.shape[-2:]
+    out = torch.empty(q.shape, device=q.device, dtype=dtype)
+    for j in range(q.shape[0]):
+        out[j] = (q[j].float() * scale[j].repeat_interleave(128, 0)[:r].repeat_interleave(128, 1)[:, :c]).to(dtype)
+    return out
 
 
 def moe_flops(tokens: int, config) -> float:
@@ -120,7 +158,9 @@ def graph_call(fn, cuda: bool):
 
 
 def bench_case(preset: str, config, layer, rule, tokens: int, phase: str, dtype, device, timer: Timer, peaks: dict,
-               baselines: bool) -> dict:
+               baselines: bool, fp8=None) -> dict:
+    """One timed row. fp8: (gate_up q, gate_up scale, down q, down scale) to run FP8 experts (layer then holds
+    their dequantization in `dtype`, for the loop's reference and the baselines)."""
     import torch
 
     from mla_export.run.compare import compare
@@ -132,14 +172,18 @@ def bench_case(preset: str, config, layer, rule, tokens: int, phase: str, dtype,
     g = torch.Generator(device=device).manual_seed(tokens)
     x = torch.randn(tokens, config.hidden_size, generator=g, device=device, dtype=dtype)  # [T, d]
     out = torch.empty_like(x)
-    run = lambda: deepseek_moe_triton(x, router, bias, gate_up, down, rule, out=out)  # noqa: E731
+    if fp8 is None:
+        run = lambda: deepseek_moe_triton(x, router, bias, gate_up, down, rule, out=out)  # noqa: E731
+    else:
+        run = lambda: deepseek_moe_triton(x, router, bias, fp8[0], fp8[2], rule, fp8[1], fp8[3], out=out)  # noqa: E731
     launches = timer.seconds(run)
     replay, graphed = graph_call(run, timer.cuda)
     seconds = timer.seconds(replay) if graphed else launches
     _, experts = route(router_logits(x, router), rule, bias)
-    read = int(experts.unique().numel()) * expert_bytes(config, elem)
+    read = int(experts.unique().numel()) * expert_bytes(config, elem, fp8 is not None)
     flops = moe_flops(tokens, config)
     row = {"preset": preset, "phase": phase, "tokens": tokens, "experts_read": int(experts.unique().numel()),
+           "experts": "fp8" if fp8 is not None else str(dtype).removeprefix("torch."),
            "weight_bytes": read, "us": seconds * 1e6, "us_plain_launches": launches * 1e6, "cuda_graph": graphed,
            "weight_GB/s": read / seconds / 1e9, "of_copy_bw": read / seconds / peaks["copy"],
            "TFLOP/s": flops / seconds / 1e12, "of_matmul": flops / seconds / peaks["matmul"]}
@@ -200,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", default=",".join(map(str, DECODE_TOKENS)), help="decode token counts")
     parser.add_argument("--prefill", default=",".join(map(str, PREFILL_TOKENS)), help="prefill token counts")
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    parser.add_argument("--experts", choices=["dtype", "fp8"], default="dtype",
+                        help="expert weights in --dtype, or FP8 with 128x128 block scales [default: %(default)s]")
     parser.add_argument("--iters", type=int, default=20, help="timed calls per measurement (median)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the PyTorch baselines")
     parser.add_argument("--dry-run", action="store_true",
@@ -231,18 +277,27 @@ def main(argv: list[str] | None = None) -> int:
         if not config.n_routed_experts:
             raise SystemExit(f"--presets {preset}: not a MoE model")
         layer, rule = make_layer(config, dtype, device)
+        fp8 = None
+        if args.experts == "fp8":  # quantized one expert tensor at a time; the layer keeps the dequantized copy
+            router, bias, gate_up, down = layer
+            gq, gs = quantize_experts(gate_up)
+            del gate_up
+            dq, ds = quantize_experts(down)
+            del down
+            fp8 = (gq, gs, dq, ds)
+            layer = (router, bias, dequantize_experts(gq, gs, dtype), dequantize_experts(dq, ds, dtype))
         for phase, counts in (("decode", args.decode), ("prefill", args.prefill)):
             for tokens in (int(t) for t in counts.split(",") if t.strip()):
                 rows.append(bench_case(preset, config, layer, rule, tokens, phase, dtype, device, timer, peaks,
-                                       not args.no_baselines))
+                                       not args.no_baselines, fp8))
                 print(describe(rows[-1]), flush=True)
-        layer = None
+        layer = fp8 = None
         if cuda:
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "copy_GB/s": peaks["copy"] / 1e9, "matmul_TFLOP/s": peaks["matmul"] / 1e12,
-                       "dtype": args.dtype, "rows": rows}, f, indent=1)
+                       "dtype": args.dtype, "experts": args.experts, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -33,14 +33,18 @@ BUNDLE_LIMIT_BYTES = 48 << 20
 # Bundle contents, in the build's own layout (tests/test_plugin.py reads $MLA_PLUGIN_BUILD that way).
 BUNDLE_FILES = ("kernels/manifest.json", "kernels/mla_kernels_images.cpp", "kernels/mla_kernels_tables.h",
                 "plugins/mlaAttentionPlugin/libmla_plugin.so", "plugins/tests/test_mla_gpu_enqueue",
-                "plugins/tests/test_moe_gpu_enqueue", "plugins/tools/mla_kernels_bench")
+                "plugins/tests/test_moe_gpu_enqueue", "plugins/tests/test_fp8_gpu_enqueue",
+                "plugins/tools/mla_kernels_bench", "plugins/tools/fp8_kernels_run")
 # Targets the figures are judged against (H100, bfloat16, DeepSeek dims; issue "one command proves the GPU path").
 TARGETS = {"decode B=64 x 4096, % of copy": 70.0, "decode B=1 x 65536, % of copy": 60.0,
            "prefill S=4096, % of bf16 GEMM": 25.0, "speed-up vs eager, B=64 x 4096": 6.0,
            # DeepseekMoE (issue 15; bench_moe.py): expert-weight bytes read vs copy, flops vs the bf16 GEMM. At V3's
            # sizes 4096 tokens still read all 256 experts: bench_moe.py also reports the roofline fraction.
            **{f"MoE {preset} decode T={t}, % of copy": 70.0 for preset in ("V2-Lite", "V3") for t in (1, 8, 64)},
-           **{f"MoE {preset} prefill T=4096, % of bf16 GEMM": 40.0 for preset in ("V2-Lite", "V3")}}
+           **{f"MoE {preset} prefill T=4096, % of bf16 GEMM": 40.0 for preset in ("V2-Lite", "V3")},
+           # BlockFp8MatMul (issue 22; bench_fp8.py): FP8 weight bytes read vs copy at decode, flops at prefill.
+           **{f"FP8 GEMM {shape} M=1, % of copy": 70.0 for shape in ("576x7168", "7168x18432")},
+           "FP8 GEMM 7168x18432 M=4096, % of bf16 GEMM": 40.0}
 MOE_PRESETS = {"deepseek-v2-lite": "V2-Lite", "deepseek-v3": "V3"}
 
 
@@ -216,21 +220,40 @@ def _jit_bench(output: str, ctx: Context) -> dict:
     return figures
 
 
-def _moe_bench(output: str, ctx: Context) -> dict:
-    """bench_moe.py's rows (OUT/moe.json), and per preset and token count the % of copy bandwidth (decode) or
+def _moe_bench(output: str, ctx: Context, name: str = "moe.json", label: str = "MoE") -> dict:
+    """bench_moe.py's rows (OUT/<name>), and per preset and token count the % of copy bandwidth (decode) or
     of the bf16 GEMM (prefill) its own same-run peaks give."""
-    path = ctx.out / "moe.json"
+    path = ctx.out / name
     if not path.is_file():
         return {}
     rows = json.loads(path.read_text())["rows"]
     figures: dict = {"rows": rows}
     for row in rows:
-        preset = MOE_PRESETS.get(row["preset"], row["preset"])
+        preset = f"{label} {MOE_PRESETS.get(row['preset'], row['preset'])}"
         if row["phase"] == "decode":
-            figures[f"MoE {preset} decode T={row['tokens']}, % of copy"] = round(100 * row["of_copy_bw"], 1)
+            figures[f"{preset} decode T={row['tokens']}, % of copy"] = round(100 * row["of_copy_bw"], 1)
         else:
-            figures[f"MoE {preset} prefill T={row['tokens']}, % of bf16 GEMM"] = round(100 * row["of_matmul"], 1)
-            figures[f"MoE {preset} prefill T={row['tokens']}, % of roofline"] = round(100 * row["of_roofline"], 1)
+            figures[f"{preset} prefill T={row['tokens']}, % of bf16 GEMM"] = round(100 * row["of_matmul"], 1)
+            figures[f"{preset} prefill T={row['tokens']}, % of roofline"] = round(100 * row["of_roofline"], 1)
+    return figures
+
+
+def _fp8_bench(output: str, ctx: Context) -> dict:
+    """bench_fp8.py's rows (OUT/fp8.json), and per shape and row count on the device's own path the % of copy
+    bandwidth (decode) or of the bf16 GEMM (prefill) its same-run peaks give."""
+    path = ctx.out / "fp8.json"
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    own = rows[0]["path"] if rows else None  # the device's path is timed first
+    figures: dict = {"rows": rows}
+    for row in rows:
+        if row["path"] != own:
+            continue
+        if row["phase"] == "decode":
+            figures[f"FP8 GEMM {row['shape']} M={row['rows']}, % of copy"] = round(100 * row["of_copy_bw"], 1)
+        else:
+            figures[f"FP8 GEMM {row['shape']} M={row['rows']}, % of bf16 GEMM"] = round(100 * row["of_matmul"], 1)
     return figures
 
 
@@ -278,6 +301,13 @@ STEPS = [
     Step("moe-bench", "MoE expert kernels: decode GB/s, prefill TFLOP/s (bench_moe.py)", 75,
          _optional_script("benchmarks/bench_moe.py", lambda ctx: ["--iters", "10", "--json", str(ctx.out / "moe.json")]),
          _moe_bench),
+    Step("fp8-bench", "BlockFp8MatMul kernels: FP8 weight GB/s vs copy, prefill TFLOP/s (bench_fp8.py)", 60,
+         _optional_script("benchmarks/bench_fp8.py", lambda ctx: ["--iters", "10", "--json", str(ctx.out / "fp8.json")]),
+         _fp8_bench),
+    Step("moe-fp8-bench", "MoE FP8 experts (issue 22): expert weight GB/s read vs copy, prefill (bench_moe.py)", 75,
+         _optional_script("benchmarks/bench_moe.py", lambda ctx: [
+             "--experts", "fp8", "--no-baselines", "--iters", "10", "--json", str(ctx.out / "moe_fp8.json")]),
+         lambda output, ctx: _moe_bench(output, ctx, "moe_fp8.json", "MoE FP8")),
 ]
 
 

@@ -50,7 +50,7 @@ def aot_kernels(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def plugin_build(tmp_path_factory, aot_kernels) -> Path:
-    """One fresh CMake build of plugins/ (libmla_plugin.so with MlaAttention and DeepseekMoE, the C++ tests) with
+    """One fresh CMake build of plugins/ (libmla_plugin.so with MlaAttention, DeepseekMoE and BlockFp8MatMul, the C++ tests) with
     the session's generated kernels, and both launch tests' expectations: the launches the Python APIs plan
     (tests/plugin_helpers.py). Shared by test_plugin.py and test_moe_plugin.py. $MLA_PLUGIN_BUILD names a build
     made elsewhere instead (the GPU bundle of `make gpu-bundle`: the shipped library and the GPU programs, in the

@@ -37,6 +37,7 @@ handle = registry.load_library(sys.argv[1])
 print("library loaded:", handle is not None, flush=True)
 print("creator found:", registry.get_creator("MlaAttention", "1", "mla") is not None, flush=True)
 print("moe creator found:", registry.get_creator("DeepseekMoE", "1", "mla") is not None, flush=True)
+print("fp8 creator found:", registry.get_creator("BlockFp8MatMul", "1", "mla") is not None, flush=True)
 network = builder.create_network(0)
 parser = trt.OnnxParser(network, logger)
 ok = parser.parse_from_file(sys.argv[2])
@@ -66,6 +67,25 @@ def parse_with_rtx(library: Path, model: Path) -> str:
                             text=True, timeout=600, env=env)
     # RTX 1.7 aborts right after creating a plugin (rc -6); a clean exit is fine too.
     return result.stdout + result.stderr
+
+
+def fp8_initializer(name: str, shape: list[int], seed: int):
+    """A FLOAT8E4M3FN initializer of `shape` (raw e4m3 bytes of N(0, 1) values, saturated at +-448)."""
+    import torch
+    from onnx import TensorProto, helper
+
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).clamp(-448, 448)
+    raw = values.to(torch.float8_e4m3fn).view(torch.uint8).numpy().tobytes()
+    return helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, shape, raw, raw=True)
+
+
+def fp8_scale_initializer(name: str, shape: list[int], seed: int):
+    """A float32 block-scale initializer of `shape`, positive (amax/448-like magnitudes)."""
+    import torch
+    from onnx import numpy_helper
+
+    scale = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 1e-2 + 1e-4
+    return numpy_helper.from_array(scale.numpy(), name)
 
 
 def markdown_table(text: str, heading: str) -> list[list[str]]:
@@ -172,6 +192,13 @@ MOE_PLAN_CASES = [(b, s, d, i, MOE_RULES[rule], dtype)
                   for b, s in ((1, 1), (8, 1), (64, 1), (1, 100), (2, 2049), (1, 4097))
                   for rule, d, i in (("tiny-moe", 64, 32), ("v2-lite", 2048, 1408), ("v2", 5120, 1536),
                                      ("v3", 7168, 2048), ("kimi", 7168, 2048))]
+# FP8 experts (contract version 2), planned for the kernel API itself (moe::launch with fp8Experts = 1, which the
+# plugin calls): testMoeLaunch.cpp drives it on the fake driver. Decode and prefill, one and two chunks.
+MOE_FP8_PLAN_CASES = [(1, 1, 7168, 2048, MOE_RULES["v3"], "bfloat16"), (64, 1, 7168, 2048, MOE_RULES["v3"], "bfloat16"),
+                      (1, 4097, 7168, 2048, MOE_RULES["v3"], "bfloat16"),
+                      (8, 1, 2048, 1408, MOE_RULES["v2-lite"], "float16"),
+                      (1, 100, 64, 32, MOE_RULES["tiny-moe"], "float16"),
+                      (2, 9, 7168, 2048, MOE_RULES["kimi"], "bfloat16")]
 # Kernel pointer arguments -> the op's tensors (or the workspace region, by moe_plan's offsets), per kind.
 MOE_TENSOR_ARGS = {"router_ptr": "router_weight", "bias_ptr": "score_bias"}
 MOE_WORKSPACE_ARGS = {"logits_ptr": "logits_offset", "ids_ptr": "ids_offset", "weights_ptr": "weights_offset",
@@ -179,8 +206,9 @@ MOE_WORKSPACE_ARGS = {"logits_ptr": "logits_offset", "ids_ptr": "ids_offset", "w
                       "block_expert_ptr": "block_expert_offset", "act_ptr": "act_offset", "y_ptr": "y_offset"}
 
 
-def _moe_planned_args(kind: str, plan, chunk, start: int, case) -> list[str]:
-    """Expected argument values of MoE kernel `kind` in the chunk starting at token `start`."""
+def _moe_planned_args(kind: str, plan, chunk, start: int, case, fp8: bool = False) -> list[str]:
+    """Expected argument values of MoE kernel `kind` in the chunk starting at token `start` (FP8 experts: their
+    block scales; else the launchers pass null)."""
     from mla_export.kernels.moe.plan import ELEMENT_BYTES, runtime_args
 
     b, s, d, i, attrs, dtype = case
@@ -192,10 +220,11 @@ def _moe_planned_args(kind: str, plan, chunk, start: int, case) -> list[str]:
               "n_group": f"i:{n_group}", "topk_group": f"i:{topk_group}", "scoring": f"i:{scoring}",
               "group_score": f"i:{group_score}", "use_bias": f"i:{use_bias}", "normalize": f"i:{normalize}",
               "weight_scale": f"f:{scale}", "num_slots": f"i:{chunk.slots}",
-              "block_m": f"i:{chunk.config.block_m}", "max_blocks": f"i:{chunk.max_blocks}"}
+              "block_m": f"i:{chunk.config.block_m}", "max_blocks": f"i:{chunk.max_blocks}",
+              "scale_ptr": ("p:gate_up_scale" if kind == "gate_up" else "p:down_scale") if fp8 else "p:null"}
     values.update({name: f"p:{tensor}" for name, tensor in MOE_TENSOR_ARGS.items()})
     values.update({name: f"p:ws+{getattr(plan, field)}" for name, field in MOE_WORKSPACE_ARGS.items()})
-    args = runtime_args(kind, dtype)
+    args = runtime_args(kind, dtype, fp8)
     unknown = [name for name, _ in args if name not in values]
     assert not unknown, f"{kind}: kernel arguments {unknown} have no expected value here"
     return [values[name] for name, _ in args] + ["p:null", "p:null"]  # Triton's global/profile scratch: none
@@ -203,7 +232,8 @@ def _moe_planned_args(kind: str, plan, chunk, start: int, case) -> list[str]:
 
 def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
     """Write the launches moe_plan plans for MOE_PLAN_CASES in the format plugins/tests/testMoeLaunch.cpp reads
-    (name, block and shared memory from the AOT manifest for sm_90); returns the number of cases."""
+    (name, block and shared memory from the AOT manifest for sm_90), then those of MOE_FP8_PLAN_CASES (a last
+    field 1 on their case lines); returns the number of MOE_PLAN_CASES."""
     import json
 
     from mla_export.kernels.moe import plan as moe_plan
@@ -211,10 +241,10 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
     compiled = json.loads((kernels_dir / "manifest.json").read_text())["moe_kernels"]
     table = moe_plan.aot_kernel_table()
     lines = []
-    for case in MOE_PLAN_CASES:
+    for case, fp8 in [(c, 0) for c in MOE_PLAN_CASES] + [(c, 1) for c in MOE_FP8_PLAN_CASES]:
         b, s, d, i, attrs, dtype = case
-        lines.append(" ".join(map(str, ["case", b, s, d, i, *attrs, PLAN_DTYPE_CODES[dtype]])))
-        plan = moe_plan.make_plan(moe_plan.MoeDims(b * s, d, i, attrs[0], attrs[1], attrs[2], dtype))
+        lines.append(" ".join(map(str, ["case", b, s, d, i, *attrs, PLAN_DTYPE_CODES[dtype], fp8])))
+        plan = moe_plan.make_plan(moe_plan.MoeDims(b * s, d, i, attrs[0], attrs[1], attrs[2], dtype, fp8))
         for index in range(plan.num_chunks):
             start, chunk = plan.chunk(index)
             for kind, grid, k in zip(moe_plan.KERNEL_KINDS, chunk.grids(), moe_plan.kernel_indices(plan, chunk, dtype)):
@@ -224,18 +254,23 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
                 assert len(found) == 1, f"{kind} kernel {k}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
                 lines.append(" ".join(["launch", found[0]["name"], *map(str, grid), str(32 * found[0]["num_warps"]),
                                        "1", "1", str(found[0]["shared"]),
-                                       *_moe_planned_args(kind, plan, chunk, start, case)]))
+                                       *_moe_planned_args(kind, plan, chunk, start, case, bool(fp8))]))
     path.write_text("\n".join(lines) + "\n")
     return len(MOE_PLAN_CASES)
 
 
 def build_plugins(build: Path, kernels_dir: Path) -> Path:
-    """Configure and build plugins/ into `build` with the generated kernels, after writing both launch tests'
-    expectations (launch_plan.txt, moe_launch_plan.txt) there."""
+    """Configure and build plugins/ into `build` with the generated kernels, after writing the launch tests'
+    expectations (launch_plan.txt, moe_launch_plan.txt, fp8_launch_plan.txt: BlockFp8MatMul's, read by the
+    kernels' test_fp8_launch and the plugin's test_fp8_plugin_launch) there."""
+    from test_fp8_kernels_aot import write_launch_plan as write_fp8_launch_plan
+
     write_mla_launch_plan(build / "launch_plan.txt", kernels_dir)
     write_moe_launch_plan(build / "moe_launch_plan.txt", kernels_dir)
+    write_fp8_launch_plan(build / "fp8_launch_plan.txt", kernels_dir)
     options = [f"-DMLA_KERNELS_DIR={kernels_dir}", f"-DMLA_LAUNCH_EXPECTATIONS={build / 'launch_plan.txt'}",
-               f"-DMLA_MOE_LAUNCH_EXPECTATIONS={build / 'moe_launch_plan.txt'}"]
+               f"-DMLA_MOE_LAUNCH_EXPECTATIONS={build / 'moe_launch_plan.txt'}",
+               f"-DMLA_FP8_LAUNCH_EXPECTATIONS={build / 'fp8_launch_plan.txt'}"]
     configure = subprocess.run(["cmake", "-S", ROOT / "plugins", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                                 f"-DPython3_EXECUTABLE={sys.executable}", *options], capture_output=True, text=True)
     assert configure.returncode == 0, configure.stdout + configure.stderr

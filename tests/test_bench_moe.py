@@ -2,6 +2,7 @@
 tiny-moe under the Triton interpreter (--dry-run). Its real measurements are owed to a GPU (`make gpu-check`)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,30 @@ def test_dry_run_writes_every_field(tmp_path):
                 "bar", "goal", "meets_bar"} <= set(row)
         assert row["max_abs_err_vs_loop"] < 3e-2 and row["cosine_vs_loop"] > 0.9999  # float16
     assert rows[0]["experts_read"] == 2 and rows[2]["experts_read"] == 8  # top_k 2 of 8; 300 tokens use them all
+
+
+def test_fp8_expert_bytes_and_quantization():
+    """FP8 experts: 1 byte per weight plus one float32 scale per 128 x 128 block of gate_up [2I, d] and down [d, I];
+    the benchmark's quantizer reproduces the weights to e4m3's precision (2^-4 relative, 2^-10 * scale absolute)."""
+    v3 = load_preset("deepseek-v3")
+    assert bench_moe.expert_bytes(v3, 2, fp8=True) == 3 * 2048 * 7168 + 4 * (32 * 56 + 56 * 16)
+    w = torch.randn(2, 300, 200, generator=torch.Generator().manual_seed(0))
+    q, scale = bench_moe.quantize_experts(w)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (2, 3, 2)
+    back = bench_moe.dequantize_experts(q, scale, torch.float32)
+    assert ((back - w).abs() <= 2 ** -4 * w.abs() + 2 ** -10 * scale.max()).all()
+
+
+@pytest.mark.slow
+def test_dry_run_with_fp8_experts(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parents[1])}  # this tree's package, not an installed one
+    proc = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--experts", "fp8", "--no-baselines", "--json",
+                           "moe.json"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "moe.json").read_text())
+    assert result["experts"] == "fp8"
+    config = load_preset("tiny-moe")
+    for row in result["rows"]:
+        assert row["experts"] == "fp8" and row["weight_bytes"] == row["experts_read"] * bench_moe.expert_bytes(
+            config, 2, fp8=True)
+        assert row["cosine_vs_loop"] > 0.9999  # weight-only under the interpreter: float16 rounding only

@@ -189,7 +189,7 @@ def test_silent_moe_fallback_is_caught(tiny_moe_onnx):
     network = trt.Builder(logger).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     assert trt.OnnxParser(network, logger).parse_from_file(str(tiny_moe_onnx))
     nodes = plugin_nodes(onnx.load(str(tiny_moe_onnx), load_external_data=False))
-    assert nodes == {"MlaAttention": 3, "DeepseekMoE": 2}
+    assert nodes == {"MlaAttention": 3, "DeepseekMoE": 2, "BlockFp8MatMul": 0}
     layers = plugin_layers_by_name(trt, network)
     assert layers == {}
     with pytest.raises(UserError, match=r"0 MlaAttention plugin layer\(s\) for 3 MlaAttention node\(s\); "

@@ -1,5 +1,5 @@
 """The C++ mirrors of the contracts (plugins/mlaAttentionPlugin/mlaContract.h,
-plugins/deepseekMoePlugin/moeContract.h) say what contract.py says."""
+plugins/deepseekMoePlugin/moeContract.h, plugins/blockFp8MatMulPlugin/fp8Contract.h) say what contract.py says."""
 
 import re
 from pathlib import Path
@@ -43,10 +43,33 @@ def test_moe_header_mirrors_contract():
     assert (c["kOpType"], c["kOpDomain"]) == (contract.MOE_OP_TYPE, contract.OP_DOMAIN)
     assert (c["kPluginName"], c["kPluginNamespace"], c["kPluginVersion"]) == (
         contract.MOE_PLUGIN_NAME, contract.PLUGIN_NAMESPACE, contract.PLUGIN_VERSION)
-    assert c["kInputNames"] == contract.MOE_INPUTS and c["kOutputNames"] == contract.MOE_OUTPUTS
+    # The names of a 7-input node (FP8 experts); a 5-input node has the first kNumInputsTExperts of them.
+    assert c["kInputNames"] == contract.MOE_FP8_INPUTS and c["kOutputNames"] == contract.MOE_OUTPUTS
+    enum = dict(re.findall(r"(k\w+) = (\d+)\b", MOE_HEADER.read_text()))
+    assert c["kInputNames"][:int(enum["kNumInputsTExperts"])] == contract.MOE_INPUTS
+    assert [int(enum[k]) for k in ("kGateUpScale", "kDownScale", "kNumInputs")] == [
+        contract.MOE_FP8_INPUTS.index("gate_up_scale"), contract.MOE_FP8_INPUTS.index("down_scale"),
+        len(contract.MOE_FP8_INPUTS)]
+    assert int(c["kFp8Block"]) == contract.FP8_BLOCK
     attributes = {v for k, v in c.items() if k.startswith("kAttr")}
     assert attributes == set(contract.MOE_ATTRIBUTES)
     assert (int(c["kScoringSoftmax"]), int(c["kScoringSigmoid"])) == (contract.MOE_SCORING_SOFTMAX,
                                                                        contract.MOE_SCORING_SIGMOID)
     assert (int(c["kGroupScoreMax"]), int(c["kGroupScoreTop2Sum"])) == (contract.MOE_GROUP_SCORE_MAX,
                                                                          contract.MOE_GROUP_SCORE_TOP2_SUM)
+
+
+FP8_HEADER = Path(__file__).resolve().parents[1] / "plugins" / "blockFp8MatMulPlugin" / "fp8Contract.h"
+
+
+def test_fp8_header_mirrors_contract():
+    c = constants(FP8_HEADER)
+    assert int(c["kContractVersion"]) == contract.FP8_CONTRACT_VERSION
+    assert (c["kOpType"], c["kOpDomain"]) == (contract.FP8_OP_TYPE, contract.OP_DOMAIN)
+    assert (c["kPluginName"], c["kPluginNamespace"], c["kPluginVersion"]) == (
+        contract.FP8_PLUGIN_NAME, contract.PLUGIN_NAMESPACE, contract.PLUGIN_VERSION)
+    assert c["kInputNames"] == contract.FP8_INPUTS and c["kOutputNames"] == contract.FP8_OUTPUTS
+    enum = dict(re.findall(r"(k\w+) = (\d+)\b", FP8_HEADER.read_text()))
+    assert [int(enum[k]) for k in ("kInput", "kWeight", "kWeightScaleInv")] == list(range(len(contract.FP8_INPUTS)))
+    assert {v for k, v in c.items() if k.startswith("kAttr")} == set(contract.FP8_ATTRIBUTES)
+    assert int(c["kBlock"]) == contract.FP8_BLOCK

@@ -91,11 +91,24 @@ def test_moe_bench_figures_are_judged(tmp_path):
     assert gpu_check._moe_bench("", gpu_check.Context(out=tmp_path / "none", bundle=tmp_path)) == {}
 
 
+def test_moe_fp8_bench_step_reads_its_own_rows(tmp_path):
+    """The FP8-experts step (bench_moe.py --experts fp8) reports its rows apart from the bf16 ones."""
+    step = next(s for s in gpu_check.STEPS if s.name == "moe-fp8-bench")
+    command = step.command(gpu_check.Context(out=tmp_path, bundle=tmp_path))
+    assert command[command.index("--experts") + 1] == "fp8"
+    rows = [{"preset": "deepseek-v3", "phase": "decode", "tokens": 8, "of_copy_bw": 0.61, "of_matmul": 0.0,
+             "of_roofline": 0.61}]
+    (tmp_path / "moe_fp8.json").write_text(json.dumps({"rows": rows}))
+    figures = step.parse("", gpu_check.Context(out=tmp_path, bundle=tmp_path))
+    assert figures["MoE FP8 V3 decode T=8, % of copy"] == 61.0
+    assert not any(name in gpu_check.TARGETS for name in figures)  # reported, not judged against bf16's targets
+
+
 def test_steps_cover_what_the_check_owes():
     names = [s.name for s in gpu_check.STEPS]
     assert names[:2] == ["device", "baselines"]
     for owed in ("pytest-gpu", "plugin-enqueue", "sanitizer-memcheck", "sanitizer-racecheck", "sanitizer-initcheck",
-                 "cpp-bench", "jit-bench", "absorb-gpu", "moe-bench"):
+                 "cpp-bench", "jit-bench", "absorb-gpu", "moe-bench", "moe-fp8-bench"):
         assert owed in names
     assert sum(s.limit_s for s in gpu_check.STEPS) >= gpu_check.TOTAL_LIMIT_S  # the total cap is what binds
     assert gpu_check.TOTAL_LIMIT_S < 9 * 60

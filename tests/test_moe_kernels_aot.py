@@ -107,10 +107,12 @@ static void printChunk(moe::plan::ChunkPlan const& c)
 int main()
 {
     long long tokens;
-    int hidden, inter, experts, topK, nGroup, dtype;
-    while (std::scanf("%lld %d %d %d %d %d %d", &tokens, &hidden, &inter, &experts, &topK, &nGroup, &dtype) == 7)
+    int hidden, inter, experts, topK, nGroup, dtype, fp8;
+    while (std::scanf("%lld %d %d %d %d %d %d %d", &tokens, &hidden, &inter, &experts, &topK, &nGroup, &dtype, &fp8)
+        == 8)
     {
-        moe::Dims d{tokens, hidden, inter, experts, topK, nGroup, 1, 1, 1, 1, 1, 2.5F, static_cast<DataType>(dtype)};
+        moe::Dims d{tokens, hidden, inter, experts, topK, nGroup, 1, 1, 1, 1, 1, 2.5F, static_cast<DataType>(dtype),
+            fp8};
         char const* why = moe::plan::unsupportedReason(d);
         moe::plan::LaunchPlan p{};
         if (why != nullptr || !moe::plan::makePlan(d, p))
@@ -142,8 +144,8 @@ def _chunk_fields(p: moe_plan.MoePlan, c: moe_plan.ChunkPlan, dtype: str) -> lis
     return fields
 
 
-def python_line(tokens, hidden, inter, experts, top_k, n_group, dtype) -> str:
-    dims = moe_plan.MoeDims(tokens, hidden, inter, experts, top_k, n_group, _DTYPE_NAMES[dtype])
+def python_line(tokens, hidden, inter, experts, top_k, n_group, dtype, fp8) -> str:
+    dims = moe_plan.MoeDims(tokens, hidden, inter, experts, top_k, n_group, _DTYPE_NAMES[dtype], fp8)
     why = moe_plan.unsupported_reason(dims)
     if why is not None:
         return f"no {why}"
@@ -168,14 +170,65 @@ def test_cpp_plan_equals_python_plan(aot_kernels, tmp_path):
         ((64, 32), (2048, 1408), (7168, 2048), (24, 10), (0, 16)),  # (d, I)
         ((8, 2, 4), (64, 6, 1), (160, 6, 8), (256, 8, 8), (384, 8, 1), (513, 8, 1), (16, 17, 1), (64, 6, 33)),
         (0, 1, 2),  # dtype: float32, float16, bfloat16
+        (0, 1),  # experts in T, FP8 experts
     ))
-    lines = [f"{t} {d} {i} {e} {k} {g} {dt}" for t, (d, i), (e, k, g), dt in sweep]
+    lines = [f"{t} {d} {i} {e} {k} {g} {dt} {f}" for t, (d, i), (e, k, g), dt, f in sweep]
     run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
     cpp = run.stdout.splitlines()
     assert len(cpp) == len(sweep)
     supported = 0
-    for (t, (d, i), (e, k, g), dt), got in zip(sweep, cpp):
-        want = python_line(t, d, i, e, k, g, dt)
-        assert got == want, f"T={t} d={d} I={i} E={e} K={k} G={g} dtype={dt}"
+    fp8_configs = set()
+    for (t, (d, i), (e, k, g), dt, f), got in zip(sweep, cpp):
+        want = python_line(t, d, i, e, k, g, dt, f)
+        assert got == want, f"T={t} d={d} I={i} E={e} K={k} G={g} dtype={dt} fp8={f}"
         supported += want.startswith("ok")
-    assert supported >= 270  # 9 token counts x 3 dims x 5 routings x 2 dtypes
+        if f and want.startswith("ok") and t:
+            fp8_configs.add(int(want.split()[5]))  # the full chunk's GEMM config index
+    assert supported >= 540  # 9 token counts x 3 dims x 5 routings x 2 dtypes x (T, FP8)
+    assert fp8_configs == {moe_plan.FP8_CONFIG_OFFSET, moe_plan.FP8_CONFIG_OFFSET + 1}  # decode and prefill
+
+
+_PATH_PROBE = r"""
+import json, re, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mla_export.kernels import aot
+from mla_export.kernels.moe import plan as mp
+out = {}
+for i, k in enumerate(mp.aot_kernel_table()):
+    if k.kind == "gate_up" and k.dtype == "bfloat16" and mp.GEMM_CONFIGS[k.variant].fp8:
+        for arch in (80, 86, 89, 90, 100, 120):
+            sig, cx, attrs = aot.signature(k, "moe", arch)
+            kern = triton.compile(ASTSource(aot.kernel_function(k.kind, "moe"), sig, cx, attrs),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": k.num_warps, "num_stages": k.num_stages})
+            mma = sorted(set(re.findall(r"(?:wgmma\.mma_async|mma\.sync|tcgen05\.mma)[\w.:]*", kern.asm["ptx"])))
+            out[f"{mp.GEMM_CONFIGS[k.variant].name} {arch}"] = [mma, "e4m3" in kern.asm["ptx"]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_fp8_expert_kernels_take_the_right_path_per_arch():
+    """The FP8 gate_up kernel compiled per arch (as aot.py does): no FP8 instruction at all on sm_80/86 (weight-only:
+    bf16 mma after integer decoding), FP8 tensor-core products on sm_89+ (mma e4m3 on sm_89/120, wgmma e4m3 on sm_90
+    and tcgen05 f8f6f4 on sm_100 for prefill; for decode's 16-row tiles Triton's sm_90/100 lowering converts the
+    e4m3 operands to f16 for mma.sync, exact, with the same FP8 weight bytes read)."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _PATH_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.splitlines()[-1])
+    for key, (mma, e4m3) in found.items():
+        name, arch = key.split()
+        assert mma, key
+        if int(arch) < moe_plan.NATIVE_FP8_MIN_ARCH:
+            assert not e4m3 and all(".bf16.bf16." in m for m in mma), (key, mma)
+        else:
+            assert e4m3, key
+    assert any("e4m3.e4m3" in m for m in found["decode 89"][0] + found["prefill 120"][0])
+    assert any("wgmma" in m and "e4m3" in m for m in found["prefill 90"][0])
+    assert any("f8f6f4" in m for m in found["prefill 100"][0])

@@ -17,7 +17,7 @@ import pytest
 
 from mla_export.common import contract
 
-from plugin_helpers import MOE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
+from plugin_helpers import MOE_FP8_PLAN_CASES, MOE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
 PLUGIN_DIR = ROOT / "plugins" / "deepseekMoePlugin"
 CREATED = "Successfully created plugin: DeepseekMoE"
@@ -34,6 +34,7 @@ def test_launches_match_python_plan(plugin_build):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:]
     assert f"compared {len(MOE_PLAN_CASES)} planned calls" in result.stdout
+    assert f"compared {len(MOE_FP8_PLAN_CASES)} planned FP8-expert calls through the plugin" in result.stdout
     launches = sum(line.startswith("launch ") for line in (plugin_build / "moe_launch_plan.txt").read_text().splitlines())
     assert launches > 7 * len(MOE_PLAN_CASES)  # several cases span more than one chunk
 
@@ -43,10 +44,14 @@ def test_readme_tables_match_contract():
 
     readme = (PLUGIN_DIR / "README.md").read_text()
     schema = moe_op_schema()
-    types = {"T": "T", "float32": "tensor(float)"}
+    types = {"T": "T", "float32": "tensor(float)", "float8e4m3fn": "tensor(float8e4m3fn)"}
     inputs = markdown_table(readme, "Inputs")
-    assert [(int(r[0]), r[1]) for r in inputs] == list(enumerate(contract.MOE_INPUTS))
-    assert [types[r[3]] for r in inputs] == [p.type_str for p in schema.inputs]
+    assert [(int(r[0]), r[1]) for r in inputs] == list(enumerate(contract.MOE_FP8_INPUTS))
+    # Each row's type cell names the input's type in a 5-input node and in a 7-input one (FP8 experts).
+    cells = [{types[t] for t in r[3].split(" or ")} for r in inputs]
+    assert all(p.type_str in cell for p, cell in zip(schema.inputs, cells))
+    assert all(p.type_str in cell for p, cell in zip(moe_op_schema(fp8=True).inputs, cells))
+    assert [len(cell) for cell in cells] == [1, 1, 1, 2, 2, 1, 1]
     outputs = markdown_table(readme, "Outputs")
     assert [(int(r[0]), r[1]) for r in outputs] == list(enumerate(contract.MOE_OUTPUTS))
     assert [types[r[3]] for r in outputs] == [p.type_str for p in schema.outputs]

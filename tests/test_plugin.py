@@ -29,9 +29,10 @@ PARSED_VALUES = re.compile(r"MlaAttention: num_heads=(\d+) kv_lora_rank=(\d+) qk
 def test_cpp_tests_pass(plugin_build):
     result = subprocess.run(["ctest", "--test-dir", plugin_build, "-V"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr
-    summaries = dict(re.findall(r"(test_(?:mla|moe)_\w+): (\d+) passed, 0 failed", result.stdout))
+    summaries = dict(re.findall(r"(test_(?:mla|moe|fp8)_\w+): (\d+) passed, 0 failed", result.stdout))
     assert set(summaries) == {"test_mla_creator", "test_mla_shapes", "test_mla_launch", "test_mla_images",
-                              "test_mla_entry", "test_moe_creator", "test_moe_shapes", "test_moe_launch"}, \
+                              "test_mla_entry", "test_moe_creator", "test_moe_shapes", "test_moe_launch",
+                              "test_fp8_launch", "test_fp8_creator", "test_fp8_shapes", "test_fp8_plugin_launch"}, \
         result.stdout[-4000:]
     assert int(summaries["test_mla_shapes"]) > 1000  # the format matrix alone is 1458 checks
     assert int(summaries["test_mla_launch"]) > 1000

@@ -219,7 +219,8 @@ inline Status checkSidecar(std::string const& json)
             + ", this program speaks " + std::to_string(mla::contract::kContractVersion)
             + ": re-export and rebuild the engine, or rebuild this program");
     std::string moeVersion;
-    if (jsonString(json, "mla_export.moe_contract_version", moeVersion)
+    // Version 2 added FP8 experts (7 inputs); engines of version-1 files (5 inputs) still run.
+    if (jsonString(json, "mla_export.moe_contract_version", moeVersion) && moeVersion != "1"
         && moeVersion != std::to_string(mla::moe_contract::kContractVersion))
         return Status::error("engine speaks DeepseekMoE contract " + moeVersion + ", this program speaks "
             + std::to_string(mla::moe_contract::kContractVersion)

@@ -92,11 +92,14 @@ int main()
     // A MoE model's engine: same I/O, same checks, plus the DeepseekMoE contract version of its ONNX metadata.
     std::string const moe = good.substr(0, good.size() - 2)
         + ",\n  \"onnx_metadata\": {\"mla_export.moe_contract_version\": \"1\"}\n}";
-    expect(checkSidecar(moe).ok, "MoE engine sidecar accepted");
+    expect(checkSidecar(moe).ok, "MoE engine sidecar (contract 1) accepted");
+    std::string moeFp8 = moe;
+    moeFp8.replace(moeFp8.find("version\": \"1\"") + 11, 1, "2");
+    expect(checkSidecar(moeFp8).ok, "MoE engine sidecar (contract 2, FP8 experts) accepted");
     std::string moeFuture = moe;
-    moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "2");
+    moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "3");
     Status moeNewer = checkSidecar(moeFuture);
-    expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 2") != std::string::npos, "other MoE contract refused");
+    expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 3") != std::string::npos, "other MoE contract refused");
     std::string const sized = "{\"engine_size\": 163840, \"engine_sha256\": \"ab\"}";
     expect(checkEngineSize(sized, 163840).ok, "engine of the recorded size accepted");
     Status other = checkEngineSize(sized, 163841);

@@ -2,8 +2,9 @@
 
     python -m mla_export.kernels.aot --out-dir build/kernels [--archs 80,90] [--jobs 2]
 
-Compiles every specialization of `plan.aot_kernel_table()` (MlaAttention) and of
-`moe_plan.aot_kernel_table()` (DeepseekMoE) with
+Compiles every specialization of `plan.aot_kernel_table()` (MlaAttention), of
+`moe_plan.aot_kernel_table()` (DeepseekMoE) and of `fp8_plan.aot_kernel_table()` (BlockFp8MatMul: native FP8 on
+sm_89 and later, weight-only below, `fp8_plan.native_fp8`) with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` for each arch of
 `plan.AOT_ARCHS`, plus PTX of the newest and the oldest arch (`.target sm_XXXa` lowered to `sm_XXX` and
 checked with ptxas, so the driver can JIT it: the newest for later GPUs, the oldest for the GPUs between
@@ -14,8 +15,11 @@ and writes data for the hand-written host code in plugins/kernels/ (via `codegen
     DIR/mla_kernels_tables.h   plan.py's tables and constants (read by plugins/kernels/mlaKernelsPlan.cpp)
     DIR/moe_kernels_images.cpp the same for the DeepseekMoE kernels
     DIR/moe_kernels_tables.h   moe_plan.py's tables and constants (read by plugins/kernels/moeKernelsPlan.cpp)
+    DIR/fp8_kernels_images.cpp the same for the BlockFp8MatMul kernels
+    DIR/fp8_kernels_tables.h   fp8_plan.py's tables and constants (read by plugins/kernels/fp8KernelsPlan.cpp)
     DIR/manifest.json          per kernel and arch: name, shared bytes, image bytes, compile seconds
-                               ("kernels": MlaAttention, "moe_kernels": DeepseekMoE)
+                               ("kernels": MlaAttention, "moe_kernels": DeepseekMoE,
+                               "fp8_kernels": BlockFp8MatMul)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 from ..common.fileio import atomic_write_text
 from .moe import plan as moe_plan
 from .attention import plan
+from .fp8 import plan as fp8_plan
 
 # Largest dynamic shared memory per block (opt-in), bytes, per compute capability: every GPU arch we know.
 SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
@@ -60,12 +65,13 @@ def ptx_jit_targets(cubin_archs: tuple[int, ...], ptx_archs: tuple[int, ...]) ->
             for p in ptx_archs}
 
 
-KERNEL_SETS = ("mla", "moe")  # MlaAttention (plan.py), DeepseekMoE (moe_plan.py)
+KERNEL_SETS = ("mla", "moe", "fp8")  # MlaAttention (plan.py), DeepseekMoE (moe_plan.py), BlockFp8MatMul (fp8_plan)
 
 
 def kernel_table(kernel_set: str) -> tuple:
     """The AOT kernel table of a kernel set."""
-    return {"mla": plan.aot_kernel_table, "moe": moe_plan.aot_kernel_table}[kernel_set]()
+    return {"mla": plan.aot_kernel_table, "moe": moe_plan.aot_kernel_table,
+            "fp8": fp8_plan.aot_kernel_table}[kernel_set]()
 
 
 @dataclass
@@ -85,6 +91,11 @@ class Compiled:
 
 def kernel_function(kind: str, kernel_set: str = "mla"):
     """The @triton.jit function of a kernel kind (imported here: needs triton)."""
+    if kernel_set == "fp8":
+        from .fp8 import gemm as fp8_gemm
+
+        return {"act_quant": fp8_gemm.block_fp8_act_quant_kernel, "gemm": fp8_gemm.block_fp8_matmul_kernel,
+                "reduce": fp8_gemm.block_fp8_reduce_kernel}[kind]
     if kernel_set == "moe":
         from .moe import align as moe_align, experts as moe_experts, route as moe_route
 
@@ -98,9 +109,15 @@ def kernel_function(kind: str, kernel_set: str = "mla"):
             "combine": combine.mla_combine_kernel}[kind]
 
 
-def signature(spec, kernel_set: str = "mla") -> tuple[dict, dict, dict]:
-    """The plan's kernel_signature(spec), checked against the @triton.jit function's own argument names."""
-    sig, constexprs, attrs = (moe_plan if kernel_set == "moe" else plan).kernel_signature(spec)
+def signature(spec, kernel_set: str = "mla", arch: int | None = None) -> tuple[dict, dict, dict]:
+    """The plan's kernel_signature(spec) (for `arch`: the fp8 set's path and the MoE FP8 experts' depend on it),
+    checked against the @triton.jit function's own argument names."""
+    if kernel_set == "fp8":
+        sig, constexprs, attrs = fp8_plan.kernel_signature(spec, arch)
+    elif kernel_set == "moe":
+        sig, constexprs, attrs = moe_plan.kernel_signature(spec, arch)
+    else:
+        sig, constexprs, attrs = plan.kernel_signature(spec)
     fn = kernel_function(spec.kind, kernel_set)
     if list(sig) != list(fn.arg_names):
         raise RuntimeError(f"{spec.kind}: AOT signature {list(sig)} does not match the kernel's {list(fn.arg_names)}")
@@ -136,7 +153,7 @@ def compile_one(kernel_set: str, index: int, arch: int, ptx_targets: tuple[int, 
 
     triton.knobs.compilation.disable_line_info = True  # smaller images
     spec = kernel_table(kernel_set)[index]
-    sig, constexprs, attrs = signature(spec, kernel_set)
+    sig, constexprs, attrs = signature(spec, kernel_set, arch)
     start = time.perf_counter()
     src = ASTSource(kernel_function(spec.kind, kernel_set), sig, constexprs, attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -190,11 +207,14 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
     atomic_write_text(out_dir / "moe_kernels_images.cpp",
                       codegen.images_source(by_set["moe"], archs, ptx_archs, kernel_set="moe"))
     atomic_write_text(out_dir / "moe_kernels_tables.h", codegen.moe_tables_header())
+    atomic_write_text(out_dir / "fp8_kernels_images.cpp",
+                      codegen.images_source(by_set["fp8"], archs, ptx_archs, kernel_set="fp8"))
+    atomic_write_text(out_dir / "fp8_kernels_tables.h", codegen.fp8_tables_header())
     manifest = {
         "archs": list(archs), "ptx_archs": list(ptx_archs),
         "ptx_checked_for": {f"sm_{p}": list(t) for p, t in jit_targets.items()}, "wall_seconds": round(total, 2), "jobs": jobs,
     }
-    for kset, prefix in (("mla", ""), ("moe", "moe_")):
+    for kset, prefix in (("mla", ""), ("moe", "moe_"), ("fp8", "fp8_")):
         table = kernel_table(kset)
         per_arch = {}
         for r in by_set[kset]:
@@ -211,7 +231,7 @@ def build(out_dir: Path, archs: tuple[int, ...] = plan.AOT_ARCHS, jobs: int | No
             log(f"{kset} {key}: {len(table)} kernels, {d['image_bytes'] / 1024:.0f} KiB, max shared "
                 f"{d['max_shared']} B, {d['compile_seconds']:.1f} s compile")
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
-    log(f"wrote {out_dir}/{{mla,moe}}_kernels_images.cpp and {{mla,moe}}_kernels_tables.h in {total:.1f} s "
+    log(f"wrote {out_dir}/{{mla,moe,fp8}}_kernels_images.cpp and {{mla,moe,fp8}}_kernels_tables.h in {total:.1f} s "
         f"({jobs} jobs)")
     return manifest
 

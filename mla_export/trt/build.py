@@ -49,7 +49,8 @@ class BuildSpec:
     verbose: bool = False  # TensorRT's info and verbose messages too (on stderr)
 
 
-PLUGIN_OPS = (contract.OP_TYPE, contract.MOE_OP_TYPE)  # node types the plugin library replaces (domain mla)
+# Node types the plugin library replaces (domain mla).
+PLUGIN_OPS = (contract.OP_TYPE, contract.MOE_OP_TYPE, contract.FP8_OP_TYPE)
 UNKNOWN_PLUGIN = "?"  # a plugin layer whose plugin name the bindings cannot tell
 
 
@@ -151,9 +152,30 @@ class _Progress:
         self.monitor = Monitor()
 
 
+def check_fp8_supports(model: ModelSpec, header) -> None:
+    """Refuse a BlockFp8MatMul node of `header` (the ONNX header) whose weight ([N, K] or [G, N, K], an
+    initializer) the FP8 kernels lack, naming the node and the weight."""
+    from ..kernels.fp8 import plan as fp8_plan  # pure Python: no Triton, no GPU
+
+    shapes = {t.name: tuple(t.dims) for t in header.graph.initializer}
+    for node in header.graph.node:
+        if (node.op_type, node.domain) != (contract.FP8_OP_TYPE, contract.OP_DOMAIN) or len(node.input) < 2:
+            continue
+        weight = shapes.get(node.input[1])
+        if weight is None or len(weight) not in (2, 3):
+            continue  # not an initializer: the plugin's own checks speak at build time
+        groups = weight[0] if len(weight) == 3 else 1
+        why = fp8_plan.unsupported_reason(fp8_plan.Fp8Dims(groups, 1, weight[-2], weight[-1], model.dtype))
+        if why is not None:
+            raise UserError(f"--attention plugin: the {contract.FP8_OP_TYPE} plugin cannot run node {node.name} "
+                            f"(weight {node.input[1]} {list(weight)}, {model.dtype}): {why}; re-export "
+                            "without --quant fp8, or build with --attention decomposed")
+
+
 def check_plugin_supports(model: ModelSpec, header=None) -> None:
     """Refuse, before any TensorRT work, an export whose dtype or dims the plugins' kernels lack: MlaAttention's
-    head dims, and (for the DeepseekMoE nodes of `header`, the ONNX header) the expert dims and routing."""
+    head dims, (for the DeepseekMoE nodes of `header`, the ONNX header) the expert dims and routing, and the
+    BlockFp8MatMul nodes' weights."""
     from ..kernels.moe import plan as moe_plan  # pure Python: no Triton, no GPU
     from ..kernels.attention.plan import Dims, unsupported_reason
 
@@ -173,8 +195,9 @@ def check_plugin_supports(model: ModelSpec, header=None) -> None:
         import onnx
 
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        fp8_experts = int(len(node.input) == len(contract.MOE_FP8_INPUTS))  # 7 inputs: FP8 experts, their scales
         dims = moe_plan.MoeDims(1, c.hidden_size, c.moe_intermediate_size or 0, attrs.get("num_experts", 0),
-                                attrs.get("top_k", 0), attrs.get("n_group", 0), model.dtype)
+                                attrs.get("top_k", 0), attrs.get("n_group", 0), model.dtype, fp8_experts)
         why = moe_plan.unsupported_reason(dims)
         if why is not None:
             raise UserError(f"--attention plugin: the {contract.MOE_OP_TYPE} plugin cannot run this export "
@@ -182,6 +205,8 @@ def check_plugin_supports(model: ModelSpec, header=None) -> None:
                             f"{c.moe_intermediate_size}, num_experts={dims.num_experts}, top_k={dims.top_k}, "
                             f"n_group={dims.n_group}): {why}; re-export with --dtype float16 or bfloat16, or "
                             "build with --attention decomposed")
+    if header is not None:
+        check_fp8_supports(model, header)
 
 
 def _detect_gpu() -> tuple[str | None, str | None]:

@@ -1,9 +1,10 @@
 /*
  * An op as the plugin skeleton sees it (PluginCore, PluginBase, PluginCreator), filled from the op's
- * contract header (mlaContract.h, moeContract.h) and shape rules (mlaShapes.h, moeShapes.h): TensorRT's
- * plugin name, version and namespace, the op's inputs and outputs by index and name, and the rules that
- * depend on the tensors' descriptors only (the attribute-dependent ones are PluginCore's hooks). The
- * skeleton's messages start with `name`.
+ * contract header (mlaContract.h, moeContract.h, fp8Contract.h) and shape rules (mlaShapes.h, moeShapes.h,
+ * fp8Shapes.h): TensorRT's plugin name, version and namespace, the op's inputs and outputs by index and name
+ * (an op may also take only its first `fewerInputs` inputs), and the rules that depend on the tensors'
+ * descriptors only (the attribute-dependent ones are PluginCore's hooks). The skeleton's messages start
+ * with `name`.
  */
 #pragma once
 
@@ -26,7 +27,7 @@ struct OpSpec
     char const* name;       //!< plugin name (= ONNX op type)
     char const* version;    //!< plugin version
     char const* nameSpace;  //!< plugin namespace (= ONNX domain)
-    int32_t numInputs;
+    int32_t numInputs;  //!< the most inputs (the length of inputNames)
     int32_t numOutputs;
     char const* const* inputNames;  //!< [numInputs]
     char const* const* outputNames; //!< [numOutputs]
@@ -41,6 +42,20 @@ struct OpSpec
     int32_t (*outputShapeSource)(int32_t outputIndex);
     //! The kernels' images, loaded into a plugin object's module on its first enqueue.
     kernels::ImageSet (*imageSet)();
+
+    //! Another input count the op accepts (its first `fewerInputs` inputs alone), or 0: numInputs only.
+    int32_t fewerInputs{0};
+    //! Output `o`'s extents from the inputs' (fully known at enqueue); null: those of outputShapeSource(o).
+    nvinfer1::Dims (*outputDims)(int32_t o, nvinfer1::Dims const* inputs){nullptr};
+    //! Output `o`'s shape expressions from the inputs' (getOutputShapes); null: outputShapeSource(o)'s. The
+    //! same rule as outputDims (one template over Dims and DimsExprs), built from the inputs' expressions only.
+    nvinfer1::DimsExprs (*outputExprs)(int32_t o, nvinfer1::DimsExprs const* inputs){nullptr};
+
+    //! True when an op call may have `n` inputs.
+    constexpr bool acceptsInputCount(int32_t n) const noexcept
+    {
+        return n == numInputs || (fewerInputs > 0 && n == fewerInputs);
+    }
 };
 
 } // namespace plugin

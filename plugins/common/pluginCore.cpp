@@ -25,11 +25,13 @@ constexpr uintptr_t kTensorAlignment = 16;
 
 PluginCore::PluginCore(OpSpec const& spec) noexcept
     : mSpec(spec)
+    , mNumInputs(spec.fewerInputs > 0 ? 0 : spec.numInputs)
 {
 }
 
 PluginCore::PluginCore(PluginCore const& other) noexcept
     : mSpec(other.mSpec)
+    , mNumInputs(other.mNumInputs)
     , mErrorRecorder(other.mErrorRecorder)
 {
     // The kernel module belongs to one context: a copy loads its own.
@@ -67,13 +69,19 @@ void PluginCore::reportException(char const* method) const noexcept
 
 bool PluginCore::checkCounts(bool present, int32_t nbInputs, int32_t nbOutputs) const noexcept
 {
-    if (present && nbInputs == mSpec.numInputs && nbOutputs == mSpec.numOutputs)
+    if (present && mSpec.acceptsInputCount(nbInputs) && nbOutputs == mSpec.numOutputs)
     {
         return true;
     }
-    reportInvalid(std::string(mSpec.name) + ": expected " + std::to_string(mSpec.numInputs) + " inputs and "
+    std::string const fewer = mSpec.fewerInputs > 0 ? std::to_string(mSpec.fewerInputs) + " or " : "";
+    reportInvalid(std::string(mSpec.name) + ": expected " + fewer + std::to_string(mSpec.numInputs) + " inputs and "
         + std::to_string(mSpec.numOutputs) + (mSpec.numOutputs == 1 ? " output" : " outputs"));
     return false;
+}
+
+Dims PluginCore::expectedOutputDims(int32_t o, Dims const* inputs) const
+{
+    return mSpec.outputDims != nullptr ? mSpec.outputDims(o, inputs) : inputs[mSpec.outputShapeSource(o)];
 }
 
 bool PluginCore::checkCuda(CUresult result, char const* what) const noexcept
@@ -116,6 +124,7 @@ int32_t PluginCore::configureProfile(nvinfer1::DynamicPluginTensorDesc const* in
         {
             return -1;
         }
+        mNumInputs = nbInputs;
         Dims maxDims[kMaxTensors];
         for (int32_t bound = 0; bound < 2; ++bound)
         {
@@ -136,7 +145,8 @@ int32_t PluginCore::configureProfile(nvinfer1::DynamicPluginTensorDesc const* in
         // profile's largest shapes).
         kernels::DataType dtype{};
         char const* unsupported = nullptr;
-        if (toKernelType(in[mSpec.activationInput].desc.type, dtype) && !kernelsSupport(maxDims, dtype, &unsupported))
+        if (toKernelType(in[mSpec.activationInput].desc.type, dtype)
+            && !kernelsSupport(maxDims, nbInputs, dtype, &unsupported))
         {
             reportInvalid(std::string(mSpec.name) + ": no kernel for this layer's type and profile: "
                 + (unsupported != nullptr ? unsupported : "unsupported"));
@@ -181,7 +191,13 @@ int32_t PluginCore::outputShapesFor(nvinfer1::DimsExprs const* inputs, int32_t n
         }
         for (int32_t o = 0; o < nbOutputs; ++o)
         {
-            outputs[o] = inputs[mSpec.outputShapeSource(o)];
+            outputs[o] = mSpec.outputExprs != nullptr ? mSpec.outputExprs(o, inputs) : inputs[mSpec.outputShapeSource(o)];
+            if (outputs[o].nbDims < 0)
+            {
+                reportInvalid(std::string(mSpec.name) + ": the input ranks give no shape for output "
+                    + mSpec.outputNames[o]);
+                return -1;
+            }
         }
         return 0;
     }
@@ -197,7 +213,7 @@ bool PluginCore::formatSupported(
 {
     try
     {
-        if (inOut == nullptr || nbInputs != mSpec.numInputs || nbOutputs != mSpec.numOutputs)
+        if (inOut == nullptr || !mSpec.acceptsInputCount(nbInputs) || nbOutputs != mSpec.numOutputs)
         {
             return false;
         }
@@ -220,7 +236,7 @@ size_t PluginCore::workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs,
     try
     {
         kernels::DataType dtype{};
-        if (inputs == nullptr || nbInputs != mSpec.numInputs
+        if (inputs == nullptr || !mSpec.acceptsInputCount(nbInputs)
             || !toKernelType(inputs[mSpec.activationInput].desc.type, dtype))
         {
             return 0;
@@ -232,7 +248,7 @@ size_t PluginCore::workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs,
             minDims[i] = inputs[i].min;
             maxDims[i] = inputs[i].max;
         }
-        return workspaceSize(minDims, maxDims, dtype);
+        return workspaceSize(minDims, maxDims, nbInputs, dtype);
     }
     catch (...)
     {
@@ -242,7 +258,7 @@ size_t PluginCore::workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs,
 }
 
 int32_t PluginCore::shapesChanged(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-    nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) const noexcept
+    nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
     try
     {
@@ -250,6 +266,7 @@ int32_t PluginCore::shapesChanged(nvinfer1::PluginTensorDesc const* in, int32_t 
         {
             return -1;
         }
+        mNumInputs = nbInputs;
         Dims dims[kMaxTensors];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
@@ -272,7 +289,7 @@ int32_t PluginCore::shapesChanged(nvinfer1::PluginTensorDesc const* in, int32_t 
 
 std::string PluginCore::checkPointers(void const* const* inputs, void* const* outputs) const
 {
-    int32_t const numInputs = mSpec.numInputs;
+    int32_t const numInputs = mNumInputs;
     for (int32_t i = 0; i < numInputs + mSpec.numOutputs; ++i)
     {
         void const* const ptr = i < numInputs ? inputs[i] : outputs[i - numInputs];
@@ -298,7 +315,12 @@ int32_t PluginCore::enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc,
             reportInvalid(name + "::enqueue: null descriptors");
             return -1;
         }
-        int32_t const numInputs = mSpec.numInputs;
+        if (mNumInputs == 0)
+        {
+            reportInvalid(name + "::enqueue: called before configurePlugin or onShapeChange (the input count is unknown)");
+            return -1;
+        }
+        int32_t const numInputs = mNumInputs;
         int32_t const numOutputs = mSpec.numOutputs;
         DataType types[kMaxTensors];
         Dims dims[kMaxTensors];
@@ -315,11 +337,14 @@ int32_t PluginCore::enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc,
         }
         for (int32_t o = 0; why.empty() && o < numOutputs; ++o)
         {
-            int32_t const source = mSpec.outputShapeSource(o);
-            if (outputDesc[o].type != outTypes[o] || !sameDims(outputDesc[o].dims, dims[source]))
+            Dims const expected = expectedOutputDims(o, dims);
+            if (outputDesc[o].type != outTypes[o] || !sameDims(outputDesc[o].dims, expected))
             {
-                why = name + ": output " + mSpec.outputNames[o] + " does not have the type and shape of input "
-                    + mSpec.inputNames[source];
+                why = name + ": output " + mSpec.outputNames[o]
+                    + (mSpec.outputDims != nullptr
+                            ? std::string(" does not have the type and shape the inputs give, ") + dimsString(expected)
+                            : std::string(" does not have the type and shape of input ")
+                                + mSpec.inputNames[mSpec.outputShapeSource(o)]);
             }
         }
         kernels::DataType dtype{};
@@ -338,7 +363,7 @@ int32_t PluginCore::enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc,
         }
         why = checkPointers(inputs, outputs);
         char const* unsupported = nullptr;
-        if (why.empty() && !kernelsSupport(dims, dtype, &unsupported))
+        if (why.empty() && !kernelsSupport(dims, numInputs, dtype, &unsupported))
         {
             why = name + ": no kernel for these shapes: " + (unsupported != nullptr ? unsupported : "unsupported");
         }
@@ -351,7 +376,8 @@ int32_t PluginCore::enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc,
         {
             return -1;
         }
-        return launch(EnqueueCall{types, dims, dtype, inputs, outputs, workspace, reinterpret_cast<CUstream>(stream)});
+        return launch(
+            EnqueueCall{numInputs, types, dims, dtype, inputs, outputs, workspace, reinterpret_cast<CUstream>(stream)});
     }
     catch (...)
     {

@@ -10,13 +10,15 @@
  * throws: an exception escaping a hook is reported as "<op>::<method>: ...". Steps in TensorRT's order:
  *   configureProfile   both profile bounds valid (validateInputDims), kernels for the largest shapes
  *   outputTypesFor     the spec's outputDataTypes
- *   outputShapesFor    each output gets the shape expressions of its outputShapeSource (spec)
+ *   outputShapesFor    each output gets the spec's outputExprs, or the expressions of its outputShapeSource
  *   formatSupported    the spec's supportsFormat, on the positions TensorRT has decided
  *   workspaceFor       workspaceSize over the profile (0 for a type without kernels)
  *   shapesChanged      validateInputDims
  *   enqueueChecked     types, shapes (outputs included), kernel type, nothingToCompute, 16-byte aligned
  *                      buffers, kernels for these shapes, the kernel module of this object's context
  *                      (the spec's imageSet, loaded on first use, a failure reported once), then launch.
+ * An op with two input counts (OpSpec::fewerInputs) learns the count of its layer from configurePlugin and
+ * onShapeChange (enqueue is not told): enqueue before either is refused.
  * The kernel module belongs to one context: a copy (clone, attachToContext) loads its own, and the
  * module is unloaded with its object.
  */
@@ -40,6 +42,7 @@ namespace plugin
 //! One enqueue, checked: what the launch hook gets. Arrays are indexed by the op's input/output indices.
 struct EnqueueCall
 {
+    int32_t numInputs;               //!< this layer's input count (OpSpec::acceptsInputCount)
     nvinfer1::DataType const* types; //!< [numInputs]
     nvinfer1::Dims const* dims;      //!< [numInputs]
     kernels::DataType dtype;         //!< the activation type, as the kernels name it
@@ -66,10 +69,11 @@ protected:
     //! Empty when the input shapes agree with each other and the attributes (extents < 0: unknown).
     virtual std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const = 0;
     //! True when the kernels take these (fully known) input dims and type; else `why` may name the reason.
-    virtual bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const = 0;
+    virtual bool kernelsSupport(
+        nvinfer1::Dims const* inputs, int32_t nbInputs, kernels::DataType dtype, char const** why) const = 0;
     //! Workspace bytes for every shape in [minDims, maxDims].
-    virtual size_t workspaceSize(
-        nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const = 0;
+    virtual size_t workspaceSize(nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, int32_t nbInputs,
+        kernels::DataType dtype) const = 0;
     //! True when a valid call has nothing to compute (enqueue then succeeds at once, before the pointer checks).
     virtual bool nothingToCompute(nvinfer1::Dims const* /*inputs*/) const { return false; }
     //! Runs the checked call with `module()` loaded; 0 or -1 (after reporting, e.g. through checkCuda).
@@ -96,19 +100,23 @@ protected:
         int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) const noexcept;
     size_t workspaceFor(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs) const noexcept;
     int32_t shapesChanged(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) const noexcept;
+        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept;
     int32_t enqueueChecked(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept;
 
 private:
-    //! True when the counts are the op's; else reports "<op>: expected N inputs and M output(s)".
+    //! True when the counts are the op's; else reports "<op>: expected N [or F] inputs and M output(s)".
     bool checkCounts(bool present, int32_t nbInputs, int32_t nbOutputs) const noexcept;
+    //! The expected dims of output `o` of a call with these (valid) input dims.
+    nvinfer1::Dims expectedOutputDims(int32_t o, nvinfer1::Dims const* inputs) const;
     //! Loads the kernel module for the current context once; true when loaded.
     bool ensureModuleLoaded() noexcept;
     //! Empty when every buffer is non-null and 16-byte aligned (what the kernels need); else names one.
     std::string checkPointers(void const* const* inputs, void* const* outputs) const;
 
     OpSpec mSpec;
+    //! This layer's input count: the spec's when it has one, else the last configurePlugin/onShapeChange's (0: unknown).
+    int32_t mNumInputs;
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     kernels::Module mModule;
     bool mModuleFailed{false};

@@ -56,7 +56,7 @@ std::string readIntField(PluginField const& f, int32_t& out, int64_t minimum)
     if (value < minimum || value > std::numeric_limits<int32_t>::max())
     {
         s << "attribute " << f.name << " = " << value << ": expected a "
-          << (minimum >= 1 ? "positive" : "non-negative") << " 32-bit integer";
+          << (minimum >= 1 ? "positive " : (minimum >= 0 ? "non-negative " : "")) << "32-bit integer";
         return s.str();
     }
     out = static_cast<int32_t>(value);

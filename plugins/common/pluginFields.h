@@ -35,7 +35,8 @@ struct AttributeField
     bool positive;                   //!< floats: > 0 required (else any finite float32 value)
 };
 
-//! An integer attribute in [minimum, INT32_MAX].
+//! An integer attribute in [minimum, INT32_MAX] (minimum INT32_MIN: any 32-bit integer, for a plugin whose
+//! validate names the values it takes).
 template <typename Attributes>
 constexpr AttributeField<Attributes> intAttribute(char const* name, int32_t Attributes::*member, int64_t minimum)
 {

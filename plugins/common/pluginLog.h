@@ -1,5 +1,5 @@
 /*
- * Logging and error reporting of the plugin library (MlaAttention and DeepseekMoE).
+ * Logging and error reporting of the plugin library (MlaAttention, DeepseekMoE, BlockFp8MatMul).
  *
  * Messages go to the logger TensorRT hands the library through setLoggerFinder (the library's
  * entry point); errors also go to the execution context's error recorder when the plugin has one.

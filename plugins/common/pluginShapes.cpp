@@ -1,5 +1,5 @@
 /*
- * What both plugins' shape rules share (pluginShapes.h).
+ * What the plugins' shape rules share (pluginShapes.h).
  */
 #include "pluginShapes.h"
 

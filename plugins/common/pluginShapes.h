@@ -1,5 +1,5 @@
 /*
- * What the shape and type rules of both plugins (mlaShapes, moeShapes) share: extents compared with
+ * What the shape and type rules of the plugins (mlaShapes, moeShapes, fp8Shapes) share: extents compared with
  * build-time unknowns, the checks of input shapes against each other (InputShapeChecks, with messages
  * naming the op, the input and the axis), the activation types the AOT kernels take and the type and
  * format rules built on them, and the shapes a profile's workspace is sampled at. No TensorRT objects

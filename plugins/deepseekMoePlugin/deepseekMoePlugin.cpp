@@ -24,14 +24,15 @@ std::string DeepseekMoePlugin::validateInputDims(Dims const* inputs, int32_t nbI
     return validateMoeInputDims(mAttrs, inputs, nbInputs);
 }
 
-bool DeepseekMoePlugin::kernelsSupport(Dims const* inputs, kernels::DataType dtype, char const** why) const
+bool DeepseekMoePlugin::kernelsSupport(Dims const* inputs, int32_t nbInputs, kernels::DataType dtype, char const** why) const
 {
-    return kernels::moe::supported(moeKernelDims(mAttrs, inputs, dtype), why);
+    return kernels::moe::supported(moeKernelDims(mAttrs, inputs, nbInputs, dtype), why);
 }
 
-size_t DeepseekMoePlugin::workspaceSize(Dims const* minDims, Dims const* maxDims, kernels::DataType dtype) const
+size_t DeepseekMoePlugin::workspaceSize(
+    Dims const* minDims, Dims const* maxDims, int32_t nbInputs, kernels::DataType dtype) const
 {
-    return moeWorkspaceSize(mAttrs, minDims, maxDims, dtype);
+    return moeWorkspaceSize(mAttrs, minDims, maxDims, nbInputs, dtype);
 }
 
 bool DeepseekMoePlugin::nothingToCompute(Dims const* inputs) const
@@ -47,8 +48,11 @@ int32_t DeepseekMoePlugin::launch(EnqueueCall const& call)
     tensors.scoreBias = static_cast<float const*>(call.inputs[c::kScoreBias]);
     tensors.gateUp = call.inputs[c::kGateUpProj];
     tensors.down = call.inputs[c::kDownProj];
+    bool const fp8 = moeFp8Experts(call.numInputs);
+    tensors.gateUpScale = fp8 ? static_cast<float const*>(call.inputs[c::kGateUpScale]) : nullptr;
+    tensors.downScale = fp8 ? static_cast<float const*>(call.inputs[c::kDownScale]) : nullptr;
     tensors.out = call.outputs[c::kRoutedOutput];
-    kernels::moe::Dims const kdims = moeKernelDims(mAttrs, call.dims, call.dtype);
+    kernels::moe::Dims const kdims = moeKernelDims(mAttrs, call.dims, call.numInputs, call.dtype);
     return checkCuda(kernels::moe::launch(module(), kdims, tensors, call.workspace, call.stream), "launching the kernels")
         ? 0
         : -1;

@@ -1,7 +1,8 @@
 /*
  * DeepseekMoE: TensorRT IPluginV3 plugin for the routed experts of a DeepSeek MoE MLP (router included), and
  * its IPluginCreatorV3One. Name `DeepseekMoE`, namespace `mla`, version `1`; shipped in libmla_plugin.so
- * beside MlaAttention.
+ * beside MlaAttention and BlockFp8MatMul. A node has 5 inputs (experts in T) or 7 (FP8 experts and their
+ * 128x128 block scales, contract version 2): the layer's input count decides which kernels run.
  *
  * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/model/moe.py;
  * shapes and types: moeShapes.h; kernels: plugins/kernels/moeKernels.h (AOT-compiled Triton). No CUDA syntax
@@ -34,7 +35,7 @@ public:
     static constexpr OpSpec kSpec{moe_contract::kPluginName, moe_contract::kPluginVersion,
         moe_contract::kPluginNamespace, moe_contract::kNumInputs, moe_contract::kNumOutputs, moe_contract::kInputNames,
         moe_contract::kOutputNames, moe_contract::kHiddenStates, &moeOutputDataTypes, &moeSupportsFormat,
-        &moeOutputShapeSource, &kernels::moe::imageSet};
+        &moeOutputShapeSource, &kernels::moe::imageSet, moe_contract::kNumInputsTExperts};
     //! The attributes, as TensorRT's ONNX parser sends them: non-negative integers (validateMoeAttributes checks
     //! the rule), a finite float.
     static constexpr std::array<AttributeField<MoeAttributes>, 9> kFields{{
@@ -55,9 +56,10 @@ public:
 
 private:
     std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
-    bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const override;
-    size_t workspaceSize(
-        nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const override;
+    bool kernelsSupport(
+        nvinfer1::Dims const* inputs, int32_t nbInputs, kernels::DataType dtype, char const** why) const override;
+    size_t workspaceSize(nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, int32_t nbInputs,
+        kernels::DataType dtype) const override;
     //! No token (B or S is 0): nothing to compute or write.
     bool nothingToCompute(nvinfer1::Dims const* inputs) const override;
     int32_t launch(EnqueueCall const& call) override;

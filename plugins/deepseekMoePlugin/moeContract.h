@@ -21,15 +21,19 @@ constexpr char const* kPluginName = "DeepseekMoE";
 constexpr char const* kPluginNamespace = "mla";
 constexpr char const* kPluginVersion = "1";
 
-// Op inputs and outputs, in order.
+// Op inputs and outputs, in order. A node has the first 5 inputs (experts in T) or all 7 (experts in FP8,
+// float8e4m3fn, with float32 scales per 128x128 block: contract.py's FP8 block convention).
 enum InputIndex : int32_t
 {
     kHiddenStates = 0, //!< [B,S,d] T
     kRouterWeight = 1, //!< [E,d] float32
     kScoreBias = 2,    //!< [E] float32
-    kGateUpProj = 3,   //!< [E,2I,d] T
-    kDownProj = 4,     //!< [E,d,I] T
-    kNumInputs = 5
+    kGateUpProj = 3,   //!< [E,2I,d] T, or float8e4m3fn
+    kDownProj = 4,     //!< [E,d,I] T, or float8e4m3fn
+    kGateUpScale = 5,  //!< [E,ceil(2I/128),ceil(d/128)] float32 (FP8 experts only)
+    kDownScale = 6,    //!< [E,ceil(d/128),ceil(I/128)] float32 (FP8 experts only)
+    kNumInputs = 7,          //!< with FP8 experts (contract.MOE_FP8_INPUTS)
+    kNumInputsTExperts = 5   //!< with experts in T (contract.MOE_INPUTS)
 };
 enum OutputIndex : int32_t
 {
@@ -37,7 +41,7 @@ enum OutputIndex : int32_t
     kNumOutputs = 1
 };
 constexpr char const* kInputNames[kNumInputs]
-    = {"hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj"};
+    = {"hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj", "gate_up_scale", "down_scale"};
 constexpr char const* kOutputNames[kNumOutputs] = {"routed_output"};
 
 // Attributes (ONNX INT arrive as kINT32, FLOAT as kFLOAT32 from TensorRT's ONNX parser).
@@ -50,6 +54,9 @@ constexpr char const* kAttrGroupScore = "group_score";
 constexpr char const* kAttrUseBias = "use_bias";
 constexpr char const* kAttrNormalize = "normalize";
 constexpr char const* kAttrWeightScale = "weight_scale";
+
+// FP8 experts' block (contract.FP8_BLOCK): one scale per kFp8Block x kFp8Block elements of an expert matrix.
+constexpr int32_t kFp8Block = 128;
 
 // Values of scoring_func and group_score.
 constexpr int32_t kScoringSoftmax = 0;

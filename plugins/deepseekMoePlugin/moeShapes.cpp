@@ -19,7 +19,15 @@ using nvinfer1::DataType;
 using nvinfer1::Dims;
 namespace c = moe_contract;
 
-constexpr InputShapeChecks kChecks{c::kPluginName, c::kInputNames, kMoeInputRanks, c::kNumInputs};
+// Experts in T (the first 5 inputs) and FP8 experts (all 7).
+constexpr InputShapeChecks kChecksT{c::kPluginName, c::kInputNames, kMoeInputRanks, c::kNumInputsTExperts};
+constexpr InputShapeChecks kChecksFp8{c::kPluginName, c::kInputNames, kMoeInputRanks, c::kNumInputs};
+
+//! ceil(extent / 128), the scale blocks along an axis; -1 for an unknown extent.
+int64_t scaleBlocks(int64_t extent)
+{
+    return extent < 0 ? -1 : (extent + c::kFp8Block - 1) / c::kFp8Block;
+}
 
 std::string attribute(char const* name, int64_t value, char const* expected)
 {
@@ -83,7 +91,12 @@ std::string validateMoeAttributes(MoeAttributes const& a)
 
 std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int32_t nbInputs)
 {
-    std::string why = kChecks.countAndRanks(in, nbInputs);
+    if (nbInputs != c::kNumInputsTExperts && nbInputs != c::kNumInputs)
+    {
+        return std::string(c::kPluginName) + ": expected 5 or 7 inputs, got " + std::to_string(nbInputs);
+    }
+    InputShapeChecks const& checks = moeFp8Experts(nbInputs) ? kChecksFp8 : kChecksT;
+    std::string why = checks.countAndRanks(in, nbInputs);
     if (!why.empty())
     {
         return why;
@@ -93,10 +106,10 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int
     int64_t const twoInter = in[c::kGateUpProj].d[1];
     if (twoInter >= 0 && twoInter % 2 != 0)
     {
-        return kChecks.mismatch(in, c::kGateUpProj, 1, twoInter + 1, "2I: gate rows then up rows");
+        return checks.mismatch(in, c::kGateUpProj, 1, twoInter + 1, "2I: gate rows then up rows");
     }
     int64_t const inter = twoInter >= 0 ? twoInter / 2 : -1;
-    why = kChecks.axes(in,
+    why = checks.axes(in,
         {
             {c::kRouterWeight, 0, experts, "num_experts"},
             {c::kRouterWeight, 1, d, "d of hidden_states"},
@@ -107,8 +120,20 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int
             {c::kDownProj, 1, d, "d of hidden_states"},
             {c::kDownProj, 2, inter, "I: half of gate_up_proj's axis 1"},
         });
+    if (why.empty() && moeFp8Experts(nbInputs))
+    {
+        why = checks.axes(in,
+            {
+                {c::kGateUpScale, 0, experts, "num_experts"},
+                {c::kGateUpScale, 1, scaleBlocks(twoInter), "ceil(2I/128): one scale per 128x128 block"},
+                {c::kGateUpScale, 2, scaleBlocks(d), "ceil(d/128): one scale per 128x128 block"},
+                {c::kDownScale, 0, experts, "num_experts"},
+                {c::kDownScale, 1, scaleBlocks(d), "ceil(d/128): one scale per 128x128 block"},
+                {c::kDownScale, 2, scaleBlocks(inter), "ceil(I/128): one scale per 128x128 block"},
+            });
+    }
     // B and S of hidden_states may be 0: nothing to compute.
-    return why.empty() ? kChecks.nonEmpty(in, c::kHiddenStates, 2) : why;
+    return why.empty() ? checks.nonEmpty(in, c::kHiddenStates, 2) : why;
 }
 
 Dims moeOutputDims(Dims const* inputs)
@@ -123,25 +148,34 @@ int32_t moeOutputShapeSource(int32_t /*outputIndex*/)
 
 bool moeSupportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)
 {
-    if (!linearAt(pos, inOut, nbInputs, nbOutputs, c::kNumInputs, c::kNumOutputs))
+    bool const fp8 = moeFp8Experts(nbInputs);
+    if (!linearAt(pos, inOut, nbInputs, nbOutputs, fp8 ? c::kNumInputs : c::kNumInputsTExperts, c::kNumOutputs))
     {
         return false;
     }
-    if (pos == c::kRouterWeight || pos == c::kScoreBias)
+    if (pos == c::kRouterWeight || pos == c::kScoreBias || (fp8 && (pos == c::kGateUpScale || pos == c::kDownScale)))
     {
         return inOut[pos].type == DataType::kFLOAT;
+    }
+    if (fp8 && (pos == c::kGateUpProj || pos == c::kDownProj))
+    {
+        return inOut[pos].type == DataType::kFP8;
     }
     return activationAt(pos, inOut, c::kHiddenStates);
 }
 
 std::string moeOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs)
 {
-    if (outputTypes == nullptr || inputTypes == nullptr || nbOutputs != c::kNumOutputs || nbInputs != c::kNumInputs)
+    if (outputTypes == nullptr || inputTypes == nullptr || nbOutputs != c::kNumOutputs
+        || (nbInputs != c::kNumInputsTExperts && nbInputs != c::kNumInputs))
     {
-        return "DeepseekMoE: expected 5 inputs and 1 output";
+        return "DeepseekMoE: expected 5 or 7 inputs and 1 output";
     }
-    std::string const why = checkActivationTypes(
-        c::kPluginName, c::kInputNames, inputTypes, c::kHiddenStates, {c::kGateUpProj, c::kDownProj});
+    bool const fp8 = moeFp8Experts(nbInputs);
+    std::string const why = fp8
+        ? checkActivationTypes(c::kPluginName, c::kInputNames, inputTypes, c::kHiddenStates, {})
+        : checkActivationTypes(
+            c::kPluginName, c::kInputNames, inputTypes, c::kHiddenStates, {c::kGateUpProj, c::kDownProj});
     if (!why.empty())
     {
         return why;
@@ -153,11 +187,21 @@ std::string moeOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataTyp
             return std::string("DeepseekMoE: input ") + c::kInputNames[i] + " must be float32 (routing runs in float32)";
         }
     }
+    for (int32_t i = c::kGateUpProj; fp8 && i <= c::kDownScale; ++i)
+    {
+        bool const scale = i == c::kGateUpScale || i == c::kDownScale;
+        if (inputTypes[i] != (scale ? DataType::kFLOAT : DataType::kFP8))
+        {
+            return std::string("DeepseekMoE: input ") + c::kInputNames[i]
+                + (scale ? " must be float32 (the FP8 experts' block scales)"
+                         : " must be float8e4m3fn (kFP8) in a 7-input node (FP8 experts)");
+        }
+    }
     outputTypes[c::kRoutedOutput] = inputTypes[c::kHiddenStates];
     return {};
 }
 
-kernels::moe::Dims moeKernelDims(MoeAttributes const& a, Dims const* inputs, kernels::DataType dtype)
+kernels::moe::Dims moeKernelDims(MoeAttributes const& a, Dims const* inputs, int32_t nbInputs, kernels::DataType dtype)
 {
     kernels::moe::Dims d{};
     d.tokens = inputs[c::kHiddenStates].d[0] * inputs[c::kHiddenStates].d[1];
@@ -173,12 +217,14 @@ kernels::moe::Dims moeKernelDims(MoeAttributes const& a, Dims const* inputs, ker
     d.normalize = a.normalize;
     d.weightScale = a.weightScale;
     d.dtype = dtype;
+    d.fp8Experts = moeFp8Experts(nbInputs) ? 1 : 0;
     return d;
 }
 
-size_t moeWorkspaceSize(MoeAttributes const& attrs, Dims const* minDims, Dims const* maxDims, kernels::DataType dtype)
+size_t moeWorkspaceSize(
+    MoeAttributes const& attrs, Dims const* minDims, Dims const* maxDims, int32_t nbInputs, kernels::DataType dtype)
 {
-    kernels::moe::Dims d = moeKernelDims(attrs, maxDims, dtype);
+    kernels::moe::Dims d = moeKernelDims(attrs, maxDims, nbInputs, dtype);
     int64_t const lo = std::max<int64_t>(1, minDims[c::kHiddenStates].d[0] * minDims[c::kHiddenStates].d[1]);
     int64_t const hi = std::max<int64_t>(lo, d.tokens);
     std::set<int64_t> tokenCounts = profileSamples(lo, hi);

@@ -5,6 +5,8 @@
  * Contract: mla_export/common/contract.py MOE_* (mirrored in moeContract.h); routing semantics: mla_export/model/moe.py.
  *   inputs  hidden_states [B,S,d] T, router_weight [E,d] float32, score_bias [E] float32,
  *           gate_up_proj [E,2I,d] T, down_proj [E,d,I] T          (T in {fp16, bf16, fp32})
+ *   or, with FP8 experts (7 inputs): gate_up_proj [E,2I,d] and down_proj [E,d,I] float8e4m3fn, then
+ *           gate_up_scale [E,ceil(2I/128),ceil(d/128)] and down_scale [E,ceil(d/128),ceil(I/128)] float32
  *   output  routed_output [B,S,d] T (the shape of hidden_states)
  */
 #pragma once
@@ -42,11 +44,17 @@ struct MoeAttributes
 std::string validateMoeAttributes(MoeAttributes const& attrs);
 
 //! Rank of each input and of the output, indexed by moe_contract::InputIndex / OutputIndex.
-constexpr int32_t kMoeInputRanks[moe_contract::kNumInputs] = {3, 2, 1, 3, 3};
+constexpr int32_t kMoeInputRanks[moe_contract::kNumInputs] = {3, 2, 1, 3, 3, 3, 3};
 constexpr int32_t kMoeOutputRank = 3;
 
-//! Checks the input shapes against each other and the attributes. Extents < 0 (unknown at build time) are
-//! not compared. Empty when consistent; otherwise the first mismatch, named.
+//! A layer of `nbInputs` inputs has FP8 experts (7 inputs: the experts' block scales follow them).
+constexpr bool moeFp8Experts(int32_t nbInputs) noexcept
+{
+    return nbInputs == moe_contract::kNumInputs;
+}
+
+//! Checks the input shapes (5 or 7 inputs) against each other and the attributes. Extents < 0 (unknown at
+//! build time) are not compared. Empty when consistent; otherwise the first mismatch, named.
 std::string validateMoeInputDims(MoeAttributes const& attrs, nvinfer1::Dims const* inputs, int32_t nbInputs);
 
 //! routed_output's dims: those of hidden_states.
@@ -56,21 +64,24 @@ nvinfer1::Dims moeOutputDims(nvinfer1::Dims const* inputs);
 int32_t moeOutputShapeSource(int32_t outputIndex);
 
 //! supportsFormatCombination's rule for position `pos` (inputs then the output); looks only at positions
-//! <= pos. Linear format; router_weight and score_bias float32; every other position T, decided by
-//! hidden_states (fp16, bf16, or fp32 for testing).
+//! <= pos. Linear format; router_weight and score_bias float32; with 7 inputs gate_up_proj and down_proj
+//! kFP8 and their scales float32; every other position T, decided by hidden_states (fp16, bf16, or fp32 for
+//! testing).
 bool moeSupportsFormat(int32_t pos, nvinfer1::PluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs);
 
-//! Output type from input types; empty string when the inputs are acceptable.
+//! Output type from input types (5 or 7 inputs); empty string when the inputs are acceptable.
 std::string moeOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
     nvinfer1::DataType const* inputTypes, int32_t nbInputs);
 
-//! The kernels' view of a call with these (fully known) input dims and activation type.
-kernels::moe::Dims moeKernelDims(MoeAttributes const& attrs, nvinfer1::Dims const* inputs, kernels::DataType dtype);
+//! The kernels' view of a call with these (fully known) input dims (nbInputs of them: 7 for FP8 experts) and
+//! activation type.
+kernels::moe::Dims moeKernelDims(
+    MoeAttributes const& attrs, nvinfer1::Dims const* inputs, int32_t nbInputs, kernels::DataType dtype);
 
 //! Workspace bytes for every shape in [min, max] of the profile: the largest kernels::moe::workspaceBytes over
 //! the token counts B*S in {min, powers of two in between, the kernels' chunk size, max}.
 size_t moeWorkspaceSize(MoeAttributes const& attrs, nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims,
-    kernels::DataType dtype);
+    int32_t nbInputs, kernels::DataType dtype);
 
 } // namespace plugin
 } // namespace mla

@@ -103,29 +103,29 @@ CUresult launchAlign(Module const& m, int32_t index, uint32_t const grid[3], CUs
 }
 
 CUresult launchGateUp(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* hidden,
-    void const* gateUp, void const* sorted, void const* blockExpert, void* act, int32_t numSlots, int32_t topK,
-    int32_t hiddenSize, int32_t inter) noexcept
+    void const* gateUp, void const* scale, void const* sorted, void const* blockExpert, void* act, int32_t numSlots,
+    int32_t topK, int32_t hiddenSize, int32_t inter) noexcept
 {
-    CUdeviceptr a0 = devicePtr(hidden), a1 = devicePtr(gateUp), a2 = devicePtr(sorted), a3 = devicePtr(blockExpert),
-                a4 = devicePtr(act);
-    int32_t a5 = numSlots, a6 = topK, a7 = hiddenSize, a8 = inter;
+    CUdeviceptr a0 = devicePtr(hidden), a1 = devicePtr(gateUp), a2 = devicePtr(scale), a3 = devicePtr(sorted),
+                a4 = devicePtr(blockExpert), a5 = devicePtr(act);
+    int32_t a6 = numSlots, a7 = topK, a8 = hiddenSize, a9 = inter;
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
-    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &globalScratch, &profileScratch};
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kGateUp] + 2, "gate_up arguments");
     return launchKernel(m, index, grid, stream, args);
 }
 
 CUresult launchDown(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* act,
-    void const* down, void const* sorted, void const* blockExpert, void const* weights, void* y, int32_t numSlots,
-    int32_t hiddenSize, int32_t inter) noexcept
+    void const* down, void const* scale, void const* sorted, void const* blockExpert, void const* weights, void* y,
+    int32_t numSlots, int32_t hiddenSize, int32_t inter) noexcept
 {
-    CUdeviceptr a0 = devicePtr(act), a1 = devicePtr(down), a2 = devicePtr(sorted), a3 = devicePtr(blockExpert),
-                a4 = devicePtr(weights), a5 = devicePtr(y);
-    int32_t a6 = numSlots, a7 = hiddenSize, a8 = inter;
+    CUdeviceptr a0 = devicePtr(act), a1 = devicePtr(down), a2 = devicePtr(scale), a3 = devicePtr(sorted),
+                a4 = devicePtr(blockExpert), a5 = devicePtr(weights), a6 = devicePtr(y);
+    int32_t a7 = numSlots, a8 = hiddenSize, a9 = inter;
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
-    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &globalScratch, &profileScratch};
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kDown] + 2, "down arguments");
     return launchKernel(m, index, grid, stream, args);
 }
@@ -228,6 +228,13 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
             return CUDA_ERROR_INVALID_VALUE;
         }
     }
+    bool const fp8 = d.fp8Experts != 0;
+    if (fp8 && (!aligned16(t.gateUpScale) || !aligned16(t.downScale)))
+    {
+        return CUDA_ERROR_INVALID_VALUE; // FP8 experts need both block-scale tensors
+    }
+    void const* gateUpScale = fp8 ? t.gateUpScale : nullptr; // unused (never read) by the kernels in T
+    void const* downScale = fp8 ? t.downScale : nullptr;
     char* ws = static_cast<char*>(workspace);
     void* logits = ws + p.logitsOffset;
     void* ids = ws + p.idsOffset;
@@ -258,11 +265,11 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
             r = launchAlign(module, c.kernels[kAlign], c.grids[kAlign], stream, ids, counts, sorted, blockExpert, slots,
                 d.numExperts, blockM, static_cast<int32_t>(c.maxBlocks));
         if (r == CUDA_SUCCESS)
-            r = launchGateUp(module, c.kernels[kGateUp], c.grids[kGateUp], stream, hidden, t.gateUp, sorted,
-                blockExpert, act, slots, d.topK, d.hidden, d.inter);
+            r = launchGateUp(module, c.kernels[kGateUp], c.grids[kGateUp], stream, hidden, t.gateUp, gateUpScale,
+                sorted, blockExpert, act, slots, d.topK, d.hidden, d.inter);
         if (r == CUDA_SUCCESS)
-            r = launchDown(module, c.kernels[kDown], c.grids[kDown], stream, act, t.down, sorted, blockExpert, weights,
-                y, slots, d.hidden, d.inter);
+            r = launchDown(module, c.kernels[kDown], c.grids[kDown], stream, act, t.down, downScale, sorted,
+                blockExpert, weights, y, slots, d.hidden, d.inter);
         if (r == CUDA_SUCCESS)
             r = launchCombine(module, c.kernels[kCombine], c.grids[kCombine], stream, y, out, d.topK, d.hidden);
     }

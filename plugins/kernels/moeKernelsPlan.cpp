@@ -86,7 +86,7 @@ bool chunkPlan(Dims const& d, int64_t tokens, int32_t blockE, ChunkPlan& c) noex
 {
     int64_t const slots = tokens * d.topK;
     c.tokens = tokens;
-    c.config = slots <= kDecodeSlotsPerExpert * d.numExperts ? 0 : 1;
+    c.config = (slots <= kDecodeSlotsPerExpert * d.numExperts ? 0 : 1) + (d.fp8Experts != 0 ? kFp8ConfigOffset : 0);
     GemmConfig const& g = kGemmConfigs[c.config];
     c.slots = slots;
     c.maxBlocks = cdiv(slots, g.blockM) + std::min<int64_t>(d.numExperts, slots);

@@ -24,7 +24,7 @@ namespace plan
 struct ChunkPlan
 {
     int64_t tokens;
-    int32_t config;    //!< GEMM config index (0 decode, 1 prefill)
+    int32_t config;    //!< GEMM config index (0 decode, 1 prefill; + kFp8ConfigOffset for FP8 experts)
     int64_t slots;     //!< tokens * top_k
     int64_t maxBlocks; //!< padded BLOCK_M-row blocks the GEMM grids cover
     int32_t kernels[7];  //!< kernel table index per KernelKind (Module::function)

@@ -32,12 +32,14 @@ std::string MlaAttentionPlugin::validateInputDims(Dims const* inputs, int32_t nb
     return plugin::validateInputDims(mAttrs, inputs, nbInputs);
 }
 
-bool MlaAttentionPlugin::kernelsSupport(Dims const* inputs, kernels::DataType dtype, char const** why) const
+bool MlaAttentionPlugin::kernelsSupport(
+    Dims const* inputs, int32_t /*nbInputs*/, kernels::DataType dtype, char const** why) const
 {
     return kernels::supported(kernelDims(mAttrs, inputs, dtype), why);
 }
 
-size_t MlaAttentionPlugin::workspaceSize(Dims const* minDims, Dims const* maxDims, kernels::DataType dtype) const
+size_t MlaAttentionPlugin::workspaceSize(
+    Dims const* minDims, Dims const* maxDims, int32_t /*nbInputs*/, kernels::DataType dtype) const
 {
     return plugin::workspaceSize(mAttrs, minDims, maxDims, dtype, queryNumSms());
 }

@@ -57,10 +57,11 @@ public:
 
 private:
     std::string validateInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
-    bool kernelsSupport(nvinfer1::Dims const* inputs, kernels::DataType dtype, char const** why) const override;
+    bool kernelsSupport(
+        nvinfer1::Dims const* inputs, int32_t nbInputs, kernels::DataType dtype, char const** why) const override;
     //! For the build device's SM count (queryNumSms).
-    size_t workspaceSize(
-        nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, kernels::DataType dtype) const override;
+    size_t workspaceSize(nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, int32_t nbInputs,
+        kernels::DataType dtype) const override;
     //! Copies past_cache to present_cache first when they are two buffers, then launches the kernels.
     int32_t launch(EnqueueCall const& call) override;
 

@@ -1,11 +1,12 @@
 /*
  * libmla_plugin.so as TensorRT loads it: dlopen, getCreators/setLoggerFinder present and nothing
- * else exported (in particular none of the CUDA driver forwarders), both creators' identities
- * (MlaAttention, DeepseekMoE), and a plugin of each created from the fields the ONNX parser sends, on
- * a machine without a CUDA driver; MlaAttention's build capability declares present_cache an alias
- * of past_cache.
+ * else exported (in particular none of the CUDA driver forwarders), the three creators' identities
+ * (MlaAttention, DeepseekMoE, BlockFp8MatMul), and a plugin of each created from the fields the ONNX
+ * parser sends, on a machine without a CUDA driver; MlaAttention's build capability declares
+ * present_cache an alias of past_cache.
  */
 #include "NvInferRuntime.h"
+#include "fp8Contract.h"
 #include "mlaContract.h"
 #include "moeContract.h"
 #include "testFields.h"
@@ -49,8 +50,36 @@ int main(int argc, char** argv)
     setLoggerFinder(&logger);
     int32_t n = 0;
     nvinfer1::IPluginCreatorInterface* const* creators = getCreators(n);
-    CHECK(n == 2 && creators != nullptr && creators[0] != nullptr && creators[1] != nullptr);
-    if (n == 2 && creators != nullptr && creators[1] != nullptr)
+    CHECK(n == 3 && creators != nullptr && creators[0] != nullptr && creators[1] != nullptr && creators[2] != nullptr);
+    if (n == 3 && creators != nullptr && creators[2] != nullptr)
+    {
+        namespace f = mla::fp8_contract;
+        CHECK(std::string(creators[2]->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE");
+        auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(creators[2]);
+        CHECK(std::string(creator->getPluginName()) == f::kPluginName);
+        CHECK(std::string(creator->getPluginVersion()) == f::kPluginVersion);
+        CHECK(std::string(creator->getPluginNamespace()) == f::kPluginNamespace);
+        CHECK(creator->getFieldNames() != nullptr && creator->getFieldNames()->nbFields == 1);
+        int32_t block = 128;
+        testutil::FieldList fields; // as the ONNX parser sends them
+        fields.add(f::kAttrBlockSize, &block);
+        nvinfer1::IPluginV3* plugin = creator->createPlugin("fc", fields.collection(), nvinfer1::TensorRTPhase::kBUILD);
+        CHECK(plugin != nullptr);
+        CHECK(logger.contains("BlockFp8MatMul: block_size=128 (build phase, layer fc)", nvinfer1::ILogger::Severity::kINFO));
+        if (plugin != nullptr)
+        {
+            auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
+                plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+            CHECK(core != nullptr && std::strcmp(core->getPluginName(), "BlockFp8MatMul") == 0);
+            auto* capability = plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD);
+            CHECK(capability != nullptr && capability->getInterfaceInfo().major == 1); // no aliased output
+            delete plugin;
+        }
+        block = 64;
+        CHECK(creator->createPlugin("fc", fields.collection(), nvinfer1::TensorRTPhase::kBUILD) == nullptr);
+        CHECK(logger.contains("attribute block_size = 64: expected 128", nvinfer1::ILogger::Severity::kERROR));
+    }
+    if (n >= 2 && creators != nullptr && creators[1] != nullptr)
     {
         namespace m = mla::moe_contract;
         CHECK(std::string(creators[1]->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE");

@@ -5,7 +5,8 @@
  *
  *   test_moe_gpu_enqueue LIB DIR
  *   DIR/meta.txt: "B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale
- *                  dtype(1 fp16, 2 bf16)"
+ *                  dtype(1 fp16, 2 bf16) [fp8]": a last field 1 runs a 7-input node (FP8 experts: gate_up_proj
+ *                  and down_proj e4m3 bytes, gate_up_scale and down_scale float32)
  *   DIR/<input name>.bin raw inputs; writes DIR/routed_output.bin (first replay) and DIR/routed_output.again.bin
  *   (second replay, for the determinism check).
  * The step is captured into a CUDA graph after a warm-up enqueue (module loading outside the capture); the graph's
@@ -43,6 +44,7 @@ int main(int argc, char** argv)
     int32_t ints[8];
     float scale;
     int32_t dtype;
+    int32_t fp8 = 0;
     {
         std::ifstream meta(dir + "/meta.txt");
         if (!(meta >> b >> s >> d >> inter))
@@ -57,16 +59,22 @@ int main(int argc, char** argv)
         {
             return cu.fail("cannot read meta.txt");
         }
+        meta >> fp8; // optional: 0 when absent
     }
     int64_t const e = ints[0];
     nvinfer1::DataType const t = dtype == 1 ? nvinfer1::DataType::kHALF : nvinfer1::DataType::kBF16;
-    std::vector<std::vector<int64_t>> const shapes = {{b, s, d}, {e, d}, {e}, {e, 2 * inter, d}, {e, d, inter}};
-    std::vector<nvinfer1::PluginTensorDesc> in(5);
-    std::vector<CUdeviceptr> inPtr(5);
-    for (int32_t i = 0; i < 5; ++i)
+    auto const blocks = [](int64_t extent) { return (extent + c::kFp8Block - 1) / c::kFp8Block; };
+    std::vector<std::vector<int64_t>> const shapes = {{b, s, d}, {e, d}, {e}, {e, 2 * inter, d}, {e, d, inter},
+        {e, blocks(2 * inter), blocks(d)}, {e, blocks(d), blocks(inter)}};
+    int32_t const count = fp8 != 0 ? c::kNumInputs : c::kNumInputsTExperts;
+    std::vector<nvinfer1::PluginTensorDesc> in(count);
+    std::vector<CUdeviceptr> inPtr(count);
+    for (int32_t i = 0; i < count; ++i)
     {
-        bool const f32 = i == c::kRouterWeight || i == c::kScoreBias;
-        in[i] = gpu::tensorDesc(shapes[i], f32 ? nvinfer1::DataType::kFLOAT : t);
+        bool const f32 = i == c::kRouterWeight || i == c::kScoreBias || i >= c::kGateUpScale;
+        bool const experts = i == c::kGateUpProj || i == c::kDownProj;
+        in[i] = gpu::tensorDesc(
+            shapes[i], f32 ? nvinfer1::DataType::kFLOAT : (experts && fp8 != 0 ? nvinfer1::DataType::kFP8 : t));
         std::string const why
             = gpu::uploadFile(cu, dir + "/" + c::kInputNames[i] + ".bin", gpu::tensorBytes(in[i]), inPtr[i]);
         if (!why.empty())

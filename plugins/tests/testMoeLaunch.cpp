@@ -1,11 +1,14 @@
 /*
- * The DeepseekMoE plugin's launch path on a fake CUDA driver. For a sweep of tensor descriptors, enqueue must
+ * The DeepseekMoE plugin's launch path on a fake CUDA driver. For a sweep of tensor descriptors (experts in T, 5
+ * inputs, and FP8 experts with their block scales, 7 inputs), enqueue must
  *   - load the MoE kernel module once per plugin object (per context) and unload it on destruction,
  *   - launch on the given stream, seven kernels per chunk of at most chunkTokens() tokens, and nothing else
  *     (no copy, no memset, no host sync: the alignment runs on the device),
  *   - refuse bad descriptors before any driver call and report every failing driver call.
  * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe.plan) the
- * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument.
+ * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument. Cases whose
+ * case line ends in 1 have FP8 experts (contract version 2): they run through the plugin's 7-input descriptors,
+ * the block scales included in the expected arguments.
  */
 #include "deepseekMoePlugin.h"
 #include "fakeCuda.h"
@@ -32,7 +35,13 @@ struct Call
     int64_t batch, tokens, hidden, inter;
     plugin::MoeAttributes attrs;
     DataType type;
+    bool fp8{false}; //!< FP8 experts: 7 inputs
 };
+
+int64_t blocks(int64_t extent)
+{
+    return (extent + 127) / 128;
+}
 
 uintptr_t const kInputBase = 0x7f0000000000;
 uintptr_t const kOutput = 0x7f9000000000;
@@ -41,24 +50,29 @@ CUstream const kStream = reinterpret_cast<CUstream>(0x5151);
 
 struct Launch
 {
-    nvinfer1::PluginTensorDesc in[5]{};
+    int32_t count;
+    nvinfer1::PluginTensorDesc in[7]{};
     nvinfer1::PluginTensorDesc out[1]{};
-    void const* inputs[5]{};
+    void const* inputs[7]{};
     void* outputs[1]{};
 
     explicit Launch(Call const& k)
+        : count(k.fp8 ? c::kNumInputs : c::kNumInputsTExperts)
     {
         int64_t const e = k.attrs.numExperts;
         std::vector<std::vector<int64_t>> const shapes = {{k.batch, k.tokens, k.hidden}, {e, k.hidden}, {e},
-            {e, 2 * k.inter, k.hidden}, {e, k.hidden, k.inter}};
-        for (int32_t i = 0; i < 5; ++i)
+            {e, 2 * k.inter, k.hidden}, {e, k.hidden, k.inter}, {e, blocks(2 * k.inter), blocks(k.hidden)},
+            {e, blocks(k.hidden), blocks(k.inter)}};
+        for (int32_t i = 0; i < count; ++i)
         {
             in[i].dims.nbDims = static_cast<int32_t>(shapes[i].size());
             for (size_t a = 0; a < shapes[i].size(); ++a)
             {
                 in[i].dims.d[a] = shapes[i][a];
             }
-            in[i].type = i == c::kRouterWeight || i == c::kScoreBias ? DataType::kFLOAT : k.type;
+            bool const experts = i == c::kGateUpProj || i == c::kDownProj;
+            in[i].type = k.fp8 && experts ? DataType::kFP8
+                                          : (experts || i == c::kHiddenStates ? k.type : DataType::kFLOAT);
             in[i].format = nvinfer1::TensorFormat::kLINEAR;
             inputs[i] = reinterpret_cast<void const*>(kInputBase + (static_cast<uintptr_t>(i) << 36));
         }
@@ -68,11 +82,21 @@ struct Launch
 
     int32_t run(nvinfer1::IPluginV3OneRuntime& p)
     {
-        if (p.onShapeChange(in, 5, out, 1) != 0)
+        if (p.onShapeChange(in, count, out, 1) != 0)
         {
             return -2;
         }
         return p.enqueue(in, out, inputs, outputs, reinterpret_cast<void*>(kWorkspace), kStream);
+    }
+
+    kernels::moe::Dims kernelDims(plugin::MoeAttributes const& attrs, kernels::DataType dtype) const
+    {
+        nvinfer1::Dims shapes[7];
+        for (int32_t i = 0; i < count; ++i)
+        {
+            shapes[i] = in[i].dims;
+        }
+        return plugin::moeKernelDims(attrs, shapes, count, dtype);
     }
 };
 
@@ -80,7 +104,7 @@ std::string describe(Call const& k)
 {
     std::ostringstream s;
     s << "B=" << k.batch << " S=" << k.tokens << " d=" << k.hidden << " I=" << k.inter << " E=" << k.attrs.numExperts
-      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type);
+      << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type) << (k.fp8 ? " FP8 experts" : "");
     return s.str();
 }
 
@@ -91,19 +115,22 @@ plugin::MoeAttributes const kV3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
 std::vector<Call> sweep()
 {
     std::vector<Call> calls;
-    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    for (bool fp8 : {false, true})
     {
-        for (int64_t batch : {1, 3})
+        for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
         {
-            for (int64_t tokens : {1, 5, 700})
+            for (int64_t batch : {1, 3})
             {
-                calls.push_back({batch, tokens, 64, 32, kTinyMoe, t});
-                calls.push_back({batch, tokens, 2048, 1408, kLite, t});
+                for (int64_t tokens : {1, 5, 700})
+                {
+                    calls.push_back({batch, tokens, 64, 32, kTinyMoe, t, fp8});
+                    calls.push_back({batch, tokens, 2048, 1408, kLite, t, fp8});
+                }
             }
         }
+        calls.push_back({2, 4097, 7168, 2048, kV3, DataType::kBF16, fp8}); // three chunks
+        calls.push_back({1, 3, 24, 32, kTinyMoe, DataType::kHALF, fp8});   // d not a multiple of 16: no kernel
     }
-    calls.push_back({2, 4097, 7168, 2048, kV3, DataType::kBF16}); // three chunks
-    calls.push_back({1, 3, 24, 32, kTinyMoe, DataType::kHALF});   // d not a multiple of 16: no kernel
     return calls;
 }
 
@@ -117,13 +144,7 @@ void testSweep()
         auto p = std::make_unique<plugin::DeepseekMoePlugin>(k.attrs);
         kernels::DataType dtype{};
         Launch l(k);
-        nvinfer1::Dims shapes[5];
-        for (int32_t i = 0; i < 5; ++i)
-        {
-            shapes[i] = l.in[i].dims;
-        }
-        bool const ok = plugin::toKernelType(k.type, dtype)
-            && kernels::moe::supported(plugin::moeKernelDims(k.attrs, shapes, dtype), nullptr);
+        bool const ok = plugin::toKernelType(k.type, dtype) && kernels::moe::supported(l.kernelDims(k.attrs, dtype), nullptr);
         if (!ok)
         {
             ++unsupported;
@@ -168,7 +189,7 @@ void testSweep()
         CHECK(fake::liveModules() == 0);
     }
     std::printf("launch sweep: %d enqueues, %d descriptor sets without a kernel\n", runs, unsupported);
-    CHECK(runs > 0 && unsupported == 13); // float32 (12 calls) and d = 24
+    CHECK(runs > 0 && unsupported == 2 * 13); // float32 (12 calls) and d = 24, with experts in T and in FP8
 }
 
 void testModulePerContextAndFailures()
@@ -234,16 +255,56 @@ void testModulePerContextAndFailures()
     CHECK(q.enqueue(misaligned.in, misaligned.out, misaligned.inputs, misaligned.outputs, nullptr, kStream) == -1);
     CHECK(gLogger.contains("tensor gate_up_proj is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
     CHECK(q.enqueue(nullptr, bad.out, bad.inputs, bad.outputs, nullptr, kStream) == -1);
+    // The kernels refuse FP8 experts without their scales before any launch (the plugin always passes both).
+    {
+        fake::reset();
+        Launch l7(Call{1, 3, 64, 32, kTinyMoe, DataType::kHALF, true});
+        kernels::moe::Dims const d = l7.kernelDims(kTinyMoe, kernels::DataType::kFLOAT16);
+        CHECK(d.fp8Experts == 1 && kernels::moe::supported(d, nullptr));
+        kernels::Module module;
+        CHECK(module.load(kernels::moe::imageSet()) == CUDA_SUCCESS);
+        kernels::moe::Tensors t{l7.inputs[c::kHiddenStates], static_cast<float const*>(l7.inputs[c::kRouterWeight]),
+            static_cast<float const*>(l7.inputs[c::kScoreBias]), l7.inputs[c::kGateUpProj], l7.inputs[c::kDownProj],
+            l7.outputs[0], nullptr, static_cast<float const*>(l7.inputs[c::kDownScale])};
+        CHECK(kernels::moe::launch(module, d, t, reinterpret_cast<void*>(kWorkspace), kStream) == CUDA_ERROR_INVALID_VALUE);
+        CHECK(fake::eventsOf(fake::Kind::kLaunch).empty());
+        module.unload();
+    }
+    fake::reset();
     Launch none(Call{0, 3, 64, 32, kTinyMoe, DataType::kHALF}); // no token: nothing to do, success
     CHECK(none.run(q) == 0);
     CHECK(fake::events().empty());
+
+    // FP8 experts: the layer's input count comes from onShapeChange (enqueue is not told it).
+    Call const fp8{1, 3, 64, 32, kTinyMoe, DataType::kHALF, true};
+    plugin::DeepseekMoePlugin fresh(fp8.attrs);
+    Launch l7(fp8);
+    gLogger.messages.clear();
+    CHECK(fresh.enqueue(l7.in, l7.out, l7.inputs, l7.outputs, nullptr, kStream) == -1);
+    CHECK(gLogger.contains("DeepseekMoE::enqueue: called before configurePlugin or onShapeChange",
+        nvinfer1::ILogger::Severity::kERROR));
+    CHECK(fake::events().empty());
+    Launch halfScale(fp8);
+    halfScale.in[c::kGateUpScale].type = DataType::kHALF;
+    CHECK(halfScale.run(fresh) == -1);
+    Launch badScale(fp8);
+    badScale.in[c::kDownScale].dims.d[2] = 2;
+    CHECK(fresh.onShapeChange(badScale.in, 7, badScale.out, 1) == -1);
+    Launch unaligned(fp8);
+    unaligned.inputs[c::kDownScale] = static_cast<char const*>(unaligned.inputs[c::kDownScale]) + 4;
+    gLogger.messages.clear();
+    CHECK(unaligned.run(fresh) == -1);
+    CHECK(gLogger.contains("tensor down_scale is null or not 16-byte aligned", nvinfer1::ILogger::Severity::kERROR));
+    CHECK(fake::events().empty());
+    CHECK(l7.run(fresh) == 0);
+    CHECK(!fake::eventsOf(fake::Kind::kLaunch).empty());
 }
 
 // Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe.plan:
-//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype
+//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype [fp8]
 //   launch ...   (one line per planned launch, in order: launchPlan.h, every field fixed)
 // where the pointers of the arguments are p:<tensor>[+<bytes>] with tensor hidden_states, router_weight,
-// score_bias, gate_up_proj, down_proj, routed_output, ws (the workspace) or null.
+// score_bias, gate_up_proj, down_proj, gate_up_scale, down_scale (FP8 experts), routed_output, ws (the workspace) or null.
 bool expectedPointer(std::string const& what, Launch const& l, uint64_t& out)
 {
     std::string name = what;
@@ -293,9 +354,12 @@ int32_t compareWithPlan(char const* path)
         Planned p{};
         plugin::MoeAttributes& a = p.call.attrs;
         int32_t dtype = 0;
+        int32_t fp8 = 0; // an optional last field: 1 for FP8 experts (a 7-input node)
         s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
             >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
+        s >> fp8;
         p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
+        p.call.fp8 = fp8 == 1;
         plans.push_back(p);
     };
     if (!testutil::readPlanFile(
@@ -303,19 +367,22 @@ int32_t compareWithPlan(char const* path)
     {
         return -1;
     }
+    size_t fp8Calls = 0;
     for (Planned const& plan : plans)
     {
         fake::reset();
         fake::setDevice(90, 132);
         plugin::DeepseekMoePlugin p(plan.call.attrs);
-        Launch l(plan.call);
+        Launch l(plan.call); // 7 inputs for FP8 experts
         CHECK_MSG(l.run(p) == 0, describe(plan.call));
         testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call),
             [&l](std::string const& name, uint64_t& address) { return expectedPointer(name, l, address); },
             /*wildcards=*/false);
+        fp8Calls += plan.call.fp8 ? 1 : 0;
     }
-    std::printf("compared %zu planned calls\n", plans.size());
-    return static_cast<int32_t>(plans.size());
+    std::printf("compared %zu planned calls\n", plans.size() - fp8Calls);
+    std::printf("compared %zu planned FP8-expert calls through the plugin\n", fp8Calls);
+    return static_cast<int32_t>(plans.size() - fp8Calls);
 }
 } // namespace
 

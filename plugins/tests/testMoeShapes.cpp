@@ -1,6 +1,7 @@
 /*
- * moeShapes and the DeepseekMoE plugin's build-time answers: input-shape validation, output shape and type,
- * the format/type support matrix, configurePlugin's refusals, and the workspace over a profile.
+ * moeShapes and the DeepseekMoE plugin's build-time answers, for nodes of 5 inputs (experts in T) and of 7 (FP8
+ * experts with their 128x128 block scales): input-shape validation, output shape and type, the format/type
+ * support matrix, configurePlugin's refusals, and the workspace over a profile.
  */
 #include "deepseekMoePlugin.h"
 #include "moeContract.h"
@@ -31,6 +32,21 @@ plugin::MoeAttributes tinyMoe()
 std::vector<Dims> inputs(int64_t b, int64_t s, int64_t d, int64_t e, int64_t inter)
 {
     return {dims({b, s, d}), dims({e, d}), dims({e}), dims({e, 2 * inter, d}), dims({e, d, inter})};
+}
+
+int64_t blocks(int64_t extent)
+{
+    return (extent + 127) / 128;
+}
+
+// The 7 input shapes of a call with FP8 experts: the 5 above, then gate_up_scale [E, ceil(2I/128), ceil(d/128)]
+// and down_scale [E, ceil(d/128), ceil(I/128)].
+std::vector<Dims> fp8Inputs(int64_t b, int64_t s, int64_t d, int64_t e, int64_t inter)
+{
+    std::vector<Dims> v = inputs(b, s, d, e, inter);
+    v.push_back(dims({e, blocks(2 * inter), blocks(d)}));
+    v.push_back(dims({e, blocks(d), blocks(inter)}));
+    return v;
 }
 
 void testInputDims()
@@ -74,6 +90,52 @@ void testInputDims()
     CHECK(plugin::validateMoeInputDims(a, empty.data(), 5).find("non-empty") != std::string::npos);
 }
 
+void testFp8InputDims()
+{
+    auto const a = tinyMoe();
+    plugin::MoeAttributes const v3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
+    auto tiny = fp8Inputs(2, 3, 64, 8, 32); // ragged: one block per scale axis
+    CHECK(sameDims(tiny[c::kGateUpScale], dims({8, 1, 1})) && sameDims(tiny[c::kDownScale], dims({8, 1, 1})));
+    CHECK(plugin::validateMoeInputDims(a, tiny.data(), 7).empty());
+    auto big = fp8Inputs(1, 1, 7168, 256, 2048); // V3: [256, 32, 56] and [256, 56, 16]
+    CHECK(sameDims(big[c::kGateUpScale], dims({256, 32, 56})) && sameDims(big[c::kDownScale], dims({256, 56, 16})));
+    CHECK(plugin::validateMoeInputDims(v3, big.data(), 7).empty());
+    auto ragged = fp8Inputs(1, 4, 200, 8, 136); // 2I = 272: 3 blocks; d = 200: 2; I = 136: 2
+    CHECK(sameDims(ragged[c::kGateUpScale], dims({8, 3, 2})) && sameDims(ragged[c::kDownScale], dims({8, 2, 2})));
+    CHECK(plugin::validateMoeInputDims(a, ragged.data(), 7).empty());
+    auto dyn = fp8Inputs(-1, -1, 64, 8, 32);
+    CHECK(plugin::validateMoeInputDims(a, dyn.data(), 7).empty());
+    CHECK(plugin::validateMoeInputDims(a, tiny.data(), 6).find("DeepseekMoE: expected 5 or 7 inputs, got 6") != std::string::npos);
+    struct Case
+    {
+        int32_t input;
+        Dims shape;
+        char const* mention;
+    };
+    std::vector<Case> const bad = {
+        {c::kGateUpScale, dims({8, 1}), "rank 2, expected 3"},
+        {c::kGateUpScale, dims({4, 1, 1}), "expected 8 (num_experts)"},
+        {c::kGateUpScale, dims({8, 2, 2}), "axis 1 is 2, expected 3 (ceil(2I/128)"},
+        {c::kGateUpScale, dims({8, 3, 1}), "axis 2 is 1, expected 2 (ceil(d/128)"},
+        {c::kGateUpScale, dims({8, 272, 200}), "one scale per 128x128 block"},
+        {c::kDownScale, dims({8, 1, 2}), "axis 1 is 1, expected 2 (ceil(d/128)"},
+        {c::kDownScale, dims({8, 2, 3}), "axis 2 is 3, expected 2 (ceil(I/128)"},
+        {c::kDownScale, dims({7, 2, 2}), "expected 8 (num_experts)"},
+    };
+    for (Case const& k : bad)
+    {
+        auto v = fp8Inputs(1, 4, 200, 8, 136);
+        v[k.input] = k.shape;
+        std::string const why = plugin::validateMoeInputDims(a, v.data(), 7);
+        CHECK_MSG(why.find(k.mention) != std::string::npos && why.find(c::kInputNames[k.input]) != std::string::npos,
+            "got: " + why);
+    }
+    // The experts' own rules hold with FP8 experts too.
+    auto v = fp8Inputs(2, 3, 64, 8, 32);
+    v[c::kDownProj] = dims({8, 64, 16});
+    CHECK(plugin::validateMoeInputDims(a, v.data(), 7).find("I: half of gate_up_proj's axis 1") != std::string::npos);
+}
+
 void testOutputShapeAndTypes()
 {
     auto in = inputs(2, 3, 64, 8, 32);
@@ -103,6 +165,51 @@ void testOutputShapeAndTypes()
     CHECK(gLogger.contains("gate_up_proj must have the type of hidden_states", nvinfer1::ILogger::Severity::kERROR));
     DataType int8[5] = {DataType::kINT8, DataType::kFLOAT, DataType::kFLOAT, DataType::kINT8, DataType::kINT8};
     CHECK(p.getOutputDataTypes(&o, 1, int8, 5) != 0);
+
+    // 7 inputs: FP8 experts, float32 scales.
+    DataType const f = DataType::kFLOAT;
+    DataType const q = DataType::kFP8;
+    for (DataType t : {DataType::kHALF, DataType::kBF16, DataType::kFLOAT})
+    {
+        DataType types[7] = {t, f, f, q, q, f, f};
+        DataType out = DataType::kINT8;
+        CHECK(p.getOutputDataTypes(&out, 1, types, 7) == 0 && out == t);
+    }
+    struct Bad
+    {
+        DataType types[7];
+        char const* mention;
+    };
+    std::vector<Bad> const bad = {
+        {{h, f, f, h, q, f, f}, "input gate_up_proj must be float8e4m3fn (kFP8) in a 7-input node"},
+        {{h, f, f, q, h, f, f}, "input down_proj must be float8e4m3fn (kFP8) in a 7-input node"},
+        {{h, f, f, q, q, h, f}, "input gate_up_scale must be float32"},
+        {{h, f, f, q, q, f, q}, "input down_scale must be float32"},
+        {{h, h, f, q, q, f, f}, "router_weight must be float32"},
+        {{q, f, f, q, q, f, f}, "hidden_states must be float16, bfloat16 or float32"},
+    };
+    for (Bad const& b : bad)
+    {
+        gLogger.messages.clear();
+        CHECK(p.getOutputDataTypes(&o, 1, b.types, 7) != 0);
+        CHECK_MSG(gLogger.contains(b.mention, nvinfer1::ILogger::Severity::kERROR), b.mention);
+    }
+    DataType fp8In5[5] = {h, f, f, q, q}; // FP8 experts without their scales
+    gLogger.messages.clear();
+    CHECK(p.getOutputDataTypes(&o, 1, fp8In5, 5) != 0);
+    CHECK(gLogger.contains("gate_up_proj must have the type of hidden_states", nvinfer1::ILogger::Severity::kERROR));
+    DataType six[6] = {h, f, f, q, q, f};
+    gLogger.messages.clear();
+    CHECK(p.getOutputDataTypes(&o, 1, six, 6) != 0);
+    CHECK(gLogger.contains("DeepseekMoE: expected 5 or 7 inputs and 1 output", nvinfer1::ILogger::Severity::kERROR));
+    // Shapes: the output is hidden_states' with 7 inputs too; 6 inputs are refused.
+    auto in7 = fp8Inputs(2, 3, 64, 8, 32);
+    testutil::ShapeExprs exprs7(in7);
+    CHECK(p.getOutputShapes(exprs7.data(), 7, nullptr, 0, out, 1, exprs7.builder()) == 0);
+    CHECK(out[0].nbDims == 3 && out[0].d[0] == exprs7[0].d[0] && out[0].d[2] == exprs7[0].d[2]);
+    gLogger.messages.clear();
+    CHECK(p.getOutputShapes(exprs7.data(), 6, nullptr, 0, out, 1, exprs7.builder()) != 0);
+    CHECK(gLogger.contains("DeepseekMoE: expected 5 or 7 inputs and 1 output", nvinfer1::ILogger::Severity::kERROR));
 }
 
 bool expectedSupport(int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format)
@@ -130,23 +237,60 @@ void testFormatMatrix()
     // Position 0: the 3 activation types (9 x 3); positions 3, 4, 5: t0 when t0 is one (3 x 3); float at 1
     // and 2 for every t0 (9 x 2).
     CHECK_MSG(accepted == 9 * 3 + 3 * 3 + 9 * 2, "accepted " + std::to_string(accepted));
-    nvinfer1::DynamicPluginTensorDesc io[6]{};
+    nvinfer1::DynamicPluginTensorDesc io[8]{};
     CHECK(!p.supportsFormatCombination(6, io, 5, 1));
     CHECK(!p.supportsFormatCombination(0, io, 4, 1));
+    CHECK(!p.supportsFormatCombination(0, io, 6, 1));
+    CHECK(!p.supportsFormatCombination(8, io, 7, 1));
     CHECK(!p.supportsFormatCombination(0, nullptr, 5, 1));
 }
 
+bool expectedFp8Support(int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format)
+{
+    if (format != nvinfer1::TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    if (pos == c::kRouterWeight || pos == c::kScoreBias || pos == c::kGateUpScale || pos == c::kDownScale)
+    {
+        return types[pos] == DataType::kFLOAT;
+    }
+    if (pos == c::kGateUpProj || pos == c::kDownProj)
+    {
+        return types[pos] == DataType::kFP8;
+    }
+    bool const activation
+        = types[pos] == DataType::kHALF || types[pos] == DataType::kBF16 || types[pos] == DataType::kFLOAT;
+    return activation && types[pos] == types[0];
+}
+
+void testFp8FormatMatrix()
+{
+    plugin::DeepseekMoePlugin p(tinyMoe());
+    DataType const f = DataType::kFLOAT;
+    DataType const q = DataType::kFP8;
+    auto const [checked, accepted] = testutil::checkFormatMatrix(
+        p, 7, 1, [f, q](DataType t0) { return std::vector<DataType>{t0, f, f, q, q, f, f, t0}; }, expectedFp8Support);
+    CHECK(checked == 9 * 8 * 9 * 2);
+    // hidden_states: the 3 activation types (9 x 3); the output: t0 when t0 is one (3); router, bias and the two
+    // scales float32, the two expert tensors kFP8, for every t0 (9 x 6).
+    CHECK_MSG(accepted == 9 * 3 + 3 + 9 * 6, "accepted " + std::to_string(accepted));
+}
+
+//! The profile [lo, hi] of a 5-input layer, or of a 7-input one (FP8 experts) when lo has 7 shapes.
 void profile(nvinfer1::DynamicPluginTensorDesc* in, std::vector<Dims> const& lo, std::vector<Dims> const& hi,
     DataType t)
 {
-    for (int32_t i = 0; i < 5; ++i)
+    bool const fp8 = lo.size() == 7;
+    for (size_t i = 0; i < lo.size(); ++i)
     {
         in[i].min = lo[i];
         in[i].max = hi[i];
         in[i].opt = hi[i];
         in[i].desc.dims = hi[i];
         in[i].desc.dims.d[0] = i == 0 ? -1 : hi[i].d[0];
-        in[i].desc.type = i == c::kRouterWeight || i == c::kScoreBias ? DataType::kFLOAT : t;
+        bool const experts = i == c::kGateUpProj || i == c::kDownProj;
+        in[i].desc.type = fp8 && experts ? DataType::kFP8 : (experts || i == c::kHiddenStates ? t : DataType::kFLOAT);
         in[i].desc.format = nvinfer1::TensorFormat::kLINEAR;
     }
 }
@@ -181,6 +325,27 @@ void testConfigurePlugin()
     gLogger.messages.clear();
     CHECK(wide.configurePlugin(in, 5, out, 1) != 0);
     CHECK(gLogger.contains("1 to 512 routed experts", nvinfer1::ILogger::Severity::kERROR));
+
+    // FP8 experts: the tiny-moe and V3 layers build in float16 and bfloat16; bad scale bounds are refused.
+    nvinfer1::DynamicPluginTensorDesc in7[7]{};
+    plugin::MoeAttributes const v3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
+    for (DataType t : {DataType::kHALF, DataType::kBF16})
+    {
+        profile(in7, fp8Inputs(1, 1, 64, 8, 32), fp8Inputs(8, 16, 64, 8, 32), t);
+        CHECK(p.configurePlugin(in7, 7, out, 1) == 0);
+        plugin::DeepseekMoePlugin big(v3);
+        profile(in7, fp8Inputs(1, 1, 7168, 256, 2048), fp8Inputs(32, 2048, 7168, 256, 2048), t);
+        CHECK(big.configurePlugin(in7, 7, out, 1) == 0);
+    }
+    profile(in7, fp8Inputs(1, 1, 64, 8, 32), fp8Inputs(8, 16, 64, 8, 32), DataType::kHALF);
+    in7[c::kDownScale].max = dims({8, 1, 2});
+    gLogger.messages.clear();
+    CHECK(p.configurePlugin(in7, 7, out, 1) != 0);
+    CHECK(gLogger.contains("ceil(I/128)", nvinfer1::ILogger::Severity::kERROR)
+        && gLogger.contains("(profile bounds)", nvinfer1::ILogger::Severity::kERROR));
+    gLogger.messages.clear();
+    CHECK(p.configurePlugin(in7, 6, out, 1) != 0);
+    CHECK(gLogger.contains("DeepseekMoE: expected 5 or 7 inputs and 1 output", nvinfer1::ILogger::Severity::kERROR));
 }
 
 void testWorkspace()
@@ -191,12 +356,12 @@ void testWorkspace()
     {
         auto lo = inputs(1, 1, 64, 8, 32);
         auto hi = inputs(1, hiTokens, 64, 8, 32);
-        size_t const got = plugin::moeWorkspaceSize(a, lo.data(), hi.data(), kernels::DataType::kFLOAT16);
+        size_t const got = plugin::moeWorkspaceSize(a, lo.data(), hi.data(), 5, kernels::DataType::kFLOAT16);
         size_t best = 0;
         for (int64_t t = 1; t <= hiTokens; ++t)
         {
             auto in = inputs(1, t, 64, 8, 32);
-            best = std::max(best, kernels::moe::workspaceBytes(plugin::moeKernelDims(a, in.data(), kernels::DataType::kFLOAT16)));
+            best = std::max(best, kernels::moe::workspaceBytes(plugin::moeKernelDims(a, in.data(), 5, kernels::DataType::kFLOAT16)));
         }
         CHECK_MSG(got == best && got > 0, "tokens up to " + std::to_string(hiTokens));
     }
@@ -205,8 +370,8 @@ void testWorkspace()
     auto lo = inputs(1, 1, 7168, 256, 2048);
     auto hi = inputs(32, 2048, 7168, 256, 2048);
     auto chunk = inputs(1, kernels::moe::chunkTokens(), 7168, 256, 2048);
-    size_t const big = plugin::moeWorkspaceSize(v3, lo.data(), hi.data(), kernels::DataType::kBFLOAT16);
-    size_t const one = kernels::moe::workspaceBytes(plugin::moeKernelDims(v3, chunk.data(), kernels::DataType::kBFLOAT16));
+    size_t const big = plugin::moeWorkspaceSize(v3, lo.data(), hi.data(), 5, kernels::DataType::kBFLOAT16);
+    size_t const one = kernels::moe::workspaceBytes(plugin::moeKernelDims(v3, chunk.data(), 5, kernels::DataType::kBFLOAT16));
     CHECK(big == one && big > 0);
     std::printf("workspace: V3 layer, a 4096-token chunk: %.1f MiB\n", static_cast<double>(big) / (1 << 20));
     // Through the plugin (DynamicPluginTensorDesc bounds), and 0 for a type without kernels.
@@ -216,14 +381,45 @@ void testWorkspace()
     auto lo2 = inputs(1, 1, 64, 8, 32);
     auto hi2 = inputs(4, 100, 64, 8, 32);
     CHECK(p.getWorkspaceSize(in, 5, nullptr, 1)
-        == plugin::moeWorkspaceSize(a, lo2.data(), hi2.data(), kernels::DataType::kFLOAT16));
+        == plugin::moeWorkspaceSize(a, lo2.data(), hi2.data(), 5, kernels::DataType::kFLOAT16));
     in[0].desc.type = DataType::kINT8;
     CHECK(p.getWorkspaceSize(in, 5, nullptr, 1) == 0);
+
+    // FP8 experts: exhaustive over token counts, the kernels' FP8 figure; through the plugin with 7 inputs.
+    for (int64_t hiTokens : {1, 7, 64, 65, 300})
+    {
+        auto lo7 = fp8Inputs(1, 1, 64, 8, 32);
+        auto hi7 = fp8Inputs(1, hiTokens, 64, 8, 32);
+        size_t const got = plugin::moeWorkspaceSize(a, lo7.data(), hi7.data(), 7, kernels::DataType::kBFLOAT16);
+        size_t best = 0;
+        for (int64_t t = 1; t <= hiTokens; ++t)
+        {
+            auto in7 = fp8Inputs(1, t, 64, 8, 32);
+            kernels::moe::Dims const kd = plugin::moeKernelDims(a, in7.data(), 7, kernels::DataType::kBFLOAT16);
+            CHECK(kd.fp8Experts == 1);
+            best = std::max(best, kernels::moe::workspaceBytes(kd));
+        }
+        CHECK_MSG(got == best && got > 0, "FP8 experts, tokens up to " + std::to_string(hiTokens));
+    }
+    auto loV3 = fp8Inputs(1, 1, 7168, 256, 2048);
+    auto hiV3 = fp8Inputs(32, 2048, 7168, 256, 2048);
+    std::printf("workspace: V3 layer with FP8 experts, a 4096-token chunk: %.1f MiB\n",
+        static_cast<double>(plugin::moeWorkspaceSize(v3, loV3.data(), hiV3.data(), 7, kernels::DataType::kBFLOAT16))
+            / (1 << 20));
+    nvinfer1::DynamicPluginTensorDesc in7[7]{};
+    auto lo7 = fp8Inputs(1, 1, 64, 8, 32);
+    auto hi7 = fp8Inputs(4, 100, 64, 8, 32);
+    profile(in7, lo7, hi7, DataType::kHALF);
+    CHECK(p.getWorkspaceSize(in7, 7, nullptr, 1)
+        == plugin::moeWorkspaceSize(a, lo7.data(), hi7.data(), 7, kernels::DataType::kFLOAT16));
+    CHECK(p.getWorkspaceSize(in7, 6, nullptr, 1) == 0);
+    CHECK(plugin::moeKernelDims(a, hi2.data(), 5, kernels::DataType::kFLOAT16).fp8Experts == 0);
 }
 } // namespace
 
 int main()
 {
     return testutil::runTests("test_moe_shapes", gLogger,
-        {testInputDims, testOutputShapeAndTypes, testFormatMatrix, testConfigurePlugin, testWorkspace});
+        {testInputDims, testFp8InputDims, testOutputShapeAndTypes, testFormatMatrix, testFp8FormatMatrix,
+            testConfigurePlugin, testWorkspace});
 }

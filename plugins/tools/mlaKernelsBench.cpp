@@ -289,7 +289,7 @@ int checkMoe(Driver const& cu, k::Module const& module)
     for (Case const& c : cases)
     {
         m::Dims d{c.tokens, c.hidden, c.inter, c.experts, c.topK, c.nGroup, c.topkGroup, c.scoring, c.groupScore,
-            c.useBias, c.normalize, c.scale, c.dtype};
+            c.useBias, c.normalize, c.scale, c.dtype, /*fp8Experts=*/0};
         char const* why = nullptr;
         if (!m::supported(d, &why))
         {
@@ -320,7 +320,7 @@ int checkMoe(Driver const& cu, k::Module const& module)
         auto down = filled(e * hid * in, true, 0.05F);
         Buffer out(cu, t * hid * 2), workspace(cu, m::workspaceBytes(d));
         m::Tensors tensors{hidden->get(), static_cast<float const*>(router->get()),
-            static_cast<float const*>(bias->get()), gateUp->get(), down->get(), out.get()};
+            static_cast<float const*>(bias->get()), gateUp->get(), down->get(), out.get(), nullptr, nullptr};
         std::vector<uint16_t> first(t * hid), second(t * hid);
         bool ok = m::launch(module, d, tensors, workspace.get(), nullptr) == CUDA_SUCCESS && cu.sync() == CUDA_SUCCESS
             && cu.dtoh(first.data(), out.ptr, t * hid * 2) == CUDA_SUCCESS

@@ -13,9 +13,9 @@ import torch
 
 from ...common.moe_rule import RoutingRule
 from . import align as moe_align, experts as moe_experts, route as moe_route
-from .plan import (ALIGN_NUM_WARPS, COMBINE_NUM_WARPS, COUNT_NUM_WARPS, FP32_NUM_STAGES, FP_FUSION,
-                       ROUTER_NUM_WARPS, TOPK_NUM_WARPS, ChunkPlan, MoeDims, MoePlan, kernel_constexprs,
-                       kernel_variant, make_plan)
+from .plan import (ALIGN_NUM_WARPS, COMBINE_NUM_WARPS, COUNT_NUM_WARPS, FP8_BLOCK, FP32_NUM_STAGES, FP_FUSION,
+                   ROUTER_NUM_WARPS, TOPK_NUM_WARPS, ChunkPlan, MoeDims, MoePlan, kernel_constexprs, kernel_variant,
+                   make_plan, native_fp8)
 
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
@@ -61,11 +61,36 @@ def _check_router(named: dict, rule) -> int:
     return d
 
 
-def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out) -> MoeDims:
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_scales(named: dict, experts: int, d: int, inter: int) -> None:
+    """FP8 experts: float8_e4m3fn weights and float32 scales of one entry per 128 x 128 block."""
+    for name in ("gate_up_proj", "down_proj"):
+        if named[name].dtype != torch.float8_e4m3fn:
+            raise TypeError(f"{name} must be float8_e4m3fn when its block scales are given, got {named[name].dtype}")
+    expected = {"gate_up_scale": (experts, _cdiv(2 * inter, FP8_BLOCK), _cdiv(d, FP8_BLOCK)),
+                "down_scale": (experts, _cdiv(d, FP8_BLOCK), _cdiv(inter, FP8_BLOCK))}
+    for name, shape in expected.items():
+        if not isinstance(named[name], torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(named[name]).__name__}")
+        if named[name].dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {named[name].dtype}")
+        if tuple(named[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} (one scale per {FP8_BLOCK}x{FP8_BLOCK} block "
+                             f"of its weight), got {list(named[name].shape)}")
+
+
+def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out, gate_up_scale=None,
+                down_scale=None) -> MoeDims:
     named = {"hidden_states": hidden, "router_weight": router_weight, "score_bias": score_bias,
              "gate_up_proj": gate_up_proj, "down_proj": down_proj}
     if out is not None:
         named["out"] = out
+    if (gate_up_scale is None) != (down_scale is None):
+        raise ValueError("FP8 experts take both gate_up_scale and down_scale; pass both or neither")
+    fp8 = gate_up_scale is not None
     d = _check_router(named, rule)
     experts = rule.num_experts
     if gate_up_proj.dim() != 3 or gate_up_proj.shape[0] != experts or gate_up_proj.shape[2] != d \
@@ -80,11 +105,24 @@ def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule
             raise ValueError(f"{name} must have shape {list(shape)} (from hidden_states [..., d={d}], num_experts="
                              f"{experts} and gate_up_proj's 2I={2 * inter}), got {list(named[name].shape)}")
     dtype = hidden.dtype
-    for name in ("gate_up_proj", "down_proj") + (("out",) if out is not None else ()):
+    for name in (() if fp8 else ("gate_up_proj", "down_proj")) + (("out",) if out is not None else ()):
         if named[name].dtype != dtype:
             raise TypeError(f"{name} must have hidden_states' dtype {dtype}, got {named[name].dtype}")
+    if fp8:
+        named.update(gate_up_scale=gate_up_scale, down_scale=down_scale)
+        _check_scales(named, experts, d, inter)
     _check_device(named)
-    return MoeDims(hidden.numel() // d if d else 0, d, inter, experts, rule.top_k, rule.n_group, _DTYPES[dtype])
+    return MoeDims(hidden.numel() // d if d else 0, d, inter, experts, rule.top_k, rule.n_group, _DTYPES[dtype],
+                   int(fp8))
+
+
+def device_native_fp8(device: torch.device) -> bool:
+    """Whether the FP8 expert kernels use FP8 x FP8 products on `device` (compute capability 8.9 or later);
+    False under the interpreter (CPU tensors)."""
+    if device.type != "cuda":
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return native_fp8(10 * major + minor)
 
 
 def plan_for(dims: MoeDims, chunk_tokens: int | None = None, config: str | None = None) -> MoePlan:
@@ -130,36 +168,45 @@ def _align(dims: MoeDims, chunk: ChunkPlan, ws: _Workspace) -> None:
         enable_fp_fusion=FP_FUSION)
 
 
-def _experts(hidden, gate_up_proj, down_proj, out, dims: MoeDims, plan: MoePlan, chunk: ChunkPlan,
-             ws: _Workspace) -> None:
-    """Kernels 5-7: `out [Tc, d]` from the chunk's tokens and the alignment in `ws`."""
+def _experts(hidden, experts: tuple, out, dims: MoeDims, plan: MoePlan, chunk: ChunkPlan, ws: _Workspace,
+             native: bool) -> None:
+    """Kernels 5-7: `out [Tc, d]` from the chunk's tokens and the alignment in `ws`. experts: (gate_up_proj,
+    gate_up_scale, down_proj, down_scale), the weights as uint8 views and the scales given for FP8 experts,
+    the scales None otherwise (the kernels then never read them)."""
+    gate_up_proj, gate_up_scale, down_proj, down_scale = experts
     variant = kernel_variant("gate_up", plan, chunk)
-    gemm = kernel_constexprs("gate_up", variant, dims.dtype)
+    gemm = kernel_constexprs("gate_up", variant, dims.dtype, native)
     stages = FP32_NUM_STAGES if dims.dtype == "float32" else chunk.config.num_stages
     moe_experts.moe_gate_up_kernel[chunk.gate_up_grid](
-        hidden, gate_up_proj, ws.sorted, ws.block_expert, ws.act, chunk.slots, dims.top_k, dims.hidden, dims.inter,
-        **gemm, num_warps=chunk.config.num_warps, num_stages=stages, enable_fp_fusion=FP_FUSION)
+        hidden, gate_up_proj, gate_up_scale, ws.sorted, ws.block_expert, ws.act, chunk.slots, dims.top_k,
+        dims.hidden, dims.inter, **gemm, num_warps=chunk.config.num_warps, num_stages=stages,
+        enable_fp_fusion=FP_FUSION)
     moe_experts.moe_down_kernel[chunk.down_grid](
-        ws.act, down_proj, ws.sorted, ws.block_expert, ws.weights, ws.y, chunk.slots, dims.hidden, dims.inter,
-        **gemm, num_warps=chunk.config.num_warps, num_stages=stages, enable_fp_fusion=FP_FUSION)
+        ws.act, down_proj, down_scale, ws.sorted, ws.block_expert, ws.weights, ws.y, chunk.slots, dims.hidden,
+        dims.inter, **gemm, num_warps=chunk.config.num_warps, num_stages=stages, enable_fp_fusion=FP_FUSION)
     moe_experts.moe_combine_kernel[chunk.combine_grid](
         ws.y, out, dims.top_k, dims.hidden, **kernel_constexprs("combine", 0, dims.dtype),
         num_warps=COMBINE_NUM_WARPS, num_stages=1, enable_fp_fusion=FP_FUSION)
 
 
 def deepseek_moe_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: torch.Tensor,
-                        gate_up_proj: torch.Tensor, down_proj: torch.Tensor, rule: RoutingRule, *,
+                        gate_up_proj: torch.Tensor, down_proj: torch.Tensor, rule: RoutingRule,
+                        gate_up_scale: torch.Tensor | None = None, down_scale: torch.Tensor | None = None, *,
                         out: torch.Tensor | None = None, chunk_tokens: int | None = None,
-                        config: str | None = None) -> torch.Tensor:
+                        config: str | None = None, native_fp8: bool | None = None) -> torch.Tensor:
     """DeepseekMoE (contract.py, semantics of moe.moe_reference) with the Triton kernels: the routed output.
 
     hidden [..., d] T (T float16, bfloat16 or float32); router_weight [E, d] float32; score_bias [E] float32
     (read when rule.use_bias); gate_up_proj [E, 2I, d] T (gate rows, then up rows); down_proj [E, d, I] T; all
-    contiguous and on one device. Returns [..., d] T (into `out` when given). Routing runs in float32 with
-    moe.route's tie rule; the sum over a token's experts in float32, in top-k order; deterministic.
-    chunk_tokens and config ("decode" / "prefill") override the plan's choices (tests).
+    contiguous and on one device. FP8 experts (contract version 2): gate_up_proj and down_proj float8_e4m3fn with
+    gate_up_scale [E, ceil(2I/128), ceil(d/128)] and down_scale [E, ceil(d/128), ceil(I/128)] float32, each
+    weight being q * scale per 128 x 128 block (experts.py says how the product is formed on each GPU).
+    Returns [..., d] T (into `out` when given). Routing runs in float32 with moe.route's tie rule; the sum over
+    a token's experts in float32, in top-k order; deterministic. chunk_tokens, config ("decode" / "prefill")
+    and native_fp8 (FP8 x FP8 products or weight-only; default: the device's) override the plan (tests).
     """
-    dims = _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out)
+    dims = _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out, gate_up_scale,
+                       down_scale)
     result = out if out is not None else torch.empty_like(hidden)
     plan = plan_for(dims, chunk_tokens, config)
     if plan.num_chunks == 0 or dims.hidden == 0:
@@ -167,12 +214,17 @@ def deepseek_moe_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score
     x = hidden.view(dims.tokens, dims.hidden)  # [T, d]
     y = result.view(dims.tokens, dims.hidden)  # [T, d]
     ws = _Workspace(plan, dims, hidden.device, hidden.dtype)
+    if dims.fp8_experts:  # the kernels read e4m3 bytes (sm_80/86 cannot load float8 types)
+        experts = (gate_up_proj.view(torch.uint8), gate_up_scale, down_proj.view(torch.uint8), down_scale)
+    else:
+        experts = (gate_up_proj, None, down_proj, None)
+    native = device_native_fp8(hidden.device) if native_fp8 is None else bool(native_fp8)
     for index in range(plan.num_chunks):
         start, chunk = plan.chunk(index)
         rows = slice(start, start + chunk.tokens)
         _route(x[rows], router_weight, score_bias, rule, dims, plan, chunk, ws)
         _align(dims, chunk, ws)
-        _experts(x[rows], gate_up_proj, down_proj, y[rows], dims, plan, chunk, ws)
+        _experts(x[rows], experts, y[rows], dims, plan, chunk, ws, native)
     return result
 
 

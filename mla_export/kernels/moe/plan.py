@@ -21,7 +21,10 @@ max_blocks = cdiv(Tc*K, BLOCK_M) + min(E, Tc*K) bounds the padded blocks whateve
 past the last used one (expert -1) exit at once, so an expert no token routes to is never read.
 
 GEMM config: "decode" (BLOCK_M 16: few tokens per expert, weight-bandwidth bound) when
-Tc*K <= DECODE_SLOTS_PER_EXPERT * E, else "prefill" (BLOCK_M 64: compute bound).
+Tc*K <= DECODE_SLOTS_PER_EXPERT * E, else "prefill" (BLOCK_M 64: compute bound). FP8 experts (contract
+version 2) have their own pair, FP8_CONFIG_OFFSET further in GEMM_CONFIGS: BLOCK_K 128, one scale block (and
+one activation-quantization group) per K-tile; the same kernels with FP8 = 1, compiled per arch with
+NATIVE_FP8 = native_fp8(arch) (FP8 x FP8 products on sm_89+, weight-only dequantization on sm_80/86).
 
 Workspace (bytes, each region at a multiple of WORKSPACE_ALIGN; Tc = the largest chunk):
     logits       [Tc, E]                 float32
@@ -67,6 +70,7 @@ class GemmConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    fp8: bool = False  # for FP8 experts (BLOCK_K divides FP8_BLOCK)
 
 
 # Shared memory (fp16/bf16, gate_up holds two weight tiles): decode 16x64x64 at 4 stages and prefill 64x64x64 at
@@ -74,15 +78,27 @@ class GemmConfig:
 GEMM_CONFIGS = (
     GemmConfig("decode", block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=4),
     GemmConfig("prefill", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3),
+    # FP8 experts: the weight tiles are 1 byte per element, so BLOCK_K 128 costs the shared memory of 64 in T.
+    GemmConfig("decode", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, fp8=True),
+    GemmConfig("prefill", block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3, fp8=True),
 )
+FP8_CONFIG_OFFSET = 2  # GEMM_CONFIGS[i + FP8_CONFIG_OFFSET] is config i for FP8 experts
+FP8_BLOCK = 128  # contract.FP8_BLOCK: the experts' scale blocks are FP8_BLOCK x FP8_BLOCK
+NATIVE_FP8_MIN_ARCH = 89  # FP8 tensor cores: sm_89, 90, 100, 120; sm_80/86/87 dequantize the weights instead
 FP32_NUM_STAGES = 2  # float32 tiles are twice as large (Python API only)
 
 
-def config_named(name: str) -> GemmConfig:
+def native_fp8(arch: int) -> bool:
+    """Whether the FP8 expert kernels compiled for compute capability `arch` use FP8 x FP8 products."""
+    return arch >= NATIVE_FP8_MIN_ARCH
+
+
+def config_named(name: str, fp8: bool = False) -> GemmConfig:
+    """The GEMM config called `name` ("decode", "prefill") for experts in T or in FP8."""
     for c in GEMM_CONFIGS:
-        if c.name == name:
+        if c.name == name and c.fp8 == bool(fp8):
             return c
-    raise ValueError(f"GEMM config {name!r}: expected one of {[c.name for c in GEMM_CONFIGS]}")
+    raise ValueError(f"GEMM config {name!r}: expected one of {sorted({c.name for c in GEMM_CONFIGS})}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ class MoeDims:
     top_k: int  # K
     n_group: int
     dtype: str  # "float16", "bfloat16", "float32"
+    fp8_experts: int = 0  # 1: gate_up_proj / down_proj in FP8 with block scales (contract version 2)
 
 
 @dataclass(frozen=True)
@@ -165,9 +182,11 @@ def topk_block_e(num_experts: int) -> int:
     return _next_pow2(num_experts)
 
 
-def choose_config(tokens: int, top_k: int, num_experts: int) -> GemmConfig:
-    """decode while the chunk's slots average at most DECODE_SLOTS_PER_EXPERT per expert, else prefill."""
-    return GEMM_CONFIGS[0] if tokens * top_k <= DECODE_SLOTS_PER_EXPERT * num_experts else GEMM_CONFIGS[1]
+def choose_config(tokens: int, top_k: int, num_experts: int, fp8: bool = False) -> GemmConfig:
+    """decode while the chunk's slots average at most DECODE_SLOTS_PER_EXPERT per expert, else prefill (the
+    FP8 pair for FP8 experts)."""
+    index = 0 if tokens * top_k <= DECODE_SLOTS_PER_EXPERT * num_experts else 1
+    return GEMM_CONFIGS[index + (FP8_CONFIG_OFFSET if fp8 else 0)]
 
 
 def max_blocks(slots: int, num_experts: int, block_m: int) -> int:
@@ -177,7 +196,7 @@ def max_blocks(slots: int, num_experts: int, block_m: int) -> int:
 
 def chunk_plan(dims: MoeDims, tokens: int, config: GemmConfig | None = None) -> ChunkPlan:
     """The launches of a chunk of `tokens` tokens; `config` overrides the decode/prefill rule (tests)."""
-    cfg = config or choose_config(tokens, dims.top_k, dims.num_experts)
+    cfg = config or choose_config(tokens, dims.top_k, dims.num_experts, bool(dims.fp8_experts))
     slots = tokens * dims.top_k
     blocks = max_blocks(slots, dims.num_experts, cfg.block_m)
     return ChunkPlan(
@@ -197,7 +216,7 @@ def make_plan(dims: MoeDims, chunk_tokens: int | None = None, config: str | None
     chunk = chunk_tokens or CHUNK_TOKENS
     if chunk < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk}")
-    cfg = config_named(config) if config is not None else None
+    cfg = config_named(config, bool(dims.fp8_experts)) if config is not None else None
     num_chunks = _cdiv(dims.tokens, chunk) if dims.tokens > 0 else 0
     full = chunk_plan(dims, min(dims.tokens, chunk), cfg)
     last = chunk_plan(dims, dims.tokens - (num_chunks - 1) * chunk, cfg) if num_chunks > 1 else full
@@ -295,8 +314,9 @@ def kernel_indices(plan: MoePlan, chunk: ChunkPlan, dtype: str) -> tuple[int, ..
     return tuple(found)
 
 
-def kernel_constexprs(kind: str, variant: int, dtype: str) -> dict:
-    """The tl.constexpr arguments of kernel `kind`: one definition for the Python API and the AOT build."""
+def kernel_constexprs(kind: str, variant: int, dtype: str, native: bool = False) -> dict:
+    """The tl.constexpr arguments of kernel `kind`: one definition for the Python API and the AOT build.
+    `native`: FP8 configs use FP8 x FP8 products (the device's or the compiled arch's `native_fp8`)."""
     if kind == "router_logits":
         return {"BLOCK_T": ROUTER_BLOCK_T, "BLOCK_E": ROUTER_BLOCK_E, "BLOCK_D": ROUTER_BLOCK_D}
     if kind == "topk":
@@ -308,14 +328,16 @@ def kernel_constexprs(kind: str, variant: int, dtype: str) -> dict:
     if kind in ("gate_up", "down"):
         cfg = GEMM_CONFIGS[variant]
         return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+                "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "FP8": int(cfg.fp8),
+                "NATIVE_FP8": int(cfg.fp8 and native)}
     if kind == "combine":
         return {"BLOCK_D": COMBINE_BLOCK_D}
     raise ValueError(f"unknown kernel kind {kind!r}")
 
 
 # Runtime arguments of each kernel kind, in the kernels' order: (name, Triton type), "T" standing for the
-# element type. The hand-written C++ launchers (plugins/kernels/moeKernels.cpp) pass them in this order, then
+# element type and "*W" for the expert weights' (T, or "*u8" for FP8 experts: e4m3 bytes; their "scale_ptr"
+# is then read, else unused and passed null). The hand-written C++ launchers (plugins/kernels/moeKernels.cpp) pass them in this order, then
 # Triton's global-scratch and profile-scratch pointers. "D" and "I" are declared multiples of DIM_MULTIPLE.
 RUNTIME_ARGS = {
     "router_logits": (("hidden_ptr", "*T"), ("router_ptr", "*fp32"), ("logits_ptr", "*fp32"), ("T", "i32"),
@@ -327,9 +349,9 @@ RUNTIME_ARGS = {
     "count": (("ids_ptr", "*i32"), ("counts_ptr", "*i32"), ("num_slots", "i32"), ("E", "i32")),
     "align": (("ids_ptr", "*i32"), ("counts_ptr", "*i32"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
               ("num_slots", "i32"), ("E", "i32"), ("block_m", "i32"), ("max_blocks", "i32")),
-    "gate_up": (("hidden_ptr", "*T"), ("w_ptr", "*T"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
+    "gate_up": (("hidden_ptr", "*T"), ("w_ptr", "*W"), ("scale_ptr", "*fp32"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
                 ("act_ptr", "*T"), ("num_slots", "i32"), ("top_k", "i32"), ("D", "i32"), ("I", "i32")),
-    "down": (("act_ptr", "*T"), ("w_ptr", "*T"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
+    "down": (("act_ptr", "*T"), ("w_ptr", "*W"), ("scale_ptr", "*fp32"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
              ("weights_ptr", "*fp32"), ("y_ptr", "*T"), ("num_slots", "i32"), ("D", "i32"), ("I", "i32")),
     "combine": (("y_ptr", "*T"), ("out_ptr", "*T"), ("top_k", "i32"), ("D", "i32")),
 }
@@ -337,16 +359,20 @@ DIVISIBLE_ARGS = ("D", "I")
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", DTYPE_FREE: "fp32"}
 
 
-def runtime_args(kind: str, dtype: str = "float16") -> list[tuple[str, str]]:
-    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype`, in order."""
-    return [(name, ty.replace("T", _TRITON_TYPES[dtype]) if ty == "*T" else ty) for name, ty in RUNTIME_ARGS[kind]]
+def runtime_args(kind: str, dtype: str = "float16", fp8: bool = False) -> list[tuple[str, str]]:
+    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype` (and FP8 experts), in
+    order."""
+    types = {"*T": "*" + _TRITON_TYPES[dtype], "*W": "*u8" if fp8 else "*" + _TRITON_TYPES[dtype]}
+    return [(name, types.get(ty, ty)) for name, ty in RUNTIME_ARGS[kind]]
 
 
-def kernel_signature(spec: KernelSpec) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, attrs) of `spec` for Triton's ASTSource: runtime arguments then constexprs;
-    every pointer is declared 16-byte aligned, and D and I multiples of DIM_MULTIPLE."""
-    runtime = runtime_args(spec.kind, spec.dtype)
-    constexprs = kernel_constexprs(spec.kind, spec.variant, spec.dtype)
+def kernel_signature(spec: KernelSpec, arch: int | None = None) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of `spec` compiled for compute capability `arch` (which decides NATIVE_FP8)
+    for Triton's ASTSource: runtime arguments then constexprs; every pointer is declared 16-byte aligned, and D and
+    I multiples of DIM_MULTIPLE."""
+    fp8 = spec.kind in ("gate_up", "down") and GEMM_CONFIGS[spec.variant].fp8
+    runtime = runtime_args(spec.kind, spec.dtype, fp8)
+    constexprs = kernel_constexprs(spec.kind, spec.variant, spec.dtype, arch is not None and native_fp8(arch))
     sig = dict(runtime)
     sig.update({k: "constexpr" for k in constexprs})
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(runtime)

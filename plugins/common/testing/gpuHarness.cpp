@@ -160,7 +160,8 @@ size_t tensorBytes(nvinfer1::PluginTensorDesc const& desc)
         n *= static_cast<size_t>(desc.dims.d[a]);
     }
     bool const wide = desc.type == nvinfer1::DataType::kFLOAT || desc.type == nvinfer1::DataType::kINT32;
-    return n * (wide ? 4 : 2);
+    bool const narrow = desc.type == nvinfer1::DataType::kFP8;
+    return n * (wide ? 4 : (narrow ? 1 : 2));
 }
 
 std::string uploadFile(Driver const& cu, std::string const& path, size_t bytes, CUdeviceptr& out)

@@ -64,7 +64,7 @@ private:
 //! A linear tensor of `shape` and `type`.
 nvinfer1::PluginTensorDesc tensorDesc(std::vector<int64_t> const& shape, nvinfer1::DataType type);
 
-//! The bytes of a linear tensor of float32, int32, float16 or bfloat16.
+//! The bytes of a linear tensor of float32, int32, float16, bfloat16 or float8e4m3fn.
 size_t tensorBytes(nvinfer1::PluginTensorDesc const& desc);
 
 //! A new device buffer holding the file `path`, which must hold `bytes` bytes; "" or what failed.
