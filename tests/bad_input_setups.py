@@ -146,3 +146,40 @@ def not_utf8(d: Path, name: bytes) -> Path:
 
 
 DECOMPOSED = ("--backend", "tensorrt-rtx", "--attention", "decomposed")
+
+
+def tokens_model(d: Path, f: Files) -> Path:
+    """A copy of an `--io tokens` export of the corpus checkpoint (made once, beside the corpus's files)."""
+    from corpus import run
+
+    source = f.checkpoint.parent / "tokens" / "m.onnx"
+    if not source.exists():
+        source.parent.mkdir(exist_ok=True)
+        result = run("export", "--checkpoint", f.checkpoint, "--io", "tokens", "--max-seq-len", SMAX, "-q",
+                     "-o", source)
+        assert result.exit_code == 0, result.output
+    return copy_model(source, d)
+
+
+def word_tokenizer(d: Path, words: int = 20, config: dict | None = None) -> Path:
+    """A word-level tokenizer.json of `words` words ("w0" ...) and "<unk>" in `d` (with a
+    tokenizer_config.json when `config` is given); returns the file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, **{f"w{i}": i + 1 for i in range(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(d / "tokenizer.json"))
+    if config is not None:
+        (d / "tokenizer_config.json").write_text(json.dumps(config))
+    return d / "tokenizer.json"
+
+
+def generate_case(*options, words: int = 20, config: dict | None = None, model=tokens_model):
+    """`generate --onnx` of an --io tokens export with a word-level tokenizer beside it, and `options`
+    (callables of (d, f) allowed)."""
+    def setup(d: Path, f: Files):
+        tokenizer = word_tokenizer(d, words, config)
+        return ["generate", "--onnx", model(d, f), "--tokenizer", tokenizer,
+                *[o(d, f) if callable(o) else o for o in options]]
+    return setup

@@ -30,7 +30,8 @@ import torch
 from mla_export.common import contract
 
 from bad_input_setups import (DECOMPOSED, Case, command_line, config_case, damaged_checkpoint, engine_case, fifo,
-                              good_model, nested_json, not_utf8, onnx_case, path_in, raw_json, sidecar_edit, with_nan)
+                              generate_case, good_model, nested_json, not_utf8, onnx_case, path_in, raw_json,
+                              sidecar_edit, tokens_model, with_nan)
 from corpus import (RTX_BUILD, SMAX, TINY_JSON, add_tensors, assert_fits_two_lines, assert_refused, copy_model,
                     data_file_of, edit_checkpoint_config, edit_config, edit_index, edit_metadata, edit_node,
                     fake_engine, fill_initializers, huge_offsets, index_file, relocate, remove_attribute, rename_input,
@@ -324,6 +325,41 @@ CASES += [
     # Free-text config fields of the wrong type:
     Case("config mla_export_name a number", config_case({"mla_export_name": 5}, "info"), "mla_export_name=5"),
     Case("config mla_export_name on two lines", config_case({"mla_export_name": "a\nb"}), "mla_export_name='a\\nb'"),
+    # generate (issue 25): the model, the tokenizer, the prompts, the sampling options.
+    Case("generate an --io hidden export", generate_case("--prompt", "w1", model=good_model),
+         "exported with --io hidden (hidden states in and out, no logits); generate"),
+    Case("generate an --io hidden engine", lambda d, f: [
+        "generate", "--engine", fake_engine(d, f.good), "--prompt", "w1"], "re-export it with --io tokens"),
+    Case("generate from a checkpoint without a tokenizer", lambda d, f: [
+        "generate", "--onnx", tokens_model(d, f), "--prompt", "w1"], "no tokenizer.json there; pass --tokenizer"),
+    Case("generate --eager of random weights, no tokenizer", command_line(
+        "generate", "--eager", "--preset", "tiny", "--prompt", "w1"), "no tokenizer: the model was not exported"),
+    Case("generate --tokenizer a damaged file", lambda d, f: (d / "tokenizer.json").write_text("{\"model\": 3}") and [
+        "generate", "--onnx", tokens_model(d, f), "--tokenizer", d / "tokenizer.json", "--prompt", "w1"],
+         "not a tokenizer file the `tokenizers` package reads"),
+    Case("generate prompt longer than the cache", generate_case("--prompt", " ".join(["w1"] * 40)),
+         "prompt 1: 40 tokens + --max-new-tokens 64 need 103 cache rows, the model has 32"),
+    Case("generate --max-new-tokens past the cache", generate_case("--prompt", "w1 w2", "--max-new-tokens", "40"),
+         "2 tokens + --max-new-tokens 40 need 41 cache rows"),
+    Case("generate tokenizer ids past the vocabulary", generate_case("--prompt", "w200", words=300),
+         "outside the model's vocabulary of 128: the tokenizer is not this model's"),
+    Case("generate --top-p 0", generate_case("--prompt", "w1", "--top-p", "0"), "--top-p 0.0: expected a number in (0, 1]"),
+    Case("generate --top-p 1.5", generate_case("--prompt", "w1", "--top-p", "1.5"), "--top-p 1.5: expected"),
+    Case("generate --temperature -1", generate_case("--prompt", "w1", "--temperature", "-1"),
+         "--temperature -1.0: expected a finite number >= 0"),
+    Case("generate --top-k -1", generate_case("--prompt", "w1", "--top-k", "-1"), "--top-k -1: expected"),
+    Case("generate --max-new-tokens 0", generate_case("--prompt", "w1", "--max-new-tokens", "0"),
+         "--max-new-tokens 0: expected at least 1"),
+    Case("generate without a prompt", generate_case(), "no prompt: pass --prompt TEXT"),
+    Case("generate an empty prompt", generate_case("--prompt", ""), "prompt 1 encodes to no tokens"),
+    Case("generate --prompts-file /dev/null", generate_case("--prompts-file", "/dev/null"), "not a regular file"),
+    Case("generate --onnx and --eager", generate_case("--prompt", "w1", "--eager"), "pass exactly one of --onnx"),
+    Case("generate --absorb with --onnx", generate_case("--prompt", "w1", "--absorb", "runtime"),
+         "--absorb, --quant and --dtype choose the --eager model's form"),
+    Case("generate --chat without a chat template", generate_case("--prompt", "w1", "--chat", config={}),
+         "has no chat_template; drop --chat"),
+    Case("generate --json is its --onnx", generate_case("--prompt", "w1", "--json", lambda d, f: d / "m.onnx"),
+         "is also --onnx"),
 ]
 
 

@@ -18,7 +18,7 @@ def test_help_of_every_command():
     top = run("-h")
     assert top.exit_code == 0 and top.output == run("--help").output
     commands = top.output.split("Commands:")[1]
-    assert sorted(main.commands) == ["build", "export", "info", "profile", "validate"]
+    assert sorted(main.commands) == ["build", "export", "generate", "info", "profile", "validate"]
     for command in main.commands:
         assert f"  {command} " in commands
         result = run(command, "-h")

@@ -31,7 +31,32 @@ def build_dir(tmp_path_factory):
 
 def test_library_and_demo_objects_compile(build_dir):
     objects = {p.name for p in build_dir.rglob("*.o")}
-    assert {"mlaRuntime.cpp.o", "mla_decode_demo.cpp.o"} <= objects
+    assert {"mlaRuntime.cpp.o", "mla_decode_demo.cpp.o", "mla_generate.cpp.o"} <= objects
+    if shutil.which("nvcc"):  # the token loop's device argmax, compiled where CMake finds nvcc
+        assert "argmaxKernel.cu.o" in objects
+
+
+def test_generate_unit_test_passes(build_dir):
+    """mla_generate's command line, sidecar EOS ids and the token loop over a fake step (no TensorRT)."""
+    result = subprocess.run([build_dir / "test_mla_generate"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip().endswith(" 0 failed")
+    assert int(result.stdout.strip().splitlines()[-1].split()[0]) >= 25
+
+
+def test_export_records_the_eos_ids_the_token_loop_reads(tmp_path):
+    """The metadata key mla_generate reads from the sidecar (its copy of the ONNX metadata) is the one export
+    writes, from the checkpoint's generation_config.json (else config.json)."""
+    from mla_export.common import contract
+    from mla_export.graph.export import checkpoint_eos_ids
+
+    source = (ROOT / "examples" / "cpp" / "mlaGenerate.h").read_text()
+    assert f'"{contract.META_EOS_TOKEN_IDS}"' in source
+    (tmp_path / "config.json").write_text('{"eos_token_id": 1}')
+    assert checkpoint_eos_ids(str(tmp_path)) == "1"
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [7, 2]}')
+    assert checkpoint_eos_ids(str(tmp_path)) == "7,2"
+    assert checkpoint_eos_ids(None) == ""
 
 
 def test_runtime_unit_test_passes(build_dir):

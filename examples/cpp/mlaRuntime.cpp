@@ -4,6 +4,8 @@
  */
 #include "mlaRuntime.h"
 
+#include "argmaxKernel.h"
+
 #include <NvInferRuntime.h>
 
 #include <cstring>
@@ -195,6 +197,7 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
     m.context.reset(m.engine->createExecutionContext());
     MLA_CHECK(m.context != nullptr, "createExecutionContext failed (out of GPU memory?)");
     s->mLengths.assign(options.batch, 0);
+    s->mSidecar = sidecar;
     session = std::move(s);
     return Status::success();
 }
@@ -206,12 +209,15 @@ size_t MlaSession::inputBytesPerToken() const
     return mImpl->inputBytesPerToken;
 }
 
-Status MlaSession::step(void const* input, int32_t newTokens, float* milliseconds)
+Status MlaSession::step(void const* input, int32_t newTokens, float* milliseconds, int64_t* nextIds)
 {
     namespace c = mla::contract;
     Impl& m = *mImpl;
     int32_t const batch = static_cast<int32_t>(mLengths.size());
     MLA_CHECK(newTokens >= 1, "newTokens must be >= 1");
+    MLA_CHECK((input != nullptr || newTokens == 1) && (input != nullptr || nextIds != nullptr || m.stepsRun > 0)
+            && (mPlan.tokens || (input != nullptr && nextIds == nullptr)),
+        "only a token engine's decode step takes its ids from the device (the previous step's argmax)");
     if (Status s = checkCacheRoom(mLengths, newTokens, mMaxSeqLen); !s)
         return s;
     bool const decode = newTokens == 1;
@@ -271,7 +277,8 @@ Status MlaSession::step(void const* input, int32_t newTokens, float* millisecond
     }
     std::copy(mLengths.begin(), mLengths.end(), m.seqlensHost);
     size_t const inputBytes = m.inputBytesPerToken * batch * newTokens;
-    MLA_CUDA(cudaMemcpyAsync(m.input, input, inputBytes, cudaMemcpyHostToDevice, m.stream));
+    if (input != nullptr)
+        MLA_CUDA(cudaMemcpyAsync(m.input, input, inputBytes, cudaMemcpyHostToDevice, m.stream));
     MLA_CUDA(cudaEventRecord(m.start, m.stream));
     if (decode && m.useCudaGraph && m.decodeGraph)
         MLA_CUDA(cudaGraphLaunch(m.decodeGraph, m.stream));
@@ -296,6 +303,25 @@ Status MlaSession::step(void const* input, int32_t newTokens, float* millisecond
             if (!m.decodeGraph)
                 m.useCudaGraph = false; // capture refused: keep launching directly
         }
+    }
+    if (nextIds != nullptr)
+    {
+        // logits [B, S, V]: the last position's argmax per row, into the input buffer (the next step's ids)
+        nvinfer1::Dims const out = ctx->getTensorShape(mPlan.output.c_str());
+        nvinfer1::DataType const type = m.engine->getTensorDataType(mPlan.output.c_str());
+        MLA_CHECK(out.nbDims == 3 && (type == nvinfer1::DataType::kFLOAT || type == nvinfer1::DataType::kHALF
+                      || type == nvinfer1::DataType::kBF16), "the engine's logits are not [B, S, V] float");
+#ifdef MLA_HAVE_ARGMAX_KERNEL
+        LogitsType const logitsType = type == nvinfer1::DataType::kFLOAT ? LogitsType::kFloat32
+            : type == nvinfer1::DataType::kHALF                           ? LogitsType::kFloat16
+                                                                          : LogitsType::kBFloat16;
+        MLA_CUDA(launchLastTokenArgmax(m.output, logitsType, batch, static_cast<int32_t>(out.d[1]),
+            static_cast<int32_t>(out.d[2]), static_cast<int64_t*>(m.input), m.stream));
+        MLA_CUDA(cudaMemcpyAsync(nextIds, m.input, sizeof(int64_t) * batch, cudaMemcpyDeviceToHost, m.stream));
+#else
+        return Status::error("this program was built without nvcc, so without the argmax kernel: rebuild it where "
+                             "CMake finds the CUDA compiler");
+#endif
     }
     MLA_CUDA(cudaEventRecord(m.stop, m.stream));
     MLA_CUDA(cudaEventSynchronize(m.stop));

@@ -337,9 +337,14 @@ public:
     std::vector<int32_t> const& lengths() const { return mLengths; }
     size_t inputBytesPerToken() const; //!< bytes of one token of the first input for one sequence
 
+    std::string const& sidecar() const { return mSidecar; } //!< the engine's sidecar JSON, as read
+
     //! Runs `newTokens` tokens per sequence; `input` points to host data of the engine's first input
     //! ([B,S,d] hidden states in the engine's dtype, or [B,S] int64 token ids). Updates the caches.
-    Status step(void const* input, int32_t newTokens, float* milliseconds = nullptr);
+    //! Token engines only: `input` nullptr (with newTokens 1) feeds the ids the previous step's argmax left
+    //! in the input buffer on the device; `nextIds` (host, [B]) asks for that argmax of the last position's
+    //! logits, ties to the lower id (needs the kernel, built where CMake found nvcc).
+    Status step(void const* input, int32_t newTokens, float* milliseconds = nullptr, int64_t* nextIds = nullptr);
 
 private:
     MlaSession() = default;
@@ -349,6 +354,7 @@ private:
     CacheBindingPlan mCachePlan;
     int32_t mMaxSeqLen{0};
     std::vector<int32_t> mLengths;
+    std::string mSidecar;
 };
 
 } // namespace runtime

@@ -155,4 +155,7 @@ META_DATA_FILE = "mla_export.data_file"  # the external data file of this export
 WEIGHTS_SCHEME = "per-name-1"  # weights.RandomWeights: each tensor from (seed, its checkpoint name)
 META_ABSORB = "mla_export.absorb"  # absent in files from before --absorb: read as "prefolded"
 META_QUANT = "mla_export.quant"  # QUANT_MODES; absent in files from before --quant: read as "none"
+# the checkpoint's EOS ids, comma-separated, as generation_config.json (else config.json) gives them ("" when
+# none: random weights); `generate` and the C++ token loop stop there (absent in files from before issue 25)
+META_EOS_TOKEN_IDS = "mla_export.eos_token_ids"
 META_FP8_CONTRACT_VERSION = "mla_export.fp8_contract_version"  # written by --quant fp8 exports

@@ -117,7 +117,25 @@ def _finish(proto, spec: ModelSpec, data_file: str) -> None:
         proto.opset_import.append(onnx.helper.make_opsetid(contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION))
     proto.producer_name, proto.producer_version = "mla_export", __version__
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {**spec.metadata(), contract.META_DATA_FILE: data_file})
+    onnx.helper.set_model_props(proto, {**spec.metadata(), contract.META_DATA_FILE: data_file,
+                                        contract.META_EOS_TOKEN_IDS: checkpoint_eos_ids(spec.checkpoint)})
+
+
+def checkpoint_eos_ids(checkpoint: str | None) -> str:
+    """The EOS ids transformers' generate stops at for `checkpoint` (generation_config.json, else config.json),
+    comma-separated; "" for random weights or none recorded."""
+    import json
+
+    for name in ("generation_config.json", "config.json"):
+        path = Path(checkpoint) / name if checkpoint else None
+        if path is not None and path.is_file():
+            try:
+                value = json.loads(path.read_text()).get("eos_token_id")
+            except (ValueError, AttributeError, RecursionError):
+                return ""
+            values = value if isinstance(value, list) else [value]
+            return ",".join(str(v) for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+    return ""
 
 
 def _point_at_data(traced, layout, data_file: str) -> None:

@@ -14,6 +14,7 @@ from ..common.version import __version__
 from ..common.errors import FieldError, UserError
 from .cmd_build import build
 from .cmd_export import export
+from .cmd_generate import generate
 from .cmd_info import info
 from .cmd_profile import profile
 from .cmd_validate import validate
@@ -22,7 +23,7 @@ from .options import CONTEXT_SETTINGS, EXIT_CODES
 # The option that sets each spec/config field a core function may name in a FieldError.
 FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtype": "--dtype", "io": "--io",
                  "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps",
-                 "absorb": "--absorb", "seed": "--seed"}
+                 "absorb": "--absorb", "seed": "--seed", "quant": "--quant"}
 REPORT_TO = "the mla-export issue tracker"  # where an internal error asks to be reported
 MAX_MESSAGE = 2000  # characters of one error message (a value echoed from a file can be huge)
 
@@ -112,12 +113,12 @@ class Cli(click.Group):
 @click.option("--debug", is_flag=True, help="On an error, also print the Python traceback.")
 def main(debug):
     """Export Multi-head Latent Attention (DeepSeek-V2/V3, Kimi K2) models to ONNX with one MlaAttention node
-    per layer, validate them against the eager model, build TensorRT engines, profile them, and show a
-    config's sizes.
+    per layer, validate them against the eager model, build TensorRT engines, profile them, generate text
+    with them, and show a config's sizes.
 
     Progress goes to stderr (-q silences it), results to stdout; `info`, `validate` and `profile` take
     --json for machine-readable output. `mla-export COMMAND -h` shows a command's options."""
 
 
-for _command in (info, export, validate, build, profile):
+for _command in (info, export, validate, build, profile, generate):
     main.add_command(_command)
