@@ -181,8 +181,8 @@ def check_plugin_supports(model: ModelSpec, header=None) -> None:
 
     c = model.config
     if model.quant == "fp8" and model.dtype == "float32":
-        raise UserError("--attention plugin: FP8 weights (--quant fp8) take 16-bit activations in the plugins; "
-                        "re-export with --dtype bfloat16 or float16, or build with --attention decomposed")
+        raise UserError("--attention plugin: --quant fp8 needs 16-bit activations; re-export with --dtype "
+                        "bfloat16 or float16, or use --attention decomposed")
     why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
                                   model.max_seq_len, model.dtype))
     if why is not None:
