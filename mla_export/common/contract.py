@@ -110,6 +110,41 @@ FP8_OUTPUTS = ("output",)
 FP8_ATTRIBUTES = {"block_size": "INT"}
 QUANT_MODES = ("none", "fp8")  # --quant: weights in the export's dtype, or the large projections in FP8
 
+# Tensor parallelism (`export --tp N`, DeepSeek-V3's `inference/model.py` layout): each rank's graph holds its
+# collectives as nodes of domain `mla` with no function body (an identity body would be wrong for N > 1, and a
+# runtime that does not know them must fail loudly). `build` rewrites them to TensorRT's `DistCollective`;
+# `validate` cuts each rank's graph at them and runs them with torch.distributed (gloo).
+#
+#     AllReduce   input [...] T  ->  output [...] T: the elementwise sum of every rank's input (rank order)
+#                 attribute world_size INT (N)
+#     AllGather   input [..., n, ...] T  ->  output [..., N*n, ...] T: the ranks' inputs concatenated along
+#                 `axis` in rank order; attributes world_size INT (N), axis INT (negative counts from the end)
+#
+# Where they sit per rank graph: after the (vocab-split) embedding (--io tokens), after each layer's attention
+# output projection (row-parallel), after each MLP (dense: row-parallel down_proj; MoE: the rank's routed
+# experts plus its slice of the shared experts, one sum), and an AllGather of the vocab-split logits.
+COLLECTIVE_CONTRACT_VERSION = 1
+ALL_REDUCE_OP_TYPE = "AllReduce"
+ALL_GATHER_OP_TYPE = "AllGather"
+COLLECTIVE_INPUTS = ("input",)
+COLLECTIVE_OUTPUTS = ("output",)
+ALL_REDUCE_ATTRIBUTES = {"world_size": "INT"}
+ALL_GATHER_ATTRIBUTES = {"world_size": "INT", "axis": "INT"}
+MAX_TP = 64  # --tp: a power of two from 1 to MAX_TP
+# `export --tp N -o DIR` writes rank{r}.onnx (r = 0..N-1) and, last (its rename is the commit point), the
+# manifest PARALLEL_MANIFEST: {"format": PARALLEL_FORMAT, "version": 1, "world_size": N, "layout":
+# PARALLEL_LAYOUT, "export_id": hex, "contract_versions": {...}, "ranks": [{"rank": r, "file": "rank{r}.onnx",
+# "sha256": hex of the .onnx file}]}.
+PARALLEL_MANIFEST = "parallel.json"
+PARALLEL_FORMAT = "mla-export-parallel"
+PARALLEL_LAYOUT = "deepseek-v3-tp"
+
+
+def rank_file_name(rank: int) -> str:
+    """The ONNX file of rank `rank` in a `--tp` export directory."""
+    return f"rank{rank}.onnx"
+
+
 # Graph-level I/O names.
 CACHE_SEQLENS = "cache_seqlens"
 HIDDEN_STATES_IN = "hidden_states"
@@ -159,3 +194,8 @@ META_QUANT = "mla_export.quant"  # QUANT_MODES; absent in files from before --qu
 # none: random weights); `generate` and the C++ token loop stop there (absent in files from before issue 25)
 META_EOS_TOKEN_IDS = "mla_export.eos_token_ids"
 META_FP8_CONTRACT_VERSION = "mla_export.fp8_contract_version"  # written by --quant fp8 exports
+# Written by --tp N exports (N > 1) in every rank's file; absent: a single-device export (tp 1, rank 0).
+META_TP_SIZE = "mla_export.tp_size"
+META_TP_RANK = "mla_export.tp_rank"
+META_TP_EXPORT_ID = "mla_export.tp_export_id"  # the same in every rank of one export (parallel.json's export_id)
+META_COLLECTIVE_CONTRACT_VERSION = "mla_export.collective_contract_version"
