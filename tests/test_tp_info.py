@@ -214,3 +214,18 @@ def test_info_tp_json_and_refused_fp8_forms():
     text = run("info", "--preset", "tiny-moe", "--tp", 2).stdout
     assert re.search(r"^fp8 prefolded(\s+-){5}$", text, re.MULTILINE)
     assert "tensor_parallel" not in info_dict(load_preset("tiny"))  # without --tp, info is as before
+
+
+def test_info_onnx_tp_follows_the_files_ends(tmp_path):
+    """An --io hidden export has no embedding or head: --tp's figures leave them and their collectives out."""
+    import json
+
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.spec import ModelSpec
+
+    path = tmp_path / "tiny.onnx"
+    export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=16), path)
+    data = json.loads(run("info", "--onnx", path, "--tp", 2, "--json").stdout)["tensor_parallel"]
+    assert data["io"] == "hidden" and data["collectives"]["per_model"] == []
+    assert data["weights_per_rank"]["none prefolded"]["total"] == rank_weight_bytes(
+        load_preset("tiny"), 2, 2, "none", "prefolded", with_embeddings=False)["total"]

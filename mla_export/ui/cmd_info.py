@@ -26,7 +26,8 @@ from .options import (EXIT_CODES, config_option, input_files, json_option, load_
                    "head and their collectives, hidden leaves them out.")
 @json_option("Everything shown")
 def info(preset, config_path, onnx_path, layers, dtype, context, tp, io, json_out):
-    """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA), projection costs and the smaller --absorb form."""
+    """Print dims, cache bytes per token (MLA vs MHA/GQA/MQA), projection costs and the smaller --absorb form;
+    with --tp N, the bytes per rank and the collectives of export --tp N."""
     from . import info as info_module
 
     if json_out not in (None, "-"):
@@ -35,7 +36,6 @@ def info(preset, config_path, onnx_path, layers, dtype, context, tp, io, json_ou
         check_output_file("--json", json_out, input_files(onnx=onnx_path))
     if io is not None and tp is None:
         raise UserError(f"--io {io} chooses the ends of --tp's per-rank figures: pass it with --tp N")
-    io = io or "tokens"
     errors = None
     if onnx_path is None:
         config, absorb = load_config(preset, config_path, layers), None
@@ -46,8 +46,10 @@ def info(preset, config_path, onnx_path, layers, dtype, context, tp, io, json_ou
 
         spec = read_export_spec(onnx_path)
         config, absorb = spec.config, spec.absorb
+        io = io or spec.io  # --tp's figures for the ends this file has
         if spec.quant == "fp8":
             errors = measured_requantization(spec)
+    io = io or "tokens"
     if json_out == "-":
         print_json(info_module.info_dict(config, dtype, context, absorb, tp, io) | {"requantization_error": errors})
         return
