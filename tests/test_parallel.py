@@ -266,3 +266,12 @@ def test_a_rank_that_dies_stops_the_others_with_one_message(tiny_tp2):
         assert not any(p.is_alive() for p in others)
     finally:
         runner.close()
+
+
+def test_info_reads_a_tp_export_directory(tiny_tp2):
+    """info --onnx DIR: the whole model's figures and the per-rank ones of the directory's own --tp."""
+    result = run("info", "--onnx", tiny_tp2, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["tensor_parallel"]
+    assert data["tp"] == 2 and data["io"] == "tokens"
+    assert_one_message(run("info", "--onnx", tiny_tp2, "--tp", "4"), "is a --tp 2 export: drop --tp 4")
