@@ -242,7 +242,7 @@ def test_missing_foreign_and_mixed_rank_files_are_refused(ranks_copy, tmp_path):
     (ranks_copy / contract.PARALLEL_MANIFEST).write_text(json.dumps(manifest))
     assert_one_message(run("validate", "--onnx", ranks_copy), "of another export")
     (ranks_copy / contract.PARALLEL_MANIFEST).unlink()
-    assert_one_message(run("validate", "--onnx", ranks_copy), "no parallel.json")
+    assert_one_message(run("validate", "--onnx", ranks_copy), "is a directory without parallel.json")
 
 
 def test_a_single_rank_file_is_validated_as_a_rank_not_a_model(tiny_tp2):

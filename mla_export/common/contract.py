@@ -227,14 +227,24 @@ def present_rope_name(layer: int) -> str:
     return f"present_latent_rope.{layer}"
 
 
-def graph_io_names(num_layers: int, io: str) -> tuple[list[str], list[str]]:
+def graph_io_names(num_layers: int, io: str, cache: str = "contiguous", kv_cache_dtype: str = "model"
+                   ) -> tuple[list[str], list[str]]:
     """(input names, output names) of an exported graph of `num_layers` layers, in order.
 
-    io "hidden": hidden states in and out; io "tokens": input_ids in, logits out.
+    io "hidden": hidden states in and out; io "tokens": input_ids in, logits out. Then cache_seqlens and, per
+    layer, its cache: contiguous `past_latent_cache.i`; paged `block_table` (once) and `past_latent_pages.i`;
+    with kv_cache_dtype "fp8" each layer's codes, then `past_latent_scales.i` and `past_latent_rope.i`.
     """
     first_in, first_out = (INPUT_IDS, LOGITS) if io == "tokens" else (HIDDEN_STATES_IN, HIDDEN_STATES_OUT)
-    inputs = [first_in, CACHE_SEQLENS] + [past_cache_name(i) for i in range(num_layers)]
-    outputs = [first_out] + [present_cache_name(i) for i in range(num_layers)]
+    past, present = (past_pages_name, present_pages_name) if cache == "paged" else (past_cache_name,
+                                                                                   present_cache_name)
+    inputs, outputs = [first_in, CACHE_SEQLENS] + ([BLOCK_TABLE] if cache == "paged" else []), [first_out]
+    for i in range(num_layers):
+        inputs.append(past(i))
+        outputs.append(present(i))
+        if kv_cache_dtype == "fp8":
+            inputs += [past_scales_name(i), past_rope_name(i)]
+            outputs += [present_scales_name(i), present_rope_name(i)]
     return inputs, outputs
 
 
@@ -263,3 +273,6 @@ META_TP_SIZE = "mla_export.tp_size"
 META_TP_RANK = "mla_export.tp_rank"
 META_TP_EXPORT_ID = "mla_export.tp_export_id"  # the same in every rank of one export (parallel.json's export_id)
 META_COLLECTIVE_CONTRACT_VERSION = "mla_export.collective_contract_version"
+META_CACHE = "mla_export.cache"  # CACHE_LAYOUTS; absent in files from before issue 24: "contiguous"
+META_PAGE_SIZE = "mla_export.page_size"  # rows per page of a paged export
+META_KV_CACHE_DTYPE = "mla_export.kv_cache_dtype"  # KV_CACHE_DTYPES; absent: "model"

@@ -53,9 +53,7 @@ def _rank_main(rank: int, world_size: int, path: str, data_file: str | None, ini
                                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         header = onnx.load(path, load_external_data=False)
         steps = rank_steps(header)
-        elem = header.graph.input[0].type.tensor_type.elem_type
-        if elem == onnx.TensorProto.INT64:  # --io tokens: boundary tensors take the cache's element type
-            elem = header.graph.input[2].type.tensor_type.elem_type
+        elem = header.graph.output[0].type.tensor_type.elem_type  # hidden states or logits: the activations' T
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads

@@ -152,14 +152,14 @@ def _run(onnx_path, engine, plugin_lib, spec, tokenizer, texts, prompt_ids, samp
     """Loads the model, generates, prints text (or JSON) and the timings."""
     from ..common.progress import ProgressReporter
     from ..run.generate import generate
-    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps, ParallelOnnxSteps
+    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps, RunnerSteps
     from ..run.generate_text import TextStream
     from ..run.sampling import Sampler
 
     with ProgressReporter("generate", quiet=quiet, unit="steps") as progress:
         progress("loading the model", 0, 1)
-        if parallel is not None:  # a --tp export
-            model = ParallelOnnxSteps(parallel)
+        if parallel is not None or (onnx_path is not None and spec.cache_contract):  # ranks, or page pools
+            model = RunnerSteps.open(onnx_path, spec, parallel)
         elif onnx_path is not None:
             model = OnnxRuntimeSteps(onnx_path, spec)
         elif engine is not None:
