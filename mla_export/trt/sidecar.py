@@ -48,6 +48,9 @@ class Sidecar:
     io: list[dict] = field(default_factory=list)  # {"name", "mode", "dtype", "shape"}
     onnx_metadata: dict = field(default_factory=dict)  # the ONNX file's metadata_props, as they are
     cache_binding: str = "copy"  # "aliased" | "copy" (aliasing.py)
+    tp_size: int = 1  # ranks of the `--tp` export this engine is one of (1: a single-device engine)
+    tp_rank: int = 0  # which of them
+    tp_export_id: str | None = None  # the export's id (parallel.json's export_id), the same in every rank
     engine_size: int | None = None  # bytes of the engine file this sidecar belongs to
     engine_sha256: str | None = None  # and their sha256
     contract_version: int = contract.CONTRACT_VERSION
@@ -103,14 +106,16 @@ def mismatched(engine: str | Path, detail: str) -> UserError:
 _TYPES = {
     "tensorrt_flavour": (str,), "tensorrt_version": (str,), "attention": (str,), "gpu_name": (str, None),
     "compute_capability": (str, None), "plugin_sha256": (str, None), "plugin_path": (str, None),
-    "profiles": (list,), "io": (list,), "onnx_metadata": (dict,), "cache_binding": (str,), "engine_size": (int,),
+    "profiles": (list,), "io": (list,), "onnx_metadata": (dict,), "cache_binding": (str,),
+    "tp_size": (int,), "tp_rank": (int,), "tp_export_id": (str, None), "engine_size": (int,),
     "engine_sha256": (str,), "contract_version": (int,), "mla_export_version": (str,), "format": (str,),
     "format_version": (int,),
 }
 
 
 # Fields a sidecar may leave out, and what their absence means.
-_OPTIONAL = {"cache_binding": "copy"}  # no alias declared: present has a buffer of its own (aliasing.py)
+_OPTIONAL = {"cache_binding": "copy",  # no alias declared: present has a buffer of its own (aliasing.py)
+             "tp_size": 1, "tp_rank": 0, "tp_export_id": None}  # before --tp: one device
 
 
 def _is(value, kinds: tuple) -> bool:
@@ -140,6 +145,9 @@ def check_shape(data) -> dict:
             raise ValueError(f"field {name} is {type(data[name]).__name__}")
     if data["engine_size"] < 0 or len(data["engine_sha256"]) != 64:
         raise ValueError("engine_size/engine_sha256 are not a size and a sha256")
+    if not 0 <= data["tp_rank"] < data["tp_size"] or (data["tp_size"] > 1) != (data["tp_export_id"] is not None):
+        raise ValueError(f"tp_rank {data['tp_rank']} of tp_size {data['tp_size']} (export id "
+                         f"{str(data['tp_export_id'])[:20]!r}) is not a rank of a --tp export")
     checks = {"tensorrt_flavour": tuple(BACKENDS), "attention": ATTENTION_MODES, "cache_binding": CACHE_BINDINGS}
     for name, allowed in checks.items():
         if data[name] not in allowed:
