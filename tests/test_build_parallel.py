@@ -135,12 +135,13 @@ def test_collective_nodes_in_a_single_device_export_are_refused(tiny_single, tmp
         build_engine(_spec(tmp_path / "odd.onnx", tmp_path / "odd.engine"))
 
 
-def test_python_engine_runs_refuse_rank_engines(tmp_path):
-    from mla_export.run.trt_runner import TensorRTRunner
-
+@pytest.mark.parametrize("command", ["validate", "profile", "generate"])
+def test_python_engine_runs_refuse_a_directory_of_rank_engines(tmp_path, command):
     (tmp_path / "rank0.engine").write_bytes(b"x")
-    with pytest.raises(UserError, match="one process per rank with NCCL"):
-        TensorRTRunner(tmp_path)
+    extra = ["--prompt", "hi"] if command == "generate" else []
+    result = CliRunner().invoke(main, [command, "--engine", str(tmp_path), *extra])
+    assert result.exit_code == 1, result.output
+    assert "the engines of a --tp export run one process per rank with NCCL" in result.output
 
 
 def test_sidecar_refuses_a_rank_outside_its_world(tiny_single, tmp_path):
@@ -163,3 +164,6 @@ def test_sidecar_refuses_a_rank_outside_its_world(tiny_single, tmp_path):
                                                           "tp_export_id": EXPORT_ID}))
     with pytest.raises(UserError, match="rank 1 of a --tp 2 export; Python runs one device"):
         TensorRTRunner(engine)
+    for command in ("validate", "profile"):
+        result = CliRunner().invoke(main, [command, "--engine", str(engine)])
+        assert result.exit_code == 1 and "rank 1 of a --tp 2 export; Python runs one device" in result.output

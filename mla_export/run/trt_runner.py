@@ -24,7 +24,6 @@ from ..common import contract
 from ..common.errors import UserError
 from .runners import from_numpy, to_numpy
 from ..trt.backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
-from ..trt.build_parallel import rank_engine_name
 from ..trt.sidecar import RuntimeEnvironment, Sidecar, check_compatible
 
 
@@ -49,13 +48,7 @@ class TensorRTRunner:
     def __init__(self, engine_path: str | Path, plugin_lib: str | None = None, sidecar: Sidecar | None = None):
         """`sidecar`: the engine's sidecar when the caller has read it already (else read here). The engines of
         a `--tp` export are refused: each needs its own process and an NCCL communicator (the C++ example)."""
-        if Path(engine_path).is_dir() and (Path(engine_path) / rank_engine_name(0)).is_file():
-            raise UserError(f"--engine {engine_path}: the engines of a --tp export run one process per rank with "
-                            "NCCL: use examples/cpp (mla_decode_demo --rank R --world-size N)")
-        self.sidecar = sidecar or Sidecar.read(engine_path)
-        if self.sidecar.tp_size > 1:
-            raise UserError(f"--engine {engine_path}: rank {self.sidecar.tp_rank} of a --tp {self.sidecar.tp_size} "
-                            "export; Python runs one device: use examples/cpp, one process per rank")
+        self.sidecar = (sidecar or Sidecar.read_single_device(engine_path)).single_device(engine_path)
         data = Path(engine_path).read_bytes()
         self.sidecar.check_engine_bytes(engine_path, data)  # the engine its sidecar describes, not another build's
         torch = _require_cuda()

@@ -16,11 +16,12 @@ from ..common.fileio import check_output_dir, shown
 from ..graph.onnx_reader import read_exported_model
 from .build import BuildSpec, build_engine
 from .collectives import RankIdentity, rank_identity
+from .sidecar import ENGINE_SUFFIX
 
 
 def rank_engine_name(rank: int) -> str:
     """The engine file of rank `rank` in a `build --onnx DIR` output directory."""
-    return f"rank{rank}.engine"
+    return f"rank{rank}{ENGINE_SUFFIX}"
 
 
 def output_directory(option: str, path: str | Path) -> Path:

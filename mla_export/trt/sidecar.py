@@ -25,6 +25,7 @@ SIDECAR_FORMAT = "mla-export-engine"
 SIDECAR_VERSION = 3  # 2: `export` renamed `onnx_metadata`; 3: engine_size and engine_sha256
 ATTENTION_MODES = ("plugin", "decomposed")
 PROFILE_NAMES = ("decode", "prefill")
+ENGINE_SUFFIX = ".engine"  # build --onnx DIR: OUTDIR/rank{r}.engine
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -89,6 +90,22 @@ class Sidecar:
         if size != sidecar.engine_size:
             raise mismatched(engine, f"it holds {size:,} bytes, the sidecar says {sidecar.engine_size:,}")
         return sidecar
+
+    @classmethod
+    def read_single_device(cls, engine: str | Path) -> "Sidecar":
+        """`read`, refusing (one message) the engines of a `--tp` export: a directory of rank engines, or one
+        rank's engine. Python runs one device; the ranks run in the C++ example, one process each with NCCL."""
+        if Path(engine).is_dir() and (Path(engine) / f"rank0{ENGINE_SUFFIX}").is_file():
+            raise UserError(f"--engine {engine}: the engines of a --tp export run one process per rank with NCCL: "
+                            "use examples/cpp (mla_decode_demo --rank R --world-size N)")
+        return cls.read(engine).single_device(engine)
+
+    def single_device(self, engine: str | Path) -> "Sidecar":
+        """This sidecar, unless its engine is one rank of a `--tp` export (UserError)."""
+        if self.tp_size > 1:
+            raise UserError(f"--engine {engine}: rank {self.tp_rank} of a --tp {self.tp_size} export; Python "
+                            "runs one device: use examples/cpp, one process per rank with NCCL")
+        return self
 
     def check_engine_bytes(self, engine: str | Path, data: bytes) -> None:
         """Refuse engine bytes that are not the ones this sidecar was written for (sha256)."""
