@@ -7,6 +7,7 @@ buffers. The engine sidecar carries the same metadata, copied as it is. No torch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -47,6 +48,9 @@ class ModelSpec:
         same MlaAttention node (ABSORB_MODES).
     quant: "none" (every weight in `dtype`) or "fp8" (the large projections as FP8 blocks with float32
         scales, `model/fp8_forms.py`; embedding, norms, router, head and cache in `dtype`) (QUANT_MODES).
+    tp_size, tp_rank: with tp_size N > 1, rank `tp_rank`'s part of the model split over N devices
+        (`model/parallel.py`, DeepSeek-V3's layout); the weights, scenario and eager reference stay the
+        whole model's (`single_device`).
     """
 
     config: MlaConfig
@@ -57,6 +61,8 @@ class ModelSpec:
     io: str = "hidden"
     absorb: str = "prefolded"
     quant: str = "none"
+    tp_size: int = 1
+    tp_rank: int = 0
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
@@ -75,6 +81,17 @@ class ModelSpec:
         if self.max_seq_len > self.config.max_position_embeddings:
             raise FieldError("max_seq_len", self.max_seq_len,
                              f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
+        check_tp(self.config, self.tp_size, self.io, self.quant)
+        if isinstance(self.tp_rank, bool) or not isinstance(self.tp_rank, int) or not 0 <= self.tp_rank < self.tp_size:
+            raise FieldError("tp_rank", self.tp_rank, f"expected a rank from 0 to {self.tp_size - 1}")
+
+    def single_device(self) -> "ModelSpec":
+        """The whole model this spec is a rank of (itself when tp_size is 1)."""
+        return dataclasses.replace(self, tp_size=1, tp_rank=0)
+
+    def rank(self, rank: int) -> "ModelSpec":
+        """Rank `rank`'s part of the same model."""
+        return dataclasses.replace(self, tp_rank=rank)
 
     @property
     def element_bytes(self) -> int:
@@ -101,6 +118,9 @@ class ModelSpec:
             contract.META_ABSORB: self.absorb,
             contract.META_QUANT: self.quant,
             **({contract.META_FP8_CONTRACT_VERSION: str(contract.FP8_CONTRACT_VERSION)} if self.quant == "fp8" else {}),
+            **({contract.META_TP_SIZE: str(self.tp_size), contract.META_TP_RANK: str(self.tp_rank),
+                contract.META_COLLECTIVE_CONTRACT_VERSION: str(contract.COLLECTIVE_CONTRACT_VERSION)}
+               if self.tp_size > 1 else {}),
         }
 
 
@@ -125,7 +145,9 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                          max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
                          checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO],
                          absorb=meta.get(contract.META_ABSORB, "prefolded"),
-                         quant=meta.get(contract.META_QUANT, "none"))
+                         quant=meta.get(contract.META_QUANT, "none"),
+                         tp_size=int(meta.get(contract.META_TP_SIZE, "1")),
+                         tp_rank=int(meta.get(contract.META_TP_RANK, "0")))
     except RecursionError:
         raise UserError(f"{source}: mla-export metadata is damaged (its config is nested too deeply); "
                         "re-export the model") from None
@@ -143,8 +165,55 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
     if spec.quant == "fp8" and fp8_version != str(contract.FP8_CONTRACT_VERSION):
         raise UserError(f"{source}: BlockFp8MatMul contract version {fp8_version}, this mla-export speaks "
                         f"{contract.FP8_CONTRACT_VERSION}; re-export it with this version")
+    collective_version = meta.get(contract.META_COLLECTIVE_CONTRACT_VERSION, str(contract.COLLECTIVE_CONTRACT_VERSION))
+    if spec.tp_size > 1 and collective_version != str(contract.COLLECTIVE_CONTRACT_VERSION):
+        raise UserError(f"{source}: collective contract version {collective_version}, this mla-export speaks "
+                        f"{contract.COLLECTIVE_CONTRACT_VERSION}; re-export it with this version")
     if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):
         raise UserError(f"{source}: mla-export metadata is damaged ({contract.META_NUM_LAYERS}="
                         f"{meta.get(contract.META_NUM_LAYERS)!r} for a {config.num_hidden_layers}-layer config); "
                         "re-export the model")
     return spec
+
+
+def _block_slices_ok(width: int, parts: int, block: int = contract.FP8_BLOCK) -> bool:
+    """Whether every one of `parts` equal slices of a `width`-wide FP8 dimension keeps whole blocks of the
+    whole weight: it starts on a block edge, or lies inside one block (its scale is that block's)."""
+    size = width // parts
+    return all(start % block == 0 or start // block == (start + size - 1) // block
+               for start in range(0, width, size))
+
+
+def check_tp(config: MlaConfig, tp: int, io: str = "hidden", quant: str = "none") -> None:
+    """FieldError("tp", ...) unless `tp` devices can split `config` in DeepSeek-V3's layout: a power of two
+    up to MAX_TP dividing the heads, the dense and shared MLP widths, the routed experts and (--io tokens)
+    the vocabulary; with --quant fp8, each rank's slice of an FP8 weight must keep whole 128x128 blocks."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or tp > contract.MAX_TP or tp & (tp - 1):
+        raise FieldError("tp", tp, f"expected a power of two from 1 to {contract.MAX_TP}")
+    if tp == 1:
+        return
+    c = config
+    moe = c.n_routed_experts is not None and any(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+    dense = any(not c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+    shared = (c.n_shared_experts or 0) * (c.moe_intermediate_size or 0) if moe else 0
+    split = [("num_attention_heads", c.num_attention_heads)]
+    split += [("intermediate_size", c.intermediate_size)] if dense else []
+    split += [("n_routed_experts", c.n_routed_experts)] if moe else []
+    split += [("n_shared_experts * moe_intermediate_size", shared)] if shared else []
+    split += [("vocab_size", c.vocab_size)] if io == "tokens" else []
+    for field, value in split:
+        if value % tp:
+            raise FieldError("tp", tp, f"must divide {field} ({value}); choose a smaller power of two")
+    if quant != "fp8":
+        return
+    heads = c.num_attention_heads
+    widths = [("num_attention_heads * kv_lora_rank", heads * c.kv_lora_rank),
+              ("num_attention_heads * qk_rope_head_dim", heads * c.qk_rope_head_dim),
+              ("num_attention_heads * qk_head_dim", heads * c.qk_head_dim),
+              ("num_attention_heads * v_head_dim", heads * c.v_head_dim)]
+    widths += [("intermediate_size", c.intermediate_size)] if dense else []
+    widths += [("n_shared_experts * moe_intermediate_size", shared)] if shared else []
+    for field, width in widths:
+        if not _block_slices_ok(width, tp):
+            raise FieldError("tp", tp, f"with --quant fp8 needs each rank's share of {field} ({width}) to keep "
+                             f"whole {contract.FP8_BLOCK}-wide FP8 blocks; choose a smaller --tp or --quant none")
