@@ -1,36 +1,32 @@
 """`build` of a `--tp` export's rank graphs (trt/build.py, trt/build_parallel.py): TensorRT-RTX (a real builder,
-on the CPU) builds a rank graph whose collectives are rewritten to DistCollective layers, the sidecar names the
-world size, rank and export id, and the build's own refusals (a rank file on its own, a rank file whose
-metadata is not the rank the manifest says, Python runs of rank engines).
-
-The rank graphs here are hand-made from a `tiny` export: an `mla::AllReduce` after each projection that feeds
-a residual Add (the row-parallel points of DeepSeek's layout) and the `--tp` metadata; their numbers are those
-of the single-device graph, which is all a build needs.
+on the CPU) builds every rank of `export --tp 2` (tiny with --io tokens: AllReduce after the embedding and in
+every layer, the AllGather of the logits) into DIST_COLLECTIVE layers, the sidecars name the world size, rank and
+export id, and the build's own refusals (a rank file on its own, a rank file that is not the rank the manifest
+says, Python runs of rank engines).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 
 import onnx
-import onnx.helper as oh
 import pytest
 from click.testing import CliRunner
 
 from mla_export.common import contract
 from mla_export.common.errors import UserError
 from mla_export.graph.export import export_onnx
+from mla_export.graph.parallel_export import export_parallel, file_sha256, read_parallel_export
 from mla_export.model.hf_config import load_preset
 from mla_export.model.spec import ModelSpec
 from mla_export.trt import backend
 from mla_export.trt.build import BuildSpec, build_engine
-from mla_export.trt.collectives import RankIdentity
+from mla_export.trt.collectives import RankIdentity, collective_nodes
 from mla_export.trt.sidecar import Sidecar
 from mla_export.ui.cli import main
 
 SMAX = 64
-EXPORT_ID = "0123456789abcdef"
 
 
 def _rtx():
@@ -40,29 +36,6 @@ def _rtx():
         pytest.skip(f"TensorRT-RTX is not installed here: {exc}")
 
 
-def _with_collectives(model: onnx.ModelProto, world: int, rank: int, export_id: str = EXPORT_ID) -> int:
-    """Insert an AllReduce between each MatMul and the residual Add it feeds; set the --tp metadata. Returns
-    the number of collectives inserted."""
-    producers = {out: n for n in model.graph.node for out in n.output}
-    nodes, count = [], 0
-    for node in model.graph.node:
-        if node.op_type == "Add":
-            for i, name in enumerate(node.input):
-                if name in producers and producers[name].op_type == "MatMul":
-                    reduced = f"{name}.all_reduced"
-                    nodes.append(oh.make_node(contract.ALL_REDUCE_OP_TYPE, [name], [reduced], name=f"all_reduce_{count}",
-                                              domain=contract.OP_DOMAIN, world_size=world))
-                    node.input[i] = reduced
-                    count += 1
-        nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    meta = {contract.META_TP_SIZE: str(world), contract.META_TP_RANK: str(rank), contract.META_TP_EXPORT_ID: export_id}
-    for key, value in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    return count
-
-
 @pytest.fixture(scope="module")
 def tiny_single(tmp_path_factory):
     path = tmp_path_factory.mktemp("tp") / "tiny.onnx"
@@ -70,25 +43,17 @@ def tiny_single(tmp_path_factory):
     return path
 
 
-def write_rank_export(directory, single, world: int = 2, ranks_metadata=None):
-    """A --tp export directory: rank{r}.onnx with collectives and metadata (`ranks_metadata[r]`: the rank its
-    metadata claims, default r) and parallel.json as contract.py describes it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    entries, count = [], 0
-    for rank in range(world):
-        model = onnx.load(single)
-        claimed = rank if ranks_metadata is None else ranks_metadata[rank]
-        count = _with_collectives(model, world, claimed)
-        path = directory / contract.rank_file_name(rank)
-        onnx.save(model, path)
-        entries.append({"rank": rank, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    manifest = {"format": contract.PARALLEL_FORMAT, "version": 1, "world_size": world,
-                "layout": contract.PARALLEL_LAYOUT, "export_id": EXPORT_ID,
-                "contract_versions": {"mla_attention": contract.CONTRACT_VERSION,
-                                      "collectives": contract.COLLECTIVE_CONTRACT_VERSION},
-                "ranks": entries}
-    (directory / contract.PARALLEL_MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return directory, count
+@pytest.fixture(scope="module")
+def tp2(tmp_path_factory):
+    """`export --preset tiny --io tokens --tp 2`: the directory, read back."""
+    directory = tmp_path_factory.mktemp("tp") / "tiny-tp2"
+    export_parallel(ModelSpec(load_preset("tiny"), max_seq_len=SMAX, io="tokens", tp_size=2), directory)
+    return read_parallel_export(directory)
+
+
+def _copy_export(export, target):
+    shutil.copytree(export.directory, target)
+    return target
 
 
 def _spec(onnx_path, output, **kw):
@@ -96,43 +61,81 @@ def _spec(onnx_path, output, **kw):
                      batch=(1, 2, 2), prefill_tokens=(2, 4, 8), **kw)
 
 
-def test_rtx_builds_a_rank_engine_with_dist_collective_layers(tiny_single, tmp_path, capfd):
-    """TensorRT-RTX builds rank 1 of a 2-rank export: the parser made one DIST_COLLECTIVE layer per AllReduce
-    (the build checks the count), and the sidecar says rank 1 of 2 and the export id."""
+def test_rtx_builds_every_rank_of_a_tp_export(tp2, tmp_path):
+    """`build --onnx DIR -o OUTDIR` with TensorRT-RTX: one engine per rank; each parse made one DIST_COLLECTIVE
+    layer per collective node, for 2 ranks (the build checks both), and each sidecar says which rank of which
+    export it is."""
     _rtx()
-    directory, count = write_rank_export(tmp_path / "d", tiny_single)
-    assert count == 4  # per layer: attention's output projection and the MLP's down projection
-    engine = build_engine(_spec(directory / "rank1.onnx", tmp_path / "rank1.engine"),
-                          rank=RankIdentity(2, 1, EXPORT_ID))
-    sidecar = Sidecar.read(engine)
-    assert (sidecar.tp_size, sidecar.tp_rank, sidecar.tp_export_id) == (2, 1, EXPORT_ID)
-    assert sidecar.onnx_metadata[contract.META_TP_RANK] == "1"
-    assert engine.stat().st_size == sidecar.engine_size > 0
+    nodes = [collective_nodes(r.header.graph) for r in tp2.ranks]
+    assert [len(n) for n in nodes] == [1 + 2 * 2 + 1] * 2  # embedding, 2 per layer, the logits' gather
+    result = CliRunner().invoke(main, ["build", "--onnx", str(tp2.directory), "-o", str(tmp_path / "engines"),
+                                       "--backend", "tensorrt-rtx", "--attention", "decomposed", "--batch-range",
+                                       "1:2:2", "--prefill-range", "2:4:8", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "cache binding copy, 2 ranks (one engine each)" in result.output
+    for rank in range(2):
+        engine = tmp_path / "engines" / f"rank{rank}.engine"
+        sidecar = Sidecar.read(engine)
+        assert (sidecar.tp_size, sidecar.tp_rank, sidecar.tp_export_id) == (2, rank, tp2.export_id)
+        assert sidecar.onnx_metadata[contract.META_TP_RANK] == str(rank)
+        assert engine.stat().st_size == sidecar.engine_size > 0
+        logits = next(t for t in sidecar.io if t["name"] == contract.LOGITS)
+        assert logits["shape"][-1] == load_preset("tiny").vocab_size  # gathered: the whole vocab on every rank
+    assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == [
+        "rank0.engine", "rank0.engine.json", "rank1.engine", "rank1.engine.json"]
 
 
-def test_a_rank_file_on_its_own_is_refused(tiny_single, tmp_path):
-    directory, _ = write_rank_export(tmp_path / "d", tiny_single)
-    with pytest.raises(UserError, match="is rank 0 of a --tp 2 export: pass its directory"):
-        build_engine(_spec(directory / "rank0.onnx", tmp_path / "r.engine"))
+def test_a_rank_file_on_its_own_is_refused(tp2, tmp_path):
+    result = CliRunner().invoke(main, ["build", "--onnx", str(tp2.rank_files[1]), "-o", str(tmp_path / "r.engine"),
+                                       "--backend", "tensorrt-rtx", "--attention", "decomposed"])
+    assert result.exit_code == 1
+    assert "is rank 1 of a --tp 2 export: pass its directory (--onnx DIR)" in result.output
     assert not (tmp_path / "r.engine").exists()
 
 
-def test_a_rank_file_built_as_another_rank_is_refused(tiny_single, tmp_path):
-    directory, _ = write_rank_export(tmp_path / "d", tiny_single)
+def test_a_rank_file_built_as_another_rank_is_refused(tp2, tmp_path):
     with pytest.raises(UserError, match="says rank 0 of 2 .*not rank 1 of export"):
-        build_engine(_spec(directory / "rank0.onnx", tmp_path / "r.engine"), rank=RankIdentity(2, 1, EXPORT_ID))
+        build_engine(_spec(tp2.rank_files[0], tmp_path / "r.engine"), rank=RankIdentity(2, 1, tp2.export_id))
 
 
-def test_collective_nodes_in_a_single_device_export_are_refused(tiny_single, tmp_path):
-    _rtx()
-    model = onnx.load(tiny_single)
-    _with_collectives(model, 2, 0)
-    model.metadata_props.pop()  # drop the --tp keys again: a single-device graph holding collectives
-    model.metadata_props.pop()
-    model.metadata_props.pop()
-    onnx.save(model, tmp_path / "odd.onnx")
-    with pytest.raises(UserError, match="collective nodes in a single-device export"):
-        build_engine(_spec(tmp_path / "odd.onnx", tmp_path / "odd.engine"))
+def test_a_broken_export_directory_builds_nothing(tp2, tmp_path):
+    """The reader's refusals reach `build` as one message each, before any engine is written."""
+    broken = _copy_export(tp2, tmp_path / "missing")
+    (broken / "rank1.onnx").unlink()
+    swapped = _copy_export(tp2, tmp_path / "swapped")
+    shutil.copy(swapped / "rank0.onnx", swapped / "rank1.onnx")
+    for directory, message in ((broken, "rank 1's file rank1.onnx is missing"), (swapped, "is not the file this "
+                                                                                            "export wrote")):
+        result = CliRunner().invoke(main, ["build", "--onnx", str(directory), "-o", str(tmp_path / "out"),
+                                           "--backend", "tensorrt-rtx", "--attention", "decomposed"])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_rank_file_of_another_export_builds_nothing(tp2, tmp_path):
+    """A rank file whose metadata names another export, re-hashed into the manifest (so the sha256 check passes):
+    refused (by the reader, one message) before any engine is written."""
+    directory = _copy_export(tp2, tmp_path / "relabelled")
+    model = onnx.load(directory / "rank1.onnx", load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == contract.META_TP_EXPORT_ID:
+            prop.value = "feedfacefeedface"
+    onnx.save(model, directory / "rank1.onnx")
+    manifest = json.loads((directory / contract.PARALLEL_MANIFEST).read_text())
+    manifest["ranks"][1]["sha256"] = file_sha256(directory / "rank1.onnx")
+    (directory / contract.PARALLEL_MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["build", "--onnx", str(directory), "-o", str(tmp_path / "out"),
+                                       "--backend", "tensorrt-rtx", "--attention", "decomposed"])
+    assert result.exit_code == 1
+    assert "rank1.onnx is rank 1 of 2 of another export" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_outdir_must_not_be_a_file(tp2, tmp_path):
+    (tmp_path / "out").write_text("x")
+    result = CliRunner().invoke(main, ["build", "--onnx", str(tp2.directory), "-o", str(tmp_path / "out"),
+                                       "--backend", "tensorrt-rtx", "--attention", "decomposed"])
+    assert result.exit_code == 1 and "is a file; for a --tp export, -o names a directory" in result.output
 
 
 @pytest.mark.parametrize("command", ["validate", "profile", "generate"])
@@ -151,8 +154,8 @@ def test_sidecar_refuses_a_rank_outside_its_world(tiny_single, tmp_path):
     engine = build_engine(_spec(tiny_single, tmp_path / "one.engine"))
     data = json.loads((tmp_path / "one.engine.json").read_text())
     assert (data["tp_size"], data["tp_rank"], data["tp_export_id"]) == (1, 0, None)
-    for bad in ({"tp_size": 2, "tp_rank": 2, "tp_export_id": EXPORT_ID}, {"tp_size": 2, "tp_rank": 0},
-                {"tp_size": 1, "tp_rank": 0, "tp_export_id": EXPORT_ID}):
+    for bad in ({"tp_size": 2, "tp_rank": 2, "tp_export_id": "ab"}, {"tp_size": 2, "tp_rank": 0},
+                {"tp_size": 1, "tp_rank": 0, "tp_export_id": "ab"}):
         with pytest.raises(ValueError, match="is not a rank of a --tp export"):
             check_shape({**data, **bad})
     older = {k: v for k, v in data.items() if not k.startswith("tp_")}  # sidecars from before --tp: one device
@@ -161,7 +164,7 @@ def test_sidecar_refuses_a_rank_outside_its_world(tiny_single, tmp_path):
     from mla_export.run.trt_runner import TensorRTRunner
 
     (tmp_path / "one.engine.json").write_text(json.dumps({**data, "tp_size": 2, "tp_rank": 1,
-                                                          "tp_export_id": EXPORT_ID}))
+                                                          "tp_export_id": "ab"}))
     with pytest.raises(UserError, match="rank 1 of a --tp 2 export; Python runs one device"):
         TensorRTRunner(engine)
     for command in ("validate", "profile"):

@@ -20,7 +20,7 @@ from ..common.fileio import atomic_write_bytes, check_output_file, staging_dir, 
 from ..graph.onnx_reader import read_exported_model
 from ..model.spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io
-from .collectives import RankIdentity, check_collective_layers, enable_multidevice, parse_form, rank_identity
+from .collectives import RankIdentity, check_collective_layers, enable_multidevice, parse_form
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
 from .profiles import (check_profile_volumes, default_prefill_tokens, optimization_profiles, parse_range,  # noqa: F401
                        volume_function)
@@ -343,7 +343,7 @@ def build_engine(spec: BuildSpec, progress=None, rank: RankIdentity | None = Non
     if spec.timing_cache:
         check_output_file("--timing-cache", spec.timing_cache, {k: v for k, v in inputs.items() if k != "--timing-cache"})
     model = exported.spec
-    identity = rank_identity(exported.metadata, spec.onnx)
+    identity = RankIdentity(model.tp_size, model.tp_rank, exported.metadata.get(contract.META_TP_EXPORT_ID) or None)
     if identity != (rank or RankIdentity()):
         raise UserError(f"--onnx {spec.onnx} is rank {identity.rank} of a --tp {identity.size} export: pass its "
                         "directory (--onnx DIR) to build an engine per rank" if rank is None else

@@ -1,9 +1,9 @@
 """`build --onnx DIR -o OUTDIR` for a `--tp N` export: one engine per rank, `OUTDIR/rank{r}.engine` and its
 sidecar (world size, rank, export id), each built and committed as `build` builds one engine (build.py).
 
-Every rank file is read and checked against the export's manifest before the first engine is built, so a
-foreign or missing rank file fails before anything is written; each engine is then committed on its own
-(staging folder, rename), rank by rank.
+Every rank file is checked against the export's manifest (`read_parallel_export`) before the first engine is
+built, so a foreign, changed or missing rank file fails before anything is written; each engine is then
+committed on its own (staging folder, rename), rank by rank.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 
 from ..common.errors import UserError
 from ..common.fileio import check_output_dir, shown
-from ..graph.onnx_reader import read_exported_model
 from .build import BuildSpec, build_engine
-from .collectives import RankIdentity, rank_identity
+from .collectives import RankIdentity
 from .sidecar import ENGINE_SUFFIX
 
 
@@ -43,18 +42,10 @@ def build_rank_engines(spec: BuildSpec, progress=None) -> list[Path]:
     from ..graph.parallel_export import read_parallel_export
 
     export = read_parallel_export(spec.onnx)
-    if spec.timing_cache:
-        raise UserError("--timing-cache: one cache for several rank builds is not supported; drop the option for a "
-                        "--tp export")
-    ranks = []
-    for rank, path in enumerate(export.rank_files):
-        identity = rank_identity(read_exported_model(path).metadata, str(path))
-        expected = RankIdentity(export.world_size, rank, export.export_id)
-        if identity != expected:
-            raise UserError(f"{shown(path)}: its metadata says rank {identity.rank} of {identity.size} (export "
-                            f"{identity.export_id}), the manifest rank {rank} of {export.world_size} (export "
-                            f"{export.export_id}); re-export {shown(spec.onnx)}")
-        ranks.append((path, expected))
+    # The reader has checked every rank file (present, unchanged since export, rank r of this export, one
+    # model); build_engine checks each rank's metadata again as it reads the file.
+    ranks = [(path, RankIdentity(export.world_size, rank, export.export_id))
+             for rank, path in enumerate(export.rank_files)]
     output = output_directory("-o", spec.output)
     output.mkdir(exist_ok=True)
     engines = []

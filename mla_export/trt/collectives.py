@@ -170,28 +170,12 @@ class RankIdentity:
     export_id: str | None = None
 
 
-def rank_identity(metadata: dict, source: str) -> RankIdentity:
-    """The rank identity an exported graph's metadata records (contract.META_TP_*); UserError if malformed."""
-    if contract.META_TP_SIZE not in metadata:
-        return RankIdentity()
-    try:
-        identity = RankIdentity(int(metadata[contract.META_TP_SIZE]), int(metadata.get(contract.META_TP_RANK, "")),
-                                metadata.get(contract.META_TP_EXPORT_ID) or None)
-    except ValueError:
-        identity = None
-    if identity is None or not 0 <= identity.rank < identity.size or (identity.size > 1) != bool(identity.export_id):
-        raise UserError(f"{source}: its --tp metadata ({contract.META_TP_SIZE}, {contract.META_TP_RANK}, "
-                        f"{contract.META_TP_EXPORT_ID}) is not a rank of an export; re-export it")
-    return identity
-
-
 def parse_form(trt, backend: str, model, identity: RankIdentity, source: str) -> tuple[bytes | None, int]:
     """What the parser reads for a rank graph `model` (an onnx ModelProto: the header, or its inlined form):
     (serialized bytes with the collectives rewritten, their count), or (None, 0) for a single-device graph,
-    which is parsed as it is. Refuses a TensorRT without DistCollective first."""
+    which is parsed as it is (the reader refuses collectives in one). Refuses a TensorRT without DistCollective
+    first."""
     if identity.size <= 1:
-        if collective_nodes(model.graph):
-            raise UserError(f"{source}: collective nodes in a single-device export; re-export it")
         return None, 0
     require_multidevice(trt, backend, identity.size)
     rewritten, count = rewrite_collectives(model, identity.size, source)
