@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from onnx import numpy_helper
 
 from corpus import assert_one_message, run
 from mla_export.common import contract
-from mla_export.common.errors import FieldError, UserError
+from mla_export.common.errors import UserError
 from mla_export.graph.collective_parts import CollectiveStep, rank_steps
 from mla_export.graph.export import export_onnx
 from mla_export.graph.parallel_export import export_parallel, read_parallel_export
@@ -186,17 +187,17 @@ def test_validate_fails_when_a_rank_holds_another_slice(tmp_path):
 
 
 def test_check_tp_refuses_layouts_that_do_not_divide():
-    with pytest.raises(FieldError, match="power of two"):
+    with pytest.raises(UserError, match="power of two"):
         _spec(tp=3)
-    with pytest.raises(FieldError, match="num_attention_heads"):
+    with pytest.raises(UserError, match="num_attention_heads=4 is not a multiple of 8"):
         _spec(tp=8)
-    with pytest.raises(FieldError, match="n_routed_experts"):
-        ModelSpec(load_preset("tiny-moe").__class__(**{**load_preset("tiny-moe").__dict__, "num_attention_heads": 16,
-                                                       "n_routed_experts": 8, "n_group": 1, "topk_group": 1}),
-                  max_seq_len=SMAX, tp_size=16)
-    with pytest.raises(FieldError, match="FP8 blocks"):  # V2-Lite: 10944 / 2 rows start mid-block
+    moe = dataclasses.replace(load_preset("tiny-moe"), num_attention_heads=16)
+    with pytest.raises(UserError, match="n_routed_experts=8 is not a multiple of 16"):
+        ModelSpec(moe, max_seq_len=SMAX, tp_size=16)
+    with pytest.raises(UserError, match="cuts 128-value FP8 blocks"):  # V2-Lite: rank 1's 5472 MLP rows start mid-block
         ModelSpec(load_preset("deepseek-v2-lite"), max_seq_len=SMAX, tp_size=2, quant="fp8")
     ModelSpec(load_preset("deepseek-v3"), max_seq_len=SMAX, tp_size=8, quant="fp8")  # every share on a block edge
+    ModelSpec(load_preset("tiny"), max_seq_len=SMAX, tp_size=4, quant="fp8")  # every share inside one block
 
 
 def test_shard_rules_cover_the_export_forms():
@@ -214,7 +215,7 @@ def test_shard_rules_cover_the_export_forms():
 
 def test_cli_refuses_a_tp_that_does_not_divide(tmp_path):
     assert_one_message(run("export", "--preset", "tiny", "--tp", "8", "-o", tmp_path / "d"),
-                       "--tp 8: must divide num_attention_heads (4)")
+                       "--tp 8: tiny's num_attention_heads=4 is not a multiple of 8")
     assert_one_message(run("export", "--preset", "tiny", "--tp", "3", "-o", tmp_path / "d"),
                        "--tp 3: expected a power of two")
     assert_one_message(run("export", "--preset", "tiny", "--tp", "2", "-o", tmp_path / "d.onnx"),
@@ -265,3 +266,12 @@ def test_a_rank_that_dies_stops_the_others_with_one_message(tiny_tp2):
         assert not any(p.is_alive() for p in others)
     finally:
         runner.close()
+
+
+def test_info_reads_a_tp_export_directory(tiny_tp2):
+    """info --onnx DIR: the whole model's figures and the per-rank ones of the directory's own --tp."""
+    result = run("info", "--onnx", tiny_tp2, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["tensor_parallel"]
+    assert data["tp"] == 2 and data["io"] == "tokens"
+    assert_one_message(run("info", "--onnx", tiny_tp2, "--tp", "4"), "is a --tp 2 export: drop --tp 4")

@@ -68,7 +68,7 @@ def rank_bytes_by_hand(config, tp: int, quant: str, absorb: str, element_bytes: 
 
 
 def fp8_splittable():
-    """tiny-moe with dims in whole 128-value FP8 blocks at --tp 2 (the presets' tiny dims are not)."""
+    """tiny-moe with 128-aligned dims: at --tp 2 every rank's FP8 share starts on a block edge."""
     return dataclasses.replace(load_preset("tiny-moe"), hidden_size=256, q_lora_rank=256, kv_lora_rank=128,
                                qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64, intermediate_size=256,
                                moe_intermediate_size=128, n_shared_experts=2, vocab_size=256, name="tiny-fp8")
@@ -105,7 +105,8 @@ def test_fp8_rank_bytes_equal_the_sliced_tensors_with_their_block_scales(absorb)
     rank = rank_weight_bytes(config, 2, 2, "fp8", absorb)
     assert (rank["attention"], rank["mlp"], rank["embeddings_head_norms"]) == (
         hand["attention"], hand["mlp"], hand["rest"])
-    assert tp_problem(config, 4, quant="fp8", absorb=absorb) is not None  # 1 head of Dr=64 rows per rank
+    # rank 1's 96 of 192 dense MLP rows start mid-block and cross into the next one
+    assert tp_problem(dataclasses.replace(config, intermediate_size=192), 2, quant="fp8", absorb=absorb) is not None
 
 
 def replicated_bytes(config, element_bytes: int, quant: str) -> int:
@@ -210,8 +211,10 @@ def test_info_tp_json_and_refused_fp8_forms():
     data = json.loads(result.stdout)["tensor_parallel"]
     assert data["tp"] == 2 and data["weights_per_rank"]["none runtime"]["total"] == rank_weight_bytes(
         load_preset("tiny-moe"), 2, 2, "none", "runtime")["total"]
-    assert "128-value FP8 blocks" in data["weights_per_rank"]["fp8 prefolded"]["refused"]
-    text = run("info", "--preset", "tiny-moe", "--tp", 2).stdout
+    assert "refused" not in data["weights_per_rank"]["fp8 prefolded"]  # tiny's shares lie inside one block each
+    data = json.loads(run("info", "--preset", "deepseek-v2-lite", "--tp", 2, "--json").stdout)["tensor_parallel"]
+    assert "cuts 128-value FP8 blocks" in data["weights_per_rank"]["fp8 prefolded"]["refused"]
+    text = run("info", "--preset", "deepseek-v2-lite", "--tp", 2).stdout
     assert re.search(r"^fp8 prefolded(\s+-){5}$", text, re.MULTILINE)
     assert "tensor_parallel" not in info_dict(load_preset("tiny"))  # without --tp, info is as before
 

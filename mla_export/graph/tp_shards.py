@@ -4,7 +4,7 @@
 A rank's weights are exact slices of the single-device export's weights (the same folds, the same FP8
 bytes and scales), so a rank file is checked against the whole model's reference as it is. An FP8 weight's
 block scales are sliced by blocks: a rank whose rows (or columns) start on a block edge takes those blocks,
-and one whose rows lie inside one block takes that block's scale (`spec.check_tp` refuses other splits).
+and one whose rows lie inside one block takes that block's scale (`tp_layout.check_tp` refuses other splits).
 Routed experts are not sliced here: a rank's experts are streamed whole (`TensorParallel.part`).
 """
 

@@ -16,6 +16,7 @@ from ..common.version import __version__
 from .config import MlaConfig
 from ..common.errors import FieldError, UserError
 from .hf_config import config_from_hf_dict
+from .tp_layout import check_tp
 
 # Element types of weights, activations and caches, with their sizes in bytes.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -81,7 +82,7 @@ class ModelSpec:
         if self.max_seq_len > self.config.max_position_embeddings:
             raise FieldError("max_seq_len", self.max_seq_len,
                              f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
-        check_tp(self.config, self.tp_size, self.io, self.quant)
+        check_tp(self.config, self.tp_size, self.io, self.quant, self.absorb)
         if isinstance(self.tp_rank, bool) or not isinstance(self.tp_rank, int) or not 0 <= self.tp_rank < self.tp_size:
             raise FieldError("tp_rank", self.tp_rank, f"expected a rank from 0 to {self.tp_size - 1}")
 
@@ -175,45 +176,3 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                         "re-export the model")
     return spec
 
-
-def _block_slices_ok(width: int, parts: int, block: int = contract.FP8_BLOCK) -> bool:
-    """Whether every one of `parts` equal slices of a `width`-wide FP8 dimension keeps whole blocks of the
-    whole weight: it starts on a block edge, or lies inside one block (its scale is that block's)."""
-    size = width // parts
-    return all(start % block == 0 or start // block == (start + size - 1) // block
-               for start in range(0, width, size))
-
-
-def check_tp(config: MlaConfig, tp: int, io: str = "hidden", quant: str = "none") -> None:
-    """FieldError("tp", ...) unless `tp` devices can split `config` in DeepSeek-V3's layout: a power of two
-    up to MAX_TP dividing the heads, the dense and shared MLP widths, the routed experts and (--io tokens)
-    the vocabulary; with --quant fp8, each rank's slice of an FP8 weight must keep whole 128x128 blocks."""
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or tp > contract.MAX_TP or tp & (tp - 1):
-        raise FieldError("tp", tp, f"expected a power of two from 1 to {contract.MAX_TP}")
-    if tp == 1:
-        return
-    c = config
-    moe = c.n_routed_experts is not None and any(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
-    dense = any(not c.is_moe_layer(i) for i in range(c.num_hidden_layers))
-    shared = (c.n_shared_experts or 0) * (c.moe_intermediate_size or 0) if moe else 0
-    split = [("num_attention_heads", c.num_attention_heads)]
-    split += [("intermediate_size", c.intermediate_size)] if dense else []
-    split += [("n_routed_experts", c.n_routed_experts)] if moe else []
-    split += [("n_shared_experts * moe_intermediate_size", shared)] if shared else []
-    split += [("vocab_size", c.vocab_size)] if io == "tokens" else []
-    for field, value in split:
-        if value % tp:
-            raise FieldError("tp", tp, f"must divide {field} ({value}); choose a smaller power of two")
-    if quant != "fp8":
-        return
-    heads = c.num_attention_heads
-    widths = [("num_attention_heads * kv_lora_rank", heads * c.kv_lora_rank),
-              ("num_attention_heads * qk_rope_head_dim", heads * c.qk_rope_head_dim),
-              ("num_attention_heads * qk_head_dim", heads * c.qk_head_dim),
-              ("num_attention_heads * v_head_dim", heads * c.v_head_dim)]
-    widths += [("intermediate_size", c.intermediate_size)] if dense else []
-    widths += [("n_shared_experts * moe_intermediate_size", shared)] if shared else []
-    for field, width in widths:
-        if not _block_slices_ok(width, tp):
-            raise FieldError("tp", tp, f"with --quant fp8 needs each rank's share of {field} ({width}) to keep "
-                             f"whole {contract.FP8_BLOCK}-wide FP8 blocks; choose a smaller --tp or --quant none")

@@ -4,7 +4,8 @@ and if not, the one field that does not.
 Every rank takes 1/N of: the attention heads (num_attention_heads), the dense MLP's intermediate_size, the
 routed experts (n_routed_experts, whole experts), the shared experts' width (moe_intermediate_size *
 n_shared_experts) and, with --io tokens, the vocabulary (embedding and LM head rows). With --quant fp8 each
-rank's share of a split FP8 matrix must also be whole 128-value blocks, so that its block scales split with it.
+rank's share of a split FP8 matrix must keep the whole model's 128x128 blocks, so that its block scales are
+the whole model's: it starts on a block edge, or lies inside one block (whose scale it shares).
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def fp8_shard_widths(c: MlaConfig, tp: int, absorb: str) -> list[tuple[str, int]
     return widths
 
 
+def block_slices_ok(share: int, tp: int, block: int = FP8_BLOCK) -> bool:
+    """Whether each of `tp` consecutive `share`-wide slices of a dimension keeps whole blocks of it: it starts
+    on a block edge, or lies inside one block."""
+    return all(start % block == 0 or start // block == (start + share - 1) // block
+               for start in range(0, share * tp, share))
+
+
 def tp_problem(c: MlaConfig, tp: int, io: str = "tokens", quant: str = "none", absorb: str = "prefolded") -> str | None:
     """Why `c` does not split over `tp` ranks (one message naming the field and the fix), or None if it does."""
     if not (isinstance(tp, int) and 1 <= tp <= MAX_TP and tp & (tp - 1) == 0):
@@ -69,8 +77,8 @@ def tp_problem(c: MlaConfig, tp: int, io: str = "tokens", quant: str = "none", a
                 f"pass --tp {choices}")
     if quant == "fp8" and tp > 1:
         for what, width in fp8_shard_widths(c, tp, absorb):
-            if width % FP8_BLOCK:
-                return (f"--quant fp8 --tp {tp}: a rank's share of {what} is {width} values, not whole "
+            if not block_slices_ok(width, tp):
+                return (f"--quant fp8 --tp {tp}: a rank's share of {what} is {width} values, which cuts "
                         f"{FP8_BLOCK}-value FP8 blocks; pass a smaller --tp")
     return None
 

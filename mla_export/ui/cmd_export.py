@@ -63,8 +63,6 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
         spec = ModelSpec(config, dtype=dtype, max_seq_len=rows, seed=seed, checkpoint=checkpoint, io=io,
                          absorb=absorb, quant=quant, tp_size=tp)
     except FieldError as exc:
-        if exc.field == "tp":
-            raise UserError(f"--tp {tp}: {exc.expected}") from None
         if exc.field != "max_seq_len" or max_seq_len is not None:
             raise
         raise UserError(f"config field max_position_embeddings={config.max_position_embeddings}: the default cache "

@@ -13,7 +13,8 @@ from .options import (EXIT_CODES, config_option, input_files, json_option, load_
 @preset_option
 @config_option
 @click.option("--onnx", "onnx_path", type=click.Path(),
-              help="An ONNX file written by mla-export export: its config, and the --absorb form it holds.")
+              help="An ONNX file (or --tp export directory) written by mla-export export: its config, and the "
+                   "--absorb form it holds.")
 @click.option("--layers", type=int, help="Use only the first N layers.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp8"]), default="bfloat16",
               show_default=True, help="Cache element type for the byte counts.")
@@ -43,8 +44,16 @@ def info(preset, config_path, onnx_path, layers, dtype, context, tp, io, json_ou
         if preset or config_path or layers is not None:
             raise UserError("--onnx takes its config from the file: pass it without --preset, --config or --layers")
         from ..graph.onnx_reader import read_export_spec
+        from ..graph.parallel_export import is_parallel_export, read_parallel_export
 
-        spec = read_export_spec(onnx_path)
+        if is_parallel_export(onnx_path):  # a --tp export: the whole model's figures and its own --tp's
+            spec = read_parallel_export(onnx_path).spec
+            if tp not in (None, spec.tp_size):
+                raise UserError(f"--onnx {onnx_path} is a --tp {spec.tp_size} export: drop --tp {tp}, or pass it "
+                                "with a --preset or --config")
+            tp, spec = spec.tp_size, spec.single_device()
+        else:
+            spec = read_export_spec(onnx_path)
         config, absorb = spec.config, spec.absorb
         io = io or spec.io  # --tp's figures for the ends this file has
         if spec.quant == "fp8":
