@@ -191,7 +191,7 @@ class EngineSteps:
         from ..trt.sidecar import Sidecar
         from .trt_runner import TensorRTRunner
 
-        sidecar = Sidecar.read(engine)
+        sidecar = Sidecar.read_single_device(engine)
         self.spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
         require_tokens(self.spec, f"--engine {engine}")
         self.profiles = {p["name"]: p["shapes"][contract.INPUT_IDS] for p in sidecar.profiles}

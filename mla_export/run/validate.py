@@ -155,7 +155,7 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
     from .runners import OnnxRuntimeRunner
     from .trt_runner import TensorRTRunner
 
-    sidecar = Sidecar.read(engine)
+    sidecar = Sidecar.read_single_device(engine)
     spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
     check_memory(scenario.peak_bytes(spec), f"validating {Path(engine).name} with --batch {scenario.batch}",
                  "lower --batch or --prefill-len")

@@ -132,7 +132,7 @@ def generate(onnx_path, engine, plugin_lib, eager, preset, config_path, checkpoi
         from ..run.generate_steps import require_tokens
         from ..trt.sidecar import Sidecar
 
-        spec = spec_from_metadata(Sidecar.read(engine).onnx_metadata, f"--engine {engine}")
+        spec = spec_from_metadata(Sidecar.read_single_device(engine).onnx_metadata, f"--engine {engine}")
         require_tokens(spec, f"--engine {engine}")
     text_tokenizer = load_tokenizer(*_tokenizer_path(tokenizer, checkpoint, spec.checkpoint if spec else None))
     encode = text_tokenizer.encode_chat if chat else text_tokenizer.encode
