@@ -25,9 +25,9 @@ from .options import (EXIT_CODES, config_option, input_files, json_option, load_
                    "scale per 128, k_pe in --dtype: FlashMLA's format).")
 @click.option("--cache", type=click.Choice(contract.CACHE_LAYOUTS),
               help="As export's: contiguous (the default: Smax rows per sequence) or paged (pages of --page-size).")
-@click.option("--page-size", type=int, help=f"Rows per page of the paged figures, a power of two "
+@click.option("--page-size", type=int, metavar="N", help=f"Rows per page of the paged figures, a power of two "
               f"[default: {contract.DEFAULT_PAGE_SIZE}].")
-@click.option("--memory", help="Cache memory, e.g. 80GiB, 80G or 500MiB: the sequences of a few contexts that "
+@click.option("--memory", metavar="SIZE", help="Cache memory, e.g. 80GiB, 80G or 500MiB: the sequences of a few contexts that "
               "fit, per layout and cache dtype, against MHA/GQA/MQA (weights not counted).")
 @click.option("--context", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Context length (tokens) for whole-model figures.")
