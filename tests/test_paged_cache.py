@@ -265,3 +265,9 @@ def test_bad_cache_options_get_one_message(tmp_path, tiny_paged):
                            tmp_path / "m.onnx"), "--page-size 3: expected a power of two")
     assert_one_message(run("validate", "--onnx", tiny_paged, "--per-layer"), "drop --per-layer")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_build_refuses_a_contract_2_export_with_one_message(tiny_paged, tmp_path):
+    assert_one_message(run("build", "--onnx", tiny_paged, "-o", tmp_path / "m.engine"),
+                       "TensorRT builds of contract-2 graphs are not written yet")
+    assert not (tmp_path / "m.engine").exists()

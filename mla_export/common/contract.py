@@ -79,6 +79,7 @@ KV_CACHE_DTYPE_MODEL, KV_CACHE_DTYPE_FP8 = 0, 1
 CACHE_LAYOUTS = ("contiguous", "paged")  # export --cache
 KV_CACHE_DTYPES = ("model", "fp8")  # export --kv-cache-dtype ("model": the export's --dtype)
 DEFAULT_PAGE_SIZE = 64  # FlashMLA's and vLLM's page
+MAX_PAGE_SIZE = 4096  # --page-size: a power of two from 1 to this
 FP8_CACHE_TILE = 128
 FP8_CACHE_MIN_SCALE = 1e-4
 

@@ -276,7 +276,7 @@ def collectives(c: MlaConfig, tp: int, element_bytes: int, with_embeddings: bool
 
 # ------------------------------------------------------------------------------------ latent cache sizing
 
-MAX_PAGE_SIZE = 4096  # ModelSpec.page_size's bound (rows per page)
+MAX_PAGE_SIZE = contract.MAX_PAGE_SIZE  # ModelSpec.page_size's bound (rows per page)
 
 
 def latent_cache_bytes_per_token(c: MlaConfig, element_bytes: int, kv_cache_dtype: str = "model") -> int:

@@ -349,6 +349,9 @@ def build_engine(spec: BuildSpec, progress=None, rank: RankIdentity | None = Non
                         "directory (--onnx DIR) to build an engine per rank" if rank is None else
                         f"{spec.onnx}: its metadata says rank {identity.rank} of {identity.size} (export "
                         f"{identity.export_id}), not rank {rank.rank} of export {rank.export_id}; re-export DIR")
+    if model.cache_contract:  # MlaAttention contract 2: the Triton kernels exist, the plugin and profiles do not
+        raise UserError(f"--onnx {spec.onnx} has a {model.cache} cache (--kv-cache-dtype {model.kv_cache_dtype}): "
+                        "TensorRT builds of contract-2 graphs are not written yet; export with --cache contiguous")
     if spec.attention == "plugin" and spec.backend == "tensorrt-rtx":
         raise UserError("TensorRT-RTX cannot build engines with custom plugins (its ONNX parser aborts after "
                         "creating one); use --attention decomposed with --backend tensorrt-rtx, or --backend tensorrt")
