@@ -46,7 +46,7 @@ def _rank_main(rank: int, world_size: int, path: str, data_file: str | None, ini
         from ..graph.collective_parts import CollectiveStep, rank_steps
         from ..graph.parts import part_directory, write_part
         from ..model import parallel  # noqa: F401  (registers the collectives)
-        from .runners import from_numpy, to_numpy
+        from .runners import from_numpy, run_session, to_numpy
 
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
@@ -78,7 +78,7 @@ def _rank_main(rank: int, world_size: int, path: str, data_file: str | None, ini
                     continue
                 session = sessions[step.label]
                 names = [o.name for o in session.get_outputs()]
-                got = session.run(names, {i.name: values[i.name] for i in session.get_inputs()})
+                got = run_session(session, names, {i.name: values[i.name] for i in session.get_inputs()})
                 values.update(zip(names, got))
             results.put(("outputs", rank, {name: values[name] for name in outputs}))
     except Exception as exc:  # reported to the parent, which raises it as one message

@@ -61,20 +61,23 @@ class OnnxRuntimeRunner:
             raise UserError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:300]}); {hint}") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name; float8 feeds and outputs (an FP8 cache's codes) as ml_dtypes.float8_e4m3fn arrays,
-        which ONNX Runtime's Python API takes and gives only as raw bytes."""
-        import onnxruntime as ort
-        from onnx import TensorProto
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, run_session(self.session, names, feeds)))
 
-        outputs = self.session.get_outputs()
-        names = [o.name for o in outputs]
-        feeds = {name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(x).view(np.uint8),
-                                                                      TensorProto.FLOAT8E4M3FN)
-                 if isinstance(x, np.ndarray) and x.dtype.name == "float8_e4m3fn" else x for name, x in feeds.items()}
-        results = self.session.run(names, feeds)
-        fp8 = {o.name for o in outputs if o.type == "tensor(float8e4m3fn)"}
-        if fp8:
-            import ml_dtypes
 
-            results = [r.view(ml_dtypes.float8_e4m3fn) if name in fp8 else r for name, r in zip(names, results)]
-        return dict(zip(names, results))
+def run_session(session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """`session.run(names, feeds)` with float8 feeds and outputs (an FP8 cache's codes) as
+    ml_dtypes.float8_e4m3fn arrays, which ONNX Runtime's Python API takes and gives only as raw bytes."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    feeds = {name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(x).view(np.uint8),
+                                                                  TensorProto.FLOAT8E4M3FN)
+             if isinstance(x, np.ndarray) and x.dtype.name == "float8_e4m3fn" else x for name, x in feeds.items()}
+    results = session.run(names, feeds)
+    fp8 = {o.name for o in session.get_outputs() if o.type == "tensor(float8e4m3fn)"}
+    if fp8:
+        import ml_dtypes
+
+        results = [r.view(ml_dtypes.float8_e4m3fn) if name in fp8 else r for name, r in zip(names, results)]
+    return results
