@@ -273,9 +273,9 @@ def _check_expert_slice(node, dims: dict, experts: int, version: int, source: st
     shape = dims.get(node.input[3])
     held = shape[0] if shape else None
     if first < 0 or (held is not None and (held < 1 or first + held > experts)):
-        span = f"{first} .. {first + held - 1}" if held is not None else f"from {first}"
-        raise _edited(source, f"{node.op_type} node {node.name or '?'} holds experts {span} (first_expert, "
-                              f"gate_up_proj's E_local), outside the {experts} routed experts")
+        span = f"{first}..{first + held - 1}" if held is not None else f"from {first}"
+        raise _edited(source, f"{node.op_type} node {node.name or '?'}: experts {span}, not in the {experts} "
+                              "routed")
     return held
 
 
