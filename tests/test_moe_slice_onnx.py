@@ -143,3 +143,51 @@ def test_reader_reads_a_version_2_file_without_first_expert(tiny_moe, tmp_path):
             p.value = "2"
     onnx.save(model, str(v2))
     assert len(read_exported_model(v2).moe_nodes()) == 2
+
+
+class _RankMoe(torch.nn.Module):
+    """A rank's routed experts as the `--tp` model calls them: the op with `first_expert=k` after the routing
+    attributes (RoutingRule.attributes() holds only those)."""
+
+    def __init__(self, rule, router, bias, gate_up, down, first_expert: int):
+        super().__init__()
+        self.rule, self.first_expert = rule, first_expert
+        for name, t in (("router", router), ("bias", bias), ("gate_up", gate_up), ("down", down)):
+            self.register_buffer(name, t.float().contiguous())
+
+    def forward(self, x):
+        return torch.ops.mla.deepseek_moe(x, self.router, self.bias, self.gate_up, self.down,
+                                          **self.rule.attributes(), first_expert=self.first_expert)
+
+
+def test_export_carries_first_expert_and_onnx_runtime_runs_the_slice(tmp_path):
+    """torch.onnx.export with the op's translation: the node carries the call's first_expert, and ONNX Runtime
+    running the file (the function body) equals the eager op, itself moe_reference with the slice."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from mla_export.graph.onnx_moe import moe_translation
+
+    rule = RULES["kimi-one-group"]
+    router, bias, gate_up, down = random_layer(rule, seed=6)
+    first, held = 8, 4
+    module = _RankMoe(rule, router, bias, gate_up[first:first + held], down[first:first + held], first)
+    x = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(2))
+    eager = module(x)
+    torch.testing.assert_close(eager.double(), moe_reference(
+        x.double(), router, bias, gate_up[first:first + held].float().double(),
+        down[first:first + held].float().double(), rule, first_expert=first), rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (x,), dynamo=True, input_names=["hidden_states"],
+                                    output_names=["routed_output"], custom_translation_table=moe_translation(),
+                                    opset_version=18, optimize=False, verbose=False, report=False)
+    model = program.model_proto
+    model.functions.append(moe_function_proto())
+    model.ir_version = 10
+    (node,) = [n for n in model.graph.node if n.op_type == contract.MOE_OP_TYPE]
+    assert {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}["first_expert"] == first
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"hidden_states": x.numpy()})[0]
+    np.testing.assert_allclose(got, eager.numpy(), rtol=1e-5, atol=1e-5 * rule.weight_scale)

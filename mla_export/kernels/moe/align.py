@@ -1,13 +1,13 @@
 """DeepseekMoE kernels 3-4 of 7: token-to-expert alignment on the device (no host sync, no atomics).
 
-A slot is one (token, k) pair, s = t * top_k + k; `ids[s]` is its (global) expert. A rank of a `--tp` export
-holds the E local experts first_expert .. first_expert + E - 1 (contract version 3; first_expert 0 and E =
-num_experts on one device): local expert e is global first_expert + e, and a slot routed to an expert outside
-that range is dropped here (no row: it contributes nothing on this rank; the combine skips it too). The expert
-GEMMs need the local slots grouped by local expert, each group padded to a multiple of BLOCK_M, and the local
-expert of every BLOCK_M-row block:
+A slot is one (token, k) pair, s = t * top_k + k; `ids[s]` is its (global) expert. The call holds the E_local
+experts first_expert .. first_expert + E_local - 1 (a `--tp` rank's slice, contract version 3; first_expert 0 and
+E_local = num_experts on one device): local expert e is global first_expert + e, and a slot routed elsewhere is
+dropped here (no row: it contributes nothing on this rank; the combine skips it too). The expert GEMMs need the
+local slots grouped by local expert, each group padded to a multiple of BLOCK_M, and the local expert of every
+BLOCK_M-row block:
 
-    counts[e]        = #{s : ids[s] == first_expert + e}   for e < E
+    counts[e]        = #{s : ids[s] == first_expert + e}   for e < E_local
     padded[e]        = cdiv(counts[e], BLOCK_M) * BLOCK_M
     offset[e]        = sum_{e' < e} padded[e']
     sorted_slots[offset[e] + r] = the r-th slot (in slot order) routed to e, for r < counts[e];
@@ -19,9 +19,10 @@ Everything is computed on the device from `ids`, so the launches never wait for 
 and the result is a pure function of `ids`: slots keep their order within an expert, so two runs place every
 slot at the same row. An expert with no slot owns no block: the GEMMs never read its weights.
 
-Kernel 3, `moe_count_kernel`, grid (cdiv(E, BLOCK_E),): each program counts BLOCK_E local experts over all slots.
-Kernel 4, `moe_align_kernel`, grid (E,): program e (a local expert) computes offset[e] from the counts, writes its slots with a
-prefix sum of matches per chunk, its padding and its blocks; program 0 also writes the -1 tail.
+Kernel 3, `moe_count_kernel`, grid (cdiv(E_local, BLOCK_E),): each program counts BLOCK_E local experts over
+all slots.
+Kernel 4, `moe_align_kernel`, grid (E_local,): program e computes offset[e] from the counts, writes its slots
+with a prefix sum of matches per chunk, its padding and its blocks; program 0 also writes the -1 tail.
 """
 
 from __future__ import annotations
