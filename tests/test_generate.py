@@ -251,3 +251,12 @@ def test_prompts_file_prints_each_completion_when_it_ends(dense, dense_onnx, tmp
     order = sorted(range(2), key=lambda i: len(dense[1][(0, 2)[i]]))  # the shorter one ends (is printed) first
     assert result.stdout == "".join(f"[{i + 1}] {texts[i]}\n" for i in order)
     assert "prefill 2 x up to" in result.stderr and "tokens/s" in result.stderr
+
+
+def test_tp_onnx_matches_transformers(dense, tmp_path):
+    """A --tp 2 export of the checkpoint: its two ranks in lockstep generate transformers' greedy ids."""
+    directory, expected = dense
+    ranks = export(directory, tmp_path / "tp2", "--tp", "2")
+    check_matches(["--onnx", str(ranks)], directory, expected, tmp_path)
+    result = CliRunner().invoke(main, ["generate", "--onnx", str(ranks / "rank1.onnx"), "--prompt", "hi"])
+    assert result.exit_code == 1 and "rank 1 of 2 of a --tp export" in result.output

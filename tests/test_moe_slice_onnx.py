@@ -111,21 +111,27 @@ def _set_first(node, value):
             a.i = value
 
 
-def test_reader_accepts_a_rank_slice_and_refuses_one_past_the_experts(tiny_moe, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_moe_ranks(tmp_path_factory):
+    """`export --tp 2` of tiny-moe: rank{0,1}.onnx, each with 4 of the 8 experts."""
+    from mla_export.graph.parallel_export import export_parallel
+
+    out = tmp_path_factory.mktemp("tp2")
+    export_parallel(ModelSpec(load_preset("tiny-moe"), max_seq_len=32, seed=5, tp_size=2), out)
+    return out
+
+
+def test_reader_accepts_the_ranks_slices_and_refuses_a_wrong_one(tiny_moe_ranks, tmp_path):
     experts = load_preset("tiny-moe").n_routed_experts
-
-    def second_half(node, inits, first=experts // 2):
-        _set_first(node, first)
-        for name in node.input[3:5]:
-            full = onnx.numpy_helper.to_array(inits[name])
-            inits[name].CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(full[experts // 2:]), name))
-
-    model = read_exported_model(_rewritten(tiny_moe, tmp_path / "rank1.onnx", second_half))
-    node = model.moe_nodes()[0]
-    assert {a.name: a.i for a in node.attribute}["first_expert"] == experts // 2
+    for rank in (0, 1):
+        model = read_exported_model(tiny_moe_ranks / contract.rank_file_name(rank))
+        for node in model.moe_nodes():
+            assert {a.name: a.i for a in node.attribute}["first_expert"] == rank * experts // 2
+    rank1 = tiny_moe_ranks / contract.rank_file_name(1)
     with pytest.raises(UserError, match=f"experts {experts // 2 + 1}..{experts}, not in the {experts} routed"):
-        read_exported_model(_rewritten(tiny_moe, tmp_path / "past.onnx",
-                                       lambda n, i: second_half(n, i, experts // 2 + 1)))
+        read_exported_model(_rewritten(rank1, tmp_path / "past.onnx", lambda n, i: _set_first(n, experts // 2 + 1)))
+    with pytest.raises(UserError, match=f"first_expert=0, its --tp rank's slice starts at {experts // 2}"):
+        read_exported_model(_rewritten(rank1, tmp_path / "rank0s.onnx", lambda n, i: _set_first(n, 0)))
 
 
 def test_reader_reads_a_version_2_file_without_first_expert(tiny_moe, tmp_path):

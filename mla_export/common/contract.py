@@ -48,6 +48,40 @@ OP_ATTRIBUTES = {
 }
 PLUGIN_LOOKUP_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
 
+# Contract version 2 (issue 24): the latent cache paged and/or stored as FP8. A node of version 2 appends inputs
+# (indices 0-6 keep their meaning, so version-1 constants stay valid) and has two more attributes:
+#
+#     attribute page_size INT      rows per page (a power of two, e.g. 64 or 16); 0: contiguous (one "page" of
+#                                  Smax rows per sequence, block_table ignored: page b of the pool is sequence b)
+#     attribute kv_cache_dtype INT KV_CACHE_DTYPE_MODEL (rows in T) or KV_CACHE_DTYPE_FP8 (below)
+#     4 past_cache    [P, page, Dc+Dr] T (model dtype)  or  [P, page, Dc] float8e4m3fn (fp8: c_kv's codes)
+#     7 block_table   [B, max_pages] int32   row b, slot j -> the pool page holding positions [j*page,
+#                                            (j+1)*page) of sequence b; slots past ceil((cache_seqlens[b] +
+#                                            S) / page) are never read (any value). Contiguous: [B, 1], ignored.
+#     8 past_scale    fp8 only: [P, page, ceil(Dc/128)] float32   c_kv's scale per 128 values per token
+#     9 past_rope     fp8 only: [P, page, Dr] T                   the rotated k_pe, in T
+#     outputs 1 present_cache (input 4 updated), fp8: 2 present_scale (input 8), 3 present_rope (input 9)
+#
+# Token i of sequence b sits at position p = cache_seqlens[b] + i, in page block_table[b, p // page], row
+# p % page. FP8 rows (FlashMLA's DeepSeek-V3.2 format as three planes): c_kv split in tiles of
+# FP8_CACHE_TILE values (the last may be partial); scale = 2^ceil(log2(max(amax(|tile|) / 448,
+# FP8_CACHE_MIN_SCALE))) (a power of two: dequantizing is exact); code = e4m3(value / scale), round to nearest
+# even, saturated; value read back = float(code) * scale. 656 bytes per token at DeepSeek's dims in bfloat16
+# (512 codes + 4 x 4 scale bytes + 64 x 2 RoPE bytes) against 1,152. A page id outside [0, P) among the slots
+# a call reads or writes is out of contract: no implementation reads or writes outside the pool.
+CACHE_CONTRACT_VERSION = 2
+READABLE_CONTRACT_VERSIONS = (1, 2)
+OP_PAGED_INPUTS = OP_INPUTS + ("block_table",)
+OP_FP8_CACHE_INPUTS = OP_PAGED_INPUTS + ("past_scale", "past_rope")
+OP_FP8_CACHE_OUTPUTS = OP_OUTPUTS + ("present_scale", "present_rope")
+OP_CACHE_ATTRIBUTES = {"page_size": "INT", "kv_cache_dtype": "INT"}
+KV_CACHE_DTYPE_MODEL, KV_CACHE_DTYPE_FP8 = 0, 1
+CACHE_LAYOUTS = ("contiguous", "paged")  # export --cache
+KV_CACHE_DTYPES = ("model", "fp8")  # export --kv-cache-dtype ("model": the export's --dtype)
+DEFAULT_PAGE_SIZE = 64  # FlashMLA's and vLLM's page
+FP8_CACHE_TILE = 128
+FP8_CACHE_MIN_SCALE = 1e-4
+
 # The `DeepseekMoE` op: the routed experts of one DeepSeek MoE MLP (router included; the shared experts
 # stay standard ops). Semantics in mla_export/moe.py; T is float32, float16 or bfloat16.
 #
@@ -170,6 +204,36 @@ def past_cache_name(layer: int) -> str:
 def present_cache_name(layer: int) -> str:
     """Graph output holding layer `layer`'s latent cache after the call."""
     return f"present_latent_cache.{layer}"
+
+
+BLOCK_TABLE = "block_table"  # graph input of a paged export: [batch, max_pages] int32, shared by every layer
+
+
+def past_pages_name(layer: int) -> str:
+    """Graph input holding layer `layer`'s page pool (paged exports; FP8: c_kv's codes)."""
+    return f"past_latent_pages.{layer}"
+
+
+def present_pages_name(layer: int) -> str:
+    return f"present_latent_pages.{layer}"
+
+
+def past_scales_name(layer: int) -> str:
+    """Graph input holding layer `layer`'s FP8 cache scales (--kv-cache-dtype fp8)."""
+    return f"past_latent_scales.{layer}"
+
+
+def present_scales_name(layer: int) -> str:
+    return f"present_latent_scales.{layer}"
+
+
+def past_rope_name(layer: int) -> str:
+    """Graph input holding layer `layer`'s rotated k_pe rows beside FP8 codes (--kv-cache-dtype fp8)."""
+    return f"past_latent_rope.{layer}"
+
+
+def present_rope_name(layer: int) -> str:
+    return f"present_latent_rope.{layer}"
 
 
 def graph_io_names(num_layers: int, io: str) -> tuple[list[str], list[str]]:

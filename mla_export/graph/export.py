@@ -94,7 +94,7 @@ def check_resources(spec: ModelSpec, directory: Path) -> None:
                  "export fewer layers (--layers N) or close other programs")
 
 
-def _finish(proto, spec: ModelSpec, data_file: str) -> None:
+def _finish(proto, spec: ModelSpec, data_file: str, extra_metadata: dict[str, str]) -> None:
     """Add the nodes' functions, opset, IR version and metadata to the serialized model, in place."""
     import onnx
 
@@ -118,7 +118,8 @@ def _finish(proto, spec: ModelSpec, data_file: str) -> None:
     proto.producer_name, proto.producer_version = "mla_export", __version__
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {**spec.metadata(), contract.META_DATA_FILE: data_file,
-                                        contract.META_EOS_TOKEN_IDS: checkpoint_eos_ids(spec.checkpoint)})
+                                        contract.META_EOS_TOKEN_IDS: checkpoint_eos_ids(spec.checkpoint),
+                                        **extra_metadata})
 
 
 def checkpoint_eos_ids(checkpoint: str | None) -> str:
@@ -150,12 +151,13 @@ def _point_at_data(traced, layout, data_file: str) -> None:
 
 
 def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None = None,
-                note: Callable[[str], None] | None = None) -> Path:
+                note: Callable[[str], None] | None = None, extra_metadata: dict[str, str] | None = None) -> Path:
     """Export `spec` to `output` (weights in `output.<token>.data` beside it when past 2 GB), layer by layer.
 
     Nothing is left behind on failure and a previous export at `output` stays whole until the new one is
     complete. `progress(what, done, total)` reports tracing and the bytes written; `note(line)` is told what
-    the export leaves out of a checkpoint (its multi-token-prediction layers).
+    the export leaves out of a checkpoint (its multi-token-prediction layers). `extra_metadata` joins the
+    spec's metadata (a --tp export's id).
     """
     import onnx
     import onnx_ir as ir
@@ -194,7 +196,7 @@ def export_onnx(spec: ModelSpec, output: str | Path, progress: Progress | None =
         if not external:
             load_external_data_for_model(proto, str(staging))
             (staging / data_file).unlink()
-        _finish(proto, spec, data_file if external else "")
+        _finish(proto, spec, data_file if external else "", extra_metadata or {})
         staged = staging / output.name
         onnx.save(proto, str(staged))
         del proto

@@ -85,6 +85,7 @@ def read_exported_model(path: str | Path) -> ExportedModel:
     check_attention_nodes(model, source)
     check_moe_nodes(model, source)
     check_fp8_nodes(model, source)
+    check_collective_nodes(model, source)
     data_file = check_weight_files(model, source)
     return ExportedModel(model.path, spec, metadata, header, data_file)
 
@@ -195,9 +196,9 @@ def check_attention_nodes(model: ExportedModel, source: str) -> None:
     (num_heads, kv_lora_rank, qk_rope_head_dim, softmax_scale with YaRN's mscale²) and to the static shapes of
     the tensors it takes; the file holds the node's function (what ONNX Runtime runs)."""
     c, spec = model.spec.config, model.spec
-    expected = {"num_heads": c.num_attention_heads, "kv_lora_rank": c.kv_lora_rank,
+    heads, d_c, d_r = c.num_attention_heads // spec.tp_size, c.kv_lora_rank, c.qk_rope_head_dim  # a rank's heads
+    expected = {"num_heads": heads, "kv_lora_rank": c.kv_lora_rank,
                 "qk_rope_head_dim": c.qk_rope_head_dim, "softmax_scale": c.softmax_scale}
-    heads, d_c, d_r = c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim
     shapes = {0: [None, None, heads, d_c], 1: [None, None, heads, d_r], 2: [None, None, d_c], 3: [None, None, d_r],
               4: [None, spec.max_seq_len, d_c + d_r], 6: [spec.max_seq_len, d_r]}
     dims = _value_dims(model.header)
@@ -239,7 +240,13 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
 
     expected = RoutingRule.from_config(c).attributes()
     experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size
-    inputs = contract.MOE_INPUTS + (contract.MOE_FP8_INPUTS[5:] if model.spec.quant == "fp8" else ())
+    local = experts // model.spec.tp_size  # a rank's experts (the router covers all of them)
+    first = model.spec.tp_rank * local  # DeepSeek-V3's layout: rank r holds [r * E/N, (r + 1) * E/N)
+    shapes = {1: [experts, d], 2: [experts], 3: [local, 2 * inter, d], 4: [local, d, inter]}
+    inputs = contract.MOE_INPUTS
+    if model.spec.quant == "fp8":  # contract version 2: FP8 experts and their block scales
+        inputs = contract.MOE_FP8_INPUTS
+        shapes.update({5: list(_grid([local, 2 * inter, d])), 6: list(_grid([local, d, inter]))})
     dims = _value_dims(model.header)
     version = int(model.metadata.get(contract.META_MOE_CONTRACT_VERSION, contract.MOE_CONTRACT_VERSION))
     for node in nodes:
@@ -248,10 +255,7 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
                                   f"the contract {len(inputs)} for --quant {model.spec.quant}")
         _check_node_attributes(node, contract.MOE_ATTRIBUTES, expected, source,
                                "its config's routing")
-        held = _check_expert_slice(node, dims, experts, version, source)
-        shapes = {1: [experts, d], 2: [experts], 3: [held, 2 * inter, d], 4: [held, d, inter]}
-        if model.spec.quant == "fp8":  # contract version 2: FP8 experts and their block scales
-            shapes.update({5: list(_grid([held, 2 * inter, d])), 6: list(_grid([held, d, inter]))})
+        _check_expert_slice(node, dims, experts, first, version, source)
         for index, want in shapes.items():
             got = dims.get(node.input[index])
             if got is not None and not _dims_match(got, want):
@@ -260,10 +264,10 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
                                       f"{want}")
 
 
-def _check_expert_slice(node, dims: dict, experts: int, version: int, source: str) -> int | None:
+def _check_expert_slice(node, dims: dict, experts: int, want: int, version: int, source: str) -> None:
     """The node's expert slice (contract version 3; files of versions 1-2 carry no first_expert: 0): its experts
-    first_expert .. first_expert + E_local - 1 must lie in the num_experts routed ones. Returns E_local
-    (gate_up_proj's dim 0), or None when the file gives no static shape for it."""
+    first_expert .. first_expert + E_local - 1 (E_local: gate_up_proj's dim 0, when the file gives it) must lie in
+    the num_experts routed ones, and first_expert be `want`, where its rank's slice starts."""
     import onnx
 
     attr = _attributes(node).get("first_expert")
@@ -276,7 +280,39 @@ def _check_expert_slice(node, dims: dict, experts: int, version: int, source: st
         span = f"{first}..{first + held - 1}" if held is not None else f"from {first}"
         raise _edited(source, f"{node.op_type} node {node.name or '?'}: experts {span}, not in the {experts} "
                               "routed")
-    return held
+    if first != want:
+        raise _edited(source, f"{node.op_type} node {node.name or '?'}: first_expert={first}, its --tp rank's "
+                              f"slice starts at {want}")
+
+
+def expected_collectives(spec: ModelSpec) -> dict[str, int]:
+    """The collective nodes a rank's graph holds, by op type (none on a single device)."""
+    if spec.tp_size == 1:
+        return {}
+    tokens = spec.io == "tokens"
+    return {contract.ALL_REDUCE_OP_TYPE: 2 * spec.config.num_hidden_layers + tokens,
+            contract.ALL_GATHER_OP_TYPE: int(tokens)}
+
+
+def check_collective_nodes(model: ExportedModel, source: str) -> None:
+    """As many `AllReduce` / `AllGather` nodes as the metadata's --tp layout places, each with one input,
+    one output and world_size = tp_size (AllGather: along the last axis)."""
+    from .onnx_collective import collective_nodes
+
+    nodes = collective_nodes(model.header.graph)
+    want = expected_collectives(model.spec)
+    for op_type in (contract.ALL_REDUCE_OP_TYPE, contract.ALL_GATHER_OP_TYPE):
+        count = sum(n.op_type == op_type for n in nodes)
+        if count != want.get(op_type, 0):
+            raise _edited(source, f"{count} {op_type} nodes, its metadata (tp {model.spec.tp_size}, io "
+                                  f"{model.spec.io}) places {want.get(op_type, 0)}")
+    for node in nodes:
+        attrs = _attributes(node)
+        world = attrs["world_size"].i if "world_size" in attrs else None
+        axis = attrs["axis"].i if "axis" in attrs else -1
+        if len(node.input) != 1 or len(node.output) != 1 or world != model.spec.tp_size or axis != -1:
+            raise _edited(source, f"{node.op_type} node {node.name or '?'} does not match its metadata "
+                                  f"(world_size {world}, tp {model.spec.tp_size})")
 
 
 def _grid(shape: list[int]) -> tuple[int, ...]:

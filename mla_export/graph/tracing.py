@@ -17,6 +17,8 @@ import torch
 from ..common import contract
 from ..model.fp8_forms import to_fp8_form
 from ..model.model import MlaModel
+from ..model.parallel import TensorParallel
+from .onnx_collective import collective_translation
 from .onnx_fp8 import fp8_translation
 from .onnx_moe import moe_translation
 from .onnx_node import translation_table
@@ -53,7 +55,7 @@ def meta_model(spec: ModelSpec) -> MlaModel:
     """The export form of `spec` (pre-folded or run-time absorbed) on the meta device, in the spec's dtype."""
     with torch.device("meta"):
         model = MlaModel(spec.config, spec.max_seq_len, folded=True, absorb=spec.absorb,
-                         with_embeddings=spec.io == "tokens")
+                         with_embeddings=spec.io == "tokens", tp=TensorParallel(spec.tp_size, spec.tp_rank))
     model = model.to(torch_dtype(spec.dtype))
     if spec.quant == "fp8":
         with torch.device("meta"):
@@ -114,7 +116,8 @@ def trace_graph(spec: ModelSpec) -> TracedGraph:
         program = torch.onnx.export(
             model, (x, seqlens, *caches), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=inputs,
             output_names=outputs, opset_version=ONNX_OPSET,
-            custom_translation_table={**translation_table(), **moe_translation(), **fp8_translation()},
+            custom_translation_table={**translation_table(), **moe_translation(), **fp8_translation(),
+                                      **collective_translation()},
             optimize=False, verbose=False, report=False)
     graph = program.model.graph
     params = {name for name, _ in model.named_parameters()} | {ROPE_TABLE}

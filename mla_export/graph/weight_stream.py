@@ -21,7 +21,9 @@ from ..model.folding import export_attention_state
 from ..model.model import DecoderLayer, MlaAttention
 from ..model.rope import rope_cos_sin
 from ..model.spec import ModelSpec, torch_dtype
-from .tracing import ROPE_TABLE, TracedGraph, WeightRef
+from ..model.parallel import TensorParallel
+from .tp_shards import rank_slice
+from .tracing import ROPE_TABLE, TracedGraph, WeightRef, meta_model
 from ..common.errors import UserError
 from ..weights.fp8_values import attention_fp8_state, expert_fp8, kept_fp8
 from ..weights.weights import WeightSource, checkpoint_name, expert_chunks, is_expert_stack, parameter_value
@@ -83,10 +85,15 @@ def data_bytes(layout: list[Placement]) -> int:
 
 class LayerValues:
     """The export form's parameter values (pre-folded or run-time, FP8 or not), produced for one decoder
-    layer at a time (and, for the routed experts, one expert at a time)."""
+    layer at a time (and, for the routed experts, one expert at a time). Under --tp, rank `spec.tp_rank`'s
+    slices of the single-device values (`tp_shards`), and only its own experts."""
 
     def __init__(self, spec: ModelSpec, source: WeightSource):
         self.spec, self.source = spec, source
+        self.tp = TensorParallel(spec.tp_size, spec.tp_rank)
+        self.full_shapes = {}  # the single-device shape of every parameter (--tp only)
+        if self.tp.enabled:
+            self.full_shapes = {name: tuple(p.shape) for name, p in meta_model(spec.single_device()).named_parameters()}
         self.layer: int | None = None
         self.values: dict[str, torch.Tensor] = {}
         self.expert_scales: dict[tuple[str, int], torch.Tensor] = {}  # FP8 experts' scales, kept from their weights
@@ -114,17 +121,19 @@ class LayerValues:
         if ref.layer is not None and ref.layer != self.layer:
             self._load_layer(ref.layer)
         value_shape = shape[::-1] if ref.transposed else shape
+        full_shape = self.full_shapes.get(ref.param, value_shape)  # the single-device shape
         if self.spec.quant == "fp8" and FP8_EXPERTS.match(ref.param):
-            yield from self._fp8_experts(ref.param, value_shape[0])
+            yield from self._fp8_experts(ref.param, self.tp.part(full_shape[0]))
             return
         if is_expert_stack(ref.param):
-            yield from expert_chunks(self.source, ref.param, value_shape)
+            yield from expert_chunks(self.source, ref.param, full_shape, self.tp.part(full_shape[0]))
             return
         value = self.values.get(ref.param)
         if value is None and self.spec.quant == "fp8" and FP8_MLP.match(ref.param):
             value = self._fp8_linear(ref.param)
         if value is None:
-            value = parameter_value(self.source, ref.param, value_shape)
+            value = parameter_value(self.source, ref.param, full_shape)
+        value = rank_slice(value, ref.param, self.tp, self.full_shapes)
         yield value.T if ref.transposed else value
 
     def _fp8_linear(self, param: str) -> torch.Tensor:
@@ -142,12 +151,12 @@ class LayerValues:
         inter = c.n_shared_experts * c.moe_intermediate_size if shared else c.intermediate_size
         return (c.hidden_size, inter) if weight.endswith("down_proj.weight") else (inter, c.hidden_size)
 
-    def _fp8_experts(self, param: str, experts: int) -> Iterator[torch.Tensor]:
+    def _fp8_experts(self, param: str, experts: range) -> Iterator[torch.Tensor]:
         """An FP8 expert stack (`gate_up_proj`, `down_proj`) or its scales, one expert at a time."""
         match = FP8_EXPERTS.match(param)
         kind = "gate_up_proj" if match["kind"].startswith("gate_up") else "down_proj"
         prefix = checkpoint_name(match["prefix"])
-        for j in range(experts):
+        for j in experts:
             if match["kind"].endswith("_scale") and (kind, j) in self.expert_scales:
                 yield self.expert_scales.pop((kind, j))
                 continue

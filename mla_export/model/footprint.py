@@ -176,3 +176,98 @@ def weight_bytes(c: MlaConfig, element_bytes: int, quant: str, absorb: str, with
     edges = (2 * c.vocab_size * c.hidden_size + c.hidden_size) * element_bytes if with_embeddings else 0
     read = (c.vocab_size * c.hidden_size + 2 * c.hidden_size) * element_bytes if with_embeddings else 0  # head, a row
     return {"layers": layers, "total": sum(layers) + edges, "per_decode_token": per_token + read}
+
+
+# ------------------------------------------------------------------------------------ per rank of --tp N
+
+@dataclass(frozen=True)
+class RankLayer:
+    """One layer's weights on one rank of a `--tp` export (DeepSeek-V3's layout, `tp_layout.py`): matrices as
+    (rows, cols, how many) in the form the export stores, vectors as value counts."""
+
+    attention: list  # projections: q_a_proj, kv_a_proj_with_mqa whole; the per-head ones for H/N heads
+    latent_norms: int  # q_a_layernorm, kv_a_layernorm (whole)
+    mlp: list  # the dense MLP's 1/N, or the shared experts' 1/N
+    expert: list  # one routed expert (gate_up_proj, down_proj)
+    local_experts: int  # E/N whole routed experts
+    top_k: int
+    router: int  # gate.weight [E, d] and its bias (whole, float32)
+    norms: int  # input_layernorm, post_attention_layernorm (whole)
+
+
+def rank_layer(c: MlaConfig, layer: int, tp: int, absorb: str) -> RankLayer:
+    """The weights of `layer` on each of `tp` ranks (every rank holds the same shapes)."""
+    h, dh, dr, dv, dc, d = (c.num_attention_heads // tp, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                            c.kv_lora_rank, c.hidden_size)
+    q_in = c.q_lora_rank if c.q_lora_rank is not None else d
+    attention = [(dc + dr, d, 1)] + ([(c.q_lora_rank, d, 1)] if c.q_lora_rank is not None else [])
+    if absorb == "prefolded":  # q_latent_proj [h*Dc, q_in], q_pe_proj [h*Dr, q_in], out_proj [d, h*Dc]
+        attention += [(h * dc, q_in, 1), (h * dr, q_in, 1), (d, h * dc, 1)]
+    else:  # q_up_proj [h*(Dn+Dr), q_in], W_UK^T [h, Dc, Dn], W_UV [h, Dv, Dc], o_proj [d, h*Dv]
+        attention += [(h * (dh + dr), q_in, 1), (dc, dh, h), (dv, dc, h), (d, h * dv, 1)]
+    latent_norms = (c.q_lora_rank or 0) + dc
+    if not c.is_moe_layer(layer):
+        inter = c.intermediate_size // tp
+        return RankLayer(attention, latent_norms, [(inter, d, 2), (d, inter, 1)], [], 0, 0, 0, 2 * d)
+    inter, shared = c.moe_intermediate_size, (c.n_shared_experts or 0) * c.moe_intermediate_size // tp
+    mlp = [(shared, d, 2), (d, shared, 1)] if shared else []
+    return RankLayer(attention, latent_norms, mlp, [(2 * inter, d, 1), (d, inter, 1)], c.n_routed_experts // tp,
+                     c.num_experts_per_tok, c.n_routed_experts * (d + 1), 2 * d)
+
+
+def _matrices_bytes(matrices: list, element_bytes: int, quant: str) -> int:
+    return sum(n * (_fp8_bytes(r, k) if quant == "fp8" else r * k * element_bytes) for r, k, n in matrices)
+
+
+def rank_weight_bytes(c: MlaConfig, tp: int, element_bytes: int, quant: str, absorb: str,
+                      with_embeddings: bool = True) -> dict:
+    """Bytes of one rank's weights in a `--tp` export (rank 0's = every rank's: the split is even), by part:
+    `attention` (projections, latent norms), `mlp` (dense MLP or router, shared and local routed experts),
+    `embeddings_head_norms` (the vocab/N rows of embed_tokens and lm_head, the final and layer norms), `total`,
+    `layers` (per layer) and `per_decode_token` (what one token's step reads on a rank: every weight but the
+    routed experts, of which top_k/N per MoE layer with routing balanced; lm_head's rows, one embedding row,
+    the final norm). Units as `weight_bytes`, which tp=1 reproduces; `tp` must split `c` (`tp_layout`)."""
+    attention = mlp = norms = per_token = 0
+    layers = []
+    for i in range(c.num_hidden_layers):
+        part = rank_layer(c, i, tp, absorb)
+        layer_attention = _matrices_bytes(part.attention, element_bytes, quant) + part.latent_norms * element_bytes
+        expert = _matrices_bytes(part.expert, element_bytes, quant)
+        layer_mlp = _matrices_bytes(part.mlp, element_bytes, quant) + part.local_experts * expert + 4 * part.router
+        attention, mlp, norms = attention + layer_attention, mlp + layer_mlp, norms + part.norms * element_bytes
+        layers.append(layer_attention + layer_mlp + part.norms * element_bytes)
+        per_token += layers[-1] - part.local_experts * expert + part.top_k * expert // tp
+    d = c.hidden_size
+    edges = (2 * c.vocab_size // tp * d + d) * element_bytes if with_embeddings else 0
+    read = (c.vocab_size // tp * d + 2 * d) * element_bytes if with_embeddings else 0  # head rows, a row, norm
+    return {"attention": attention, "mlp": mlp, "embeddings_head_norms": edges + norms, "total": sum(layers) + edges,
+            "layers": layers, "per_decode_token": per_token + read}
+
+
+def rank_cache_bytes_per_token(c: MlaConfig, tp: int, element_bytes: int) -> dict:
+    """Latent-cache bytes per token on one rank of `tp`: per layer and for the whole model. Every rank holds the
+    whole cache (c_kv and k_pe are shared by all heads), so any `tp` gives the single-device figure."""
+    per_layer = c.cache_width * element_bytes
+    return {"tp": tp, "per_layer": per_layer, "model": per_layer * c.num_hidden_layers}
+
+
+def collectives(c: MlaConfig, tp: int, element_bytes: int, with_embeddings: bool = True) -> dict:
+    """The collectives of a `--tp` export and their payload per token (values x `element_bytes`, the activation
+    type): per layer two AllReduce of the hidden state (after the attention's output projection, after the
+    MLP); per model, with the embeddings, one AllReduce after embed_tokens and one AllGather of the logits
+    (each rank sends vocab/N values, receives vocab). None at tp=1."""
+    if tp == 1:
+        return {"per_layer": [], "per_model": [], "bytes_per_token": 0}
+    d, vocab = c.hidden_size, c.vocab_size
+
+    def reduce(after: str) -> dict:
+        return {"op": "AllReduce", "after": after, "values": d, "bytes": d * element_bytes}
+
+    per_layer = [reduce("the attention output projection"), reduce("the MLP (MoE: routed + shared)")]
+    per_model = []
+    if with_embeddings:
+        per_model = [reduce("embed_tokens"), {"op": "AllGather", "after": "lm_head", "values": vocab // tp,
+                                              "bytes": vocab // tp * element_bytes,
+                                              "received_bytes": vocab * element_bytes}]
+    total = c.num_hidden_layers * sum(x["bytes"] for x in per_layer) + sum(x["bytes"] for x in per_model)
+    return {"per_layer": per_layer, "per_model": per_model, "bytes_per_token": total}

@@ -78,9 +78,10 @@ class Fp8RoutedExperts(KeepTypes):
     """`mlp.experts` in FP8: gate_up_proj [E, 2I, d] and down_proj [E, d, I] float8_e4m3fn, with
     gate_up_scale [E, ceil(2I/128), ceil(d/128)] and down_scale [E, ceil(d/128), ceil(I/128)] float32."""
 
-    def __init__(self, config: MlaConfig):
+    def __init__(self, config: MlaConfig, experts: int | None = None):
         super().__init__()
-        experts, inter, d = config.n_routed_experts, config.moe_intermediate_size, config.hidden_size
+        inter, d = config.moe_intermediate_size, config.hidden_size
+        experts = config.n_routed_experts if experts is None else experts  # a rank's share under --tp
 
         def fixed(shape, dtype):
             return nn.Parameter(torch.zeros(shape, dtype=dtype), requires_grad=False)
@@ -117,9 +118,9 @@ def to_fp8_form(model: MlaModel) -> MlaModel:
     device = model.layers[0].input_layernorm.weight.device
     with torch.device(device):
         for layer in model.layers:
-            layer.self_attn = FP8_ATTENTION[model.absorb](model.config)
+            layer.self_attn = FP8_ATTENTION[model.absorb](model.attention_config)
             if isinstance(layer.mlp, MoeMlp):
-                layer.mlp.experts = Fp8RoutedExperts(model.config)
+                layer.mlp.experts = Fp8RoutedExperts(model.config, layer.mlp.experts.gate_up_proj.shape[0])
                 if layer.mlp.shared_experts is not None:
                     _quantize_mlp(layer.mlp.shared_experts)
             else:

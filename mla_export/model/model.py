@@ -24,6 +24,7 @@ from . import ops  # noqa: F401  (registers torch.ops.mla.mla_attention)
 from .config import MlaConfig
 from .fp8 import KeepTypes
 from .moe import RoutingRule  # also registers torch.ops.mla.deepseek_moe
+from .parallel import TensorParallel, VocabParallelEmbedding, gather_ranks, reduce_ranks
 from .ops import (append_rows, causal_mask, check_cache_room, mla_attention_reference, readable_cache,
                   token_positions)
 from .rope import rope_cos_sin, rotate_interleaved
@@ -263,11 +264,13 @@ class Router(Float32Params):
 
 class RoutedExperts(nn.Module):
     """`mlp.experts`: every routed expert's SwiGLU, stacked: gate_up_proj `[E, 2I, d]` (gate rows, then up
-    rows, as checkpoints' `experts.{j}.gate_proj` and `up_proj`), down_proj `[E, d, I]`."""
+    rows, as checkpoints' `experts.{j}.gate_proj` and `up_proj`), down_proj `[E, d, I]`; `experts` of them
+    (a rank's share under --tp) when given."""
 
-    def __init__(self, config: MlaConfig):
+    def __init__(self, config: MlaConfig, experts: int | None = None):
         super().__init__()
-        experts, inter, d = config.n_routed_experts, config.moe_intermediate_size, config.hidden_size
+        inter, d = config.moe_intermediate_size, config.hidden_size
+        experts = config.n_routed_experts if experts is None else experts
         self.gate_up_proj = nn.Parameter(torch.zeros(experts, 2 * inter, d))
         self.down_proj = nn.Parameter(torch.zeros(experts, d, inter))
 
@@ -277,37 +280,47 @@ class RoutedExperts(nn.Module):
 
 
 class MoeMlp(nn.Module):
-    """A DeepSeek MoE MLP: the routed experts through the `DeepseekMoE` op, plus the shared experts."""
+    """A DeepSeek MoE MLP: the routed experts through the `DeepseekMoE` op, plus the shared experts.
+    Under --tp (`tp`): the router whole, the rank's experts `tp.part(E)`, 1/N of the shared experts' width;
+    the output is the rank's part of the sum (the caller all-reduces it)."""
 
-    def __init__(self, config: MlaConfig):
+    def __init__(self, config: MlaConfig, tp: TensorParallel = TensorParallel()):
         super().__init__()
         self.rule = RoutingRule.from_config(config)
         self.gate = Router(config)
-        self.experts = RoutedExperts(config)
-        shared = (config.n_shared_experts or 0) * config.moe_intermediate_size
+        local = tp.part(config.n_routed_experts)
+        self.first_expert = local.start
+        self.experts = RoutedExperts(config, len(local))
+        shared = (config.n_shared_experts or 0) * config.moe_intermediate_size // tp.world_size
         self.shared_experts = SwiGluMlp(config.hidden_size, shared) if shared else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, S, d] -> [B, S, d]."""
+        local = {"first_expert": self.first_expert} if self.first_expert else {}  # a rank's slice of the experts
         routed = torch.ops.mla.deepseek_moe(x, self.gate.weight, self.gate.e_score_correction_bias,
-                                            **self.experts.op_weights(), **self.rule.attributes())  # [B, S, d]
+                                            **self.experts.op_weights(), **self.rule.attributes(),
+                                            **local)  # [B, S, d]
         return routed + self.shared_experts(x) if self.shared_experts is not None else routed
 
 
 class DecoderLayer(nn.Module):
-    """x + attn(norm(x)), then + mlp(norm(.)); the MLP is dense or, with `moe`, DeepSeek's MoE."""
+    """x + attn(norm(x)), then + mlp(norm(.)); the MLP is dense or, with `moe`, DeepSeek's MoE. Under --tp
+    (`tp`) the attention and the MLP each give the rank's part of their output, summed over the ranks."""
 
-    def __init__(self, config: MlaConfig, attention: nn.Module, moe: bool = False):
+    def __init__(self, config: MlaConfig, attention: nn.Module, moe: bool = False,
+                 tp: TensorParallel = TensorParallel()):
         super().__init__()
+        self.tp = tp
         self.input_layernorm = hidden_norm(config)
         self.self_attn = attention
         self.post_attention_layernorm = hidden_norm(config)
-        self.mlp = MoeMlp(config) if moe else SwiGluMlp(config.hidden_size, config.intermediate_size)
+        dense = config.intermediate_size // tp.world_size
+        self.mlp = MoeMlp(config, tp) if moe else SwiGluMlp(config.hidden_size, dense)
 
     def forward(self, x, cache, cache_seqlens, cos_sin):
         attn, present = self.self_attn(self.input_layernorm(x), cache, cache_seqlens, cos_sin)
-        h = x + attn
-        return h + self.mlp(self.post_attention_layernorm(h)), present
+        h = x + reduce_ranks(attn, self.tp)
+        return h + reduce_ranks(self.mlp(self.post_attention_layernorm(h)), self.tp), present
 
 
 class MlaModel(nn.Module):
@@ -320,11 +333,18 @@ class MlaModel(nn.Module):
     forward(x, cache_seqlens, *past_caches) -> (y, *present_caches), all functional:
     x is hidden_states [B,S,d] (float) or input_ids [B,S] (int64); y is hidden states [B,S,d] or
     logits [B,S,vocab]; caches [B,Smax,Dc+Dr]; cache_seqlens [B] int32.
+
+    With `tp` (a folded model only): rank `tp.rank`'s part of the model (`parallel.py`), its outputs and
+    caches the whole model's once the ranks' collectives have run.
     """
 
     def __init__(self, config: MlaConfig, max_seq_len: int, *, folded: bool = False, absorb: str = "prefolded",
-                 path: str = "absorbed", with_embeddings: bool = False):
+                 path: str = "absorbed", with_embeddings: bool = False, tp: TensorParallel = TensorParallel()):
         super().__init__()
+        if tp.enabled and not folded:
+            raise ValueError("tensor parallelism applies to the export form (folded=True)")
+        self.tp = tp
+        self.attention_config = local = tp.local_config(config)  # the shapes of this rank's attention
         if absorb not in ABSORB_MODES:
             raise ValueError(f"absorb {absorb!r}: expected one of {ABSORB_MODES}")
         self.config, self.max_seq_len, self.folded, self.with_embeddings = config, max_seq_len, folded, with_embeddings
@@ -334,14 +354,15 @@ class MlaModel(nn.Module):
         def attention():
             if not folded:
                 return MlaAttention(config, path)
-            return FoldedMlaAttention(config) if absorb == "prefolded" else RuntimeAbsorbedMlaAttention(config)
+            return FoldedMlaAttention(local) if absorb == "prefolded" else RuntimeAbsorbedMlaAttention(local)
 
-        self.layers = nn.ModuleList(DecoderLayer(config, attention(), moe=config.is_moe_layer(i))
+        self.layers = nn.ModuleList(DecoderLayer(config, attention(), moe=config.is_moe_layer(i), tp=tp)
                                     for i in range(config.num_hidden_layers))
         if with_embeddings:
-            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            vocab, dim = config.vocab_size, config.hidden_size
+            self.embed_tokens = VocabParallelEmbedding(vocab, dim, tp) if tp.enabled else nn.Embedding(vocab, dim)
             self.norm = hidden_norm(config)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = nn.Linear(dim, vocab // tp.world_size, bias=False)
         # Plain attributes, not buffers: `.to(dtype)` must not round the table (the op takes it in float32).
         self.rope_cos_sin_float64 = rope_cos_sin(config, max_seq_len, torch.float64)  # [Smax, Dr]
         self.rope_cos_sin_float32 = self.rope_cos_sin_float64.float()  # [Smax, Dr]
@@ -372,7 +393,7 @@ class MlaModel(nn.Module):
             h, present = layer(h, cache, cache_seqlens, self.rope_cos_sin)
             presents.append(present)
         if self.with_embeddings:
-            h = self.lm_head(self.norm(h))  # [B, S, vocab]
+            h = gather_ranks(self.lm_head(self.norm(h)), self.tp, -1)  # [B, S, vocab] (from N x [B, S, vocab/N])
         return (h, *presents)
 
     def new_cache(self, batch: int, dtype: torch.dtype | None = None, fill: float = 0.0) -> "LatentCache":

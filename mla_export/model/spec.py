@@ -7,6 +7,7 @@ buffers. The engine sidecar carries the same metadata, copied as it is. No torch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from ..common.version import __version__
 from .config import MlaConfig
 from ..common.errors import FieldError, UserError
 from .hf_config import config_from_hf_dict
+from .tp_layout import check_tp
 
 # Element types of weights, activations and caches, with their sizes in bytes.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -47,6 +49,9 @@ class ModelSpec:
         same MlaAttention node (ABSORB_MODES).
     quant: "none" (every weight in `dtype`) or "fp8" (the large projections as FP8 blocks with float32
         scales, `model/fp8_forms.py`; embedding, norms, router, head and cache in `dtype`) (QUANT_MODES).
+    tp_size, tp_rank: with tp_size N > 1, rank `tp_rank`'s part of the model split over N devices
+        (`model/parallel.py`, DeepSeek-V3's layout); the weights, scenario and eager reference stay the
+        whole model's (`single_device`).
     """
 
     config: MlaConfig
@@ -57,6 +62,8 @@ class ModelSpec:
     io: str = "hidden"
     absorb: str = "prefolded"
     quant: str = "none"
+    tp_size: int = 1
+    tp_rank: int = 0
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
@@ -75,6 +82,17 @@ class ModelSpec:
         if self.max_seq_len > self.config.max_position_embeddings:
             raise FieldError("max_seq_len", self.max_seq_len,
                              f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
+        check_tp(self.config, self.tp_size, self.io, self.quant, self.absorb)
+        if isinstance(self.tp_rank, bool) or not isinstance(self.tp_rank, int) or not 0 <= self.tp_rank < self.tp_size:
+            raise FieldError("tp_rank", self.tp_rank, f"expected a rank from 0 to {self.tp_size - 1}")
+
+    def single_device(self) -> "ModelSpec":
+        """The whole model this spec is a rank of (itself when tp_size is 1)."""
+        return dataclasses.replace(self, tp_size=1, tp_rank=0)
+
+    def rank(self, rank: int) -> "ModelSpec":
+        """Rank `rank`'s part of the same model."""
+        return dataclasses.replace(self, tp_rank=rank)
 
     @property
     def element_bytes(self) -> int:
@@ -101,6 +119,9 @@ class ModelSpec:
             contract.META_ABSORB: self.absorb,
             contract.META_QUANT: self.quant,
             **({contract.META_FP8_CONTRACT_VERSION: str(contract.FP8_CONTRACT_VERSION)} if self.quant == "fp8" else {}),
+            **({contract.META_TP_SIZE: str(self.tp_size), contract.META_TP_RANK: str(self.tp_rank),
+                contract.META_COLLECTIVE_CONTRACT_VERSION: str(contract.COLLECTIVE_CONTRACT_VERSION)}
+               if self.tp_size > 1 else {}),
         }
 
 
@@ -125,7 +146,9 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                          max_seq_len=int(meta[contract.META_MAX_SEQ_LEN]), seed=int(meta[contract.META_SEED]),
                          checkpoint=meta.get(contract.META_CHECKPOINT) or None, io=meta[contract.META_IO],
                          absorb=meta.get(contract.META_ABSORB, "prefolded"),
-                         quant=meta.get(contract.META_QUANT, "none"))
+                         quant=meta.get(contract.META_QUANT, "none"),
+                         tp_size=int(meta.get(contract.META_TP_SIZE, "1")),
+                         tp_rank=int(meta.get(contract.META_TP_RANK, "0")))
     except RecursionError:
         raise UserError(f"{source}: mla-export metadata is damaged (its config is nested too deeply); "
                         "re-export the model") from None
@@ -143,8 +166,13 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
     if spec.quant == "fp8" and fp8_version != str(contract.FP8_CONTRACT_VERSION):
         raise UserError(f"{source}: BlockFp8MatMul contract version {fp8_version}, this mla-export speaks "
                         f"{contract.FP8_CONTRACT_VERSION}; re-export it with this version")
+    collective_version = meta.get(contract.META_COLLECTIVE_CONTRACT_VERSION, str(contract.COLLECTIVE_CONTRACT_VERSION))
+    if spec.tp_size > 1 and collective_version != str(contract.COLLECTIVE_CONTRACT_VERSION):
+        raise UserError(f"{source}: collective contract version {collective_version}, this mla-export speaks "
+                        f"{contract.COLLECTIVE_CONTRACT_VERSION}; re-export it with this version")
     if meta.get(contract.META_NUM_LAYERS) != str(config.num_hidden_layers):
         raise UserError(f"{source}: mla-export metadata is damaged ({contract.META_NUM_LAYERS}="
                         f"{meta.get(contract.META_NUM_LAYERS)!r} for a {config.num_hidden_layers}-layer config); "
                         "re-export the model")
     return spec
+

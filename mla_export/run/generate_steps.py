@@ -103,6 +103,36 @@ class OnnxRuntimeSteps:
         return torch.from_numpy(np.ascontiguousarray(logits[rows, last])).float()  # [B, V]
 
 
+class ParallelOnnxSteps:
+    """An `--io tokens` --tp export on ONNX Runtime: its ranks in lockstep, one process each
+    (`parallel.ParallelOnnxRunner`); the caches go to every rank as numpy feeds each step. `close` stops them."""
+
+    def __init__(self, export):
+        from .parallel import ParallelOnnxRunner
+
+        self.spec = export.spec.single_device()
+        require_tokens(self.spec, f"--onnx {export.directory}")
+        self.runner = ParallelOnnxRunner(export)
+        self.name = f"onnxruntime (cpu, {export.world_size} ranks)"
+        self.layers = self.spec.config.num_hidden_layers
+        self.caches: list[np.ndarray] = []
+
+    def reset(self, batch: int) -> None:
+        shape = (batch, self.spec.max_seq_len, self.spec.config.cache_width)
+        self.caches = [np.zeros(shape, _numpy_dtype(self.spec.dtype)) for _ in range(self.layers)]
+
+    def step(self, ids: np.ndarray, seqlens: np.ndarray, last: np.ndarray) -> torch.Tensor:
+        feeds = {contract.INPUT_IDS: ids, contract.CACHE_SEQLENS: seqlens}
+        feeds.update({contract.past_cache_name(i): c for i, c in enumerate(self.caches)})
+        outputs = self.runner.run(feeds)
+        self.caches = [outputs[contract.present_cache_name(i)] for i in range(self.layers)]
+        logits = outputs[contract.LOGITS]  # [B, S, V]
+        return torch.from_numpy(np.ascontiguousarray(logits[np.arange(ids.shape[0]), last])).float()  # [B, V]
+
+    def close(self) -> None:
+        self.runner.close()
+
+
 class EagerSteps:
     """The eager PyTorch model of `spec` in its export form (`spec.absorb`, `spec.quant`) with its weights,
     on the CPU (or the GPU where torch sees one: the attention then runs the Triton kernels)."""

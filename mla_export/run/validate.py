@@ -112,6 +112,11 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
                                              exempt=tied[..., None]))
         for name, got, ref, rows in zip(out_names[1:], caches_run, caches_ref, tied_rows):
             result.comparisons.append(compare_by(name, got, ref, verdict, unwritten, exempt=rows[..., None]))
+        for rank, peer in getattr(runner, "peer_outputs", {}).items():  # a --tp runner: every rank's outputs
+            for name in out_names:
+                allowed = unwritten if name != out_names[0] else None
+                result.comparisons.append(compare_by(f"rank {rank} vs 0: {name}", from_numpy(peer[name]),
+                                                     from_numpy(outputs[name]), verdict, allowed))
         if second is not None:
             feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_second)})
             other = run_checked(second, feeds, out_names)
@@ -169,10 +174,14 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     """Validate an mla-export ONNX file on ONNX Runtime (CPU) against the eager float64 model: whole, or
     with `per_layer` one layer at a time (`layerwise`); None: whole where it fits in memory, else per layer."""
     from ..graph.onnx_reader import read_exported_model
+    from ..graph.parallel_export import is_parallel_export
     from ..model.footprint import available_memory
 
+    if is_parallel_export(path):
+        return validate_parallel(path, scenario, progress, per_layer)
     (progress or no_progress)("reading the model", 0, scenario.steps + 1)
     model = read_exported_model(path)
+    refuse_rank_file(model.spec, path)
     scenario.histories(model.spec.max_seq_len)  # refuses a scenario the cache cannot hold
     if per_layer is None:
         free = available_memory()
@@ -191,3 +200,35 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     from .runners import OnnxRuntimeRunner
 
     return validate_runner(OnnxRuntimeRunner(path), model.spec, scenario, progress=progress)
+
+
+def refuse_rank_file(spec: ModelSpec, path: str | Path) -> None:
+    """A --tp rank file is part of a model, not a model: UserError naming its directory."""
+    if spec.tp_size > 1:
+        raise UserError(f"--onnx {path} is rank {spec.tp_rank} of {spec.tp_size} of a --tp export: pass its "
+                        f"directory (--onnx {Path(path).parent})")
+
+
+def validate_parallel(directory: str | Path, scenario: Scenario, progress: Progress | None = None,
+                      per_layer: bool | None = None) -> ValidationReport:
+    """Validate a --tp export directory: its ranks run in lockstep, one process each (`run/parallel.py`),
+    against the eager float64 model of the whole model; every rank's outputs and caches are compared too."""
+    from ..graph.parallel_export import read_parallel_export
+    from ..model.footprint import check_memory, validate_peak_bytes
+    from .parallel import ParallelOnnxRunner
+
+    if per_layer:
+        raise UserError(f"--per-layer: a --tp export is validated whole (its ranks in lockstep); drop --per-layer "
+                        f"for {directory}")
+    report = progress or no_progress
+    report("reading the ranks", 0, scenario.steps + 1)
+    export = read_parallel_export(directory)
+    spec = export.spec.single_device()
+    scenario.histories(spec.max_seq_len)  # refuses a scenario the cache cannot hold
+    weights = sum(model.weight_bytes() for model in export.ranks)
+    check_memory(validate_peak_bytes(spec.config, weights, spec.io == "tokens") + scenario.peak_bytes(spec),
+                 f"validating {directory} ({export.world_size} ranks, --batch {scenario.batch})",
+                 "lower --batch or --prefill-len")
+    report(f"starting {export.world_size} rank processes", 0, scenario.steps + 1)
+    with ParallelOnnxRunner(export) as runner:
+        return validate_runner(runner, spec, scenario, progress=progress)

@@ -11,6 +11,7 @@ from .compare import Comparison
 
 MAX_FAILURES_SHOWN = 6  # failing rows of the table explained under it; --json has every tensor
 CACHE_PREFIX = "present_latent_cache."
+RANK_PREFIX = "rank "  # a --tp export's comparisons of rank r's outputs with rank 0's ("rank 1 vs 0: <tensor>")
 
 
 def _short(name: str) -> str:
@@ -22,16 +23,16 @@ def _severity(c: Comparison) -> tuple:
     return (not c.passed, c.tolerance_used, c.rel_rms)
 
 
-def _worst_row(where: str, group: list[Comparison], rows: list) -> None:
+def _worst_row(where: str, group: list[Comparison], rows: list, name: str | None = None) -> None:
     if group:
         worst = max(group, key=_severity)
-        label = _short(worst.name) + (f" (worst of {len(group)})" if len(group) > 1 else "")
+        label = (name or _short(worst.name)) + (f" (worst of {len(group)})" if len(group) > 1 else "")
         rows.append((where, label, worst))
 
 
 def report_rows(report) -> list[tuple[str, str, Comparison]]:
     """(where, label, comparison) per table row. A whole-model report: per step, the output, the worst cache
-    and, with a second runtime, the worst comparison against it. A per-layer report: per part, the worst of
+    and, with a second runtime, the worst comparison against it (with --tp ranks, the worst rank against rank 0). A per-layer report: per part, the worst of
     its outputs and the worst of its caches over the steps; end to end, each step's output and the worst
     final cache."""
     rows = []
@@ -49,7 +50,9 @@ def report_rows(report) -> list[tuple[str, str, Comparison]]:
         output = step.comparisons[0]
         rows.append((step.step, _short(output.name), output))
         _worst_row(step.step, [c for c in step.comparisons[1:] if " vs " not in c.name], rows)
-        _worst_row(step.step, [c for c in step.comparisons if " vs " in c.name], rows)
+        _worst_row(step.step, [c for c in step.comparisons if " vs " in c.name and not c.name.startswith(RANK_PREFIX)],
+                   rows)
+        _worst_row(step.step, [c for c in step.comparisons if c.name.startswith(RANK_PREFIX)], rows, "ranks vs rank 0")
     return rows
 
 

@@ -27,9 +27,13 @@ from .options import EXIT_CODES, absorb_option, config_option, load_config, pres
 @click.option("--quant", type=click.Choice(["none", "fp8"]), default="none", show_default=True,
               help="fp8: the large projections and routed experts as FP8 (e4m3) with float32 128x128 block "
                    "scales, DeepSeek's format (an FP8 checkpoint's bytes kept); none: every weight in --dtype.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path.")
+@click.option("--tp", type=int, default=1, show_default=True,
+              help="Split the model over N devices (a power of two; DeepSeek-V3's tensor and expert parallel "
+                   "layout): -o DIR receives rank0.onnx .. rank{N-1}.onnx and parallel.json.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Output .onnx path (a directory with --tp N > 1).")
 @quiet_option
-def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, quant, output, quiet):
+def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed, absorb, quant, tp, output, quiet):
     """Export the model (pre-folded or run-time absorbed) to ONNX: one MlaAttention node per layer, one
     DeepseekMoE node per mixture-of-experts layer."""
     import time
@@ -41,8 +45,13 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     from ..common.progress import ProgressReporter
     from ..model.spec import ModelSpec
 
-    check_output_path(output)
-    check_output_file("-o", output, {"--config": config_path})
+    from ..graph.parallel_export import check_output_directory, export_parallel
+
+    if tp > 1:
+        check_output_directory(output)
+    else:
+        check_output_path(output)
+        check_output_file("-o", output, {"--config": config_path})
     if checkpoint:
         # a directory at a UTF-8 path (the export's metadata records it), checked before it is read as --config
         check_input_dir("--checkpoint", checkpoint, "; pass a HF DeepSeek-V2/V3 checkpoint directory")
@@ -52,7 +61,7 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     rows = max_seq_len if max_seq_len is not None else min(4096, config.max_position_embeddings)
     try:
         spec = ModelSpec(config, dtype=dtype, max_seq_len=rows, seed=seed, checkpoint=checkpoint, io=io,
-                         absorb=absorb, quant=quant)
+                         absorb=absorb, quant=quant, tp_size=tp)
     except FieldError as exc:
         if exc.field != "max_seq_len" or max_seq_len is not None:
             raise
@@ -60,9 +69,15 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
                         f"of {rows} rows is too small ({exc.expected})") from None
     start = time.perf_counter()
     with ProgressReporter("export", quiet=quiet, unit="bytes") as progress:
-        path = export_onnx(spec, output, progress, note=lambda line: click.echo(line, err=True))
+        note = lambda line: click.echo(line, err=True)  # noqa: E731
+        if tp > 1:
+            manifest = export_parallel(spec, output, progress, note=note)
+            files = [manifest] + [f for r in range(tp) for f in written_files(manifest.parent / f"rank{r}.onnx")]
+        else:
+            files = written_files(export_onnx(spec, output, progress, note=note))
     click.echo(prose(absorb_advice(config, dtype)))
     layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
     quantized = ", --quant fp8" if quant == "fp8" else ""
-    click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}{quantized}")
-    click.echo(f"{wrote(written_files(path))} in {time.perf_counter() - start:.1f} s")
+    ranks = f", --tp {tp}" if tp > 1 else ""
+    click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}{quantized}{ranks}")
+    click.echo(f"{wrote(files)} in {time.perf_counter() - start:.1f} s")

@@ -113,12 +113,19 @@ def generate(onnx_path, engine, plugin_lib, eager, preset, config_path, checkpoi
     texts = _prompts(prompt, prompts_file)
     if json_out not in (None, "-"):
         check_output_file("--json", json_out, input_files(onnx=onnx_path, engine=engine))
-    spec = None
+    spec = parallel = None
     if onnx_path is not None:
         from ..graph.onnx_reader import read_export_spec
+        from ..graph.parallel_export import is_parallel_export, read_parallel_export
         from ..run.generate_steps import require_tokens
+        from ..run.validate import refuse_rank_file
 
-        spec = read_export_spec(onnx_path)
+        if is_parallel_export(onnx_path):  # a --tp export: its ranks, read and checked once here
+            parallel = read_parallel_export(onnx_path)
+            spec = parallel.spec.single_device()
+        else:
+            spec = read_export_spec(onnx_path)
+            refuse_rank_file(spec, onnx_path)
         require_tokens(spec, f"--onnx {onnx_path}")
     elif engine is not None:
         from ..model.spec import spec_from_metadata
@@ -137,21 +144,23 @@ def generate(onnx_path, engine, plugin_lib, eager, preset, config_path, checkpoi
 
     check_room(prompt_ids, max_new_tokens, spec.max_seq_len, spec.config.vocab_size)
     _run(onnx_path, engine, plugin_lib, spec, text_tokenizer, texts, prompt_ids, sampling, max_new_tokens,
-         list(stop), json_out, quiet)
+         list(stop), json_out, quiet, parallel)
 
 
 def _run(onnx_path, engine, plugin_lib, spec, tokenizer, texts, prompt_ids, sampling, max_new_tokens, stops,
-         json_out, quiet):
+         json_out, quiet, parallel=None):
     """Loads the model, generates, prints text (or JSON) and the timings."""
     from ..common.progress import ProgressReporter
     from ..run.generate import generate
-    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps
+    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps, ParallelOnnxSteps
     from ..run.generate_text import TextStream
     from ..run.sampling import Sampler
 
     with ProgressReporter("generate", quiet=quiet, unit="steps") as progress:
         progress("loading the model", 0, 1)
-        if onnx_path is not None:
+        if parallel is not None:  # a --tp export
+            model = ParallelOnnxSteps(parallel)
+        elif onnx_path is not None:
             model = OnnxRuntimeSteps(onnx_path, spec)
         elif engine is not None:
             model = EngineSteps(engine, plugin_lib)
@@ -159,7 +168,11 @@ def _run(onnx_path, engine, plugin_lib, spec, tokenizer, texts, prompt_ids, samp
             model = EagerSteps(spec)
     write = None if json_out == "-" else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     stream = TextStream(tokenizer, len(texts), stops, tokenizer.eos_ids, max_new_tokens, write)
-    sequences, timings = generate(model, prompt_ids, max_new_tokens, Sampler(sampling), tokenizer.eos_ids, stream)
+    try:
+        sequences, timings = generate(model, prompt_ids, max_new_tokens, Sampler(sampling), tokenizer.eos_ids, stream)
+    finally:
+        if hasattr(model, "close"):
+            model.close()
     result = {"model": model.name, "sampling": sampling.__dict__, "max_new_tokens": max_new_tokens,
               "sequences": [{"prompt": text, "prompt_ids": seq.prompt_ids, "ids": seq.ids, "text": stream.text(b),
                              "finish": seq.finish} for b, (text, seq) in enumerate(zip(texts, sequences))],

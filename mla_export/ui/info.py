@@ -112,9 +112,11 @@ DIM_FIELDS = ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank
               "qk_rope_head_dim", "v_head_dim", "num_hidden_layers", "max_position_embeddings")
 
 
-def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb: str | None = None) -> dict:
+def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb: str | None = None,
+              tp: int | None = None, io: str = "tokens") -> dict:
     """Everything `info` shows, as plain numbers (what `info --json` prints): dims, RoPE, parameters and sizes
-    on disk, cache per token per layer by scheme, projection costs of both `--absorb` forms."""
+    on disk, cache per token per layer by scheme, projection costs of both `--absorb` forms; with `tp`, the
+    per-rank figures of a `--tp` export (`tensor_parallel_dict`)."""
     from ..model.footprint import model_counts
 
     nbytes = DTYPE_BYTES[dtype]
@@ -137,6 +139,7 @@ def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb
     parameters["weights_by_quant"] = {f"{quant} {form}": weight_bytes(c, weight_element, quant, form)
                                       for quant in ("none", "fp8") for form in ("prefolded", "runtime")}
     parameters["fp8_requantized"] = {form: requantized_weights(c, form) for form in ("prefolded", "runtime")}
+    parallel = {} if tp is None else {"tensor_parallel": tensor_parallel_dict(c, tp, dtype, context, io)}
     return {
         "model": c.name, "dtype": dtype, "context": context, "absorb": absorb,
         "dims": {**{f: getattr(c, f) for f in DIM_FIELDS}, "softmax_scale": c.softmax_scale},
@@ -151,7 +154,7 @@ def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb
             "prefolded": {"multiply_adds": prefolded, "weight_bytes": prefolded * nbytes},
             "smaller_form": cost.smaller_form, "prefold_break_even": {"query": q_even, "output": o_even}},
         "attention_core_multiply_adds_per_token_per_layer": attention_core_macs(c, context),
-    }
+    } | parallel
 
 
 def count_text(n: int) -> str:
@@ -163,14 +166,16 @@ def count_text(n: int) -> str:
 
 
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
-                absorb: str | None = None, requant_errors: list[dict[str, float]] | None = None) -> None:
+                absorb: str | None = None, requant_errors: list[dict[str, float]] | None = None,
+                tp: int | None = None, io: str = "tokens") -> None:
     """Print dims, RoPE, parameters, weights by --quant, the cache table and the projection costs, laid out
     for 80 columns; `absorb` is the form an exported file holds (None for a config); `requant_errors`, per
-    layer of an FP8 export, its re-quantized weights' measured errors."""
+    layer of an FP8 export, its re-quantized weights' measured errors; with `tp`, the per-rank figures of
+    `export --tp` last."""
     from ..common.console import add_columns, make_console, prose, table
 
     console = console or make_console()
-    data = info_dict(c, dtype, context, absorb)
+    data = info_dict(c, dtype, context, absorb, tp, io)
     dims = table(f"{c.name}: MLA dims", show_header=False)
     add_columns(dims, "field", "value", numbers_from=1)
     for key, value in data["dims"].items():
@@ -237,3 +242,79 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
     console.print(prose(f"Latent attention core at {context:,} cached tokens: "
                         f"{data['attention_core_multiply_adds_per_token_per_layer']:,} multiply-adds per new token "
                         "per layer (same in both forms).", console), markup=False)
+    if tp is not None:
+        console.print()
+        render_tensor_parallel(c, data["tensor_parallel"], dtype, context, console)
+
+
+QUANT_FORMS = tuple((quant, form) for quant in ("none", "fp8") for form in ("prefolded", "runtime"))
+
+
+def tensor_parallel_dict(c: MlaConfig, tp: int, dtype: str = "bfloat16", context: int = 4096,
+                         io: str = "tokens") -> dict:
+    """The per-rank figures of `export --tp N` (every rank the same): weights by --quant and --absorb (an FP8
+    form whose blocks do not split: `refused` and why), the latent cache per token per rank, the collectives
+    and their payload per token. Raises UserError where `tp` does not split `c` (`tp_layout.check_tp`)."""
+    from ..model.footprint import collectives, rank_cache_bytes_per_token, rank_weight_bytes, weight_bytes
+    from ..model.tp_layout import check_tp, tp_problem
+
+    check_tp(c, tp, io)
+    nbytes = DTYPE_BYTES[dtype]
+    activation = nbytes if dtype != "fp8" else 2  # FP8 caches go with bfloat16 activations (and weights)
+    with_embeddings = io == "tokens"
+    weights = {}
+    for quant, form in QUANT_FORMS:
+        problem = tp_problem(c, tp, io, quant, form)
+        weights[f"{quant} {form}"] = {"refused": problem} if problem else (
+            rank_weight_bytes(c, tp, activation, quant, form, with_embeddings)
+            | {"single_device_total": weight_bytes(c, activation, quant, form, with_embeddings)["total"]})
+    cache = rank_cache_bytes_per_token(c, tp, nbytes)
+    return {"tp": tp, "io": io, "weights_per_rank": weights,
+            "cache_per_token_per_rank": cache | {"context_bytes": cache["model"] * context},
+            "collectives": collectives(c, tp, activation, with_embeddings)}
+
+
+def render_tensor_parallel(c: MlaConfig, data: dict, dtype: str, context: int, console) -> None:
+    """Print `tensor_parallel_dict`'s figures for 80 columns: a table of weights per rank, the cache line, a
+    table of the collectives."""
+    from ..common.console import add_columns, prose, table
+
+    tp, element = data["tp"], "bfloat16" if dtype == "fp8" else dtype
+    weights = table(f"{c.name}: weights per rank of --tp {tp}, --io {data['io']} (FP8: e4m3, 128x128 scales; "
+                    f"others {element})")
+    add_columns(weights, "--quant, --absorb", "attention", "MLP, experts", "embed, head,\nnorms", "total",
+                "per decode\ntoken")
+    refused = []
+    for label, sizes in data["weights_per_rank"].items():
+        if "refused" in sizes:
+            weights.add_row(label, *["-"] * 5)
+            refused.append(f"{label}: {sizes['refused']}")
+            continue
+        weights.add_row(label, *(size_text(sizes[key]) for key in ("attention", "mlp", "embeddings_head_norms",
+                                                                    "total", "per_decode_token")))
+    console.print(weights)
+    for line in refused:
+        console.print(prose(line, console), markup=False)
+    cache = data["cache_per_token_per_rank"]
+    console.print(prose(f"Latent cache per token per rank ({dtype}): {cache['per_layer']:,} B per layer, "
+                        f"{size_text(cache['model'])} for the {c.num_hidden_layers} layers, "
+                        f"{size_text(cache['context_bytes'])} at {context:,} tokens: every rank holds the whole "
+                        "cache, as one device does.", console), markup=False)
+    collective = data["collectives"]
+    if not collective["per_layer"]:
+        console.print("--tp 1: one device, no collectives.")
+        return
+    console.print()
+    ops = table(f"Collectives of --tp {tp}: payload per token per rank ({element})")
+    add_columns(ops, "collective", "after", "how often", "values", "bytes", numbers_from=3)
+    for op in collective["per_layer"]:
+        ops.add_row(op["op"], op["after"], "every layer", f"{op['values']:,}", f"{op['bytes']:,}")
+    for op in collective["per_model"]:
+        values = f"{op['values']:,}" + (" sent" if "received_bytes" in op else "")
+        ops.add_row(op["op"], op["after"], "once", values, f"{op['bytes']:,}")
+    console.print(ops)
+    count = len(collective["per_layer"]) * c.num_hidden_layers + len(collective["per_model"])
+    gather = [op for op in collective["per_model"] if "received_bytes" in op]
+    received = f"; the logits' AllGather receives {gather[0]['received_bytes']:,} B" if gather else ""
+    console.print(prose(f"{count} collectives per forward step, {size_text(collective['bytes_per_token'])} sent "
+                        f"per token per rank{received}.", console), markup=False)

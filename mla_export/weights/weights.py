@@ -97,12 +97,14 @@ class CheckpointWeights:
         return q.view(torch.uint8)[moved].view(torch.float8_e4m3fn), scale
 
 
-def expert_chunks(source: WeightSource, param: str, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
-    """The stacked expert parameter `param` (shape [E, ...]) one expert at a time, float32."""
+def expert_chunks(source: WeightSource, param: str, shape: tuple[int, ...], experts: range | None = None
+                  ) -> Iterator[torch.Tensor]:
+    """The stacked expert parameter `param` (shape [E, ...]) one expert at a time, float32: every expert, or
+    those of `experts` (a rank's share)."""
     match = EXPERT_STACK.match(param)
     prefix = checkpoint_name(match["prefix"])
     rows, cols = shape[1], shape[2]
-    for j in range(shape[0]):
+    for j in (range(shape[0]) if experts is None else experts):
         if match["kind"] == "gate_up_proj":
             half = (rows // 2, cols)
             yield torch.cat([source.read(f"{prefix}.{j}.gate_proj.weight", half),
