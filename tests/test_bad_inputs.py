@@ -126,6 +126,12 @@ CASES = [
     Case("validate: DeepseekMoE top_k edited", onnx_case(
         lambda m: edit_node(m, contract.MOE_OP_TYPE, "top_k", 3), source="moe"),
          "DeepseekMoE node node_deepseek_moe: top_k=3, its config's routing gives 2"),
+    Case("validate: DeepseekMoE first_expert past the experts", onnx_case(
+        lambda m: edit_node(m, contract.MOE_OP_TYPE, "first_expert", 5), source="moe"),
+         "DeepseekMoE node node_deepseek_moe: experts 5..12, not in the 8 routed"),
+    Case("info: DeepseekMoE first_expert removed", onnx_case(
+        lambda m: remove_attribute(m, contract.MOE_OP_TYPE, "first_expert"), "info", source="moe"),
+         "lacks its INT attribute first_expert"),
     Case("build: DeepseekMoE weight_scale edited", onnx_case(
         lambda m: edit_node(m, contract.MOE_OP_TYPE, "weight_scale", 1.0), "build", source="moe"),
          "weight_scale=1, its config's routing gives 2.5"),

@@ -90,7 +90,7 @@ FP8_CACHE_MIN_SCALE = 1e-4
 #             1 router_weight   [E, d]         float32  mlp.gate.weight; logits = hidden @ router_weight^T
 #             2 score_bias      [E]            float32  e_score_correction_bias (selection only; read iff use_bias)
 #             3 gate_up_proj    [E, 2I, d]     T        expert j's gate_proj rows, then its up_proj rows
-#             4 down_proj       [E, d, I]      T        expert j's down_proj
+#             4 down_proj       [E, d, I]      T        expert j's down_proj   (E_local for 3-6 in version 3)
 #     outputs 0 routed_output   [B, S, d]      T        sum over the token's top_k experts of
 #                                                       weight * down(silu(gate(x)) * up(x))
 #
@@ -99,8 +99,16 @@ FP8_CACHE_MIN_SCALE = 1e-4
 #             5 gate_up_scale   [E, ceil(2I/128), ceil(d/128)]  float32
 #             6 down_scale      [E, ceil(d/128), ceil(I/128)]   float32
 # A node has 5 inputs (experts in T) or 7 (experts in FP8). Version-1 files (5 inputs) still read.
-MOE_CONTRACT_VERSION = 2
-MOE_READABLE_VERSIONS = (1, 2)
+#
+# Version 3 adds a rank's slice of the experts (`export --tp N`, DeepSeek-V3's MoE layout): the INT attribute
+# first_expert (MOE_SLICE_ATTRIBUTES; 0 in a single-device export). gate_up_proj, down_proj and their FP8 scales
+# then have leading dim E_local <= num_experts (E/N on a rank), entry j being global expert first_expert + j;
+# num_experts stays the global E, router_weight and score_bias stay whole, and routing is computed over all E
+# on every rank. routed_output sums only the token's top_k experts in [first_expert, first_expert + E_local)
+# (the others contribute 0); the ranks' outputs are summed by an AllReduce outside the node. Files of versions 1
+# and 2 (no first_expert) read as first_expert 0, E_local = E.
+MOE_CONTRACT_VERSION = 3
+MOE_READABLE_VERSIONS = (1, 2, 3)
 MOE_OP_TYPE = "DeepseekMoE"
 MOE_PLUGIN_NAME = MOE_OP_TYPE
 MOE_INPUTS = ("hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj")
@@ -117,6 +125,7 @@ MOE_ATTRIBUTES = {
     "normalize": "INT",     # 1: weights divided by their sum (+1e-20)
     "weight_scale": "FLOAT",  # factor on the (normalized) weights
 }
+MOE_SLICE_ATTRIBUTES = {"first_expert": "INT"}  # version 3: global id of the node's expert 0 (RoutingRule's are above)
 MOE_SCORING_SOFTMAX, MOE_SCORING_SIGMOID = 0, 1
 MOE_GROUP_SCORE_MAX, MOE_GROUP_SCORE_TOP2_SUM = 0, 1
 

@@ -276,24 +276,48 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
     expected = RoutingRule.from_config(c).attributes()
     experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size
     local = experts // model.spec.tp_size  # a rank's experts (the router covers all of them)
+    first = model.spec.tp_rank * local  # DeepSeek-V3's layout: rank r holds [r * E/N, (r + 1) * E/N)
     shapes = {1: [experts, d], 2: [experts], 3: [local, 2 * inter, d], 4: [local, d, inter]}
     inputs = contract.MOE_INPUTS
     if model.spec.quant == "fp8":  # contract version 2: FP8 experts and their block scales
         inputs = contract.MOE_FP8_INPUTS
         shapes.update({5: list(_grid([local, 2 * inter, d])), 6: list(_grid([local, d, inter]))})
     dims = _value_dims(model.header)
+    version = int(model.metadata.get(contract.META_MOE_CONTRACT_VERSION, contract.MOE_CONTRACT_VERSION))
     for node in nodes:
         if len(node.input) != len(inputs) or len(node.output) != len(contract.MOE_OUTPUTS):
             raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs, "
                                   f"the contract {len(inputs)} for --quant {model.spec.quant}")
         _check_node_attributes(node, contract.MOE_ATTRIBUTES, expected, source,
                                "its config's routing")
+        _check_expert_slice(node, dims, experts, first, version, source)
         for index, want in shapes.items():
             got = dims.get(node.input[index])
             if got is not None and not _dims_match(got, want):
                 raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} input "
                                       f"{contract.MOE_INPUTS[index]} has shape {got}, its metadata's config says "
                                       f"{want}")
+
+
+def _check_expert_slice(node, dims: dict, experts: int, want: int, version: int, source: str) -> None:
+    """The node's expert slice (contract version 3; files of versions 1-2 carry no first_expert: 0): its experts
+    first_expert .. first_expert + E_local - 1 (E_local: gate_up_proj's dim 0, when the file gives it) must lie in
+    the num_experts routed ones, and first_expert be `want`, where its rank's slice starts."""
+    import onnx
+
+    attr = _attributes(node).get("first_expert")
+    if (attr is None and version >= 3) or (attr is not None and attr.type != onnx.AttributeProto.INT):
+        raise _edited(source, f"{node.op_type} node {node.name or '?'} lacks its INT attribute first_expert")
+    first = attr.i if attr is not None else 0
+    shape = dims.get(node.input[3])
+    held = shape[0] if shape else None
+    if first < 0 or (held is not None and (held < 1 or first + held > experts)):
+        span = f"{first}..{first + held - 1}" if held is not None else f"from {first}"
+        raise _edited(source, f"{node.op_type} node {node.name or '?'}: experts {span}, not in the {experts} "
+                              "routed")
+    if first != want:
+        raise _edited(source, f"{node.op_type} node {node.name or '?'}: first_expert={first}, its --tp rank's "
+                              f"slice starts at {want}")
 
 
 def expected_collectives(spec: ModelSpec) -> dict[str, int]:
