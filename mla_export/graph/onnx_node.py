@@ -159,13 +159,9 @@ def _attention_body(g: FunctionBody, past_cache: str, present_cache: str, kv_lat
     return new_rows
 
 
-def function_proto(cache: str = "contiguous", kv_cache_dtype: str = "model") -> onnx.FunctionProto:
-    """`MlaAttention` as a model-local function (domain `mla`): the contract in standard ONNX ops; version 1,
-    or version 2 for a paged and/or FP8 cache (`onnx_cache.py`)."""
-    if cache != "contiguous" or kv_cache_dtype != "model":
-        from .onnx_cache import cache_function_proto
-
-        return cache_function_proto(kv_cache_dtype == "fp8")
+def function_proto() -> onnx.FunctionProto:
+    """`MlaAttention` as a model-local function (domain `mla`): contract version 1 in standard ONNX ops
+    (version 2, a paged and/or FP8 cache: `onnx_cache.cache_function_proto`)."""
     g = FunctionBody()
     _attention_body(g, contract.OP_INPUTS[4], contract.OP_OUTPUTS[1], contract.OP_INPUTS[2])
     return helper.make_function(

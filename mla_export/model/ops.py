@@ -60,7 +60,7 @@ def causal_mask(positions: torch.Tensor, max_seq_len: int) -> torch.Tensor:
 def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.Tensor,
                             k_pe: torch.Tensor, past_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                             rope_cos_sin: torch.Tensor, softmax_scale: float,
-                            compute_dtype: torch.dtype | None = None, fp8_rows: bool = False,
+                            compute_dtype: torch.dtype | None = None,
                             read_cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The contract, computed plainly. Shapes as in `contract.py`.
 
@@ -70,10 +70,10 @@ def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_laten
     Arithmetic runs in `compute_dtype` (default: float64 for float64 inputs, else float32).
     Cache rows at or past cache_seqlens[b]+S are never read, so they may hold NaN.
 
-    For validating an FP8 cache: `fp8_rows` stores the new c_kv rows as an FP8 cache does (quantized and read
-    back, `cache_ops.fp8_round_trip`); `read_cache` (`[B, Smax, Dc+Dr]`, the runtime's own cache after the
-    call) is what the attention reads instead of the rows it wrote, so that a runtime whose c_kv rounded to the
-    neighbouring FP8 code is judged on its attention, given its cache.
+    For validating an FP8 cache (`run/fp8_cache_check.py`): `read_cache` (`[B, Smax, Dc+Dr]`, the runtime's own
+    cache after the call) is what the attention reads instead of the rows it wrote (which it still returns,
+    unquantized), so that a runtime whose c_kv rounded to the neighbouring FP8 code is judged on its attention,
+    given its cache.
     """
     new_tokens, d_c = q_latent.shape[1], q_latent.shape[3]
     max_seq_len = past_cache.shape[1]
@@ -84,10 +84,6 @@ def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_laten
     cos_sin = rope_cos_sin.to(acc)[positions]  # [B, S, Dr]
     q_pe_rot = rotate_interleaved(q_pe.to(acc), cos_sin[:, :, None, :])  # [B, S, H, Dr]
     k_pe_rot = rotate_interleaved(k_pe.to(acc), cos_sin)  # [B, S, Dr]
-    if fp8_rows:
-        from .cache_ops import fp8_round_trip
-
-        kv_latent = fp8_round_trip(kv_latent.to(past_cache.dtype))  # [B, S, Dc] as the cache stores it
     present = append_rows(past_cache, positions, torch.cat([kv_latent.to(acc), k_pe_rot], dim=-1))  # [B,Smax,Dc+Dr]
 
     read = present if read_cache is None else read_cache
