@@ -106,7 +106,8 @@ def _inputs(seed: int, seqlens: list[int], page: int, fp8: bool = False, dtype=t
     for b in range(B):
         for j in range(max_pages):
             pool[table[b, j]] = contiguous[b, j * page:(j + 1) * page]
-    cos_sin = torch.randn(max_pages * page, DR, generator=gen, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    table_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the rope table: float32 (or 64)
+    cos_sin = torch.randn(max_pages * page, DR, generator=gen, dtype=table_dtype)
     return q_latent, q_pe, kv, k_pe, pool, torch.tensor(seqlens, dtype=torch.int32), cos_sin, table, contiguous
 
 
@@ -114,7 +115,8 @@ def _inputs(seed: int, seqlens: list[int], page: int, fp8: bool = False, dtype=t
 def test_paged_reference_equals_the_contiguous_one(page):
     """Prefill crossing page edges, a sequence at row page-1, one empty: the paged op's attention and the rows
     it writes are the contiguous op's (float64; the same sums over a view with more zeroed rows)."""
-    q, q_pe, kv, k_pe, pool, seqlens, cos_sin, table, contiguous = _inputs(0, [page - 1, 0, min(2 * page - 3, 122)], page)
+    lengths = [page - 1, 0, min(2 * page - 3, 122)]
+    q, q_pe, kv, k_pe, pool, seqlens, cos_sin, table, contiguous = _inputs(0, lengths, page)
     attn, present = mla_attention_paged_reference(q, q_pe, kv, k_pe, pool, seqlens, cos_sin, table, 0.3)
     want, want_cache = mla_attention_reference(q, q_pe, kv, k_pe, contiguous, seqlens, cos_sin, 0.3)
     torch.testing.assert_close(attn, want, rtol=1e-12, atol=1e-12)

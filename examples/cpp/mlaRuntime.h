@@ -211,9 +211,13 @@ inline Status checkSidecar(std::string const& json)
             + ", this program speaks " + std::to_string(mla::contract::kContractVersion)
             + ": re-export and rebuild the engine, or rebuild this program");
     std::string moeVersion;
-    // Version 2 added FP8 experts (7 inputs); engines of version-1 files (5 inputs) still run.
-    if (jsonString(json, "mla_export.moe_contract_version", moeVersion) && moeVersion != "1"
-        && moeVersion != std::to_string(mla::moe_contract::kContractVersion))
+    // Version 2 added FP8 experts (7 inputs), version 3 a rank's slice of the experts (first_expert); engines of
+    // every earlier version still run.
+    bool const hasMoe = jsonString(json, "mla_export.moe_contract_version", moeVersion);
+    bool knownMoe = false;
+    for (int32_t v = 1; v <= mla::moe_contract::kContractVersion; ++v)
+        knownMoe = knownMoe || moeVersion == std::to_string(v);
+    if (hasMoe && !knownMoe)
         return Status::error("engine speaks DeepseekMoE contract " + moeVersion + ", this program speaks "
             + std::to_string(mla::moe_contract::kContractVersion)
             + ": re-export and rebuild the engine, or rebuild this program");

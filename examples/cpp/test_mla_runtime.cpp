@@ -96,10 +96,13 @@ int main()
     std::string moeFp8 = moe;
     moeFp8.replace(moeFp8.find("version\": \"1\"") + 11, 1, "2");
     expect(checkSidecar(moeFp8).ok, "MoE engine sidecar (contract 2, FP8 experts) accepted");
+    std::string moeSlice = moe;
+    moeSlice.replace(moeSlice.find("version\": \"1\"") + 11, 1, "3");
+    expect(checkSidecar(moeSlice).ok, "MoE engine sidecar (contract 3, a rank's experts) accepted");
     std::string moeFuture = moe;
-    moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "3");
+    moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "4");
     Status moeNewer = checkSidecar(moeFuture);
-    expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 3") != std::string::npos, "other MoE contract refused");
+    expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 4") != std::string::npos, "other MoE contract refused");
     std::string const sized = "{\"engine_size\": 163840, \"engine_sha256\": \"ab\"}";
     expect(checkEngineSize(sized, 163840).ok, "engine of the recorded size accepted");
     Status other = checkEngineSize(sized, 163841);

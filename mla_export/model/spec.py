@@ -96,7 +96,8 @@ class ModelSpec:
             raise FieldError("kv_cache_dtype", self.kv_cache_dtype,
                              f"expected one of {', '.join(contract.KV_CACHE_DTYPES)}")
         page = self.page_size
-        if isinstance(page, bool) or not isinstance(page, int) or page < 1 or page & (page - 1) or page > contract.MAX_PAGE_SIZE:
+        bad = isinstance(page, bool) or not isinstance(page, int) or page < 1 or page & (page - 1)
+        if bad or page > contract.MAX_PAGE_SIZE:
             raise FieldError("page_size", page, f"expected a power of two from 1 to {contract.MAX_PAGE_SIZE} (rows "
                              "per page)")
         if isinstance(self.tp_rank, bool) or not isinstance(self.tp_rank, int) or not 0 <= self.tp_rank < self.tp_size:

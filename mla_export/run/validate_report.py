@@ -33,7 +33,8 @@ def _worst_row(where: str, group: list[Comparison], rows: list, name: str | None
 
 def report_rows(report) -> list[tuple[str, str, Comparison]]:
     """(where, label, comparison) per table row. A whole-model report: per step, the output, the worst cache
-    and, with a second runtime, the worst comparison against it (with --tp ranks, the worst rank against rank 0). A per-layer report: per part, the worst of
+    and, with a second runtime, the worst comparison against it (with --tp ranks, the worst rank against
+    rank 0). A per-layer report: per part, the worst of
     its outputs and the worst of its caches over the steps; end to end, each step's output and the worst
     final cache."""
     rows = []

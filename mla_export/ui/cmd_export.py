@@ -88,7 +88,8 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
     quantized = ", --quant fp8" if quant == "fp8" else ""
     click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}{quantized}")
-    layout = ([f"--tp {tp}"] if tp > 1 else []) + ([f"--cache paged --page-size {page_size}"] if cache == "paged" else [])
+    layout = [f"--tp {tp}"] if tp > 1 else []
+    layout += [f"--cache paged --page-size {page_size}"] if cache == "paged" else []
     layout += ["--kv-cache-dtype fp8"] if kv_cache_dtype == "fp8" else []
     if layout:
         click.echo(f"  with {' '.join(layout)}")
