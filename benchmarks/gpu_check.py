@@ -217,6 +217,9 @@ def _jit_bench(output: str, ctx: Context) -> dict:
                         and r.get("context") == 4096 and "median_us" in r), None)
             if cpp:
                 figures["AOT C++ vs Triton JIT, B=64 x 4096"] = round(row["us"] / cpp["median_us"], 2)
+        if row.get("phase") == "decode-layout" and row["heads"] == 128 and (row["batch"], row["context"]) == (64, 4096):
+            figures[f"{row['layout']} decode B=64 x 4096, % of copy"] = round(100 * row["of_copy_bw"], 1)
+            figures[f"{row['layout']} decode B=64 x 4096, time vs contiguous"] = round(row["time_vs_contiguous"], 3)
     return figures
 
 

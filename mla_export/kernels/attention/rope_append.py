@@ -67,18 +67,20 @@ def mla_rope_append_kernel(
 
     token64 = token.to(tl.int64)
     c = tl.arange(0, DC)  # [DC]
-    kv = tl.load(kv_latent_ptr + token64 * DC + c)  # [DC] T
-    c_pos = pos + 0 * c  # [DC]
-    k_even = tl.load(k_pe_ptr + token64 * DR + 2 * k, mask=k_ok, other=0.0).to(tl.float32)  # [HALF_BLOCK]
-    k_odd = tl.load(k_pe_ptr + token64 * DR + 2 * k + 1, mask=k_ok, other=0.0).to(tl.float32)  # [HALF_BLOCK]
-    out_ty = kv.dtype
     if PAGE == 0 and not KV_FP8:
-        # Cache row p = [kv_latent ; rotated k_pe] (contract version 1).
+        # Cache row p = [kv_latent ; rotated k_pe] (contract version 1; this order keeps its images bit for bit).
         row_ptr = cache_ptr + (b.to(tl.int64) * Smax + pos_safe) * (DC + DR)  # -> [Dc+Dr] row
+        kv = tl.load(kv_latent_ptr + token64 * DC + c)  # [DC] T
+        c_pos = pos + 0 * c  # [DC]
         tl.store(row_ptr + c, kv, mask=(c_pos >= 0) & (c_pos < Smax))
+        k_even = tl.load(k_pe_ptr + token64 * DR + 2 * k, mask=k_ok, other=0.0).to(tl.float32)  # [HALF_BLOCK]
+        k_odd = tl.load(k_pe_ptr + token64 * DR + 2 * k + 1, mask=k_ok, other=0.0).to(tl.float32)  # [HALF_BLOCK]
+        out_ty = kv.dtype
         tl.store(row_ptr + DC + 2 * k, (k_even * cos - k_odd * sin).to(out_ty), mask=k_write)
         tl.store(row_ptr + DC + 2 * k + 1, (k_even * sin + k_odd * cos).to(out_ty), mask=k_write)
     else:
+        kv = tl.load(kv_latent_ptr + token64 * DC + c)  # [DC] T
+        c_pos = pos + 0 * c  # [DC]
         c_row, c_write = pool_rows(b, c_pos, (c_pos >= 0) & (c_pos < limit), Smax, block_table_ptr, num_pages,
                                    max_pages, PAGE)  # [DC] pool row (the same in every lane), write mask
         k_row, k_in = pool_rows(b, k_pos, k_write, Smax, block_table_ptr, num_pages, max_pages, PAGE)  # [HALF_BLOCK]
@@ -95,6 +97,9 @@ def mla_rope_append_kernel(
         else:
             tl.store(cache_ptr + c_row * (DC + DR) + c, kv, mask=c_write)
             rope_row = cache_ptr + k_row * (DC + DR) + DC  # [HALF_BLOCK]
+        k_even = tl.load(k_pe_ptr + token64 * DR + 2 * k, mask=k_ok, other=0.0).to(tl.float32)  # [HALF_BLOCK]
+        k_odd = tl.load(k_pe_ptr + token64 * DR + 2 * k + 1, mask=k_ok, other=0.0).to(tl.float32)  # [HALF_BLOCK]
+        out_ty = kv.dtype
         tl.store(rope_row + 2 * k, (k_even * cos - k_odd * sin).to(out_ty), mask=k_in)
         tl.store(rope_row + 2 * k + 1, (k_even * sin + k_odd * cos).to(out_ty), mask=k_in)
 
