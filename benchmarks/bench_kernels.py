@@ -91,7 +91,9 @@ def layout_inputs(batch: int, context: int, heads: int, dtype: torch.dtype, page
     pages = -(-rows // page_size) if page_size else 1
     page_rows = page_size or rows
     table = rope_cos_sin(load_preset("deepseek-v3"), pages * page_rows).to(device)  # [Smax, Dr]
-    block_table = torch.randperm(batch * pages, generator=torch.Generator().manual_seed(1)).view(batch, pages)
+    order = torch.randperm(batch * pages, generator=torch.Generator().manual_seed(1)) if page_size else \
+        torch.arange(batch)  # contiguous: page b is sequence b
+    block_table = order.view(batch, pages)
     block_table = block_table.to(device, torch.int32)  # [B, pages]
     padded = torch.zeros(batch, pages * page_rows, D_C + D_R, dtype=dtype, device=device)
     padded[:, :rows] = cache

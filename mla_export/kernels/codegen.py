@@ -37,9 +37,8 @@ def tables_header() -> str:
     table = plan.aot_kernel_table()
     kernels = [f"{{{k.family_index}, {plan.DTYPE_ENUM[k.dtype]}, {plan.KERNEL_KINDS.index(k.kind)}, {k.block_m}, "
                f"{k.num_warps}}} /* {i}: {plan.FAMILIES[k.family_index].name} {k.dtype} {k.kind}"
-               f"{_cache_mode_note(k.page_size, k.kv_cache_dtype)} */" for i, k in enumerate(table)]
-    cache_arg_counts = ", ".join(str(len(plan.runtime_args(kind, "float16", 64, 1))) for kind in plan.KERNEL_KINDS)
-    modes = ", ".join(f"{{{p}, {k}}}" for p, k in plan.AOT_CACHE_MODES)
+               f"{_cache_note(k.cache_v2, k.kv_cache_dtype)} */" for i, k in enumerate(table)]
+    cache_arg_counts = ", ".join(str(len(plan.runtime_args(kind, "float16", 1, 1))) for kind in plan.KERNEL_KINDS)
     element_bytes = [f"{{{plan.DTYPE_ENUM[d]}, {n}}}" for d, n in plan.ELEMENT_BYTES.items()]
     aot_dtypes = ", ".join(str(plan.DTYPE_ENUM[d]) for d in plan.AOT_DTYPES)
     arg_counts = ", ".join(str(len(plan.RUNTIME_ARGS[kind])) for kind in plan.KERNEL_KINDS)
@@ -72,16 +71,15 @@ constexpr int64_t kMinBlocksPerSplit = {plan.MIN_BLOCKS_PER_SPLIT};
 constexpr int64_t kWorkspaceAlign = {plan.WORKSPACE_ALIGN};
 //! Runtime arguments per KernelKind (plan.RUNTIME_ARGS), before Triton's two scratch pointers.
 constexpr int32_t kRuntimeArgCount[kNumKinds] = {{{arg_counts}}};
-// Contract version 2 (paged and/or FP8 latent cache). Each kernel's cache layout, parallel to kKernels: page size
-// (0: contiguous) and kv cache dtype (0: rows in the model dtype, 1: FP8). Kernels of layout {{0, 0}} come first,
-// in contract version 1's order; combine kernels serve every layout.
-constexpr int32_t kKernelPageSize[kNumKernels] = {{{", ".join(str(k.page_size) for k in table)}}};
+// Contract version 2 (paged and/or FP8 latent cache), parallel to kKernels: 1 for the contract-2 cache kernels
+// (page size a run-time argument, 0 = contiguous: one image per kv cache dtype serves every page size), and
+// their kv cache dtype (0: rows in the model dtype, 1: FP8). Contract version 1's kernels (0, 0) come first, in
+// their version-1 order; combine kernels serve every layout. A paged or FP8 call runs the cacheV2 kernels.
+constexpr int32_t kKernelCacheV2[kNumKernels] = {{{", ".join(str(k.cache_v2) for k in table)}}};
 constexpr int32_t kKernelKvCacheDtype[kNumKernels] = {{{", ".join(str(k.kv_cache_dtype) for k in table)}}};
-//! The compiled cache layouts {{page size, kv cache dtype}} (plan.AOT_CACHE_MODES).
-constexpr int32_t kCacheModes[][2] = {{{modes}}};
 constexpr int64_t kFp8CacheTile = {plan.FP8_CACHE_TILE};
-//! Runtime arguments of kernels of a layout other than {{0, 0}}: plan.RUNTIME_ARGS, then block_table, scale,
-//! rope, num_pages, max_pages (plan.CACHE_RUNTIME_ARGS); before Triton's two scratch pointers.
+//! Runtime arguments of the cacheV2 kernels: plan.RUNTIME_ARGS, then block_table, scale, rope, num_pages,
+//! max_pages, page_size (plan.CACHE_RUNTIME_ARGS); before Triton's two scratch pointers.
 constexpr int32_t kCacheRuntimeArgCount[kNumKinds] = {{{cache_arg_counts}}};
 {chr(10).join(f"constexpr char const {name}[] = {_cstr(text)};" for name, text in reasons.items())}
 }} // namespace tables
@@ -90,10 +88,8 @@ constexpr int32_t kCacheRuntimeArgCount[kNumKinds] = {{{cache_arg_counts}}};
 """
 
 
-def _cache_mode_note(page_size: int, kv_cache_dtype: int) -> str:
-    if (page_size, kv_cache_dtype) == (0, 0):
-        return ""
-    return f" page {page_size} {'fp8' if kv_cache_dtype else 'model'}"
+def _cache_note(cache_v2: int, kv_cache_dtype: int) -> str:
+    return f" cache v2 {'fp8' if kv_cache_dtype else 'model'}" if cache_v2 else ""
 
 
 def _bytes(name: str, data: bytes) -> str:

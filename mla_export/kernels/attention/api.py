@@ -207,10 +207,11 @@ def mla_attention_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: 
     else:
         o_part = lse = q_rot  # unused by the kernel when num_splits == 1
     cache = present[0].view(torch.uint8) if fp8 else present[0]  # the kernels read and write e4m3 codes as bytes
-    # Cache arguments: None in contract version 1 (constexpr there, as in the AOT images) and where unused.
-    cache_args = (block_table if page_size else None, present[1] if fp8 else None, present[2] if fp8 else None,
-                  num_pages, max_pages) if layout else (None,) * 5
-    mode = (page_size, kv_cache_dtype)
+    # Cache arguments: None in contract version 1 (constexpr there, as in the AOT images); a contiguous pool's
+    # block table is never read (cache_seqlens stands in); the scale and rope planes only exist for FP8.
+    cache_args = (block_table if page_size else cache_seqlens, present[1] if fp8 else None,
+                  present[2] if fp8 else None, num_pages, max_pages, page_size) if layout else (None,) * 6
+    mode = (int(layout), kv_cache_dtype)
 
     rope_append.mla_rope_append_kernel[plan.rope_grid](
         q_pe, kv_latent, k_pe, cache, cache_seqlens, rope_cos_sin, q_rot,

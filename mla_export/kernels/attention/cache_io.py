@@ -1,9 +1,9 @@
 """Where a cache row lives and how an FP8 cache row is coded: the Triton helpers the RoPE-append and the
 attention kernels share (contract version 2, common/contract.py).
 
-Addressing (`pool_rows`): token position p of sequence b is row b * Smax + p of the cache viewed as
-[B * Smax, width] when PAGE == 0 (contract version 1), else row page * PAGE + p % PAGE with page =
-block_table[b, p // PAGE]. A lane whose page id lies outside [0, num_pages) comes back masked off, so no
+Addressing (`pool_rows`, page_size a run-time argument, so one image serves every page size): token
+position p of sequence b is row b * Smax + p of the pool viewed as [P * rows, width] when page_size is 0
+(contiguous, P = B), else row page * page_size + p % page_size with page = block_table[b, p // page_size]. A lane whose page id lies outside [0, num_pages) comes back masked off, so no
 kernel loads or stores outside the pool, whatever the table holds; slots past the positions a call needs
 are never loaded (the caller's mask covers them).
 
@@ -32,27 +32,26 @@ _MANTISSA_1_75 = tl.constexpr(0x600000)  # float32 mantissa bits of 1.75 (448 = 
 
 
 @triton.jit
-def position_limit(Smax, max_pages, PAGE: tl.constexpr):
-    """Positions below this are in the cache: Smax (contiguous), or min(Smax, max_pages * PAGE) (paged;
-    Smax is then the rope table's row count)."""
-    if PAGE == 0:
-        return Smax
-    else:
-        return tl.minimum(Smax, max_pages * PAGE)
+def position_limit(Smax, max_pages, page_size):
+    """Positions below this are in the cache: Smax (contiguous, page_size 0), or min(Smax, max_pages *
+    page_size) (paged; Smax is then the rope table's row count)."""
+    return tl.where(page_size > 0, tl.minimum(Smax, max_pages * page_size), Smax)
 
 
 @triton.jit
-def pool_rows(b, pos, ok, Smax, block_table_ptr, num_pages, max_pages, PAGE: tl.constexpr):
-    """(row, ok'): the int64 pool row of position `pos` (any shape) of sequence b, and `ok` narrowed to lanes
-    whose page id is inside the pool. Lanes with `ok` false are not looked up (the table is not read there)."""
+def pool_rows(b, pos, ok, Smax, block_table_ptr, num_pages, max_pages, page_size):
+    """(row, ok'): the int64 pool row of position `pos` (a vector) of sequence b, and `ok` narrowed to lanes
+    whose page id is inside the pool [0, num_pages). page_size 0: page b of Smax rows (the table is not read);
+    else page block_table[b, pos // page_size], row pos % page_size, looked up only where `ok`."""
     b64 = b.to(tl.int64)
-    if PAGE == 0:
-        return b64 * Smax + pos, ok
-    else:
-        slot = tl.where(ok, pos // PAGE, 0)
-        page = tl.load(block_table_ptr + b64 * max_pages + slot, mask=ok, other=-1)
-        inside = ok & (page >= 0) & (page < num_pages)
-        return tl.where(inside, page, 0).to(tl.int64) * PAGE + pos % PAGE, inside
+    # Scalar conditions are broadcast before `&` (the interpreter mis-types scalar & vector masks).
+    paged = (pos * 0 + page_size) > 0  # [N]
+    rows_per_page = tl.where(page_size > 0, page_size, Smax)  # scalar
+    slot = tl.where(ok & paged, pos // tl.maximum(page_size, 1), 0)  # [N]
+    looked_up = tl.load(block_table_ptr + b64 * max_pages + slot, mask=ok & paged, other=-1)  # [N] int32
+    page = tl.where(paged, looked_up, b + pos * 0)  # [N]
+    inside = ok & (page >= 0) & (page < num_pages)
+    return tl.where(inside, page, 0).to(tl.int64) * rows_per_page + (pos - slot * rows_per_page), inside
 
 
 @triton.jit
