@@ -116,4 +116,5 @@ def gather(pool: Pool, table: torch.Tensor, lens: list[int], new_tokens: int) ->
 
 def new_row_places(table: torch.Tensor, lens: list[int], new_tokens: int, page: int) -> list[tuple[int, int, int, int]]:
     """(b, i, page id, row) of every new token's cache row."""
-    return [(b, i, int(table[b, (n + i) // page]), (n + i) % page) for b, n in enumerate(lens) for i in range(new_tokens)]
+    return [(b, i, int(table[b, (n + i) // page]), (n + i) % page)
+            for b, n in enumerate(lens) for i in range(new_tokens)]

@@ -37,8 +37,8 @@ def test_bench_kernels_cache_layouts_agree(tmp_path):
     import os
 
     env = dict(os.environ, PYTHONPATH=str(BENCHMARKS.parent))  # this checkout's mla_export
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_kernels.py"), "--check-layouts"], capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path, env=env)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_kernels.py"), "--check-layouts"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("equal to contiguous\n") == 1 and proc.stdout.count("equal to contiguous-fp8\n") == 1
 

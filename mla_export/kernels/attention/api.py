@@ -60,7 +60,9 @@ def _check_args(q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope
     dtype = q_latent.dtype
     if dtype not in _DTYPES:
         raise TypeError(f"q_latent must be float16, bfloat16 or float32, got {dtype}")
-    for name in ("q_pe", "kv_latent", "k_pe") + (() if layout else ("past_cache",)) + (("out",) if out is not None else ()):
+    same_dtype = ("q_pe", "kv_latent", "k_pe") + (() if layout else ("past_cache",))
+    same_dtype += ("out",) if out is not None else ()
+    for name in same_dtype:
         if named[name].dtype != dtype:
             raise TypeError(f"{name} must have q_latent's dtype {dtype}, got {named[name].dtype}")
     if cache_seqlens.dtype != torch.int32:

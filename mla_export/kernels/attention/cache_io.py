@@ -3,9 +3,10 @@ attention kernels share (contract version 2, common/contract.py).
 
 Addressing (`pool_rows`, page_size a run-time argument, so one image serves every page size): token
 position p of sequence b is row b * Smax + p of the pool viewed as [P * rows, width] when page_size is 0
-(contiguous, P = B), else row page * page_size + p % page_size with page = block_table[b, p // page_size]. A lane whose page id lies outside [0, num_pages) comes back masked off, so no
-kernel loads or stores outside the pool, whatever the table holds; slots past the positions a call needs
-are never loaded (the caller's mask covers them).
+(contiguous, P = B), else row page * page_size + p % page_size with page = block_table[b, p // page_size].
+A lane whose page id lies outside [0, num_pages) comes back masked off, so no kernel loads or stores outside
+the pool, whatever the table holds; slots past the positions a call needs are never loaded (the caller's
+mask covers them).
 
 FP8 cache (`quantize_tiles`, `dequantize_tiles`): c_kv of one token in tiles of TILE values (TILE =
 min(Dc, FP8_CACHE_TILE): Dc is a power of two, so a Dc below 128 is one partial tile); per tile

@@ -88,7 +88,8 @@ def mla_rope_append_kernel(
         c_pos = pos + 0 * c  # [DC]
         c_row, c_write = pool_rows(b, c_pos, (c_pos >= 0) & (c_pos < limit), Smax, block_table_ptr, num_pages,
                                    max_pages, page_size)  # [DC] pool row (the same in every lane), write mask
-        k_row, k_in = pool_rows(b, k_pos, k_write, Smax, block_table_ptr, num_pages, max_pages, page_size)  # [HALF_BLOCK]
+        k_row, k_in = pool_rows(b, k_pos, k_write, Smax, block_table_ptr, num_pages, max_pages,
+                                page_size)  # [HALF_BLOCK]
         if KV_FP8:
             NT: tl.constexpr = DC // CACHE_TILE
             codes, scales = quantize_tiles(tl.reshape(kv.to(tl.float32), [NT, CACHE_TILE]))  # [NT, TILE], [NT]
