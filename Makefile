@@ -67,7 +67,8 @@ wheel-check: setup
 		./bin/mla-export validate --onnx tiny.onnx --steps 2 > validate.txt && tail -1 validate.txt
 
 # The one-command GPU check (benchmarks/gpu_check.py). On a CPU machine, `make gpu-bundle` builds what a
-# GPU machine needs and cannot build without a network (AOT kernels, libmla_plugin.so, the GPU programs)
+# GPU machine needs and cannot build without a network (AOT kernels, libmla_plugin.so, the GPU programs,
+# mla_nccl_smoke: the C++ runtime's NCCL set-up at world size 1, skipped where libnccl.so.2 is absent)
 # into $(GPU_BUNDLE), under 48 MiB; on the GPU machine (CUDA toolkit, torch, triton; no network, no
 # TensorRT), `make gpu-check OUT=dir` installs the package without dependencies and runs every owed GPU
 # test, compute-sanitizer run and benchmark into OUT/gpu-check.json and OUT/gpu-check.md. Without a GPU
@@ -76,7 +77,7 @@ GPU_BUNDLE ?= $(BUILD)/gpu-bundle
 GPU_PYTHON ?= python3
 OUT ?= gpu-check-out
 
-gpu-bundle: plugins
+gpu-bundle: plugins cpp-example
 	$(PY) benchmarks/gpu_check.py --build $(BUILD) --bundle $(GPU_BUNDLE)
 
 gpu-check:

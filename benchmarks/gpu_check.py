@@ -36,7 +36,7 @@ BUNDLE_LIMIT_BYTES = 48 << 20
 BUNDLE_FILES = ("kernels/manifest.json", "kernels/mla_kernels_tables.h",
                 "plugins/mlaAttentionPlugin/libmla_plugin.so", "plugins/tests/test_mla_gpu_enqueue",
                 "plugins/tests/test_moe_gpu_enqueue", "plugins/tests/test_fp8_gpu_enqueue",
-                "plugins/tools/mla_kernels_bench", "plugins/tools/fp8_kernels_run")
+                "plugins/tools/mla_kernels_bench", "plugins/tools/fp8_kernels_run", "cpp/mla_nccl_smoke")
 # Targets the figures are judged against (H100, bfloat16, DeepSeek dims; issue "one command proves the GPU path").
 TARGETS = {"decode B=64 x 4096, % of copy": 70.0, "decode B=1 x 65536, % of copy": 60.0,
            "prefill S=4096, % of bf16 GEMM": 25.0, "speed-up vs eager, B=64 x 4096": 6.0,
@@ -103,8 +103,10 @@ def run_steps(steps: list[Step], ctx: Context, total_limit_s: float = TOTAL_LIMI
             log_path.write_text(f"$ {' '.join(map(str, command))}\n{output}")
             figures = step.parse(output, ctx)
             ctx.figures[step.name] = figures
-            if proc.returncode == 77:
-                result = Result(step.name, step.what, "skipped", 0.0, "no GPU at run time (exit 77)", figures)
+            if proc.returncode == 77:  # the step says why it skipped on its last line, else: no GPU
+                lines = [line for line in output.strip().splitlines() if line.strip()]
+                result = Result(step.name, step.what, "skipped", 0.0,
+                                lines[-1][:200] if lines else "no GPU at run time (exit 77)", figures)
             elif proc.returncode != 0:
                 result = Result(step.name, step.what, "failed", 0.0, _last_line(output, proc.returncode), figures)
             else:
@@ -275,6 +277,16 @@ def _optional_script(path: str, arguments: Callable[[Context], list[str]]):
     return command
 
 
+def _nccl_library() -> str:
+    """libnccl.so.2 of the CUDA build of torch (the nvidia-nccl wheel) where this Python has it, else the
+    loader's own search."""
+    for entry in sys.path:
+        candidate = Path(entry) / "nvidia" / "nccl" / "lib" / "libnccl.so.2"
+        if candidate.is_file():
+            return str(candidate)
+    return "libnccl.so.2"
+
+
 def _bundle_env(ctx: Context) -> dict:
     return {"MLA_KERNELS_DIR": _bundle(ctx, "kernels"), "MLA_PLUGIN_BUILD": _bundle(ctx, "plugins")}
 
@@ -294,6 +306,9 @@ STEPS = [
     *[Step(f"sanitizer-{tool}", f"compute-sanitizer {tool} over the AOT kernels' C++ driver (MLA, MoE)", limit,
            lambda ctx, tool=tool: SANITIZER + [tool, _bundle(ctx, "plugins", "tools", "mla_kernels_bench"), "--check"],
            _sanitizer) for tool, limit in (("memcheck", 40), ("racecheck", 60), ("initcheck", 40))],
+    Step("nccl-smoke", "C++ runtime's NCCL set-up, world size 1 (id file, ncclCommInitRank), one ncclAllReduce", 30,
+         lambda ctx: [_bundle(ctx, "cpp", "mla_nccl_smoke"), "--nccl-library", _nccl_library()],
+         lambda out, ctx: _json_line(out) if "{" in out else {}),
     Step("cpp-bench", "AOT kernels as the plugin ships them (C++, no Triton): decode GB/s, prefill TFLOP/s", 60,
          lambda ctx: [_bundle(ctx, "plugins", "tools", "mla_kernels_bench"), "--bench"], _cpp_bench),
     Step("jit-bench", "Triton JIT kernels (bench_kernels.py) and eager PyTorch attention, speed-ups", 90,

@@ -200,6 +200,14 @@ MOE_FP8_PLAN_CASES = [(1, 1, 7168, 2048, MOE_RULES["v3"], "bfloat16"), (64, 1, 7
                       (8, 1, 2048, 1408, MOE_RULES["v2-lite"], "float16"),
                       (1, 100, 64, 32, MOE_RULES["tiny-moe"], "float16"),
                       (2, 9, 7168, 2048, MOE_RULES["kimi"], "bfloat16")]
+# A rank's slice of the experts (contract version 3): (case, fp8, first_expert, E_local), DeepSeek-V3's layout
+# (rank r of N holds E/N experts from r * E/N): decode and prefill, one to three chunks, FP8 experts too.
+MOE_SLICE_PLAN_CASES = [((1, 1, 7168, 2048, MOE_RULES["v3"], "bfloat16"), 0, 96, 32),  # --tp 8, rank 3
+                        ((2, 2049, 7168, 2048, MOE_RULES["v3"], "float16"), 0, 128, 128),  # --tp 2, rank 1
+                        ((64, 1, 7168, 2048, MOE_RULES["kimi"], "bfloat16"), 0, 192, 96),  # --tp 4, rank 2
+                        ((1, 100, 64, 32, MOE_RULES["tiny-moe"], "float16"), 0, 4, 4),
+                        ((1, 100, 64, 32, MOE_RULES["tiny-moe"], "float16"), 0, 0, 4),  # rank 0
+                        ((1, 4097, 7168, 2048, MOE_RULES["v3"], "bfloat16"), 1, 64, 64)]  # FP8, --tp 4, rank 1
 # Kernel pointer arguments -> the op's tensors (or the workspace region, by moe_plan's offsets), per kind.
 MOE_TENSOR_ARGS = {"router_ptr": "router_weight", "bias_ptr": "score_bias"}
 MOE_WORKSPACE_ARGS = {"logits_ptr": "logits_offset", "ids_ptr": "ids_offset", "weights_ptr": "weights_offset",
@@ -207,9 +215,10 @@ MOE_WORKSPACE_ARGS = {"logits_ptr": "logits_offset", "ids_ptr": "ids_offset", "w
                       "block_expert_ptr": "block_expert_offset", "act_ptr": "act_offset", "y_ptr": "y_offset"}
 
 
-def _moe_planned_args(kind: str, plan, chunk, start: int, case, fp8: bool = False) -> list[str]:
+def _moe_planned_args(kind: str, plan, chunk, start: int, case, fp8: bool = False, first: int = 0,
+                      held: int = 0) -> list[str]:
     """Expected argument values of MoE kernel `kind` in the chunk starting at token `start` (FP8 experts: their
-    block scales; else the launchers pass null)."""
+    block scales; else the launchers pass null; a slice: `held` experts from `first`, 0: every expert)."""
     from mla_export.kernels.moe.plan import ELEMENT_BYTES, runtime_args
 
     b, s, d, i, attrs, dtype = case
@@ -217,7 +226,8 @@ def _moe_planned_args(kind: str, plan, chunk, start: int, case, fp8: bool = Fals
     row = start * d * ELEMENT_BYTES[dtype]
     values = {"hidden_ptr": f"p:hidden_states+{row}", "out_ptr": f"p:routed_output+{row}",
               "w_ptr": "p:gate_up_proj" if kind == "gate_up" else "p:down_proj",
-              "T": f"i:{chunk.tokens}", "E": f"i:{experts}", "D": f"i:{d}", "I": f"i:{i}", "top_k": f"i:{top_k}",
+              "T": f"i:{chunk.tokens}", "E": f"i:{experts}", "E_local": f"i:{held or experts}",
+              "first_expert": f"i:{first}", "D": f"i:{d}", "I": f"i:{i}", "top_k": f"i:{top_k}",
               "n_group": f"i:{n_group}", "topk_group": f"i:{topk_group}", "scoring": f"i:{scoring}",
               "group_score": f"i:{group_score}", "use_bias": f"i:{use_bias}", "normalize": f"i:{normalize}",
               "weight_scale": f"f:{scale}", "num_slots": f"i:{chunk.slots}",
@@ -242,10 +252,14 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
     compiled = json.loads((kernels_dir / "manifest.json").read_text())["moe_kernels"]
     table = moe_plan.aot_kernel_table()
     lines = []
-    for case, fp8 in [(c, 0) for c in MOE_PLAN_CASES] + [(c, 1) for c in MOE_FP8_PLAN_CASES]:
+    calls = ([(c, 0, 0, 0) for c in MOE_PLAN_CASES] + [(c, 1, 0, 0) for c in MOE_FP8_PLAN_CASES]
+             + MOE_SLICE_PLAN_CASES)
+    for case, fp8, first, held in calls:
         b, s, d, i, attrs, dtype = case
-        lines.append(" ".join(map(str, ["case", b, s, d, i, *attrs, PLAN_DTYPE_CODES[dtype], fp8])))
-        plan = moe_plan.make_plan(moe_plan.MoeDims(b * s, d, i, attrs[0], attrs[1], attrs[2], dtype, fp8))
+        slice_fields = [first, held] if held else []
+        lines.append(" ".join(map(str, ["case", b, s, d, i, *attrs, PLAN_DTYPE_CODES[dtype], fp8, *slice_fields])))
+        plan = moe_plan.make_plan(moe_plan.MoeDims(b * s, d, i, attrs[0], attrs[1], attrs[2], dtype, fp8,
+                                                   local_experts=held))
         for index in range(plan.num_chunks):
             start, chunk = plan.chunk(index)
             for kind, grid, k in zip(moe_plan.KERNEL_KINDS, chunk.grids(), moe_plan.kernel_indices(plan, chunk, dtype)):
@@ -255,7 +269,8 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
                 assert len(found) == 1, f"{kind} kernel {k}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
                 lines.append(" ".join(["launch", found[0]["name"], *map(str, grid), str(32 * found[0]["num_warps"]),
                                        "1", "1", str(found[0]["shared"]),
-                                       *_moe_planned_args(kind, plan, chunk, start, case, bool(fp8))]))
+                                       *_moe_planned_args(kind, plan, chunk, start, case, bool(fp8), first,
+                                                          held)]))
     path.write_text("\n".join(lines) + "\n")
     return len(MOE_PLAN_CASES)
 

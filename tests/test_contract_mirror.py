@@ -52,7 +52,7 @@ def test_moe_header_mirrors_contract():
         len(contract.MOE_FP8_INPUTS)]
     assert int(c["kFp8Block"]) == contract.FP8_BLOCK
     attributes = {v for k, v in c.items() if k.startswith("kAttr")}
-    assert attributes == set(contract.MOE_ATTRIBUTES)
+    assert attributes == set(contract.MOE_ATTRIBUTES) | set(contract.MOE_SLICE_ATTRIBUTES)
     assert (int(c["kScoringSoftmax"]), int(c["kScoringSigmoid"])) == (contract.MOE_SCORING_SOFTMAX,
                                                                        contract.MOE_SCORING_SIGMOID)
     assert (int(c["kGroupScoreMax"]), int(c["kGroupScoreTop2Sum"])) == (contract.MOE_GROUP_SCORE_MAX,

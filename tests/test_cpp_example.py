@@ -72,3 +72,22 @@ def test_the_example_reads_the_sidecar_format_build_writes():
     example does not read; a mismatch would make it refuse every engine)."""
     header = (ROOT / "examples" / "cpp" / "mlaRuntime.h").read_text()
     assert int(re.search(r"constexpr int64_t kSidecarFormatVersion = (\d+);", header).group(1)) == SIDECAR_VERSION
+
+
+def test_nccl_unit_test_passes(build_dir):
+    """mlaNccl.h without NCCL: the id-file exchange between two ranks over a fake NCCL, its refusals, the hex
+    form, loadNccl through dlopen (a missing library, a stand-in one), the --tp flags and the sidecar's rank."""
+    result = subprocess.run([build_dir / "test_mla_nccl"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip().endswith(" 0 failed")
+    assert int(result.stdout.strip().splitlines()[-1].split()[0]) >= 30
+
+
+def test_nccl_smoke_skips_without_a_gpu_or_nccl(build_dir):
+    """`make gpu-check`'s NCCL smoke (world size 1) exits 77, a skip, where it cannot run: no CUDA device, or
+    (on a GPU machine) no libnccl.so.2 where it is told to look."""
+    result = subprocess.run([build_dir / "mla_nccl_smoke", "--nccl-library", "libnccl_not_here.so.2"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 77, result.stdout + result.stderr
+    assert result.stdout.startswith("skip: ")
+    assert "no CUDA device" in result.stdout or "cannot load libnccl_not_here.so.2" in result.stdout

@@ -50,6 +50,7 @@ def test_moe_nodes_follow_the_contract(tiny_moe):
     for node in nodes:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert {k: attrs[k] for k in contract.MOE_ATTRIBUTES} == pytest.approx(rule.attributes())
+        assert attrs["first_expert"] == 0  # contract version 3: a single-device export holds every expert
         assert attrs["plugin_namespace"] == b"mla" and attrs["plugin_version"] == b"1"
         assert len(node.input) == len(contract.MOE_INPUTS) and len(node.output) == 1
         shapes = [list(initializers[name].dims) for name in node.input[1:]]

@@ -260,3 +260,10 @@ def test_tp_onnx_matches_transformers(dense, tmp_path):
     check_matches(["--onnx", str(ranks)], directory, expected, tmp_path)
     result = CliRunner().invoke(main, ["generate", "--onnx", str(ranks / "rank1.onnx"), "--prompt", "hi"])
     assert result.exit_code == 1 and "rank 1 of 2 of a --tp export" in result.output
+
+
+def test_paged_cache_onnx_matches_transformers(dense, tmp_path):
+    """A paged cache (pages of 16: prompts and their continuations cross pages), served from a shuffled pool."""
+    directory, expected = dense
+    onnx = export(directory, tmp_path / "paged.onnx", "--cache", "paged", "--page-size", "16")
+    check_matches(["--onnx", str(onnx)], directory, expected, tmp_path)

@@ -108,7 +108,7 @@ def test_steps_cover_what_the_check_owes():
     names = [s.name for s in gpu_check.STEPS]
     assert names[:2] == ["device", "baselines"]
     for owed in ("pytest-gpu", "plugin-enqueue", "sanitizer-memcheck", "sanitizer-racecheck", "sanitizer-initcheck",
-                 "cpp-bench", "jit-bench", "absorb-gpu", "moe-bench", "moe-fp8-bench"):
+                 "cpp-bench", "jit-bench", "absorb-gpu", "moe-bench", "moe-fp8-bench", "nccl-smoke"):
         assert owed in names
     assert sum(s.limit_s for s in gpu_check.STEPS) >= gpu_check.TOTAL_LIMIT_S  # the total cap is what binds
     assert gpu_check.TOTAL_LIMIT_S < 9 * 60
@@ -138,3 +138,20 @@ def test_bundle_is_assembled_under_its_limit(tmp_path, aot_kernels):
     assert 0 < size < gpu_check.BUNDLE_LIMIT_BYTES
     with pytest.raises(SystemExit, match="missing"):
         gpu_check.make_bundle(tmp_path / "nothing", tmp_path / "bundle2")
+
+
+def test_nccl_smoke_step_runs_the_bundled_program_and_reads_its_line(tmp_path):
+    """The nccl-smoke step runs the bundle's mla_nccl_smoke (stand-ins here; the real program's skip is tested in
+    test_cpp_example.py): its JSON line becomes the figures, its exit 77 a skip that says why (its last line)."""
+    step = next(s for s in gpu_check.STEPS if s.name == "nccl-smoke")
+    program = tmp_path / "cpp" / "mla_nccl_smoke"
+    program.parent.mkdir()
+    ctx = gpu_check.Context(out=tmp_path / "out", bundle=tmp_path)
+    assert step.command(ctx)[:2] == [str(program), "--nccl-library"]
+    program.write_text('#!/bin/sh\necho \'{"nccl_version": 22303, "world_size": 1, "mismatches": 0}\'\n')
+    program.chmod(0o755)
+    (ok,) = gpu_check.run_steps([step], ctx, total_limit_s=30, log=lambda line: None)
+    assert (ok.status, ok.figures["mismatches"], ok.figures["world_size"]) == ("ok", 0, 1)
+    program.write_text("#!/bin/sh\necho 'skip: cannot load libnccl.so.2 (not found)'\nexit 77\n")
+    (skipped,) = gpu_check.run_steps([step], ctx, total_limit_s=30, log=lambda line: None)
+    assert (skipped.status, skipped.note) == ("skipped", "skip: cannot load libnccl.so.2 (not found)")

@@ -208,7 +208,7 @@ def test_arguments_are_checked_before_launch():
     x = tokens_of(4, 9).to(DEVICE)
     good = dict(hidden=x, router_weight=router, score_bias=bias, gate_up_proj=gate_up.float(), down_proj=down.float())
     cases = [
-        (dict(gate_up_proj=gate_up.float()[:, :-1]), ValueError, r"gate_up_proj must be \[E=16, 2I, d=24\]"),
+        (dict(gate_up_proj=gate_up.float()[:, :-1]), ValueError, r"gate_up_proj must be \[E_local, 2I, d=24\]"),
         (dict(down_proj=down.float()[..., :-1]), ValueError, "down_proj must have shape"),
         (dict(router_weight=router.half()), TypeError, "router_weight must be float32"),
         (dict(gate_up_proj=gate_up.half()), TypeError, "gate_up_proj must have hidden_states' dtype"),

@@ -107,12 +107,13 @@ static void printChunk(moe::plan::ChunkPlan const& c)
 int main()
 {
     long long tokens;
-    int hidden, inter, experts, topK, nGroup, dtype, fp8;
-    while (std::scanf("%lld %d %d %d %d %d %d %d", &tokens, &hidden, &inter, &experts, &topK, &nGroup, &dtype, &fp8)
-        == 8)
+    int hidden, inter, experts, topK, nGroup, dtype, fp8, local;
+    while (std::scanf("%lld %d %d %d %d %d %d %d %d", &tokens, &hidden, &inter, &experts, &topK, &nGroup, &dtype, &fp8,
+               &local)
+        == 9)
     {
         moe::Dims d{tokens, hidden, inter, experts, topK, nGroup, 1, 1, 1, 1, 1, 2.5F, static_cast<DataType>(dtype),
-            fp8};
+            fp8, local, 0};
         char const* why = moe::plan::unsupportedReason(d);
         moe::plan::LaunchPlan p{};
         if (why != nullptr || !moe::plan::makePlan(d, p))
@@ -144,8 +145,8 @@ def _chunk_fields(p: moe_plan.MoePlan, c: moe_plan.ChunkPlan, dtype: str) -> lis
     return fields
 
 
-def python_line(tokens, hidden, inter, experts, top_k, n_group, dtype, fp8) -> str:
-    dims = moe_plan.MoeDims(tokens, hidden, inter, experts, top_k, n_group, _DTYPE_NAMES[dtype], fp8)
+def python_line(tokens, hidden, inter, experts, top_k, n_group, dtype, fp8, local=0) -> str:
+    dims = moe_plan.MoeDims(tokens, hidden, inter, experts, top_k, n_group, _DTYPE_NAMES[dtype], fp8, local)
     why = moe_plan.unsupported_reason(dims)
     if why is not None:
         return f"no {why}"
@@ -168,23 +169,32 @@ def test_cpp_plan_equals_python_plan(aot_kernels, tmp_path):
     sweep = list(itertools.product(
         (0, 1, 7, 64, 257, 4096, 4097, 12289, 65536),  # tokens
         ((64, 32), (2048, 1408), (7168, 2048), (24, 10), (0, 16)),  # (d, I)
-        ((8, 2, 4), (64, 6, 1), (160, 6, 8), (256, 8, 8), (384, 8, 1), (513, 8, 1), (16, 17, 1), (64, 6, 33)),
+        # (E, K, G, E_local): E_local 0 is every expert; the others a rank's slice (contract version 3), 9 > E
+        ((8, 2, 4, 0), (64, 6, 1, 0), (160, 6, 8, 0), (256, 8, 8, 0), (384, 8, 1, 0), (513, 8, 1, 0), (16, 17, 1, 0),
+         (64, 6, 33, 0), (256, 8, 8, 32), (384, 8, 1, 96), (8, 2, 4, 4), (8, 2, 4, 9)),
         (0, 1, 2),  # dtype: float32, float16, bfloat16
         (0, 1),  # experts in T, FP8 experts
     ))
-    lines = [f"{t} {d} {i} {e} {k} {g} {dt} {f}" for t, (d, i), (e, k, g), dt, f in sweep]
+    lines = [f"{t} {d} {i} {e} {k} {g} {dt} {f} {el}" for t, (d, i), (e, k, g, el), dt, f in sweep]
     run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
     cpp = run.stdout.splitlines()
     assert len(cpp) == len(sweep)
     supported = 0
     fp8_configs = set()
-    for (t, (d, i), (e, k, g), dt, f), got in zip(sweep, cpp):
-        want = python_line(t, d, i, e, k, g, dt, f)
-        assert got == want, f"T={t} d={d} I={i} E={e} K={k} G={g} dtype={dt} fp8={f}"
+    slices, refused_slices = set(), 0
+    for (t, (d, i), (e, k, g, el), dt, f), got in zip(sweep, cpp):
+        want = python_line(t, d, i, e, k, g, dt, f, el)
+        assert got == want, f"T={t} d={d} I={i} E={e} K={k} G={g} dtype={dt} fp8={f} E_local={el}"
+        if el and want.startswith("ok"):
+            slices.add(el)
+        elif el > e and dt and d % 16 == 0 and d:  # an AOT dtype and dims: the slice is the reason
+            assert want == f"no {moe_plan.REASON_LOCAL_EXPERTS}"
+            refused_slices += 1
         supported += want.startswith("ok")
         if f and want.startswith("ok") and t:
             fp8_configs.add(int(want.split()[5]))  # the full chunk's GEMM config index
-    assert supported >= 540  # 9 token counts x 3 dims x 5 routings x 2 dtypes x (T, FP8)
+    assert supported >= 540 + 324  # 9 token counts x 3 dims x (5 routings + 3 slices) x 2 dtypes x (T, FP8)
+    assert slices == {32, 96, 4} and refused_slices > 0
     assert fp8_configs == {moe_plan.FP8_CONFIG_OFFSET, moe_plan.FP8_CONFIG_OFFSET + 1}  # decode and prefill
 
 

@@ -17,24 +17,28 @@ import pytest
 
 from mla_export.common import contract
 
-from plugin_helpers import MOE_FP8_PLAN_CASES, MOE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
+from plugin_helpers import MOE_FP8_PLAN_CASES, MOE_PLAN_CASES, MOE_SLICE_PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
 PLUGIN_DIR = ROOT / "plugins" / "deepseekMoePlugin"
 CREATED = "Successfully created plugin: DeepseekMoE"
 PARSED_VALUES = re.compile(r"DeepseekMoE: num_experts=(\d+) top_k=(\d+) n_group=(\d+) topk_group=(\d+) "
                            r"scoring_func=(\d+) group_score=(\d+) use_bias=(\d+) normalize=(\d+) "
-                           r"weight_scale=(\S+) \(build phase")
+                           r"weight_scale=(\S+) first_expert=(\d+) \(build phase")
 
 
 def test_launches_match_python_plan(plugin_build):
     """enqueue launches exactly what moe_plan plans for the same tensors (kernel, grid, block, shared memory, every
     argument value, chunk by chunk) for the routing rules of V2-Lite, V2, V3, Kimi K2 and tiny-moe, decode and
-    prefill token counts, one to three chunks, float16 and bfloat16."""
+    prefill token counts, one to three chunks, float16 and bfloat16; and ranks' slices of the experts (first_expert,
+    E_local: contract version 3), whose count, align and combine launches take them."""
     result = subprocess.run([plugin_build / "tests" / "test_moe_launch", plugin_build / "moe_launch_plan.txt"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:]
     assert f"compared {len(MOE_PLAN_CASES)} planned calls" in result.stdout
     assert f"compared {len(MOE_FP8_PLAN_CASES)} planned FP8-expert calls through the plugin" in result.stdout
+    with_first = sum(first > 0 for _, _, first, _ in MOE_SLICE_PLAN_CASES)
+    assert f"compared {len(MOE_SLICE_PLAN_CASES)} planned expert-slice calls, {with_first} with first_expert > 0" \
+        in result.stdout
     launches = sum(line.startswith("launch ") for line in (plugin_build / "moe_launch_plan.txt").read_text().splitlines())
     assert launches > 7 * len(MOE_PLAN_CASES)  # several cases span more than one chunk
 
@@ -56,7 +60,7 @@ def test_readme_tables_match_contract():
     assert [(int(r[0]), r[1]) for r in outputs] == list(enumerate(contract.MOE_OUTPUTS))
     assert [types[r[3]] for r in outputs] == [p.type_str for p in schema.outputs]
     attributes = markdown_table(readme, "Attributes")
-    assert {r[0]: r[1] for r in attributes} == contract.MOE_ATTRIBUTES
+    assert {r[0]: r[1] for r in attributes} == contract.MOE_ATTRIBUTES | contract.MOE_SLICE_ATTRIBUTES
     for row in attributes:
         assert row[2].startswith("kINT32" if row[1] == "INT" else "kFLOAT32")
     identity = dict(line.replace("`", "").strip("|").split("|")[:2] for line in readme.splitlines()
@@ -70,7 +74,7 @@ def _moe_attributes(node) -> tuple:
     import onnx
 
     values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return tuple(values[name] for name in contract.MOE_ATTRIBUTES)
+    return tuple(values[name] for name in contract.MOE_ATTRIBUTES | contract.MOE_SLICE_ATTRIBUTES)
 
 
 def _check_created_with(log: str, expected: tuple):
@@ -78,9 +82,10 @@ def _check_created_with(log: str, expected: tuple):
     assert CREATED in log, log[-3000:]
     parsed = PARSED_VALUES.findall(log)
     assert parsed, log[-3000:]
-    *ints, scale = parsed[0]
+    *ints, scale, first = parsed[0]
     assert tuple(map(int, ints)) == tuple(expected[:8])
     assert float(scale) == pytest.approx(expected[8], rel=1e-7)
+    assert int(first) == (expected[9] if len(expected) > 9 else 0)  # absent (a version-2 node): 0
     # The fields arrive as the parser sends them: INT -> kINT32, FLOAT -> kFLOAT32.
     assert "DeepseekMoE: field num_experts arrived as kINT32, length 1" in log
     assert "DeepseekMoE: field weight_scale arrived as kFLOAT32, length 1" in log
@@ -120,14 +125,16 @@ def _one_node_model(path: Path, attrs: tuple, d: int = 64, inter: int = 32) -> P
     from onnx import TensorProto, helper
 
     experts = attrs[0]
+    held = experts // 2 if len(attrs) > 9 else experts  # with first_expert (version 3): half the experts, a rank's
     t, f = TensorProto.FLOAT16, TensorProto.FLOAT
     shapes = {"hidden_states": (t, ["B", "S", d]), "router_weight": (f, [experts, d]), "score_bias": (f, [experts]),
-              "gate_up_proj": (t, [experts, 2 * inter, d]), "down_proj": (t, [experts, d, inter]),
+              "gate_up_proj": (t, [held, 2 * inter, d]), "down_proj": (t, [held, d, inter]),
               "routed_output": (t, ["B", "S", d])}
     inputs = [helper.make_tensor_value_info(n, *shapes[n]) for n in contract.MOE_INPUTS]
     outputs = [helper.make_tensor_value_info(n, *shapes[n]) for n in contract.MOE_OUTPUTS]
     node = helper.make_node(contract.MOE_OP_TYPE, list(contract.MOE_INPUTS), list(contract.MOE_OUTPUTS),
-                            domain=contract.OP_DOMAIN, **dict(zip(contract.MOE_ATTRIBUTES, attrs)),
+                            domain=contract.OP_DOMAIN,
+                            **dict(zip(contract.MOE_ATTRIBUTES | contract.MOE_SLICE_ATTRIBUTES, attrs)),
                             **contract.PLUGIN_LOOKUP_ATTRIBUTES)
     model = helper.make_model(helper.make_graph([node], "deepseek_moe", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", 18),
@@ -138,9 +145,12 @@ def _one_node_model(path: Path, attrs: tuple, d: int = 64, inter: int = 32) -> P
 
 
 def test_parser_passes_attribute_values(plugin_library, tmp_path):
-    """DeepSeek-V2's rule (160 experts, 8 groups, 3 kept, softmax, max, scale 16) reaches the creator unchanged."""
+    """DeepSeek-V2's rule (160 experts, 8 groups, 3 kept, softmax, max, scale 16) reaches the creator unchanged, in
+    a node of contract version 2 (no first_expert: the creator takes 0) and as rank 1 of 2 (first_expert 80)."""
     expected = (160, 6, 8, 3, 0, 0, 0, 0, 16.0)
     _check_created_with(parse_with_rtx(plugin_library, _one_node_model(tmp_path / "v2.onnx", expected)), expected)
+    rank = expected + (80,)
+    _check_created_with(parse_with_rtx(plugin_library, _one_node_model(tmp_path / "rank1.onnx", rank)), rank)
 
 
 def test_parser_reports_invalid_attribute(plugin_library, tmp_path):

@@ -165,6 +165,16 @@ def test_validate_passes_on_rank_exports(tmp_path, preset, tp, absorb, quant, io
         assert report.quantization_error
 
 
+def test_validate_passes_on_rank_exports_with_a_paged_fp8_cache(tmp_path):
+    """--tp with MoE, the run-time form, FP8 weights and a paged FP8 cache, all at once."""
+    out = tmp_path / "ranks"
+    export_parallel(_spec("tiny-moe", tp=2, absorb="runtime", quant="fp8", io="tokens", cache="paged", page_size=16,
+                          kv_cache_dtype="fp8"), out)
+    report = validate_onnx(out, Scenario(batch=3, prefill_len=6, steps=3))
+    assert report.passed, report.to_dict()
+    assert any(c.name.endswith(" c_kv") for c in report.steps[0].comparisons)
+
+
 def test_validate_fails_when_a_rank_holds_another_slice(tmp_path):
     """Swap the two ranks' weights of one layer's output projection: each file is still well formed (the
     manifest rewritten to match), but the model is not the eager one, and validate must say so."""
@@ -242,7 +252,7 @@ def test_missing_foreign_and_mixed_rank_files_are_refused(ranks_copy, tmp_path):
     (ranks_copy / contract.PARALLEL_MANIFEST).write_text(json.dumps(manifest))
     assert_one_message(run("validate", "--onnx", ranks_copy), "of another export")
     (ranks_copy / contract.PARALLEL_MANIFEST).unlink()
-    assert_one_message(run("validate", "--onnx", ranks_copy), "no parallel.json")
+    assert_one_message(run("validate", "--onnx", ranks_copy), "is a directory without parallel.json")
 
 
 def test_a_single_rank_file_is_validated_as_a_rank_not_a_model(tiny_tp2):

@@ -49,7 +49,8 @@ inline Status parseIdList(std::string const& text, std::vector<int64_t>& ids, ch
     return Status::success();
 }
 
-//! mla_generate's command line: --engine E [--plugin L] --prompt-ids 1,2,3 [--max-new-tokens N] [--eos 1,2].
+//! mla_generate's command line: --engine E [--plugin L] --prompt-ids 1,2,3 [--max-new-tokens N] [--eos 1,2]
+//! [--rank R --world-size N --nccl-id-file F ...] (a --tp rank engine: mlaNccl.h; every rank gets the same ids).
 inline Status parseGenerateArgs(int argc, char const* const* argv, GenerateOptions& options)
 {
     options = GenerateOptions{};
@@ -80,9 +81,15 @@ inline Status parseGenerateArgs(int argc, char const* const* argv, GenerateOptio
                 return Status::error("--max-new-tokens " + value + ": expected an integer >= 1");
             options.maxNewTokens = static_cast<int32_t>(v);
         }
+        else if (Status st; parseParallelFlag(arg, value, options.session.parallel, st))
+        {
+            if (!st) return st;
+        }
         else
             return Status::error("unknown option " + arg);
     }
+    if (Status s = checkParallelOptions(options.session.parallel); !s)
+        return s;
     if (options.session.enginePath.empty())
         return Status::error("no --engine: pass the file written by `mla-export build`");
     if (!promptGiven)

@@ -78,12 +78,37 @@ int64_t volume(nvinfer1::Dims const& d)
     return v;
 }
 
+//! A --tp rank (world size > 1): NCCL loaded, the communicator made from the id file (mlaNccl.h) and handed to
+//! the context, a collective call: it returns once every rank has called it. Single-device engines: nothing.
+Status joinRanks(ParallelOptions const& o, std::unique_ptr<NcclCommunicator>& comm, nvinfer1::IExecutionContext& context)
+{
+    if (o.worldSize == 1)
+        return Status::success();
+#if NV_TENSORRT_MAJOR > 10 || (NV_TENSORRT_MAJOR == 10 && NV_TENSORRT_MINOR >= 16)
+    NcclApi api;
+    if (Status s = loadNccl(o.ncclLibrary, api); !s)
+        return s;
+    if (Status s = NcclCommunicator::create(api, o, comm); !s)
+        return s;
+    MLA_CHECK(context.setCommunicator(comm->comm()), "IExecutionContext::setCommunicator failed (rank "
+        + std::to_string(o.rank) + "; TensorRT's log above says why: NCCL 2.19+ is needed)");
+    return Status::success();
+#else
+    (void) comm;
+    (void) context;
+    return Status::error("this program was built against TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + "."
+        + std::to_string(NV_TENSORRT_MINOR) + " headers, which have no IExecutionContext::setCommunicator: "
+        "rebuild it against TensorRT 10.16 or later to run --tp engines");
+#endif
+}
+
 } // namespace
 
 struct MlaSession::Impl
 {
     std::unique_ptr<nvinfer1::IRuntime> runtime;
     std::unique_ptr<nvinfer1::ICudaEngine> engine;
+    std::unique_ptr<NcclCommunicator> communicator; //!< --tp ranks; declared before context: it outlives it
     std::unique_ptr<nvinfer1::IExecutionContext> context;
     cudaStream_t stream{nullptr};
     cudaEvent_t start{nullptr}, stop{nullptr};
@@ -132,6 +157,8 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
         return s;
     if (Status s = checkEngineSize(sidecar, blob.size()); !s)
         return s;
+    if (Status s = checkSidecarRank(sidecar, options.parallel); !s)
+        return s;
     if (!options.pluginPath.empty())
     {
         auto* registry = getPluginRegistry();
@@ -142,6 +169,13 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
             options.pluginPath + " does not register MlaAttention v1 in namespace mla");
     }
 
+    if (options.parallel.worldSize > 1)
+    {
+        int devices = 0;
+        MLA_CUDA(cudaGetDeviceCount(&devices));
+        MLA_CHECK(devices > 0, "no CUDA device");
+        MLA_CUDA(cudaSetDevice(options.parallel.rank % devices)); // one GPU per rank on one machine
+    }
     std::unique_ptr<MlaSession> s(new MlaSession());
     s->mImpl = std::make_unique<Impl>();
     Impl& m = *s->mImpl;
@@ -196,6 +230,8 @@ Status MlaSession::create(SessionOptions const& options, std::unique_ptr<MlaSess
     MLA_CUDA(cudaMalloc(&m.input, m.inputBytesPerToken * options.batch * inputMax.d[1]));
     m.context.reset(m.engine->createExecutionContext());
     MLA_CHECK(m.context != nullptr, "createExecutionContext failed (out of GPU memory?)");
+    if (Status st = joinRanks(options.parallel, m.communicator, *m.context); !st)
+        return st;
     s->mLengths.assign(options.batch, 0);
     s->mSidecar = sidecar;
     session = std::move(s);

@@ -19,6 +19,8 @@
 #pragma once
 
 #include "mlaContract.h"
+#include "mlaNccl.h"
+#include "mlaStatus.h"
 #include "moeContract.h"
 
 #include <cuda_runtime_api.h>
@@ -37,17 +39,6 @@ namespace mla
 namespace runtime
 {
 
-//! Result of every call: ok, or a message saying what failed and what to do.
-struct Status
-{
-    bool ok{true};
-    std::string message;
-
-    static Status success() { return {}; }
-    static Status error(std::string text) { return {false, std::move(text)}; }
-    explicit operator bool() const { return ok; }
-};
-
 //! What the demo (or a server) asks for.
 struct SessionOptions
 {
@@ -55,6 +46,7 @@ struct SessionOptions
     std::string pluginPath;  //!< libmla_plugin.so; empty for an engine built with --attention decomposed
     int32_t batch{1};
     bool useCudaGraph{true}; //!< capture the decode step once and replay it (aliased caches only)
+    ParallelOptions parallel; //!< rank and world size of a --tp engine, the NCCL id file (mlaNccl.h)
 };
 
 //! Rejects options that cannot work before anything is loaded.
@@ -64,7 +56,7 @@ inline Status checkOptions(SessionOptions const& o)
         return Status::error("no engine path: pass the file written by `mla-export build`");
     if (o.batch < 1)
         return Status::error("batch must be >= 1, got " + std::to_string(o.batch));
-    return Status::success();
+    return checkParallelOptions(o.parallel);
 }
 
 //! Bytes of one layer's latent cache [batch, maxSeqLen, cacheWidth], rounded up to `alignment`.
@@ -242,6 +234,22 @@ inline Status checkEngineSize(std::string const& json, size_t engineBytes)
     return Status::success();
 }
 
+//! Refuses an engine that is not rank `o.rank` of `o.worldSize` ranks: the sidecar's tp_size and tp_rank
+//! (absent: a single-device engine, 1 and 0), written by `mla-export build --onnx DIR` per rank.
+inline Status checkSidecarRank(std::string const& json, ParallelOptions const& o)
+{
+    int64_t size = 1, rank = 0;
+    jsonInt(json, "tp_size", size);
+    jsonInt(json, "tp_rank", rank);
+    if (size == o.worldSize && rank == o.rank)
+        return Status::success();
+    if (size == 1)
+        return Status::error("a single-device engine, run with --world-size " + std::to_string(o.worldSize)
+            + ": drop --rank/--world-size, or pass a rank engine of `mla-export build --onnx DIR`");
+    return Status::error("the engine is rank " + std::to_string(rank) + " of " + std::to_string(size) + " (its sidecar), "
+        "this process is rank " + std::to_string(o.rank) + " of " + std::to_string(o.worldSize) + ": pass rank"
+        + std::to_string(o.rank) + ".engine of the same build and --world-size " + std::to_string(size));
+}
 
 //! How the latent caches of an engine are bound (see the top of this file).
 enum class CacheBinding

@@ -5,6 +5,11 @@
  *
  *   mla_decode_demo --engine model.engine [--plugin libmla_plugin.so] [--batch 8] [--prompt 128]
  *                   [--steps 64] [--no-cuda-graph]
+ *
+ * A rank engine of `mla-export build --onnx DIR` (a --tp export) runs one process per rank, each on GPU
+ * (rank % device count), all given the same id file (mlaNccl.h):
+ *   for r in 0 1; do mla_decode_demo --engine engines/rank$r.engine --rank $r --world-size 2 \
+ *       --nccl-id-file /tmp/run.id & done; wait
  */
 #include "mlaRuntime.h"
 
@@ -20,7 +25,8 @@ namespace
 void usage()
 {
     std::fprintf(stderr,
-        "usage: mla_decode_demo --engine FILE [--plugin LIB] [--batch N] [--prompt N] [--steps N] [--no-cuda-graph]\n");
+        "usage: mla_decode_demo --engine FILE [--plugin LIB] [--batch N] [--prompt N] [--steps N] [--no-cuda-graph]\n"
+        "       [--rank R --world-size N --nccl-id-file PATH [--nccl-library libnccl.so.2] [--nccl-timeout S]]\n");
 }
 
 bool parseInt(char const* text, int32_t& value)
@@ -64,6 +70,11 @@ int main(int argc, char** argv)
         else if (arg == "--prompt" && hasValue && parseInt(argv[++i], prompt)) {}
         else if (arg == "--steps" && hasValue && parseInt(argv[++i], steps)) {}
         else if (arg == "--no-cuda-graph") options.useCudaGraph = false;
+        else if (mla::runtime::Status st; hasValue && parseParallelFlag(arg, argv[i + 1], options.parallel, st))
+        {
+            ++i;
+            if (!st) { std::fprintf(stderr, "error: %s\n", st.message.c_str()); return 2; }
+        }
         else { usage(); return 2; }
     }
     std::unique_ptr<mla::runtime::MlaSession> session;

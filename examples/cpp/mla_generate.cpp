@@ -20,7 +20,7 @@ int main(int argc, char** argv)
     if (Status s = parseGenerateArgs(argc, argv, options); !s)
     {
         std::fprintf(stderr, "error: %s\nusage: mla_generate --engine FILE [--plugin LIB] --prompt-ids 1,2,3 "
-            "[--max-new-tokens N] [--eos 1,2]\n", s.message.c_str());
+            "[--max-new-tokens N] [--eos 1,2]\n       [--rank R --world-size N --nccl-id-file PATH]\n", s.message.c_str());
         return 2;
     }
     std::unique_ptr<MlaSession> session;

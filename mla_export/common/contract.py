@@ -79,6 +79,7 @@ KV_CACHE_DTYPE_MODEL, KV_CACHE_DTYPE_FP8 = 0, 1
 CACHE_LAYOUTS = ("contiguous", "paged")  # export --cache
 KV_CACHE_DTYPES = ("model", "fp8")  # export --kv-cache-dtype ("model": the export's --dtype)
 DEFAULT_PAGE_SIZE = 64  # FlashMLA's and vLLM's page
+MAX_PAGE_SIZE = 4096  # --page-size: a power of two from 1 to this
 FP8_CACHE_TILE = 128
 FP8_CACHE_MIN_SCALE = 1e-4
 
@@ -89,7 +90,7 @@ FP8_CACHE_MIN_SCALE = 1e-4
 #             1 router_weight   [E, d]         float32  mlp.gate.weight; logits = hidden @ router_weight^T
 #             2 score_bias      [E]            float32  e_score_correction_bias (selection only; read iff use_bias)
 #             3 gate_up_proj    [E, 2I, d]     T        expert j's gate_proj rows, then its up_proj rows
-#             4 down_proj       [E, d, I]      T        expert j's down_proj
+#             4 down_proj       [E, d, I]      T        expert j's down_proj   (E_local for 3-6 in version 3)
 #     outputs 0 routed_output   [B, S, d]      T        sum over the token's top_k experts of
 #                                                       weight * down(silu(gate(x)) * up(x))
 #
@@ -98,8 +99,16 @@ FP8_CACHE_MIN_SCALE = 1e-4
 #             5 gate_up_scale   [E, ceil(2I/128), ceil(d/128)]  float32
 #             6 down_scale      [E, ceil(d/128), ceil(I/128)]   float32
 # A node has 5 inputs (experts in T) or 7 (experts in FP8). Version-1 files (5 inputs) still read.
-MOE_CONTRACT_VERSION = 2
-MOE_READABLE_VERSIONS = (1, 2)
+#
+# Version 3 adds a rank's slice of the experts (`export --tp N`, DeepSeek-V3's MoE layout): the INT attribute
+# first_expert (MOE_SLICE_ATTRIBUTES; 0 in a single-device export). gate_up_proj, down_proj and their FP8 scales
+# then have leading dim E_local <= num_experts (E/N on a rank), entry j being global expert first_expert + j;
+# num_experts stays the global E, router_weight and score_bias stay whole, and routing is computed over all E
+# on every rank. routed_output sums only the token's top_k experts in [first_expert, first_expert + E_local)
+# (the others contribute 0); the ranks' outputs are summed by an AllReduce outside the node. Files of versions 1
+# and 2 (no first_expert) read as first_expert 0, E_local = E.
+MOE_CONTRACT_VERSION = 3
+MOE_READABLE_VERSIONS = (1, 2, 3)
 MOE_OP_TYPE = "DeepseekMoE"
 MOE_PLUGIN_NAME = MOE_OP_TYPE
 MOE_INPUTS = ("hidden_states", "router_weight", "score_bias", "gate_up_proj", "down_proj")
@@ -116,6 +125,7 @@ MOE_ATTRIBUTES = {
     "normalize": "INT",     # 1: weights divided by their sum (+1e-20)
     "weight_scale": "FLOAT",  # factor on the (normalized) weights
 }
+MOE_SLICE_ATTRIBUTES = {"first_expert": "INT"}  # version 3: global id of the node's expert 0 (RoutingRule's are above)
 MOE_SCORING_SOFTMAX, MOE_SCORING_SIGMOID = 0, 1
 MOE_GROUP_SCORE_MAX, MOE_GROUP_SCORE_TOP2_SUM = 0, 1
 
@@ -227,14 +237,24 @@ def present_rope_name(layer: int) -> str:
     return f"present_latent_rope.{layer}"
 
 
-def graph_io_names(num_layers: int, io: str) -> tuple[list[str], list[str]]:
+def graph_io_names(num_layers: int, io: str, cache: str = "contiguous", kv_cache_dtype: str = "model"
+                   ) -> tuple[list[str], list[str]]:
     """(input names, output names) of an exported graph of `num_layers` layers, in order.
 
-    io "hidden": hidden states in and out; io "tokens": input_ids in, logits out.
+    io "hidden": hidden states in and out; io "tokens": input_ids in, logits out. Then cache_seqlens and, per
+    layer, its cache: contiguous `past_latent_cache.i`; paged `block_table` (once) and `past_latent_pages.i`;
+    with kv_cache_dtype "fp8" each layer's codes, then `past_latent_scales.i` and `past_latent_rope.i`.
     """
     first_in, first_out = (INPUT_IDS, LOGITS) if io == "tokens" else (HIDDEN_STATES_IN, HIDDEN_STATES_OUT)
-    inputs = [first_in, CACHE_SEQLENS] + [past_cache_name(i) for i in range(num_layers)]
-    outputs = [first_out] + [present_cache_name(i) for i in range(num_layers)]
+    past, present = (past_pages_name, present_pages_name) if cache == "paged" else (past_cache_name,
+                                                                                   present_cache_name)
+    inputs, outputs = [first_in, CACHE_SEQLENS] + ([BLOCK_TABLE] if cache == "paged" else []), [first_out]
+    for i in range(num_layers):
+        inputs.append(past(i))
+        outputs.append(present(i))
+        if kv_cache_dtype == "fp8":
+            inputs += [past_scales_name(i), past_rope_name(i)]
+            outputs += [present_scales_name(i), present_rope_name(i)]
     return inputs, outputs
 
 
@@ -263,3 +283,6 @@ META_TP_SIZE = "mla_export.tp_size"
 META_TP_RANK = "mla_export.tp_rank"
 META_TP_EXPORT_ID = "mla_export.tp_export_id"  # the same in every rank of one export (parallel.json's export_id)
 META_COLLECTIVE_CONTRACT_VERSION = "mla_export.collective_contract_version"
+META_CACHE = "mla_export.cache"  # CACHE_LAYOUTS; absent in files from before issue 24: "contiguous"
+META_PAGE_SIZE = "mla_export.page_size"  # rows per page of a paged export
+META_KV_CACHE_DTYPE = "mla_export.kv_cache_dtype"  # KV_CACHE_DTYPES; absent: "model"

@@ -100,16 +100,18 @@ def _finish(proto, spec: ModelSpec, data_file: str, extra_metadata: dict[str, st
 
     from .onnx_fp8 import FP8_OPSET, fp8_function_proto
     from .onnx_moe import moe_function_proto
+    from .onnx_cache import cache_function_proto
     from .onnx_node import function_proto
 
     proto.ir_version = ONNX_IR_VERSION
     ops = {n.op_type for n in proto.graph.node if n.domain == contract.OP_DOMAIN}
-    proto.functions.append(function_proto())
+    proto.functions.append(cache_function_proto(spec.kv_cache_dtype == "fp8") if spec.cache_contract
+                           else function_proto())
     if contract.MOE_OP_TYPE in ops:
         proto.functions.append(moe_function_proto(fp8=spec.quant == "fp8"))
     if contract.FP8_OP_TYPE in ops:
         proto.functions.append(fp8_function_proto())
-    if spec.quant == "fp8":  # Shape and Cast take float8 from opset 19: the graph and every body import it
+    if spec.quant == "fp8" or spec.kv_cache_dtype == "fp8":  # Shape and Cast take float8 from opset 19
         for opset in [*proto.opset_import, *(o for f in proto.functions for o in f.opset_import)]:
             if opset.domain == "":
                 opset.version = max(opset.version, FP8_OPSET)

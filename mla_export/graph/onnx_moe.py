@@ -4,7 +4,8 @@ function whose body computes the contract with standard ONNX ops, driven by the 
 The body is exact, not fast: it routes every token (both scoring functions and both group scores are
 computed and the attributes pick), then evaluates every expert for every token and weighs them with a
 dense routing matrix that is zero outside each token's top_k. TensorRT with our plugin replaces the node;
-ONNX Runtime and TensorRT without it inline this body, so one file serves both.
+ONNX Runtime and TensorRT without it inline this body, so one file serves both. A rank's node (contract
+version 3) routes over all num_experts and keeps the routing matrix's columns of its E_local experts only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def moe_op_schema(fp8: bool = False) -> onnx.defs.OpSchema:
     return onnx.defs.OpSchema(
         contract.MOE_OP_TYPE, contract.OP_DOMAIN, contract.OP_DOMAIN_VERSION, inputs=inputs, outputs=outputs,
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations, experts")],
-        attributes=schema_attributes(contract.MOE_ATTRIBUTES))
+        attributes=schema_attributes(contract.MOE_ATTRIBUTES | contract.MOE_SLICE_ATTRIBUTES))
 
 
 def moe_translation() -> dict:
@@ -49,16 +50,14 @@ def moe_translation() -> dict:
 
     def deepseek_moe(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
                      topk_group, scoring_func, group_score, use_bias, normalize, weight_scale, gate_up_scale=None,
-                     down_scale=None):
+                     down_scale=None, first_expert=0):
+        attributes = dict(num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
+                          scoring_func=scoring_func, group_score=group_score, use_bias=use_bias, normalize=normalize,
+                          weight_scale=weight_scale, first_expert=first_expert, **contract.PLUGIN_LOOKUP_ATTRIBUTES)
         if gate_up_scale is not None:
             return fp8_op(hidden, router_weight, score_bias, gate_up_proj, down_proj, gate_up_scale, down_scale,
-                          num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
-                          scoring_func=scoring_func, group_score=group_score, use_bias=use_bias, normalize=normalize,
-                          weight_scale=weight_scale, **contract.PLUGIN_LOOKUP_ATTRIBUTES)
-        return op(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts=num_experts, top_k=top_k,
-                  n_group=n_group, topk_group=topk_group, scoring_func=scoring_func, group_score=group_score,
-                  use_bias=use_bias, normalize=normalize, weight_scale=weight_scale,
-                  **contract.PLUGIN_LOOKUP_ATTRIBUTES)
+                          **attributes)
+        return op(hidden, router_weight, score_bias, gate_up_proj, down_proj, **attributes)
 
     return {torch.ops.mla.deepseek_moe.default: deepseek_moe}
 
@@ -95,7 +94,8 @@ def _route(g: FunctionBody, logits: str) -> tuple[str, str]:
 
 def moe_function_proto(fp8: bool = False) -> onnx.FunctionProto:
     """`DeepseekMoE` as a model-local function (domain `mla`): the contract in standard ONNX ops. With `fp8`
-    (contract version 2, seven inputs) the experts are dequantized to T first."""
+    (contract version 2, seven inputs) the experts are dequantized to T first. The routing matrix is cut to the
+    node's experts first_expert .. first_expert + E_local - 1 (version 3; E_local = gate_up_proj's dim 0)."""
     g = FunctionBody()
     hidden, router_weight, _, gate_up_proj, down_proj = contract.MOE_INPUTS
     (routed_output,) = contract.MOE_OUTPUTS
@@ -111,14 +111,17 @@ def moe_function_proto(fp8: bool = False) -> onnx.FunctionProto:
     logits = g("MatMul", g("Cast", x, to=TensorProto.FLOAT), g("Transpose", router_weight, perm=[1, 0]))  # [T, E]
     weights, experts = _route(g, logits)  # [T, k], [T, k]
     dense = g("ScatterElements", g("ConstantOfShape", g("Shape", logits)), experts, weights, axis=1)  # [T, E]
+    first = g("Reshape", g.attribute_int("first_expert"), g.const([1]))  # [1]
+    held = g("Slice", g("Shape", gate_up_proj), g.const([0]), g.const([1]))  # [1] E_local
+    dense = g("Slice", dense, first, g("Add", first, held), g.const([1]))  # [T, E_local] this node's experts
 
-    gate_up = g("MatMul", x, g("Transpose", gate_up_proj, perm=[0, 2, 1]))  # [E, T, 2I]
+    gate_up = g("MatMul", x, g("Transpose", gate_up_proj, perm=[0, 2, 1]))  # [El, T, 2I]
     inter = g("Slice", g("Shape", down_proj), g.const([2]), g.const([3]))  # [I]
-    gate, up = g("Split", gate_up, g("Concat", inter, inter, axis=0), axis=-1, outputs=2)  # [E, T, I] each
-    act = g("Mul", g("Mul", gate, g("Sigmoid", gate)), up)  # silu(gate) * up: [E, T, I]
-    expert_out = g("MatMul", act, g("Transpose", down_proj, perm=[0, 2, 1]))  # [E, T, d]
+    gate, up = g("Split", gate_up, g("Concat", inter, inter, axis=0), axis=-1, outputs=2)  # [El, T, I] each
+    act = g("Mul", g("Mul", gate, g("Sigmoid", gate)), up)  # silu(gate) * up: [El, T, I]
+    expert_out = g("MatMul", act, g("Transpose", down_proj, perm=[0, 2, 1]))  # [El, T, d]
     weighted = g("Mul", g("Cast", expert_out, to=TensorProto.FLOAT),
-                 g("Unsqueeze", g("Transpose", dense, perm=[1, 0]), g.const([-1])))  # [E, T, d]
+                 g("Unsqueeze", g("Transpose", dense, perm=[1, 0]), g.const([-1])))  # [El, T, d]
     out = g("ReduceSum", weighted, g.const([0]), keepdims=0)  # [T, d] float
     g.nodes.append(helper.make_node("CastLike", [g("Reshape", out, hidden_shape), hidden], [routed_output]))
 
@@ -126,4 +129,5 @@ def moe_function_proto(fp8: bool = False) -> onnx.FunctionProto:
     return helper.make_function(
         contract.OP_DOMAIN, contract.MOE_OP_TYPE, list(inputs), list(contract.MOE_OUTPUTS), g.nodes,
         opset_imports=[helper.make_opsetid("", BODY_OPSET)],
-        attributes=list(contract.MOE_ATTRIBUTES) + list(contract.PLUGIN_LOOKUP_ATTRIBUTES))
+        attributes=list(contract.MOE_ATTRIBUTES) + list(contract.MOE_SLICE_ATTRIBUTES)
+        + list(contract.PLUGIN_LOOKUP_ATTRIBUTES))

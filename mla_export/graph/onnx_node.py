@@ -105,11 +105,12 @@ def _rotate_pairs(g: FunctionBody, x_float: str, cos: str, sin: str) -> str:
     return g("Reshape", g("Concat", new_even, new_odd, axis=-1), shape)  # [..., Dr]
 
 
-def function_proto() -> onnx.FunctionProto:
-    """`MlaAttention` as a model-local function (domain `mla`): the contract in standard ONNX ops."""
-    g = FunctionBody()
-    q_latent, q_pe, kv_latent, k_pe, past_cache, cache_seqlens, rope_cos_sin = contract.OP_INPUTS
-    attn_latent, present_cache = contract.OP_OUTPUTS
+def _attention_body(g: FunctionBody, past_cache: str, present_cache: str, kv_latent: str) -> str:
+    """Emit the contract over a contiguous cache `past_cache [B, Smax, Dc+Dr]` (version 1, or a version-2
+    node's gathered view) into `g`: the updated cache is named `present_cache`; returns the new rows
+    `[B, S, Dc+Dr]` (as the cache stores them). `kv_latent` is the c_kv the rows hold."""
+    q_latent, q_pe, _, k_pe, _, cache_seqlens, rope_cos_sin = contract.OP_INPUTS
+    attn_latent = contract.OP_OUTPUTS[0]
 
     q_shape = g("Shape", q_latent)  # [B, S, H, Dc]
     batch = g("Gather", q_shape, g.scalar_int(0))
@@ -155,7 +156,14 @@ def function_proto() -> onnx.FunctionProto:
     values = g("Slice", cache, g.const([0]), d_c, g.const([2]))  # [B, Smax, Dc]
     out = g("Reshape", g("MatMul", flat_probs, values), q_shape)  # [B, S, H, Dc]
     g.nodes.append(helper.make_node("CastLike", [out, q_latent], [attn_latent]))
+    return new_rows
 
+
+def function_proto() -> onnx.FunctionProto:
+    """`MlaAttention` as a model-local function (domain `mla`): contract version 1 in standard ONNX ops
+    (version 2, a paged and/or FP8 cache: `onnx_cache.cache_function_proto`)."""
+    g = FunctionBody()
+    _attention_body(g, contract.OP_INPUTS[4], contract.OP_OUTPUTS[1], contract.OP_INPUTS[2])
     return helper.make_function(
         contract.OP_DOMAIN, contract.OP_TYPE, list(contract.OP_INPUTS), list(contract.OP_OUTPUTS), g.nodes,
         opset_imports=[helper.make_opsetid("", BODY_OPSET)],

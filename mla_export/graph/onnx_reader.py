@@ -131,7 +131,7 @@ def check_graph_io(header, spec: ModelSpec, source: str) -> None:
         raise _edited(source, f"graph {found}, its metadata (io={spec.io}, {c.num_hidden_layers} layers) says "
                               f"{wanted}")
     cache = (elem, [None, spec.max_seq_len, c.cache_width])
-    expected = {contract.CACHE_SEQLENS: (_INT32, [None])}
+    expected = {contract.CACHE_SEQLENS: (_INT32, [None]), **_cache_io(spec, elem)}
     if spec.io == "tokens":
         expected[contract.INPUT_IDS] = (_INT64, [None, None])
         expected[contract.LOGITS] = (elem, [None, None, c.vocab_size])
@@ -148,6 +148,32 @@ def check_graph_io(header, spec: ModelSpec, source: str) -> None:
             got, want = ((_type_name(got_elem), _type_name(want_elem)) if got_elem != want_elem else
                          (_shape_text(got_dims), _shape_text(want_dims)))
             raise _edited(source, f"graph tensor {value.name} is {got}, its metadata says {want} ({field})")
+
+
+def _cache_io(spec: ModelSpec, elem: int) -> dict[str, tuple[int, list[int | None]]]:
+    """(element type, dims) of a version-2 export's cache inputs and outputs, by name (none for version 1)."""
+    import onnx
+
+    c = spec.config
+    if not spec.cache_contract:
+        return {}
+    rows = spec.page_size if spec.cache == "paged" else spec.max_seq_len
+    table = {contract.BLOCK_TABLE: (_INT32, [None, spec.max_pages])} if spec.cache == "paged" else {}
+    past, present = ((contract.past_pages_name, contract.present_pages_name) if spec.cache == "paged"
+                     else (contract.past_cache_name, contract.present_cache_name))
+    for i in range(c.num_hidden_layers):
+        if spec.kv_cache_dtype == "fp8":
+            tiles = -(-c.kv_lora_rank // contract.FP8_CACHE_TILE)
+            planes = {past(i): (onnx.TensorProto.FLOAT8E4M3FN, c.kv_lora_rank),
+                      contract.past_scales_name(i): (onnx.TensorProto.FLOAT, tiles),
+                      contract.past_rope_name(i): (elem, c.qk_rope_head_dim)}
+            names = {past(i): present(i), contract.past_scales_name(i): contract.present_scales_name(i),
+                     contract.past_rope_name(i): contract.present_rope_name(i)}
+        else:
+            planes, names = {past(i): (elem, c.cache_width)}, {past(i): present(i)}
+        for name, (kind, width) in planes.items():
+            table[name] = table[names[name]] = (kind, [None, rows, width])
+    return table
 
 
 def _attributes(node) -> dict:
@@ -201,13 +227,22 @@ def check_attention_nodes(model: ExportedModel, source: str) -> None:
                 "qk_rope_head_dim": c.qk_rope_head_dim, "softmax_scale": c.softmax_scale}
     shapes = {0: [None, None, heads, d_c], 1: [None, None, heads, d_r], 2: [None, None, d_c], 3: [None, None, d_r],
               4: [None, spec.max_seq_len, d_c + d_r], 6: [spec.max_seq_len, d_r]}
+    declared, op_inputs, op_outputs = contract.OP_ATTRIBUTES, contract.OP_INPUTS, contract.OP_OUTPUTS
+    if spec.cache_contract:  # version 2: the cache planes' shapes are the graph's (check_graph_io)
+        del shapes[4]
+        fp8 = spec.kv_cache_dtype == "fp8"
+        declared = {**contract.OP_ATTRIBUTES, **contract.OP_CACHE_ATTRIBUTES}
+        expected.update(page_size=spec.page_size if spec.cache == "paged" else 0,
+                        kv_cache_dtype=contract.KV_CACHE_DTYPE_FP8 if fp8 else contract.KV_CACHE_DTYPE_MODEL)
+        op_inputs = contract.OP_FP8_CACHE_INPUTS if fp8 else contract.OP_PAGED_INPUTS
+        op_outputs = contract.OP_FP8_CACHE_OUTPUTS if fp8 else contract.OP_OUTPUTS
     dims = _value_dims(model.header)
     for node in model.attention_nodes():
-        if len(node.input) != len(contract.OP_INPUTS) or len(node.output) != len(contract.OP_OUTPUTS):
+        if len(node.input) != len(op_inputs) or len(node.output) != len(op_outputs):
             raise _edited(source, f"{contract.OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs and "
-                                  f"{len(node.output)} outputs, the contract {len(contract.OP_INPUTS)} and "
-                                  f"{len(contract.OP_OUTPUTS)}")
-        _check_node_attributes(node, contract.OP_ATTRIBUTES, expected, source, "its metadata")
+                                  f"{len(node.output)} outputs, the contract {len(op_inputs)} and "
+                                  f"{len(op_outputs)}")
+        _check_node_attributes(node, declared, expected, source, "its metadata")
         for index, want in shapes.items():
             got = dims.get(node.input[index])
             if got is not None and not _dims_match(got, want):
@@ -241,24 +276,48 @@ def check_moe_nodes(model: ExportedModel, source: str) -> None:
     expected = RoutingRule.from_config(c).attributes()
     experts, inter, d = c.n_routed_experts, c.moe_intermediate_size, c.hidden_size
     local = experts // model.spec.tp_size  # a rank's experts (the router covers all of them)
+    first = model.spec.tp_rank * local  # DeepSeek-V3's layout: rank r holds [r * E/N, (r + 1) * E/N)
     shapes = {1: [experts, d], 2: [experts], 3: [local, 2 * inter, d], 4: [local, d, inter]}
     inputs = contract.MOE_INPUTS
     if model.spec.quant == "fp8":  # contract version 2: FP8 experts and their block scales
         inputs = contract.MOE_FP8_INPUTS
         shapes.update({5: list(_grid([local, 2 * inter, d])), 6: list(_grid([local, d, inter]))})
     dims = _value_dims(model.header)
+    version = int(model.metadata.get(contract.META_MOE_CONTRACT_VERSION, contract.MOE_CONTRACT_VERSION))
     for node in nodes:
         if len(node.input) != len(inputs) or len(node.output) != len(contract.MOE_OUTPUTS):
             raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} has {len(node.input)} inputs, "
                                   f"the contract {len(inputs)} for --quant {model.spec.quant}")
         _check_node_attributes(node, contract.MOE_ATTRIBUTES, expected, source,
                                "its config's routing")
+        _check_expert_slice(node, dims, experts, first, version, source)
         for index, want in shapes.items():
             got = dims.get(node.input[index])
             if got is not None and not _dims_match(got, want):
                 raise _edited(source, f"{contract.MOE_OP_TYPE} node {node.name or '?'} input "
                                       f"{contract.MOE_INPUTS[index]} has shape {got}, its metadata's config says "
                                       f"{want}")
+
+
+def _check_expert_slice(node, dims: dict, experts: int, want: int, version: int, source: str) -> None:
+    """The node's expert slice (contract version 3; files of versions 1-2 carry no first_expert: 0): its experts
+    first_expert .. first_expert + E_local - 1 (E_local: gate_up_proj's dim 0, when the file gives it) must lie in
+    the num_experts routed ones, and first_expert be `want`, where its rank's slice starts."""
+    import onnx
+
+    attr = _attributes(node).get("first_expert")
+    if (attr is None and version >= 3) or (attr is not None and attr.type != onnx.AttributeProto.INT):
+        raise _edited(source, f"{node.op_type} node {node.name or '?'} lacks its INT attribute first_expert")
+    first = attr.i if attr is not None else 0
+    shape = dims.get(node.input[3])
+    held = shape[0] if shape else None
+    if first < 0 or (held is not None and (held < 1 or first + held > experts)):
+        span = f"{first}..{first + held - 1}" if held is not None else f"from {first}"
+        raise _edited(source, f"{node.op_type} node {node.name or '?'}: experts {span}, not in the {experts} "
+                              "routed")
+    if first != want:
+        raise _edited(source, f"{node.op_type} node {node.name or '?'}: first_expert={first}, its --tp rank's "
+                              f"slice starts at {want}")
 
 
 def expected_collectives(spec: ModelSpec) -> dict[str, int]:

@@ -115,8 +115,8 @@ def _manifest(directory: Path) -> dict:
     source = f"--onnx {directory}"
     path = directory / contract.PARALLEL_MANIFEST
     if not path.is_file():
-        raise UserError(f"{source}: no {contract.PARALLEL_MANIFEST}, so not a finished --tp export; pass a .onnx "
-                        "file, or re-export with --tp N -o DIR")
+        raise UserError(f"{source} is a directory without {contract.PARALLEL_MANIFEST} (not a finished --tp "
+                        "export): pass a .onnx file, or re-export with --tp N -o DIR")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as exc:

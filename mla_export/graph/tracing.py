@@ -18,6 +18,7 @@ from ..common import contract
 from ..model.fp8_forms import to_fp8_form
 from ..model.model import MlaModel
 from ..model.parallel import TensorParallel
+from .onnx_cache import cache_translation
 from .onnx_collective import collective_translation
 from .onnx_fp8 import fp8_translation
 from .onnx_moe import moe_translation
@@ -55,7 +56,8 @@ def meta_model(spec: ModelSpec) -> MlaModel:
     """The export form of `spec` (pre-folded or run-time absorbed) on the meta device, in the spec's dtype."""
     with torch.device("meta"):
         model = MlaModel(spec.config, spec.max_seq_len, folded=True, absorb=spec.absorb,
-                         with_embeddings=spec.io == "tokens", tp=TensorParallel(spec.tp_size, spec.tp_rank))
+                         with_embeddings=spec.io == "tokens", tp=TensorParallel(spec.tp_size, spec.tp_rank),
+                         cache=spec.cache, kv_cache_dtype=spec.kv_cache_dtype, page_size=spec.page_size)
     model = model.to(torch_dtype(spec.dtype))
     if spec.quant == "fp8":
         with torch.device("meta"):
@@ -70,7 +72,30 @@ def _example_inputs(model: MlaModel, spec: ModelSpec) -> tuple:
     else:
         x = torch.zeros(batch, new_tokens, spec.config.hidden_size, dtype=torch_dtype(spec.dtype), device="meta")
     cache = model.new_cache(batch)
-    return x, cache.seqlens, tuple(cache.layers)
+    if not spec.cache_contract:
+        return x, cache.seqlens, tuple(cache.layers), ({0: "batch"},) * len(cache.layers)
+    c, dtype = spec.config, torch_dtype(spec.dtype)
+    paged = spec.cache == "paged"
+    rows = (EXAMPLE_PAGES, spec.page_size) if paged else (batch, spec.max_seq_len)  # [P, page] or [B, Smax]
+    pool_axis = {0: "num_pages"} if paged else {0: "batch"}
+    caches, axes = [], []
+    if paged:
+        caches.append(torch.zeros(batch, spec.max_pages, dtype=torch.int32, device="meta"))  # block_table
+        axes.append({0: "batch"})
+    for _ in range(c.num_hidden_layers):
+        if spec.kv_cache_dtype == "fp8":
+            tiles = -(-c.kv_lora_rank // contract.FP8_CACHE_TILE)
+            caches += [torch.zeros(*rows, c.kv_lora_rank, dtype=torch.float8_e4m3fn, device="meta"),
+                       torch.zeros(*rows, tiles, dtype=torch.float32, device="meta"),
+                       torch.zeros(*rows, c.qk_rope_head_dim, dtype=dtype, device="meta")]
+            axes += [pool_axis] * 3
+        else:
+            caches.append(torch.zeros(*rows, c.cache_width, dtype=dtype, device="meta"))
+            axes.append(pool_axis)
+    return x, cache.seqlens, tuple(caches), tuple(axes)
+
+
+EXAMPLE_PAGES = 7  # pool pages in the traced example: a size no other axis has, so the tracer keeps it apart
 
 
 def _fold_weight_transposes(graph, weights: dict[str, WeightRef]) -> None:
@@ -106,10 +131,12 @@ def trace_graph(spec: ModelSpec) -> TracedGraph:
     """
     _quiet_exporter()
     model = meta_model(spec)
-    x, seqlens, caches = _example_inputs(model, spec)
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    x, seqlens, caches, axes = _example_inputs(model, spec)
+    dims = {"batch": torch.export.Dim("batch", min=1, max=1 << 16),
+            "num_pages": torch.export.Dim("num_pages", min=1, max=1 << 24)}
     new_tokens = torch.export.Dim("new_tokens", min=1, max=spec.max_seq_len)
-    dynamic_shapes = ({0: batch, 1: new_tokens}, {0: batch}, tuple({0: batch} for _ in caches))
+    dynamic_shapes = ({0: dims["batch"], 1: new_tokens}, {0: dims["batch"]},
+                      tuple({axis: dims[name] for axis, name in spec_axes.items()} for spec_axes in axes))
     inputs, outputs = spec.graph_io_names()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -117,7 +144,7 @@ def trace_graph(spec: ModelSpec) -> TracedGraph:
             model, (x, seqlens, *caches), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=inputs,
             output_names=outputs, opset_version=ONNX_OPSET,
             custom_translation_table={**translation_table(), **moe_translation(), **fp8_translation(),
-                                      **collective_translation()},
+                                      **collective_translation(), **cache_translation()},
             optimize=False, verbose=False, report=False)
     graph = program.model.graph
     params = {name for name, _ in model.named_parameters()} | {ROPE_TABLE}

@@ -180,7 +180,8 @@ def moe_tables_header() -> str:
         "kDecodeSlotsPerExpert": m.DECODE_SLOTS_PER_EXPERT, "kFp8ConfigOffset": m.FP8_CONFIG_OFFSET,
         "kFp8Block": m.FP8_BLOCK,
     }
-    reasons = {"kReasonDtype": m.REASON_DTYPE, "kReasonExperts": m.REASON_EXPERTS, "kReasonTopK": m.REASON_TOP_K,
+    reasons = {"kReasonDtype": m.REASON_DTYPE, "kReasonExperts": m.REASON_EXPERTS,
+               "kReasonLocalExperts": m.REASON_LOCAL_EXPERTS, "kReasonTopK": m.REASON_TOP_K,
                "kReasonGroups": m.REASON_GROUPS, "kReasonDims": m.REASON_DIMS, "kReasonNegative": m.REASON_NEGATIVE}
     return _HEADER.format("mla_export/kernels/moe/plan.py") + f"""#pragma once
 

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common import contract
 from ..common.console import size_text
 from ..common.errors import UserError
 from .config import MlaConfig
@@ -244,10 +245,10 @@ def rank_weight_bytes(c: MlaConfig, tp: int, element_bytes: int, quant: str, abs
             "layers": layers, "per_decode_token": per_token + read}
 
 
-def rank_cache_bytes_per_token(c: MlaConfig, tp: int, element_bytes: int) -> dict:
+def rank_cache_bytes_per_token(c: MlaConfig, tp: int, element_bytes: int, kv_cache_dtype: str = "model") -> dict:
     """Latent-cache bytes per token on one rank of `tp`: per layer and for the whole model. Every rank holds the
     whole cache (c_kv and k_pe are shared by all heads), so any `tp` gives the single-device figure."""
-    per_layer = c.cache_width * element_bytes
+    per_layer = latent_cache_bytes_per_token(c, element_bytes, kv_cache_dtype)
     return {"tp": tp, "per_layer": per_layer, "model": per_layer * c.num_hidden_layers}
 
 
@@ -271,3 +272,37 @@ def collectives(c: MlaConfig, tp: int, element_bytes: int, with_embeddings: bool
                                               "received_bytes": vocab * element_bytes}]
     total = c.num_hidden_layers * sum(x["bytes"] for x in per_layer) + sum(x["bytes"] for x in per_model)
     return {"per_layer": per_layer, "per_model": per_model, "bytes_per_token": total}
+
+
+# ------------------------------------------------------------------------------------ latent cache sizing
+
+MAX_PAGE_SIZE = contract.MAX_PAGE_SIZE  # ModelSpec.page_size's bound (rows per page)
+
+
+def latent_cache_bytes_per_token(c: MlaConfig, element_bytes: int, kv_cache_dtype: str = "model") -> int:
+    """Bytes of one token's latent-cache row in one layer. "model": Dc+Dr values of `element_bytes`; "fp8"
+    (contract version 2, FlashMLA's DeepSeek-V3.2 format): Dc e4m3 codes, one float32 scale per
+    FP8_CACHE_TILE of them, Dr k_pe values of `element_bytes` (656 B at Dc=512, Dr=64 in bfloat16)."""
+    if kv_cache_dtype == "model":
+        return c.cache_width * element_bytes
+    scales = -(-c.kv_lora_rank // contract.FP8_CACHE_TILE)
+    return c.kv_lora_rank + 4 * scales + c.qk_rope_head_dim * element_bytes
+
+
+def check_page_size(page_size: int) -> None:
+    """Refuse a page size that is not a power of two from 1 to MAX_PAGE_SIZE."""
+    if page_size < 1 or page_size & (page_size - 1) or page_size > MAX_PAGE_SIZE:
+        raise UserError(f"--page-size {page_size}: expected a power of two from 1 to {MAX_PAGE_SIZE} (rows per "
+                        f"page; {contract.DEFAULT_PAGE_SIZE} is FlashMLA's and vLLM's)")
+
+
+def contiguous_sequences(memory: int, max_seq_len: int, bytes_per_token: int) -> int:
+    """Sequences a contiguous cache of `memory` bytes holds: each reserves `max_seq_len` rows whatever its
+    length (`bytes_per_token`: all layers)."""
+    return memory // (max_seq_len * bytes_per_token)
+
+
+def paged_sequences(memory: int, context: int, page_size: int, bytes_per_token: int) -> int:
+    """Sequences of `context` tokens a paged cache of `memory` bytes holds: each takes its rows plus, on
+    average over lengths, half a page left empty in its last page (`bytes_per_token`: all layers)."""
+    return 2 * memory // ((2 * context + page_size) * bytes_per_token)

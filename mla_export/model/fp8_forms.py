@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cache_ops import attention_core
 from .config import MlaConfig
 from .fp8 import FP8_DTYPE, BlockFp8Linear, KeepTypes, block_grid
 from .model import FoldedMlaAttention, MlaModel, MoeMlp, QueryCompression, SwiGluMlp, latent_kv, latent_norm
@@ -39,6 +40,8 @@ class Fp8FoldedMlaAttention(FoldedMlaAttention):
 class Fp8RuntimeAbsorbedMlaAttention(nn.Module):
     """Run-time absorbed MLA with FP8 weights: q_up_proj [H*(Dn+Dr), q_in], w_uk [H, Dc, Dn] (W_UK^T per
     head), w_uv [H, Dv, Dc], o_proj [d, H*Dv], kv_a_proj_with_mqa, q_a_proj: each a `BlockFp8Linear`."""
+
+    fp8_cache_check: dict = {}  # validate's FP8-cache reference (`ops.mla_attention_reference`'s keywords)
 
     def __init__(self, config: MlaConfig):
         super().__init__()
@@ -66,9 +69,9 @@ class Fp8RuntimeAbsorbedMlaAttention(nn.Module):
         q_latent = self.w_uk(q_nope).transpose(0, 1).reshape(batch, new_tokens, heads, d_c)  # [B, S, H, Dc]
         q_pe = q[..., d_h:].reshape(batch, new_tokens, heads, c.qk_rope_head_dim)  # [B, S, H, Dr]
         c_kv, k_pe = latent_kv(self, hidden, d_c)  # [B, S, Dc], [B, S, Dr]
-        attn, present = torch.ops.mla.mla_attention(
+        attn, present = attention_core(
             q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
-            heads, d_c, c.qk_rope_head_dim, c.softmax_scale)  # [B, S, H, Dc]
+            heads, d_c, c.qk_rope_head_dim, c.softmax_scale, **self.fp8_cache_check)  # [B, S, H, Dc]
         attn = attn.reshape(batch * new_tokens, heads, d_c).transpose(0, 1)  # [H, B*S, Dc]
         o = self.w_uv(attn).transpose(0, 1).reshape(batch, new_tokens, heads * c.v_head_dim)  # [B, S, H*Dv]
         return self.o_proj(o), present

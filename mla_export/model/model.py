@@ -25,6 +25,7 @@ from .config import MlaConfig
 from .fp8 import KeepTypes
 from .moe import RoutingRule  # also registers torch.ops.mla.deepseek_moe
 from .parallel import TensorParallel, VocabParallelEmbedding, gather_ranks, reduce_ranks
+from .cache_ops import Fp8LatentCache, LatentPages, attention_core
 from .ops import (append_rows, causal_mask, check_cache_room, mla_attention_reference, readable_cache,
                   token_positions)
 from .rope import rope_cos_sin, rotate_interleaved
@@ -97,6 +98,8 @@ def latent_kv(attn: nn.Module, hidden: torch.Tensor, d_c: int) -> tuple[torch.Te
 class MlaAttention(nn.Module):
     """MLA with DeepSeek's weights (q_a/q_b or q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj)."""
 
+    fp8_cache_check: dict = {}  # validate's FP8-cache reference (`ops.mla_attention_reference`'s keywords)
+
     def __init__(self, config: MlaConfig, path: str = "absorbed"):
         super().__init__()
         if path not in ATTENTION_PATHS:
@@ -149,7 +152,7 @@ class MlaAttention(nn.Module):
         if self.path == "absorbed":
             q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # [B, S, H, Dc]
             o_latent, present = mla_attention_reference(q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
-                                                        c.softmax_scale)  # [B, S, H, Dc]
+                                                        c.softmax_scale, **self.fp8_cache_check)  # [B, S, H, Dc]
             o = torch.einsum("bshc,hvc->bshv", o_latent, w_uv)  # [B, S, H, d_v]
             return self.o_proj(o.reshape(batch, new_tokens, -1)), present
 
@@ -176,6 +179,8 @@ class MlaAttention(nn.Module):
 class FoldedMlaAttention(nn.Module):
     """Pre-folded MLA: q_latent_proj = W_UK^T W_UQ(nope), out_proj = W_O W_UV; the core is the MlaAttention op."""
 
+    fp8_cache_check: dict = {}  # validate's FP8-cache reference (`ops.mla_attention_reference`'s keywords)
+
     def __init__(self, config: MlaConfig):
         super().__init__()
         c = self.config = config
@@ -196,9 +201,10 @@ class FoldedMlaAttention(nn.Module):
         q_latent = self.q_latent_proj(c_q).unflatten(-1, (c.num_attention_heads, c.kv_lora_rank))  # [B,S,H,Dc]
         q_pe = self.q_pe_proj(c_q).unflatten(-1, (c.num_attention_heads, c.qk_rope_head_dim))  # [B, S, H, Dr]
         c_kv, k_pe = latent_kv(self, hidden, c.kv_lora_rank)  # [B, S, Dc], [B, S, Dr]
-        attn, present = torch.ops.mla.mla_attention(
+        attn, present = attention_core(
             q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
-            c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim, c.softmax_scale)  # [B, S, H, Dc]
+            c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim, c.softmax_scale,
+            **self.fp8_cache_check)  # [B, S, H, Dc]
         return self.out_proj(attn.reshape(batch, new_tokens, -1)), present
 
 
@@ -210,6 +216,8 @@ class RuntimeAbsorbedMlaAttention(nn.Module):
     Parameters: q_nope_proj [H*Dn, q_in], q_pe_proj [H*Dr, q_in], w_uk [H, Dn, Dc], w_uv [H, Dc, Dv],
     o_proj [d, H*Dv] (plus the query compression and kv_a_proj_with_mqa / kv_a_layernorm).
     """
+
+    fp8_cache_check: dict = {}  # validate's FP8-cache reference (`ops.mla_attention_reference`'s keywords)
 
     def __init__(self, config: MlaConfig):
         super().__init__()
@@ -238,9 +246,9 @@ class RuntimeAbsorbedMlaAttention(nn.Module):
         q_latent = q_latent.transpose(0, 1).reshape(batch, new_tokens, heads, d_c)  # [B, S, H, Dc]
         q_pe = self.q_pe_proj(c_q).unflatten(-1, (heads, c.qk_rope_head_dim))  # [B, S, H, Dr]
         c_kv, k_pe = latent_kv(self, hidden, d_c)  # [B, S, Dc], [B, S, Dr]
-        attn, present = torch.ops.mla.mla_attention(
+        attn, present = attention_core(
             q_latent, q_pe, c_kv, k_pe, cache, cache_seqlens, cos_sin,
-            heads, d_c, c.qk_rope_head_dim, c.softmax_scale)  # [B, S, H, Dc]
+            heads, d_c, c.qk_rope_head_dim, c.softmax_scale, **self.fp8_cache_check)  # [B, S, H, Dc]
         attn = attn.reshape(batch * new_tokens, heads, d_c).transpose(0, 1)  # [H, B*S, Dc]
         o = torch.matmul(attn, self.w_uv)  # [H, B*S, Dv]
         o = o.transpose(0, 1).reshape(batch, new_tokens, heads * c.v_head_dim)  # [B, S, H*Dv]
@@ -339,10 +347,14 @@ class MlaModel(nn.Module):
     """
 
     def __init__(self, config: MlaConfig, max_seq_len: int, *, folded: bool = False, absorb: str = "prefolded",
-                 path: str = "absorbed", with_embeddings: bool = False, tp: TensorParallel = TensorParallel()):
+                 path: str = "absorbed", with_embeddings: bool = False, tp: TensorParallel = TensorParallel(),
+                 cache: str = "contiguous", kv_cache_dtype: str = "model", page_size: int = 64):
         super().__init__()
-        if tp.enabled and not folded:
-            raise ValueError("tensor parallelism applies to the export form (folded=True)")
+        if (tp.enabled or cache != "contiguous" or kv_cache_dtype != "model") and not folded:
+            raise ValueError("tensor parallelism and paged or FP8 caches apply to the export form (folded=True)")
+        # the cache the forward takes (`cache_ops`): contiguous, or paged (a block table, then a pool per layer);
+        # FP8: per layer its codes, scales and rope planes
+        self.cache_layout, self.kv_cache_dtype, self.page_size = cache, kv_cache_dtype, page_size
         self.tp = tp
         self.attention_config = local = tp.local_config(config)  # the shapes of this rank's attention
         if absorb not in ABSORB_MODES:
@@ -386,12 +398,30 @@ class MlaModel(nn.Module):
         for layer in self.layers:
             layer.self_attn.path = path
 
+    def _layer_caches(self, batch: int, caches: tuple) -> list:
+        """Each layer's cache as the attention takes it (a tensor, `LatentPages` or `Fp8LatentCache`)."""
+        if self.cache_layout == "contiguous" and self.kv_cache_dtype == "model":
+            return list(caches)
+        paged = self.cache_layout == "paged"
+        block_table, planes = (caches[0], caches[1:]) if paged else (None, caches)
+        if self.kv_cache_dtype == "model":
+            return [LatentPages(pool, block_table) for pool in planes]
+        if block_table is None:  # contiguous FP8: the identity table, page b = sequence b
+            block_table = torch.arange(batch, dtype=torch.int32, device=planes[0].device)[:, None]
+        page = self.page_size if paged else 0
+        return [Fp8LatentCache(*planes[i:i + 3], block_table, page) for i in range(0, len(planes), 3)]
+
     def forward(self, x: torch.Tensor, cache_seqlens: torch.Tensor, *past_caches: torch.Tensor):
         h = self.embed_tokens(x) if self.with_embeddings else x  # [B, S, d]
         presents = []
-        for layer, cache in zip(self.layers, past_caches, strict=True):
+        for layer, cache in zip(self.layers, self._layer_caches(x.shape[0], past_caches), strict=True):
             h, present = layer(h, cache, cache_seqlens, self.rope_cos_sin)
-            presents.append(present)
+            if isinstance(present, LatentPages):
+                presents.append(present.pool)
+            elif isinstance(present, Fp8LatentCache):
+                presents += [present.codes, present.scales, present.rope]
+            else:
+                presents.append(present)
         if self.with_embeddings:
             h = gather_ranks(self.lm_head(self.norm(h)), self.tp, -1)  # [B, S, vocab] (from N x [B, S, vocab/N])
         return (h, *presents)

@@ -25,7 +25,10 @@ scales); V3 (noaux_tc) normalizes iff `top_k > 1 and norm_topk_prob`, then scale
 float32 whatever the model's dtype, as in both references.
 
 The routed output of a token is `sum_j weights_j * down_j(silu(gate_j(x)) * up_j(x))`; the shared
-experts (a SwiGLU of `n_shared_experts * moe_intermediate_size`) are added outside the op.
+experts (a SwiGLU of `n_shared_experts * moe_intermediate_size`) are added outside the op. A rank of a
+`--tp N` export (contract version 3, DeepSeek-V3's `inference/model.py` MoE layout) holds the E_local
+experts `first_expert .. first_expert + E_local - 1`, routes over all E alike, and sums only the token's
+experts it holds; the ranks' outputs are summed by an AllReduce outside the op.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def router_logits(hidden: torch.Tensor, router_weight: torch.Tensor) -> torch.Te
 
 def moe_reference(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: torch.Tensor,
                   gate_up_proj: torch.Tensor, down_proj: torch.Tensor, rule: RoutingRule,
-                  gate_up_scale: torch.Tensor | None = None, down_scale: torch.Tensor | None = None) -> torch.Tensor:
+                  gate_up_scale: torch.Tensor | None = None, down_scale: torch.Tensor | None = None,
+                  first_expert: int = 0) -> torch.Tensor:
     """The `DeepseekMoE` op computed plainly: the routed experts' output `[..., d]` in hidden's dtype.
 
     hidden [..., d] T; router_weight [E, d] float32; score_bias [E] float32 (used when rule.use_bias);
@@ -83,8 +87,13 @@ def moe_reference(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias:
     token routes to are read. Products in T, the weighted sum over a token's experts in float32
     (float64 for float64 inputs), added in expert order. With `gate_up_scale`/`down_scale` (contract
     version 2) the experts are FP8 blocks: each used expert is dequantized (`fp8.dequantize_blocks`) to
-    float32 (float64 for float64 inputs) and its products run in that type, rounded to T.
+    float32 (float64 for float64 inputs) and its products run in that type, rounded to T. A rank's slice
+    (contract version 3): the stacks (and scales) hold E_local = gate_up_proj.shape[0] experts, global ids
+    first_expert + j; routing is over all rule.num_experts, the other experts contribute nothing.
     """
+    if first_expert < 0 or first_expert + gate_up_proj.shape[0] > rule.num_experts:
+        raise ValueError(f"experts {first_expert} .. {first_expert + gate_up_proj.shape[0] - 1} (first_expert, "
+                         f"gate_up_proj's E_local) lie outside the num_experts={rule.num_experts} routed experts")
     shape = hidden.shape
     x = hidden.reshape(-1, shape[-1])  # [T, d]
     weights, experts = route(router_logits(x, router_weight), rule, score_bias)  # [T, k], [T, k]
@@ -98,9 +107,12 @@ def moe_reference(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias:
         return (dequantize_blocks(gate_up_proj[expert], gate_up_scale[expert], acc),
                 dequantize_blocks(down_proj[expert], down_scale[expert], acc))
 
+    held = range(first_expert, first_expert + gate_up_proj.shape[0])  # the global ids of the stacks' experts
     for expert in torch.unique(experts).tolist():  # ascending: a fixed order for every token's sum
+        if expert not in held:
+            continue  # another rank's expert
         tokens, slot = (experts == expert).nonzero(as_tuple=True)  # [n], [n]
-        w_gate_up, w_down = expert_weights(expert)
+        w_gate_up, w_down = expert_weights(expert - first_expert)
         gate_up = (x[tokens].to(w_gate_up.dtype) @ w_gate_up.T).to(hidden.dtype)  # [n, 2I]
         act = nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
         y = (act.to(w_down.dtype) @ w_down.T).to(hidden.dtype)  # [n, d]
@@ -113,25 +125,27 @@ def deepseek_moe(hidden: torch.Tensor, router_weight: torch.Tensor, score_bias: 
                  gate_up_proj: torch.Tensor, down_proj: torch.Tensor, num_experts: int, top_k: int, n_group: int,
                  topk_group: int, scoring_func: int, group_score: int, use_bias: int, normalize: int,
                  weight_scale: float, gate_up_scale: torch.Tensor | None = None,
-                 down_scale: torch.Tensor | None = None) -> torch.Tensor:
+                 down_scale: torch.Tensor | None = None, first_expert: int = 0) -> torch.Tensor:
     """`DeepseekMoE` as a PyTorch op (the routed part of a DeepSeek MoE MLP); export turns it into the node.
-    With the two scales, the experts are FP8 blocks (contract version 2)."""
+    With the two scales, the experts are FP8 blocks (contract version 2); with first_expert, the stacks are a
+    rank's slice of the experts from that global id (contract version 3)."""
     rule = RoutingRule(num_experts, top_k, n_group, topk_group, scoring_func, group_score, bool(use_bias),
                        bool(normalize), weight_scale)
-    return moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale, down_scale)
+    return moe_reference(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, gate_up_scale, down_scale,
+                         first_expert)
 
 
 @deepseek_moe.register_fake
 def _deepseek_moe_fake(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
                        topk_group, scoring_func, group_score, use_bias, normalize, weight_scale, gate_up_scale=None,
-                       down_scale=None):
+                       down_scale=None, first_expert=0):
     return torch.empty_like(hidden)
 
 
 @deepseek_moe.register_kernel("cuda")
 def _deepseek_moe_cuda(hidden, router_weight, score_bias, gate_up_proj, down_proj, num_experts, top_k, n_group,
                        topk_group, scoring_func, group_score, use_bias, normalize, weight_scale, gate_up_scale=None,
-                       down_scale=None):
+                       down_scale=None, first_expert=0):
     """The CUDA implementation: the Triton kernels (Triton is imported at the first call, not before)."""
     from ..kernels.moe.api import deepseek_moe_triton
 
@@ -141,4 +155,4 @@ def _deepseek_moe_cuda(hidden, router_weight, score_bias, gate_up_proj, down_pro
                                                "down_scale": down_scale.float().contiguous()}
     return deepseek_moe_triton(hidden.contiguous(), router_weight.float().contiguous(),
                                score_bias.float().contiguous(), gate_up_proj.contiguous(), down_proj.contiguous(), rule,
-                               **scales)
+                               **scales, first_expert=first_expert)

@@ -60,7 +60,8 @@ def causal_mask(positions: torch.Tensor, max_seq_len: int) -> torch.Tensor:
 def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.Tensor,
                             k_pe: torch.Tensor, past_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                             rope_cos_sin: torch.Tensor, softmax_scale: float,
-                            compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            compute_dtype: torch.dtype | None = None,
+                            read_cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The contract, computed plainly. Shapes as in `contract.py`.
 
     q_latent [B,S,H,Dc], q_pe [B,S,H,Dr], kv_latent [B,S,Dc], k_pe [B,S,Dr] of dtype T;
@@ -68,6 +69,11 @@ def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_laten
     Returns (attn_latent [B,S,H,Dc] T, present_cache [B,Smax,Dc+Dr] T, a new tensor).
     Arithmetic runs in `compute_dtype` (default: float64 for float64 inputs, else float32).
     Cache rows at or past cache_seqlens[b]+S are never read, so they may hold NaN.
+
+    For validating an FP8 cache (`run/fp8_cache_check.py`): `read_cache` (`[B, Smax, Dc+Dr]`, the runtime's own
+    cache after the call) is what the attention reads instead of the rows it wrote (which it still returns,
+    unquantized), so that a runtime whose c_kv rounded to the neighbouring FP8 code is judged on its attention,
+    given its cache.
     """
     new_tokens, d_c = q_latent.shape[1], q_latent.shape[3]
     max_seq_len = past_cache.shape[1]
@@ -80,7 +86,8 @@ def mla_attention_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_laten
     k_pe_rot = rotate_interleaved(k_pe.to(acc), cos_sin)  # [B, S, Dr]
     present = append_rows(past_cache, positions, torch.cat([kv_latent.to(acc), k_pe_rot], dim=-1))  # [B,Smax,Dc+Dr]
 
-    cache = readable_cache(present, cache_seqlens, new_tokens, acc)  # [B, Smax, Dc+Dr]
+    read = present if read_cache is None else read_cache
+    cache = readable_cache(read, cache_seqlens, new_tokens, acc)  # [B, Smax, Dc+Dr]
     query = torch.cat([q_latent.to(acc), q_pe_rot], dim=-1)  # [B, S, H, Dc+Dr]
     scores = torch.einsum("bshc,btc->bsht", query, cache) * softmax_scale  # [B, S, H, Smax]
     scores = scores.masked_fill(~causal_mask(positions, max_seq_len)[:, :, None, :], float("-inf"))

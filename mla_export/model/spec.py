@@ -52,6 +52,10 @@ class ModelSpec:
     tp_size, tp_rank: with tp_size N > 1, rank `tp_rank`'s part of the model split over N devices
         (`model/parallel.py`, DeepSeek-V3's layout); the weights, scenario and eager reference stay the
         whole model's (`single_device`).
+    cache: "contiguous" ([B, Smax, Dc+Dr] per layer) or "paged" (a pool of `page_size`-row pages per layer
+        and a block table; MlaAttention contract version 2) (contract.CACHE_LAYOUTS).
+    kv_cache_dtype: "model" (cache rows in `dtype`) or "fp8" (c_kv as e4m3 codes with a power-of-two float32
+        scale per 128 values, k_pe in `dtype`; contract version 2) (contract.KV_CACHE_DTYPES).
     """
 
     config: MlaConfig
@@ -64,6 +68,9 @@ class ModelSpec:
     quant: str = "none"
     tp_size: int = 1
     tp_rank: int = 0
+    cache: str = "contiguous"
+    page_size: int = contract.DEFAULT_PAGE_SIZE
+    kv_cache_dtype: str = "model"
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
@@ -83,6 +90,15 @@ class ModelSpec:
             raise FieldError("max_seq_len", self.max_seq_len,
                              f"exceeds the model's max_position_embeddings ({self.config.max_position_embeddings})")
         check_tp(self.config, self.tp_size, self.io, self.quant, self.absorb)
+        if self.cache not in contract.CACHE_LAYOUTS:
+            raise FieldError("cache", self.cache, f"expected one of {', '.join(contract.CACHE_LAYOUTS)}")
+        if self.kv_cache_dtype not in contract.KV_CACHE_DTYPES:
+            raise FieldError("kv_cache_dtype", self.kv_cache_dtype,
+                             f"expected one of {', '.join(contract.KV_CACHE_DTYPES)}")
+        page = self.page_size
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1 or page & (page - 1) or page > contract.MAX_PAGE_SIZE:
+            raise FieldError("page_size", page, f"expected a power of two from 1 to {contract.MAX_PAGE_SIZE} (rows "
+                             "per page)")
         if isinstance(self.tp_rank, bool) or not isinstance(self.tp_rank, int) or not 0 <= self.tp_rank < self.tp_size:
             raise FieldError("tp_rank", self.tp_rank, f"expected a rank from 0 to {self.tp_size - 1}")
 
@@ -98,15 +114,31 @@ class ModelSpec:
     def element_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
+    @property
+    def cache_contract(self) -> bool:
+        """Whether the graph's MlaAttention nodes are contract version 2 (a paged or FP8 cache)."""
+        return self.cache == "paged" or self.kv_cache_dtype == "fp8"
+
+    @property
+    def max_pages(self) -> int:
+        """Block-table slots per sequence of a paged export: enough pages for Smax rows."""
+        return -(-self.max_seq_len // self.page_size)
+
     def graph_io_names(self) -> tuple[list[str], list[str]]:
         """(input names, output names) of the exported graph, in order."""
+        return contract.graph_io_names(self.config.num_hidden_layers, self.io, self.cache, self.kv_cache_dtype)
+
+    def step_io_names(self) -> tuple[list[str], list[str]]:
+        """The names a `Runner` is fed and answers with: the graph's own for a contiguous cache in the model's
+        dtype; for the other caches, their contiguous equivalent (a runner adapts: `run/paged.py`)."""
         return contract.graph_io_names(self.config.num_hidden_layers, self.io)
 
     def metadata(self) -> dict[str, str]:
         """The ONNX metadata_props that record this spec (read back by `spec_from_metadata`)."""
         return {
             contract.META_PRODUCER: __version__,
-            contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION),
+            contract.META_CONTRACT_VERSION: str(contract.CACHE_CONTRACT_VERSION if self.cache_contract
+                                                else contract.CONTRACT_VERSION),
             contract.META_CONFIG: json.dumps(self.config.to_hf_dict(), sort_keys=True),
             contract.META_DTYPE: self.dtype,
             contract.META_NUM_LAYERS: str(self.config.num_hidden_layers),
@@ -119,6 +151,9 @@ class ModelSpec:
             contract.META_ABSORB: self.absorb,
             contract.META_QUANT: self.quant,
             **({contract.META_FP8_CONTRACT_VERSION: str(contract.FP8_CONTRACT_VERSION)} if self.quant == "fp8" else {}),
+            **({contract.META_CACHE: self.cache, contract.META_KV_CACHE_DTYPE: self.kv_cache_dtype,
+                **({contract.META_PAGE_SIZE: str(self.page_size)} if self.cache == "paged" else {})}
+               if self.cache_contract else {}),
             **({contract.META_TP_SIZE: str(self.tp_size), contract.META_TP_RANK: str(self.tp_rank),
                 contract.META_COLLECTIVE_CONTRACT_VERSION: str(contract.COLLECTIVE_CONTRACT_VERSION)}
                if self.tp_size > 1 else {}),
@@ -137,9 +172,10 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
         raise UserError(f"{source}: not written by mla-export (no mla_export metadata); "
                         "export it with `mla-export export`")
     version = meta.get(contract.META_CONTRACT_VERSION)
-    if version != str(contract.CONTRACT_VERSION):
+    if version not in {str(v) for v in contract.READABLE_CONTRACT_VERSIONS}:
         raise UserError(f"{source}: MlaAttention contract version {version}, this mla-export speaks "
-                        f"{contract.CONTRACT_VERSION}; re-export it with this version")
+                        f"{' and '.join(str(v) for v in contract.READABLE_CONTRACT_VERSIONS)}; re-export it with "
+                        "this version")
     try:
         config = config_from_hf_dict(json.loads(meta[contract.META_CONFIG]))
         spec = ModelSpec(config=config, dtype=meta[contract.META_DTYPE],
@@ -148,12 +184,18 @@ def spec_from_metadata(meta: dict[str, str], source: str) -> ModelSpec:
                          absorb=meta.get(contract.META_ABSORB, "prefolded"),
                          quant=meta.get(contract.META_QUANT, "none"),
                          tp_size=int(meta.get(contract.META_TP_SIZE, "1")),
-                         tp_rank=int(meta.get(contract.META_TP_RANK, "0")))
+                         tp_rank=int(meta.get(contract.META_TP_RANK, "0")),
+                         cache=meta.get(contract.META_CACHE, "contiguous"),
+                         page_size=int(meta.get(contract.META_PAGE_SIZE, str(contract.DEFAULT_PAGE_SIZE))),
+                         kv_cache_dtype=meta.get(contract.META_KV_CACHE_DTYPE, "model"))
     except RecursionError:
         raise UserError(f"{source}: mla-export metadata is damaged (its config is nested too deeply); "
                         "re-export the model") from None
     except (KeyError, ValueError, TypeError, json.JSONDecodeError, UserError) as exc:
         raise UserError(f"{source}: mla-export metadata is damaged ({str(exc)[:300]}); re-export the model") from None
+    if (version == str(contract.CACHE_CONTRACT_VERSION)) != spec.cache_contract:
+        raise UserError(f"{source}: mla-export metadata is damaged (MlaAttention contract version {version} with "
+                        f"cache {spec.cache}, kv_cache_dtype {spec.kv_cache_dtype}); re-export the model")
     if spec.checkpoint is None and meta.get(contract.META_WEIGHTS) != contract.WEIGHTS_SCHEME:
         raise UserError(f"{source}: its random weights were made by an older mla-export (scheme "
                         f"{meta.get(contract.META_WEIGHTS, 'from before schemes')}, this one makes "

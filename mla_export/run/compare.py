@@ -118,12 +118,16 @@ def _as_bool(mask) -> np.ndarray:
 
 
 def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonfinite=None,
-            max_rel_rms: float | None = None, min_cosine: float | None = None, exempt=None) -> Comparison:
+            max_rel_rms: float | None = None, min_cosine: float | None = None, exempt=None,
+            extra_allowed=None) -> Comparison:
     """Compare `actual` against the reference `expected` (torch tensors or arrays of one shape).
 
     `max_rel_rms`, `min_cosine`: whole-tensor bounds it must also meet (None: not checked).
     `exempt`: a boolean array broadcastable to the shape, true where an element is left out of the
-    element-wise rule (it still counts in the whole-tensor ones and the NaN rules); None: nowhere.
+    element-wise rule and of the whole-tensor ones (a token a correct runtime may route to other experts: the
+    reference is no judge of it); it still counts in the NaN rules; None: nowhere.
+    `extra_allowed`: an array broadcastable to the shape added to each element's tolerance (an FP8 cache's
+    half step of rounding); None: nothing.
 
     `expected_nonfinite`: a boolean array (or tensor) broadcastable to the shape, true where the reference is
     meant to be non-finite; only there does an equal non-finite value on both sides count as agreement.
@@ -150,8 +154,10 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
         max_rel = float(np.max(np.where(diff > 0, rel, 0.0)))
     else:
         index, max_abs, max_rel = (), 0.0, 0.0
-    af, ef = np.where(both, a, 0.0).ravel(), np.where(both, e, 0.0).ravel()
-    error_norm, ref_norm = float(np.linalg.norm(diff)), float(np.linalg.norm(ef))
+    judged_elements = both if exempt is None else both & ~np.broadcast_to(_as_bool(exempt), a.shape)
+    af, ef = np.where(judged_elements, a, 0.0).ravel(), np.where(judged_elements, e, 0.0).ravel()
+    error_norm = float(np.linalg.norm(np.where(judged_elements, diff, 0.0)))
+    ref_norm = float(np.linalg.norm(ef))
     if ref_norm > 0:
         rel_rms = error_norm / ref_norm
     else:  # an all-zero reference: no error is relative to nothing
@@ -162,6 +168,8 @@ def compare(name: str, actual, expected, atol: float, rtol: float, expected_nonf
     else:  # nothing to measure an angle on: equal only if both are all zeros (and something was compared)
         cosine = 1.0 if not af.any() and not ef.any() and (both.any() or not a.size) else 0.0
     allowed = atol + rtol * np.abs(np.where(both, e, 0.0))
+    if extra_allowed is not None:
+        allowed = allowed + np.broadcast_to(_as_float64(extra_allowed), a.shape)
     judged = diff
     exempt_count = 0
     if exempt is not None:

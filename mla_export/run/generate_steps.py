@@ -103,23 +103,42 @@ class OnnxRuntimeSteps:
         return torch.from_numpy(np.ascontiguousarray(logits[rows, last])).float()  # [B, V]
 
 
-class ParallelOnnxSteps:
-    """An `--io tokens` --tp export on ONNX Runtime: its ranks in lockstep, one process each
-    (`parallel.ParallelOnnxRunner`); the caches go to every rank as numpy feeds each step. `close` stops them."""
+class RunnerSteps:
+    """An `--io tokens` export behind any contiguous-cache `Runner`: a --tp export's ranks in lockstep
+    (`parallel.ParallelOnnxRunner`) and/or a paged or FP8 cache served from page pools (`paged.CacheServer`);
+    the caches go through numpy each step. `close` stops what the runner started."""
 
-    def __init__(self, export):
-        from .parallel import ParallelOnnxRunner
-
-        self.spec = export.spec.single_device()
-        require_tokens(self.spec, f"--onnx {export.directory}")
-        self.runner = ParallelOnnxRunner(export)
-        self.name = f"onnxruntime (cpu, {export.world_size} ranks)"
-        self.layers = self.spec.config.num_hidden_layers
+    def __init__(self, runner, spec: ModelSpec, name: str, owned=None):
+        require_tokens(spec, name)
+        self.runner, self.spec, self.name, self.owned = runner, spec, name, owned
+        self.layers = spec.config.num_hidden_layers
         self.caches: list[np.ndarray] = []
+
+    @classmethod
+    def open(cls, path, spec: ModelSpec, parallel=None) -> "RunnerSteps":
+        """The runner for an export file (`path`) or a --tp export (`parallel`), served from pools when its
+        cache is paged or FP8."""
+        if parallel is not None:
+            from .parallel import ParallelOnnxRunner
+
+            runner = owned = ParallelOnnxRunner(parallel)
+            name = f"onnxruntime (cpu, {parallel.world_size} ranks)"
+        else:
+            from .runners import OnnxRuntimeRunner
+
+            runner, owned, name = OnnxRuntimeRunner(path), None, "onnxruntime (cpu)"
+        if spec.cache_contract:
+            from .paged import CacheServer
+
+            runner = CacheServer(runner, spec)
+            name += f", {spec.cache} cache" + (" (fp8)" if spec.kv_cache_dtype == "fp8" else "")
+        return cls(runner, spec, name, owned)
 
     def reset(self, batch: int) -> None:
         shape = (batch, self.spec.max_seq_len, self.spec.config.cache_width)
         self.caches = [np.zeros(shape, _numpy_dtype(self.spec.dtype)) for _ in range(self.layers)]
+        if hasattr(self.runner, "reset"):
+            self.runner.reset()
 
     def step(self, ids: np.ndarray, seqlens: np.ndarray, last: np.ndarray) -> torch.Tensor:
         feeds = {contract.INPUT_IDS: ids, contract.CACHE_SEQLENS: seqlens}
@@ -130,7 +149,8 @@ class ParallelOnnxSteps:
         return torch.from_numpy(np.ascontiguousarray(logits[np.arange(ids.shape[0]), last])).float()  # [B, V]
 
     def close(self) -> None:
-        self.runner.close()
+        if self.owned is not None:
+            self.owned.close()
 
 
 class EagerSteps:
@@ -171,7 +191,7 @@ class EngineSteps:
         from ..trt.sidecar import Sidecar
         from .trt_runner import TensorRTRunner
 
-        sidecar = Sidecar.read(engine)
+        sidecar = Sidecar.read_single_device(engine)
         self.spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
         require_tokens(self.spec, f"--engine {engine}")
         self.profiles = {p["name"]: p["shapes"][contract.INPUT_IDS] for p in sidecar.profiles}

@@ -46,16 +46,14 @@ def _rank_main(rank: int, world_size: int, path: str, data_file: str | None, ini
         from ..graph.collective_parts import CollectiveStep, rank_steps
         from ..graph.parts import part_directory, write_part
         from ..model import parallel  # noqa: F401  (registers the collectives)
-        from .runners import from_numpy, to_numpy
+        from .runners import from_numpy, run_session, to_numpy
 
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         header = onnx.load(path, load_external_data=False)
         steps = rank_steps(header)
-        elem = header.graph.input[0].type.tensor_type.elem_type
-        if elem == onnx.TensorProto.INT64:  # --io tokens: boundary tensors take the cache's element type
-            elem = header.graph.input[2].type.tensor_type.elem_type
+        elem = header.graph.output[0].type.tensor_type.elem_type  # hidden states or logits: the activations' T
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
@@ -80,7 +78,7 @@ def _rank_main(rank: int, world_size: int, path: str, data_file: str | None, ini
                     continue
                 session = sessions[step.label]
                 names = [o.name for o in session.get_outputs()]
-                got = session.run(names, {i.name: values[i.name] for i in session.get_inputs()})
+                got = run_session(session, names, {i.name: values[i.name] for i in session.get_inputs()})
                 values.update(zip(names, got))
             results.put(("outputs", rank, {name: values[name] for name in outputs}))
     except Exception as exc:  # reported to the parent, which raises it as one message

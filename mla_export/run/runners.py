@@ -21,18 +21,22 @@ class Runner(Protocol):
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
-    """A CPU torch tensor as numpy (bfloat16 through ml_dtypes, which ONNX Runtime accepts)."""
-    if x.dtype == torch.bfloat16:
+    """A CPU torch tensor as numpy (bfloat16 and float8_e4m3fn through ml_dtypes, which ONNX Runtime accepts)."""
+    if x.dtype in (torch.bfloat16, torch.float8_e4m3fn):
         import ml_dtypes
 
+        if x.dtype == torch.float8_e4m3fn:  # an FP8 cache's codes
+            return x.contiguous().view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
         return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return x.numpy()
 
 
 def from_numpy(x: np.ndarray) -> torch.Tensor:
-    """A numpy array as a torch tensor (ml_dtypes bfloat16 back to torch.bfloat16)."""
+    """A numpy array as a torch tensor (ml_dtypes bfloat16 and float8_e4m3fn back to torch's)."""
     if x.dtype.name == "bfloat16":
         return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    if x.dtype.name == "float8_e4m3fn":
+        return torch.from_numpy(np.ascontiguousarray(x).view(np.uint8)).view(torch.float8_e4m3fn)
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -58,4 +62,22 @@ class OnnxRuntimeRunner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(names, run_session(self.session, names, feeds)))
+
+
+def run_session(session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """`session.run(names, feeds)` with float8 feeds and outputs (an FP8 cache's codes) as
+    ml_dtypes.float8_e4m3fn arrays, which ONNX Runtime's Python API takes and gives only as raw bytes."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    feeds = {name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(x).view(np.uint8),
+                                                                  TensorProto.FLOAT8E4M3FN)
+             if isinstance(x, np.ndarray) and x.dtype.name == "float8_e4m3fn" else x for name, x in feeds.items()}
+    results = session.run(names, feeds)
+    fp8 = {o.name for o in session.get_outputs() if o.type == "tensor(float8e4m3fn)"}
+    if fp8:
+        import ml_dtypes
+
+        results = [r.view(ml_dtypes.float8_e4m3fn) if name in fp8 else r for name, r in zip(names, results)]
+    return results

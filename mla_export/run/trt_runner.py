@@ -46,8 +46,9 @@ class TensorRTRunner:
     """Feeds numpy arrays by graph input name, returns outputs by name; caches bound per the sidecar."""
 
     def __init__(self, engine_path: str | Path, plugin_lib: str | None = None, sidecar: Sidecar | None = None):
-        """`sidecar`: the engine's sidecar when the caller has read it already (else read here)."""
-        self.sidecar = sidecar or Sidecar.read(engine_path)
+        """`sidecar`: the engine's sidecar when the caller has read it already (else read here). The engines of
+        a `--tp` export are refused: each needs its own process and an NCCL communicator (the C++ example)."""
+        self.sidecar = (sidecar or Sidecar.read_single_device(engine_path)).single_device(engine_path)
         data = Path(engine_path).read_bytes()
         self.sidecar.check_engine_bytes(engine_path, data)  # the engine its sidecar describes, not another build's
         torch = _require_cuda()

@@ -63,6 +63,7 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
 
     from ..weights.eager import eager_model
     from .compare import compare
+    from .fp8_cache_check import fp8_cache_comparisons, history_as_stored
     from .reference import ScenarioInputs, reference_model
     from .routing_ties import TieWatch, tie_positions
     from .runners import from_numpy, to_numpy
@@ -75,14 +76,18 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
     total = inputs.steps
     report("building the eager float64 model", 0, total)
     model = reference_model(spec)
-    plain = eager_model(spec, torch.float64) if spec.quant != "none" else None  # the unquantized model
+    fp8_cache = spec.kv_cache_dtype == "fp8"  # judged as `fp8_cache_check` says
+    quantized = spec.quant != "none" or fp8_cache
+    plain = eager_model(spec.single_device(), torch.float64) if quantized else None  # the unquantized model
     caches_ref = [inputs.initial_cache(i) for i in range(config.num_hidden_layers)]  # [B, Smax, Dc+Dr] float64
     caches_plain = list(caches_ref)
+    if fp8_cache:
+        caches_ref = [history_as_stored(c, config.kv_lora_rank) for c in caches_ref]
     quantization_error = []
     dtype = torch_dtype(spec.dtype)
     caches_run = [c.to(dtype) for c in caches_ref]
     caches_second = list(caches_run)
-    in_names, out_names = spec.graph_io_names()
+    in_names, out_names = spec.step_io_names()  # a paged or FP8 cache: the runner is a `paged.CacheServer`
     watch = TieWatch(model.layers, spec.dtype)
     # [B, Smax] per layer: cache rows written by tokens routed at a near tie in an earlier layer
     tied_rows = [torch.zeros(scenario.batch, spec.max_seq_len, dtype=torch.bool) for _ in caches_ref]
@@ -91,12 +96,14 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
     for step in range(total):
         seqlens, new_tokens = inputs.seqlens[step], inputs.new_tokens(step)
         report(f"step {step + 1}/{total}: {inputs.step_name(step)}", step, total)
-        with torch.no_grad():
-            out_ref, *caches_ref = model(inputs.reference_inputs[step], seqlens, *caches_ref)
         feeds = {in_names[0]: to_numpy(inputs.runtime_inputs[step]), in_names[1]: seqlens.numpy()}
         feeds.update({name: to_numpy(c) for name, c in zip(in_names[2:], caches_run)})
         outputs = run_checked(runner, feeds, out_names)
         caches_run = [from_numpy(outputs[n]) for n in out_names[1:]]
+        for layer, cache in zip(model.layers, caches_run):  # FP8: the reference attends over the runtime's cache
+            layer.self_attn.fp8_cache_check = {"read_cache": cache.to(torch.float64)} if fp8_cache else {}
+        with torch.no_grad():
+            out_ref, *caches_ref = model(inputs.reference_inputs[step], seqlens, *caches_ref)
         if plain is not None:
             with torch.no_grad():
                 out_plain, *caches_plain = plain(inputs.reference_inputs[step], seqlens, *caches_plain)
@@ -111,7 +118,13 @@ def validate_runner(runner: Runner, spec: ModelSpec, scenario: Scenario, second:
         result.comparisons.append(compare_by(out_names[0], from_numpy(outputs[out_names[0]]), out_ref, verdict,
                                              exempt=tied[..., None]))
         for name, got, ref, rows in zip(out_names[1:], caches_run, caches_ref, tied_rows):
-            result.comparisons.append(compare_by(name, got, ref, verdict, unwritten, exempt=rows[..., None]))
+            if fp8_cache:
+                result.comparisons += fp8_cache_comparisons(name, got, ref, verdict, unwritten, rows[..., None],
+                                                            config.kv_lora_rank)
+            else:
+                result.comparisons.append(compare_by(name, got, ref, verdict, unwritten, exempt=rows[..., None]))
+        if fp8_cache:  # the next step starts from the runtime's own cache (module docstring of fp8_cache_check)
+            caches_ref = [c.to(torch.float64) for c in caches_run]
         for rank, peer in getattr(runner, "peer_outputs", {}).items():  # a --tp runner: every rank's outputs
             for name in out_names:
                 allowed = unwritten if name != out_names[0] else None
@@ -142,7 +155,7 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
     from .runners import OnnxRuntimeRunner
     from .trt_runner import TensorRTRunner
 
-    sidecar = Sidecar.read(engine)
+    sidecar = Sidecar.read_single_device(engine)
     spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
     check_memory(scenario.peak_bytes(spec), f"validating {Path(engine).name} with --batch {scenario.batch}",
                  "lower --batch or --prefill-len")
@@ -183,9 +196,13 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     model = read_exported_model(path)
     refuse_rank_file(model.spec, path)
     scenario.histories(model.spec.max_seq_len)  # refuses a scenario the cache cannot hold
+    if per_layer and model.spec.cache_contract:
+        raise UserError(f"--per-layer cuts a contiguous cache in the model's dtype; {path} has a "
+                        f"{model.spec.cache} cache (--kv-cache-dtype {model.spec.kv_cache_dtype}): drop --per-layer")
     if per_layer is None:
         free = available_memory()
-        per_layer = free is not None and whole_peak_bytes(model, scenario) > free
+        per_layer = (free is not None and whole_peak_bytes(model, scenario) > free
+                     and not model.spec.cache_contract)
     if per_layer:
         from .layerwise import validate_per_layer
 
@@ -199,7 +216,12 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     (progress or no_progress)("loading the model into ONNX Runtime", 0, scenario.steps + 1)
     from .runners import OnnxRuntimeRunner
 
-    return validate_runner(OnnxRuntimeRunner(path), model.spec, scenario, progress=progress)
+    runner = OnnxRuntimeRunner(path)
+    if model.spec.cache_contract:  # served from page pools, read back contiguous
+        from .paged import CacheServer
+
+        runner = CacheServer(runner, model.spec, seed=scenario.seed)
+    return validate_runner(runner, model.spec, scenario, progress=progress)
 
 
 def refuse_rank_file(spec: ModelSpec, path: str | Path) -> None:
@@ -230,5 +252,10 @@ def validate_parallel(directory: str | Path, scenario: Scenario, progress: Progr
                  f"validating {directory} ({export.world_size} ranks, --batch {scenario.batch})",
                  "lower --batch or --prefill-len")
     report(f"starting {export.world_size} rank processes", 0, scenario.steps + 1)
-    with ParallelOnnxRunner(export) as runner:
+    with ParallelOnnxRunner(export) as ranks:
+        runner = ranks
+        if spec.cache_contract:  # every rank fed the same block table and pools by one server
+            from .paged import CacheServer
+
+            runner = CacheServer(ranks, spec, seed=scenario.seed)
         return validate_runner(runner, spec, scenario, progress=progress)

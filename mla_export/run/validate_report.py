@@ -11,6 +11,7 @@ from .compare import Comparison
 
 MAX_FAILURES_SHOWN = 6  # failing rows of the table explained under it; --json has every tensor
 CACHE_PREFIX = "present_latent_cache."
+FP8_CACHE_SUFFIX = " c_kv"  # an FP8 cache's stored c_kv rows, judged within half an FP8 step (`fp8_cache_check`)
 RANK_PREFIX = "rank "  # a --tp export's comparisons of rank r's outputs with rank 0's ("rank 1 vs 0: <tensor>")
 
 
@@ -107,18 +108,22 @@ def print_report(report, console=None) -> None:
     teacher = (" Each layer is fed the reference's own input (its error alone); e2e rows chain the parts on "
                "their own outputs." if per_layer else "")
     layers = len(report.parts) - 1 - sum(p.label in ("embedding", "head") for p in report.parts) if per_layer \
-        else sum(c.name.startswith(CACHE_PREFIX) for c in report.steps[0].comparisons if " vs " not in c.name)
+        else len({c.name.split()[0] for c in report.steps[0].comparisons
+                  if c.name.startswith(CACHE_PREFIX) and " vs " not in c.name})
     grown = (f" e2e rows: every bound grown as sqrt({layers} layers)." if per_layer else
              f" These are one layer's bounds grown as sqrt({layers} layers)." if layers > 1 else "")
+    fp8_cache = (" FP8 cache: each stored c_kv value within tol plus half an FP8 step of the unquantized "
+                 "reference (no whole-tensor bounds), the reference attending over the runtime's own cache."
+                 if any(c.name.endswith(FP8_CACHE_SUFFIX) for _, c in comparisons) else "")
     console.print(prose(f"tol = {first.atol:.3g} + {first.rtol:.3g} x |ref| per element ({report.dtype}). A tensor "
                         f"passes when every element is within tol (err/tol <= 1){bounds}, and no NaN/inf appears "
-                        f"where the reference is finite. max rel is for information.{teacher}{grown}", console),
-                  markup=False, style="dim")
+                        f"where the reference is finite. max rel is for information.{teacher}{grown}{fp8_cache}",
+                        console), markup=False, style="dim")
     quantized = getattr(report, "quantization_error", None)
     if quantized:
         rms = max(e[1] for e in quantized)
         cos = min(e[2] for e in quantized)
-        console.print(prose(f"vs the unquantized model (the FP8 weights' own error, not judged): output rel RMS "
+        console.print(prose(f"vs the unquantized model (FP8's own error, not judged): output rel RMS "
                             f"up to {rms:.2g}, 1 - cos up to {max(0.0, 1.0 - cos):.2g}", console), markup=False)
     failed = [(where, c) for where, c in comparisons if not c.passed]
     shown = [(where, c) for where, _, c in rows if not c.passed][:MAX_FAILURES_SHOWN]  # the table's, in its order

@@ -20,6 +20,7 @@ from ..common.fileio import atomic_write_bytes, check_output_file, staging_dir, 
 from ..graph.onnx_reader import read_exported_model
 from ..model.spec import ModelSpec
 from .aliasing import cache_binding, enable_aliased_plugin_io
+from .collectives import RankIdentity, check_collective_layers, enable_multidevice, parse_form
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
 from .profiles import (check_profile_volumes, default_prefill_tokens, optimization_profiles, parse_range,  # noqa: F401
                        volume_function)
@@ -327,9 +328,10 @@ def save_engine(output: Path, serialized: bytes, sidecar: Sidecar) -> Path:
     return output
 
 
-def build_engine(spec: BuildSpec, progress=None) -> Path:
+def build_engine(spec: BuildSpec, progress=None, rank: RankIdentity | None = None) -> Path:
     """Build `spec.onnx` into `spec.output` (+ sidecar). Raises UserError with the reason on failure.
-    `progress(what, done, total)` is told TensorRT's build phases."""
+    `progress(what, done, total)` is told TensorRT's build phases. `rank`: the rank of a `--tp` export that
+    `spec.onnx` must be (build_parallel.build_rank_engines); a rank file on its own is refused."""
     if spec.attention not in ATTENTION_MODES:
         raise UserError(f"--attention {spec.attention}: expected one of {', '.join(ATTENTION_MODES)}")
     output = Path(spec.output)
@@ -341,6 +343,15 @@ def build_engine(spec: BuildSpec, progress=None) -> Path:
     if spec.timing_cache:
         check_output_file("--timing-cache", spec.timing_cache, {k: v for k, v in inputs.items() if k != "--timing-cache"})
     model = exported.spec
+    identity = RankIdentity(model.tp_size, model.tp_rank, exported.metadata.get(contract.META_TP_EXPORT_ID) or None)
+    if identity != (rank or RankIdentity()):
+        raise UserError(f"--onnx {spec.onnx} is rank {identity.rank} of a --tp {identity.size} export: pass its "
+                        "directory (--onnx DIR) to build an engine per rank" if rank is None else
+                        f"{spec.onnx}: its metadata says rank {identity.rank} of {identity.size} (export "
+                        f"{identity.export_id}), not rank {rank.rank} of export {rank.export_id}; re-export DIR")
+    if model.cache_contract:  # MlaAttention contract 2: the Triton kernels exist, the plugin and profiles do not
+        raise UserError(f"--onnx {spec.onnx} has a {model.cache} cache (--kv-cache-dtype {model.kv_cache_dtype}): "
+                        "TensorRT builds of contract-2 graphs are not written yet; export with --cache contiguous")
     if spec.attention == "plugin" and spec.backend == "tensorrt-rtx":
         raise UserError("TensorRT-RTX cannot build engines with custom plugins (its ONNX parser aborts after "
                         "creating one); use --attention decomposed with --backend tensorrt-rtx, or --backend tensorrt")
@@ -359,13 +370,18 @@ def build_engine(spec: BuildSpec, progress=None) -> Path:
     plugin_path = find_plugin_library(spec.plugin_lib) if spec.attention == "plugin" else None
 
     logger = make_logger(trt, spec.verbose)
-    builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path,
-                                              None if inlined is None else inlined.SerializeToString())
+    rewritten, collectives = parse_form(trt, spec.backend, exported.header if inlined is None else inlined,
+                                        identity, spec.onnx)
+    builder, network, _parser = parse_network(trt, logger, spec.onnx, plugin_path, rewritten or (
+        None if inlined is None else inlined.SerializeToString()))
     check_plugin_layers(spec.attention, plugin_layers_by_name(trt, network), plugin_nodes(exported.header),
                         plugin_path)
+    if identity.size > 1:
+        check_collective_layers(trt, network, collectives, identity.size, spec.onnx)
     profiles = optimization_profiles(model, spec.batch, prefill_tokens)
     timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
     config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)
+    enable_multidevice(trt, config, spec.backend, identity.size)
     aliased_io = spec.attention == "plugin" and enable_aliased_plugin_io(trt, config)  # the cache updated in place
     serialized = engine_bytes(trt, builder, network, config, progress)
     if logger.profile_warnings:  # a limit the check above does not know: TensorRT's warning is not the only word
@@ -382,5 +398,6 @@ def build_engine(spec: BuildSpec, progress=None) -> Path:
         plugin_sha256=file_sha256(plugin_path) if plugin_path else None,
         plugin_path=str(plugin_path) if plugin_path else None,
         profiles=profiles, io=network_io(network), onnx_metadata=dict(exported.metadata),
-        cache_binding=cache_binding(spec.attention, aliased_io))
+        cache_binding=cache_binding(spec.attention, aliased_io), tp_size=identity.size, tp_rank=identity.rank,
+        tp_export_id=identity.export_id)
     return save_engine(output, serialized, sidecar)

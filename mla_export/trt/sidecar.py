@@ -25,6 +25,7 @@ SIDECAR_FORMAT = "mla-export-engine"
 SIDECAR_VERSION = 3  # 2: `export` renamed `onnx_metadata`; 3: engine_size and engine_sha256
 ATTENTION_MODES = ("plugin", "decomposed")
 PROFILE_NAMES = ("decode", "prefill")
+ENGINE_SUFFIX = ".engine"  # build --onnx DIR: OUTDIR/rank{r}.engine
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -48,6 +49,9 @@ class Sidecar:
     io: list[dict] = field(default_factory=list)  # {"name", "mode", "dtype", "shape"}
     onnx_metadata: dict = field(default_factory=dict)  # the ONNX file's metadata_props, as they are
     cache_binding: str = "copy"  # "aliased" | "copy" (aliasing.py)
+    tp_size: int = 1  # ranks of the `--tp` export this engine is one of (1: a single-device engine)
+    tp_rank: int = 0  # which of them
+    tp_export_id: str | None = None  # the export's id (parallel.json's export_id), the same in every rank
     engine_size: int | None = None  # bytes of the engine file this sidecar belongs to
     engine_sha256: str | None = None  # and their sha256
     contract_version: int = contract.CONTRACT_VERSION
@@ -87,6 +91,22 @@ class Sidecar:
             raise mismatched(engine, f"it holds {size:,} bytes, the sidecar says {sidecar.engine_size:,}")
         return sidecar
 
+    @classmethod
+    def read_single_device(cls, engine: str | Path) -> "Sidecar":
+        """`read`, refusing (one message) the engines of a `--tp` export: a directory of rank engines, or one
+        rank's engine. Python runs one device; the ranks run in the C++ example, one process each with NCCL."""
+        if Path(engine).is_dir() and (Path(engine) / f"rank0{ENGINE_SUFFIX}").is_file():
+            raise UserError(f"--engine {engine}: the engines of a --tp export run one process per rank with NCCL: "
+                            "use examples/cpp (mla_decode_demo --rank R --world-size N)")
+        return cls.read(engine).single_device(engine)
+
+    def single_device(self, engine: str | Path) -> "Sidecar":
+        """This sidecar, unless its engine is one rank of a `--tp` export (UserError)."""
+        if self.tp_size > 1:
+            raise UserError(f"--engine {engine}: rank {self.tp_rank} of a --tp {self.tp_size} export; Python "
+                            "runs one device: use examples/cpp, one process per rank with NCCL")
+        return self
+
     def check_engine_bytes(self, engine: str | Path, data: bytes) -> None:
         """Refuse engine bytes that are not the ones this sidecar was written for (sha256)."""
         if len(data) != self.engine_size or bytes_sha256(data) != self.engine_sha256:
@@ -103,14 +123,16 @@ def mismatched(engine: str | Path, detail: str) -> UserError:
 _TYPES = {
     "tensorrt_flavour": (str,), "tensorrt_version": (str,), "attention": (str,), "gpu_name": (str, None),
     "compute_capability": (str, None), "plugin_sha256": (str, None), "plugin_path": (str, None),
-    "profiles": (list,), "io": (list,), "onnx_metadata": (dict,), "cache_binding": (str,), "engine_size": (int,),
+    "profiles": (list,), "io": (list,), "onnx_metadata": (dict,), "cache_binding": (str,),
+    "tp_size": (int,), "tp_rank": (int,), "tp_export_id": (str, None), "engine_size": (int,),
     "engine_sha256": (str,), "contract_version": (int,), "mla_export_version": (str,), "format": (str,),
     "format_version": (int,),
 }
 
 
 # Fields a sidecar may leave out, and what their absence means.
-_OPTIONAL = {"cache_binding": "copy"}  # no alias declared: present has a buffer of its own (aliasing.py)
+_OPTIONAL = {"cache_binding": "copy",  # no alias declared: present has a buffer of its own (aliasing.py)
+             "tp_size": 1, "tp_rank": 0, "tp_export_id": None}  # before --tp: one device
 
 
 def _is(value, kinds: tuple) -> bool:
@@ -140,6 +162,9 @@ def check_shape(data) -> dict:
             raise ValueError(f"field {name} is {type(data[name]).__name__}")
     if data["engine_size"] < 0 or len(data["engine_sha256"]) != 64:
         raise ValueError("engine_size/engine_sha256 are not a size and a sha256")
+    if not 0 <= data["tp_rank"] < data["tp_size"] or (data["tp_size"] > 1) != (data["tp_export_id"] is not None):
+        raise ValueError(f"tp_rank {data['tp_rank']} of tp_size {data['tp_size']} (export id "
+                         f"{str(data['tp_export_id'])[:20]!r}) is not a rank of a --tp export")
     checks = {"tensorrt_flavour": tuple(BACKENDS), "attention": ATTENTION_MODES, "cache_binding": CACHE_BINDINGS}
     for name, allowed in checks.items():
         if data[name] not in allowed:

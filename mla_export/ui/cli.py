@@ -23,7 +23,8 @@ from .options import CONTEXT_SETTINGS, EXIT_CODES
 # The option that sets each spec/config field a core function may name in a FieldError.
 FIELD_OPTIONS = {"num_layers": "--layers", "max_seq_len": "--max-seq-len", "dtype": "--dtype", "io": "--io",
                  "output": "-o", "batch": "--batch", "prefill_len": "--prefill-len", "steps": "--steps",
-                 "absorb": "--absorb", "seed": "--seed", "quant": "--quant"}
+                 "absorb": "--absorb", "seed": "--seed", "quant": "--quant", "page_size": "--page-size",
+                 "cache": "--cache", "kv_cache_dtype": "--kv-cache-dtype"}
 REPORT_TO = "the mla-export issue tracker"  # where an internal error asks to be reported
 MAX_MESSAGE = 2000  # characters of one error message (a value echoed from a file can be huge)
 

@@ -8,8 +8,9 @@ from .options import EXIT_CODES, quiet_option, wrote
 
 
 @click.command(epilog=EXIT_CODES, short_help="Build a TensorRT engine and its JSON sidecar.")
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="An ONNX file written by mla-export export.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Engine file to write (plus OUTPUT.json).")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(), help="An ONNX file written by mla-export export, or the directory of a --tp export.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Engine file to write (plus OUTPUT.json); for a --tp export, a directory that "
+              "receives rank{r}.engine (plus its .json) per rank.")
 @click.option("--attention", type=click.Choice(["plugin", "decomposed"]), default="plugin", show_default=True,
               help="plugin: MlaAttention runs our TensorRT plugin; decomposed: the node's reference ONNX function.")
 @click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
@@ -30,7 +31,10 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefil
     import time
 
     from ..common.progress import ProgressReporter
+    from pathlib import Path
+
     from ..trt.build import BuildSpec, build_engine, parse_range, parse_size
+    from ..trt.build_parallel import build_rank_engines
     from ..trt.sidecar import Sidecar, sidecar_path
 
     spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
@@ -41,7 +45,10 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefil
     start = time.perf_counter()
     with ProgressReporter("build", quiet=quiet) as progress:
         progress("reading and parsing the model", 0, 1)  # until TensorRT's first build phase
-        path = build_engine(spec, progress=progress)
-    binding = Sidecar.read(path).cache_binding  # aliased: bind past and present caches to one buffer
-    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}")
-    click.echo(f"{wrote([path, sidecar_path(path)])} in {time.perf_counter() - start:.1f} s")
+        paths = (build_rank_engines(spec, progress=progress) if Path(onnx_path).is_dir()
+                 else [build_engine(spec, progress=progress)])
+    sidecar = Sidecar.read(paths[0])
+    binding = sidecar.cache_binding  # aliased: bind past and present caches to one buffer
+    ranks = f", {sidecar.tp_size} ranks (one engine each)" if sidecar.tp_size > 1 else ""
+    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}{ranks}")
+    click.echo(f"{wrote([f for p in paths for f in (p, sidecar_path(p))])} in {time.perf_counter() - start:.1f} s")

@@ -132,7 +132,7 @@ def generate(onnx_path, engine, plugin_lib, eager, preset, config_path, checkpoi
         from ..run.generate_steps import require_tokens
         from ..trt.sidecar import Sidecar
 
-        spec = spec_from_metadata(Sidecar.read(engine).onnx_metadata, f"--engine {engine}")
+        spec = spec_from_metadata(Sidecar.read_single_device(engine).onnx_metadata, f"--engine {engine}")
         require_tokens(spec, f"--engine {engine}")
     text_tokenizer = load_tokenizer(*_tokenizer_path(tokenizer, checkpoint, spec.checkpoint if spec else None))
     encode = text_tokenizer.encode_chat if chat else text_tokenizer.encode
@@ -152,14 +152,14 @@ def _run(onnx_path, engine, plugin_lib, spec, tokenizer, texts, prompt_ids, samp
     """Loads the model, generates, prints text (or JSON) and the timings."""
     from ..common.progress import ProgressReporter
     from ..run.generate import generate
-    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps, ParallelOnnxSteps
+    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps, RunnerSteps
     from ..run.generate_text import TextStream
     from ..run.sampling import Sampler
 
     with ProgressReporter("generate", quiet=quiet, unit="steps") as progress:
         progress("loading the model", 0, 1)
-        if parallel is not None:  # a --tp export
-            model = ParallelOnnxSteps(parallel)
+        if parallel is not None or (onnx_path is not None and spec.cache_contract):  # ranks, or page pools
+            model = RunnerSteps.open(onnx_path, spec, parallel)
         elif onnx_path is not None:
             model = OnnxRuntimeSteps(onnx_path, spec)
         elif engine is not None:

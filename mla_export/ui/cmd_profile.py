@@ -83,7 +83,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
     if engine is not None:
         from ..trt.sidecar import Sidecar
 
-        Sidecar.read(engine)
+        Sidecar.read_single_device(engine)  # before any work: a rank engine is the C++ example's
 
     from ..run.profile import EagerTarget, EngineTarget, KernelsTarget, OnnxRuntimeTarget, run_profile
     from ..run.profile_report import plot_profile, print_profile

@@ -1,5 +1,5 @@
-"""Sizes and costs of a config: cache per token per layer (MLA vs MHA/GQA/MQA) and the cost of
-pre-folded vs run-time absorbed projections."""
+"""Sizes and costs of a config: parameters and weights, the cost of pre-folded vs run-time absorbed
+projections, the per-rank figures of --tp; the cache figures come from `info_cache.py`."""
 
 from __future__ import annotations
 
@@ -7,30 +7,7 @@ from dataclasses import dataclass
 
 from ..common.console import size_text
 from ..model.config import MlaConfig
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
-
-
-@dataclass(frozen=True)
-class CacheRow:
-    scheme: str
-    elements: int
-    note: str
-
-
-def cache_table(c: MlaConfig, gqa_groups: int = 8) -> list[CacheRow]:
-    """Cached values per token per layer for each attention scheme at this config's dims; GQA only where
-    `gqa_groups` lies strictly between one group (MQA) and one per head (MHA), MQA only with several heads."""
-    h, dh, dr, dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
-    rows = [CacheRow("MHA", 2 * h * dh, f"K, V {h}x{dh}"),
-            CacheRow("MHA (decoupled RoPE keys)", h * (dh + dr) + h * dv, f"K {h}x{dh + dr}, V {h}x{dv}")]
-    if 1 < gqa_groups < h:
-        rows.append(CacheRow(f"GQA ({gqa_groups} groups)", 2 * gqa_groups * dh, f"K, V {gqa_groups}x{dh}"))
-    if h > 1:
-        rows.append(CacheRow("MQA", 2 * dh, f"K, V 1x{dh}"))
-    rows.append(CacheRow("MLA", c.cache_width, f"c_kv {c.kv_lora_rank} + k_pe {dr}"))
-    return rows
-
+from .info_cache import DTYPE_BYTES, cache_table, dtype_label, latent_cache_dict, mla_row, scheme_bytes
 
 @dataclass(frozen=True)
 class ProjectionCost:
@@ -113,11 +90,14 @@ DIM_FIELDS = ("hidden_size", "num_attention_heads", "q_lora_rank", "kv_lora_rank
 
 
 def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb: str | None = None,
-              tp: int | None = None, io: str = "tokens") -> dict:
+              tp: int | None = None, io: str = "tokens", kv_cache_dtype: str = "model", cache: str = "contiguous",
+              page_size: int = 64, memory: int | None = None) -> dict:
     """Everything `info` shows, as plain numbers (what `info --json` prints): dims, RoPE, parameters and sizes
-    on disk, cache per token per layer by scheme, projection costs of both `--absorb` forms; with `tp`, the
-    per-rank figures of a `--tp` export (`tensor_parallel_dict`)."""
+    on disk, cache per token per layer by scheme (`kv_cache_dtype`), the latent cache of `cache` layout;
+    projection costs of both `--absorb` forms; with `memory` (bytes), the sequences that fit
+    (`info_cache.sizing_dict`); with `tp`, the per-rank figures of a `--tp` export (`tensor_parallel_dict`)."""
     from ..model.footprint import model_counts
+    from .info_cache import sizing_dict
 
     nbytes = DTYPE_BYTES[dtype]
     counts = model_counts(c)
@@ -139,16 +119,21 @@ def info_dict(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, absorb
     parameters["weights_by_quant"] = {f"{quant} {form}": weight_bytes(c, weight_element, quant, form)
                                       for quant in ("none", "fp8") for form in ("prefolded", "runtime")}
     parameters["fp8_requantized"] = {form: requantized_weights(c, form) for form in ("prefolded", "runtime")}
-    parallel = {} if tp is None else {"tensor_parallel": tensor_parallel_dict(c, tp, dtype, context, io)}
+    parallel = {} if tp is None else {"tensor_parallel": tensor_parallel_dict(c, tp, dtype, context, io,
+                                                                              kv_cache_dtype)}
+    if memory is not None:
+        parallel["cache_sizing"] = sizing_dict(c, dtype, kv_cache_dtype, cache, page_size, context, memory)
+    mla_bytes = scheme_bytes(c, mla_row(c), dtype, kv_cache_dtype)
     return {
         "model": c.name, "dtype": dtype, "context": context, "absorb": absorb,
         "dims": {**{f: getattr(c, f) for f in DIM_FIELDS}, "softmax_scale": c.softmax_scale},
         "rope": dict(rope_rows(c)),
         "parameters": parameters,
         "cache_per_token_per_layer": [
-            {"scheme": r.scheme, "layout": r.note, "values": r.elements, "bytes": r.elements * nbytes,
-             "whole_model_bytes": r.elements * nbytes * context * c.num_hidden_layers,
-             "vs_mla": r.elements / c.cache_width} for r in cache_table(c)],
+            {"scheme": r.scheme, "layout": r.note, "values": r.elements, "bytes": nb,
+             "whole_model_bytes": nb * context * c.num_hidden_layers, "vs_mla": nb / mla_bytes}
+            for r, nb in ((r, scheme_bytes(c, r, dtype, kv_cache_dtype)) for r in cache_table(c))],
+        "latent_cache": latent_cache_dict(c, dtype, kv_cache_dtype, cache, page_size, context),
         "projections_per_token_per_layer": {
             "runtime": {"multiply_adds": runtime, "weight_bytes": runtime * nbytes},
             "prefolded": {"multiply_adds": prefolded, "weight_bytes": prefolded * nbytes},
@@ -167,15 +152,18 @@ def count_text(n: int) -> str:
 
 def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, console=None,
                 absorb: str | None = None, requant_errors: list[dict[str, float]] | None = None,
-                tp: int | None = None, io: str = "tokens") -> None:
+                tp: int | None = None, io: str = "tokens", kv_cache_dtype: str = "model", cache: str = "contiguous",
+                page_size: int = 64, memory: int | None = None) -> None:
     """Print dims, RoPE, parameters, weights by --quant, the cache table and the projection costs, laid out
     for 80 columns; `absorb` is the form an exported file holds (None for a config); `requant_errors`, per
-    layer of an FP8 export, its re-quantized weights' measured errors; with `tp`, the per-rank figures of
-    `export --tp` last."""
+    layer of an FP8 export, its re-quantized weights' measured errors; the latent cache of `cache` layout and
+    `kv_cache_dtype`, with `memory` the sequences that fit; with `tp`, the per-rank figures of `export --tp`
+    last."""
     from ..common.console import add_columns, make_console, prose, table
+    from .info_cache import latent_cache_text, render_sizing
 
     console = console or make_console()
-    data = info_dict(c, dtype, context, absorb, tp, io)
+    data = info_dict(c, dtype, context, absorb, tp, io, kv_cache_dtype, cache, page_size, memory)
     dims = table(f"{c.name}: MLA dims", show_header=False)
     add_columns(dims, "field", "value", numbers_from=1)
     for key, value in data["dims"].items():
@@ -208,7 +196,8 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
         quant.add_row(label, size_text(sizes["layers"][0]), size_text(sizes["layers"][-1]), size_text(sizes["total"]),
                       size_text(sizes["per_decode_token"]))
 
-    cache = table(f"Cache per token per layer ({dtype}), and for the whole model at {context:,} tokens")
+    cache = table(f"Cache per token per layer ({dtype_label(dtype, kv_cache_dtype, others=True)}), and for the "
+                  f"whole model at {context:,} tokens")
     add_columns(cache, "scheme", "layout", "values", "bytes", "whole model", "vs MLA", numbers_from=2)
     for row in data["cache_per_token_per_layer"]:
         cache.add_row(row["scheme"], row["layout"], f"{row['values']:,}", f"{row['bytes']:,}",
@@ -242,16 +231,20 @@ def render_info(c: MlaConfig, dtype: str = "bfloat16", context: int = 4096, cons
     console.print(prose(f"Latent attention core at {context:,} cached tokens: "
                         f"{data['attention_core_multiply_adds_per_token_per_layer']:,} multiply-adds per new token "
                         "per layer (same in both forms).", console), markup=False)
+    console.print(prose(latent_cache_text(c, data["latent_cache"], dtype, context), console), markup=False)
+    if memory is not None:
+        console.print()
+        render_sizing(c, data["cache_sizing"], dtype, console)
     if tp is not None:
         console.print()
-        render_tensor_parallel(c, data["tensor_parallel"], dtype, context, console)
+        render_tensor_parallel(c, data["tensor_parallel"], dtype, context, console, kv_cache_dtype)
 
 
 QUANT_FORMS = tuple((quant, form) for quant in ("none", "fp8") for form in ("prefolded", "runtime"))
 
 
 def tensor_parallel_dict(c: MlaConfig, tp: int, dtype: str = "bfloat16", context: int = 4096,
-                         io: str = "tokens") -> dict:
+                         io: str = "tokens", kv_cache_dtype: str = "model") -> dict:
     """The per-rank figures of `export --tp N` (every rank the same): weights by --quant and --absorb (an FP8
     form whose blocks do not split: `refused` and why), the latent cache per token per rank, the collectives
     and their payload per token. Raises UserError where `tp` does not split `c` (`tp_layout.check_tp`)."""
@@ -268,13 +261,14 @@ def tensor_parallel_dict(c: MlaConfig, tp: int, dtype: str = "bfloat16", context
         weights[f"{quant} {form}"] = {"refused": problem} if problem else (
             rank_weight_bytes(c, tp, activation, quant, form, with_embeddings)
             | {"single_device_total": weight_bytes(c, activation, quant, form, with_embeddings)["total"]})
-    cache = rank_cache_bytes_per_token(c, tp, nbytes)
+    cache = rank_cache_bytes_per_token(c, tp, nbytes if kv_cache_dtype == "model" else activation, kv_cache_dtype)
     return {"tp": tp, "io": io, "weights_per_rank": weights,
             "cache_per_token_per_rank": cache | {"context_bytes": cache["model"] * context},
             "collectives": collectives(c, tp, activation, with_embeddings)}
 
 
-def render_tensor_parallel(c: MlaConfig, data: dict, dtype: str, context: int, console) -> None:
+def render_tensor_parallel(c: MlaConfig, data: dict, dtype: str, context: int, console,
+                           kv_cache_dtype: str = "model") -> None:
     """Print `tensor_parallel_dict`'s figures for 80 columns: a table of weights per rank, the cache line, a
     table of the collectives."""
     from ..common.console import add_columns, prose, table
@@ -296,7 +290,8 @@ def render_tensor_parallel(c: MlaConfig, data: dict, dtype: str, context: int, c
     for line in refused:
         console.print(prose(line, console), markup=False)
     cache = data["cache_per_token_per_rank"]
-    console.print(prose(f"Latent cache per token per rank ({dtype}): {cache['per_layer']:,} B per layer, "
+    console.print(prose(f"Latent cache per token per rank ({dtype_label(dtype, kv_cache_dtype)}): "
+                        f"{cache['per_layer']:,} B per layer, "
                         f"{size_text(cache['model'])} for the {c.num_hidden_layers} layers, "
                         f"{size_text(cache['context_bytes'])} at {context:,} tokens: every rank holds the whole "
                         "cache, as one device does.", console), markup=False)

@@ -139,7 +139,7 @@ std::string readBoundFields(
     }
     for (size_t k = 0; k < count; ++k)
     {
-        if (!seen[k])
+        if (!seen[k] && !fields[k].optional)
         {
             return std::string("attribute ") + fields[k].name + " is missing";
         }

@@ -33,6 +33,7 @@ struct AttributeField
     float Attributes::*floatMember;  //!< the member of a float attribute (else null)
     int64_t minimum;                 //!< integers: the smallest value accepted (the largest is INT32_MAX)
     bool positive;                   //!< floats: > 0 required (else any finite float32 value)
+    bool optional{false};            //!< absent: the member keeps its default (an attribute newer than some files)
 };
 
 //! An integer attribute in [minimum, INT32_MAX] (minimum INT32_MIN: any 32-bit integer, for a plugin whose
@@ -41,6 +42,14 @@ template <typename Attributes>
 constexpr AttributeField<Attributes> intAttribute(char const* name, int32_t Attributes::*member, int64_t minimum)
 {
     return {name, member, nullptr, minimum, false};
+}
+
+//! An integer attribute as intAttribute that files from before it may lack: then the member keeps its default.
+template <typename Attributes>
+constexpr AttributeField<Attributes> optionalIntAttribute(
+    char const* name, int32_t Attributes::*member, int64_t minimum)
+{
+    return {name, member, nullptr, minimum, false, true};
 }
 
 //! A float attribute, finite and within float32, and > 0 when `positive`.
@@ -67,9 +76,10 @@ struct BoundField
     float* floatValue;
     int64_t minimum;
     bool positive;
+    bool optional; //!< may be absent (the value is left as it was)
 };
 
-//! Fills the `count` bound fields from `fc`: every field present once, each read by its reader; unknown
+//! Fills the `count` bound fields from `fc`: every field present once (an optional one at most once), each read by its reader; unknown
 //! names ignored with a warning, each field's arrival type logged at VERBOSE (messages start "<op>: ").
 //! "" or the first problem, naming the field.
 std::string readBoundFields(
@@ -85,7 +95,7 @@ std::string readFields(char const* op, nvinfer1::PluginFieldCollection const* fc
     {
         AttributeField<Attributes> const& f = table[k];
         bound[k] = BoundField{f.name, f.intMember != nullptr ? &(attrs.*f.intMember) : nullptr,
-            f.floatMember != nullptr ? &(attrs.*f.floatMember) : nullptr, f.minimum, f.positive};
+            f.floatMember != nullptr ? &(attrs.*f.floatMember) : nullptr, f.minimum, f.positive, f.optional};
     }
     return readBoundFields(op, fc, bound.data(), N);
 }

@@ -38,7 +38,8 @@ public:
         &moeOutputShapeSource, &kernels::moe::imageSet, moe_contract::kNumInputsTExperts};
     //! The attributes, as TensorRT's ONNX parser sends them: non-negative integers (validateMoeAttributes checks
     //! the rule), a finite float.
-    static constexpr std::array<AttributeField<MoeAttributes>, 9> kFields{{
+    //! first_expert (contract version 3) is optional: files of versions 1-2 lack it (every expert: 0).
+    static constexpr std::array<AttributeField<MoeAttributes>, 10> kFields{{
         intAttribute(moe_contract::kAttrNumExperts, &MoeAttributes::numExperts, 0),
         intAttribute(moe_contract::kAttrTopK, &MoeAttributes::topK, 0),
         intAttribute(moe_contract::kAttrNGroup, &MoeAttributes::nGroup, 0),
@@ -48,6 +49,7 @@ public:
         intAttribute(moe_contract::kAttrUseBias, &MoeAttributes::useBias, 0),
         intAttribute(moe_contract::kAttrNormalize, &MoeAttributes::normalize, 0),
         floatAttribute(moe_contract::kAttrWeightScale, &MoeAttributes::weightScale, false),
+        optionalIntAttribute(moe_contract::kAttrFirstExpert, &MoeAttributes::firstExpert, 0),
     }};
     static std::string validate(MoeAttributes const& attrs) { return validateMoeAttributes(attrs); }
 

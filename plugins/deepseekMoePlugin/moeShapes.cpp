@@ -86,6 +86,10 @@ std::string validateMoeAttributes(MoeAttributes const& a)
         s << "attribute " << c::kAttrWeightScale << " = " << a.weightScale << ": expected a finite value";
         return s.str();
     }
+    if (a.firstExpert < 0 || a.firstExpert >= a.numExperts)
+    {
+        return attribute(c::kAttrFirstExpert, a.firstExpert, "an integer in [0, num_experts)");
+    }
     return {};
 }
 
@@ -109,14 +113,19 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int
         return checks.mismatch(in, c::kGateUpProj, 1, twoInter + 1, "2I: gate rows then up rows");
     }
     int64_t const inter = twoInter >= 0 ? twoInter / 2 : -1;
+    int64_t const held = in[c::kGateUpProj].d[0]; // E_local (contract version 3): E on one device
+    if (held >= 0 && (held < 1 || attrs.firstExpert + held > experts))
+    {
+        return checks.mismatch(in, c::kGateUpProj, 0, std::max<int64_t>(1, experts - attrs.firstExpert),
+            "E_local: the experts from first_expert, at most num_experts - first_expert");
+    }
     why = checks.axes(in,
         {
             {c::kRouterWeight, 0, experts, "num_experts"},
             {c::kRouterWeight, 1, d, "d of hidden_states"},
             {c::kScoreBias, 0, experts, "num_experts"},
-            {c::kGateUpProj, 0, experts, "num_experts"},
             {c::kGateUpProj, 2, d, "d of hidden_states"},
-            {c::kDownProj, 0, experts, "num_experts"},
+            {c::kDownProj, 0, held, "E_local of gate_up_proj"},
             {c::kDownProj, 1, d, "d of hidden_states"},
             {c::kDownProj, 2, inter, "I: half of gate_up_proj's axis 1"},
         });
@@ -124,10 +133,10 @@ std::string validateMoeInputDims(MoeAttributes const& attrs, Dims const* in, int
     {
         why = checks.axes(in,
             {
-                {c::kGateUpScale, 0, experts, "num_experts"},
+                {c::kGateUpScale, 0, held, "E_local of gate_up_proj"},
                 {c::kGateUpScale, 1, scaleBlocks(twoInter), "ceil(2I/128): one scale per 128x128 block"},
                 {c::kGateUpScale, 2, scaleBlocks(d), "ceil(d/128): one scale per 128x128 block"},
-                {c::kDownScale, 0, experts, "num_experts"},
+                {c::kDownScale, 0, held, "E_local of gate_up_proj"},
                 {c::kDownScale, 1, scaleBlocks(d), "ceil(d/128): one scale per 128x128 block"},
                 {c::kDownScale, 2, scaleBlocks(inter), "ceil(I/128): one scale per 128x128 block"},
             });
@@ -218,6 +227,8 @@ kernels::moe::Dims moeKernelDims(MoeAttributes const& a, Dims const* inputs, int
     d.weightScale = a.weightScale;
     d.dtype = dtype;
     d.fp8Experts = moeFp8Experts(nbInputs) ? 1 : 0;
+    d.localExperts = static_cast<int32_t>(inputs[c::kGateUpProj].d[0]);
+    d.firstExpert = a.firstExpert;
     return d;
 }
 

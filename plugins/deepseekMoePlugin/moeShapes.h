@@ -7,6 +7,8 @@
  *           gate_up_proj [E,2I,d] T, down_proj [E,d,I] T          (T in {fp16, bf16, fp32})
  *   or, with FP8 experts (7 inputs): gate_up_proj [E,2I,d] and down_proj [E,d,I] float8e4m3fn, then
  *           gate_up_scale [E,ceil(2I/128),ceil(d/128)] and down_scale [E,ceil(d/128),ceil(I/128)] float32
+ *   (version 3: the expert stacks' E is E_local, a rank's experts first_expert .. first_expert + E_local - 1,
+ *   with first_expert + E_local <= num_experts; router_weight and score_bias keep num_experts)
  *   output  routed_output [B,S,d] T (the shape of hidden_states)
  */
 #pragma once
@@ -37,6 +39,7 @@ struct MoeAttributes
     int32_t useBias{0};     //!< use_bias: 0 or 1
     int32_t normalize{0};   //!< normalize: 0 or 1
     float weightScale{1.F}; //!< weight_scale (finite)
+    int32_t firstExpert{0}; //!< first_expert (contract version 3): global id of the stacks' expert 0; 0 when absent
 };
 
 //! Empty when `attrs` form a routing rule (the checks of mla_export.model.moe.RoutingRule); otherwise a message

@@ -67,26 +67,26 @@ CUresult launchTopk(Module const& m, int32_t index, uint32_t const grid[3], CUst
 }
 
 CUresult launchCount(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* ids,
-    void* counts, int32_t numSlots, int32_t numExperts) noexcept
+    void* counts, int32_t numSlots, int32_t localExperts, int32_t firstExpert) noexcept
 {
     CUdeviceptr a0 = devicePtr(ids), a1 = devicePtr(counts);
-    int32_t a2 = numSlots, a3 = numExperts;
+    int32_t a2 = numSlots, a3 = localExperts, a4 = firstExpert;
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
-    void* args[] = {&a0, &a1, &a2, &a3, &globalScratch, &profileScratch};
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kCount] + 2, "count arguments");
     return launchKernel(m, index, grid, stream, args);
 }
 
 CUresult launchAlign(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* ids,
-    void const* counts, void* sorted, void* blockExpert, int32_t numSlots, int32_t numExperts, int32_t blockM,
-    int32_t maxBlocks) noexcept
+    void const* counts, void* sorted, void* blockExpert, int32_t numSlots, int32_t localExperts, int32_t firstExpert,
+    int32_t blockM, int32_t maxBlocks) noexcept
 {
     CUdeviceptr a0 = devicePtr(ids), a1 = devicePtr(counts), a2 = devicePtr(sorted), a3 = devicePtr(blockExpert);
-    int32_t a4 = numSlots, a5 = numExperts, a6 = blockM, a7 = maxBlocks;
+    int32_t a4 = numSlots, a5 = localExperts, a6 = firstExpert, a7 = blockM, a8 = maxBlocks;
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
-    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &globalScratch, &profileScratch};
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kAlign] + 2, "align arguments");
     return launchKernel(m, index, grid, stream, args);
 }
@@ -120,13 +120,13 @@ CUresult launchDown(Module const& m, int32_t index, uint32_t const grid[3], CUst
 }
 
 CUresult launchCombine(Module const& m, int32_t index, uint32_t const grid[3], CUstream stream, void const* y,
-    void* out, int32_t topK, int32_t hiddenSize) noexcept
+    void const* ids, void* out, int32_t topK, int32_t hiddenSize, int32_t firstExpert, int32_t localExperts) noexcept
 {
-    CUdeviceptr a0 = devicePtr(y), a1 = devicePtr(out);
-    int32_t a2 = topK, a3 = hiddenSize;
+    CUdeviceptr a0 = devicePtr(y), a1 = devicePtr(ids), a2 = devicePtr(out);
+    int32_t a3 = topK, a4 = hiddenSize, a5 = firstExpert, a6 = localExperts;
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
-    void* args[] = {&a0, &a1, &a2, &a3, &globalScratch, &profileScratch};
+    void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kCombine] + 2, "combine arguments");
     return launchKernel(m, index, grid, stream, args);
 }
@@ -159,6 +159,10 @@ char const* routingError(Dims const& d) noexcept
     if (!std::isfinite(d.weightScale))
     {
         return "routing: weight_scale must be finite";
+    }
+    if (d.firstExpert < 0 || int64_t{d.firstExpert} + heldExperts(d) > d.numExperts)
+    {
+        return "slice: the experts first_expert .. first_expert + E_local - 1 must lie in num_experts";
     }
     return nullptr;
 }
@@ -234,6 +238,7 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
     void* act = ws + p.actOffset;
     void* y = ws + p.yOffset;
     int64_t const rowBytes = int64_t{d.hidden} * (d.dtype == DataType::kFLOAT32 ? 4 : 2);
+    int32_t const held = heldExperts(d);
     CUresult r = CUDA_SUCCESS;
     for (int64_t chunk = 0; chunk < p.numChunks && r == CUDA_SUCCESS; ++chunk)
     {
@@ -249,10 +254,10 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
         if (r == CUDA_SUCCESS)
             r = launchTopk(module, c.kernels[kTopk], c.grids[kTopk], stream, logits, t.scoreBias, ids, weights, tokens, d);
         if (r == CUDA_SUCCESS)
-            r = launchCount(module, c.kernels[kCount], c.grids[kCount], stream, ids, counts, slots, d.numExperts);
+            r = launchCount(module, c.kernels[kCount], c.grids[kCount], stream, ids, counts, slots, held, d.firstExpert);
         if (r == CUDA_SUCCESS)
             r = launchAlign(module, c.kernels[kAlign], c.grids[kAlign], stream, ids, counts, sorted, blockExpert, slots,
-                d.numExperts, blockM, static_cast<int32_t>(c.maxBlocks));
+                held, d.firstExpert, blockM, static_cast<int32_t>(c.maxBlocks));
         if (r == CUDA_SUCCESS)
             r = launchGateUp(module, c.kernels[kGateUp], c.grids[kGateUp], stream, hidden, t.gateUp, gateUpScale,
                 sorted, blockExpert, act, slots, d.topK, d.hidden, d.inter);
@@ -260,7 +265,8 @@ CUresult launch(Module const& module, Dims const& d, Tensors const& t, void* wor
             r = launchDown(module, c.kernels[kDown], c.grids[kDown], stream, act, t.down, downScale, sorted,
                 blockExpert, weights, y, slots, d.hidden, d.inter);
         if (r == CUDA_SUCCESS)
-            r = launchCombine(module, c.kernels[kCombine], c.grids[kCombine], stream, y, out, d.topK, d.hidden);
+            r = launchCombine(module, c.kernels[kCombine], c.grids[kCombine], stream, y, ids, out, d.topK, d.hidden,
+                d.firstExpert, held);
     }
     return r;
 }

@@ -12,6 +12,8 @@
  *   router_logits, topk (routing, float32, moe.route's tie rule), count, align (slots grouped by expert and
  *   padded to the GEMM block on the device: no host sync), gate_up (silu(gate) * up), down (times the routing
  *   weight), combine (sum over the token's top_k experts in order, float32). No atomics: deterministic.
+ * A rank's slice (Dims::localExperts, firstExpert; contract version 3): routing over all numExperts, the
+ * alignment keeps the slots of the held experts only, the combine sums those (the others contribute 0).
  * FP8 experts (Dims::fp8Experts): gate_up and down run their FP8 specializations (the image of each arch holds
  * the right path: FP8 x FP8 products on sm_89+, weight-only dequantization on sm_80/86; experts.py).
  */
@@ -48,7 +50,15 @@ struct Dims
     float weightScale;   //!< weight_scale
     DataType dtype;      //!< T
     int32_t fp8Experts;  //!< 0: experts in T, 1: FP8 (contract version 2: gate_up/down e4m3 + block scales)
+    int32_t localExperts; //!< E_local, the experts the stacks hold (contract version 3); 0: all numExperts
+    int32_t firstExpert;  //!< first_expert: global id of the stacks' expert 0 (0 on one device)
 };
+
+//! E_local: the experts the weight stacks hold (moe_plan.MoeDims.held_experts).
+inline int32_t heldExperts(Dims const& d) noexcept
+{
+    return d.localExperts > 0 ? d.localExperts : d.numExperts;
+}
 
 //! Device pointers of one call (all 16-byte aligned).
 struct Tensors
@@ -56,11 +66,11 @@ struct Tensors
     void const* hidden;       //!< [T, d] T
     float const* routerWeight; //!< [E, d] float32
     float const* scoreBias;   //!< [E] float32 (read when useBias)
-    void const* gateUp;       //!< [E, 2I, d] T: gate rows, then up rows (FP8: e4m3 bytes)
-    void const* down;         //!< [E, d, I] T (FP8: e4m3 bytes)
+    void const* gateUp;       //!< [E_local, 2I, d] T: gate rows, then up rows (FP8: e4m3 bytes)
+    void const* down;         //!< [E_local, d, I] T (FP8: e4m3 bytes)
     void* out;                //!< [T, d] T
-    float const* gateUpScale; //!< [E, ceil(2I/128), ceil(d/128)] float32; nullptr unless fp8Experts
-    float const* downScale;   //!< [E, ceil(d/128), ceil(I/128)] float32; nullptr unless fp8Experts
+    float const* gateUpScale; //!< [E_local, ceil(2I/128), ceil(d/128)] float32; nullptr unless fp8Experts
+    float const* downScale;   //!< [E_local, ceil(d/128), ceil(I/128)] float32; nullptr unless fp8Experts
 };
 
 //! True when a kernel specialization exists for these dims; otherwise `why` names the reason.

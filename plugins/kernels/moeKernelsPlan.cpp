@@ -88,12 +88,13 @@ bool chunkPlan(Dims const& d, int64_t tokens, int32_t blockE, ChunkPlan& c) noex
     c.tokens = tokens;
     c.config = (slots <= kDecodeSlotsPerExpert * d.numExperts ? 0 : 1) + (d.fp8Experts != 0 ? kFp8ConfigOffset : 0);
     GemmConfig const& g = kGemmConfigs[c.config];
+    int32_t const held = heldExperts(d);
     c.slots = slots;
-    c.maxBlocks = cdiv(slots, g.blockM) + std::min<int64_t>(d.numExperts, slots);
+    c.maxBlocks = cdiv(slots, g.blockM) + std::min<int64_t>(held, slots);
     setGrid(c.grids[kRouterLogits], cdiv(tokens, kRouterBlockT), cdiv(d.numExperts, kRouterBlockE));
     setGrid(c.grids[kTopk], cdiv(tokens, kTopkBlockT), 1);
-    setGrid(c.grids[kCount], cdiv(d.numExperts, kCountBlockE), 1);
-    setGrid(c.grids[kAlign], d.numExperts, 1);
+    setGrid(c.grids[kCount], cdiv(held, kCountBlockE), 1);
+    setGrid(c.grids[kAlign], held, 1);
     setGrid(c.grids[kGateUp], c.maxBlocks, cdiv(d.inter, g.blockN));
     setGrid(c.grids[kDown], c.maxBlocks, cdiv(d.hidden, g.blockN));
     setGrid(c.grids[kCombine], tokens, cdiv(d.hidden, kCombineBlockD));
@@ -125,6 +126,10 @@ char const* unsupportedReason(Dims const& d) noexcept
     if (d.numExperts < 1 || d.numExperts > kMaxExperts)
     {
         return kReasonExperts;
+    }
+    if (heldExperts(d) < 1 || heldExperts(d) > d.numExperts)
+    {
+        return kReasonLocalExperts;
     }
     if (d.topK < 1 || d.topK > std::min<int64_t>(kMaxTopK, d.numExperts))
     {
@@ -169,7 +174,7 @@ bool makePlan(Dims const& d, LaunchPlan& p) noexcept
     int64_t const blocks = std::max(p.full.maxBlocks, p.last.maxBlocks);
     int64_t const elem = elementBytes(static_cast<int32_t>(d.dtype));
     int64_t const sizes[8] = {p.full.tokens * d.numExperts * 4, p.full.slots * 4, p.full.slots * 4,
-        int64_t{d.numExperts} * 4, rows * 4, blocks * 4, rows * d.inter * elem, p.full.slots * d.hidden * elem};
+        int64_t{heldExperts(d)} * 4, rows * 4, blocks * 4, rows * d.inter * elem, p.full.slots * d.hidden * elem};
     int64_t* const offsets[8] = {&p.logitsOffset, &p.idsOffset, &p.weightsOffset, &p.countsOffset, &p.sortedOffset,
         &p.blockExpertOffset, &p.actOffset, &p.yOffset};
     int64_t at = 0;

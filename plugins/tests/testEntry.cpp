@@ -87,7 +87,7 @@ int main(int argc, char** argv)
         CHECK(std::string(creator->getPluginName()) == m::kPluginName);
         CHECK(std::string(creator->getPluginVersion()) == m::kPluginVersion);
         CHECK(std::string(creator->getPluginNamespace()) == m::kPluginNamespace);
-        CHECK(creator->getFieldNames() != nullptr && creator->getFieldNames()->nbFields == 9);
+        CHECK(creator->getFieldNames() != nullptr && creator->getFieldNames()->nbFields == 10);
         int32_t values[8] = {8, 2, 4, 2, 1, 1, 1, 1};
         float scale = 2.5F;
         testutil::FieldList fields; // as the ONNX parser sends them
@@ -97,7 +97,7 @@ int main(int argc, char** argv)
         nvinfer1::IPluginV3* plugin = creator->createPlugin("moe", fields.collection(), nvinfer1::TensorRTPhase::kBUILD);
         CHECK(plugin != nullptr);
         CHECK(logger.contains("DeepseekMoE: num_experts=8 top_k=2 n_group=4 topk_group=2 scoring_func=1 "
-                              "group_score=1 use_bias=1 normalize=1 weight_scale=2.5 (build phase, layer moe)",
+                              "group_score=1 use_bias=1 normalize=1 weight_scale=2.5 first_expert=0 (build phase, layer moe)",
             nvinfer1::ILogger::Severity::kINFO));
         if (plugin != nullptr)
         {

@@ -1,7 +1,8 @@
 /*
  * DeepseekMoePluginCreator: identity, declared fields, parsing of what TensorRT's ONNX parser sends (kINT32 /
  * kFLOAT32) and of kINT64 / kFLOAT64, rejection of missing, malformed and invalid attributes (every routing
- * rule of mla_export.model.moe.RoutingRule) with a message naming the field, and the serialization round trip
+ * rule of mla_export.model.moe.RoutingRule) with a message naming the field, first_expert (contract version 3:
+ * optional, 0 when a file from before it lacks it; checked against num_experts), and the serialization round trip
  * getFieldsToSerialize -> createPlugin.
  */
 #include "deepseekMoePlugin.h"
@@ -29,16 +30,19 @@ namespace
 {
 testutil::CapturingLogger gLogger;
 
-char const* const kNames[9] = {c::kAttrNumExperts, c::kAttrTopK, c::kAttrNGroup, c::kAttrTopkGroup,
-    c::kAttrScoringFunc, c::kAttrGroupScore, c::kAttrUseBias, c::kAttrNormalize, c::kAttrWeightScale};
+char const* const kNames[10] = {c::kAttrNumExperts, c::kAttrTopK, c::kAttrNGroup, c::kAttrTopkGroup,
+    c::kAttrScoringFunc, c::kAttrGroupScore, c::kAttrUseBias, c::kAttrNormalize, c::kAttrWeightScale,
+    c::kAttrFirstExpert};
 
 // Owns the values a PluginFieldCollection points at: DeepSeek-V3's rule by default.
 struct Fields : testutil::FieldList
 {
     int32_t ints[8] = {256, 8, 8, 4, 1, 1, 1, 1};
     float scale = 2.5F;
+    int32_t first = 0;
     int64_t ints64[8] = {256, 8, 8, 4, 1, 1, 1, 1};
     double scale64 = 2.5;
+    int64_t first64 = 0;
 
     Fields& onnxTypes()
     {
@@ -48,6 +52,7 @@ struct Fields : testutil::FieldList
             add(kNames[k], &ints[k]);
         }
         add(kNames[8], &scale);
+        add(kNames[9], &first);
         return *this;
     }
     Fields& wideTypes()
@@ -58,6 +63,7 @@ struct Fields : testutil::FieldList
             add(kNames[k], &ints64[k]);
         }
         add(kNames[8], &scale64);
+        add(kNames[9], &first64);
         return *this;
     }
 };
@@ -66,7 +72,7 @@ bool sameAttrs(plugin::MoeAttributes const& a, plugin::MoeAttributes const& b)
 {
     return a.numExperts == b.numExperts && a.topK == b.topK && a.nGroup == b.nGroup && a.topkGroup == b.topkGroup
         && a.scoringFunc == b.scoringFunc && a.groupScore == b.groupScore && a.useBias == b.useBias
-        && a.normalize == b.normalize && a.weightScale == b.weightScale;
+        && a.normalize == b.normalize && a.weightScale == b.weightScale && a.firstExpert == b.firstExpert;
 }
 
 std::string parse(Fields& f, plugin::MoeAttributes& out)
@@ -81,7 +87,7 @@ void testIdentityAndDeclaredFields()
     CHECK(std::string(creator.getPluginVersion()) == "1");
     CHECK(std::string(creator.getPluginNamespace()) == "mla");
     PluginFieldCollection const* declared = creator.getFieldNames();
-    CHECK(declared != nullptr && declared->nbFields == 9);
+    CHECK(declared != nullptr && declared->nbFields == 10);
     for (int32_t k = 0; declared != nullptr && k < declared->nbFields; ++k)
     {
         CHECK(std::strcmp(declared->fields[k].name, kNames[k]) == 0);
@@ -101,13 +107,40 @@ void testParsing()
         CHECK_MSG(parse(f, got).empty(), wide ? "wide types" : "onnx types");
         CHECK(sameAttrs(got, v3));
     }
-    // Every field is required.
+    // Every field is required but first_expert, which files of contract versions 1-2 lack (then 0: every expert).
     for (char const* name : kNames)
     {
         Fields f;
         f.onnxTypes().drop(name);
         plugin::MoeAttributes got;
+        if (std::strcmp(name, c::kAttrFirstExpert) == 0)
+        {
+            CHECK(parse(f, got).empty() && sameAttrs(got, v3));
+            continue;
+        }
         CHECK_MSG(parse(f, got) == std::string("attribute ") + name + " is missing", name);
+    }
+    {
+        // A rank's slice: first_expert 96 of 256 (DeepSeek-V3 at --tp 8, rank 3), in both integer widths.
+        for (bool wide : {false, true})
+        {
+            Fields f;
+            f.first = 96;
+            f.first64 = 96;
+            wide ? f.wideTypes() : f.onnxTypes();
+            plugin::MoeAttributes got;
+            CHECK(parse(f, got).empty() && got.firstExpert == 96);
+        }
+        Fields f;
+        f.onnxTypes();
+        f.first = -1;
+        plugin::MoeAttributes got;
+        CHECK(parse(f, got).find("first_expert = -1: expected a non-negative") != std::string::npos);
+        f.first = 256;
+        plugin::DeepseekMoePluginCreator creator;
+        gLogger.messages.clear();
+        CHECK(creator.createPlugin("layer", f.collection(), TensorRTPhase::kBUILD) == nullptr);
+        CHECK(gLogger.contains("attribute first_expert = 256: expected an integer in [0, num_experts)", Severity::kERROR));
     }
     // Malformed fields: wrong type, wrong length, duplicates, values out of range.
     {
@@ -220,6 +253,7 @@ void testSerializationRoundTrip()
     f.ints[6] = 0;
     f.ints[7] = 0;
     f.scale = 16.F;
+    f.first = 80; // rank 2 of 4: experts 80 .. 119 of 160
     std::unique_ptr<nvinfer1::IPluginV3> built(creator.createPlugin("moe0", f.onnxTypes().collection(), TensorRTPhase::kBUILD));
     CHECK(built != nullptr);
     if (built == nullptr)
@@ -227,12 +261,12 @@ void testSerializationRoundTrip()
         return;
     }
     CHECK(gLogger.contains("DeepseekMoE: num_experts=160 top_k=6 n_group=8 topk_group=3 scoring_func=0 group_score=0 "
-                           "use_bias=0 normalize=0 weight_scale=16 (build phase, layer moe0)",
+                           "use_bias=0 normalize=0 weight_scale=16 first_expert=80 (build phase, layer moe0)",
         Severity::kINFO));
     auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
         built->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
-    CHECK(serialized != nullptr && serialized->nbFields == 9);
+    CHECK(serialized != nullptr && serialized->nbFields == 10);
     for (int32_t k = 0; serialized != nullptr && k < serialized->nbFields; ++k)
     {
         CHECK(std::strcmp(serialized->fields[k].name, kNames[k]) == 0);

@@ -8,7 +8,8 @@
  * With an expectations file (argv[1], written by tests/plugin_helpers.py from mla_export.kernels.moe.plan) the
  * recorded launches must equal the planned ones: kernel, grid, block, shared memory, every argument. Cases whose
  * case line ends in 1 have FP8 experts (contract version 2): they run through the plugin's 7-input descriptors,
- * the block scales included in the expected arguments.
+ * the block scales included in the expected arguments; cases with two more fields (first_expert, E_local) are a
+ * rank's slice of the experts (contract version 3).
  */
 #include "deepseekMoePlugin.h"
 #include "fakeCuda.h"
@@ -36,6 +37,7 @@ struct Call
     plugin::MoeAttributes attrs;
     DataType type;
     bool fp8{false}; //!< FP8 experts: 7 inputs
+    int64_t localExperts{0}; //!< E_local of the expert stacks (a rank's slice from attrs.firstExpert); 0: all
 };
 
 int64_t blocks(int64_t extent)
@@ -60,9 +62,10 @@ struct Launch
         : count(k.fp8 ? c::kNumInputs : c::kNumInputsTExperts)
     {
         int64_t const e = k.attrs.numExperts;
+        int64_t const held = k.localExperts > 0 ? k.localExperts : e;
         std::vector<std::vector<int64_t>> const shapes = {{k.batch, k.tokens, k.hidden}, {e, k.hidden}, {e},
-            {e, 2 * k.inter, k.hidden}, {e, k.hidden, k.inter}, {e, blocks(2 * k.inter), blocks(k.hidden)},
-            {e, blocks(k.hidden), blocks(k.inter)}};
+            {held, 2 * k.inter, k.hidden}, {held, k.hidden, k.inter}, {held, blocks(2 * k.inter), blocks(k.hidden)},
+            {held, blocks(k.hidden), blocks(k.inter)}};
         for (int32_t i = 0; i < count; ++i)
         {
             in[i].dims.nbDims = static_cast<int32_t>(shapes[i].size());
@@ -105,12 +108,17 @@ std::string describe(Call const& k)
     std::ostringstream s;
     s << "B=" << k.batch << " S=" << k.tokens << " d=" << k.hidden << " I=" << k.inter << " E=" << k.attrs.numExperts
       << " K=" << k.attrs.topK << " T=" << static_cast<int>(k.type) << (k.fp8 ? " FP8 experts" : "");
+    if (k.localExperts > 0)
+    {
+        s << " experts " << k.attrs.firstExpert << ".." << k.attrs.firstExpert + k.localExperts - 1;
+    }
     return s.str();
 }
 
 plugin::MoeAttributes const kTinyMoe{8, 2, 4, 2, 1, 1, 1, 1, 2.5F};
 plugin::MoeAttributes const kLite{64, 6, 1, 1, 0, 0, 0, 0, 1.F};
 plugin::MoeAttributes const kV3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
+plugin::MoeAttributes const kTinyMoeRank1{8, 2, 4, 2, 1, 1, 1, 1, 2.5F, 4}; // --tp 2, rank 1: experts 4 .. 7
 
 std::vector<Call> sweep()
 {
@@ -129,6 +137,7 @@ std::vector<Call> sweep()
             }
         }
         calls.push_back({2, 4097, 7168, 2048, kV3, DataType::kBF16, fp8}); // three chunks
+        calls.push_back({3, 5, 64, 32, kTinyMoeRank1, DataType::kHALF, fp8, 4}); // a rank's slice
         calls.push_back({1, 3, 24, 32, kTinyMoe, DataType::kHALF, fp8});   // d not a multiple of 16: no kernel
     }
     return calls;
@@ -301,7 +310,8 @@ void testModulePerContextAndFailures()
 }
 
 // Expectations written by tests/plugin_helpers.py from mla_export.kernels.moe.plan:
-//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype [fp8]
+//   case B S d I E top_k n_group topk_group scoring_func group_score use_bias normalize weight_scale dtype [fp8
+//        [first_expert E_local]]
 //   launch ...   (one line per planned launch, in order: launchPlan.h, every field fixed)
 // where the pointers of the arguments are p:<tensor>[+<bytes>] with tensor hidden_states, router_weight,
 // score_bias, gate_up_proj, down_proj, gate_up_scale, down_scale (FP8 experts), routed_output, ws (the workspace) or null.
@@ -354,10 +364,12 @@ int32_t compareWithPlan(char const* path)
         Planned p{};
         plugin::MoeAttributes& a = p.call.attrs;
         int32_t dtype = 0;
-        int32_t fp8 = 0; // an optional last field: 1 for FP8 experts (a 7-input node)
+        int32_t fp8 = 0; // an optional field: 1 for FP8 experts (a 7-input node)
+        int64_t held = 0; // optional last fields: first_expert and E_local (a rank's slice)
         s >> p.call.batch >> p.call.tokens >> p.call.hidden >> p.call.inter >> a.numExperts >> a.topK >> a.nGroup
             >> a.topkGroup >> a.scoringFunc >> a.groupScore >> a.useBias >> a.normalize >> a.weightScale >> dtype;
-        s >> fp8;
+        s >> fp8 >> a.firstExpert >> held;
+        p.call.localExperts = held;
         p.call.type = dtype == 0 ? DataType::kFLOAT : (dtype == 1 ? DataType::kHALF : DataType::kBF16);
         p.call.fp8 = fp8 == 1;
         plans.push_back(p);
@@ -368,6 +380,8 @@ int32_t compareWithPlan(char const* path)
         return -1;
     }
     size_t fp8Calls = 0;
+    size_t sliceCalls = 0;
+    size_t firstExperts = 0;
     for (Planned const& plan : plans)
     {
         fake::reset();
@@ -378,11 +392,15 @@ int32_t compareWithPlan(char const* path)
         testutil::checkLaunches(fake::eventsOf(fake::Kind::kLaunch), plan.launches, describe(plan.call),
             [&l](std::string const& name, uint64_t& address) { return expectedPointer(name, l, address); },
             /*wildcards=*/false);
-        fp8Calls += plan.call.fp8 ? 1 : 0;
+        bool const slice = plan.call.localExperts > 0;
+        fp8Calls += plan.call.fp8 && !slice ? 1 : 0;
+        sliceCalls += slice ? 1 : 0;
+        firstExperts += slice && plan.call.attrs.firstExpert > 0 ? 1 : 0;
     }
-    std::printf("compared %zu planned calls\n", plans.size() - fp8Calls);
+    std::printf("compared %zu planned calls\n", plans.size() - fp8Calls - sliceCalls);
     std::printf("compared %zu planned FP8-expert calls through the plugin\n", fp8Calls);
-    return static_cast<int32_t>(plans.size() - fp8Calls);
+    std::printf("compared %zu planned expert-slice calls, %zu with first_expert > 0\n", sliceCalls, firstExperts);
+    return static_cast<int32_t>(plans.size() - fp8Calls - sliceCalls);
 }
 } // namespace
 

@@ -1,6 +1,6 @@
 /*
  * moeShapes and the DeepseekMoE plugin's build-time answers, for nodes of 5 inputs (experts in T) and of 7 (FP8
- * experts with their 128x128 block scales): input-shape validation, output shape and type, the format/type
+ * experts with their 128x128 block scales), a rank's slice of the experts included: input-shape validation, output shape and type, the format/type
  * support matrix, configurePlugin's refusals, and the workspace over a profile.
  */
 #include "deepseekMoePlugin.h"
@@ -72,7 +72,9 @@ void testInputDims()
         {c::kScoreBias, dims({7}), "num_experts"},
         {c::kGateUpProj, dims({8, 63, 64}), "2I: gate rows then up rows"},
         {c::kGateUpProj, dims({8, 64, 48}), "d of hidden_states"},
-        {c::kGateUpProj, dims({4, 64, 64}), "num_experts"},
+        {c::kGateUpProj, dims({9, 64, 64}), "E_local: the experts from first_expert, at most"},
+        {c::kGateUpProj, dims({0, 64, 64}), "E_local"},
+        {c::kDownProj, dims({4, 64, 32}), "expected 8 (E_local of gate_up_proj)"},
         {c::kDownProj, dims({8, 64, 16}), "I: half of gate_up_proj's axis 1"},
         {c::kDownProj, dims({8, 32, 32}), "d of hidden_states"},
         {c::kDownProj, dims({8, 64}), "rank 2, expected 3"},
@@ -114,13 +116,13 @@ void testFp8InputDims()
     };
     std::vector<Case> const bad = {
         {c::kGateUpScale, dims({8, 1}), "rank 2, expected 3"},
-        {c::kGateUpScale, dims({4, 1, 1}), "expected 8 (num_experts)"},
+        {c::kGateUpScale, dims({4, 1, 1}), "expected 8 (E_local of gate_up_proj)"},
         {c::kGateUpScale, dims({8, 2, 2}), "axis 1 is 2, expected 3 (ceil(2I/128)"},
         {c::kGateUpScale, dims({8, 3, 1}), "axis 2 is 1, expected 2 (ceil(d/128)"},
         {c::kGateUpScale, dims({8, 272, 200}), "one scale per 128x128 block"},
         {c::kDownScale, dims({8, 1, 2}), "axis 1 is 1, expected 2 (ceil(d/128)"},
         {c::kDownScale, dims({8, 2, 3}), "axis 2 is 3, expected 2 (ceil(I/128)"},
-        {c::kDownScale, dims({7, 2, 2}), "expected 8 (num_experts)"},
+        {c::kDownScale, dims({7, 2, 2}), "expected 8 (E_local of gate_up_proj)"},
     };
     for (Case const& k : bad)
     {
@@ -134,6 +136,43 @@ void testFp8InputDims()
     auto v = fp8Inputs(2, 3, 64, 8, 32);
     v[c::kDownProj] = dims({8, 64, 16});
     CHECK(plugin::validateMoeInputDims(a, v.data(), 7).find("I: half of gate_up_proj's axis 1") != std::string::npos);
+}
+
+// A rank's slice (contract version 3): stacks of E_local experts from first_expert, router and bias whole.
+void testSliceInputDims()
+{
+    auto a = tinyMoe();
+    a.firstExpert = 4; // rank 1 of 2: experts 4 .. 7
+    auto half = inputs(2, 3, 64, 8, 32);
+    half[c::kGateUpProj] = dims({4, 64, 64});
+    half[c::kDownProj] = dims({4, 64, 32});
+    CHECK(plugin::validateMoeInputDims(a, half.data(), 5).empty());
+    kernels::moe::Dims const k = plugin::moeKernelDims(a, half.data(), 5, kernels::DataType::kFLOAT16);
+    CHECK(k.numExperts == 8 && k.localExperts == 4 && k.firstExpert == 4 && kernels::moe::supported(k, nullptr));
+    auto past = half; // experts 4 .. 8: one past the last
+    past[c::kGateUpProj] = dims({5, 64, 64});
+    past[c::kDownProj] = dims({5, 64, 32});
+    std::string const why = plugin::validateMoeInputDims(a, past.data(), 5);
+    CHECK_MSG(why.find("gate_up_proj") != std::string::npos && why.find("expected 4 (E_local") != std::string::npos,
+        "got: " + why);
+    auto whole = inputs(2, 3, 64, 8, 32); // every expert from first_expert 4: too many
+    CHECK(!plugin::validateMoeInputDims(a, whole.data(), 5).empty());
+    auto router = half;
+    router[c::kRouterWeight] = dims({4, 64}); // the router stays whole
+    CHECK(plugin::validateMoeInputDims(a, router.data(), 5).find("num_experts") != std::string::npos);
+    plugin::MoeAttributes v3{256, 8, 8, 4, 1, 1, 1, 1, 2.5F};
+    v3.firstExpert = 224; // --tp 8, rank 7: experts 224 .. 255, FP8
+    auto fp8 = fp8Inputs(1, 1, 7168, 32, 2048);
+    fp8[c::kRouterWeight] = dims({256, 7168});
+    fp8[c::kScoreBias] = dims({256});
+    CHECK(plugin::validateMoeInputDims(v3, fp8.data(), 7).empty());
+    fp8[c::kDownScale] = dims({256, 56, 16});
+    CHECK(plugin::validateMoeInputDims(v3, fp8.data(), 7).find("E_local of gate_up_proj") != std::string::npos);
+    // The kernels refuse a slice past num_experts whatever reaches them.
+    kernels::moe::Dims bad = k;
+    bad.firstExpert = 5;
+    char const* reason = nullptr;
+    CHECK(!kernels::moe::supported(bad, &reason) && reason != nullptr && std::string(reason).find("slice") == 0);
 }
 
 void testOutputShapeAndTypes()
@@ -420,6 +459,6 @@ void testWorkspace()
 int main()
 {
     return testutil::runTests("test_moe_shapes", gLogger,
-        {testInputDims, testFp8InputDims, testOutputShapeAndTypes, testFormatMatrix, testFp8FormatMatrix,
+        {testInputDims, testFp8InputDims, testSliceInputDims, testOutputShapeAndTypes, testFormatMatrix, testFp8FormatMatrix,
             testConfigurePlugin, testWorkspace});
 }

@@ -289,7 +289,7 @@ int checkMoe(Driver const& cu, k::Module const& module)
     for (Case const& c : cases)
     {
         m::Dims d{c.tokens, c.hidden, c.inter, c.experts, c.topK, c.nGroup, c.topkGroup, c.scoring, c.groupScore,
-            c.useBias, c.normalize, c.scale, c.dtype, /*fp8Experts=*/0};
+            c.useBias, c.normalize, c.scale, c.dtype, /*fp8Experts=*/0, /*localExperts: all*/ 0, /*firstExpert=*/0};
         char const* why = nullptr;
         if (!m::supported(d, &why))
         {

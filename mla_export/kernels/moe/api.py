@@ -82,8 +82,18 @@ def _check_scales(named: dict, experts: int, d: int, inter: int) -> None:
                              f"of its weight), got {list(named[name].shape)}")
 
 
+def _check_slice(first_expert, held: int, experts: int) -> None:
+    """A rank's expert slice (contract version 3): experts first_expert .. first_expert + held - 1 of E."""
+    if isinstance(first_expert, bool) or not isinstance(first_expert, int):
+        raise TypeError(f"first_expert must be an int, got {type(first_expert).__name__}")
+    if first_expert < 0 or held < 1 or first_expert + held > experts:
+        raise ValueError(f"the expert stacks hold {held} experts from first_expert={first_expert}: they must lie "
+                         f"in the num_experts={experts} routed experts (0 <= first_expert, first_expert + "
+                         f"{held} <= {experts})")
+
+
 def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out, gate_up_scale=None,
-                down_scale=None) -> MoeDims:
+                down_scale=None, first_expert: int = 0) -> MoeDims:
     named = {"hidden_states": hidden, "router_weight": router_weight, "score_bias": score_bias,
              "gate_up_proj": gate_up_proj, "down_proj": down_proj}
     if out is not None:
@@ -92,18 +102,18 @@ def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule
         raise ValueError("FP8 experts take both gate_up_scale and down_scale; pass both or neither")
     fp8 = gate_up_scale is not None
     d = _check_router(named, rule)
-    experts = rule.num_experts
-    if gate_up_proj.dim() != 3 or gate_up_proj.shape[0] != experts or gate_up_proj.shape[2] != d \
-            or gate_up_proj.shape[1] % 2:
-        raise ValueError(f"gate_up_proj must be [E={experts}, 2I, d={d}], got {list(gate_up_proj.shape)}")
+    if gate_up_proj.dim() != 3 or gate_up_proj.shape[2] != d or gate_up_proj.shape[1] % 2:
+        raise ValueError(f"gate_up_proj must be [E_local, 2I, d={d}], got {list(gate_up_proj.shape)}")
+    experts = gate_up_proj.shape[0]  # E_local: the experts held, first_expert .. first_expert + E_local - 1
+    _check_slice(first_expert, experts, rule.num_experts)
     inter = gate_up_proj.shape[1] // 2
     expected = {"down_proj": (experts, d, inter)}
     if out is not None:
         expected["out"] = tuple(hidden.shape)
     for name, shape in expected.items():
         if tuple(named[name].shape) != shape:
-            raise ValueError(f"{name} must have shape {list(shape)} (from hidden_states [..., d={d}], num_experts="
-                             f"{experts} and gate_up_proj's 2I={2 * inter}), got {list(named[name].shape)}")
+            raise ValueError(f"{name} must have shape {list(shape)} (from hidden_states [..., d={d}] and "
+                             f"gate_up_proj [E_local={experts}, 2I={2 * inter}, d]), got {list(named[name].shape)}")
     dtype = hidden.dtype
     for name in (() if fp8 else ("gate_up_proj", "down_proj")) + (("out",) if out is not None else ()):
         if named[name].dtype != dtype:
@@ -112,8 +122,8 @@ def _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule
         named.update(gate_up_scale=gate_up_scale, down_scale=down_scale)
         _check_scales(named, experts, d, inter)
     _check_device(named)
-    return MoeDims(hidden.numel() // d if d else 0, d, inter, experts, rule.top_k, rule.n_group, _DTYPES[dtype],
-                   int(fp8))
+    return MoeDims(hidden.numel() // d if d else 0, d, inter, rule.num_experts, rule.top_k, rule.n_group,
+                   _DTYPES[dtype], int(fp8), local_experts=experts)
 
 
 def device_native_fp8(device: torch.device) -> bool:
@@ -157,19 +167,20 @@ def _route(hidden, router_weight, score_bias, rule: RoutingRule, dims: MoeDims, 
         num_warps=TOPK_NUM_WARPS, num_stages=1, enable_fp_fusion=FP_FUSION)
 
 
-def _align(dims: MoeDims, chunk: ChunkPlan, ws: _Workspace) -> None:
-    """Kernels 3-4: ws.counts, ws.sorted, ws.block_expert from ws.ids."""
+def _align(dims: MoeDims, chunk: ChunkPlan, ws: _Workspace, first_expert: int) -> None:
+    """Kernels 3-4: ws.counts, ws.sorted, ws.block_expert from ws.ids (the local experts' slots only)."""
     moe_align.moe_count_kernel[chunk.count_grid](
-        ws.ids, ws.counts, chunk.slots, dims.num_experts, **kernel_constexprs("count", 0, dims.dtype),
+        ws.ids, ws.counts, chunk.slots, dims.held_experts, first_expert, **kernel_constexprs("count", 0, dims.dtype),
         num_warps=COUNT_NUM_WARPS, num_stages=1, enable_fp_fusion=FP_FUSION)
     moe_align.moe_align_kernel[chunk.align_grid](
-        ws.ids, ws.counts, ws.sorted, ws.block_expert, chunk.slots, dims.num_experts, chunk.config.block_m,
+        ws.ids, ws.counts, ws.sorted, ws.block_expert, chunk.slots, dims.held_experts, first_expert,
+        chunk.config.block_m,
         chunk.max_blocks, **kernel_constexprs("align", 0, dims.dtype), num_warps=ALIGN_NUM_WARPS, num_stages=1,
         enable_fp_fusion=FP_FUSION)
 
 
 def _experts(hidden, experts: tuple, out, dims: MoeDims, plan: MoePlan, chunk: ChunkPlan, ws: _Workspace,
-             native: bool) -> None:
+             native: bool, first_expert: int) -> None:
     """Kernels 5-7: `out [Tc, d]` from the chunk's tokens and the alignment in `ws`. experts: (gate_up_proj,
     gate_up_scale, down_proj, down_scale), the weights as uint8 views and the scales given for FP8 experts,
     the scales None otherwise (the kernels then never read them)."""
@@ -185,7 +196,8 @@ def _experts(hidden, experts: tuple, out, dims: MoeDims, plan: MoePlan, chunk: C
         ws.act, down_proj, down_scale, ws.sorted, ws.block_expert, ws.weights, ws.y, chunk.slots, dims.hidden,
         dims.inter, **gemm, num_warps=chunk.config.num_warps, num_stages=stages, enable_fp_fusion=FP_FUSION)
     moe_experts.moe_combine_kernel[chunk.combine_grid](
-        ws.y, out, dims.top_k, dims.hidden, **kernel_constexprs("combine", 0, dims.dtype),
+        ws.y, ws.ids, out, dims.top_k, dims.hidden, first_expert, dims.held_experts,
+        **kernel_constexprs("combine", 0, dims.dtype),
         num_warps=COMBINE_NUM_WARPS, num_stages=1, enable_fp_fusion=FP_FUSION)
 
 
@@ -193,7 +205,8 @@ def deepseek_moe_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score
                         gate_up_proj: torch.Tensor, down_proj: torch.Tensor, rule: RoutingRule,
                         gate_up_scale: torch.Tensor | None = None, down_scale: torch.Tensor | None = None, *,
                         out: torch.Tensor | None = None, chunk_tokens: int | None = None,
-                        config: str | None = None, native_fp8: bool | None = None) -> torch.Tensor:
+                        config: str | None = None, native_fp8: bool | None = None,
+                        first_expert: int = 0) -> torch.Tensor:
     """DeepseekMoE (contract.py, semantics of moe.moe_reference) with the Triton kernels: the routed output.
 
     hidden [..., d] T (T float16, bfloat16 or float32); router_weight [E, d] float32; score_bias [E] float32
@@ -201,12 +214,14 @@ def deepseek_moe_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score
     contiguous and on one device. FP8 experts (contract version 2): gate_up_proj and down_proj float8_e4m3fn with
     gate_up_scale [E, ceil(2I/128), ceil(d/128)] and down_scale [E, ceil(d/128), ceil(I/128)] float32, each
     weight being q * scale per 128 x 128 block (experts.py says how the product is formed on each GPU).
-    Returns [..., d] T (into `out` when given). Routing runs in float32 with moe.route's tie rule; the sum over
+    A rank's slice (contract version 3): the stacks (and scales) hold E_local <= E experts, global ids
+    first_expert .. first_expert + E_local - 1; routing is over all E, and only the token's top-k experts in
+    the slice are summed (the ranks' outputs add up to the whole op's). Returns [..., d] T (into `out` when given). Routing runs in float32 with moe.route's tie rule; the sum over
     a token's experts in float32, in top-k order; deterministic. chunk_tokens, config ("decode" / "prefill")
     and native_fp8 (FP8 x FP8 products or weight-only; default: the device's) override the plan (tests).
     """
     dims = _check_args(hidden, router_weight, score_bias, gate_up_proj, down_proj, rule, out, gate_up_scale,
-                       down_scale)
+                       down_scale, first_expert)
     result = out if out is not None else torch.empty_like(hidden)
     plan = plan_for(dims, chunk_tokens, config)
     if plan.num_chunks == 0 or dims.hidden == 0:
@@ -223,8 +238,8 @@ def deepseek_moe_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score
         start, chunk = plan.chunk(index)
         rows = slice(start, start + chunk.tokens)
         _route(x[rows], router_weight, score_bias, rule, dims, plan, chunk, ws)
-        _align(dims, chunk, ws)
-        _experts(x[rows], experts, y[rows], dims, plan, chunk, ws, native)
+        _align(dims, chunk, ws, first_expert)
+        _experts(x[rows], experts, y[rows], dims, plan, chunk, ws, native, first_expert)
     return result
 
 
@@ -245,9 +260,11 @@ def moe_route_triton(hidden: torch.Tensor, router_weight: torch.Tensor, score_bi
     return ws.weights[:dims.tokens * k].view(dims.tokens, k).clone(), ws.ids[:dims.tokens * k].view(-1, k).clone()
 
 
-def moe_align_triton(experts: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernels 3-4 alone on `experts [T, K]` int32: (sorted_slots [max_blocks*block_m], block_expert [max_blocks])
-    with max_blocks = moe_plan.max_blocks(T*K, E, block_m)."""
+def moe_align_triton(experts: torch.Tensor, num_experts: int, block_m: int, first_expert: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernels 3-4 alone on `experts [T, K]` int32 for the `num_experts` local experts from global id
+    `first_expert`: (sorted_slots [max_blocks*block_m], block_expert [max_blocks], local ids) with max_blocks =
+    moe_plan.max_blocks(T*K, num_experts, block_m)."""
     from .plan import ALIGN_CHUNK, COUNT_BLOCK_E, COUNT_CHUNK, _cdiv, max_blocks
 
     if experts.dtype != torch.int32 or experts.dim() != 2 or not experts.is_contiguous():
@@ -259,8 +276,10 @@ def moe_align_triton(experts: torch.Tensor, num_experts: int, block_m: int) -> t
     sorted_slots = torch.full((blocks * block_m,), -7, dtype=torch.int32, device=experts.device)  # -7: never written
     block_expert = torch.full((blocks,), -7, dtype=torch.int32, device=experts.device)
     moe_align.moe_count_kernel[(_cdiv(num_experts, COUNT_BLOCK_E), 1, 1)](
-        experts, counts, slots, num_experts, BLOCK_E=COUNT_BLOCK_E, CHUNK=COUNT_CHUNK, num_warps=COUNT_NUM_WARPS)
+        experts, counts, slots, num_experts, first_expert, BLOCK_E=COUNT_BLOCK_E, CHUNK=COUNT_CHUNK,
+        num_warps=COUNT_NUM_WARPS)
     moe_align.moe_align_kernel[(num_experts, 1, 1)](
-        experts, counts, sorted_slots, block_expert, slots, num_experts, block_m, blocks, CHUNK=ALIGN_CHUNK,
+        experts, counts, sorted_slots, block_expert, slots, num_experts, first_expert, block_m, blocks,
+        CHUNK=ALIGN_CHUNK,
         num_warps=ALIGN_NUM_WARPS)
     return sorted_slots, block_expert

@@ -1,7 +1,8 @@
 """DeepseekMoE kernels 5-7 of 7: the grouped expert GEMMs and the combine, one source for every dtype.
 
-Rows are the padded slots of `moe_align.py` (row r holds slot sorted_slots[r] of expert block_expert[r //
-BLOCK_M]; padding rows hold the sentinel num_slots and are masked). Program (b, n) handles the BLOCK_M rows of
+Rows are the padded slots of `moe_align.py` (row r holds slot sorted_slots[r] of local expert e = block_expert[r //
+BLOCK_M], entry e of the weight stacks, which hold the call's E_local experts; padding rows hold the sentinel
+num_slots and are masked). Program (b, n) handles the BLOCK_M rows of
 block b, all of one expert, and BLOCK_N output columns; a block whose expert is -1 returns before any load.
 
 Kernel 5, `moe_gate_up_kernel`, grid (max_blocks, cdiv(I, BLOCK_N)): for the rows' tokens x = hidden[s // K],
@@ -10,7 +11,9 @@ Kernel 5, `moe_gate_up_kernel`, grid (max_blocks, cdiv(I, BLOCK_N)): for the row
 Kernel 6, `moe_down_kernel`, grid (max_blocks, cdiv(D, BLOCK_N)):
     y[s] = weight[s] * (act[r] W_down[e]^T)  (float32, stored in T at the slot's own row, token order)
 Kernel 7, `moe_combine_kernel`, grid (T, cdiv(D, BLOCK_D)):
-    out[t] = sum_{k=0}^{K-1} y[t*K + k]  in float32, k in increasing order, stored in T.
+    out[t] = sum_{k=0}^{K-1} y[t*K + k]  in float32, k in increasing order, stored in T, over the slots whose
+    expert is local (ids[t*K + k] - first_expert in [0, E_local)): the others have no row (moe_align.py), their
+    y is never written and never read; a token with no local expert gets 0.
 
 Deterministic: every output element is written by one program, each sum runs in a fixed order (the K loop of
 the GEMMs, then k = 0..K-1 in the combine); no atomics.
@@ -219,10 +222,13 @@ def moe_down_kernel(
 
 @triton.jit
 def moe_combine_kernel(
-    y_ptr,  # [T * top_k, D] T
+    y_ptr,  # [T * top_k, D] T, rows of local slots only
+    ids_ptr,  # [T * top_k] int32 global expert of each slot
     out_ptr,  # [T, D] T
     top_k,
     D,
+    first_expert,  # global id of local expert 0
+    E_local,  # local experts
     BLOCK_D: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
@@ -230,5 +236,7 @@ def moe_combine_kernel(
     n_ok = n < D
     acc = tl.zeros([BLOCK_D], tl.float32)  # [BLOCK_D]
     for k in range(0, top_k):
-        acc += tl.load(y_ptr + (token * top_k + k) * D + n, mask=n_ok, other=0.0).to(tl.float32)
+        local = tl.load(ids_ptr + token * top_k + k) - first_expert + 0 * n  # [BLOCK_D] this slot's local expert
+        here = n_ok & (local >= 0) & (local < E_local)  # [BLOCK_D]
+        acc += tl.load(y_ptr + (token * top_k + k) * D + n, mask=here, other=0.0).to(tl.float32)
     tl.store(out_ptr + token * D + n, acc.to(out_ptr.dtype.element_ty), mask=n_ok)

@@ -10,18 +10,23 @@ chunk, whatever the engine's profile); per chunk, seven launches, all on host-kn
 
     1 router_logits  (cdiv(Tc, 16), cdiv(E, 16))   logits = hidden @ router_weight^T, float32
     2 topk           (cdiv(Tc, TOPK_BLOCK_T),)     scores, groups, top_k experts and weights per token
-    3 count          (cdiv(E, COUNT_BLOCK_E),)     slots per expert (a slot is (token, k): Tc*K slots)
-    4 align          (E,)                          slots grouped by expert in slot order, padded to BLOCK_M;
-                                                   the expert of every BLOCK_M-row block, -1 past the last
+    3 count          (cdiv(El, COUNT_BLOCK_E),)    slots per local expert (a slot is (token, k): Tc*K slots)
+    4 align          (El,)                         local slots grouped by expert in slot order, padded to
+                                                   BLOCK_M; the expert of every BLOCK_M-row block, -1 past the last
     5 gate_up        (max_blocks, cdiv(I, BN))     act = silu(x W_gate^T) * (x W_up^T) per row, T
     6 down           (max_blocks, cdiv(d, BN))     y[slot] = weight[slot] * act W_down^T, T
-    7 combine        (Tc, cdiv(d, COMBINE_BLOCK_D)) out[t] = sum_k y[t*K + k], float32, k = 0..K-1 in order
+    7 combine        (Tc, cdiv(d, COMBINE_BLOCK_D)) out[t] = sum_k y[t*K + k] over local slots, float32, k in order
 
-max_blocks = cdiv(Tc*K, BLOCK_M) + min(E, Tc*K) bounds the padded blocks whatever the routing; blocks
+E is num_experts (routing is over all of them); El = local_experts, the experts this call holds (contract
+version 3: a `--tp` rank's slice first_expert .. first_expert + El - 1; El = E on one device). first_expert is a
+runtime argument only: it changes no launch choice.
+
+max_blocks = cdiv(Tc*K, BLOCK_M) + min(El, Tc*K) bounds the padded blocks whatever the routing; blocks
 past the last used one (expert -1) exit at once, so an expert no token routes to is never read.
 
 GEMM config: "decode" (BLOCK_M 16: few tokens per expert, weight-bandwidth bound) when
-Tc*K <= DECODE_SLOTS_PER_EXPERT * E, else "prefill" (BLOCK_M 64: compute bound). FP8 experts (contract
+Tc*K <= DECODE_SLOTS_PER_EXPERT * E, else "prefill" (E, not El: a rank's experts get El/E of the slots on
+average, so the rule reads the same per local expert) (BLOCK_M 64: compute bound). FP8 experts (contract
 version 2) have their own pair, FP8_CONFIG_OFFSET further in GEMM_CONFIGS: BLOCK_K 128, one scale block (and
 one activation-quantization group) per K-tile; the same kernels with FP8 = 1, compiled per arch with
 NATIVE_FP8 = native_fp8(arch) (FP8 x FP8 products on sm_89+, weight-only dequantization on sm_80/86).
@@ -30,7 +35,7 @@ Workspace (bytes, each region at a multiple of WORKSPACE_ALIGN; Tc = the largest
     logits       [Tc, E]                 float32
     topk_ids     [Tc, K]                 int32
     topk_weights [Tc, K]                 float32
-    counts       [E]                     int32
+    counts       [El]                    int32
     sorted_slots [max_blocks * BLOCK_M]  int32   slot of each padded row, Tc*K in padding rows
     block_expert [max_blocks]            int32
     act          [max_blocks * BLOCK_M, I]  T
@@ -113,6 +118,12 @@ class MoeDims:
     n_group: int
     dtype: str  # "float16", "bfloat16", "float32"
     fp8_experts: int = 0  # 1: gate_up_proj / down_proj in FP8 with block scales (contract version 2)
+    local_experts: int = 0  # El, the experts held (contract version 3); 0: all num_experts
+
+    @property
+    def held_experts(self) -> int:
+        """El: the experts this call's weight stacks hold (num_experts unless local_experts says fewer)."""
+        return self.local_experts or self.num_experts
 
 
 @dataclass(frozen=True)
@@ -198,13 +209,13 @@ def chunk_plan(dims: MoeDims, tokens: int, config: GemmConfig | None = None) -> 
     """The launches of a chunk of `tokens` tokens; `config` overrides the decode/prefill rule (tests)."""
     cfg = config or choose_config(tokens, dims.top_k, dims.num_experts, bool(dims.fp8_experts))
     slots = tokens * dims.top_k
-    blocks = max_blocks(slots, dims.num_experts, cfg.block_m)
+    blocks = max_blocks(slots, dims.held_experts, cfg.block_m)
     return ChunkPlan(
         tokens=tokens, config=cfg, slots=slots, max_blocks=blocks,
         logits_grid=(_cdiv(tokens, ROUTER_BLOCK_T), _cdiv(dims.num_experts, ROUTER_BLOCK_E), 1),
         topk_grid=(_cdiv(tokens, TOPK_BLOCK_T), 1, 1),
-        count_grid=(_cdiv(dims.num_experts, COUNT_BLOCK_E), 1, 1),
-        align_grid=(dims.num_experts, 1, 1),
+        count_grid=(_cdiv(dims.held_experts, COUNT_BLOCK_E), 1, 1),
+        align_grid=(dims.held_experts, 1, 1),
         gate_up_grid=(blocks, _cdiv(dims.inter, cfg.block_n), 1),
         down_grid=(blocks, _cdiv(dims.hidden, cfg.block_n), 1),
         combine_grid=(tokens, _cdiv(dims.hidden, COMBINE_BLOCK_D), 1),
@@ -223,7 +234,7 @@ def make_plan(dims: MoeDims, chunk_tokens: int | None = None, config: str | None
     rows = max(p.max_blocks * p.config.block_m for p in (full, last))  # padded rows of the largest chunk
     blocks = max(full.max_blocks, last.max_blocks)
     elem = ELEMENT_BYTES[dims.dtype]
-    sizes = (full.tokens * dims.num_experts * 4, full.slots * 4, full.slots * 4, dims.num_experts * 4, rows * 4,
+    sizes = (full.tokens * dims.num_experts * 4, full.slots * 4, full.slots * 4, dims.held_experts * 4, rows * 4,
              blocks * 4, rows * dims.inter * elem, full.slots * dims.hidden * elem)
     offsets = []
     at = 0
@@ -236,6 +247,7 @@ def make_plan(dims: MoeDims, chunk_tokens: int | None = None, config: str | None
 # Reasons of unsupported_reason, word for word those of mla::kernels::moe::unsupportedReason.
 REASON_DTYPE = "dtype: the AOT kernels are compiled for float16 and bfloat16 only"
 REASON_EXPERTS = f"num_experts: the AOT kernels take 1 to {MAX_EXPERTS} routed experts"
+REASON_LOCAL_EXPERTS = "local experts: a call holds 1 to num_experts of the routed experts"
 REASON_TOP_K = f"top_k: the AOT kernels take 1 to {MAX_TOP_K} experts per token"
 REASON_GROUPS = f"n_group: the AOT kernels take 1 to {MAX_GROUPS} expert groups"
 REASON_DIMS = (f"hidden_size and moe_intermediate_size must be positive multiples of {DIM_MULTIPLE} "
@@ -249,6 +261,8 @@ def unsupported_reason(dims: MoeDims) -> str | None:
         return REASON_DTYPE
     if not 1 <= dims.num_experts <= MAX_EXPERTS:
         return REASON_EXPERTS
+    if not 1 <= dims.held_experts <= dims.num_experts:
+        return REASON_LOCAL_EXPERTS
     if not 1 <= dims.top_k <= min(MAX_TOP_K, dims.num_experts):
         return REASON_TOP_K
     if not 1 <= dims.n_group <= MAX_GROUPS:
@@ -337,7 +351,8 @@ def kernel_constexprs(kind: str, variant: int, dtype: str, native: bool = False)
 
 # Runtime arguments of each kernel kind, in the kernels' order: (name, Triton type), "T" standing for the
 # element type and "*W" for the expert weights' (T, or "*u8" for FP8 experts: e4m3 bytes; their "scale_ptr"
-# is then read, else unused and passed null). The hand-written C++ launchers (plugins/kernels/moeKernels.cpp) pass them in this order, then
+# is then read, else unused and passed null). "E" is num_experts (routing), "E_local" the experts held (El).
+# The hand-written C++ launchers (plugins/kernels/moeKernels.cpp) pass them in this order, then
 # Triton's global-scratch and profile-scratch pointers. "D" and "I" are declared multiples of DIM_MULTIPLE.
 RUNTIME_ARGS = {
     "router_logits": (("hidden_ptr", "*T"), ("router_ptr", "*fp32"), ("logits_ptr", "*fp32"), ("T", "i32"),
@@ -346,14 +361,17 @@ RUNTIME_ARGS = {
              ("T", "i32"), ("E", "i32"), ("top_k", "i32"), ("n_group", "i32"), ("topk_group", "i32"),
              ("scoring", "i32"), ("group_score", "i32"), ("use_bias", "i32"), ("normalize", "i32"),
              ("weight_scale", "fp32")),
-    "count": (("ids_ptr", "*i32"), ("counts_ptr", "*i32"), ("num_slots", "i32"), ("E", "i32")),
+    "count": (("ids_ptr", "*i32"), ("counts_ptr", "*i32"), ("num_slots", "i32"), ("E_local", "i32"),
+              ("first_expert", "i32")),
     "align": (("ids_ptr", "*i32"), ("counts_ptr", "*i32"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
-              ("num_slots", "i32"), ("E", "i32"), ("block_m", "i32"), ("max_blocks", "i32")),
+              ("num_slots", "i32"), ("E_local", "i32"), ("first_expert", "i32"), ("block_m", "i32"),
+              ("max_blocks", "i32")),
     "gate_up": (("hidden_ptr", "*T"), ("w_ptr", "*W"), ("scale_ptr", "*fp32"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
                 ("act_ptr", "*T"), ("num_slots", "i32"), ("top_k", "i32"), ("D", "i32"), ("I", "i32")),
     "down": (("act_ptr", "*T"), ("w_ptr", "*W"), ("scale_ptr", "*fp32"), ("sorted_ptr", "*i32"), ("block_expert_ptr", "*i32"),
              ("weights_ptr", "*fp32"), ("y_ptr", "*T"), ("num_slots", "i32"), ("D", "i32"), ("I", "i32")),
-    "combine": (("y_ptr", "*T"), ("out_ptr", "*T"), ("top_k", "i32"), ("D", "i32")),
+    "combine": (("y_ptr", "*T"), ("ids_ptr", "*i32"), ("out_ptr", "*T"), ("top_k", "i32"), ("D", "i32"),
+                ("first_expert", "i32"), ("E_local", "i32")),
 }
 DIVISIBLE_ARGS = ("D", "I")
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", DTYPE_FREE: "fp32"}
