@@ -239,3 +239,36 @@ def test_paged_kernels_on_gpu_bfloat16_real_sizes(page, fp8):
     case = (8, 1, 128, DEEPSEEK, [4096, 1, 4000, 63, 64, 65, 2048, 300], page, 4160 // page, torch.bfloat16, fp8,
             None)
     test_paged_and_fp8_kernels_match_reference(case)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["model", "fp8"])
+def test_kernels_match_the_official_references(fp8):
+    """Against model/cache_ops.py's references (the eager model's and validate's), float64 on the same pool:
+    attention within tolerance, FP8 codes and scales of the new rows identical; the reference's quantizer
+    also equals this file's oracle on the edge rows."""
+    from mla_export.model.cache_ops import (mla_attention_fp8_cache_reference, mla_attention_paged_reference,
+                                            quantize_cache_rows)
+
+    lens, new_tokens, page = [5, 40, 17], 3, 16
+    args, pool, table, rows = build(3, new_tokens, 4, TINY, lens, page, 4, torch.float16, fp8)
+    wide = [t.double() for t in args[:4]]
+    seqlens, cos_sin = args[5], args[6].double()
+    planes = [p.cpu() for p in pool.planes]
+    if fp8:
+        ref = mla_attention_fp8_cache_reference(*wide, planes[0], seqlens, cos_sin, table, planes[1],
+                                                planes[2].double(), 0.1, page)
+        _, codes, scales, _ = mla_attention_fp8_cache_reference(*args[:4], planes[0], seqlens, args[6], table,
+                                                                planes[1], planes[2], 0.1, page)
+    else:
+        ref = mla_attention_paged_reference(*wide, planes[0].double(), seqlens, cos_sin, table, 0.1)
+    attn = run(args, pool, table, rows, page, fp8, None, 0.1)
+    result = compare("attn_latent", attn, ref[0], *tolerance_for("float16"))
+    assert result.passed, result
+    if fp8:
+        for b, i, page_id, row in new_row_places(table, lens, new_tokens, page):
+            assert torch.equal(int_view(pool.planes[0][page_id, row].cpu()), int_view(codes[page_id, row])), (b, i)
+            assert torch.equal(int_view(pool.planes[1][page_id, row].cpu()), int_view(scales[page_id, row])), (b, i)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            edges = _edge_rows(512, dtype)
+            official, mine = quantize_cache_rows(edges), quantize_rows(edges)
+            assert all(torch.equal(int_view(o), int_view(m)) for o, m in zip(official, mine)), dtype
