@@ -160,8 +160,9 @@ def _planned_launches(case, compiled: list[dict]) -> list[tuple[str, tuple, tupl
             continue
         spec = table[index]
         found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
-                 and (k["family_index"], k["dtype"], k["kind"], k["block_m"])
-                 == (spec.family_index, spec.dtype, spec.kind, spec.block_m)]
+                 and (k["family_index"], k["dtype"], k["kind"], k["block_m"], k.get("cache_v2", 0),
+                      k.get("kv_cache_dtype", 0))
+                 == (spec.family_index, spec.dtype, spec.kind, spec.block_m, spec.cache_v2, spec.kv_cache_dtype)]
         assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
         launches.append((found[0]["name"], tuple(grid), (32 * found[0]["num_warps"], 1, 1), str(found[0]["shared"]),
                          _planned_args(kind, p, case)))

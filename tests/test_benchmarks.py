@@ -31,6 +31,18 @@ def test_bench_absorb_sizes_on_tiny(tmp_path):
     assert "prefolded" in proc.stdout and "runtime" in proc.stdout
 
 
+def test_bench_kernels_cache_layouts_agree(tmp_path):
+    """bench_kernels.py's paged and FP8 decode inputs run (CPU: under the interpreter) and each layout's output
+    equals its contiguous twin's; the timing itself is a GPU step (gpu_check.py)."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(BENCHMARKS.parent))  # this checkout's mla_export
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_kernels.py"), "--check-layouts"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("equal to contiguous\n") == 1 and proc.stdout.count("equal to contiguous-fp8\n") == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
 def test_gpu_benchmarks_stop_with_a_message_without_a_gpu(tmp_path):
     proc = run("bench_kernels.py", cwd=tmp_path)

@@ -6,7 +6,8 @@ fp8Kernels.cpp), and the shapes of the data are declared there in mlaKernelsTabl
 fp8KernelsTables.h. Pure string building: no triton import here.
 
     tables_header()       -> mla_kernels_tables.h    families, kernel table, plan constants, reasons,
-                                                     runtime-argument counts per kernel kind
+                                                     runtime-argument counts per kernel kind, and each
+                                                     kernel's cache layout (contract version 2)
     moe_tables_header()   -> moe_kernels_tables.h    the same for moe_plan.py
     fp8_tables_header()   -> fp8_kernels_tables.h    the same for fp8_plan.py
     images_source(.., s)  -> {s}_kernels_images.cpp  cubins/PTX as byte arrays, entry names, shared memory
@@ -33,15 +34,17 @@ def tables_header() -> str:
     """mla_kernels_tables.h: plan.py's table and constants as constexpr data."""
     families = [f"{{{f.kv_lora_rank}, {f.rope_dim}, {f.block_n}, {f.block_m_large}, {f.num_warps}, {int(f.aot)}}}"
                 f" /* {f.name} */" for f in plan.FAMILIES]
+    table = plan.aot_kernel_table()
     kernels = [f"{{{k.family_index}, {plan.DTYPE_ENUM[k.dtype]}, {plan.KERNEL_KINDS.index(k.kind)}, {k.block_m}, "
-               f"{k.num_warps}}} /* {i}: {plan.FAMILIES[k.family_index].name} {k.dtype} {k.kind} */"
-               for i, k in enumerate(plan.aot_kernel_table())]
+               f"{k.num_warps}}} /* {i}: {plan.FAMILIES[k.family_index].name} {k.dtype} {k.kind}"
+               f"{_cache_note(k.cache_v2, k.kv_cache_dtype)} */" for i, k in enumerate(table)]
+    cache_arg_counts = ", ".join(str(len(plan.runtime_args(kind, "float16", 1, 1))) for kind in plan.KERNEL_KINDS)
     element_bytes = [f"{{{plan.DTYPE_ENUM[d]}, {n}}}" for d, n in plan.ELEMENT_BYTES.items()]
     aot_dtypes = ", ".join(str(plan.DTYPE_ENUM[d]) for d in plan.AOT_DTYPES)
     arg_counts = ", ".join(str(len(plan.RUNTIME_ARGS[kind])) for kind in plan.KERNEL_KINDS)
     reasons = {"kReasonDtype": plan.REASON_DTYPE, "kReasonDims": plan.REASON_DIMS,
                "kReasonNegative": plan.REASON_NEGATIVE, "kReasonBatch": plan.REASON_BATCH,
-               "kReasonRows": plan.REASON_ROWS}
+               "kReasonRows": plan.REASON_ROWS, "kReasonCache": plan.REASON_CACHE}
     return _HEADER.format("mla_export/kernels/attention/plan.py") + f"""#pragma once
 
 #include "mlaKernelsTables.h"
@@ -68,11 +71,25 @@ constexpr int64_t kMinBlocksPerSplit = {plan.MIN_BLOCKS_PER_SPLIT};
 constexpr int64_t kWorkspaceAlign = {plan.WORKSPACE_ALIGN};
 //! Runtime arguments per KernelKind (plan.RUNTIME_ARGS), before Triton's two scratch pointers.
 constexpr int32_t kRuntimeArgCount[kNumKinds] = {{{arg_counts}}};
+// Contract version 2 (paged and/or FP8 latent cache), parallel to kKernels: 1 for the contract-2 cache kernels
+// (page size a run-time argument, 0 = contiguous: one image per kv cache dtype serves every page size), and
+// their kv cache dtype (0: rows in the model dtype, 1: FP8). Contract version 1's kernels (0, 0) come first, in
+// their version-1 order; combine kernels serve every layout. A paged or FP8 call runs the cacheV2 kernels.
+constexpr int32_t kKernelCacheV2[kNumKernels] = {{{", ".join(str(k.cache_v2) for k in table)}}};
+constexpr int32_t kKernelKvCacheDtype[kNumKernels] = {{{", ".join(str(k.kv_cache_dtype) for k in table)}}};
+constexpr int64_t kFp8CacheTile = {plan.FP8_CACHE_TILE};
+//! Runtime arguments of the cacheV2 kernels: plan.RUNTIME_ARGS, then block_table, scale, rope, num_pages,
+//! max_pages, page_size (plan.CACHE_RUNTIME_ARGS); before Triton's two scratch pointers.
+constexpr int32_t kCacheRuntimeArgCount[kNumKinds] = {{{cache_arg_counts}}};
 {chr(10).join(f"constexpr char const {name}[] = {_cstr(text)};" for name, text in reasons.items())}
 }} // namespace tables
 }} // namespace kernels
 }} // namespace mla
 """
+
+
+def _cache_note(cache_v2: int, kv_cache_dtype: int) -> str:
+    return f" cache v2 {'fp8' if kv_cache_dtype else 'model'}" if cache_v2 else ""
 
 
 def _bytes(name: str, data: bytes) -> str:

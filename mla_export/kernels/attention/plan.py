@@ -14,6 +14,10 @@ Split rule (host-known shapes only, never device data such as cache_seqlens):
     by_length = max(1, ceil(Smax / (block_n * MIN_BLOCKS_PER_SPLIT)))
     splits    = clamp(min(want, by_length, MAX_SPLITS), 1)
 
+Smax is the cache's rows per sequence; with a paged cache (contract version 2), max_pages * page_size.
+The page size is a run-time argument of the contract-2 kernels, so the plan's kernel choice depends only on
+whether the call is contract version 1 (contiguous, model dtype) or not, and on the kv cache dtype.
+
 Workspace (bytes, each region starting at a multiple of WORKSPACE_ALIGN):
 
     q_rot  [B, S, H, Dr]          T        rotated q_pe (written by the RoPE kernel)
@@ -30,6 +34,11 @@ ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DTYPE_ENUM = {"float32": 0, "float16": 1, "bfloat16": 2}
 AOT_DTYPES = ("float16", "bfloat16")  # compiled for the plugin; float32 runs only through the Python API
 AOT_ARCHS = (80, 86, 89, 90, 100, 120)  # cubins; PTX of the oldest and newest for the GPUs in between and after
+# Contract-2 cache kernels (`cache_v2` 1: page size at run time, 0 = contiguous, so one image serves every
+# page size) compiled for the plugin per kv cache dtype: 0 rows in T, 1 FP8 (contract.KV_CACHE_DTYPE_*).
+# The contiguous model-dtype cache runs contract version 1's kernels (cache_v2 0).
+AOT_V2_KV_CACHE_DTYPES = (0, 1)
+FP8_CACHE_TILE = 128  # contract.FP8_CACHE_TILE (this module imports nothing)
 
 SMALL_M = 16  # S*H at or below this uses block_m = SMALL_M (tl.dot needs M >= 16)
 MAX_SPLITS = 64
@@ -96,8 +105,15 @@ class Dims:
     num_heads: int  # H
     kv_lora_rank: int  # Dc
     rope_dim: int  # Dr
-    max_seq_len: int  # Smax
+    max_seq_len: int  # Smax (paged: max_pages * page_size)
     dtype: str  # "float16", "bfloat16", "float32"
+    page_size: int = 0  # 0: contiguous cache, else a power of two
+    kv_cache_dtype: int = 0  # 0: rows in T, 1: FP8
+
+    @property
+    def cache_v2(self) -> int:
+        """1 when the contract-2 cache kernels run (paged or FP8), 0 for contract version 1's."""
+        return int((self.page_size, self.kv_cache_dtype) != (0, 0))
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,7 @@ REASON_DIMS = ("kv_lora_rank/qk_rope_head_dim: no compiled kernel for these dims
 REASON_NEGATIVE = "negative dimension"
 REASON_BATCH = "batch above 65535 (grid z limit)"
 REASON_ROWS = "S*H too large for int32 offsets within one sequence"
+REASON_CACHE = "page_size/kv_cache_dtype: page_size must be 0 or a power of two, kv_cache_dtype 0 or 1"
 
 
 def unsupported_reason(dims: Dims) -> str | None:
@@ -170,6 +187,9 @@ def unsupported_reason(dims: Dims) -> str | None:
         return REASON_BATCH
     if dims.new_tokens * dims.num_heads * MAX_SPLITS * dims.kv_lora_rank >= 2**31:
         return REASON_ROWS
+    page = dims.page_size
+    if page < 0 or page & (page - 1) or (dims.cache_v2 and dims.kv_cache_dtype not in (0,) + AOT_V2_KV_CACHE_DTYPES):
+        return REASON_CACHE
     return None
 
 
@@ -229,10 +249,15 @@ class KernelSpec:
     block_m: int  # 0 for kinds without one
     num_warps: int
     num_stages: int
+    cache_v2: int = 0  # 1: a contract-2 cache kernel (Dims.cache_v2); combine kernels serve every layout with 0
+    kv_cache_dtype: int = 0
 
 
 def aot_kernel_table() -> tuple[KernelSpec, ...]:
-    """Every specialization the plugin needs: per AOT family and dtype, rope, attention per block_m, combine."""
+    """Every specialization the plugin needs: per AOT family and dtype, rope, attention per block_m, combine
+    (contract version 1's, in their version-1 order and indices), then the contract-2 cache kernels, rope and
+    attention per block_m, for each kv cache dtype of AOT_V2_KV_CACHE_DTYPES (appended: version-1 indices stay
+    valid)."""
     table = []
     for fi, fam in enumerate(FAMILIES):
         if not fam.aot:
@@ -242,31 +267,48 @@ def aot_kernel_table() -> tuple[KernelSpec, ...]:
             for bm in fam.block_ms:
                 table.append(KernelSpec(fi, dtype, "attention", bm, fam.attn_num_warps(bm), fam.num_stages))
             table.append(KernelSpec(fi, dtype, "combine", 0, COMBINE_NUM_WARPS, 1))
+    for kv in AOT_V2_KV_CACHE_DTYPES:
+        for fi, fam in enumerate(FAMILIES):
+            if not fam.aot:
+                continue
+            for dtype in AOT_DTYPES:
+                table.append(KernelSpec(fi, dtype, "rope_append", 0, ROPE_NUM_WARPS, 1, 1, kv))
+                for bm in fam.block_ms:
+                    table.append(KernelSpec(fi, dtype, "attention", bm, fam.attn_num_warps(bm), fam.num_stages,
+                                            1, kv))
     return tuple(table)
 
 
-def kernel_indices(plan: Plan, dtype: str) -> tuple[int, int, int]:
-    """(rope, attention, combine) indices into `aot_kernel_table()` for an AOT plan."""
+def kernel_indices(plan: Plan, dtype: str, page_size: int = 0, kv_cache_dtype: int = 0) -> tuple[int, int, int]:
+    """(rope, attention, combine) indices into `aot_kernel_table()` for an AOT plan and cache layout."""
     fi = FAMILIES.index(plan.family)
     table = aot_kernel_table()
 
-    def find(kind: str, block_m: int) -> int:
+    def find(kind: str, block_m: int, mode: tuple[int, int]) -> int:
         for i, k in enumerate(table):
-            if (k.family_index, k.dtype, k.kind, k.block_m) == (fi, dtype, kind, block_m):
+            if (k.family_index, k.dtype, k.kind, k.block_m, k.cache_v2, k.kv_cache_dtype) == (fi, dtype, kind,
+                                                                                               block_m, *mode):
                 return i
-        raise KeyError((plan.family.name, dtype, kind, block_m))
+        raise KeyError((plan.family.name, dtype, kind, block_m, mode))
 
-    return find("rope_append", 0), find("attention", plan.block_m), find("combine", 0)
+    mode = (int((page_size, kv_cache_dtype) != (0, 0)), kv_cache_dtype)
+    return find("rope_append", 0, mode), find("attention", plan.block_m, mode), find("combine", 0, (0, 0))
 
 
-def kernel_constexprs(kind: str, family: Family, block_m: int, dtype: str) -> dict:
+def _cache_constexprs(family: Family, cache_v2: int, kv_cache_dtype: int) -> dict:
+    return {"CACHE_V2": cache_v2, "KV_FP8": kv_cache_dtype, "CACHE_TILE": min(family.kv_lora_rank, FP8_CACHE_TILE)}
+
+
+def kernel_constexprs(kind: str, family: Family, block_m: int, dtype: str, cache_v2: int = 0,
+                      kv_cache_dtype: int = 0) -> dict:
     """The tl.constexpr arguments of kernel `kind`: one definition for the Python API and the AOT build."""
     if kind == "rope_append":
         return {"DC": family.kv_lora_rank, "DR": family.rope_dim, "HALF_BLOCK": family.rope_half_block,
-                "BLOCK_H": family.rope_block_h}
+                "BLOCK_H": family.rope_block_h, **_cache_constexprs(family, cache_v2, kv_cache_dtype)}
     if kind == "attention":
         return {"DC": family.kv_lora_rank, "DR": family.rope_dim, "BLOCK_DR": family.block_dr, "BLOCK_M": block_m,
-                "BLOCK_N": family.block_n, "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+                "BLOCK_N": family.block_n, "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32",
+                **_cache_constexprs(family, cache_v2, kv_cache_dtype)}
     if kind == "combine":
         return {"DC": family.kv_lora_rank}
     raise ValueError(f"unknown kernel kind {kind!r}")
@@ -275,7 +317,10 @@ def kernel_constexprs(kind: str, family: Family, block_m: int, dtype: str) -> di
 # Runtime arguments of each kernel kind, in the kernels' order: (name, Triton type), "T" standing for the
 # element type. The AOT build checks them against the @triton.jit functions; the hand-written C++
 # launchers (plugins/kernels/mlaKernels.cpp) pass them in this order, then Triton's global-scratch and
-# profile-scratch pointers.
+# profile-scratch pointers. The contract-2 cache kernels (cache_v2 1) take CACHE_RUNTIME_ARGS after them (in
+# contract version 1's kernels those are constexpr None: their images take exactly RUNTIME_ARGS), and with the
+# FP8 cache, cache_ptr is "*u8" (the e4m3 codes). Smax of a paged call (page_size > 0): the rope table's rows;
+# num_pages: the pool's pages (contiguous: B); unused pointers may be null.
 RUNTIME_ARGS = {
     "rope_append": (("q_pe_ptr", "*T"), ("kv_latent_ptr", "*T"), ("k_pe_ptr", "*T"), ("cache_ptr", "*T"),
                     ("seqlens_ptr", "*i32"), ("cos_sin_ptr", "*fp32"), ("q_rot_ptr", "*T"),
@@ -285,19 +330,32 @@ RUNTIME_ARGS = {
                   ("S", "i32"), ("H", "i32"), ("Smax", "i32"), ("num_splits", "i32")),
     "combine": (("o_part_ptr", "*fp32"), ("lse_part_ptr", "*fp32"), ("out_ptr", "*T"), ("num_splits", "i32")),
 }
+CACHE_RUNTIME_ARGS = (("block_table_ptr", "*i32"), ("scale_ptr", "*fp32"), ("rope_ptr", "*T"), ("num_pages", "i32"),
+                      ("max_pages", "i32"), ("page_size", "i32"))
+CACHE_KINDS = ("rope_append", "attention")  # the kinds that read or write the cache
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def runtime_args(kind: str, dtype: str = "float16") -> list[tuple[str, str]]:
-    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype`, in order."""
-    return [(name, ty.replace("T", _TRITON_TYPES[dtype])) for name, ty in RUNTIME_ARGS[kind]]
+def runtime_args(kind: str, dtype: str = "float16", cache_v2: int = 0,
+                 kv_cache_dtype: int = 0) -> list[tuple[str, str]]:
+    """(name, Triton type) of the runtime arguments of `kind` for element type `dtype` and cache kernel, in order."""
+    args = list(RUNTIME_ARGS[kind])
+    if kind in CACHE_KINDS and cache_v2:
+        args += CACHE_RUNTIME_ARGS
+        if kv_cache_dtype:
+            args = [(name, "*u8" if name == "cache_ptr" else ty) for name, ty in args]
+    return [(name, ty.replace("T", _TRITON_TYPES[dtype])) for name, ty in args]
 
 
 def kernel_signature(spec: KernelSpec) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, attrs) of `spec` for Triton's ASTSource: runtime arguments then constexprs;
-    every pointer is declared 16-byte aligned."""
-    runtime = runtime_args(spec.kind, spec.dtype)
-    constexprs = kernel_constexprs(spec.kind, FAMILIES[spec.family_index], spec.block_m, spec.dtype)
+    """(signature, constexprs, attrs) of `spec` for Triton's ASTSource, in the kernel's argument order: runtime
+    arguments, then constexprs (the cache arguments are constexpr None in a (0, 0) cache kernel); every pointer
+    is declared 16-byte aligned."""
+    runtime = runtime_args(spec.kind, spec.dtype, spec.cache_v2, spec.kv_cache_dtype)
+    constexprs = kernel_constexprs(spec.kind, FAMILIES[spec.family_index], spec.block_m, spec.dtype,
+                                   spec.cache_v2, spec.kv_cache_dtype)
+    if spec.kind in CACHE_KINDS and not spec.cache_v2:
+        constexprs = {**{name: None for name, _ in CACHE_RUNTIME_ARGS}, **constexprs}
     sig = dict(runtime)
     sig.update({k: "constexpr" for k in constexprs})
     attrs = {(i,): [["tt.divisibility", 16]] for i, (_, ty) in enumerate(runtime) if ty.startswith("*")}

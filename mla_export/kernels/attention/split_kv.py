@@ -25,12 +25,25 @@ For prefill (S*H >> BLOCK_M) the cache is re-read once per head group from L2; t
 
 Rows past L (and NaN there) are never loaded: loads are masked (other=0) and scores of invisible
 columns are set with tl.where to -inf before the max, never multiplied by zero.
+
+Cache layouts (contract version 2, `cache_io`): CACHE_V2 == 0 is contract version 1 (the cache [B, Smax,
+Dc+Dr]; the cache arguments are constexpr None). CACHE_V2 == 1: page_size > 0 (a run-time argument) reads
+row p of sequence b from page block_table[b, p // page_size], row p % page_size, of a pool [P, page_size,
+width]: the tile's page ids are gathered per column, only for columns below L, and a column whose id lies
+outside [0, P) is not loaded; page_size 0 reads the contiguous pool [B, Smax, width]. Either way the
+arithmetic is contract version 1's in the same order (only addresses differ), so a paged call's results
+equal the contiguous call's bit for bit. KV_FP8 reads c_kv as e4m3 codes [P, rows, Dc] uint8 with scales
+[P, rows, Dc / CACHE_TILE] float32, dequantized to T before the dots (exact: power-of-two scales), and k_pe
+from rope [P, rows, Dr] T.
+DRAM reads per row: (Dc+Dr) * elem, or Dc + 4 * Dc / CACHE_TILE + Dr * elem with the FP8 cache.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .cache_io import dequantize_tiles, pool_rows, position_limit
 
 
 @triton.jit
@@ -45,21 +58,34 @@ def mla_attention_kernel(
     softmax_scale,  # float32
     S,  # new tokens per sequence
     H,  # heads
-    Smax,  # cache rows
+    Smax,  # cache rows (paged: rope table rows)
     num_splits,
+    block_table_ptr,  # [B, max_pages] int32 (page_size > 0)
+    scale_ptr,  # [P, rows, Dc / CACHE_TILE] float32 (KV_FP8)
+    rope_ptr,  # [P, rows, Dr] T (KV_FP8)
+    num_pages,  # P
+    max_pages,  # block table slots per sequence (page_size > 0)
+    page_size,  # rows per page; 0: contiguous
     DC: tl.constexpr,
     DR: tl.constexpr,
     BLOCK_DR: tl.constexpr,  # power of two >= max(16, DR)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs, else "tf32" (unused for 16-bit types)
+    CACHE_V2: tl.constexpr,  # 1: the contract-2 cache arguments above are used
+    KV_FP8: tl.constexpr,  # 1: the FP8 cache (cache_ptr holds uint8 codes)
+    CACHE_TILE: tl.constexpr,  # min(DC, FP8_CACHE_TILE): values per scale
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     b = tl.program_id(2)
     M = S * H
     seqlen = tl.load(seqlens_ptr + b)
-    total = tl.maximum(tl.minimum(seqlen + S, Smax), 0)  # rows any token of b may read, clamped to the cache
+    if CACHE_V2:
+        limit = position_limit(Smax, max_pages, page_size)
+    else:
+        limit = Smax
+    total = tl.maximum(tl.minimum(seqlen + S, limit), 0)  # rows any token of b may read, clamped to the cache
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] (token, head) rows
     row_ok = rows < M  # [BLOCK_M]
@@ -88,10 +114,28 @@ def mla_attention_kernel(
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] cache rows
         col_ok = cols < end  # [BLOCK_N]
-        row_ptr = seq_cache + cols[:, None] * (DC + DR)  # [BLOCK_N, 1]
-        kv = tl.load(row_ptr + dc[None, :], mask=col_ok[:, None], other=0.0)  # [BLOCK_N, DC] c_kv
-        k_r = tl.load(row_ptr + DC + dr[None, :], mask=col_ok[:, None] & dr_ok[None, :],
-                      other=0.0)  # [BLOCK_N, BLOCK_DR] k_pe
+        if not CACHE_V2:
+            row_ptr = seq_cache + cols[:, None] * (DC + DR)  # [BLOCK_N, 1]
+            kv = tl.load(row_ptr + dc[None, :], mask=col_ok[:, None], other=0.0)  # [BLOCK_N, DC] c_kv
+            k_r = tl.load(row_ptr + DC + dr[None, :], mask=col_ok[:, None] & dr_ok[None, :],
+                          other=0.0)  # [BLOCK_N, BLOCK_DR] k_pe
+        else:
+            pool_row, in_pool = pool_rows(b, cols, col_ok, Smax, block_table_ptr, num_pages, max_pages,
+                                          page_size)  # [BLOCK_N] int64 rows, [BLOCK_N] loadable
+            if KV_FP8:
+                NT: tl.constexpr = DC // CACHE_TILE
+                codes = tl.load(cache_ptr + pool_row[:, None] * DC + dc[None, :], mask=in_pool[:, None],
+                                other=0)  # [BLOCK_N, DC] uint8
+                scales = tl.load(scale_ptr + pool_row[:, None] * NT + tl.arange(0, NT)[None, :],
+                                 mask=in_pool[:, None], other=0.0)  # [BLOCK_N, NT] float32
+                kv = dequantize_tiles(codes, scales, BLOCK_N, DC, CACHE_TILE).to(q.dtype)  # [BLOCK_N, DC] T
+                k_r = tl.load(rope_ptr + pool_row[:, None] * DR + dr[None, :], mask=in_pool[:, None] & dr_ok[None, :],
+                              other=0.0)  # [BLOCK_N, BLOCK_DR] k_pe
+            else:
+                row_ptr = cache_ptr + pool_row[:, None] * (DC + DR)  # [BLOCK_N, 1]
+                kv = tl.load(row_ptr + dc[None, :], mask=in_pool[:, None], other=0.0)  # [BLOCK_N, DC] c_kv
+                k_r = tl.load(row_ptr + DC + dr[None, :], mask=in_pool[:, None] & dr_ok[None, :],
+                              other=0.0)  # [BLOCK_N, BLOCK_DR] k_pe
         s = tl.dot(q, tl.trans(kv), input_precision=INPUT_PRECISION)  # [BLOCK_M, BLOCK_N]
         s = tl.dot(q_r, tl.trans(k_r), acc=s, input_precision=INPUT_PRECISION)  # [BLOCK_M, BLOCK_N]
         visible = (cols[None, :] <= pos[:, None]) & col_ok[None, :]  # [BLOCK_M, BLOCK_N]

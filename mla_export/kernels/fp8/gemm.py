@@ -39,7 +39,7 @@ _ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + magic) - magic round
 
 
 @triton.jit
-def _round_to_e4m3(v):
+def round_to_e4m3(v):
     """v (float32, |v| <= 448 after the clamp) rounded to the nearest e4m3 value, ties to even, in float32.
     Done in float32 so that the cast to float8e4nv that follows is exact on every backend."""
     v = tl.minimum(tl.maximum(v, -_E4M3_MAX), _E4M3_MAX)
@@ -56,12 +56,12 @@ def _round_to_e4m3(v):
 def _quantize_block(xf):
     """xf [R, BLOCK_K] float32 (masked columns 0) -> (e4m3 values in float32 [R, BLOCK_K], their scale sx [R])."""
     sx = tl.maximum(tl.max(tl.abs(xf), axis=1), _MIN_AMAX) / _E4M3_MAX  # [R]
-    return _round_to_e4m3(xf / sx[:, None]), sx
+    return round_to_e4m3(xf / sx[:, None]), sx
 
 
 @triton.jit
-def _e4m3_code(v):
-    """An e4m3 value held in float32 (|v| <= 448, as _round_to_e4m3 returns) -> its uint8 code, integer operations
+def e4m3_code(v):
+    """An e4m3 value held in float32 (|v| <= 448, as round_to_e4m3 returns) -> its uint8 code, integer operations
     only (no FP8 type needed: the kernel compiles for every arch)."""
     bits = v.to(tl.int32, bitcast=True)
     sign = (bits >> 24) & 0x80
@@ -90,12 +90,12 @@ def block_fp8_act_quant_kernel(
     offsets = rows.to(tl.int64)[:, None] * K + k[None, :]  # [BLOCK_R, BLOCK_K]
     xf = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     xq, sx = _quantize_block(xf)
-    tl.store(xq_ptr + offsets, _e4m3_code(xq), mask=mask)
+    tl.store(xq_ptr + offsets, e4m3_code(xq), mask=mask)
     tl.store(sx_ptr + rows.to(tl.int64) * tl.cdiv(K, BLOCK_K) + kb, sx, mask=row_ok)
 
 
 @triton.jit
-def _e4m3_bits_over_256(b):
+def e4m3_bits_over_256(b):
     """uint8 e4m3 codes -> fp16 holding exactly e4m3(b) / 256 (normals and subnormals alike: fp16's exponent field
     is e4m3's plus 8 below the same mantissa bits), with integer operations only (no FP8 type on sm_80/86)."""
     magnitude = (b & 0x7F).to(tl.int16) << 7
@@ -167,7 +167,7 @@ def block_fp8_matmul_kernel(
             part = tl.dot(xq, tl.trans(wq), out_dtype=tl.float32)  # [BLOCK_M, BLOCK_N]
             acc += part * (sx[:, None] * sw)
         else:
-            wh = _e4m3_bits_over_256(wb)  # [BLOCK_N, BLOCK_K] fp16, q / 256
+            wh = e4m3_bits_over_256(wb)  # [BLOCK_N, BLOCK_K] fp16, q / 256
             if UPCAST_DOT:
                 part = tl.dot(x.to(tl.float32), tl.trans(wh.to(tl.float32)), input_precision="ieee")
             else:
