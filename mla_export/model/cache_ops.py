@@ -162,6 +162,19 @@ def _paged_fake(q_latent, q_pe, kv_latent, k_pe, past_pages, cache_seqlens, rope
     return torch.empty_like(q_latent), torch.empty_like(past_pages)
 
 
+@mla_attention_paged.register_kernel("cuda")
+def _paged_cuda(q_latent, q_pe, kv_latent, k_pe, past_pages, cache_seqlens, rope_cos_sin, block_table, num_heads,
+                kv_lora_rank, qk_rope_head_dim, softmax_scale, page_size):
+    """CUDA: the Triton kernels' contract-2 path (imported at the first call; owed to a GPU run)."""
+    check_attributes(q_latent, q_pe, kv_latent, k_pe, past_pages, num_heads, kv_lora_rank, qk_rope_head_dim,
+                     softmax_scale)
+    from ..kernels.attention.api import mla_attention_triton
+
+    return mla_attention_triton(q_latent.contiguous(), q_pe.contiguous(), kv_latent.contiguous(), k_pe.contiguous(),
+                                past_pages.contiguous(), cache_seqlens.to(torch.int32), rope_cos_sin.float().contiguous(),
+                                softmax_scale, block_table=block_table.to(torch.int32).contiguous(), page_size=page_size)
+
+
 @torch.library.custom_op("mla::mla_attention_fp8_cache", mutates_args=())
 def mla_attention_fp8_cache(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_latent: torch.Tensor, k_pe: torch.Tensor,
                             past_codes: torch.Tensor, cache_seqlens: torch.Tensor, rope_cos_sin: torch.Tensor,
@@ -179,6 +192,19 @@ def _fp8_cache_fake(q_latent, q_pe, kv_latent, k_pe, past_codes, cache_seqlens, 
                     past_scales, past_rope, num_heads, kv_lora_rank, qk_rope_head_dim, softmax_scale, page_size):
     return (torch.empty_like(q_latent), torch.empty_like(past_codes), torch.empty_like(past_scales),
             torch.empty_like(past_rope))
+
+
+@mla_attention_fp8_cache.register_kernel("cuda")
+def _fp8_cache_cuda(q_latent, q_pe, kv_latent, k_pe, past_codes, cache_seqlens, rope_cos_sin, block_table, past_scales,
+                    past_rope, num_heads, kv_lora_rank, qk_rope_head_dim, softmax_scale, page_size):
+    """CUDA: the Triton kernels' FP8-cache path (imported at the first call; owed to a GPU run)."""
+    from ..kernels.attention.api import mla_attention_triton
+
+    return mla_attention_triton(q_latent.contiguous(), q_pe.contiguous(), kv_latent.contiguous(), k_pe.contiguous(),
+                                past_codes.contiguous(), cache_seqlens.to(torch.int32), rope_cos_sin.float().contiguous(),
+                                softmax_scale, block_table=block_table.to(torch.int32).contiguous(),
+                                past_scale=past_scales.float().contiguous(), past_rope=past_rope.contiguous(),
+                                page_size=page_size, kv_cache_dtype=contract.KV_CACHE_DTYPE_FP8)
 
 
 def attention_core(q_latent, q_pe, kv_latent, k_pe, cache, cache_seqlens, rope_cos_sin, num_heads: int,
