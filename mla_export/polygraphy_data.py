@@ -45,8 +45,11 @@ def feeds(path: str | Path, seed: int = 0) -> list[dict]:
         import ml_dtypes
 
         dtype = ml_dtypes.bfloat16
+    if spec.kv_cache_dtype == "fp8":
+        raise SystemExit(f"mla_export.polygraphy_data: {path} has an FP8 cache, whose codes ONNX Runtime's Python "
+                         "API takes only as raw bytes: validate it with `mla-export validate`")
     rng = np.random.default_rng(seed)
-    names, _ = spec.graph_io_names()
+    names, _ = spec.step_io_names()  # a paged export: its pools and block table made from these below
     out = []
     for new_tokens, _ in STEPS:
         room = spec.max_seq_len - new_tokens
@@ -61,6 +64,10 @@ def feeds(path: str | Path, seed: int = 0) -> list[dict]:
             for b, rows in enumerate(lengths):
                 cache[b, :rows] = rng.standard_normal((rows, c.cache_width)).astype(dtype)
             feed[name] = cache
+        if spec.cache == "paged":  # the same rows in shuffled pages (`run/paged.py`), one pool per step
+            from mla_export.run.paged import CacheServer
+
+            feed = CacheServer(None, spec, seed=seed).graph_feeds(feed)
         out.append(feed)
     return out
 

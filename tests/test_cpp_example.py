@@ -91,3 +91,13 @@ def test_nccl_smoke_skips_without_a_gpu_or_nccl(build_dir):
     assert result.returncode == 77, result.stdout + result.stderr
     assert result.stdout.startswith("skip: ")
     assert "no CUDA device" in result.stdout or "cannot load libnccl_not_here.so.2" in result.stdout
+
+
+def test_page_allocator_unit_test_passes(build_dir):
+    """mlaPages.h, a paged cache's pages in C++: allocate on prefill, one more at a page edge, free on finish and
+    reuse, the block table's unused slots, and each refusal (pool exhausted, a row too short, unknown or
+    duplicate sequences) leaving the pool as it was."""
+    result = subprocess.run([build_dir / "test_mla_pages"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip().endswith(" 0 failed")
+    assert int(result.stdout.strip().splitlines()[-1].split()[0]) >= 20

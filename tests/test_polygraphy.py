@@ -21,10 +21,12 @@ POLYGRAPHY = Path(sys.executable).parent / "polygraphy"
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     out = {}
-    for preset, io in (("tiny", "hidden"), ("tiny-moe", "tokens")):
-        path = tmp_path_factory.mktemp("poly") / f"{preset}.onnx"
-        export_onnx(ModelSpec(load_preset(preset), max_seq_len=48, io=io), path)
-        out[preset] = path
+    for name, preset, io, cache in (("tiny", "tiny", "hidden", "contiguous"),
+                                    ("tiny-moe", "tiny-moe", "tokens", "contiguous"),
+                                    ("tiny-paged", "tiny", "hidden", "paged")):
+        path = tmp_path_factory.mktemp("poly") / f"{name}.onnx"
+        export_onnx(ModelSpec(load_preset(preset), max_seq_len=48, io=io, cache=cache, page_size=16), path)
+        out[name] = path
     return out
 
 
@@ -49,14 +51,15 @@ def test_feeds_are_valid_inputs(exports):
                         assert np.isfinite(cache[b, :rows]).all() and cache[b, :rows].std() > 0.5
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "tiny-paged"])
 def test_polygraphy_runs_an_export_with_our_data_loader(exports, preset):
     loader = subprocess.run([sys.executable, "-m", "mla_export.polygraphy_data"], capture_output=True,
                             text=True).stdout.strip()
     result = polygraphy("run", exports[preset], "--onnxrt", "--data-loader-script", loader)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "PASSED" in result.stdout + result.stderr
-    assert "present_latent_cache.0" in result.stdout + result.stderr
+    present = "present_latent_pages.0" if preset == "tiny-paged" else "present_latent_cache.0"
+    assert present in result.stdout + result.stderr
 
 
 def test_polygraphy_inspects_an_export(exports):

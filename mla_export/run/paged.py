@@ -29,7 +29,8 @@ class CacheServer:
 
     def __init__(self, runner, spec: ModelSpec, seed: int = 0):
         self.runner, self.spec, self.seed = runner, spec, seed
-        self.name = f"{runner.name}, {spec.cache} cache" + (" (fp8)" if spec.kv_cache_dtype == "fp8" else "")
+        kind = f"{spec.cache} cache" + (" (fp8)" if spec.kv_cache_dtype == "fp8" else "")
+        self.name = f"{getattr(runner, 'name', 'onnxruntime')}, {kind}"  # runner None: feeds only (Polygraphy)
         self.paged = spec.cache == "paged"
         self.page = spec.page_size if self.paged else spec.max_seq_len
         self.planes: list[list[torch.Tensor]] | None = None  # per layer: [pool] or [codes, scales, rope]
@@ -107,21 +108,29 @@ class CacheServer:
         return table
 
     # ---- the Runner interface ------------------------------------------------------------------------------
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One step: feeds and outputs by the contiguous names (`ModelSpec.step_io_names`)."""
-        step_in, step_out = self.spec.step_io_names()
-        graph_in, graph_out = self.spec.graph_io_names()
+    def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The export's own feeds for a step given by the contiguous names (pages handed out as needed)."""
+        step_in, _ = self.spec.step_io_names()
+        graph_in, _ = self.spec.graph_io_names()
         seqlens = from_numpy(feeds[contract.CACHE_SEQLENS])
-        new_tokens = feeds[step_in[0]].shape[1]
         if self.planes is None:
             self._start([from_numpy(feeds[name]) for name in step_in[2:]], seqlens)
-        self._grow(seqlens + new_tokens)
+        self._grow(seqlens + feeds[step_in[0]].shape[1])
         graph_feeds = {step_in[0]: feeds[step_in[0]], contract.CACHE_SEQLENS: feeds[contract.CACHE_SEQLENS]}
         if self.paged:
             graph_feeds[contract.BLOCK_TABLE] = self.block_table(len(self.owned))
         names = iter(graph_in[3:] if self.paged else graph_in[2:])
         for planes in self.planes:
             graph_feeds.update({next(names): to_numpy(plane) for plane in planes})
+        return graph_feeds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One step: feeds and outputs by the contiguous names (`ModelSpec.step_io_names`)."""
+        step_in, step_out = self.spec.step_io_names()
+        _, graph_out = self.spec.graph_io_names()
+        seqlens = from_numpy(feeds[contract.CACHE_SEQLENS])
+        new_tokens = feeds[step_in[0]].shape[1]
+        graph_feeds = self.graph_feeds(feeds)
         before = self._free_bytes()
         outputs = self.runner.run(graph_feeds)
         presents = iter(graph_out[1:])
