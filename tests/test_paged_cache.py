@@ -273,3 +273,12 @@ def test_build_refuses_a_contract_2_export_with_one_message(tiny_paged, tmp_path
     assert_one_message(run("build", "--onnx", tiny_paged, "-o", tmp_path / "m.engine"),
                        "TensorRT builds of contract-2 graphs are not written yet")
     assert not (tmp_path / "m.engine").exists()
+
+
+def test_profile_runs_a_paged_fp8_export(tmp_path):
+    """profile --onnx on a contract-2 export: its pools and block table made once from the random caches."""
+    path = export_onnx(ModelSpec(load_preset("tiny"), max_seq_len=64, cache="paged", page_size=16,
+                                 kv_cache_dtype="fp8"), tmp_path / "m.onnx")
+    result = run("profile", "--onnx", path, "--batches", "1,2", "--contexts", "16,40", "-q")
+    assert result.exit_code == 0, result.output
+    assert "decode" in result.output and "prefill" in result.output

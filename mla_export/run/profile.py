@@ -36,7 +36,10 @@ class Target(abc.ABC):
 
     def cache_bytes(self, batch: int, context: int) -> int:
         c = self.spec.config
-        return batch * (context + 1) * c.cache_width * self.spec.element_bytes * c.num_hidden_layers
+        per_token = c.cache_width * self.spec.element_bytes
+        if self.spec.kv_cache_dtype == "fp8":  # e4m3 codes, a float32 scale per 128, k_pe in the dtype
+            per_token = c.kv_lora_rank + 4 * -(-c.kv_lora_rank // 128) + c.qk_rope_head_dim * self.spec.element_bytes
+        return batch * (context + 1) * per_token * c.num_hidden_layers
 
     def peak_bytes(self, batch: int, context: int) -> int:
         """Estimated memory of one point's inputs and step: every layer's cache (drawn in float32, held in the
@@ -47,9 +50,10 @@ class Target(abc.ABC):
         return caches + scores
 
     def inputs(self, batch: int, context: int, new_tokens: int) -> dict[str, torch.Tensor]:
-        """Random graph inputs: empty caches for a prefill, caches holding `context` rows for a decode step."""
+        """Random inputs: empty caches for a prefill, caches holding `context` rows for a decode step (contiguous:
+        a paged or FP8 cache's runner makes its own planes from them, `prepare`)."""
         c, dtype = self.spec.config, torch_dtype(self.spec.dtype)
-        names, _ = self.spec.graph_io_names()
+        names, _ = self.spec.step_io_names()
         gen = torch.Generator().manual_seed(0)
         held = 0 if new_tokens > 1 else context
         if self.spec.io == "tokens":
@@ -81,6 +85,10 @@ class OnnxRuntimeTarget(Target):
         from .runners import to_numpy
 
         feeds = {k: to_numpy(v) for k, v in self.inputs(batch, context, new_tokens).items()}
+        if self.spec.cache_contract:  # the export's own pools and block table, made once, outside the timing
+            from .paged import CacheServer
+
+            feeds = CacheServer(None, self.spec).graph_feeds(feeds)
         return lambda: self.runner.run(feeds)
 
 
