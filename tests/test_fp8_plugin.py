@@ -117,7 +117,7 @@ def test_parser_creates_moe_with_fp8_experts(plugin_library, tmp_path):
     assert _fed_as(log, "gate_up_proj", (8, 64, 64), "FP8") and _fed_as(log, "down_proj", (8, 64, 32), "FP8"), log[-3000:]
     assert _fed_as(log, "gate_up_scale", (8, 1, 1), "FLOAT") and _fed_as(log, "down_scale", (8, 1, 1), "FLOAT")
     assert ("DeepseekMoE: num_experts=8 top_k=2 n_group=4 topk_group=2 scoring_func=1 group_score=1 use_bias=1 "
-            "normalize=1 weight_scale=2.5 (build phase") in log
+            "normalize=1 weight_scale=2.5 first_expert=0 (build phase") in log
     assert CREATED_MOE in log, log[-3000:]
 
 
