@@ -89,11 +89,12 @@ def fp8_scale_initializer(name: str, shape: list[int], seed: int):
 
 
 def markdown_table(text: str, heading: str) -> list[list[str]]:
-    """Rows (cells stripped of backticks) of the first table after `## heading`."""
+    """Rows (cells stripped of backticks) of the first table after `## heading` (or `### heading`), up to the
+    next heading of either level."""
     section = text.split(f"## {heading}\n", 1)[1]
     rows = []
     for line in section.splitlines():
-        if line.startswith("## "):
+        if line.startswith(("## ", "### ")):
             break
         if line.startswith("|") and not set(line) <= set("|- "):
             rows.append([cell.strip().replace("`", "") for cell in line.strip().strip("|").split("|")])
@@ -181,6 +182,69 @@ def write_mla_launch_plan(path: Path, kernels_dir: Path) -> int:
             lines.append(" ".join(["launch", name, *map(str, grid), *map(str, block), shared, *args]))
     path.write_text("\n".join(lines) + "\n")
     return len(PLAN_CASES)
+
+# Contract-2 MlaAttention calls (a paged and/or FP8 cache) whose launches testCacheLaunch.cpp compares with the
+# Python plan: (B, S, H, Dc, Dr, page_size, kv_cache_dtype, pages P, rows per page, max_pages, rope rows, dtype, SMs).
+# Contiguous FP8 (page_size 0): P = B, rows = Smax, block_table [B, 1] (not read).
+CACHE_PLAN_CASES = [(3, 1, 4, 32, 8, 64, 0, 8, 64, 2, 128, "float16", 132),  # tiny, decode, 64-row pages
+                    (2, 7, 4, 32, 8, 16, 0, 20, 16, 8, 128, "bfloat16", 78),  # 16-row pages, a prefill chunk
+                    (2, 1, 128, 512, 64, 64, 0, 130, 64, 64, 4096, "bfloat16", 132),  # V3's heads, split decode
+                    (8, 1, 16, 512, 64, 64, 1, 300, 64, 32, 2048, "bfloat16", 132),  # FP8 pages, split decode
+                    (1, 64, 16, 512, 64, 64, 1, 10, 64, 8, 512, "float16", 78),  # FP8 pages, prefill
+                    (3, 2, 4, 32, 8, 0, 1, 3, 64, 1, 64, "float16", 132),  # contiguous FP8
+                    (2, 5, 16, 512, 64, 16, 1, 40, 16, 20, 320, "bfloat16", 132)]  # FP8, 16-row pages
+
+
+def _cache_planned_args(kind: str, p, case) -> list[str]:
+    """Expected argument values of contract-2 kernel `kind` under plan `p` (testCacheLaunch.cpp tokens): version
+    1's (present planes written in place), then the block table, scale and rope planes and the pool's sizes."""
+    from mla_export.kernels.attention.plan import CACHE_KINDS, runtime_args
+
+    b, s, h, dc, dr, page, kv, pages, rows, max_pages, rope_rows, dtype, sms = case
+    split = p.num_splits > 1
+    values = {"q_rot_ptr": f"p:ws+{p.q_rot_offset}", "o_part_ptr": f"p:ws+{p.o_part_offset}" if split else "p:*",
+              "lse_part_ptr": f"p:ws+{p.lse_offset}" if split else "p:*", "S": f"i:{s}", "H": f"i:{h}",
+              "Smax": f"i:{rope_rows if page else rows}", "num_splits": f"i:{p.num_splits}",
+              "softmax_scale": f"f:{PLAN_SOFTMAX_SCALE}",
+              "block_table_ptr": "p:block_table" if page else "p:cache_seqlens",
+              "scale_ptr": "p:present_scale" if kv else "p:null", "rope_ptr": "p:present_rope" if kv else "p:null",
+              "num_pages": f"i:{pages}", "max_pages": f"i:{max_pages if page else 0}", "page_size": f"i:{page}"}
+    values.update({name: f"p:{tensor}" for name, tensor in PLAN_TENSOR_ARGS.items()})
+    args = runtime_args(kind, dtype, int(kind in CACHE_KINDS), kv if kind in CACHE_KINDS else 0)
+    unknown = [name for name, _ in args if name not in values]
+    assert not unknown, f"{kind}: kernel arguments {unknown} have no expected value here"
+    return [values[name] for name, _ in args] + ["p:null", "p:null"]  # Triton's global/profile scratch: none
+
+
+def write_mla_cache_launch_plan(path: Path, kernels_dir: Path) -> int:
+    """Write the planned launches of CACHE_PLAN_CASES for plugins/tests/testCacheLaunch.cpp (the format of
+    write_mla_launch_plan, a longer case line); returns the number of cases."""
+    from mla_export.kernels.attention import plan as kplan
+
+    compiled = _manifest_kernels(kernels_dir)
+    table = kplan.aot_kernel_table()
+    lines = []
+    for case in CACHE_PLAN_CASES:
+        b, s, h, dc, dr, page, kv, pages, rows, max_pages, rope_rows, dtype, sms = case
+        smax = max_pages * page if page else rows  # the plan's Smax
+        p = kplan.make_plan(kplan.Dims(b, s, h, dc, dr, smax, dtype, page, kv), sms)
+        lines.append(f"case {b} {s} {h} {dc} {dr} {page} {kv} {pages} {rows} {max_pages} {rope_rows} "
+                     f"{PLAN_DTYPE_CODES[dtype]} {sms}")
+        for kind, grid, index in zip(kplan.KERNEL_KINDS, (p.rope_grid, p.attn_grid, p.combine_grid),
+                                     kplan.kernel_indices(p, dtype, page, kv)):
+            if kind == "combine" and p.num_splits == 1:
+                continue
+            spec = table[index]
+            found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
+                     and (k["family_index"], k["dtype"], k["kind"], k["block_m"], k.get("cache_v2", 0),
+                          k.get("kv_cache_dtype", 0))
+                     == (spec.family_index, spec.dtype, spec.kind, spec.block_m, spec.cache_v2, spec.kv_cache_dtype)]
+            assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
+            lines.append(" ".join(["launch", found[0]["name"], *map(str, grid), str(32 * found[0]["num_warps"]), "1",
+                                   "1", str(found[0]["shared"]), *_cache_planned_args(kind, p, case)]))
+    path.write_text("\n".join(lines) + "\n")
+    return len(CACHE_PLAN_CASES)
+
 
 # DeepseekMoE calls whose launches testMoeLaunch.cpp compares with moe_plan's: (B, S, d, I, attributes, dtype).
 # Attributes in contract order: num_experts top_k n_group topk_group scoring_func group_score use_bias normalize
@@ -277,14 +341,16 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
 
 def build_plugins(build: Path, kernels_dir: Path) -> Path:
     """Configure and build plugins/ into `build` with the generated kernels, after writing the launch tests'
-    expectations (launch_plan.txt, moe_launch_plan.txt, fp8_launch_plan.txt: BlockFp8MatMul's, read by the
+    expectations (launch_plan.txt, cache_launch_plan.txt, moe_launch_plan.txt, fp8_launch_plan.txt: BlockFp8MatMul's, read by the
     kernels' test_fp8_launch and the plugin's test_fp8_plugin_launch) there."""
     from test_fp8_kernels_aot import write_launch_plan as write_fp8_launch_plan
 
     write_mla_launch_plan(build / "launch_plan.txt", kernels_dir)
+    write_mla_cache_launch_plan(build / "cache_launch_plan.txt", kernels_dir)
     write_moe_launch_plan(build / "moe_launch_plan.txt", kernels_dir)
     write_fp8_launch_plan(build / "fp8_launch_plan.txt", kernels_dir)
     options = [f"-DMLA_KERNELS_DIR={kernels_dir}", f"-DMLA_LAUNCH_EXPECTATIONS={build / 'launch_plan.txt'}",
+               f"-DMLA_CACHE_LAUNCH_EXPECTATIONS={build / 'cache_launch_plan.txt'}",
                f"-DMLA_MOE_LAUNCH_EXPECTATIONS={build / 'moe_launch_plan.txt'}",
                f"-DMLA_FP8_LAUNCH_EXPECTATIONS={build / 'fp8_launch_plan.txt'}"]
     configure = subprocess.run(["cmake", "-S", ROOT / "plugins", "-B", build, "-DCMAKE_BUILD_TYPE=Release",

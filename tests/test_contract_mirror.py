@@ -32,6 +32,23 @@ def test_header_mirrors_contract():
     assert (c["kInputIds"], c["kLogits"]) == (contract.INPUT_IDS, contract.LOGITS)
     assert c["kPastCachePrefix"] + "3" == contract.past_cache_name(3)
     assert c["kPresentCachePrefix"] + "3" == contract.present_cache_name(3)
+    # Contract version 2: the appended inputs and outputs, attributes and the FP8 cache format.
+    assert int(c["kCacheContractVersion"]) == contract.CACHE_CONTRACT_VERSION
+    assert c["kCacheInputNames"] == contract.OP_FP8_CACHE_INPUTS
+    assert c["kCacheOutputNames"] == contract.OP_FP8_CACHE_OUTPUTS
+    enum = dict(re.findall(r"(k\w+) = (\d+)\b", HEADER.read_text()))
+    assert [int(enum[k]) for k in ("kBlockTable", "kPastScale", "kPastRope")] == [
+        contract.OP_FP8_CACHE_INPUTS.index(n) for n in ("block_table", "past_scale", "past_rope")]
+    assert (int(enum["kNumPagedInputs"]), int(enum["kNumFp8CacheInputs"])) == (
+        len(contract.OP_PAGED_INPUTS), len(contract.OP_FP8_CACHE_INPUTS))
+    assert [int(enum[k]) for k in ("kPresentScale", "kPresentRope", "kNumFp8CacheOutputs")] == [
+        contract.OP_FP8_CACHE_OUTPUTS.index("present_scale"), contract.OP_FP8_CACHE_OUTPUTS.index("present_rope"),
+        len(contract.OP_FP8_CACHE_OUTPUTS)]
+    assert {c["kAttrPageSize"], c["kAttrKvCacheDtype"]} == set(contract.OP_CACHE_ATTRIBUTES)
+    assert (int(c["kKvCacheDtypeModel"]), int(c["kKvCacheDtypeFp8"])) == (contract.KV_CACHE_DTYPE_MODEL,
+                                                                         contract.KV_CACHE_DTYPE_FP8)
+    assert (int(c["kMaxPageSize"]), int(c["kFp8CacheTile"])) == (contract.MAX_PAGE_SIZE, contract.FP8_CACHE_TILE)
+    assert (c["kMetaCache"], c["kMetaKvCacheDtype"]) == (contract.META_CACHE, contract.META_KV_CACHE_DTYPE)
 
 
 MOE_HEADER = Path(__file__).resolve().parents[1] / "plugins" / "deepseekMoePlugin" / "moeContract.h"

@@ -8,6 +8,7 @@ chooses exactly what plan.make_plan chooses over a sweep of shapes.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import shutil
@@ -52,7 +53,8 @@ def test_every_kernel_is_built_for_every_arch_within_shared_memory(built):
     for arch in ptx_archs:  # PTX images for later GPUs and those between cubins
         assert f"k_ptx{arch}_{len(table) - 1}[" in source
     launchers = (KERNELS_INCLUDE / "mlaKernels.cpp").read_text()
-    assert launchers.count("&globalScratch, &profileScratch}") == len(plan.KERNEL_KINDS)  # Triton's scratch args
+    # Triton's scratch args end every argument list: one per kind, and one more per cache kind (its contract-2 list)
+    assert launchers.count("&globalScratch, &profileScratch}") == len(plan.KERNEL_KINDS) + len(plan.CACHE_KINDS)
 
 
 def test_generated_files_hold_data_only(built):
@@ -79,7 +81,20 @@ def test_launchers_pass_the_kernels_arguments_in_order():
         camel = [re.sub(r"_(\w)", lambda m: m.group(1).upper(), n) for n in expected]
         aliases = {"qLat": "qLatent", "cosSin": "cosSin", "S": "newTokens", "H": "numHeads", "Smax": "maxSeqLen",
                    "lsePart": "lsePart", "lse": "lsePart"}
-        assert names == [aliases.get(n, n) for n in camel], (kind, names)
+        # The cache kinds take the contract-2 cache kernels' arguments last, as one CacheArgs (null: version 1).
+        cache = ["cacheArgs"] if kind in plan.CACHE_KINDS else []
+        assert names == [aliases.get(n, n) for n in camel] + cache, (kind, names)
+    fields = re.search(r"struct CacheArgs\s*\{(.*?)\};", source, re.S).group(1)
+    declared = re.findall(r"^\s*\w+ (\w+);", fields, re.M)
+    expected = [re.sub(r"_(\w)", lambda m: m.group(1).upper(), re.sub(r"_ptr$", "", n))
+                for n, _ in plan.CACHE_RUNTIME_ARGS]
+    assert declared == expected
+    # ... and every cache kernel's argument list passes them in that order, after the version-1 ones.
+    passed = re.findall(r"cacheKernelArgs\[\] = \{(.*?)\};", source, re.S)
+    assert len(passed) == 2
+    for body in passed:
+        names = [a.strip().lstrip("&") for a in body.replace("\n", " ").split(",")]
+        assert names[-8:] == [f"c.{n}" for n in declared] + ["globalScratch", "profileScratch"], names
 
 
 @needs_cxx
@@ -99,10 +114,12 @@ _PLAN_MAIN = r"""
 using namespace mla::kernels;
 int main()
 {
-    int b, s, h, dc, dr, smax, dtype, sms;
-    while (std::scanf("%d %d %d %d %d %d %d %d", &b, &s, &h, &dc, &dr, &smax, &dtype, &sms) == 8)
+    int b, s, h, dc, dr, smax, dtype, sms, page, kv;
+    while (std::scanf("%d %d %d %d %d %d %d %d %d %d", &b, &s, &h, &dc, &dr, &smax, &dtype, &sms, &page, &kv) == 10)
     {
         Dims d{b, s, h, dc, dr, smax, static_cast<DataType>(dtype), 0.1F};
+        d.pageSize = page;
+        d.kvCacheDtype = kv;
         char const* why = plan::unsupportedReason(d);
         plan::LaunchPlan p{};
         if (why != nullptr || !plan::makePlan(d, sms, p))
@@ -124,21 +141,20 @@ int main()
 _DTYPE_NAMES = {v: k for k, v in plan.DTYPE_ENUM.items()}
 
 
-def _python_line(b, s, h, dc, dr, smax, dtype, sms) -> str:
-    dims = plan.Dims(b, s, h, dc, dr, smax, _DTYPE_NAMES[dtype])
+def _python_line(b, s, h, dc, dr, smax, dtype, sms, page=0, kv=0) -> str:
+    dims = plan.Dims(b, s, h, dc, dr, smax, _DTYPE_NAMES[dtype], page, kv)
     why = plan.unsupported_reason(dims)
     if why is not None:
         return f"no {why}"
     p = plan.make_plan(dims, sms)
-    rope, attn, comb = plan.kernel_indices(p, dims.dtype)
+    rope, attn, comb = plan.kernel_indices(p, dims.dtype, page, kv)
     fields = [plan.FAMILIES.index(p.family), p.block_m, p.m_blocks, p.num_splits, p.attn_num_warps, rope, attn, comb,
               *p.rope_grid, *p.attn_grid, *p.combine_grid, p.q_rot_offset, p.o_part_offset, p.lse_offset,
               p.workspace_bytes]
     return "ok " + " ".join(map(str, fields))
 
 
-@needs_cxx
-def test_cpp_plan_equals_python_plan(built, tmp_path):
+def _plan_program(built, tmp_path) -> Path:
     exe = tmp_path / "plan_main"
     (tmp_path / "plan_main.cpp").write_text(_PLAN_MAIN)
     proc = subprocess.run([CXX, "-std=c++17", "-O1", str(tmp_path / "plan_main.cpp"),
@@ -146,6 +162,39 @@ def test_cpp_plan_equals_python_plan(built, tmp_path):
                            f"-I{KERNELS_INCLUDE}", f"-I{built}", f"-I{CUDA_INCLUDE}", "-o", str(exe)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return exe
+
+
+@needs_cxx
+def test_cpp_plan_equals_python_plan_for_cache_layouts(built, tmp_path):
+    """Contract version 2: the paged and FP8 caches pick the same cache kernels, splits and workspace in C++ as in
+    Python, and both refuse the same bad layouts (a page size not a power of two, an unknown kv cache dtype)."""
+    exe = _plan_program(built, tmp_path)
+    sweep = list(itertools.product(
+        (1, 3, 64), (1, 7, 300), (4, 16, 128), ((32, 8), (512, 64), (64, 64)),
+        (64, 1024, 65536),  # Smax (paged: max_pages * page_size)
+        (1, 2), (132, 78),
+        ((64, 0), (16, 0), (1, 0), (64, 1), (16, 1), (0, 1), (3, 0), (-64, 0), (64, 2), (0, 2)),  # (page, kv)
+    ))
+    lines = [f"{b} {s} {h} {dc} {dr} {smax} {dt} {sms} {page} {kv}"
+             for b, s, h, (dc, dr), smax, dt, sms, (page, kv) in sweep]
+    run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
+    cpp = run.stdout.splitlines()
+    assert len(cpp) == len(sweep)
+    kernels = collections.Counter()
+    for (b, s, h, (dc, dr), smax, dt, sms, (page, kv)), got in zip(sweep, cpp):
+        want = _python_line(b, s, h, dc, dr, smax, dt, sms, page, kv)
+        assert got == want, f"B={b} S={s} H={h} Dc={dc} Dr={dr} Smax={smax} dtype={dt} SMs={sms} page={page} kv={kv}"
+        if want.startswith("ok"):
+            kernels[(page > 0 or kv > 0, kv)] += 1
+        else:
+            assert (page, kv) in ((3, 0), (-64, 0), (64, 2), (0, 2)) or (dc, dr) == (64, 64), got
+    assert set(kernels) == {(True, 0), (True, 1)} and min(kernels.values()) > 100, kernels
+
+
+@needs_cxx
+def test_cpp_plan_equals_python_plan(built, tmp_path):
+    exe = _plan_program(built, tmp_path)
     sweep = list(itertools.product(
         (0, 1, 3, 8, 64, 128, 70000),  # B
         (0, 1, 2, 7, 8, 33, 4096),  # S
@@ -155,7 +204,7 @@ def test_cpp_plan_equals_python_plan(built, tmp_path):
         (0, 1, 2),  # dtype: float32, float16, bfloat16
         (0, 1, 108, 132, 170),  # SMs
     ))
-    lines = [f"{b} {s} {h} {dc} {dr} {smax} {dt} {sms}" for b, s, h, (dc, dr), smax, dt, sms in sweep]
+    lines = [f"{b} {s} {h} {dc} {dr} {smax} {dt} {sms} 0 0" for b, s, h, (dc, dr), smax, dt, sms in sweep]
     run = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
     cpp = run.stdout.splitlines()
     assert len(cpp) == len(sweep)

@@ -19,18 +19,19 @@ import pytest
 
 from mla_export.common import contract
 
-from plugin_helpers import LIBRARY, PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
+from plugin_helpers import CACHE_PLAN_CASES, LIBRARY, PLAN_CASES, ROOT, markdown_table, parse_with_rtx, rtx_missing
 
 PLUGIN_DIR = ROOT / "plugins" / "mlaAttentionPlugin"
 CREATED = "Successfully created plugin: MlaAttention"
 PARSED_VALUES = re.compile(r"MlaAttention: num_heads=(\d+) kv_lora_rank=(\d+) qk_rope_head_dim=(\d+) "
-                           r"softmax_scale=(\S+) \(build phase")
+                           r"softmax_scale=(\S+) page_size=\d+ kv_cache_dtype=\d+ \(build phase")
 
 def test_cpp_tests_pass(plugin_build):
     result = subprocess.run(["ctest", "--test-dir", plugin_build, "-V"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr
     summaries = dict(re.findall(r"(test_(?:mla|moe|fp8)_\w+): (\d+) passed, 0 failed", result.stdout))
     assert set(summaries) == {"test_mla_creator", "test_mla_shapes", "test_mla_launch", "test_mla_images",
+                              "test_mla_cache_shapes", "test_mla_cache_launch",
                               "test_mla_entry", "test_moe_creator", "test_moe_shapes", "test_moe_launch",
                               "test_fp8_launch", "test_fp8_creator", "test_fp8_shapes", "test_fp8_plugin_launch"}, \
         result.stdout[-4000:]
@@ -45,6 +46,17 @@ def test_launches_match_python_plan(plugin_build):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-8000:]
     assert f"compared {len(PLAN_CASES)} planned calls" in result.stdout
+
+
+def test_cache_launches_match_python_plan(plugin_build):
+    """Contract version 2: enqueue of a paged pool in T, of paged and contiguous FP8 caches launches exactly what
+    the Python API plans (the cache kernels of the kv cache dtype, the block table, scale and rope planes, the
+    pool's sizes), every present plane in place or copied first."""
+    result = subprocess.run([plugin_build / "tests" / "test_mla_cache_launch", plugin_build / "cache_launch_plan.txt"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-8000:]
+    assert f"compared {len(CACHE_PLAN_CASES)} planned cache calls" in result.stdout
+    assert ", 0 failed" in result.stdout
 
 
 def test_image_choice_matches_python_mirror(plugin_build, aot_kernels):
@@ -94,6 +106,25 @@ def test_readme_tables_match_contract():
     assert {k.strip(): v.strip() for k, v in identity.items()} == {
         "plugin name": contract.PLUGIN_NAME, "plugin namespace": contract.PLUGIN_NAMESPACE,
         "plugin version": contract.PLUGIN_VERSION}
+
+
+def test_readme_cache_tables_match_contract():
+    """The README's contract-2 tables: the appended inputs and outputs and their types as the node's schema has
+    them, and the cache attributes."""
+    from mla_export.graph.onnx_cache import cache_op_schema
+
+    readme = (PLUGIN_DIR / "README.md").read_text()
+    schema = cache_op_schema(fp8=True)
+    types = {"T": "T", "int32": "tensor(int32)", "float32": "tensor(float)", "T or fp8": None}
+    inputs = markdown_table(readme, "Cache inputs")
+    assert [(int(r[0]), r[1]) for r in inputs] == [(i, contract.OP_FP8_CACHE_INPUTS[i]) for i in (4, 7, 8, 9)]
+    for row in inputs:
+        want = types[row[3]]
+        assert want is None or want == schema.inputs[int(row[0])].type_str, row
+    outputs = markdown_table(readme, "Cache outputs")
+    assert [(int(r[0]), r[1]) for r in outputs] == [(i, contract.OP_FP8_CACHE_OUTPUTS[i]) for i in (1, 2, 3)]
+    attributes = markdown_table(readme, "Cache attributes")
+    assert {r[0]: r[1] for r in attributes} == contract.OP_CACHE_ATTRIBUTES
 
 
 def test_exported_caches_meet_the_aliasing_conditions(tmp_path):
@@ -185,6 +216,32 @@ def test_parser_creates_plugin_from_exported_model(plugin_library, tmp_path):
     nodes = _attributes_of_nodes(model)
     assert nodes, "the export has no MlaAttention node"
     _check_created_with(parse_with_rtx(plugin_library, model), nodes[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,layout", [("tiny", dict(cache="paged", page_size=16)),
+                                           ("tiny-moe", dict(cache="paged", kv_cache_dtype="fp8")),
+                                           ("tiny", dict(kv_cache_dtype="fp8"))])
+def test_parser_creates_plugin_from_contract_2_export(plugin_library, tmp_path, preset, layout):
+    """A paged (and FP8) cache export: RTX's parser creates MlaAttention with the node's page_size and
+    kv_cache_dtype (contract version 2), the FP8 planes' graph inputs included."""
+    import onnx
+
+    from mla_export.graph.export import export_onnx
+    from mla_export.model.hf_config import load_preset
+    from mla_export.model.spec import ModelSpec
+
+    model = export_onnx(ModelSpec(load_preset(preset), max_seq_len=128, **layout), tmp_path / "v2.onnx")
+    node = next(n for n in onnx.load(str(model), load_external_data=False).graph.node
+                if n.op_type == contract.OP_TYPE and n.domain == contract.OP_DOMAIN)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    log = parse_with_rtx(plugin_library, model)
+    _check_created_with(log, _attributes_of_nodes(model)[0])
+    assert f"page_size={attrs['page_size']} kv_cache_dtype={attrs['kv_cache_dtype']} (build phase" in log, log[-3000:]
+    assert attrs["page_size"] == layout.get("page_size", contract.DEFAULT_PAGE_SIZE if "cache" in layout else 0)
+    assert attrs["kv_cache_dtype"] == (contract.KV_CACHE_DTYPE_FP8 if "kv_cache_dtype" in layout
+                                       else contract.KV_CACHE_DTYPE_MODEL)
+    assert "field page_size arrived as kINT32, length 1" in log
 
 
 def test_parser_passes_attribute_values(plugin_library, tmp_path):

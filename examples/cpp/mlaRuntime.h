@@ -206,6 +206,15 @@ inline Status checkSidecar(std::string const& json)
     if (format != kSidecarFormatVersion)
         return Status::error("sidecar format " + std::to_string(format) + " is unknown to this program (knows "
             + std::to_string(kSidecarFormatVersion) + "): rebuild the engine with this mla-export, or rebuild this program");
+    // A paged or FP8 latent cache (MlaAttention contract 2): page pools, a block table and FP8 planes to bind, which
+    // this program does not do yet (mlaPages.h allocates the pages; binding them is owed).
+    std::string layout, kvDtype;
+    bool const paged = jsonString(json, mla::contract::kMetaCache, layout) && layout != "contiguous";
+    bool const fp8Cache = jsonString(json, mla::contract::kMetaKvCacheDtype, kvDtype) && kvDtype != "model";
+    if (paged || fp8Cache)
+        return Status::error(std::string("the engine's latent cache is ") + (paged ? "paged" : "contiguous")
+            + (fp8Cache ? " FP8" : "") + " (MlaAttention contract 2); this program binds a contiguous cache in the "
+            "model's dtype only: export with --cache contiguous --kv-cache-dtype model for it");
     if (!jsonInt(json, "contract_version", contractVersion) || contractVersion != mla::contract::kContractVersion)
         return Status::error("engine speaks MlaAttention contract " + std::to_string(contractVersion)
             + ", this program speaks " + std::to_string(mla::contract::kContractVersion)

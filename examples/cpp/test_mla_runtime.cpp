@@ -103,6 +103,18 @@ int main()
     moeFuture.replace(moeFuture.find("version\": \"1\"") + 11, 1, "4");
     Status moeNewer = checkSidecar(moeFuture);
     expect(!moeNewer && moeNewer.message.find("DeepseekMoE contract 4") != std::string::npos, "other MoE contract refused");
+    // A paged or FP8 latent cache (contract 2): refused by name, whatever its contract_version says.
+    for (char const* layout : {"\"mla_export.cache\": \"paged\"", "\"mla_export.kv_cache_dtype\": \"fp8\""})
+    {
+        std::string const v2 = good.substr(0, good.size() - 2) + ",\n  \"onnx_metadata\": {" + layout + "}\n}";
+        Status const refused = checkSidecar(v2);
+        expect(!refused && refused.message.find("contract 2") != std::string::npos
+                && refused.message.find("--cache contiguous --kv-cache-dtype model") != std::string::npos,
+            (std::string("contract-2 cache refused: ") + layout).c_str());
+    }
+    std::string const contiguousModel = good.substr(0, good.size() - 2)
+        + ",\n  \"onnx_metadata\": {\"mla_export.cache\": \"contiguous\", \"mla_export.kv_cache_dtype\": \"model\"}\n}";
+    expect(checkSidecar(contiguousModel).ok, "contiguous model-dtype cache named in the metadata accepted");
     std::string const sized = "{\"engine_size\": 163840, \"engine_sha256\": \"ab\"}";
     expect(checkEngineSize(sized, 163840).ok, "engine of the recorded size accepted");
     Status other = checkEngineSize(sized, 163841);

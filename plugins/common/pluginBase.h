@@ -92,7 +92,7 @@ public:
     {
         return formatSupported(pos, inOut, nbInputs, nbOutputs);
     }
-    int32_t getNbOutputs() const noexcept override { return Plugin::kSpec.numOutputs; }
+    int32_t getNbOutputs() const noexcept override { return this->spec().numOutputs; }
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept override
     {
@@ -140,7 +140,13 @@ public:
 protected:
     //! `attrs` must be valid (Plugin::validate); the creator checks them.
     explicit PluginBase(Attributes const& attrs)
-        : PluginCore(Plugin::kSpec)
+        : PluginBase(attrs, Plugin::kSpec)
+    {
+    }
+    //! An op whose tensor counts depend on its attributes passes the spec of these attributes (same name,
+    //! version and namespace as Plugin::kSpec).
+    PluginBase(Attributes const& attrs, OpSpec const& spec)
+        : PluginCore(spec)
         , mAttrs(attrs)
     {
     }

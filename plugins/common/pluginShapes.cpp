@@ -58,6 +58,7 @@ size_t elementSize(nvinfer1::DataType type) noexcept
     case DataType::kINT32: return 4;
     case DataType::kHALF:
     case DataType::kBF16: return 2;
+    case DataType::kFP8: return 1;
     default: return 0;
     }
 }

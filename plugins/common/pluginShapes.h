@@ -36,7 +36,7 @@ bool sameDims(nvinfer1::Dims const& a, nvinfer1::Dims const& b) noexcept;
 //! The number of elements (the product of the extents).
 int64_t volume(nvinfer1::Dims const& dims) noexcept;
 
-//! Bytes per element of float32, int32, float16 and bfloat16; 0 for other types.
+//! Bytes per element of float32, int32, float16, bfloat16 and fp8; 0 for other types.
 size_t elementSize(nvinfer1::DataType type) noexcept;
 
 //! The activation type T of both ops: fp16 or bf16 (fp32 too, for testing; the AOT kernels refuse it).

@@ -50,36 +50,60 @@ CUresult launchKernel(Module const& module, ArchImage const& img, int32_t index,
         static_cast<unsigned>(img.sharedBytes[index]), stream, args, nullptr);
 }
 
-// Typed launchers, one per kernel kind: arguments in the order of plan.RUNTIME_ARGS.
+//! The runtime arguments the contract-2 cache kernels take after plan.RUNTIME_ARGS, in plan.CACHE_RUNTIME_ARGS
+//! order, as the launchers pass them (values, not pointers to values).
+struct CacheArgs
+{
+    CUdeviceptr blockTable; //!< block_table (a contiguous cache: cache_seqlens stands in, never read as a table)
+    CUdeviceptr scale;      //!< FP8 scales plane, else 0
+    CUdeviceptr rope;       //!< FP8 rope plane, else 0
+    int32_t numPages;
+    int32_t maxPages;
+    int32_t pageSize;
+};
+
+// Typed launchers, one per kernel kind: arguments in the order of plan.RUNTIME_ARGS, then (the contract-2 cache
+// kernels, `cache` non-null) plan.CACHE_RUNTIME_ARGS.
 
 CUresult launchRopeAppend(Module const& module, ArchImage const& img, int32_t index, uint32_t const grid[3],
     CUstream stream, void const* qPe, void const* kvLatent, void const* kPe, void* cache, void const* seqlens,
-    void const* cosSin, void* qRot, int32_t newTokens, int32_t numHeads, int32_t maxSeqLen) noexcept
+    void const* cosSin, void* qRot, int32_t newTokens, int32_t numHeads, int32_t maxSeqLen,
+    CacheArgs const* cacheArgs) noexcept
 {
     CUdeviceptr a0 = devicePtr(qPe), a1 = devicePtr(kvLatent), a2 = devicePtr(kPe), a3 = devicePtr(cache),
                 a4 = devicePtr(seqlens), a5 = devicePtr(cosSin), a6 = devicePtr(qRot);
     int32_t a7 = newTokens, a8 = numHeads, a9 = maxSeqLen;
+    CacheArgs c = cacheArgs != nullptr ? *cacheArgs : CacheArgs{};
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
     void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &globalScratch, &profileScratch};
+    void* cacheKernelArgs[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &c.blockTable, &c.scale, &c.rope,
+        &c.numPages, &c.maxPages, &c.pageSize, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kRopeAppend] + 2, "rope_append arguments");
-    return launchKernel(module, img, index, grid, stream, args);
+    static_assert(sizeof(cacheKernelArgs) / sizeof(cacheKernelArgs[0]) == kCacheRuntimeArgCount[kRopeAppend] + 2,
+        "rope_append cache kernel arguments");
+    return launchKernel(module, img, index, grid, stream, cacheArgs != nullptr ? cacheKernelArgs : args);
 }
 
 CUresult launchAttention(Module const& module, ArchImage const& img, int32_t index, uint32_t const grid[3],
     CUstream stream, void const* qLatent, void const* qRot, void const* cache, void const* seqlens, void* out,
     void* oPart, void* lsePart, float softmaxScale, int32_t newTokens, int32_t numHeads, int32_t maxSeqLen,
-    int32_t numSplits) noexcept
+    int32_t numSplits, CacheArgs const* cacheArgs) noexcept
 {
     CUdeviceptr a0 = devicePtr(qLatent), a1 = devicePtr(qRot), a2 = devicePtr(cache), a3 = devicePtr(seqlens),
                 a4 = devicePtr(out), a5 = devicePtr(oPart), a6 = devicePtr(lsePart);
     float a7 = softmaxScale;
     int32_t a8 = newTokens, a9 = numHeads, a10 = maxSeqLen, a11 = numSplits;
+    CacheArgs c = cacheArgs != nullptr ? *cacheArgs : CacheArgs{};
     CUdeviceptr globalScratch = 0;
     CUdeviceptr profileScratch = 0;
     void* args[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &globalScratch, &profileScratch};
+    void* cacheKernelArgs[] = {&a0, &a1, &a2, &a3, &a4, &a5, &a6, &a7, &a8, &a9, &a10, &a11, &c.blockTable, &c.scale,
+        &c.rope, &c.numPages, &c.maxPages, &c.pageSize, &globalScratch, &profileScratch};
     static_assert(sizeof(args) / sizeof(args[0]) == kRuntimeArgCount[kAttention] + 2, "attention arguments");
-    return launchKernel(module, img, index, grid, stream, args);
+    static_assert(sizeof(cacheKernelArgs) / sizeof(cacheKernelArgs[0]) == kCacheRuntimeArgCount[kAttention] + 2,
+        "attention cache kernel arguments");
+    return launchKernel(module, img, index, grid, stream, cacheArgs != nullptr ? cacheKernelArgs : args);
 }
 
 CUresult launchCombine(Module const& module, ArchImage const& img, int32_t index, uint32_t const grid[3],
@@ -262,8 +286,11 @@ CUresult launch(Module const& module, Dims const& dims, Tensors const& t, void* 
     {
         return CUDA_SUCCESS; // nothing to compute
     }
+    bool const paged = dims.pageSize > 0;
+    bool const fp8 = dims.kvCacheDtype != 0;
     void const* pointers[] = {t.qLatent, t.qPe, t.kvLatent, t.kPe, t.cache, t.cacheSeqlens, t.ropeCosSin,
-        t.attnLatent, workspace};
+        t.attnLatent, workspace, paged ? static_cast<void const*>(t.blockTable) : t.cacheSeqlens,
+        fp8 ? static_cast<void const*>(t.cacheScale) : t.cacheSeqlens, fp8 ? t.cacheRope : t.cacheSeqlens};
     for (void const* ptr : pointers)
     {
         if (ptr == nullptr || !aligned16(ptr))
@@ -275,12 +302,18 @@ CUresult launch(Module const& module, Dims const& dims, Tensors const& t, void* 
     void* qRot = ws + p.qRotOffset;
     void* oPart = p.numSplits > 1 ? ws + p.oPartOffset : qRot; // unused by the kernel when numSplits == 1
     void* lse = p.numSplits > 1 ? ws + p.lseOffset : qRot;
+    // Contract version 2: the kernels' Smax is the rope table's rows when paged (the plan's, maxPages * pageSize,
+    // sized the splits); a contiguous cache passes cache_seqlens for the block table it never reads.
+    CacheArgs const cacheArgs{devicePtr(paged ? t.blockTable : t.cacheSeqlens), fp8 ? devicePtr(t.cacheScale) : 0,
+        fp8 ? devicePtr(t.cacheRope) : 0, dims.numPages, paged ? dims.maxPages : 0, dims.pageSize};
+    CacheArgs const* cache = dims.cacheV2() ? &cacheArgs : nullptr;
+    int32_t const kernelSmax = paged ? dims.ropeRows : dims.maxSeqLen;
     CUresult r = launchRopeAppend(module, *img, p.ropeKernel, p.ropeGrid, stream, t.qPe, t.kvLatent, t.kPe, t.cache,
-        t.cacheSeqlens, t.ropeCosSin, qRot, dims.newTokens, dims.numHeads, dims.maxSeqLen);
+        t.cacheSeqlens, t.ropeCosSin, qRot, dims.newTokens, dims.numHeads, kernelSmax, cache);
     if (r == CUDA_SUCCESS)
     {
         r = launchAttention(module, *img, p.attnKernel, p.attnGrid, stream, t.qLatent, qRot, t.cache, t.cacheSeqlens,
-            t.attnLatent, oPart, lse, dims.softmaxScale, dims.newTokens, dims.numHeads, dims.maxSeqLen, p.numSplits);
+            t.attnLatent, oPart, lse, dims.softmaxScale, dims.newTokens, dims.numHeads, kernelSmax, p.numSplits, cache);
     }
     if (r == CUDA_SUCCESS && p.numSplits > 1)
     {

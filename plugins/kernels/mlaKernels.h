@@ -10,7 +10,9 @@
  *
  * What `launch` runs (plan and kernel table: mlaKernelsPlan.h, over the table generated from plan.py):
  *   1. rope_append, grid (B*S): rotates q_pe into the workspace and writes [kv_latent ; rotated k_pe]
- *      into cache rows cache_seqlens[b] + i (only rows inside [0, Smax)).
+ *      into cache rows cache_seqlens[b] + i (only rows inside [0, Smax)). A paged or FP8 cache (contract
+ *      version 2, Dims::cacheV2) runs the cache kernels of its kv cache dtype instead: rows addressed through
+ *      the block table (page ids outside [0, numPages) never dereferenced), c_kv quantized on append.
  *   2. attention, grid (ceil(S*H / blockM), numSplits, B): split-KV over the cache, fp32 online softmax.
  *   3. combine, grid (B*S*H), only when numSplits > 1: log-sum-exp merge of the split partials.
  * numSplits depends only on (B, S, H, Smax, numSms), never on device data. Workspace: rotated q_pe
@@ -51,6 +53,15 @@ struct Dims
     int32_t maxSeqLen;  //!< Smax, rows of the cache
     DataType dtype;     //!< T
     float softmaxScale; //!< the softmax_scale attribute; supported() is false unless finite and > 0
+    // Contract version 2 (a paged and/or FP8 cache); all 0: contract version 1's cache [B,Smax,Dc+Dr] T.
+    int32_t pageSize{0};     //!< rows per page, a power of two; 0: contiguous. Paged: maxSeqLen = maxPages * pageSize
+    int32_t kvCacheDtype{0}; //!< 0: rows in T, 1: FP8 (codes, scales and rope planes)
+    int32_t numPages{0};     //!< P, the pool's pages (contiguous: B)
+    int32_t maxPages{0};     //!< block_table columns (contiguous: 0, the table is not read)
+    int32_t ropeRows{0};     //!< rope_cos_sin rows: the kernels' Smax of a paged call (contiguous: maxSeqLen)
+
+    //! True when the contract-2 cache kernels run (a paged or FP8 cache).
+    bool cacheV2() const noexcept { return pageSize != 0 || kvCacheDtype != 0; }
 };
 
 //! Device pointers of one call. `cache` is the present cache: the caller has already made it hold
@@ -65,6 +76,10 @@ struct Tensors
     int32_t const* cacheSeqlens;  //!< [B] int32
     float const* ropeCosSin;      //!< [Smax,Dr] float32
     void* attnLatent;             //!< [B,S,H,Dc] T
+    // Contract version 2 (Dims::cacheV2): `cache` is the pool [P,page,Dc+Dr] T, or the FP8 codes [P,page,Dc].
+    int32_t const* blockTable{nullptr}; //!< [B,maxPages] int32; paged only (contiguous: not read)
+    float* cacheScale{nullptr};         //!< FP8 only: present scales [P,page,ceil(Dc/128)] float32
+    void* cacheRope{nullptr};           //!< FP8 only: present rotated k_pe [P,page,Dr] T
 };
 
 //! True when a kernel specialization exists for these dims; otherwise `why` names the reason.

@@ -45,18 +45,34 @@ int32_t findFamily(int32_t kvLoraRank, int32_t ropeDim) noexcept
     return -1;
 }
 
-//! Index of the kernel table entry, or -1 (plan.kernel_indices).
-int32_t findKernel(int32_t family, int32_t dtype, int32_t kind, int32_t blockM) noexcept
+//! Index of the kernel table entry, or -1 (plan.kernel_indices): `cacheV2`/`kvCacheDtype` pick contract version
+//! 1's kernels (0, 0) or a contract-2 cache kernel (1, dtype).
+int32_t findKernel(
+    int32_t family, int32_t dtype, int32_t kind, int32_t blockM, int32_t cacheV2, int32_t kvCacheDtype) noexcept
 {
     for (int32_t i = 0; i < kNumKernels; ++i)
     {
         KernelEntry const& k = kKernels[i];
-        if (k.family == family && k.dtype == dtype && k.kind == kind && k.blockM == blockM)
+        if (k.family == family && k.dtype == dtype && k.kind == kind && k.blockM == blockM
+            && kKernelCacheV2[i] == cacheV2 && kKernelKvCacheDtype[i] == kvCacheDtype)
         {
             return i;
         }
     }
     return -1;
+}
+
+//! True when the table holds contract-2 cache kernels for `kvCacheDtype` (plan.AOT_V2_KV_CACHE_DTYPES).
+bool hasCacheKernels(int32_t kvCacheDtype) noexcept
+{
+    for (int32_t i = 0; i < kNumKernels; ++i)
+    {
+        if (kKernelCacheV2[i] == 1 && kKernelKvCacheDtype[i] == kvCacheDtype)
+        {
+            return true;
+        }
+    }
+    return false;
 }
 
 int32_t elementBytes(int32_t dtype) noexcept
@@ -116,6 +132,11 @@ char const* unsupportedReason(Dims const& d) noexcept
     {
         return kReasonRows;
     }
+    int32_t const page = d.pageSize;
+    if (page < 0 || (page & (page - 1)) != 0 || (d.cacheV2() && !hasCacheKernels(d.kvCacheDtype)))
+    {
+        return kReasonCache;
+    }
     return nullptr;
 }
 
@@ -141,9 +162,10 @@ bool makePlan(Dims const& d, int32_t numSms, LaunchPlan& p) noexcept
     p.mBlocks = static_cast<int32_t>(mBlocks);
     p.numSplits = static_cast<int32_t>(splits);
     p.attnNumWarps = blockM == kSmallM ? kSmallMNumWarps : f.numWarps;
-    p.ropeKernel = findKernel(fi, dtype, kRopeAppend, 0);
-    p.attnKernel = findKernel(fi, dtype, kAttention, p.blockM);
-    p.combineKernel = findKernel(fi, dtype, kCombine, 0);
+    int32_t const cacheV2 = d.cacheV2() ? 1 : 0;
+    p.ropeKernel = findKernel(fi, dtype, kRopeAppend, 0, cacheV2, d.kvCacheDtype);
+    p.attnKernel = findKernel(fi, dtype, kAttention, p.blockM, cacheV2, d.kvCacheDtype);
+    p.combineKernel = findKernel(fi, dtype, kCombine, 0, 0, 0); // combine serves every cache layout
     p.ropeGrid[0] = static_cast<uint32_t>(static_cast<int64_t>(d.batch) * d.newTokens);
     p.ropeGrid[1] = 1;
     p.ropeGrid[2] = 1;

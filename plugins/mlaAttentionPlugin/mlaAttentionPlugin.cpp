@@ -17,31 +17,51 @@ using nvinfer1::Dims;
 using Severity = nvinfer1::ILogger::Severity;
 } // namespace
 
+OpSpec const& MlaAttentionPlugin::specFor(MlaAttributes const& attrs) noexcept
+{
+    if (!usesCacheV2(attrs))
+    {
+        return kSpec;
+    }
+    return attrs.kvCacheDtype == c::kKvCacheDtypeFp8 ? kFp8CacheSpec : kPagedSpec;
+}
+
 MlaAttentionPlugin::MlaAttentionPlugin(MlaAttributes const& attrs)
-    : PluginBase(attrs)
+    : PluginBase(attrs, specFor(attrs))
 {
 }
 
 int32_t MlaAttentionPlugin::getAliasedInput(int32_t outputIndex) noexcept
 {
-    return aliasedInput(outputIndex);
+    if (outputIndex < 0 || outputIndex >= spec().numOutputs)
+    {
+        return -1;
+    }
+    return usesCacheV2(mAttrs) ? cacheAliasedInput(outputIndex) : aliasedInput(outputIndex);
 }
 
 std::string MlaAttentionPlugin::validateInputDims(Dims const* inputs, int32_t nbInputs) const
 {
-    return plugin::validateInputDims(mAttrs, inputs, nbInputs);
+    return usesCacheV2(mAttrs) ? validateCacheInputDims(mAttrs, inputs, nbInputs)
+                               : plugin::validateInputDims(mAttrs, inputs, nbInputs);
+}
+
+kernels::Dims MlaAttentionPlugin::kernelDimsOf(Dims const* inputs, kernels::DataType dtype) const
+{
+    return usesCacheV2(mAttrs) ? cacheKernelDims(mAttrs, inputs, dtype) : kernelDims(mAttrs, inputs, dtype);
 }
 
 bool MlaAttentionPlugin::kernelsSupport(
     Dims const* inputs, int32_t /*nbInputs*/, kernels::DataType dtype, char const** why) const
 {
-    return kernels::supported(kernelDims(mAttrs, inputs, dtype), why);
+    return kernels::supported(kernelDimsOf(inputs, dtype), why);
 }
 
 size_t MlaAttentionPlugin::workspaceSize(
     Dims const* minDims, Dims const* maxDims, int32_t /*nbInputs*/, kernels::DataType dtype) const
 {
-    return plugin::workspaceSize(mAttrs, minDims, maxDims, dtype, queryNumSms());
+    return usesCacheV2(mAttrs) ? cacheWorkspaceSize(mAttrs, minDims, maxDims, dtype, queryNumSms())
+                               : plugin::workspaceSize(mAttrs, minDims, maxDims, dtype, queryNumSms());
 }
 
 int32_t MlaAttentionPlugin::queryNumSms() noexcept
@@ -62,32 +82,43 @@ int32_t MlaAttentionPlugin::queryNumSms() noexcept
 
 int32_t MlaAttentionPlugin::launch(EnqueueCall const& call)
 {
-    void const* past = call.inputs[c::kPastCache];
-    void* present = call.outputs[c::kPresentCache];
-    if (present != past)
+    // Separate buffers (an engine built without aliased plugin I/O): make each present plane hold its past one,
+    // then the kernels write only the new rows. Aliased (getAliasedInput), TensorRT hands us one buffer per
+    // plane and the rows are already there: no copy.
+    for (int32_t o = c::kPresentCache; o < spec().numOutputs; ++o)
     {
-        // Separate buffers (an engine built without aliased plugin I/O): make present hold past, then the
-        // kernels write only the new rows. Aliased (getAliasedInput), TensorRT hands us one buffer and the
-        // rows are already there: no copy.
-        size_t const bytes
-            = static_cast<size_t>(volume(call.dims[c::kPastCache])) * elementSize(call.types[c::kPastCache]);
+        int32_t const source = getAliasedInput(o);
+        void const* past = call.inputs[source];
+        void* present = call.outputs[o];
+        if (present == past)
+        {
+            continue;
+        }
+        size_t const bytes = static_cast<size_t>(volume(call.dims[source])) * elementSize(call.types[source]);
+        std::string const what = std::string("copying ") + spec().inputNames[source] + " to " + spec().outputNames[o]
+            + " (cuMemcpyDtoDAsync)";
         if (!checkCuda(cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(present), reinterpret_cast<CUdeviceptr>(past),
                            bytes, call.stream),
-                "copying past_cache to present_cache (cuMemcpyDtoDAsync)"))
+                what.c_str()))
         {
             return -1;
         }
     }
+    bool const cacheV2 = usesCacheV2(mAttrs);
+    bool const fp8 = mAttrs.kvCacheDtype == c::kKvCacheDtypeFp8;
     kernels::Tensors tensors{};
     tensors.qLatent = call.inputs[c::kQLatent];
     tensors.qPe = call.inputs[c::kQPe];
     tensors.kvLatent = call.inputs[c::kKvLatent];
     tensors.kPe = call.inputs[c::kKPe];
-    tensors.cache = present;
+    tensors.cache = call.outputs[c::kPresentCache];
     tensors.cacheSeqlens = static_cast<int32_t const*>(call.inputs[c::kCacheSeqlensIn]);
     tensors.ropeCosSin = static_cast<float const*>(call.inputs[c::kRopeCosSin]);
     tensors.attnLatent = call.outputs[c::kAttnLatent];
-    kernels::Dims const kdims = kernelDims(mAttrs, call.dims, call.dtype);
+    tensors.blockTable = cacheV2 ? static_cast<int32_t const*>(call.inputs[c::kBlockTable]) : nullptr;
+    tensors.cacheScale = fp8 ? static_cast<float*>(call.outputs[c::kPresentScale]) : nullptr;
+    tensors.cacheRope = fp8 ? call.outputs[c::kPresentRope] : nullptr;
+    kernels::Dims const kdims = kernelDimsOf(call.dims, call.dtype);
     return checkCuda(kernels::launch(module(), kdims, tensors, call.workspace, call.stream), "launching the kernels") ? 0
                                                                                                                     : -1;
 }

@@ -14,11 +14,16 @@
  * (input 4). TensorRT consults it when the builder config enables PreviewFeature::kALIASED_PLUGIN_IO_10_03
  * (TensorRT 10.3+); enqueue then gets one buffer for both and writes only the new rows. Handed two
  * buffers (an engine built without the feature), enqueue copies past to present first.
+ *
+ * Contract version 2 (attributes page_size, kv_cache_dtype; absent in version-1 files): a node with a paged pool
+ * in T has 8 inputs and 2 outputs, one with the FP8 cache 10 and 4 (mlaCacheShapes.h); each object takes the
+ * spec of its attributes (specFor), and every present plane aliases its past input.
  */
 #pragma once
 
 #include "NvInferRuntime.h"
 #include "mlaContract.h"
+#include "mlaCacheShapes.h"
 #include "mlaKernels.h"
 #include "mlaShapes.h"
 #include "pluginBase.h"
@@ -39,20 +44,35 @@ public:
     static constexpr OpSpec kSpec{contract::kPluginName, contract::kPluginVersion, contract::kPluginNamespace,
         contract::kNumInputs, contract::kNumOutputs, contract::kInputNames, contract::kOutputNames, contract::kQLatent,
         &plugin::outputDataTypes, &plugin::supportsFormat, &plugin::outputShapeSource, &kernels::mlaImageSet};
-    //! The attributes, as TensorRT's ONNX parser sends them: positive integers, a float > 0.
-    static constexpr std::array<AttributeField<MlaAttributes>, 4> kFields{{
+    //! Contract version 2: a paged pool in T (8 inputs, 2 outputs), the FP8 cache (10 inputs, 4 outputs).
+    static constexpr OpSpec kPagedSpec{contract::kPluginName, contract::kPluginVersion, contract::kPluginNamespace,
+        contract::kNumPagedInputs, contract::kNumOutputs, contract::kCacheInputNames, contract::kCacheOutputNames,
+        contract::kQLatent, &plugin::cacheOutputDataTypes, &plugin::supportsCacheFormat,
+        &plugin::cacheOutputShapeSource, &kernels::mlaImageSet};
+    static constexpr OpSpec kFp8CacheSpec{contract::kPluginName, contract::kPluginVersion, contract::kPluginNamespace,
+        contract::kNumFp8CacheInputs, contract::kNumFp8CacheOutputs, contract::kCacheInputNames,
+        contract::kCacheOutputNames, contract::kQLatent, &plugin::cacheOutputDataTypes, &plugin::supportsCacheFormat,
+        &plugin::cacheOutputShapeSource, &kernels::mlaImageSet};
+    //! The attributes, as TensorRT's ONNX parser sends them: positive integers, a float > 0, and contract version
+    //! 2's page_size and kv_cache_dtype (optional: a version-1 file has neither; validate checks their values).
+    static constexpr std::array<AttributeField<MlaAttributes>, 6> kFields{{
         intAttribute(contract::kAttrNumHeads, &MlaAttributes::numHeads, 1),
         intAttribute(contract::kAttrKvLoraRank, &MlaAttributes::kvLoraRank, 1),
         intAttribute(contract::kAttrQkRopeHeadDim, &MlaAttributes::ropeDim, 1),
         floatAttribute(contract::kAttrSoftmaxScale, &MlaAttributes::softmaxScale, true),
+        optionalIntAttribute(contract::kAttrPageSize, &MlaAttributes::pageSize, 0),
+        optionalIntAttribute(contract::kAttrKvCacheDtype, &MlaAttributes::kvCacheDtype, 0),
     }};
     static std::string validate(MlaAttributes const& attrs) { return validateAttributes(attrs); }
+    //! The spec of a node with these attributes: kSpec (version 1), kPagedSpec or kFp8CacheSpec.
+    static OpSpec const& specFor(MlaAttributes const& attrs) noexcept;
 
     //! `attrs` must be valid (validateAttributes); the creator checks them.
     explicit MlaAttentionPlugin(MlaAttributes const& attrs);
 
     // IPluginV3OneBuildV2
-    //! kPastCache for kPresentCache (the cache is updated in place), -1 for every other output.
+    //! kPastCache for kPresentCache (the cache is updated in place), -1 for attn_latent; with the FP8 cache
+    //! also kPastScale for kPresentScale and kPastRope for kPresentRope.
     int32_t getAliasedInput(int32_t outputIndex) noexcept override;
 
 private:
@@ -62,8 +82,10 @@ private:
     //! For the build device's SM count (queryNumSms).
     size_t workspaceSize(nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims, int32_t nbInputs,
         kernels::DataType dtype) const override;
-    //! Copies past_cache to present_cache first when they are two buffers, then launches the kernels.
+    //! Copies each past plane to its present first when they are two buffers, then launches the kernels.
     int32_t launch(EnqueueCall const& call) override;
+    //! The kernels' view of a call (either contract version).
+    kernels::Dims kernelDimsOf(nvinfer1::Dims const* inputs, kernels::DataType dtype) const;
 
     //! Number of SMs of the current device, or kFallbackNumSms when it cannot be queried.
     static int32_t queryNumSms() noexcept;

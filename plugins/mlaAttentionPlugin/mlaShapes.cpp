@@ -41,6 +41,16 @@ std::string validateAttributes(MlaAttributes const& attrs)
     {
         s << "attribute " << c::kAttrSoftmaxScale << " = " << attrs.softmaxScale << ": expected a finite value > 0";
     }
+    else if (attrs.pageSize < 0 || attrs.pageSize > c::kMaxPageSize || (attrs.pageSize & (attrs.pageSize - 1)) != 0)
+    {
+        s << "attribute " << c::kAttrPageSize << " = " << attrs.pageSize
+          << ": expected 0 (contiguous) or a power of two up to " << c::kMaxPageSize;
+    }
+    else if (attrs.kvCacheDtype != c::kKvCacheDtypeModel && attrs.kvCacheDtype != c::kKvCacheDtypeFp8)
+    {
+        s << "attribute " << c::kAttrKvCacheDtype << " = " << attrs.kvCacheDtype << ": expected "
+          << c::kKvCacheDtypeModel << " (the model's dtype) or " << c::kKvCacheDtypeFp8 << " (FP8)";
+    }
     return s.str();
 }
 
@@ -196,24 +206,18 @@ std::set<int64_t> every(int64_t lo, int64_t hi)
 
 } // namespace
 
-size_t workspaceSize(MlaAttributes const& attrs, Dims const* minDims, Dims const* maxDims, kernels::DataType dtype,
+size_t workspaceOverProfile(kernels::Dims d, Dims const& qMin, Dims const& qMax, int64_t smaxLo, int64_t smaxHi,
     int32_t numSms)
 {
-    kernels::Dims d = kernelDims(attrs, maxDims, dtype);
     size_t bytes = 0;
-    std::set<int64_t> const batches = profileSamples(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]);
-    std::set<int64_t> const tokenCounts = profileSamples(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]);
-    std::set<int64_t> const rowCounts = profileSamples(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]);
-    bool const exhaustive = static_cast<double>(span(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]))
-            * static_cast<double>(span(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]))
-            * static_cast<double>(span(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]))
-        <= static_cast<double>(kExhaustiveWorkspaceShapes);
-    for (int64_t batch : exhaustive ? every(minDims[c::kQLatent].d[0], maxDims[c::kQLatent].d[0]) : batches)
+    double const shapes = static_cast<double>(span(qMin.d[0], qMax.d[0]))
+        * static_cast<double>(span(qMin.d[1], qMax.d[1])) * static_cast<double>(span(smaxLo, smaxHi));
+    bool const exhaustive = shapes <= static_cast<double>(kExhaustiveWorkspaceShapes);
+    for (int64_t batch : exhaustive ? every(qMin.d[0], qMax.d[0]) : profileSamples(qMin.d[0], qMax.d[0]))
     {
-        for (int64_t tokens : exhaustive ? every(minDims[c::kQLatent].d[1], maxDims[c::kQLatent].d[1]) : tokenCounts)
+        for (int64_t tokens : exhaustive ? every(qMin.d[1], qMax.d[1]) : profileSamples(qMin.d[1], qMax.d[1]))
         {
-            for (int64_t rows :
-                exhaustive ? every(minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1]) : rowCounts)
+            for (int64_t rows : exhaustive ? every(smaxLo, smaxHi) : profileSamples(smaxLo, smaxHi))
             {
                 d.batch = static_cast<int32_t>(batch);
                 d.newTokens = static_cast<int32_t>(tokens);
@@ -223,6 +227,13 @@ size_t workspaceSize(MlaAttributes const& attrs, Dims const* minDims, Dims const
         }
     }
     return bytes;
+}
+
+size_t workspaceSize(MlaAttributes const& attrs, Dims const* minDims, Dims const* maxDims, kernels::DataType dtype,
+    int32_t numSms)
+{
+    return workspaceOverProfile(kernelDims(attrs, maxDims, dtype), minDims[c::kQLatent], maxDims[c::kQLatent],
+        minDims[c::kPastCache].d[1], maxDims[c::kPastCache].d[1], numSms);
 }
 
 } // namespace plugin

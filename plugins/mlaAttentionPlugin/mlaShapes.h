@@ -30,6 +30,9 @@ struct MlaAttributes
     int32_t kvLoraRank{0}; //!< kv_lora_rank, Dc
     int32_t ropeDim{0};    //!< qk_rope_head_dim, Dr (even: RoPE rotates pairs)
     float softmaxScale{0.F}; //!< softmax_scale (finite, > 0)
+    // Contract version 2 (absent from version-1 files: 0, 0). The rules of a node with either set: mlaCacheShapes.h.
+    int32_t pageSize{0};     //!< page_size: 0 (contiguous) or a power of two <= contract::kMaxPageSize
+    int32_t kvCacheDtype{0}; //!< kv_cache_dtype: contract::kKvCacheDtypeModel or kKvCacheDtypeFp8
 };
 
 //! Empty when `attrs` are valid; otherwise a message naming the attribute, its value and what is expected.
@@ -72,6 +75,11 @@ kernels::Dims kernelDims(MlaAttributes const& attrs, nvinfer1::Dims const* input
 //! the shape, not necessarily monotonically). `minDims`/`maxDims` hold the 7 inputs' bounds.
 size_t workspaceSize(MlaAttributes const& attrs, nvinfer1::Dims const* minDims, nvinfer1::Dims const* maxDims,
     kernels::DataType dtype, int32_t numSms);
+
+//! The largest kernels::workspaceBytes of `base` over B and S in [qMin, qMax] (q_latent's bounds, axes 0 and 1)
+//! and Smax in [smaxLo, smaxHi], by workspaceSize's sampling rule (shared by both contract versions).
+size_t workspaceOverProfile(kernels::Dims base, nvinfer1::Dims const& qMin, nvinfer1::Dims const& qMax, int64_t smaxLo,
+    int64_t smaxHi, int32_t numSms);
 
 //! Profiles with at most this many (B, S, Smax) shapes are searched exhaustively for the workspace.
 constexpr int64_t kExhaustiveWorkspaceShapes = int64_t{1} << 18;

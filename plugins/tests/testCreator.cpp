@@ -82,12 +82,13 @@ void testIdentity()
     CHECK(std::string(creator.getPluginNamespace()) == "mla");
     CHECK(std::string(creator.getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE");
     PluginFieldCollection const* names = creator.getFieldNames();
-    CHECK(names != nullptr && names->nbFields == 4);
-    char const* expected[4] = {contract::kAttrNumHeads, contract::kAttrKvLoraRank, contract::kAttrQkRopeHeadDim,
-        contract::kAttrSoftmaxScale};
-    PluginFieldType types[4]
-        = {PluginFieldType::kINT32, PluginFieldType::kINT32, PluginFieldType::kINT32, PluginFieldType::kFLOAT32};
-    for (int32_t i = 0; names != nullptr && i < 4 && i < names->nbFields; ++i)
+    // Contract version 1's four attributes, then version 2's (optional: a version-1 file has neither).
+    CHECK(names != nullptr && names->nbFields == 6);
+    char const* expected[6] = {contract::kAttrNumHeads, contract::kAttrKvLoraRank, contract::kAttrQkRopeHeadDim,
+        contract::kAttrSoftmaxScale, contract::kAttrPageSize, contract::kAttrKvCacheDtype};
+    PluginFieldType types[6] = {PluginFieldType::kINT32, PluginFieldType::kINT32, PluginFieldType::kINT32,
+        PluginFieldType::kFLOAT32, PluginFieldType::kINT32, PluginFieldType::kINT32};
+    for (int32_t i = 0; names != nullptr && i < 6 && i < names->nbFields; ++i)
     {
         CHECK(std::string(names->fields[i].name) == expected[i]);
         CHECK(names->fields[i].type == types[i]);
@@ -246,7 +247,7 @@ void testSerializationRoundTrip()
         return;
     }
     PluginFieldCollection const* serialized = p->getFieldsToSerialize();
-    CHECK(serialized != nullptr && serialized->nbFields == 4);
+    CHECK(serialized != nullptr && serialized->nbFields == 6);
     for (int32_t i = 0; serialized != nullptr && i < serialized->nbFields; ++i)
     {
         PluginField const& field = serialized->fields[i];
@@ -262,7 +263,7 @@ void testSerializationRoundTrip()
         CHECK(q->attributes().softmaxScale == 0.1352337788F); // bit-exact
         // Twice in a row gives the same fields (no growth, stable pointers into the plugin).
         PluginFieldCollection const* again = q->getFieldsToSerialize();
-        CHECK(again != nullptr && again->nbFields == 4);
+        CHECK(again != nullptr && again->nbFields == 6);
     }
     // clone() and attachToContext() keep the attributes.
     std::unique_ptr<nvinfer1::IPluginV3> cloned(p->clone());
@@ -272,10 +273,59 @@ void testSerializationRoundTrip()
     CHECK(attached != nullptr
         && static_cast<plugin::MlaAttentionPlugin*>(attached.get())->attributes().numHeads == 128);
 }
+// Contract version 2: page_size and kv_cache_dtype select the node's tensor counts (8 inputs and 2 outputs for a
+// paged pool in T, 10 and 4 for the FP8 cache), survive serialization, and bad values are refused by name.
+void testCacheAttributes()
+{
+    plugin::MlaAttentionPluginCreator creator;
+    struct Mode
+    {
+        int32_t page, kvDtype, inputs, outputs;
+    };
+    for (Mode const m : {Mode{0, 0, 7, 2}, Mode{64, 0, 8, 2}, Mode{16, 1, 10, 4}, Mode{0, 1, 10, 4}, Mode{1, 0, 8, 2},
+             Mode{4096, 1, 10, 4}})
+    {
+        Fields f;
+        int32_t page = m.page;
+        int32_t kvDtype = m.kvDtype;
+        f.onnxTypes().add(contract::kAttrPageSize, &page).add(contract::kAttrKvCacheDtype, &kvDtype);
+        gLogger.messages.clear();
+        auto p = create(creator, f.collection());
+        CHECK_MSG(p != nullptr, "page_size " + std::to_string(m.page) + ", last log: " + gLogger.last());
+        if (!p)
+        {
+            continue;
+        }
+        CHECK(p->attributes().pageSize == m.page && p->attributes().kvCacheDtype == m.kvDtype);
+        CHECK(gLogger.contains("page_size=" + std::to_string(m.page) + " kv_cache_dtype=" + std::to_string(m.kvDtype),
+            Severity::kINFO));
+        CHECK(p->getNbOutputs() == m.outputs && plugin::numInputsFor(p->attributes()) == m.inputs);
+        auto q = create(creator, p->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+        CHECK(q != nullptr && q->attributes().pageSize == m.page && q->attributes().kvCacheDtype == m.kvDtype);
+        CHECK(q != nullptr && q->getNbOutputs() == m.outputs);
+    }
+    // A version-1 node (no cache attributes): contiguous, the model's dtype.
+    Fields v1;
+    auto p = create(creator, v1.onnxTypes().collection());
+    CHECK(p != nullptr && p->attributes().pageSize == 0 && p->attributes().kvCacheDtype == 0 && p->getNbOutputs() == 2);
+    for (int32_t bad : {3, 48, 8192, -64})
+    {
+        Fields f;
+        f.onnxTypes().add(contract::kAttrPageSize, &bad);
+        expectRejected(f, bad < 0 ? "page_size" : "page_size = " + std::to_string(bad), __LINE__);
+    }
+    for (int32_t bad : {2, 7})
+    {
+        Fields f;
+        f.onnxTypes().add(contract::kAttrKvCacheDtype, &bad);
+        expectRejected(f, "kv_cache_dtype = " + std::to_string(bad), __LINE__);
+    }
+}
 } // namespace
 
 int main()
 {
     return testutil::runTests("test_mla_creator", gLogger,
-        {testIdentity, testParsesOnnxTypes, testParsesWideTypes, testRejects, testSerializationRoundTrip});
+        {testIdentity, testParsesOnnxTypes, testParsesWideTypes, testRejects, testSerializationRoundTrip,
+            testCacheAttributes});
 }
