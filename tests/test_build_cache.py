@@ -308,3 +308,15 @@ def test_an_fp8_cache_builds_only_into_the_plugin(paged_fp8_moe, contiguous_fp8,
         assert "build with --attention plugin --backend tensorrt, or re-export with --kv-cache-dtype model" in \
             " ".join(result.output.split())
         assert not (tmp_path / "x.engine").exists()
+
+
+@pytest.mark.parametrize("cache, kv", [("contiguous", "model"), ("paged", "model"), ("paged", "fp8"),
+                                       ("contiguous", "fp8")])
+def test_every_present_plane_aliases_its_past_plane(cache, kv):
+    from mla_export.trt.aliasing import alias_pairs
+
+    inputs, outputs = contract.graph_io_names(3, "tokens", cache, kv)
+    pairs = alias_pairs(3, "tokens", cache, kv)
+    assert list(pairs) == outputs[1:]  # every cache output, nothing else
+    assert all(past == present.replace("present_", "past_") and past in inputs for present, past in pairs.items())
+    assert len(pairs) == 3 * (3 if kv == "fp8" else 1)
