@@ -269,9 +269,11 @@ def test_bad_cache_options_get_one_message(tmp_path, tiny_paged):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_build_refuses_a_contract_2_export_with_one_message(tiny_paged, tmp_path):
-    assert_one_message(run("build", "--onnx", tiny_paged, "-o", tmp_path / "m.engine"),
-                       "TensorRT builds of contract-2 graphs are not written yet")
+def test_build_refuses_a_pool_past_tensorrts_limit_with_one_message(tiny_paged, tmp_path):
+    """`build` takes contract-2 exports (tests/test_build_cache.py); a pages range TensorRT cannot hold is refused
+    before any TensorRT work, with one message."""
+    assert_one_message(run("build", "--onnx", tiny_paged, "-o", tmp_path / "m.engine", "--attention", "decomposed",
+                           "--pages-range", f"1:2:{1 << 40}"), "exceeds TensorRT's 2^40 values; MAX")
     assert not (tmp_path / "m.engine").exists()
 
 

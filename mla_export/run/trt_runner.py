@@ -42,6 +42,15 @@ def present_cache_tensor(cache_binding: str, past):
     return past if cache_binding == "aliased" else past.new_empty(past.shape)
 
 
+def refuse_cache_contract(sidecar: Sidecar, engine: str | Path) -> None:
+    """The one refusal of an engine `build` makes but Python cannot run yet: a contract-2 engine (paged and/or
+    FP8 cache), whose pools and planes this runner does not bind (UserError, before any GPU work)."""
+    if sidecar.contract_version != contract.CONTRACT_VERSION:
+        kind = f"{sidecar.cache} cache" + (" (fp8)" if sidecar.kv_cache_dtype == "fp8" else "")
+        raise UserError(f"--engine {engine}: its {kind} (MlaAttention contract {sidecar.contract_version}) is not "
+                        "bound by the Python engine runner yet; run the export with --onnx instead")
+
+
 class TensorRTRunner:
     """Feeds numpy arrays by graph input name, returns outputs by name; caches bound per the sidecar."""
 
@@ -49,6 +58,7 @@ class TensorRTRunner:
         """`sidecar`: the engine's sidecar when the caller has read it already (else read here). The engines of
         a `--tp` export are refused: each needs its own process and an NCCL communicator (the C++ example)."""
         self.sidecar = (sidecar or Sidecar.read_single_device(engine_path)).single_device(engine_path)
+        refuse_cache_contract(self.sidecar, engine_path)
         data = Path(engine_path).read_bytes()
         self.sidecar.check_engine_bytes(engine_path, data)  # the engine its sidecar describes, not another build's
         torch = _require_cuda()

@@ -3,7 +3,10 @@
 path -> (plugin library loaded) -> parsed network (plugin layers checked) -> two optimization
 profiles (decode: one new token; prefill) -> strongly typed build -> engine bytes -> engine file and
 sidecar, committed as one (`save_engine`). Works with TensorRT 10.8+ and with TensorRT-RTX (plugin-free
-only).
+only). Contract-2 exports (a paged and/or FP8 cache) build the same way: their pools get a pages range
+(`--pages-range`), every cache plane is aliased plugin I/O, and the sidecar records the cache layout; the
+network's types, FP8 codes included, are the ONNX file's (strongly typed), and an FP8 cache builds only into
+the plugin (TensorRT feeds FP8 network inputs to plugins, not to the reference function's Cast).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from ..common.errors import UserError
 from ..common.fileio import atomic_write_bytes, check_output_file, staging_dir, write_failed, write_staged
 from ..graph.onnx_reader import read_exported_model
 from ..model.spec import ModelSpec
-from .aliasing import cache_binding, enable_aliased_plugin_io
+from .aliasing import alias_pairs, cache_binding, check_alias_pairs, enable_aliased_plugin_io
 from .collectives import RankIdentity, check_collective_layers, enable_multidevice, parse_form
 from .backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
-from .profiles import (check_profile_volumes, default_prefill_tokens, optimization_profiles, parse_range,  # noqa: F401
-                       volume_function)
-from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, sidecar_path
+from .profiles import (cache_shapes, check_cache_inputs, check_pool_volume, check_profile_volumes,  # noqa: F401
+                       default_pages, default_prefill_tokens, optimization_profiles, parse_range, volume_function)
+from .sidecar import ATTENTION_MODES, Sidecar, bytes_sha256, cache_fields, sidecar_path
 
 
 def parse_size(text: str, option: str = "--workspace") -> int:
@@ -45,6 +48,7 @@ class BuildSpec:
     plugin_lib: str | None = None
     batch: tuple[int, int, int] = (1, 8, 32)
     prefill_tokens: tuple[int, int, int] | None = None  # None: default_prefill_tokens(the model's Smax)
+    pages: tuple[int, int, int] | None = None  # pool pages of a paged export; None: default_pages
     workspace: int | None = None
     timing_cache: str | None = None
     verbose: bool = False  # TensorRT's info and verbose messages too (on stderr)
@@ -184,8 +188,12 @@ def check_plugin_supports(model: ModelSpec, header=None) -> None:
     if model.quant == "fp8" and model.dtype == "float32":
         raise UserError("--attention plugin: --quant fp8 needs 16-bit activations; re-export with --dtype "
                         "bfloat16 or float16, or use --attention decomposed")
+    paged = model.cache == "paged"  # contract 2: the cache kernels' layout (Smax: max_pages * page_size)
     why = unsupported_reason(Dims(1, 1, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
-                                  model.max_seq_len, model.dtype))
+                                  model.max_pages * model.page_size if paged else model.max_seq_len, model.dtype,
+                                  page_size=model.page_size if paged else 0,
+                                  kv_cache_dtype=contract.KV_CACHE_DTYPE_FP8 if model.kv_cache_dtype == "fp8"
+                                  else contract.KV_CACHE_DTYPE_MODEL))
     if why is not None:
         raise UserError(f"--attention plugin: the MlaAttention plugin cannot run this export ({model.dtype}, "
                         f"kv_lora_rank={c.kv_lora_rank}, qk_rope_head_dim={c.qk_rope_head_dim}): {why}; "
@@ -349,9 +357,17 @@ def build_engine(spec: BuildSpec, progress=None, rank: RankIdentity | None = Non
                         "directory (--onnx DIR) to build an engine per rank" if rank is None else
                         f"{spec.onnx}: its metadata says rank {identity.rank} of {identity.size} (export "
                         f"{identity.export_id}), not rank {rank.rank} of export {rank.export_id}; re-export DIR")
-    if model.cache_contract:  # MlaAttention contract 2: the Triton kernels exist, the plugin and profiles do not
-        raise UserError(f"--onnx {spec.onnx} has a {model.cache} cache (--kv-cache-dtype {model.kv_cache_dtype}): "
-                        "TensorRT builds of contract-2 graphs are not written yet; export with --cache contiguous")
+    if model.kv_cache_dtype == "fp8" and (spec.attention == "decomposed" or spec.backend == "tensorrt-rtx"):
+        option = "--attention decomposed" if spec.attention == "decomposed" else "--backend tensorrt-rtx"
+        raise UserError(f"{option}: {spec.onnx} has an FP8 cache, which TensorRT feeds to plugins only (not to "
+                        "the reference function's Cast); build with --attention plugin --backend tensorrt, or "
+                        "re-export with --kv-cache-dtype model")
+    if spec.pages is not None and model.cache != "paged":
+        raise UserError(f"--pages-range sizes the page pools of a --cache paged export; {spec.onnx} has a "
+                        f"{model.cache} cache: drop the option")
+    pages = (spec.pages or default_pages(model, spec.batch)) if model.cache == "paged" else None
+    if pages is not None:
+        check_pool_volume(model, pages)
     if spec.attention == "plugin" and spec.backend == "tensorrt-rtx":
         raise UserError("TensorRT-RTX cannot build engines with custom plugins (its ONNX parser aborts after "
                         "creating one); use --attention decomposed with --backend tensorrt-rtx, or --backend tensorrt")
@@ -378,7 +394,11 @@ def build_engine(spec: BuildSpec, progress=None, rank: RankIdentity | None = Non
                         plugin_path)
     if identity.size > 1:
         check_collective_layers(trt, network, collectives, identity.size, spec.onnx)
-    profiles = optimization_profiles(model, spec.batch, prefill_tokens)
+    profiles = optimization_profiles(model, spec.batch, prefill_tokens, pages)
+    if model.cache_contract:  # contract 2: the parsed cache planes as the profiles and the aliases need them
+        check_cache_inputs(network, cache_shapes(model, spec.batch, pages), spec.onnx)
+        check_alias_pairs(network, alias_pairs(model.config.num_hidden_layers, model.io, model.cache,
+                                               model.kv_cache_dtype), spec.onnx)
     timing_cache = Path(spec.timing_cache) if spec.timing_cache else None
     config = builder_config(trt, builder, profiles, spec.workspace, timing_cache)
     enable_multidevice(trt, config, spec.backend, identity.size)
@@ -399,5 +419,5 @@ def build_engine(spec: BuildSpec, progress=None, rank: RankIdentity | None = Non
         plugin_path=str(plugin_path) if plugin_path else None,
         profiles=profiles, io=network_io(network), onnx_metadata=dict(exported.metadata),
         cache_binding=cache_binding(spec.attention, aliased_io), tp_size=identity.size, tp_rank=identity.rank,
-        tp_export_id=identity.export_id)
+        tp_export_id=identity.export_id, **cache_fields(model))
     return save_engine(output, serialized, sidecar)

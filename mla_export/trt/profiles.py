@@ -8,6 +8,12 @@ and the build goes on. `check_profile_volumes` refuses such ranges before the bu
 the limit and the largest MAX that fits: the volumes come from the graph TensorRT parses (the export's
 value_info with `batch` and `new_tokens` set, and for a build without the plugins the nodes' inlined
 function bodies, whose shapes ONNX's shape inference computes).
+
+A contract-2 export (`--cache paged` and/or `--kv-cache-dtype fp8`) declares its cache planes with their own
+dims: a paged pool `[num_pages, page_size, width]` whose `num_pages` is a dynamic dim of the export (the pool a
+server allocates, independent of the batch), `block_table [batch, max_pages]` (max_pages fixed by the export),
+and a contiguous FP8 cache's planes `[batch, Smax, width]`. Both profiles give the pools the same pages range
+(`--pages-range`, `default_pages`); `check_pool_volume` refuses a range whose pool is past TensorRT's limit.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from ..common.errors import UserError
 from ..model.spec import ModelSpec
 
 VOLUME_LIMIT = 1 << 40  # values in one tensor of a TensorRT profile's MAX shapes (TensorRT's shape machine)
-BATCH, NEW_TOKENS = "batch", "new_tokens"  # the export's symbolic dims
+BATCH, NEW_TOKENS = "batch", "new_tokens"  # the export's symbolic dims (a paged pool's num_pages: --pages-range)
 
 
 def parse_range(text: str, option: str) -> tuple[int, int, int]:
@@ -55,17 +61,92 @@ def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int,
     return shapes
 
 
-def optimization_profiles(model: ModelSpec, batch: tuple[int, int, int],
-                          prefill_tokens: tuple[int, int, int]) -> list[dict]:
-    """The engine's two profiles, decode (one new token) then prefill: [{"name", "shapes": {input: [min, opt,
-    max]}}], as the sidecar records them."""
+def default_pages(model: ModelSpec, batch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Pool pages MIN:OPT:MAX of a paged export when none is given: from one page to enough for every sequence
+    of the batch at Smax (batch * max_pages) plus the spare pages `run/paged.py`'s pools hold."""
+    from ..run.paged import SPARE_PAGES  # the pools validate and profile make: batch * max_pages + SPARE_PAGES
+
+    return 1, batch[1] * model.max_pages + SPARE_PAGES, batch[2] * model.max_pages + SPARE_PAGES
+
+
+def cache_plane_widths(model: ModelSpec) -> dict[str, int]:
+    """Past-cache input name -> its last dim (width), per layer: the whole row Dc+Dr, or for an FP8 cache the
+    codes (Dc), scales (ceil(Dc/128)) and rope (Dr) planes. Present outputs alias these, plane for plane."""
     c = model.config
+    widths = {}
+    for i in range(c.num_hidden_layers):
+        if model.kv_cache_dtype == "fp8":
+            past = contract.past_pages_name(i) if model.cache == "paged" else contract.past_cache_name(i)
+            widths[past] = c.kv_lora_rank
+            widths[contract.past_scales_name(i)] = -(-c.kv_lora_rank // contract.FP8_CACHE_TILE)
+            widths[contract.past_rope_name(i)] = c.qk_rope_head_dim
+        elif model.cache == "paged":
+            widths[contract.past_pages_name(i)] = c.cache_width
+        else:
+            widths[contract.past_cache_name(i)] = c.cache_width
+    return widths
+
+
+def cache_shapes(model: ModelSpec, batch: tuple[int, int, int],
+                 pages: tuple[int, int, int] | None) -> dict[str, list[tuple]]:
+    """Cache input name -> [min, opt, max] shapes of a contract-2 export: block_table [B, max_pages] and pools
+    [pages, page_size, width] (paged; `pages` the pool's MIN:OPT:MAX), or planes [B, Smax, width]."""
+    shapes: dict[str, list[tuple]] = {}
+    if model.cache == "paged":
+        shapes[contract.BLOCK_TABLE] = [(b, model.max_pages) for b in batch]
+        for name, width in cache_plane_widths(model).items():
+            shapes[name] = [(p, model.page_size, width) for p in pages]
+    else:
+        for name, width in cache_plane_widths(model).items():
+            shapes[name] = [(b, model.max_seq_len, width) for b in batch]
+    return shapes
+
+
+def optimization_profiles(model: ModelSpec, batch: tuple[int, int, int],
+                          prefill_tokens: tuple[int, int, int], pages: tuple[int, int, int] | None = None
+                          ) -> list[dict]:
+    """The engine's two profiles, decode (one new token) then prefill: [{"name", "shapes": {input: [min, opt,
+    max]}}], as the sidecar records them, in the graph's input order. `pages`: a paged export's pool pages
+    (default: `default_pages`)."""
+    c = model.config
+    if model.cache == "paged" and pages is None:
+        pages = default_pages(model, batch)
+    inputs, _ = model.graph_io_names()
     profiles = []
     for name, tokens in (("decode", (1, 1, 1)), ("prefill", prefill_tokens)):
         shapes = profile_shapes(model.io, c.num_hidden_layers, c.hidden_size, model.max_seq_len, c.cache_width,
                                 batch, tokens)
+        if model.cache_contract:  # contract 2: the cache inputs have names and dims of their own
+            shapes = {**{k: shapes[k] for k in inputs[:2]}, **cache_shapes(model, batch, pages)}
+            assert list(shapes) == inputs, (list(shapes), inputs)
         profiles.append({"name": name, "shapes": {k: [list(s) for s in v] for k, v in shapes.items()}})
     return profiles
+
+
+def check_pool_volume(model: ModelSpec, pages: tuple[int, int, int], option: str = "--pages-range") -> None:
+    """Refuse pool pages whose MAX gives a pool [pages, page_size, width] more than VOLUME_LIMIT values, naming
+    the plane and the largest MAX that fits."""
+    name, width = max(cache_plane_widths(model).items(), key=lambda item: item[1])
+    per_page = model.page_size * width
+    if pages[2] * per_page > VOLUME_LIMIT:
+        raise UserError(f"{option} {':'.join(map(str, pages))}: pool {name} [{pages[2]}, {model.page_size}, "
+                        f"{width}] exceeds TensorRT's 2^40 values; MAX {VOLUME_LIMIT // per_page} fits")
+
+
+def check_cache_inputs(network, shapes: dict[str, list[tuple]], source: str) -> None:
+    """Refuse (one message) a parsed network whose cache inputs (`shapes`: `profiles.cache_shapes`) are not of
+    the profile's rank, or whose static dims (page size, plane width, max_pages) are not the profile's: TensorRT
+    would refuse the profile with a message naming neither the export nor the fix."""
+    inputs = {t.name: t for t in (network.get_input(i) for i in range(network.num_inputs))}
+    for name, (low, _, high) in shapes.items():
+        tensor = inputs.get(name)
+        dims = list(tensor.shape) if tensor is not None else None
+        if dims is None or len(dims) != len(low) or any(d != -1 and not lo <= d <= hi
+                                                        for d, lo, hi in zip(dims, low, high)):
+            want = [lo if lo == hi else f"{lo}..{hi}" for lo, hi in zip(low, high)]
+            raise UserError(f"--onnx {source}: TensorRT parsed cache input {name} as "
+                            f"{'nothing' if dims is None else dims}, its metadata gives {want} (page size, "
+                            "plane width, pages); re-export the model")
 
 
 Largest = tuple[int, str, list[int]]  # (volume, tensor name, dims)

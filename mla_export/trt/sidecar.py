@@ -1,5 +1,6 @@
 """The engine's JSON sidecar (`model.engine.json`): what built it, for which GPU, with which plugin,
-its optimization profiles and I/O table, and the engine it belongs to (size and sha256); the checks a
+its optimization profiles and I/O table, the latent cache's layout (contiguous or paged, page size, element
+type: what a runner allocates and binds), and the engine it belongs to (size and sha256); the checks a
 runner makes before loading the engine.
 
 The engine and its sidecar are one output in two files: `build` commits them with the sidecar's rename
@@ -52,6 +53,9 @@ class Sidecar:
     tp_size: int = 1  # ranks of the `--tp` export this engine is one of (1: a single-device engine)
     tp_rank: int = 0  # which of them
     tp_export_id: str | None = None  # the export's id (parallel.json's export_id), the same in every rank
+    cache: str = "contiguous"  # contract.CACHE_LAYOUTS: "paged" (pools and block_table; contract 2)
+    page_size: int = 0  # rows per page of a paged cache; 0: contiguous (as the node's attribute)
+    kv_cache_dtype: str = "model"  # contract.KV_CACHE_DTYPES: "fp8" (codes, scales, rope planes; contract 2)
     engine_size: int | None = None  # bytes of the engine file this sidecar belongs to
     engine_sha256: str | None = None  # and their sha256
     contract_version: int = contract.CONTRACT_VERSION
@@ -124,7 +128,8 @@ _TYPES = {
     "tensorrt_flavour": (str,), "tensorrt_version": (str,), "attention": (str,), "gpu_name": (str, None),
     "compute_capability": (str, None), "plugin_sha256": (str, None), "plugin_path": (str, None),
     "profiles": (list,), "io": (list,), "onnx_metadata": (dict,), "cache_binding": (str,),
-    "tp_size": (int,), "tp_rank": (int,), "tp_export_id": (str, None), "engine_size": (int,),
+    "tp_size": (int,), "tp_rank": (int,), "tp_export_id": (str, None), "cache": (str,), "page_size": (int,),
+    "kv_cache_dtype": (str,), "engine_size": (int,),
     "engine_sha256": (str,), "contract_version": (int,), "mla_export_version": (str,), "format": (str,),
     "format_version": (int,),
 }
@@ -132,7 +137,8 @@ _TYPES = {
 
 # Fields a sidecar may leave out, and what their absence means.
 _OPTIONAL = {"cache_binding": "copy",  # no alias declared: present has a buffer of its own (aliasing.py)
-             "tp_size": 1, "tp_rank": 0, "tp_export_id": None}  # before --tp: one device
+             "tp_size": 1, "tp_rank": 0, "tp_export_id": None,  # before --tp: one device
+             "cache": "contiguous", "page_size": 0, "kv_cache_dtype": "model"}  # before contract 2
 
 
 def _is(value, kinds: tuple) -> bool:
@@ -160,12 +166,17 @@ def check_shape(data) -> dict:
     for name, kinds in _TYPES.items():
         if not _is(data[name], kinds):
             raise ValueError(f"field {name} is {type(data[name]).__name__}")
+    paged = data["cache"] == "paged"
+    if paged != (data["page_size"] > 0) or data["page_size"] & (data["page_size"] - 1):
+        raise ValueError(f"page_size {data['page_size']} with cache {str(data['cache'])[:20]!r} (a paged cache has "
+                         "a power of two, a contiguous one 0)")
     if data["engine_size"] < 0 or len(data["engine_sha256"]) != 64:
         raise ValueError("engine_size/engine_sha256 are not a size and a sha256")
     if not 0 <= data["tp_rank"] < data["tp_size"] or (data["tp_size"] > 1) != (data["tp_export_id"] is not None):
         raise ValueError(f"tp_rank {data['tp_rank']} of tp_size {data['tp_size']} (export id "
                          f"{str(data['tp_export_id'])[:20]!r}) is not a rank of a --tp export")
-    checks = {"tensorrt_flavour": tuple(BACKENDS), "attention": ATTENTION_MODES, "cache_binding": CACHE_BINDINGS}
+    checks = {"tensorrt_flavour": tuple(BACKENDS), "attention": ATTENTION_MODES, "cache_binding": CACHE_BINDINGS,
+              "cache": contract.CACHE_LAYOUTS, "kv_cache_dtype": contract.KV_CACHE_DTYPES}
     for name, allowed in checks.items():
         if data[name] not in allowed:
             raise ValueError(f"{name} {data[name][:40]!r} (knows {', '.join(allowed)})")
@@ -181,6 +192,12 @@ def check_shape(data) -> dict:
             raise ValueError("io is not a list of {name, mode, dtype, shape}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in data["onnx_metadata"].items()):
         raise ValueError("onnx_metadata is not a table of strings")
+    meta = data["onnx_metadata"]  # the cache fields repeat the export's metadata (absent: contiguous, model)
+    recorded = (meta.get(contract.META_CACHE, "contiguous"), meta.get(contract.META_KV_CACHE_DTYPE, "model"),
+                meta.get(contract.META_PAGE_SIZE) if paged else "0")
+    if recorded != (data["cache"], data["kv_cache_dtype"], str(data["page_size"])):
+        raise ValueError(f"cache {str(data['cache'])[:20]!r}, page_size {data['page_size']}, kv_cache_dtype "
+                         f"{str(data['kv_cache_dtype'])[:20]!r} are not the export's (onnx_metadata)")
     return data
 
 
@@ -198,9 +215,10 @@ class RuntimeEnvironment:
 def check_compatible(sidecar: Sidecar, env: RuntimeEnvironment) -> None:
     """Refuse an engine that this TensorRT, GPU, plugin or mla-export cannot run; the message says why."""
     rebuild = "rebuild it here with `mla-export build`"
-    if sidecar.contract_version != contract.CONTRACT_VERSION:
+    if sidecar.contract_version not in contract.READABLE_CONTRACT_VERSIONS:
+        speaks = " and ".join(str(v) for v in contract.READABLE_CONTRACT_VERSIONS)
         raise UserError(f"engine speaks MlaAttention contract {sidecar.contract_version}, this mla-export speaks "
-                        f"{contract.CONTRACT_VERSION}; re-export and {rebuild}")
+                        f"{speaks}; re-export and {rebuild}")
     if sidecar.tensorrt_flavour != env.tensorrt_flavour or sidecar.tensorrt_version != env.tensorrt_version:
         raise UserError(f"engine built with {sidecar.tensorrt_flavour} {sidecar.tensorrt_version}, this is "
                         f"{env.tensorrt_flavour} {env.tensorrt_version}; engines are tied to the TensorRT version: "
@@ -212,3 +230,11 @@ def check_compatible(sidecar: Sidecar, env: RuntimeEnvironment) -> None:
         raise UserError(f"engine built with plugin library sha256 {str(sidecar.plugin_sha256)[:12]}..., the loaded "
                         f"one is {str(env.plugin_sha256)[:12]}...; pass the library it was built with "
                         f"(--plugin-lib {sidecar.plugin_path}) or {rebuild}")
+
+
+def cache_fields(model) -> dict:
+    """The sidecar's cache fields (and MlaAttention contract version) for an engine of `model` (a ModelSpec)."""
+    paged = model.cache == "paged"
+    return {"cache": model.cache, "page_size": model.page_size if paged else 0,
+            "kv_cache_dtype": model.kv_cache_dtype,
+            "contract_version": contract.CACHE_CONTRACT_VERSION if model.cache_contract else contract.CONTRACT_VERSION}

@@ -21,12 +21,14 @@ from .options import EXIT_CODES, quiet_option, wrote
               help="Batch sizes of both profiles (decode and prefill).")
 @click.option("--prefill-range", default=None, metavar="MIN:OPT:MAX", help="New tokens per sequence of the "
               "prefill profile [default: 2:256:min(2048, Smax)].")
+@click.option("--pages-range", default=None, metavar="MIN:OPT:MAX", help="Pages per layer pool of a --cache "
+              "paged export, both profiles [default: 1:OPT*max_pages+3:MAX*max_pages+3 of --batch-range].")
 @click.option("--workspace", help="Workspace memory limit, e.g. 4G.")
 @click.option("--timing-cache", type=click.Path(), help="Timing cache file to read and update.")
 @click.option("-v", "--verbose", is_flag=True, help="TensorRT's info messages too (stderr; warnings always).")
 @quiet_option
-def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefill_range, workspace, timing_cache,
-          verbose, quiet):
+def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefill_range, pages_range, workspace,
+          timing_cache, verbose, quiet):
     """Build a TensorRT engine (decode and prefill profiles) and its JSON sidecar."""
     import time
 
@@ -40,6 +42,7 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefil
     spec = BuildSpec(onnx=onnx_path, output=output, attention=attention, backend=backend, plugin_lib=plugin_lib,
                      batch=parse_range(batch_range, "--batch-range"),
                      prefill_tokens=parse_range(prefill_range, "--prefill-range") if prefill_range else None,
+                     pages=parse_range(pages_range, "--pages-range") if pages_range else None,
                      workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
                      verbose=verbose)
     start = time.perf_counter()
@@ -50,5 +53,7 @@ def build(onnx_path, output, attention, backend, plugin_lib, batch_range, prefil
     sidecar = Sidecar.read(paths[0])
     binding = sidecar.cache_binding  # aliased: bind past and present caches to one buffer
     ranks = f", {sidecar.tp_size} ranks (one engine each)" if sidecar.tp_size > 1 else ""
-    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}{ranks}")
+    layout = (f", {sidecar.cache} cache" + (f" of {sidecar.page_size}-row pages" if sidecar.page_size else "")
+              + (" (fp8)" if sidecar.kv_cache_dtype == "fp8" else "")) if sidecar.contract_version != 1 else ""
+    click.echo(f"built with {backend}: attention {attention}, cache binding {binding}{ranks}{layout}")
     click.echo(f"{wrote([f for p in paths for f in (p, sidecar_path(p))])} in {time.perf_counter() - start:.1f} s")
