@@ -300,7 +300,7 @@ STEPS = [
     Step("pytest-gpu", "pytest -m gpu: Triton kernels in bf16 and at real sizes, custom op and models on CUDA", 150,
          lambda ctx: [ctx.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests",
                       "--ignore", "tests/test_plugin.py"], _pytest_counts, _bundle_env),
-    Step("plugin-enqueue", "the plugin's enqueue on device buffers vs float64, aliased and copy cache", 90,
+    Step("plugin-enqueue", "the plugin's enqueue on device buffers vs float64, paged and FP8 too", 90,
          lambda ctx: [ctx.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                       "tests/test_plugin.py"], _pytest_counts, _bundle_env),
     *[Step(f"sanitizer-{tool}", f"compute-sanitizer {tool} over the AOT kernels' C++ driver (MLA, MoE)", limit,

@@ -335,3 +335,108 @@ def test_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, dtype_name, ne
         cache_bits = _read_raw(tmp_path / f"present_cache.{mode}.bin", torch.int16, (b, smax, dc + dr))
         # Exact (as bits): rows outside the new ones, which the plugin must not touch.
         assert torch.equal(cache_bits[untouched], past_bits[untouched]), f"{mode}: rows outside the new ones changed"
+
+
+def _write_plane(tensor, path: Path):
+    """A plane as raw bytes: float8 codes as uint8, 16-bit floats as int16, the rest as they are."""
+    import torch
+
+    t = tensor.contiguous().cpu()
+    if t.dtype == torch.float8_e4m3fn:
+        t = t.view(torch.uint8)
+    _write_raw(t, path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page,fp8", [(64, False), (16, False), (64, True), (16, True), (0, True)])
+def test_cache_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, page, fp8):
+    """Contract version 2 on the GPU through the shipped library: a paged pool in bfloat16 (64- and 16-row pages,
+    shuffled block table, pages of sequences interleaved, unused slots holding a page id no kernel may read), the
+    FP8 cache paged and contiguous. attn_latent equals the float64 reference over the same rows (FP8: the new
+    c_kv rows quantized as stored); aliased, the captured step holds no copy (copy mode: one per present plane);
+    every pool row outside the new ones is bit-identical to the input, and the new FP8 rows' codes and scales are
+    the contract's rule applied to kv_latent, bit for bit (a rounding rule on exact inputs: every implementation
+    stores the same bytes)."""
+    import numpy as np
+    import torch
+
+    from mla_export.model.ops import mla_attention_reference
+    from mla_export.run.compare import compare, tolerance_for
+    from paged_reference import Pool, dequantize_rows, gather, int_view, new_row_places, quantize_rows, shuffled_table
+
+    dtype, b, s, h, dc, dr, scale = torch.bfloat16, 3, 2, 16, 512, 64, 0.0721687824
+    lens = [0, 17, 90]  # empty, partial, several pages
+    g = torch.Generator().manual_seed(0)
+    if page:
+        max_pages = -(-(max(lens) + s) // page) + 1
+        table, num_pages = shuffled_table(lens, s, page, max_pages, spare=3, generator=g)
+        rows = page
+    else:  # contiguous FP8: page b is sequence b, the identity table is not read
+        max_pages, num_pages, rows = 1, b, 128
+        table = torch.arange(b, dtype=torch.int32)[:, None]
+    pool = Pool(num_pages, rows, dc, dr, dtype, fp8)
+    history = torch.randn(b, max(lens), dc + dr, generator=g)
+    for bi, n in enumerate(lens):
+        for j in range(-(-n // rows)):
+            pool.write(int(table[bi, j]), history[bi, j * rows:min(n, (j + 1) * rows)])
+    smax = max_pages * rows
+    positions = torch.arange(smax, dtype=torch.float64)[:, None]
+    theta = 10000.0 ** (-torch.arange(0, dr, 2, dtype=torch.float64) / dr)
+    inputs = {"q_latent": torch.randn(b, s, h, dc, generator=g).to(dtype),
+              "q_pe": torch.randn(b, s, h, dr, generator=g).to(dtype),
+              "kv_latent": torch.randn(b, s, dc, generator=g).to(dtype),
+              "k_pe": torch.randn(b, s, dr, generator=g).to(dtype),
+              "past_cache": pool.planes[0], "cache_seqlens": torch.tensor(lens, dtype=torch.int32),
+              "rope_cos_sin": torch.cat([torch.cos(positions * theta), torch.sin(positions * theta)], -1).float(),
+              "block_table": table}
+    if fp8:
+        inputs.update(past_scale=pool.planes[1], past_rope=pool.planes[2])
+    for name, tensor in inputs.items():
+        _write_plane(tensor, tmp_path / f"{name}.bin")
+    (tmp_path / "meta.txt").write_text(f"{b} {s} {h} {dc} {dr} {smax} 2 {scale} {page} {int(fp8)} {num_pages} {rows} "
+                                       f"{max_pages} {smax}")
+    # The reference: the pool read back contiguous (float64), the new c_kv rows as the cache stores them.
+    kv = inputs["kv_latent"].double()
+    if fp8:
+        codes, scales = quantize_rows(inputs["kv_latent"])
+        kv = dequantize_rows(codes, scales)
+    expected_attn, expected_view = mla_attention_reference(
+        inputs["q_latent"].double(), inputs["q_pe"].double(), kv, inputs["k_pe"].double(),
+        gather(pool, table, lens, s), inputs["cache_seqlens"], inputs["rope_cos_sin"].double(), softmax_scale=scale)
+    places = new_row_places(table, lens, s, rows)
+    new = torch.zeros(num_pages, rows, dtype=torch.bool)
+    for _, _, page_id, row in places:
+        new[page_id, row] = True
+    atol, rtol = tolerance_for("bfloat16")
+    planes = contract.OP_FP8_CACHE_OUTPUTS[1:4] if fp8 else contract.OP_OUTPUTS[1:2]
+    pasts = pool.planes
+    for mode, copies in (("aliased", 0), ("copy", len(planes))):
+        run = subprocess.run([plugin_build / "tests" / "test_mla_gpu_enqueue",
+                              plugin_build / "mlaAttentionPlugin" / LIBRARY, tmp_path, mode],
+                             capture_output=True, text=True, timeout=300)
+        if run.returncode == 77:
+            pytest.skip(run.stdout)
+        assert run.returncode == 0, run.stdout + run.stderr
+        nodes = re.search(r"graph: (\d+) kernel, (\d+) memcpy, (\d+) memset", run.stdout)
+        assert nodes and int(nodes[1]) >= 2 and int(nodes[2]) == copies, run.stdout
+        attn = _read_raw(tmp_path / f"attn_latent.{mode}.bin", dtype, (b, s, h, dc))
+        result = compare(f"attn_latent ({mode})", attn, expected_attn, atol, rtol)
+        assert result.passed, result.to_dict()
+        got = []
+        for name, past in zip(planes, pasts):
+            raw = np.fromfile(tmp_path / f"{name}.{mode}.bin", dtype={1: np.uint8, 2: np.int16, 4: np.int32}[
+                past.element_size()])
+            got.append(torch.from_numpy(raw).reshape(past.shape))
+            # Exact (as bits): every row outside the new ones, which the plugin must not touch.
+            assert torch.equal(got[-1][~new], int_view(past)[~new]), f"{mode}: {name} changed outside the new rows"
+        for bi, i, page_id, row in places:
+            if fp8:
+                assert torch.equal(got[0][page_id, row], int_view(codes)[bi, i]), (mode, bi, i)
+                assert torch.equal(got[1][page_id, row], int_view(scales)[bi, i]), (mode, bi, i)
+                stored_rope = got[2][page_id, row].view(dtype).double()
+            else:
+                stored_rope = got[0][page_id, row].view(dtype).double()[dc:]
+                stored = got[0][page_id, row].view(dtype).double()[:dc]
+                assert torch.allclose(stored, kv[bi, i], atol=0, rtol=0), (mode, bi, i)  # kv_latent as given
+            want = expected_view[bi, lens[bi] + i, dc:]
+            assert torch.allclose(stored_rope, want, atol=atol, rtol=rtol), (mode, bi, i)

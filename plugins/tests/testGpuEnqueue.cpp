@@ -5,11 +5,13 @@
  * enqueue on real device buffers, write the outputs back.
  *
  *   test_mla_gpu_enqueue LIB DIR MODE     MODE: aliased or copy
- *     aliased: as TensorRT runs an engine built with aliased plugin I/O: the output the build
- *              capability's getAliasedInput names (present_cache -> past_cache) gets that input's buffer;
- *     copy:    present_cache gets a buffer of its own (an engine built without the preview feature).
- *   DIR/meta.txt: "B S H Dc Dr Smax dtype(0 fp32, 1 fp16, 2 bf16) softmax_scale"
- *   DIR/<input name>.bin raw inputs; writes DIR/<output name>.<MODE>.bin.
+ *     aliased: as TensorRT runs an engine built with aliased plugin I/O: each output the build capability's
+ *              getAliasedInput names (present_cache -> past_cache, FP8: present_scale, present_rope too) gets
+ *              that input's buffer;
+ *     copy:    each present plane gets a buffer of its own (an engine built without the preview feature).
+ *   DIR/meta.txt: "B S H Dc Dr Smax dtype(0 fp32, 1 fp16, 2 bf16) softmax_scale", and for contract version 2
+ *                 (a paged and/or FP8 cache) "page_size kv_cache_dtype P rows max_pages rope_rows" after it
+ *   DIR/<input name>.bin raw inputs; writes DIR/<output name>.<MODE>.bin (every present plane).
  * The step is captured into a CUDA graph (after a warm-up enqueue on scratch buffers has loaded the
  * kernels) and the graph's nodes are counted and printed ("graph: K kernel, C memcpy, M memset, O other
  * nodes"): in aliased mode the step must hold no copy. Then the graph runs and the outputs are read back.
@@ -51,34 +53,53 @@ int main(int argc, char** argv)
     int64_t b, s, h, dc, dr, smax;
     int32_t dtype;
     float scale;
+    // Contract version 2 (optional, after the version-1 fields): page kv_cache_dtype P rows max_pages rope_rows.
+    int32_t page = 0, kvDtype = 0;
+    int64_t pages = 0, rows = 0, maxPages = 0, ropeRows = 0;
+    bool cacheV2 = false;
     {
         std::ifstream meta(dir + "/meta.txt");
         if (!(meta >> b >> s >> h >> dc >> dr >> smax >> dtype >> scale))
         {
             return cu.fail("cannot read meta.txt");
         }
+        cacheV2 = static_cast<bool>(meta >> page >> kvDtype >> pages >> rows >> maxPages >> ropeRows);
     }
+    bool const fp8 = cacheV2 && kvDtype == c::kKvCacheDtypeFp8;
     nvinfer1::DataType const t
         = dtype == 0 ? nvinfer1::DataType::kFLOAT : (dtype == 1 ? nvinfer1::DataType::kHALF : nvinfer1::DataType::kBF16);
-    std::vector<std::vector<int64_t>> const shapes
-        = {{b, s, h, dc}, {b, s, h, dr}, {b, s, dc}, {b, s, dr}, {b, smax, dc + dr}, {b}, {smax, dr}};
-    std::vector<nvinfer1::PluginTensorDesc> in(7);
-    std::vector<CUdeviceptr> inPtr(7);
-    for (int32_t i = 0; i < 7; ++i)
+    int32_t const numInputs = !cacheV2 ? c::kNumInputs : (fp8 ? c::kNumFp8CacheInputs : c::kNumPagedInputs);
+    int32_t const numOutputs = fp8 ? c::kNumFp8CacheOutputs : c::kNumOutputs;
+    int64_t const tiles = (dc + c::kFp8CacheTile - 1) / c::kFp8CacheTile;
+    std::vector<std::vector<int64_t>> const shapes = cacheV2
+        ? std::vector<std::vector<int64_t>>{{b, s, h, dc}, {b, s, h, dr}, {b, s, dc}, {b, s, dr},
+            {pages, rows, fp8 ? dc : dc + dr}, {b}, {ropeRows, dr}, {b, maxPages}, {pages, rows, tiles},
+            {pages, rows, dr}}
+        : std::vector<std::vector<int64_t>>{{b, s, h, dc}, {b, s, h, dr}, {b, s, dc}, {b, s, dr}, {b, smax, dc + dr},
+            {b}, {smax, dr}};
+    std::vector<nvinfer1::DataType> const types = {t, t, t, t, fp8 ? nvinfer1::DataType::kFP8 : t,
+        nvinfer1::DataType::kINT32, nvinfer1::DataType::kFLOAT, nvinfer1::DataType::kINT32, nvinfer1::DataType::kFLOAT,
+        t};
+    std::vector<nvinfer1::PluginTensorDesc> in(numInputs);
+    std::vector<CUdeviceptr> inPtr(numInputs);
+    for (int32_t i = 0; i < numInputs; ++i)
     {
-        in[i] = gpu::tensorDesc(shapes[i],
-            i == c::kCacheSeqlensIn ? nvinfer1::DataType::kINT32
-                                    : (i == c::kRopeCosSin ? nvinfer1::DataType::kFLOAT : t));
+        in[i] = gpu::tensorDesc(shapes[i], types[i]);
         std::string const why
-            = gpu::uploadFile(cu, dir + "/" + c::kInputNames[i] + ".bin", gpu::tensorBytes(in[i]), inPtr[i]);
+            = gpu::uploadFile(cu, dir + "/" + c::kCacheInputNames[i] + ".bin", gpu::tensorBytes(in[i]), inPtr[i]);
         if (!why.empty())
         {
             return cu.fail(why);
         }
     }
-    std::vector<nvinfer1::PluginTensorDesc> const out = {in[c::kQLatent], in[c::kPastCache]};
+    // Output o has the shape and type of input `sources[o]`, which each present plane aliases.
+    int32_t const sources[c::kNumFp8CacheOutputs] = {c::kQLatent, c::kPastCache, c::kPastScale, c::kPastRope};
+    std::vector<nvinfer1::PluginTensorDesc> out;
+    for (int32_t o = 0; o < numOutputs; ++o)
+    {
+        out.push_back(in[sources[o]]);
+    }
     size_t const attnBytes = gpu::tensorBytes(out[c::kAttnLatent]);
-    size_t const cacheBytes = gpu::tensorBytes(out[c::kPresentCache]);
     CUdeviceptr attn{};
     if (!cu.alloc(attn, attnBytes) || !cu.fill(attn, 0xFF, attnBytes))
     {
@@ -95,6 +116,10 @@ int main(int argc, char** argv)
     testutil::FieldList fields; // as the ONNX parser sends them
     fields.add(c::kAttrNumHeads, &heads).add(c::kAttrKvLoraRank, &rank);
     fields.add(c::kAttrQkRopeHeadDim, &rope).add(c::kAttrSoftmaxScale, &scale);
+    if (cacheV2)
+    {
+        fields.add(c::kAttrPageSize, &page).add(c::kAttrKvCacheDtype, &kvDtype);
+    }
     nvinfer1::IPluginV3* built = creator->createPlugin("gpu_test", fields.collection(), nvinfer1::TensorRTPhase::kBUILD);
     if (built == nullptr)
     {
@@ -106,15 +131,28 @@ int main(int argc, char** argv)
         return cu.fail("the build capability is not IPluginV3OneBuildV2");
     }
     auto* build = static_cast<nvinfer1::IPluginV3OneBuildV2*>(capability);
-    int32_t const aliased = build->getAliasedInput(c::kPresentCache);
-    if (aliased != c::kPastCache || build->getAliasedInput(c::kAttnLatent) != -1)
+    if (build->getAliasedInput(c::kAttnLatent) != -1)
     {
-        return cu.fail("getAliasedInput does not declare present_cache an alias of past_cache");
+        return cu.fail("getAliasedInput declares attn_latent an alias");
     }
-    CUdeviceptr present = inPtr[aliased]; // what TensorRT hands the plugin for an aliased output
-    if (!aliasedMode && (!cu.alloc(present, cacheBytes) || !cu.fill(present, 0xFF, cacheBytes)))
+    // Each present plane: the buffer of the input getAliasedInput names (what TensorRT hands the plugin for an
+    // aliased output), or one of its own in copy mode.
+    std::vector<CUdeviceptr> present(numOutputs);
+    present[c::kAttnLatent] = attn;
+    for (int32_t o = c::kPresentCache; o < numOutputs; ++o)
     {
-        return cu.fail("device allocation failed");
+        int32_t const aliased = build->getAliasedInput(o);
+        if (aliased != sources[o])
+        {
+            return cu.fail(std::string("getAliasedInput does not declare ") + c::kCacheOutputNames[o]
+                + " an alias of " + c::kCacheInputNames[sources[o]]);
+        }
+        size_t const bytes = gpu::tensorBytes(out[o]);
+        present[o] = inPtr[aliased];
+        if (!aliasedMode && (!cu.alloc(present[o], bytes) || !cu.fill(present[o], 0xFF, bytes)))
+        {
+            return cu.fail("device allocation failed");
+        }
     }
     size_t wsBytes = 0;
     why = gpu::configure(built, in, out, wsBytes);
@@ -136,34 +174,47 @@ int main(int argc, char** argv)
     }
     std::vector<void const*> const inputAddresses = gpu::addresses(inPtr);
     void const* const* inputs = inputAddresses.data();
-    // Warm-up on scratch copies of the cache and output, so that the kernel module is loaded outside the
+    // Warm-up on scratch copies of the cache planes and output, so that the kernel module is loaded outside the
     // capture and the buffers under test are written by the captured step only.
     {
-        CUdeviceptr scratchCache{}, scratchAttn{};
-        if (!cu.alloc(scratchCache, cacheBytes) || !cu.alloc(scratchAttn, attnBytes)
-            || !cu.copy(scratchCache, inPtr[c::kPastCache], cacheBytes))
+        std::vector<void const*> warmInputs(inputs, inputs + numInputs);
+        std::vector<void*> warmOutputs(numOutputs);
+        CUdeviceptr scratchAttn{};
+        if (!cu.alloc(scratchAttn, attnBytes))
         {
             return cu.fail("scratch allocation failed");
         }
-        void const* warmInputs[7];
-        std::copy(inputs, inputs + 7, warmInputs);
-        warmInputs[c::kPastCache] = reinterpret_cast<void const*>(scratchCache);
-        void* warmOutputs[2] = {reinterpret_cast<void*>(scratchAttn), reinterpret_cast<void*>(scratchCache)};
-        if (runtime->enqueue(in.data(), out.data(), warmInputs, warmOutputs, reinterpret_cast<void*>(workspace),
-                cu.stream())
+        warmOutputs[c::kAttnLatent] = reinterpret_cast<void*>(scratchAttn);
+        for (int32_t o = c::kPresentCache; o < numOutputs; ++o)
+        {
+            CUdeviceptr scratch{};
+            size_t const bytes = gpu::tensorBytes(out[o]);
+            if (!cu.alloc(scratch, bytes) || !cu.copy(scratch, inPtr[sources[o]], bytes))
+            {
+                return cu.fail("scratch allocation failed");
+            }
+            warmInputs[sources[o]] = reinterpret_cast<void const*>(scratch);
+            warmOutputs[o] = reinterpret_cast<void*>(scratch);
+        }
+        if (runtime->enqueue(in.data(), out.data(), warmInputs.data(), warmOutputs.data(),
+                reinterpret_cast<void*>(workspace), cu.stream())
                 != 0
             || !cu.sync())
         {
             return cu.fail("warm-up enqueue failed");
         }
     }
-    void* outputs[2] = {reinterpret_cast<void*>(attn), reinterpret_cast<void*>(present)};
+    std::vector<void*> outputs(numOutputs);
+    for (int32_t o = 0; o < numOutputs; ++o)
+    {
+        outputs[o] = reinterpret_cast<void*>(present[o]);
+    }
     CUgraph graph{};
     why = cu.captureStep(
         CU_STREAM_CAPTURE_MODE_RELAXED,
         [&] {
             return runtime->enqueue(
-                in.data(), out.data(), inputs, outputs, reinterpret_cast<void*>(workspace), cu.stream());
+                in.data(), out.data(), inputs, outputs.data(), reinterpret_cast<void*>(workspace), cu.stream());
         },
         "enqueue failed under stream capture", graph);
     if (!why.empty())
@@ -179,13 +230,16 @@ int main(int argc, char** argv)
     {
         return cu.fail("the kernels failed (cuStreamSynchronize)");
     }
-    std::vector<char> hostAttn(attnBytes), hostCache(cacheBytes);
-    if (!cu.download(hostAttn.data(), attn, attnBytes) || !cu.download(hostCache.data(), present, cacheBytes))
+    for (int32_t o = 0; o < numOutputs; ++o)
     {
-        return cu.fail("copying the outputs back failed");
+        size_t const bytes = gpu::tensorBytes(out[o]);
+        std::vector<char> host(bytes);
+        if (!cu.download(host.data(), present[o], bytes))
+        {
+            return cu.fail("copying the outputs back failed");
+        }
+        gpu::writeFile(dir + "/" + c::kCacheOutputNames[o] + "." + mode + ".bin", host.data(), bytes);
     }
-    gpu::writeFile(dir + "/attn_latent." + mode + ".bin", hostAttn.data(), attnBytes);
-    gpu::writeFile(dir + "/present_cache." + mode + ".bin", hostCache.data(), cacheBytes);
     cu.destroy(exec, graph);
     delete attached; // unloads its kernel module
     delete built;
