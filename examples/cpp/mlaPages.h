@@ -10,7 +10,8 @@
  *     blockTable(seqs)        the rows to upload, slots past a sequence's pages set to kUnusedSlot
  *
  * Every refusal is a Status with one message (the pool is exhausted, a sequence longer than the table
- * row, an unknown or duplicate sequence); nothing changes on a refusal. No CUDA or TensorRT here.
+ * row, an unknown or duplicate sequence); nothing changes on a refusal. checkBlockTable refuses a table given
+ * from elsewhere that breaks the contract's rules. No CUDA or TensorRT here.
  */
 #pragma once
 
@@ -106,6 +107,56 @@ private:
     std::vector<int32_t> mFree;                       //!< free pages, the next one at the back
     std::map<int64_t, std::vector<int32_t>> mOwned;   //!< each sequence's pages, in position order
 };
+
+//! The host-side rules of a block table (mla_export/run/block_table.py, the same rules and messages) for a call of
+//! `newTokens` tokens over a pool of `numPages` pages of `pageSize` rows: `table` is [batch, maxPages] row-major,
+//! `seqlens` [batch]. Among the slots j < ceil((seqlens[b] + newTokens) / pageSize) of each row: every id in the
+//! pool, the row long enough, a page once per row, and a page two sequences both touch a full page of their shared
+//! prefix (same slot, below both lengths). One message on the first broken rule.
+inline Status checkBlockTable(std::vector<int32_t> const& table, std::vector<int32_t> const& seqlens, int64_t newTokens,
+    int64_t pageSize, int64_t numPages, int64_t maxPages)
+{
+    auto const str = [](int64_t v) { return std::to_string(v); };
+    if (pageSize <= 0 || maxPages <= 0 || table.size() != seqlens.size() * static_cast<size_t>(maxPages))
+        return Status::error("the block table holds " + str(static_cast<int64_t>(table.size())) + " slots, not "
+            + str(static_cast<int64_t>(seqlens.size())) + " sequences x " + str(maxPages));
+    std::map<int32_t, std::pair<int64_t, int64_t>> owner; // page -> (sequence, slot) of its first use
+    for (size_t b = 0; b < seqlens.size(); ++b)
+    {
+        int64_t const length = seqlens[b];
+        if (length < 0)
+            return Status::error("cache_seqlens[" + str(b) + "] = " + str(length)
+                + ": a sequence's length cannot be negative");
+        int64_t const needed = (length + newTokens + pageSize - 1) / pageSize;
+        if (needed > maxPages)
+            return Status::error("sequence " + str(b) + " needs " + str(needed) + " pages for " + str(length) + " + "
+                + str(newTokens) + " rows of " + str(pageSize) + ", but the block table holds " + str(maxPages)
+                + " per sequence: raise --max-seq-len or shorten the sequence");
+        for (int64_t j = 0; j < needed; ++j)
+        {
+            int32_t const page = table[b * static_cast<size_t>(maxPages) + static_cast<size_t>(j)];
+            if (page < 0 || page >= numPages)
+                return Status::error("block_table[" + str(b) + ", " + str(j) + "] = " + str(page)
+                    + " is outside the pool of " + str(numPages) + " pages");
+            auto const first = owner.find(page);
+            if (first == owner.end())
+            {
+                owner[page] = {static_cast<int64_t>(b), j};
+                continue;
+            }
+            int64_t const other = first->second.first, slot = first->second.second;
+            if (other == static_cast<int64_t>(b))
+                return Status::error("page " + str(page) + " appears twice in sequence " + str(b)
+                    + "'s block table (slots " + str(slot) + " and " + str(j) + ")");
+            bool const sharedPrefix = slot == j && (j + 1) * pageSize <= std::min<int64_t>(length, seqlens[other]);
+            if (!sharedPrefix)
+                return Status::error("page " + str(page) + " is used by sequences " + str(other) + " and " + str(b)
+                    + " (slots " + str(slot) + " and " + str(j) + ", lengths " + str(seqlens[other]) + " and "
+                    + str(length) + "): two sequences may share only a full page of a common prefix");
+        }
+    }
+    return Status::success();
+}
 
 } // namespace runtime
 } // namespace mla

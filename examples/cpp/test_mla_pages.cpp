@@ -58,6 +58,33 @@ int main()
     std::vector<int32_t> const reused = pages.blockTable({12});
     std::set<int32_t> const sevens{table[4], table[5]}; // row 1 of the table above: sequence 7
     expect(sevens.count(reused[0]) == 1 && sevens.count(reused[1]) == 1, "the new sequence got sequence 7's pages");
+    // checkBlockTable: the allocator's own tables pass; tables from elsewhere that break a rule are refused.
+    {
+        using mla::runtime::checkBlockTable;
+        int32_t const u = PageAllocator::kUnusedSlot;
+        auto refused = [](Status const& st, char const* text) {
+            return !st.ok && st.message.find(text) != std::string::npos;
+        };
+        PageAllocator pool(9, 16, 4);
+        expect(pool.allocate(0, 17).ok && pool.allocate(1, 40).ok, "two sequences allocated");
+        expect(pool.extend(0, 18).ok && pool.extend(1, 41).ok, "both extended for one more token");
+        expect(checkBlockTable(pool.blockTable({0, 1}), {17, 40}, 1, 16, 9, 4).ok, "the allocator's table passes");
+        expect(checkBlockTable({4, 1, 2, u, 4, 3, 5, u}, {32, 40}, 1, 16, 6, 4).ok, "a shared full prefix page passes");
+        expect(refused(checkBlockTable({0, 9}, {17}, 1, 16, 9, 2), "block_table[0, 1] = 9 is outside the pool of 9"),
+            "a page past the pool refused");
+        expect(refused(checkBlockTable({0, 1}, {31}, 2, 16, 9, 2), "sequence 0 needs 3 pages for 31 + 2 rows of 16"),
+            "a row too short refused");
+        expect(refused(checkBlockTable({3, 3, u}, {20}, 1, 16, 9, 3), "page 3 appears twice in sequence 0's"),
+            "a page twice in a row refused");
+        expect(refused(checkBlockTable({1, 2, 1, 4}, {17, 5}, 1, 16, 9, 2),
+                   "page 1 is used by sequences 0 and 1 (slots 0 and 0, lengths 17 and 5)"),
+            "a page shared by sequences of different lengths refused");
+        expect(refused(checkBlockTable({1, 2, 4, 2}, {20, 20}, 1, 16, 9, 2), "page 2 is used by sequences 0 and 1"),
+            "a page both sequences write refused");
+        expect(checkBlockTable({0, u, -7, 12345}, {15}, 1, 16, 1, 4).ok, "unused slots are not read");
+        expect(refused(checkBlockTable({0, 1, 2}, {1, 1}, 1, 16, 9, 2), "the block table holds 3 slots"),
+            "a table of the wrong size refused");
+    }
     std::printf("%d passed, %d failed\n", gPassed, gFailed);
     return gFailed == 0 ? 0 : 1;
 }

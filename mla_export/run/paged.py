@@ -17,6 +17,7 @@ from ..common import contract
 from ..common.errors import UserError
 from ..model.cache_ops import dequantize_cache_rows, quantize_cache_rows
 from ..model.spec import ModelSpec, torch_dtype
+from .block_table import check_block_table
 from .runners import from_numpy, to_numpy
 
 UNUSED_SLOT = 2147480000  # a block-table entry no implementation may dereference (FlashMLA's tests use it)
@@ -118,7 +119,10 @@ class CacheServer:
         self._grow(seqlens + feeds[step_in[0]].shape[1])
         graph_feeds = {step_in[0]: feeds[step_in[0]], contract.CACHE_SEQLENS: feeds[contract.CACHE_SEQLENS]}
         if self.paged:
-            graph_feeds[contract.BLOCK_TABLE] = self.block_table(len(self.owned))
+            table = self.block_table(len(self.owned))
+            check_block_table(table, feeds[contract.CACHE_SEQLENS], feeds[step_in[0]].shape[1], self.page,
+                              self.planes[0][0].shape[0])  # a guard: the server's own tables always pass
+            graph_feeds[contract.BLOCK_TABLE] = table
         names = iter(graph_in[3:] if self.paged else graph_in[2:])
         for planes in self.planes:
             graph_feeds.update({next(names): to_numpy(plane) for plane in planes})
