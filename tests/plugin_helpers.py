@@ -141,6 +141,16 @@ def _manifest_kernels(kernels_dir: Path) -> list[dict]:
     return json.loads((kernels_dir / "manifest.json").read_text())["kernels"]
 
 
+def _sm90_image(compiled: list[dict], spec, kind: str, index: int) -> dict:
+    """The AOT manifest's one sm_90 cubin of kernel-table entry `spec` (its name, warps, shared memory)."""
+    found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
+             and (k["family_index"], k["dtype"], k["kind"], k["block_m"], k.get("cache_v2", 0),
+                  k.get("kv_cache_dtype", 0))
+             == (spec.family_index, spec.dtype, spec.kind, spec.block_m, spec.cache_v2, spec.kv_cache_dtype)]
+    assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
+    return found[0]
+
+
 def _planned_launches(case, compiled: list[dict]) -> list[tuple[str, tuple, tuple, str, list[str]]]:
     """(kernel name, grid, block, shared memory, argument values) of each launch the Python API plans for `case`.
 
@@ -159,13 +169,8 @@ def _planned_launches(case, compiled: list[dict]) -> list[tuple[str, tuple, tupl
                                  kplan.kernel_indices(p, dtype)):
         if kind == "combine" and p.num_splits == 1:
             continue
-        spec = table[index]
-        found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
-                 and (k["family_index"], k["dtype"], k["kind"], k["block_m"], k.get("cache_v2", 0),
-                      k.get("kv_cache_dtype", 0))
-                 == (spec.family_index, spec.dtype, spec.kind, spec.block_m, spec.cache_v2, spec.kv_cache_dtype)]
-        assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
-        launches.append((found[0]["name"], tuple(grid), (32 * found[0]["num_warps"], 1, 1), str(found[0]["shared"]),
+        image = _sm90_image(compiled, table[index], kind, index)
+        launches.append((image["name"], tuple(grid), (32 * image["num_warps"], 1, 1), str(image["shared"]),
                          _planned_args(kind, p, case)))
     return launches
 
@@ -234,14 +239,9 @@ def write_mla_cache_launch_plan(path: Path, kernels_dir: Path) -> int:
                                      kplan.kernel_indices(p, dtype, page, kv)):
             if kind == "combine" and p.num_splits == 1:
                 continue
-            spec = table[index]
-            found = [k for k in compiled if k["arch"] == PLAN_ARCH and not k["ptx"]
-                     and (k["family_index"], k["dtype"], k["kind"], k["block_m"], k.get("cache_v2", 0),
-                          k.get("kv_cache_dtype", 0))
-                     == (spec.family_index, spec.dtype, spec.kind, spec.block_m, spec.cache_v2, spec.kv_cache_dtype)]
-            assert len(found) == 1, f"{kind} kernel {index}: {len(found)} sm_{PLAN_ARCH} images in the manifest"
-            lines.append(" ".join(["launch", found[0]["name"], *map(str, grid), str(32 * found[0]["num_warps"]), "1",
-                                   "1", str(found[0]["shared"]), *_cache_planned_args(kind, p, case)]))
+            image = _sm90_image(compiled, table[index], kind, index)
+            lines.append(" ".join(["launch", image["name"], *map(str, grid), str(32 * image["num_warps"]), "1", "1",
+                                   str(image["shared"]), *_cache_planned_args(kind, p, case)]))
     path.write_text("\n".join(lines) + "\n")
     return len(CACHE_PLAN_CASES)
 
@@ -341,8 +341,8 @@ def write_moe_launch_plan(path: Path, kernels_dir: Path) -> int:
 
 def build_plugins(build: Path, kernels_dir: Path) -> Path:
     """Configure and build plugins/ into `build` with the generated kernels, after writing the launch tests'
-    expectations (launch_plan.txt, cache_launch_plan.txt, moe_launch_plan.txt, fp8_launch_plan.txt: BlockFp8MatMul's, read by the
-    kernels' test_fp8_launch and the plugin's test_fp8_plugin_launch) there."""
+    expectations (launch_plan.txt, cache_launch_plan.txt, moe_launch_plan.txt, fp8_launch_plan.txt: BlockFp8MatMul's,
+    read by the kernels' test_fp8_launch and the plugin's test_fp8_plugin_launch) there."""
     from test_fp8_kernels_aot import write_launch_plan as write_fp8_launch_plan
 
     write_mla_launch_plan(build / "launch_plan.txt", kernels_dir)

@@ -18,7 +18,7 @@ from mla_export.common.errors import UserError
 from mla_export.graph.export import export_onnx
 from mla_export.model.hf_config import load_preset
 from mla_export.model.spec import ModelSpec, spec_from_metadata
-from mla_export.run.paged import SPARE_PAGES
+from mla_export.model.spec import SPARE_PAGES
 from mla_export.trt import build
 from mla_export.trt.aliasing import PLUGIN_ALIASES
 from mla_export.trt.build import BuildSpec, build_engine

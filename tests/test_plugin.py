@@ -276,6 +276,19 @@ def _read_raw(path: Path, dtype, shape):
     return torch.from_numpy(raw).view(dtype).reshape(shape)
 
 
+def _run_gpu_enqueue(plugin_build: Path, directory: Path, mode: str, copies: int) -> None:
+    """test_mla_gpu_enqueue on `directory`'s inputs in `mode`: its captured step holds at least two kernels and
+    exactly `copies` memcpy nodes (skips where the program finds no GPU)."""
+    program = plugin_build / "tests" / "test_mla_gpu_enqueue"
+    run = subprocess.run([program, plugin_build / "mlaAttentionPlugin" / LIBRARY, directory, mode],
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode == 77:
+        pytest.skip(run.stdout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    nodes = re.search(r"graph: (\d+) kernel, (\d+) memcpy, (\d+) memset", run.stdout)
+    assert nodes and int(nodes[1]) >= 2 and int(nodes[2]) == copies, run.stdout
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
 @pytest.mark.parametrize("new_tokens", [1, 5])
@@ -318,14 +331,7 @@ def test_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, dtype_name, ne
         untouched[i, int(seqlens[i]):int(seqlens[i]) + s] = False
     past_bits = _read_raw(tmp_path / "past_cache.bin", torch.int16, (b, smax, dc + dr))
     for mode, copies in (("aliased", 0), ("copy", 1)):
-        run = subprocess.run([plugin_build / "tests" / "test_mla_gpu_enqueue",
-                              plugin_build / "mlaAttentionPlugin" / LIBRARY, tmp_path, mode],
-                             capture_output=True, text=True, timeout=300)
-        if run.returncode == 77:
-            pytest.skip(run.stdout)
-        assert run.returncode == 0, run.stdout + run.stderr
-        nodes = re.search(r"graph: (\d+) kernel, (\d+) memcpy, (\d+) memset", run.stdout)
-        assert nodes and int(nodes[1]) >= 2 and int(nodes[2]) == copies, run.stdout
+        _run_gpu_enqueue(plugin_build, tmp_path, mode, copies)
         attn = _read_raw(tmp_path / f"attn_latent.{mode}.bin", dtype, (b, s, h, dc))
         cache = _read_raw(tmp_path / f"present_cache.{mode}.bin", dtype, (b, smax, dc + dr))
         for result in (compare(f"attn_latent ({mode})", attn, expected_attn, atol, rtol),
@@ -411,14 +417,7 @@ def test_cache_enqueue_matches_reference_on_gpu(plugin_build, tmp_path, page, fp
     planes = contract.OP_FP8_CACHE_OUTPUTS[1:4] if fp8 else contract.OP_OUTPUTS[1:2]
     pasts = pool.planes
     for mode, copies in (("aliased", 0), ("copy", len(planes))):
-        run = subprocess.run([plugin_build / "tests" / "test_mla_gpu_enqueue",
-                              plugin_build / "mlaAttentionPlugin" / LIBRARY, tmp_path, mode],
-                             capture_output=True, text=True, timeout=300)
-        if run.returncode == 77:
-            pytest.skip(run.stdout)
-        assert run.returncode == 0, run.stdout + run.stderr
-        nodes = re.search(r"graph: (\d+) kernel, (\d+) memcpy, (\d+) memset", run.stdout)
-        assert nodes and int(nodes[1]) >= 2 and int(nodes[2]) == copies, run.stdout
+        _run_gpu_enqueue(plugin_build, tmp_path, mode, copies)
         attn = _read_raw(tmp_path / f"attn_latent.{mode}.bin", dtype, (b, s, h, dc))
         result = compare(f"attn_latent ({mode})", attn, expected_attn, atol, rtol)
         assert result.passed, result.to_dict()

@@ -35,6 +35,9 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+SPARE_PAGES = 3  # pages of a served pool beyond what its sequences can ever need (ModelSpec.pool_pages)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model and how it is laid out: the config, element type, cache rows, weights and graph I/O.
@@ -124,6 +127,11 @@ class ModelSpec:
     def max_pages(self) -> int:
         """Block-table slots per sequence of a paged export: enough pages for Smax rows."""
         return -(-self.max_seq_len // self.page_size)
+
+    def pool_pages(self, batch: int) -> int:
+        """Pages of the pool a server of `batch` sequences makes (validate, profile, build's default profile):
+        every sequence at Smax, plus SPARE_PAGES that no sequence ever owns (checked untouched)."""
+        return batch * self.max_pages + SPARE_PAGES
 
     def graph_io_names(self) -> tuple[list[str], list[str]]:
         """(input names, output names) of the exported graph, in order."""

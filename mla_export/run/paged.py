@@ -21,7 +21,6 @@ from .block_table import check_block_table
 from .runners import from_numpy, to_numpy
 
 UNUSED_SLOT = 2147480000  # a block-table entry no implementation may dereference (FlashMLA's tests use it)
-SPARE_PAGES = 3  # pages in the pool beyond what the sequences can ever need: never owned, checked untouched
 E4M3_NAN = 0x7F
 
 
@@ -48,7 +47,7 @@ class CacheServer:
         c, dtype = self.spec.config, torch_dtype(self.spec.dtype)
         batch = caches[0].shape[0]
         if self.paged:
-            pages = batch * self.spec.max_pages + SPARE_PAGES
+            pages = self.spec.pool_pages(batch)  # SPARE_PAGES never owned, checked untouched
             order = torch.randperm(pages, generator=torch.Generator().manual_seed(self.seed)).tolist()
             self.free, self.owned = order, [[] for _ in range(batch)]
         else:

@@ -63,10 +63,8 @@ def profile_shapes(spec_io: str, num_layers: int, hidden: int, max_seq_len: int,
 
 def default_pages(model: ModelSpec, batch: tuple[int, int, int]) -> tuple[int, int, int]:
     """Pool pages MIN:OPT:MAX of a paged export when none is given: from one page to enough for every sequence
-    of the batch at Smax (batch * max_pages) plus the spare pages `run/paged.py`'s pools hold."""
-    from ..run.paged import SPARE_PAGES  # the pools validate and profile make: batch * max_pages + SPARE_PAGES
-
-    return 1, batch[1] * model.max_pages + SPARE_PAGES, batch[2] * model.max_pages + SPARE_PAGES
+    of the batch at Smax plus the spare pages: the pools validate and profile make (ModelSpec.pool_pages)."""
+    return 1, model.pool_pages(batch[1]), model.pool_pages(batch[2])
 
 
 def cache_plane_widths(model: ModelSpec) -> dict[str, int]:

@@ -64,35 +64,23 @@ std::string validateCacheInputDims(MlaAttributes const& attrs, Dims const* in, i
     {
         return why;
     }
-    Dims const& q = in[c::kQLatent];
-    int64_t const batch = q.d[0];
-    int64_t const tokens = q.d[1];
-    int64_t const heads = attrs.numHeads;
+    int64_t const batch = in[c::kQLatent].d[0];
+    int64_t const tokens = in[c::kQLatent].d[1];
     int64_t const dc = attrs.kvLoraRank;
     int64_t const dr = attrs.ropeDim;
     bool const paged = attrs.pageSize > 0;
-    why = checks.axes(in,
-        {
-            {c::kQLatent, 2, heads, "num_heads"},
-            {c::kQLatent, 3, dc, "kv_lora_rank"},
-            {c::kQPe, 0, batch, "B of q_latent"},
-            {c::kQPe, 1, tokens, "S of q_latent"},
-            {c::kQPe, 2, heads, "num_heads"},
-            {c::kQPe, 3, dr, "qk_rope_head_dim"},
-            {c::kKvLatent, 0, batch, "B of q_latent"},
-            {c::kKvLatent, 1, tokens, "S of q_latent"},
-            {c::kKvLatent, 2, dc, "kv_lora_rank"},
-            {c::kKPe, 0, batch, "B of q_latent"},
-            {c::kKPe, 1, tokens, "S of q_latent"},
-            {c::kKPe, 2, dr, "qk_rope_head_dim"},
-            {c::kPastCache, 2, fp8 ? dc : dc + dr,
-                fp8 ? "kv_lora_rank (the FP8 cache's codes)" : "kv_lora_rank + qk_rope_head_dim"},
-            {c::kPastCache, paged ? 1 : 0, paged ? attrs.pageSize : batch,
-                paged ? "the page_size attribute" : "B of q_latent (a contiguous cache: one page per sequence)"},
-            {c::kCacheSeqlensIn, 0, batch, "B of q_latent"},
-            {c::kRopeCosSin, 1, dr, "qk_rope_head_dim"},
-            {c::kBlockTable, 0, batch, "B of q_latent"},
-        });
+    why = checkTokenAxes(checks, attrs, in);
+    if (why.empty())
+    {
+        why = checks.axes(in,
+            {
+                {c::kPastCache, 2, fp8 ? dc : dc + dr,
+                    fp8 ? "kv_lora_rank (the FP8 cache's codes)" : "kv_lora_rank + qk_rope_head_dim"},
+                {c::kPastCache, paged ? 1 : 0, paged ? attrs.pageSize : batch,
+                    paged ? "the page_size attribute" : "B of q_latent (a contiguous cache: one page per sequence)"},
+                {c::kBlockTable, 0, batch, "B of q_latent"},
+            });
+    }
     if (why.empty() && fp8)
     {
         int64_t const pages = in[c::kPastCache].d[0];

@@ -54,21 +54,14 @@ std::string validateAttributes(MlaAttributes const& attrs)
     return s.str();
 }
 
-std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_t nbInputs)
+std::string checkTokenAxes(InputShapeChecks const& checks, MlaAttributes const& attrs, Dims const* in)
 {
-    std::string why = kChecks.countAndRanks(in, nbInputs);
-    if (!why.empty())
-    {
-        return why;
-    }
-    Dims const& q = in[c::kQLatent];
-    int64_t const batch = q.d[0];
-    int64_t const tokens = q.d[1];
+    int64_t const batch = in[c::kQLatent].d[0];
+    int64_t const tokens = in[c::kQLatent].d[1];
     int64_t const heads = attrs.numHeads;
     int64_t const dc = attrs.kvLoraRank;
     int64_t const dr = attrs.ropeDim;
-    int64_t const smax = in[c::kPastCache].d[1];
-    why = kChecks.axes(in,
+    return checks.axes(in,
         {
             {c::kQLatent, 2, heads, "num_heads"},
             {c::kQLatent, 3, dc, "kv_lora_rank"},
@@ -82,11 +75,30 @@ std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_
             {c::kKPe, 0, batch, "B of q_latent"},
             {c::kKPe, 1, tokens, "S of q_latent"},
             {c::kKPe, 2, dr, "qk_rope_head_dim"},
-            {c::kPastCache, 0, batch, "B of q_latent"},
-            {c::kPastCache, 2, dc + dr, "kv_lora_rank + qk_rope_head_dim"},
             {c::kCacheSeqlensIn, 0, batch, "B of q_latent"},
             {c::kRopeCosSin, 1, dr, "qk_rope_head_dim"},
         });
+}
+
+std::string validateInputDims(MlaAttributes const& attrs, Dims const* in, int32_t nbInputs)
+{
+    std::string why = kChecks.countAndRanks(in, nbInputs);
+    if (!why.empty())
+    {
+        return why;
+    }
+    int64_t const batch = in[c::kQLatent].d[0];
+    int64_t const tokens = in[c::kQLatent].d[1];
+    int64_t const smax = in[c::kPastCache].d[1];
+    why = checkTokenAxes(kChecks, attrs, in);
+    if (why.empty())
+    {
+        why = kChecks.axes(in,
+            {
+                {c::kPastCache, 0, batch, "B of q_latent"},
+                {c::kPastCache, 2, int64_t{attrs.kvLoraRank} + attrs.ropeDim, "kv_lora_rank + qk_rope_head_dim"},
+            });
+    }
     if (!why.empty())
     {
         return why;

@@ -46,6 +46,10 @@ constexpr int32_t kOutputRanks[contract::kNumOutputs] = {4, 3};
 //! time) are not compared. Empty when consistent; otherwise the first mismatch, named.
 std::string validateInputDims(MlaAttributes const& attrs, nvinfer1::Dims const* inputs, int32_t nbInputs);
 
+//! The axes both contract versions share: inputs 0-3, cache_seqlens and rope_cos_sin's width against q_latent
+//! and the attributes (through `checks`, the op's names and ranks). Empty when they agree.
+std::string checkTokenAxes(InputShapeChecks const& checks, MlaAttributes const& attrs, nvinfer1::Dims const* inputs);
+
 //! Output index -> the input whose shape it has (attn_latent: q_latent, present_cache: past_cache).
 int32_t outputShapeSource(int32_t outputIndex);
 

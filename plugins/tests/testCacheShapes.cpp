@@ -99,44 +99,30 @@ void testOutputTypesAndShapes()
     }
 }
 
-// The support matrix of a 10-input FP8 node: int32 at 5 and 7, float32 at 6 and 8, fp8 codes at 4, T elsewhere;
-// each present plane exactly its input's type.
-bool expectedFp8(int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format)
+// The support matrix of a version-2 node (`fp8`: 10 inputs, else 8): int32 at 5 and 7, float32 at 6 (and 8), the FP8
+// codes at 4 in an FP8 node, T elsewhere; each present plane exactly its input's type.
+bool expectedSupport(bool fp8, int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format)
 {
     if (format != nvinfer1::TensorFormat::kLINEAR)
     {
         return false;
     }
+    int32_t const numInputs = fp8 ? 10 : 8;
+    int32_t const sources[4] = {c::kQLatent, c::kPastCache, c::kPastScale, c::kPastRope};
     bool const activation
         = types[pos] == DataType::kHALF || types[pos] == DataType::kBF16 || types[pos] == DataType::kFLOAT;
-    switch (pos)
+    if (pos >= numInputs) // attn_latent holds T; a present plane its input's type
     {
-    case c::kCacheSeqlensIn:
-    case c::kBlockTable: return types[pos] == DataType::kINT32;
-    case c::kRopeCosSin:
-    case c::kPastScale: return types[pos] == DataType::kFLOAT;
-    case c::kPastCache: return types[pos] == DataType::kFP8;
-    case 10 + c::kPresentCache: return types[pos] == types[c::kPastCache];
-    case 10 + c::kPresentScale: return types[pos] == types[c::kPastScale];
-    case 10 + c::kPresentRope: return types[pos] == types[c::kPastRope];
-    default: return activation && types[pos] == types[0];
+        return pos == numInputs ? activation && types[pos] == types[0]
+                                : types[pos] == types[sources[pos - numInputs]];
     }
-}
-
-bool expectedPaged(int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format)
-{
-    if (format != nvinfer1::TensorFormat::kLINEAR)
-    {
-        return false;
-    }
-    bool const activation
-        = types[pos] == DataType::kHALF || types[pos] == DataType::kBF16 || types[pos] == DataType::kFLOAT;
     switch (pos)
     {
     case c::kCacheSeqlensIn:
     case c::kBlockTable: return types[pos] == DataType::kINT32;
     case c::kRopeCosSin: return types[pos] == DataType::kFLOAT;
-    case 8 + c::kPresentCache: return types[pos] == types[c::kPastCache];
+    case c::kPastScale: return types[pos] == DataType::kFLOAT; // FP8 nodes only: an 8-input node has no input 8
+    case c::kPastCache: return fp8 ? types[pos] == DataType::kFP8 : activation && types[pos] == types[0];
     default: return activation && types[pos] == types[0];
     }
 }
@@ -150,7 +136,9 @@ void testFormatMatrix()
             return std::vector<DataType>{t0, t0, t0, t0, DataType::kFP8, DataType::kINT32, DataType::kFLOAT,
                 DataType::kINT32, DataType::kFLOAT, t0, t0, DataType::kFP8, DataType::kFLOAT, t0};
         },
-        expectedFp8);
+        [](int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format) {
+            return expectedSupport(true, pos, types, format);
+        });
     CHECK(checked == 14 * 9 * 9 * 2);
     CHECK(accepted > 0);
     plugin::MlaAttentionPlugin paged(attrs(16, 0));
@@ -160,7 +148,9 @@ void testFormatMatrix()
             return std::vector<DataType>{t0, t0, t0, t0, t0, DataType::kINT32, DataType::kFLOAT, DataType::kINT32, t0,
                 t0};
         },
-        expectedPaged);
+        [](int32_t pos, std::vector<DataType> const& types, nvinfer1::TensorFormat format) {
+            return expectedSupport(false, pos, types, format);
+        });
     CHECK(pagedCounts.checked == 10 * 9 * 9 * 2);
     nvinfer1::DynamicPluginTensorDesc io[14]{};
     CHECK(!fp8.supportsFormatCombination(0, io, 8, 2)); // the counts of another layout
