@@ -76,6 +76,22 @@ def test_cpp_bench_figures_against_the_baselines():
     assert figures["prefill S=4096, % of bf16 GEMM"] == pytest.approx(50.0)
 
 
+def test_cpp_bench_judges_the_paged_cache_against_the_contiguous_one():
+    """Contract 2's rows (a layout field): their % of copy from their own bytes as stored, and the paged decode's
+    speed as a percentage of the contiguous decode's (issue 24's bar: within 5%), judged as a target."""
+    ctx = gpu_check.Context(out=Path("."), bundle=Path("."), figures={"baselines": {"copy_gb_s": 3000.0}})
+    common = '"heads": 128, "batch": 64, "context": 4096, "new_tokens": 1'
+    output = "\n".join([
+        '{"phase": "decode", "layout": "contiguous", ' + common + ', "median_us": 100.0, "cache_bytes": 300000000}',
+        '{"phase": "decode", "layout": "paged64", ' + common + ', "median_us": 104.0, "cache_bytes": 300000000}',
+        '{"phase": "decode", "layout": "paged64-fp8", ' + common + ', "median_us": 62.5, "cache_bytes": 170000000}'])
+    figures = gpu_check._cpp_bench(output, ctx)
+    assert figures["decode B=64 x 4096, % of copy"] == pytest.approx(100.0)  # the contiguous row only
+    assert figures["AOT paged64 decode B=64 x 4096, speed vs contiguous %"] == pytest.approx(96.2)
+    assert figures["AOT paged64-fp8 decode B=64 x 4096, % of copy"] == pytest.approx(90.7)
+    assert gpu_check.TARGETS["AOT paged64 decode B=64 x 4096, speed vs contiguous %"] == 95.0
+
+
 def test_moe_bench_figures_are_judged(tmp_path):
     """bench_moe.py's JSON rows become the MoE targets' figures (its own same-run peaks)."""
     rows = [{"preset": "deepseek-v3", "phase": "decode", "tokens": 1, "of_copy_bw": 0.8, "of_matmul": 0.0,

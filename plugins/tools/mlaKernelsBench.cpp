@@ -4,17 +4,21 @@
  *
  *   mla_kernels_bench --check        a few decode and prefill calls (float16 and bfloat16, with and without
  *                                    splits, ragged cache lengths) on device buffers; checks every output is
- *                                    finite and every cache row outside the new ones is unchanged; then a few
+ *                                    finite and every cache row outside the new ones is unchanged, and paged and
+ *                                    FP8 calls (contract 2) give finite outputs; then a few
  *                                    DeepseekMoE calls (V2 and V3 routing, decode and prefill sizes, several
  *                                    chunks): outputs finite and two runs bit-identical; exit 0/1
  *   mla_kernels_bench --bench        bfloat16, DeepSeek dims (Dc 512, Dr 64): decode with H in {128, 16},
- *                                    B in {1, 8, 64}, context in {4096, 65536}, and prefill of S = 4096 from an
- *                                    empty cache; one JSON object per line: phase, heads, batch, context,
- *                                    new_tokens, median_us, cache_bytes (decode) or flops (prefill)
+ *                                    B in {1, 8, 64}, context in {4096, 65536} (H 128, B 8 and 64 also with
+ *                                    contract 2's caches: 64-row pages shuffled, FP8 paged and contiguous), and
+ *                                    prefill of S = 4096 from an empty cache; one JSON object per line: phase,
+ *                                    layout, heads, batch, context, new_tokens, median_us, cache_bytes (the
+ *                                    layout's bytes as stored, decode) or flops (prefill)
  *
  * Exits 77 when no CUDA driver or device is present. The driver is opened with dlopen (the kernels' own
  * calls go through the plugin's forwarders, common/cudaDriver.cpp), so the program builds everywhere.
  */
+#include "benchCall.h"
 #include "mlaKernels.h"
 #include "moeKernels.h"
 
@@ -32,184 +36,7 @@
 
 namespace
 {
-namespace k = mla::kernels;
-
-//! The driver calls this program makes itself, from libcuda.so.1.
-struct Driver
-{
-    void* lib{dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)};
-    template <typename F>
-    F get(char const* name) const
-    {
-        return lib != nullptr ? reinterpret_cast<F>(dlsym(lib, name)) : nullptr;
-    }
-    CUresult (*init)(unsigned){get<CUresult (*)(unsigned)>("cuInit")};
-    CUresult (*deviceGet)(CUdevice*, int){get<CUresult (*)(CUdevice*, int)>("cuDeviceGet")};
-    CUresult (*retain)(CUcontext*, CUdevice){get<CUresult (*)(CUcontext*, CUdevice)>("cuDevicePrimaryCtxRetain")};
-    CUresult (*setCurrent)(CUcontext){get<CUresult (*)(CUcontext)>("cuCtxSetCurrent")};
-    CUresult (*alloc)(CUdeviceptr*, size_t){get<CUresult (*)(CUdeviceptr*, size_t)>("cuMemAlloc_v2")};
-    CUresult (*release)(CUdeviceptr){get<CUresult (*)(CUdeviceptr)>("cuMemFree_v2")};
-    CUresult (*htod)(CUdeviceptr, void const*, size_t){get<CUresult (*)(CUdeviceptr, void const*, size_t)>(
-        "cuMemcpyHtoD_v2")};
-    CUresult (*dtoh)(void*, CUdeviceptr, size_t){get<CUresult (*)(void*, CUdeviceptr, size_t)>("cuMemcpyDtoH_v2")};
-    CUresult (*sync)(){get<CUresult (*)()>("cuCtxSynchronize")};
-    CUresult (*eventCreate)(CUevent*, unsigned){get<CUresult (*)(CUevent*, unsigned)>("cuEventCreate")};
-    CUresult (*eventRecord)(CUevent, CUstream){get<CUresult (*)(CUevent, CUstream)>("cuEventRecord")};
-    CUresult (*eventSync)(CUevent){get<CUresult (*)(CUevent)>("cuEventSynchronize")};
-    CUresult (*elapsed)(float*, CUevent, CUevent){get<CUresult (*)(float*, CUevent, CUevent)>("cuEventElapsedTime")};
-};
-
-//! float -> float16 / bfloat16 bits (round to nearest even; the inputs are finite and moderate).
-uint16_t toBits(float value, k::DataType dtype)
-{
-    uint32_t bits = 0;
-    std::memcpy(&bits, &value, 4);
-    if (dtype == k::DataType::kBFLOAT16)
-    {
-        return static_cast<uint16_t>((bits + 0x7FFFU + ((bits >> 16) & 1U)) >> 16);
-    }
-    uint32_t const sign = (bits >> 16) & 0x8000U;
-    int32_t const exponent = static_cast<int32_t>((bits >> 23) & 0xFFU) - 127 + 15;
-    uint32_t const mantissa = bits & 0x7FFFFFU;
-    if (exponent <= 0)
-    {
-        return static_cast<uint16_t>(sign);
-    }
-    return static_cast<uint16_t>(sign | (static_cast<uint32_t>(exponent) << 10) | (mantissa >> 13));
-}
-
-float fromBits(uint16_t bits, k::DataType dtype)
-{
-    uint32_t out = 0;
-    if (dtype == k::DataType::kBFLOAT16)
-    {
-        out = static_cast<uint32_t>(bits) << 16;
-    }
-    else
-    {
-        uint32_t const sign = (bits & 0x8000U) << 16;
-        uint32_t const exponent = (bits >> 10) & 0x1FU;
-        uint32_t const mantissa = bits & 0x3FFU;
-        out = exponent == 0 ? sign : exponent == 31 ? (sign | 0x7F800000U | (mantissa << 13))
-                                                    : (sign | ((exponent - 15 + 127) << 23) | (mantissa << 13));
-    }
-    float value = 0.0F;
-    std::memcpy(&value, &out, 4);
-    return value;
-}
-
-struct Buffer
-{
-    Driver const* cu{nullptr};
-    CUdeviceptr ptr{0};
-    size_t bytes{0};
-    Buffer(Driver const& d, size_t n)
-        : cu(&d)
-        , bytes(std::max<size_t>(n, 256))
-    {
-        if (cu->alloc(&ptr, bytes) != CUDA_SUCCESS)
-        {
-            ptr = 0;
-        }
-    }
-    ~Buffer()
-    {
-        if (ptr != 0)
-        {
-            cu->release(ptr);
-        }
-    }
-    Buffer(Buffer const&) = delete;
-    Buffer& operator=(Buffer const&) = delete;
-    void* get() const { return reinterpret_cast<void*>(ptr); }
-};
-
-//! One call's device buffers, filled with deterministic values; `context` cache rows already valid.
-struct Call
-{
-    k::Dims dims;
-    std::vector<uint16_t> cacheHost;   //!< the cache as filled, to find rows the call changed
-    std::vector<int32_t> seqlensHost;  //!< each sequence's valid rows before the call
-    Buffer qLatent, qPe, kvLatent, kPe, cache, seqlens, rope, out, workspace;
-
-    Call(Driver const& cu, k::Dims d, int32_t context, int32_t numSms)
-        : dims(d)
-        , qLatent(cu, size_t(d.batch) * d.newTokens * d.numHeads * d.kvLoraRank * 2)
-        , qPe(cu, size_t(d.batch) * d.newTokens * d.numHeads * d.ropeDim * 2)
-        , kvLatent(cu, size_t(d.batch) * d.newTokens * d.kvLoraRank * 2)
-        , kPe(cu, size_t(d.batch) * d.newTokens * d.ropeDim * 2)
-        , cache(cu, size_t(d.batch) * d.maxSeqLen * (d.kvLoraRank + d.ropeDim) * 2)
-        , seqlens(cu, size_t(d.batch) * 4)
-        , rope(cu, size_t(d.maxSeqLen) * d.ropeDim * 4)
-        , out(cu, size_t(d.batch) * d.newTokens * d.numHeads * d.kvLoraRank * 2)
-        , workspace(cu, k::workspaceBytes(d, numSms))
-    {
-        uint32_t state = 12345U;
-        auto next = [&state]() {
-            state = state * 1664525U + 1013904223U;
-            return static_cast<float>((state >> 8) & 0xFFFFU) / 32768.0F - 1.0F;
-        };
-        // Up to 16 MiB of random values; a larger buffer repeats them (the benchmark's caches reach GBs).
-        auto fill = [&](Buffer const& b, std::vector<uint16_t>* keep) {
-            size_t const block = std::min<size_t>(b.bytes, size_t(16) << 20);
-            std::vector<uint16_t> host(block / 2);
-            for (auto& v : host)
-            {
-                v = toBits(next(), d.dtype);
-            }
-            for (size_t at = 0; at < b.bytes; at += block)
-            {
-                cu.htod(b.ptr + at, host.data(), std::min(block, b.bytes - at));
-            }
-            if (keep != nullptr && block == b.bytes)
-            {
-                *keep = std::move(host);
-            }
-        };
-        for (Buffer const* b : {&qLatent, &qPe, &kvLatent, &kPe})
-        {
-            fill(*b, nullptr);
-        }
-        fill(cache, &cacheHost);
-        std::vector<int32_t> lengths(size_t(d.batch));
-        for (int32_t b = 0; b < d.batch; ++b)
-        {
-            lengths[size_t(b)] = std::max(0, std::min(context - 37 * b, d.maxSeqLen - d.newTokens)); // ragged
-        }
-        cu.htod(seqlens.ptr, lengths.data(), lengths.size() * 4);
-        std::vector<float> table(size_t(d.maxSeqLen) * d.ropeDim);
-        for (int32_t p = 0; p < d.maxSeqLen; ++p)
-        {
-            for (int32_t i = 0; i < d.ropeDim / 2; ++i)
-            {
-                double const angle = p * std::pow(10000.0, -2.0 * i / d.ropeDim);
-                table[size_t(p) * d.ropeDim + i] = static_cast<float>(std::cos(angle));
-                table[size_t(p) * d.ropeDim + d.ropeDim / 2 + i] = static_cast<float>(std::sin(angle));
-            }
-        }
-        cu.htod(rope.ptr, table.data(), table.size() * 4);
-        seqlensHost = lengths;
-    }
-
-    bool ready() const
-    {
-        for (Buffer const* b : {&qLatent, &qPe, &kvLatent, &kPe, &cache, &seqlens, &rope, &out, &workspace})
-        {
-            if (b->ptr == 0)
-            {
-                return false;
-            }
-        }
-        return true;
-    }
-
-    CUresult launch(k::Module const& module) const
-    {
-        k::Tensors t{qLatent.get(), qPe.get(), kvLatent.get(), kPe.get(), cache.get(),
-            static_cast<int32_t const*>(seqlens.get()), static_cast<float const*>(rope.get()), out.get()};
-        return k::launch(module, dims, t, workspace.get(), nullptr);
-    }
-};
+using namespace benchtool;
 
 //! --check: outputs finite, cache rows outside [len, len + S) unchanged, per call.
 int check(Driver const& cu, k::Module const& module)
@@ -261,7 +88,31 @@ int check(Driver const& cu, k::Module const& module)
             c.newTokens, c.heads, c.dc, finite ? "finite" : "NOT FINITE", changed);
         failures += (!finite || changed != 0) ? 1 : 0;
     }
-    std::printf("%s: %d of %zu calls failed\n", failures == 0 ? "PASS" : "FAIL", failures, sizeof(cases) / sizeof(cases[0]));
+    // Contract version 2 (shuffled 64- and 16-row pages, the FP8 cache paged and contiguous): outputs finite; the
+    // sanitizer runs of gpu-check watch every access of these kernels too.
+    Layout const layouts[] = {{"paged64", 64, false}, {"paged16-fp8", 16, true}, {"contiguous-fp8", 0, true}};
+    size_t calls = sizeof(cases) / sizeof(cases[0]);
+    for (Layout const& layout : layouts)
+    {
+        for (Case const& c : {cases[0], cases[3]})
+        {
+            k::Dims const d
+                = withLayout(k::Dims{c.batch, c.newTokens, c.heads, c.dc, c.dr, c.smax, c.dtype, 0.07F}, layout);
+            Call call(cu, d, c.context, module.numSms());
+            bool ok = call.ready() && call.launch(module) == CUDA_SUCCESS && cu.sync() == CUDA_SUCCESS;
+            std::vector<uint16_t> out(call.out.bytes / 2);
+            cu.dtoh(out.data(), call.out.ptr, call.out.bytes);
+            for (size_t i = 0; ok && i < size_t(c.batch) * c.newTokens * c.heads * c.dc; ++i)
+            {
+                ok = std::isfinite(fromBits(out[i], c.dtype));
+            }
+            std::printf("check %s B=%d S=%d H=%d Dc=%d: %s\n", layout.name, c.batch, c.newTokens, c.heads, c.dc,
+                ok ? "outputs finite" : "FAILED (launch or outputs)");
+            failures += ok ? 0 : 1;
+            ++calls;
+        }
+    }
+    std::printf("%s: %d of %zu calls failed\n", failures == 0 ? "PASS" : "FAIL", failures, calls);
     return failures == 0 ? 0 : 1;
 }
 
@@ -368,24 +219,37 @@ int bench(Driver const& cu, k::Module const& module)
         return samples[samples.size() / 2];
     };
     int const dc = 512, dr = 64;
+    // Contract version 2's layouts (64-row pages shuffled across sequences, the FP8 cache) at V3's heads.
+    Layout const layouts[]
+        = {kContiguous, {"paged64", 64, false}, {"paged64-fp8", 64, true}, {"contiguous-fp8", 0, true}};
     for (int heads : {128, 16})
     {
         for (int context : {4096, 65536})
         {
             for (int batch : {1, 8, 64})
             {
-                k::Dims d{batch, 1, heads, dc, dr, context + 1, k::DataType::kBFLOAT16, 0.07F};
-                Call call(cu, d, context, module.numSms());
-                if (!call.ready())
+                for (Layout const& layout : layouts)
                 {
-                    std::printf("{\"phase\": \"decode\", \"heads\": %d, \"batch\": %d, \"context\": %d, "
-                                "\"skipped\": \"out of device memory\"}\n", heads, batch, context);
-                    continue;
+                    if (&layout != &layouts[0] && (heads != 128 || batch == 1))
+                    {
+                        continue;
+                    }
+                    k::Dims const d = withLayout(
+                        k::Dims{batch, 1, heads, dc, dr, context + 1, k::DataType::kBFLOAT16, 0.07F}, layout);
+                    Call call(cu, d, context, module.numSms());
+                    if (!call.ready())
+                    {
+                        std::printf("{\"phase\": \"decode\", \"layout\": \"%s\", \"heads\": %d, \"batch\": %d, "
+                                    "\"context\": %d, \"skipped\": \"out of device memory\"}\n", layout.name, heads,
+                            batch, context);
+                        continue;
+                    }
+                    double const bytes = double(batch) * (context + 1) * double(rowBytes(d));
+                    std::printf("{\"phase\": \"decode\", \"layout\": \"%s\", \"heads\": %d, \"batch\": %d, "
+                                "\"context\": %d, \"new_tokens\": 1, \"median_us\": %.2f, \"cache_bytes\": %.0f}\n",
+                        layout.name, heads, batch, context, time(call), bytes);
+                    std::fflush(stdout);
                 }
-                double const bytes = double(batch) * (context + 1) * (dc + dr) * 2;
-                std::printf("{\"phase\": \"decode\", \"heads\": %d, \"batch\": %d, \"context\": %d, \"new_tokens\": 1, "
-                            "\"median_us\": %.2f, \"cache_bytes\": %.0f}\n", heads, batch, context, time(call), bytes);
-                std::fflush(stdout);
             }
         }
         int const tokens = 4096;
