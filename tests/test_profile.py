@@ -73,3 +73,116 @@ def test_profile_eager_and_kernels_on_a_gpu(tmp_path):
         data = json.loads(out.read_text())
         assert data["device"] != "cpu" and data["copy_gb_s"] > 100
         assert all(r["median_ms"] > 0 for r in data["rows"])
+
+
+# ---- --eager over a paged and/or FP8 latent cache (MlaAttention contract version 2) ---------------------------
+
+@pytest.mark.parametrize("preset, layout, op", [
+    ("tiny", ["--cache", "paged", "--page-size", 16], "mla_attention_paged_reference"),
+    ("tiny-moe", ["--cache", "paged", "--page-size", 8, "--kv-cache-dtype", "fp8"],
+     "mla_attention_fp8_cache_reference"),
+    ("tiny", ["--kv-cache-dtype", "fp8"], "mla_attention_fp8_cache_reference"),
+])
+def test_profile_eager_times_the_contract_2_cache(preset, layout, op, tmp_path, monkeypatch):
+    """The timed calls run the layout's own op (counted), the report names the layout, and the FP8 cache's
+    decode bytes are its own per token (codes, one float32 scale per 128 values, k_pe in the dtype)."""
+    import mla_export.model.cache_ops as cache_ops
+
+    calls = []
+    reference = getattr(cache_ops, op)
+    monkeypatch.setattr(cache_ops, op, lambda *a, **k: calls.append(1) or reference(*a, **k))
+    out = tmp_path / "p.json"
+    result = run("profile", "--eager", "--preset", preset, "--layers", 2, *layout, "--batches", "1,2",
+                 "--contexts", "8,20", "--warmup", 1, "--iters", 2, "--json", out, "-q")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    paged = "paged" in layout
+    fp8 = "fp8" in layout
+    assert (data["cache"], data["kv_cache_dtype"]) == ("paged" if paged else "contiguous", "fp8" if fp8 else "model")
+    assert data["page_size"] == (layout[layout.index("--page-size") + 1] if paged else None)
+    assert len(data["rows"]) == 2 * 2 * 2
+    assert len(calls) == 2 * len(data["rows"]) * (1 + 2)  # every layer's attention, warmup and timed calls
+    c = load_preset(preset).with_layers(2)
+    per_token = c.kv_lora_rank + 4 * -(-c.kv_lora_rank // 128) + 4 * c.qk_rope_head_dim if fp8 else 4 * c.cache_width
+    for r in (r for r in data["rows"] if r["phase"] == "decode"):
+        cache_bytes = r["batch"] * (r["context"] + 1) * per_token * 2
+        assert r["cache_gb_s"] == pytest.approx(cache_bytes / (r["median_ms"] * 1e-3) / 1e9)
+    table = run("profile", "--eager", "--preset", preset, "--layers", 1, *layout, "--batches", 1, "--contexts", 8,
+                "--iters", 1, "--phase", "decode", "-q")
+    assert table.exit_code == 0, table.output
+    header = " ".join(table.output.split())
+    assert (f"paged cache ({data['page_size']}-row pages)" if paged else "contiguous cache") in header, header
+    assert ("fp8 c_kv" in header) == fp8, header
+
+
+def test_profile_eager_paged_model_computes_what_the_contiguous_one_does():
+    """The eager target's paged FP8-free model, fed the pools `layout_feeds` makes, answers as the contiguous
+    model does on the same contiguous inputs (the timed work is the real step)."""
+    import torch
+
+    from mla_export.run.profile import EagerTarget, layout_feeds
+
+    config = load_preset("tiny").with_layers(2)
+    plain = EagerTarget(ModelSpec(config, max_seq_len=40))
+    paged = EagerTarget(ModelSpec(config, max_seq_len=40, cache="paged", page_size=8))
+    for context, new_tokens in ((0, 12), (21, 1)):
+        feeds = list(plain.inputs(2, context, new_tokens).values())
+        with torch.no_grad():
+            want = plain.model(*feeds)[0]
+            got = paged.model(*layout_feeds(paged.spec, feeds))[0]
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eager", "--preset", "tiny", "--page-size", 16], "--page-size 16 sizes the pages of --cache paged"),
+    (["--eager", "--preset", "tiny", "--cache", "paged", "--page-size", 12], "--page-size 12: expected a power of two"),
+    (["--onnx", "{onnx}", "--cache", "paged"], "the cache of an ONNX file is its export's"),
+    (["--onnx", "{onnx}", "--kv-cache-dtype", "fp8"], "the cache of an ONNX file is its export's"),
+])
+def test_profile_refuses_cache_options_that_make_no_sense(args, message, tiny_onnx):
+    from corpus import assert_one_message
+
+    assert_one_message(run("profile", *[str(a).replace("{onnx}", str(tiny_onnx)) for a in args]), message)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [["--cache", "paged", "--page-size", 64], ["--kv-cache-dtype", "fp8"],
+                                    ["--cache", "paged", "--page-size", 64, "--kv-cache-dtype", "fp8"]])
+def test_profile_eager_and_kernels_on_a_gpu_over_contract_2_caches(layout, tmp_path):
+    """GPU only: the eager model (its attention the Triton kernels' contract-2 path) and the kernels alone."""
+    for target in ("--eager", "--kernels"):
+        out = tmp_path / f"{target[2:]}.json"
+        result = run("profile", target, "--preset", "deepseek-v2-lite", "--layers", 1, *layout, "--batches", "1,8",
+                     "--contexts", "1024,4096", "--iters", 5, "--json", out)
+        assert result.exit_code == 0, result.output
+        data = json.loads(out.read_text())
+        assert data["device"] != "cpu" and all(r["median_ms"] > 0 for r in data["rows"])
+        assert (data["cache"] == "paged") == ("paged" in layout)
+
+
+def test_profile_kernels_pools_answer_as_the_contiguous_cache(monkeypatch):
+    """--kernels over a contract-2 cache, on the CPU under the Triton interpreter (`.cuda()` a no-op): the pools
+    and block table `prepare` makes hold the contiguous cache's rows, so the kernels' attention over them is the
+    contiguous call's (paged vs contiguous; paged FP8 vs contiguous FP8), decode and prefill."""
+    import torch
+
+    from mla_export.kernels.attention.api import mla_attention_triton
+    from mla_export.run.profile import KernelsTarget
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    config = load_preset("tiny").with_layers(1)
+
+    def attention(batch, context, new_tokens, **layout):
+        target = object.__new__(KernelsTarget)  # __init__ refuses a machine without a GPU
+        target.spec, got = ModelSpec(config, max_seq_len=48, **layout), {}
+        target.op = lambda *args, **keywords: got.update(keywords) or mla_attention_triton(*args, **keywords)
+        target.prepare(batch, context, new_tokens)()
+        assert ("block_table" in got and got["page_size"] == 16) == ("cache" in layout)
+        assert got.get("kv_cache_dtype", 0) == (1 if "kv_cache_dtype" in layout else 0)
+        return got["out"]  # [B, S, H, Dc]
+
+    for batch, context, new_tokens in ((2, 20, 1), (3, 9, 9)):
+        for fp8 in ({}, {"kv_cache_dtype": "fp8"}):
+            want = attention(batch, context, new_tokens, **fp8)
+            got = attention(batch, context, new_tokens, cache="paged", page_size=16, **fp8)
+            assert torch.isfinite(got).all() and torch.allclose(got, want, atol=1e-5, rtol=1e-4)

@@ -193,3 +193,92 @@ def test_a_token_at_a_routing_tie_is_fragile_and_a_clear_one_is_not():
             hidden = direction.double().expand(1, 1, -1)  # [B, S, d]
             for dtype in ("float32", "float16", "bfloat16"):
                 assert bool(fragile_tokens(hidden, mlp, dtype)[0, 0]) is tied, (tied, dtype)
+
+
+# ---- a paged and/or FP8 latent cache (MlaAttention contract version 2) -------------------------------------------
+
+V2_LAYOUTS = {"paged": ("tiny", "hidden", ("--cache", "paged", "--page-size", 16)),
+              "paged fp8 moe": ("tiny-moe", "tokens", ("--cache", "paged", "--page-size", 8, "--kv-cache-dtype", "fp8")),
+              "fp8": ("tiny", "hidden", ("--kv-cache-dtype", "fp8"))}
+
+
+@pytest.fixture(scope="module")
+def v2_exports(tmp_path_factory):
+    """A V2_LAYOUTS name -> its export (Smax 64), made once."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            preset, io, layout = V2_LAYOUTS[name]
+            path = tmp_path_factory.mktemp("v2") / f"{name.replace(' ', '-')}.onnx"
+            result = run("export", "--preset", preset, "--io", io, *layout, "--max-seq-len", 64, "-q", "-o", path)
+            assert result.exit_code == 0, result.output
+            made[name] = path
+        return made[name]
+    return get
+
+
+@pytest.mark.parametrize("name", list(V2_LAYOUTS))
+def test_per_layer_passes_a_contract_2_export_and_agrees_with_whole(v2_exports, name):
+    """Each layer served from its own shuffled pools: every part passes, the caches are compared as whole
+    validation compares them (an FP8 cache's c_kv within half an FP8 step, its k_pe under the normal rule),
+    and the chained output's error and the FP8 cache's own error match the whole-graph run's."""
+    path = v2_exports(name)
+    report = validate_per_layer(path, SCENARIO)
+    whole = validate_onnx(path, SCENARIO, per_layer=False)
+    assert report.passed, _failing_parts(report)
+    assert whole.passed
+    preset, io, layout = V2_LAYOUTS[name]
+    layers = 3 if preset == "tiny-moe" else 2
+    assert [p.label for p in report.parts if p.label.startswith("layer")] == [f"layer {i}" for i in range(layers)]
+    fp8 = "fp8" in layout
+    cache_names = ["present_latent_cache.0 c_kv", "present_latent_cache.0 k_pe"] if fp8 else ["present_latent_cache.0"]
+    assert [c.name for c in report.parts[1 if io == "tokens" else 0].steps[0].comparisons] == ["output", *cache_names]
+    assert [c.name for c in report.parts[-1].steps[-1].comparisons][1:3] == cache_names + (
+        ["present_latent_cache.1"] if not fp8 else [])
+    for chained, step in zip(report.parts[-1].steps, whole.steps):
+        assert chained.comparisons[0].rel_rms == pytest.approx(step.comparisons[0].rel_rms, rel=0.5, abs=1e-7)
+    assert len(report.quantization_error) == (SCENARIO.steps + 1 if fp8 else 0)
+    for (step, rms, cosine), (whole_step, whole_rms, whole_cosine) in zip(report.quantization_error,
+                                                                           whole.quantization_error):
+        assert step == whole_step and rms == pytest.approx(whole_rms, rel=1e-3) and cosine == pytest.approx(
+            whole_cosine, abs=1e-6)
+    if name == "paged":  # the command too
+        result = run("validate", "--onnx", path, "--per-layer", "--steps", 2, "--prefill-len", 6, "--batch", 2, "-q")
+        assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
+V2_PLANTS = {  # a late row would make the FP8 export's layer 1 read an unowned slot of its 8-row pages: refused
+    "paged": ("cache row late", lambda path: planted.misplace_cache_rows(path, 1)),
+    "paged fp8 moe": ("c_kv and k_pe x1.01", lambda path: planted.scale_weight(
+        path, "layers.1.self_attn.kv_a_proj_with_mqa.weight.T", 1.01)),
+}
+
+
+@pytest.mark.parametrize("name", list(V2_PLANTS))
+def test_a_bug_in_one_layer_of_a_contract_2_export_fails_that_layer(v2_exports, tmp_path, name):
+    """A bug planted in layer 1: whole and per layer fail it, and per layer names layer 1, not layer 0."""
+    path = tmp_path / "planted.onnx"
+    shutil.copy(v2_exports(name), path)
+    V2_PLANTS[name][1](path)
+    assert not validate_onnx(path, SCENARIO, per_layer=False).passed
+    failing = _failing_parts(validate_per_layer(path, SCENARIO))
+    assert "layer 1" in failing and "end to end" in failing and "layer 0" not in failing, failing
+
+
+def test_validate_goes_per_layer_by_itself_for_a_contract_2_export_short_of_memory(v2_exports, monkeypatch):
+    """Memory for one layer but not the whole model: validate chooses per layer, paged FP8 cache and all."""
+    from mla_export.graph.onnx_reader import read_exported_model
+    from mla_export.model import footprint
+    from mla_export.run.layerwise import LayerwiseReport
+    from mla_export.run.validate import whole_peak_bytes
+
+    path = v2_exports("paged fp8 moe")
+    spec = read_exported_model(path).spec
+    one_layer = (footprint.per_layer_validate_peak_bytes(spec.config, spec.element_bytes, True, True)
+                 + SCENARIO.peak_bytes(spec, layers=1))
+    whole = whole_peak_bytes(read_exported_model(path), SCENARIO)
+    assert one_layer < whole
+    monkeypatch.setattr(footprint, "available_memory", lambda: (one_layer + whole) // 2)
+    report = validate_onnx(path, SCENARIO)
+    assert isinstance(report, LayerwiseReport) and report.passed, _failing_parts(report)

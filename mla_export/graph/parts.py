@@ -3,7 +3,8 @@
 so memory holds one layer's weights, never the model's.
 
 A layer's input is the hidden state its `input_layernorm` reads; its outputs are the next layer's input (or
-the head's, or the graph's hidden-state output) and its `present_latent_cache.i`. The cut is found in the
+the head's, or the graph's hidden-state output) and its `present_latent_cache.i` (contract version 2: the
+block table among its inputs, and its pool or FP8 planes in and out). The cut is found in the
 graph itself (the norm's weight initializer names the layer), so any export of ours can be cut; a part is
 every node between its inputs and outputs, with the initializers, model-local functions and opsets they use.
 Weights stay where they are where they can: a part of an export with an external data file points into a
@@ -57,12 +58,17 @@ def layer_parts(header, spec, source: str) -> list[Part]:
                   for i in range(config.num_hidden_layers)]
     tokens = spec.io == "tokens"
     boundaries.append(_norm_input(graph, "norm.weight", source) if tokens else outputs[0])
+    planes = 3 if spec.kv_cache_dtype == "fp8" else 1  # cache tensors per layer (contract.graph_io_names)
+    shared = tuple(inputs[1:3 if spec.cache == "paged" else 2])  # cache_seqlens (and the block table)
+    first = 1 + len(shared)
     parts = []
     if tokens:
         parts.append(Part("embedding", (inputs[0],), (boundaries[0],)))
     for i in range(config.num_hidden_layers):
-        parts.append(Part(f"layer {i}", (boundaries[i], inputs[1], inputs[2 + i]),
-                          (boundaries[i + 1], outputs[1 + i]), layer=i))
+        caches_in = tuple(inputs[first + i * planes:first + (i + 1) * planes])
+        caches_out = tuple(outputs[1 + i * planes:1 + (i + 1) * planes])
+        parts.append(Part(f"layer {i}", (boundaries[i], *shared, *caches_in), (boundaries[i + 1], *caches_out),
+                          layer=i))
     if tokens:
         parts.append(Part("head", (boundaries[-1],), (outputs[0],)))
     return [_with_graph_inputs(graph, part) for part in parts]

@@ -163,15 +163,16 @@ def absorb_attention(attn: MlaAttention, dtype: torch.dtype) -> RuntimeAbsorbedM
     return export_attention(attn, dtype, "runtime")
 
 
-def fold_model(model: MlaModel, dtype: torch.dtype, absorb: str = "prefolded") -> MlaModel:
+def fold_model(model: MlaModel, dtype: torch.dtype, absorb: str = "prefolded", **cache) -> MlaModel:
     """The export twin of an unfolded `model`, every weight cast to `dtype`: pre-folded, or with W_UK
-    and W_UV kept per head (`absorb="runtime"`)."""
+    and W_UV kept per head (`absorb="runtime"`). `cache`: MlaModel's `cache`, `kv_cache_dtype` and
+    `page_size` (default: a contiguous cache in `dtype`)."""
     if model.folded:
         raise ValueError("model is already folded")
     if absorb not in ATTENTION_FORMS:
         raise ValueError(f"absorb {absorb!r}: expected one of {tuple(ATTENTION_FORMS)}")
     folded = MlaModel(model.config, model.max_seq_len, folded=True, absorb=absorb,
-                      with_embeddings=model.with_embeddings)
+                      with_embeddings=model.with_embeddings, **cache)
     folded = folded.to(dtype)
     with torch.no_grad():
         for src, dst in zip(model.layers, folded.layers, strict=True):

@@ -6,6 +6,12 @@ and every decode step, each with its own latent cache. The part is fed the refer
 (teacher-forced: an error in one layer does not spread to the next), so each row of the report is that
 part's own error. Beside it the parts also run chained on their own outputs, as the whole graph would:
 the last part's outputs and every layer's final cache are compared with the reference end to end.
+
+A paged or FP8 cache (contract version 2): each layer's part is served from its own shuffled pools
+(`paged.LayerPartServer`), one set for the teacher-forced run and one for the chained run, and read back
+contiguous. An FP8 cache is judged as whole validation judges it (`fp8_cache_check`): the reference layer
+attends over the runtime's own cache, so the end-to-end reference runs each layer a second time, over the
+chained run's caches, with its own stream of hidden states.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from ..common.errors import UserError
 from ..model.spec import torch_dtype
 from .compare import Comparison, compare, compare_by, verdict_for
+from .fp8_cache_check import fp8_cache_comparisons, history_as_stored
 from .routing_ties import TieWatch, tie_positions
 from .reference import (ScenarioInputs, reference_cos_sin, reference_embedding, reference_head,
                         reference_layer)
@@ -145,6 +152,8 @@ def validate_per_layer(path: str | Path, scenario: Scenario, progress: Progress 
                  "bfloat16": TensorProto.BFLOAT16}[spec.dtype]
     source, cos_sin = weight_source(spec), reference_cos_sin(spec)
     reference = _Chain(inputs.reference_inputs, spec.max_seq_len)
+    # the end-to-end reference: the forced one's stream, except over an FP8 cache (module docstring)
+    e2e = _Chain(inputs.reference_inputs, spec.max_seq_len) if spec.kv_cache_dtype == "fp8" else reference
     chained = _Chain(inputs.runtime_inputs, spec.max_seq_len)
     results = []
     with part_directory(model.data_file) as directory:
@@ -155,26 +164,33 @@ def validate_per_layer(path: str | Path, scenario: Scenario, progress: Progress 
             runner = OnnxRuntimeRunner(part_path)
             result = PartResult(part.label)
             if part.layer is None:
-                _check_edge(part, inputs, spec, source, runner, reference, chained, result, verdict)
+                _check_edge(part, inputs, spec, source, runner, reference, e2e, chained, result, verdict)
                 del runner
             else:
-                runtime = _run_layer_part(part, inputs, spec, runner, reference, chained, dtype)
-                del runner  # the reference layer is built once ONNX Runtime has let the part's weights go
-                _check_layer(part, inputs, spec, source, cos_sin, runtime, reference, chained, result, verdict)
+                runners = (runner, runner)  # the teacher-forced run's and the chained run's
+                if spec.cache_contract:  # each with pools of its own, fed and read back contiguous
+                    from .paged import LayerPartServer
+
+                    runners = tuple(LayerPartServer(runner, part, spec, scenario.seed) for _ in range(2))
+                    part = runners[0].part
+                runtime = _run_layer_part(part, inputs, spec, runners, reference, chained, dtype)
+                del runner, runners  # the reference layer is built once ONNX Runtime has let the part's weights go
+                _check_layer(part, inputs, spec, source, cos_sin, runtime, reference, e2e, chained, result, verdict)
             remove_part(part_path)
             result.seconds = time.perf_counter() - start
             results.append(result)
-    results.append(_end_to_end(inputs, spec, reference, chained, verdict))
+    results.append(_end_to_end(inputs, spec, e2e, chained, verdict))
     return LayerwiseReport("onnxruntime", spec.dtype, scenario, results,
                            _quantization_error(spec, inputs, source, chained, report))
 
 
-def _check_edge(part, inputs, spec, source, runner, reference, chained, result, verdict) -> None:
-    """The embedding or the head: reference and runtime over every step's tensors."""
-    if part.label == "embedding":
-        want = reference_embedding(source, spec, reference.tensors)
-    else:
-        want = reference_head(source, spec, reference.tensors)
+def _check_edge(part, inputs, spec, source, runner, reference, e2e, chained, result, verdict) -> None:
+    """The embedding or the head: reference and runtime over every step's tensors (and the end-to-end
+    reference's stream, where it is its own, through the same part)."""
+    edge = reference_embedding if part.label == "embedding" else reference_head
+    want = edge(source, spec, reference.tensors)
+    if e2e is not reference:
+        e2e.tensors = list(want) if part.label == "embedding" else edge(source, spec, e2e.tensors)
     dtype = torch_dtype(spec.dtype)
     for step in range(inputs.steps):
         fed = reference.tensors[step] if part.label == "embedding" else reference.tensors[step].to(dtype)
@@ -187,51 +203,83 @@ def _check_edge(part, inputs, spec, source, runner, reference, chained, result, 
     reference.tensors = want
 
 
-def _run_layer_part(part, inputs, spec, runner, reference, chained, dtype) -> tuple[list, list, torch.Tensor]:
-    """Decoder layer `part.layer` of the export over every step, fed the reference's input (teacher-forced)
-    and, chained, the runtime's own: (forced outputs, forced caches, each per step; the chained last cache).
-    Run before the reference layer is built, so memory holds one of the two at a time."""
-    cache_forced = cache_chained = inputs.initial_cache(part.layer).to(dtype)  # [B, Smax, Dc+Dr]
-    outputs, caches = [], []
+def _initial_cache(inputs, spec, layer: int) -> torch.Tensor:
+    """Layer `layer`'s starting cache `[B, Smax, Dc+Dr]` float64 (an FP8 cache's: its c_kv as stored)."""
+    cache = inputs.initial_cache(layer)
+    return history_as_stored(cache, spec.config.kv_lora_rank) if spec.kv_cache_dtype == "fp8" else cache
+
+
+def _run_layer_part(part, inputs, spec, runners, reference, chained, dtype) -> tuple[list, list, list]:
+    """Decoder layer `part.layer` of the export over every step, fed the reference's input (teacher-forced,
+    `runners[0]`) and, chained, the runtime's own (`runners[1]`): (forced outputs, forced caches, chained
+    caches), each per step. Run before the reference layer is built, so memory holds one of the two at a time."""
+    cache_forced = cache_chained = _initial_cache(inputs, spec, part.layer).to(dtype)  # [B, Smax, Dc+Dr]
+    forced, chain = runners
+    outputs, caches, chained_caches = [], [], []
     for step in range(inputs.steps):
-        out, cache_forced = _run(runner, _feeds(part, inputs, step, reference.tensors[step].to(dtype), cache_forced,
+        out, cache_forced = _run(forced, _feeds(part, inputs, step, reference.tensors[step].to(dtype), cache_forced,
                                                 spec), part.outputs)
         outputs.append(out)
         caches.append(cache_forced)
         chained.tensors[step], cache_chained = _run(
-            runner, _feeds(part, inputs, step, chained.tensors[step], cache_chained, spec), part.outputs)
-    return outputs, caches, cache_chained
+            chain, _feeds(part, inputs, step, chained.tensors[step], cache_chained, spec), part.outputs)
+        chained_caches.append(cache_chained)
+    return outputs, caches, chained_caches
 
 
-def _check_layer(part, inputs, spec, source, cos_sin, runtime, reference, chained, result, verdict) -> None:
+def _check_layer(part, inputs, spec, source, cos_sin, runtime, reference, e2e, chained, result, verdict) -> None:
     """The float64 reference of layer `part.layer` over every step, against the part's `runtime` results
-    (`_run_layer_part`): output and cache compared at every step; the tokens routed at a near tie found."""
-    forced_outputs, forced_caches, cache_chained = runtime
+    (`_run_layer_part`): output and cache compared at every step; the tokens routed at a near tie found.
+    An FP8 cache: the reference reads the runtime's cache, and runs again over the chained caches for `e2e`."""
+    forced_outputs, forced_caches, chained_caches = runtime
+    fp8, d_c = spec.kv_cache_dtype == "fp8", spec.config.kv_lora_rank
     layer = reference_layer(spec, source, part.layer)
     watch = TieWatch([layer], spec.dtype, depth=lambda _: 1)  # fed the reference's input: its own error
     chain_watch = TieWatch([layer], spec.dtype, depth=lambda _: part.layer + 1)  # the chained parts' input
-    cache_ref = inputs.initial_cache(part.layer)  # [B, Smax, Dc+Dr] float64
+    cache_ref = cache_e2e = _initial_cache(inputs, spec, part.layer)  # [B, Smax, Dc+Dr] float64
+    rows_e2e = cache_e2e  # FP8: the e2e reference's own rows (unquantized), step by step
     tied_before = chained.tied_rows.clone()  # rows tied in an earlier layer, for the e2e check
-    outputs = []
+    outputs, e2e_outputs = [], []
     for step in range(inputs.steps):
         seqlens, new_tokens = inputs.seqlens[step], inputs.new_tokens(step)
+        unwritten = unwritten_rows(seqlens, new_tokens, spec.max_seq_len)  # [B, Smax, 1]
+        if fp8:
+            layer.self_attn.fp8_cache_check = {"read_cache": forced_caches[step].to(torch.float64)}
         with torch.no_grad():
             out_ref, cache_ref = layer(reference.tensors[step], cache_ref, seqlens, cos_sin)
         untied = torch.zeros(len(inputs.histories), new_tokens, dtype=torch.bool)
         tied = watch.found.pop(0, untied)  # [B, S]
         chain_tied = chain_watch.found.pop(0, untied)
+        if fp8:  # the end-to-end reference over the chained run's caches
+            layer.self_attn.fp8_cache_check = {"read_cache": chained_caches[step].to(torch.float64)}
+            with torch.no_grad():
+                out_e2e, present_e2e = layer(e2e.tensors[step], cache_e2e, seqlens, cos_sin)
+            watch.found.pop(0, None)
+            chain_tied = chain_watch.found.pop(0, untied)
+            written = ~unwritten & (torch.arange(spec.max_seq_len)[None, :, None] >= seqlens[:, None, None])
+            rows_e2e = torch.where(written, present_e2e, rows_e2e)
+            cache_e2e = chained_caches[step].to(torch.float64)  # the next step starts from the runtime's cache
+            e2e_outputs.append(out_e2e)
         chained.tied[step] |= chain_tied
         chained.tied_rows |= tie_positions(chain_tied, seqlens, spec.max_seq_len)
         step_result = StepResult(inputs.step_name(step), new_tokens)
         step_result.comparisons.append(compare_by("output", forced_outputs[step], out_ref, verdict,
                                                   exempt=tied[..., None]))
-        step_result.comparisons.append(compare_by(part.outputs[1], forced_caches[step], cache_ref, verdict,
-                                                  unwritten_rows(seqlens, new_tokens, spec.max_seq_len)))
+        if fp8:
+            step_result.comparisons += fp8_cache_comparisons(part.outputs[1], forced_caches[step], cache_ref, verdict,
+                                                             unwritten, None, d_c)
+            cache_ref = forced_caches[step].to(torch.float64)
+        else:
+            step_result.comparisons.append(compare_by(part.outputs[1], forced_caches[step], cache_ref, verdict,
+                                                      unwritten))
+            rows_e2e = cache_ref
         result.steps.append(step_result)
         outputs.append(out_ref)
     reference.tensors = outputs
+    if fp8:
+        e2e.tensors = e2e_outputs
     last = inputs.steps - 1
-    chained.caches[part.layer] = (cache_chained, cache_ref,
+    chained.caches[part.layer] = (chained_caches[-1], rows_e2e,
                                   unwritten_rows(inputs.seqlens[last], inputs.new_tokens(last), spec.max_seq_len),
                                   tied_before)
     watch.close()
@@ -250,8 +298,13 @@ def _end_to_end(inputs, spec, reference, chained, verdict) -> PartResult:
                                                   exempt=chained.tied[step][..., None]))
         result.steps.append(step_result)
     for layer, (got, want, unwritten, tied_rows) in sorted(chained.caches.items()):
-        result.steps[-1].comparisons.append(compare_by(f"present_latent_cache.{layer}", got, want, verdict, unwritten,
-                                                       exempt=tied_rows[..., None]))
+        name = f"present_latent_cache.{layer}"
+        if spec.kv_cache_dtype == "fp8":
+            result.steps[-1].comparisons += fp8_cache_comparisons(name, got, want, verdict, unwritten,
+                                                                  tied_rows[..., None], spec.config.kv_lora_rank)
+        else:
+            result.steps[-1].comparisons.append(compare_by(name, got, want, verdict, unwritten,
+                                                           exempt=tied_rows[..., None]))
     return result
 
 
@@ -307,9 +360,9 @@ def validate_streamed(runner, spec, scenario: Scenario, progress: Progress | Non
 def _quantization_error(spec, inputs, source, chained, report) -> list[tuple[str, float, float]]:
     """For a quantized export: each step's chained output against the unquantized model's (streamed one
     layer at a time, float64), as (step, rel RMS, cosine): the quantization's own error, not judged."""
-    if spec.quant == "none":
+    if spec.quant == "none" and spec.kv_cache_dtype != "fp8":
         return []
-    plain = dataclasses.replace(spec, quant="none")
+    plain = dataclasses.replace(spec, quant="none", kv_cache_dtype="model")
     cos_sin = reference_cos_sin(spec)
     tensors = list(inputs.reference_inputs)
     if spec.io == "tokens":

@@ -10,6 +10,8 @@ each call the pages no sequence owns must be bit for bit as they were: `CacheSer
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -157,3 +159,52 @@ class CacheServer:
         free = torch.tensor(sorted(self.free), dtype=torch.long)
         return [plane[free].contiguous().view(torch.uint8).numpy().tobytes()
                 for planes in self.planes for plane in planes]
+
+
+class LayerPartServer:
+    """One decoder layer's part (`graph.parts.Part`) of a contract-2 export, fed and answering a contiguous cache
+    as a version-1 layer part is (`self.part`: `past_latent_cache.i` in, `present_latent_cache.i` out): a
+    one-layer `CacheServer` of its own keeps the layer's pools and block table. A graph input the part reads for
+    its shape only (another layer's plane: every layer's pools are alike) is fed this layer's plane of its kind."""
+
+    def __init__(self, runner, part, spec: ModelSpec, seed: int = 0):
+        import dataclasses
+
+        from ..graph.parts import Part
+
+        self.runner, self.graph_part, self.name = runner, part, runner.name
+        one = dataclasses.replace(spec, config=spec.config.with_layers(1))
+        (self.one_in, self.one_out), (self.one_graph_in, self.one_graph_out) = one.step_io_names(), one.graph_io_names()
+        full_in = spec.graph_io_names()[0]
+        first, planes = (3 if spec.cache == "paged" else 2), (3 if spec.kv_cache_dtype == "fp8" else 1)
+        # another layer's plane -> this layer's plane of the same kind
+        self.alike = {n: part.inputs[first + (full_in.index(n) - first) % planes] for n in part.graph_inputs
+                      if n in full_in[first:]}
+        i = part.layer
+        self.part = Part(part.label, (part.inputs[0], contract.CACHE_SEQLENS, contract.past_cache_name(i)),
+                         (part.outputs[0], contract.present_cache_name(i)), i,
+                         tuple(n for n in part.graph_inputs if n not in self.alike))
+        self.server = CacheServer(SimpleNamespace(name=self.name, run=self.run_graph), one, seed)
+        self.passed: dict[str, np.ndarray] = {}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One step, feeds and outputs by `self.part`'s names."""
+        inputs, outputs = self.part.inputs, self.part.outputs
+        self.passed = {n: feeds[n] for n in self.part.graph_inputs}
+        answer = self.server.run({self.one_in[0]: feeds[inputs[0]], contract.CACHE_SEQLENS: feeds[inputs[1]],
+                                  self.one_in[2]: feeds[inputs[2]]})
+        return {outputs[0]: answer[self.one_out[0]], outputs[1]: answer[self.one_out[1]]}
+
+    def run_graph(self, graph_feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part on the one-layer graph's feeds (the server's), answered by the one-layer graph's names."""
+        feeds = {part_name: graph_feeds[name] for name, part_name in zip(self.one_graph_in, self.graph_part.inputs,
+                                                                         strict=True)}
+        feeds.update(self.passed)
+        feeds.update({name: feeds[plane] for name, plane in self.alike.items()})
+        got = self.runner.run(feeds)
+        missing = [n for n in self.graph_part.outputs if n not in got]
+        if missing:
+            raise UserError(f"{self.name}: the part lacks outputs {missing}; the graph does not match its metadata")
+        return {name: got[part_name] for name, part_name in zip(self.one_graph_out, self.graph_part.outputs,
+                                                                strict=True)}
+

@@ -8,12 +8,17 @@ The results and their table, files and plot are `profile_report`.
 
 Per (batch B, context L): `prefill` processes L new tokens from an empty cache; `decode` adds one
 token to sequences already holding L tokens. Cache bytes of a decode step = B * (L+1) * (Dc+Dr) *
-element size * layers (what the attention must read).
+element size * layers (what the attention must read; an FP8 cache's bytes per token are its own).
+
+A paged or FP8 latent cache (MlaAttention contract version 2: an export's own, or the spec's `cache` and
+`kv_cache_dtype` for the eager model and the kernels) is timed on the pools and block table a
+`paged.CacheServer` makes once per point from the random contiguous caches, outside the timing.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import statistics
 from typing import Callable
 
@@ -34,12 +39,15 @@ class Target(abc.ABC):
     def __init__(self, spec: ModelSpec):
         self.spec = spec
 
-    def cache_bytes(self, batch: int, context: int) -> int:
+    def token_bytes(self) -> int:
+        """Cache bytes of one token in one layer."""
         c = self.spec.config
-        per_token = c.cache_width * self.spec.element_bytes
         if self.spec.kv_cache_dtype == "fp8":  # e4m3 codes, a float32 scale per 128, k_pe in the dtype
-            per_token = c.kv_lora_rank + 4 * -(-c.kv_lora_rank // 128) + c.qk_rope_head_dim * self.spec.element_bytes
-        return batch * (context + 1) * per_token * c.num_hidden_layers
+            return c.kv_lora_rank + 4 * -(-c.kv_lora_rank // 128) + c.qk_rope_head_dim * self.spec.element_bytes
+        return c.cache_width * self.spec.element_bytes
+
+    def cache_bytes(self, batch: int, context: int) -> int:
+        return batch * (context + 1) * self.token_bytes() * self.spec.config.num_hidden_layers
 
     def peak_bytes(self, batch: int, context: int) -> int:
         """Estimated memory of one point's inputs and step: every layer's cache (drawn in float32, held in the
@@ -108,12 +116,16 @@ class EagerTarget(Target):
         check_memory(4 * counts.total + spec.element_bytes * counts.exported + GIB,
                      f"the eager model of {spec.config.name} ({spec.config.num_hidden_layers} layers)",
                      "profile fewer layers (--layers N)")
-        model = fold_model(eager_model(spec), torch_dtype(spec.dtype), spec.absorb)
+        model = fold_model(eager_model(spec), torch_dtype(spec.dtype), spec.absorb, cache=spec.cache,
+                           kv_cache_dtype=spec.kv_cache_dtype, page_size=spec.page_size)
         self.model = model.eval().to("cuda" if self.cuda else "cpu")
 
     def prepare(self, batch, context, new_tokens):
         device = "cuda" if self.cuda else "cpu"
-        feeds = [t.to(device) for t in self.inputs(batch, context, new_tokens).values()]
+        feeds = list(self.inputs(batch, context, new_tokens).values())
+        if self.spec.cache_contract:  # x, cache_seqlens, then the block table and pools the model takes
+            feeds = layout_feeds(self.spec, feeds)
+        feeds = [t.to(device) for t in feeds]
 
         def call():
             with torch.no_grad():
@@ -165,20 +177,43 @@ class KernelsTarget(Target):
         self.spec = spec
 
     def cache_bytes(self, batch, context):
-        c = self.spec.config
-        return batch * (context + 1) * c.cache_width * self.spec.element_bytes
+        return batch * (context + 1) * self.token_bytes()  # one layer's
 
     def prepare(self, batch, context, new_tokens):
+        from ..common import contract
         from ..model.rope import rope_cos_sin
 
-        c = self.spec.config
+        c, spec = self.spec.config, self.spec
         held = 0 if new_tokens > 1 else context
         *args, seqlens = attention_inputs(batch, new_tokens, c.num_attention_heads, c.kv_lora_rank,
-                                          c.qk_rope_head_dim, held, self.spec.max_seq_len,
-                                          torch_dtype(self.spec.dtype), "cuda")
-        table = rope_cos_sin(c, self.spec.max_seq_len).cuda()  # [Smax, Dr]
+                                          c.qk_rope_head_dim, held, spec.max_seq_len, torch_dtype(spec.dtype), "cpu")
+        layout = {}
+        if spec.cache_contract:  # the cache [B, Smax, Dc+Dr] as one layer's pools (and the block table)
+            one = dataclasses.replace(spec, config=c.with_layers(1))
+            _, _, *planes = layout_feeds(one, [torch.zeros(batch, new_tokens), seqlens, args[4]])
+            table = planes.pop(0) if spec.cache == "paged" else None  # [B, max_pages] int32
+            args[4] = planes[0]  # [P, page, Dc+Dr] T, or FP8 codes [P, page, Dc]
+            fp8 = spec.kv_cache_dtype == "fp8"
+            layout = dict(block_table=table, page_size=spec.page_size if table is not None else 0,
+                          past_scale=planes[1] if fp8 else None, past_rope=planes[2] if fp8 else None,
+                          kv_cache_dtype=contract.KV_CACHE_DTYPE_FP8 if fp8 else contract.KV_CACHE_DTYPE_MODEL)
+            layout = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in layout.items()}
+        args, seqlens = [t.cuda() for t in args], seqlens.cuda()
+        rope = rope_cos_sin(c, spec.max_seq_len).cuda()  # [Smax, Dr]
         out = torch.empty_like(args[0])
-        return lambda: self.op(*args, seqlens, table, c.softmax_scale, out=out, in_place=True)
+        return lambda: self.op(*args, seqlens, rope, c.softmax_scale, out=out, in_place=True, **layout)
+
+
+def layout_feeds(spec: ModelSpec, feeds: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The inputs of a contract-2 model (`spec.cache_contract`) for the contiguous ones `feeds` (x, cache_seqlens,
+    a cache [B, Smax, Dc+Dr] per layer): x, cache_seqlens, the block table (paged) and every layer's planes,
+    made by a `paged.CacheServer` (shuffled pages, NaN where nothing was written)."""
+    from .paged import CacheServer
+    from .runners import from_numpy, to_numpy
+
+    names, _ = spec.step_io_names()
+    graph = CacheServer(None, spec).graph_feeds({n: to_numpy(t) for n, t in zip(names, feeds, strict=True)})
+    return [from_numpy(v) for v in graph.values()]
 
 
 def run_profile(target: Target, batches: list[int], contexts: list[int], warmup: int = 2, iters: int = 10,
@@ -202,7 +237,10 @@ def run_profile(target: Target, batches: list[int], contexts: list[int], warmup:
     device = torch.cuda.get_device_name() if target.cuda else "cpu"
     c = target.spec.config
     model = f"{c.name}, {c.num_hidden_layers} layer{'s' if c.num_hidden_layers > 1 else ''}"
-    report = ProfileReport(device, copy_bandwidth_gb_s(target.cuda), model=model, dtype=target.spec.dtype)
+    spec = target.spec
+    report = ProfileReport(device, copy_bandwidth_gb_s(target.cuda), model=model, dtype=spec.dtype, cache=spec.cache,
+                           page_size=spec.page_size if spec.cache == "paged" else None,
+                           kv_cache_dtype=spec.kv_cache_dtype)
     for i, (phase, batch, context) in enumerate(cases):
         report_progress(f"case {i + 1}/{len(cases)}: {phase}, batch {batch}, context {context}", i, len(cases))
         new_tokens = context if phase == "prefill" else 1

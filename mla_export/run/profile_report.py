@@ -49,9 +49,19 @@ class ProfileReport:
     rows: list[ProfileRow] = field(default_factory=list)
     model: str = ""  # the config's name and layers, e.g. "deepseek-v2-lite, 1 layer"
     dtype: str = ""
+    cache: str = "contiguous"  # the latent cache timed: its layout, rows per page (paged) and dtype
+    page_size: int | None = None
+    kv_cache_dtype: str = "model"
+
+    @property
+    def layout(self) -> str:
+        """The cache in words: "contiguous cache", "paged cache (16-row pages), fp8 c_kv"."""
+        pages = f" ({self.page_size}-row pages)" if self.cache == "paged" else ""
+        return f"{self.cache} cache{pages}" + (", fp8 c_kv" if self.kv_cache_dtype == "fp8" else "")
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "dtype": self.dtype, "device": self.device, "copy_gb_s": self.copy_gb_s,
+        return {"model": self.model, "dtype": self.dtype, "cache": self.cache, "page_size": self.page_size,
+                "kv_cache_dtype": self.kv_cache_dtype, "device": self.device, "copy_gb_s": self.copy_gb_s,
                 "rows": [asdict(r) for r in self.rows]}
 
     def write_json(self, path) -> None:
@@ -76,7 +86,7 @@ def print_profile(report: ProfileReport, console=None) -> None:
 
     console = console or make_console()
     target = report.rows[0].target if report.rows else ""
-    console.print(f"{target} on {report.device}: {report.model}, {report.dtype}; copy bandwidth "
+    console.print(f"{target} on {report.device}: {report.model}, {report.dtype}, {report.layout}; copy bandwidth "
                   f"{report.copy_gb_s:,.1f} GB/s", markup=False)
     for phase in ("prefill", "decode"):
         rows = [r for r in report.rows if r.phase == phase]
@@ -161,7 +171,7 @@ def plot_profile(report: ProfileReport, path) -> None:
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for ax, phase in zip(axes[0], phases):
             _draw_phase(ax, [r for r in report.rows if r.phase == phase], phase, colors)
-        fig.suptitle(f"{report.model}, {report.dtype} - {target} on {report.device}")
+        fig.suptitle(f"{report.model}, {report.dtype}, {report.layout} - {target} on {report.device}")
         fig.tight_layout()
         fig.savefig(buffer, format=suffix[1:], dpi=100)
         plt.close(fig)

@@ -196,13 +196,9 @@ def validate_onnx(path: str | Path, scenario: Scenario, progress: Progress | Non
     model = read_exported_model(path)
     refuse_rank_file(model.spec, path)
     scenario.histories(model.spec.max_seq_len)  # refuses a scenario the cache cannot hold
-    if per_layer and model.spec.cache_contract:
-        raise UserError(f"--per-layer cuts a contiguous cache in the model's dtype; {path} has a "
-                        f"{model.spec.cache} cache (--kv-cache-dtype {model.spec.kv_cache_dtype}): drop --per-layer")
     if per_layer is None:
         free = available_memory()
-        per_layer = (free is not None and whole_peak_bytes(model, scenario) > free
-                     and not model.spec.cache_contract)
+        per_layer = free is not None and whole_peak_bytes(model, scenario) > free
     if per_layer:
         from .layerwise import validate_per_layer
 

@@ -6,7 +6,8 @@ import click
 
 from ..common.errors import FieldError, UserError
 from ..model.spec import MAX_SEED
-from .options import EXIT_CODES, absorb_option, config_option, load_config, preset_option, quiet_option, wrote
+from .options import (EXIT_CODES, absorb_option, cache_layout, cache_layout_options, config_option, layout_words,
+                      load_config, preset_option, quiet_option, wrote)
 
 
 @click.command(epilog=EXIT_CODES, short_help="Export a model to ONNX (MlaAttention/DeepseekMoE nodes).")
@@ -27,13 +28,7 @@ from .options import EXIT_CODES, absorb_option, config_option, load_config, pres
 @click.option("--quant", type=click.Choice(["none", "fp8"]), default="none", show_default=True,
               help="fp8: the large projections and routed experts as FP8 (e4m3) with float32 128x128 block "
                    "scales, DeepSeek's format (an FP8 checkpoint's bytes kept); none: every weight in --dtype.")
-@click.option("--cache", type=click.Choice(["contiguous", "paged"]), default="contiguous", show_default=True,
-              help="The latent cache: one [B, Smax, Dc+Dr] buffer per layer, or a pool of pages per layer and a "
-                   "block table shared by the layers (MlaAttention contract version 2).")
-@click.option("--page-size", type=int, default=64, show_default=True, help="Rows per page with --cache paged.")
-@click.option("--kv-cache-dtype", type=click.Choice(["model", "fp8"]), default="model", show_default=True,
-              help="fp8: c_kv stored as e4m3 codes with a power-of-two float32 scale per 128 values per token, "
-                   "k_pe in --dtype (FlashMLA's DeepSeek-V3.2 format, 656 bytes per token at DeepSeek's dims).")
+@cache_layout_options
 @click.option("--tp", type=int, default=1, show_default=True,
               help="Split the model over N devices (a power of two; DeepSeek-V3's tensor and expert parallel "
                    "layout): -o DIR receives rank0.onnx .. rank{N-1}.onnx and parallel.json.")
@@ -65,12 +60,12 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
         check_input_dir("--checkpoint", checkpoint, "; pass a HF DeepSeek-V2/V3 checkpoint directory")
     if checkpoint and not (preset or config_path):
         config_path = checkpoint
+    layout = cache_layout(cache, page_size, kv_cache_dtype)
     config = load_config(preset, config_path, layers)
     rows = max_seq_len if max_seq_len is not None else min(4096, config.max_position_embeddings)
     try:
         spec = ModelSpec(config, dtype=dtype, max_seq_len=rows, seed=seed, checkpoint=checkpoint, io=io,
-                         absorb=absorb, quant=quant, tp_size=tp, cache=cache, page_size=page_size,
-                         kv_cache_dtype=kv_cache_dtype)
+                         absorb=absorb, quant=quant, tp_size=tp, **layout)
     except FieldError as exc:
         if exc.field != "max_seq_len" or max_seq_len is not None:
             raise
@@ -88,9 +83,7 @@ def export(preset, config_path, checkpoint, layers, dtype, max_seq_len, io, seed
     layers_text = f"{config.num_hidden_layers} layer{'s' if config.num_hidden_layers != 1 else ''}"
     quantized = ", --quant fp8" if quant == "fp8" else ""
     click.echo(f"exported {config.name}, {layers_text}, {dtype}, Smax {rows}, --absorb {absorb}{quantized}")
-    layout = [f"--tp {tp}"] if tp > 1 else []
-    layout += [f"--cache paged --page-size {page_size}"] if cache == "paged" else []
-    layout += ["--kv-cache-dtype fp8"] if kv_cache_dtype == "fp8" else []
-    if layout:
-        click.echo(f"  with {' '.join(layout)}")
+    words = " ".join(w for w in (f"--tp {tp}" if tp > 1 else "", layout_words(**layout)) if w)
+    if words:
+        click.echo(f"  with {words}")
     click.echo(f"{wrote(files)} in {time.perf_counter() - start:.1f} s")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from ..common.errors import FieldError, UserError
-from .options import (EXIT_CODES, absorb_option, config_option, input_files, int_list, json_option, load_config,
-                      preset_option, print_json, quiet_option, say, wrote)
+from .options import (EXIT_CODES, absorb_option, cache_layout, cache_layout_options, config_option, input_files,
+                      int_list, json_option, layout_words, load_config, preset_option, print_json, quiet_option,
+                      say, wrote)
 
 
-def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len, absorb, contexts):
+def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len, absorb, contexts, layout):
     """The --eager or --kernels target of `profile`: the config at `dtype` (float32 on the CPU, bfloat16 on a
-    GPU by default) with a cache that holds the longest context."""
+    GPU by default) with a cache that holds the longest context, laid out as `layout` (`cache_layout`)."""
     import torch
 
     from ..run.profile_report import default_contexts
@@ -21,7 +22,7 @@ def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len
     dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     longest = max(contexts or default_contexts(None))
     try:
-        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or longest + 1, absorb=absorb)
+        spec = ModelSpec(config, dtype=dtype, max_seq_len=max_seq_len or longest + 1, absorb=absorb, **layout)
     except FieldError as exc:
         if exc.field != "max_seq_len" or max_seq_len is not None:
             raise
@@ -41,6 +42,7 @@ def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len
               "[default: float32 on the CPU, bfloat16 on a GPU].")
 @click.option("--max-seq-len", type=int, help="With --eager/--kernels: cache rows [default: largest context + 1].")
 @absorb_option("With --eager: the export form to time (an ONNX file or engine has its own).")
+@cache_layout_options
 @click.option("--batches", default="1,4", show_default=True, metavar="N,N,...", help="Batch sizes to time.")
 @click.option("--contexts", default=None, metavar="N,N,...", help="Context lengths (tokens) to time [default: "
               "16,32,...,1024, those the cache holds].")
@@ -53,14 +55,19 @@ def _profile_model(target_class, preset, config_path, layers, dtype, max_seq_len
 @click.option("--plot", type=click.Path(), help="Draw latency vs context (p50, p90-p99 band, one line per batch); "
               "the format follows the extension: .png, .svg or .pdf.")
 @quiet_option
-def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, absorb, batches,
-            contexts, phases, warmup, iters, json_out, csv_path, plot, quiet):
-    """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth."""
+def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtype, max_seq_len, absorb, cache,
+            page_size, kv_cache_dtype, batches, contexts, phases, warmup, iters, json_out, csv_path, plot, quiet):
+    """Latency percentiles of prefill and decode over batch x context, tokens/s, cache GB/s vs copy bandwidth;
+    with --eager/--kernels over the latent cache of --cache/--page-size/--kv-cache-dtype (a file: its own)."""
     from ..common.fileio import check_output_file
     from ..run.profile_report import PLOT_FORMATS, default_contexts
 
     if sum([engine is not None, onnx_path is not None, eager, kernels]) != 1:
         raise UserError("pass exactly one of --engine, --onnx, --eager, --kernels")
+    layout = cache_layout(cache, page_size, kv_cache_dtype)
+    if (engine is not None or onnx_path is not None) and layout_words(**layout):
+        raise UserError(f"{layout_words(**layout)}: the cache of an {'engine' if engine else 'ONNX file'} is its "
+                        "export's; drop these options (they lay out the cache of --eager and --kernels)")
     batch_list = int_list(batches, "--batches")
     context_list = int_list(contexts, "--contexts") if contexts is not None else None
     if warmup < 0 or iters < 1:
@@ -97,7 +104,7 @@ def profile(engine, onnx_path, eager, kernels, preset, config_path, layers, dtyp
             target = OnnxRuntimeTarget(onnx_path, onnx_spec)
         else:
             target = _profile_model(EagerTarget if eager else KernelsTarget, preset, config_path, layers, dtype,
-                                    max_seq_len, absorb, context_list)
+                                    max_seq_len, absorb, context_list, layout)
         report = run_profile(target, batch_list, context_list or default_contexts(target.spec.max_seq_len), warmup,
                              iters, tuple(phases) or ("prefill", "decode"), progress=progress)
     if json_out == "-":

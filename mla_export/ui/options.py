@@ -1,5 +1,6 @@
 """What the commands share: the options that mean one thing everywhere (--preset, --config, --json,
---absorb, -q), the config they name, and how a command speaks to the user."""
+--absorb, -q, the latent cache's --cache/--page-size/--kv-cache-dtype), the config they name, and how a
+command speaks to the user."""
 
 from __future__ import annotations
 
@@ -43,6 +44,47 @@ def absorb_option(help_text: str):
 
     return click.option("--absorb", type=click.Choice(ABSORB_MODES), default=ABSORB_MODES[0], show_default=True,
                         help=help_text)
+
+
+def cache_layout_options(command):
+    """`--cache`, `--page-size` and `--kv-cache-dtype`: the latent cache's layout and dtype (MlaAttention contract
+    version 2), one meaning in export and profile; `cache_layout` turns them into ModelSpec's keywords."""
+    from ..common import contract
+
+    options = [
+        click.option("--cache", type=click.Choice(contract.CACHE_LAYOUTS), default=contract.CACHE_LAYOUTS[0],
+                     show_default=True, help="The latent cache: one [B, Smax, Dc+Dr] buffer per layer, or a pool of "
+                     "pages per layer and a block table shared by the layers (MlaAttention contract version 2)."),
+        click.option("--page-size", type=int, metavar="N", help="Rows per page with --cache paged, a power of two.  "
+                     f"[default: {contract.DEFAULT_PAGE_SIZE}]"),
+        click.option("--kv-cache-dtype", type=click.Choice(contract.KV_CACHE_DTYPES),
+                     default=contract.KV_CACHE_DTYPES[0], show_default=True,
+                     help="fp8: c_kv stored as e4m3 codes with a power-of-two float32 scale per 128 values per "
+                     "token, k_pe in --dtype (FlashMLA's DeepSeek-V3.2 format, 656 bytes per token at DeepSeek's "
+                     "dims)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def cache_layout(cache: str, page_size: int | None, kv_cache_dtype: str) -> dict:
+    """ModelSpec's `cache`, `page_size` and `kv_cache_dtype` of `cache_layout_options`' values (--page-size
+    only with --cache paged; its range is ModelSpec's to check)."""
+    from ..common import contract
+
+    if page_size is not None and cache != "paged":
+        raise UserError(f"--page-size {page_size} sizes the pages of --cache paged: pass --cache paged, or drop "
+                        "--page-size")
+    return {"cache": cache, "page_size": contract.DEFAULT_PAGE_SIZE if page_size is None else page_size,
+            "kv_cache_dtype": kv_cache_dtype}
+
+
+def layout_words(cache: str, page_size: int, kv_cache_dtype: str) -> str:
+    """The command-line words of a cache layout ("--cache paged --page-size 16 --kv-cache-dtype fp8"; "" for
+    the contiguous cache in the model's dtype)."""
+    words = [f"--cache paged --page-size {page_size}"] if cache == "paged" else []
+    return " ".join(words + (["--kv-cache-dtype fp8"] if kv_cache_dtype == "fp8" else []))
 
 
 def say(message: str, json_on_stdout: bool = False) -> None:
