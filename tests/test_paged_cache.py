@@ -216,6 +216,24 @@ def tiny_paged(tmp_path_factory):
                        tmp_path_factory.mktemp("paged") / "tiny.onnx")
 
 
+def test_a_page_past_the_pool_fails_onnx_runtime_with_one_message(tiny_paged):
+    """The function body never reads outside the pool: a needed slot naming a page past it makes ONNX Runtime's
+    Gather fail, and the runner says so in one line (the file, ORT's message), not a traceback."""
+    spec = ModelSpec(load_preset("tiny"), max_seq_len=64, cache="paged", page_size=16)
+    names = spec.step_io_names()[0]
+    c = spec.config
+    feeds = {names[0]: np.zeros((1, 3, c.hidden_size), np.float32), contract.CACHE_SEQLENS: np.array([5], np.int32)}
+    feeds.update({n: np.zeros((1, 64, c.cache_width), np.float32) for n in names[2:]})
+    runner = OnnxRuntimeRunner(tiny_paged)
+    graph_feeds = CacheServer(runner, spec).graph_feeds(feeds)
+    graph_feeds[contract.BLOCK_TABLE][0, 0] = 10**6
+    with pytest.raises(UserError) as caught:
+        runner.run(graph_feeds)
+    message = str(caught.value)
+    assert message.startswith("ONNX Runtime failed running tiny.onnx (") and "out of data bounds" in message
+    assert "\n" not in message
+
+
 def test_the_server_interleaves_pages_and_catches_writes_outside_them(tiny_paged):
     from mla_export.graph.onnx_reader import read_export_spec
 

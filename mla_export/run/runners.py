@@ -50,8 +50,8 @@ class OnnxRuntimeRunner:
             providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available()
                          else ["CPUExecutionProvider"])
         options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.name = "onnxruntime"
+        options.log_severity_level = 4  # fatal only: its errors reach the user as one message (UserError)
+        self.name, self.path = "onnxruntime", path
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types per failure
@@ -61,8 +61,17 @@ class OnnxRuntimeRunner:
             raise UserError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0][:300]}); {hint}") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call by graph names; an ONNX Runtime failure while running (e.g. a Gather index outside a pool:
+        the graph reads where its inputs do not reach) is a UserError naming the file and ORT's first line."""
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, run_session(self.session, names, feeds)))
+        try:
+            return dict(zip(names, run_session(self.session, names, feeds)))
+        except (state.Fail, state.InvalidArgument, state.RuntimeException) as exc:  # raised while running
+            raise UserError(f"ONNX Runtime failed running {Path(self.path).name} "
+                            f"({str(exc).splitlines()[0][:300]}): the graph does not run on these inputs; "
+                            "re-export it, or report it if mla-export wrote it") from None
 
 
 def run_session(session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
