@@ -19,7 +19,7 @@ from mla_export.common.contract import graph_io_names
 from mla_export.graph.export import export_onnx
 from mla_export.model.spec import ModelSpec
 from mla_export.trt import backend, build
-from mla_export.trt.aliasing import CACHE_BINDINGS, cache_binding, enable_aliased_plugin_io
+from mla_export.trt.aliasing import CACHE_BINDINGS, alias_pairs, cache_binding, enable_aliased_plugin_io
 from mla_export.trt.build import BuildSpec, build_engine
 from mla_export.run.trt_runner import TensorRTRunner, present_cache_tensor
 from mla_export.trt.sidecar import Sidecar
@@ -205,6 +205,7 @@ def stand_in_runner(binding: str, layers: int) -> TensorRTRunner:
     inputs, outputs = graph_io_names(layers, "hidden")
     runner = TensorRTRunner.__new__(TensorRTRunner)
     runner.torch, runner.context, runner.cache_binding = torch, StandInContext(), binding
+    runner.device, runner.aliases = "cpu", alias_pairs(layers, "hidden")
     runner.stream = SimpleNamespace(cuda_stream=0)
     runner.profile_index = {"decode": 0, "prefill": 1}
     runner.io_names = [n for n in inputs + outputs if "latent_cache" in n]  # no output needing a CUDA allocation

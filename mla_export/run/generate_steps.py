@@ -227,3 +227,21 @@ class EngineSteps:
         logits = bound[contract.LOGITS]  # [B, S, V] on the device
         rows = torch.arange(ids.shape[0], device="cuda")
         return logits[rows, torch.from_numpy(last).cuda()].float().cpu()  # [B, V]
+
+
+def engine_steps(engine: str | Path, plugin_lib: str | None = None):
+    """The steps of a TensorRT engine: `EngineSteps` (caches kept on the device) for a contiguous cache in the
+    model's dtype; a paged or FP8 one (contract 2) behind `RunnerSteps`, served from page pools like an
+    --onnx file (`paged.CacheServer`; the pools go through the host each step)."""
+    from ..model.spec import spec_from_metadata
+    from ..trt.sidecar import Sidecar
+    from .paged import CacheServer
+    from .trt_runner import TensorRTRunner
+
+    sidecar = Sidecar.read_single_device(engine)
+    spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
+    if not spec.cache_contract:
+        return EngineSteps(engine, plugin_lib)
+    require_tokens(spec, f"--engine {engine}")
+    runner = CacheServer(TensorRTRunner(engine, plugin_lib, sidecar=sidecar), spec)
+    return RunnerSteps(runner, spec, runner.name)

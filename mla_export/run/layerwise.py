@@ -319,7 +319,7 @@ def validate_streamed(runner, spec, scenario: Scenario, progress: Progress | Non
     config, dtype, verdict = spec.config, torch_dtype(spec.dtype), verdict_for(spec.dtype)
     inputs = ScenarioInputs.make(spec, scenario.batch, scenario.prefill_len, scenario.steps, scenario.seed,
                                  scenario.histories(spec.max_seq_len))
-    in_names, out_names = spec.graph_io_names()
+    in_names, out_names = spec.step_io_names()  # contiguous: a paged or FP8 engine is behind a CacheServer
     caches = [inputs.initial_cache(i).to(dtype) for i in range(config.num_hidden_layers)]
     chained = _Chain(inputs.runtime_inputs, spec.max_seq_len)
     for step in range(inputs.steps):

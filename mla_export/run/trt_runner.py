@@ -4,7 +4,8 @@ Thin by design (it needs TensorRT and a GPU, which CI does not have): everything
 checked before TensorRT is touched (`Sidecar`, `check_compatible`); the rest follows TensorRT 10's
 documented Python API: deserialize_cuda_engine, create_execution_context,
 set_optimization_profile_async, set_input_shape, set_tensor_address, execute_async_v3.
-The latent caches are bound as the sidecar's `cache_binding` says (aliasing.py): "aliased", each layer's
+The cache planes (latent caches; contract 2: page pools, FP8 codes/scales/rope) are bound as the sidecar's
+`cache_binding` says (aliasing.py, `alias_pairs`): "aliased", each
 past and present on one device buffer, as TensorRT binds an aliased plugin output; "copy", present on a
 buffer of its own. The runner's name says which (it heads validate's report and profile's rows).
 
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import contract
 from ..common.errors import UserError
 from .runners import from_numpy, to_numpy
 from ..trt.backend import file_sha256, find_plugin_library, import_backend, load_plugin_library, make_logger
@@ -37,18 +37,28 @@ def _require_cuda():
 
 
 def present_cache_tensor(cache_binding: str, past):
-    """The tensor to bind present_latent_cache.i to, given past_latent_cache.i's: the same one when aliased (the
-    plugin writes only the new rows into it), else a new one of its shape (the step writes past and new rows)."""
+    """The tensor to bind a present plane to, given its past plane's: the same one when aliased (the plugin
+    writes only the new rows into it), else a new one of its shape and type (the step writes every row)."""
     return past if cache_binding == "aliased" else past.new_empty(past.shape)
 
 
-def refuse_cache_contract(sidecar: Sidecar, engine: str | Path) -> None:
-    """The one refusal of an engine `build` makes but Python cannot run yet: a contract-2 engine (paged and/or
-    FP8 cache), whose pools and planes this runner does not bind (UserError, before any GPU work)."""
-    if sidecar.contract_version != contract.CONTRACT_VERSION:
-        kind = f"{sidecar.cache} cache" + (" (fp8)" if sidecar.kv_cache_dtype == "fp8" else "")
-        raise UserError(f"--engine {engine}: its {kind} (MlaAttention contract {sidecar.contract_version}) is not "
-                        "bound by the Python engine runner yet; run the export with --onnx instead")
+def cache_aliases(sidecar: Sidecar, engine: str | Path) -> dict[str, str]:
+    """Each cache plane's present_* output -> the past_* input it is bound beside (every plane of either
+    contract: latent caches, page pools, FP8 codes/scales/rope), from the engine's recorded export."""
+    from ..model.spec import spec_from_metadata
+    from ..trt.aliasing import alias_pairs
+
+    spec = spec_from_metadata(sidecar.onnx_metadata, f"--engine {engine}")
+    return alias_pairs(spec.config.num_hidden_layers, spec.io, spec.cache, spec.kv_cache_dtype)
+
+
+def torch_dtype_table(trt, torch) -> dict:
+    """TensorRT DataType -> torch dtype for the engine's I/O (FP8: an FP8 cache's codes, float8_e4m3fn)."""
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT64: torch.int64, trt.DataType.BF16: torch.bfloat16}
+    if hasattr(trt.DataType, "FP8"):
+        table[trt.DataType.FP8] = torch.float8_e4m3fn
+    return table
 
 
 class TensorRTRunner:
@@ -58,7 +68,7 @@ class TensorRTRunner:
         """`sidecar`: the engine's sidecar when the caller has read it already (else read here). The engines of
         a `--tp` export are refused: each needs its own process and an NCCL communicator (the C++ example)."""
         self.sidecar = (sidecar or Sidecar.read_single_device(engine_path)).single_device(engine_path)
-        refuse_cache_contract(self.sidecar, engine_path)
+        self.aliases = cache_aliases(self.sidecar, engine_path)
         data = Path(engine_path).read_bytes()
         self.sidecar.check_engine_bytes(engine_path, data)  # the engine its sidecar describes, not another build's
         torch = _require_cuda()
@@ -79,20 +89,18 @@ class TensorRTRunner:
             raise UserError(f"TensorRT could not deserialize {engine_path} (see its log); rebuild the engine")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
-        self.torch = torch
+        self.torch, self.device = torch, "cuda"
         self.cache_binding = self.sidecar.cache_binding
         self.name = f"{self.sidecar.tensorrt_flavour} engine ({self.cache_binding} cache)"
         self.profile_index = {p["name"]: i for i, p in enumerate(self.sidecar.profiles)}
         self.io_names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
 
     def _torch_dtype(self, name: str):
-        trt, torch = self.trt, self.torch
-        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                 trt.DataType.INT64: torch.int64, trt.DataType.BF16: torch.bfloat16}
-        return table[self.engine.get_tensor_dtype(name)]
+        return torch_dtype_table(self.trt, self.torch)[self.engine.get_tensor_dtype(name)]
 
     def bind(self, inputs: dict, new_tokens: int) -> dict:
-        """Bind device tensors `inputs` (caches: past names) and allocate outputs; returns all bound tensors."""
+        """Bind device tensors `inputs` (the graph's own names: caches, pools and planes as past_*) and allocate
+        outputs, each present_* plane per `cache_binding` beside its past_*; returns all bound tensors."""
         torch, ctx = self.torch, self.context
         profile = "decode" if new_tokens == 1 else "prefill"
         ctx.set_optimization_profile_async(self.profile_index[profile], self.stream.cuda_stream)
@@ -103,12 +111,11 @@ class TensorRTRunner:
         for name in self.io_names:
             if name in inputs:
                 continue
-            if name.startswith("present_latent_cache."):
-                past = contract.past_cache_name(int(name.rsplit(".", 1)[1]))
-                bound[name] = present_cache_tensor(self.cache_binding, inputs[past])
+            if name in self.aliases:
+                bound[name] = present_cache_tensor(self.cache_binding, inputs[self.aliases[name]])
             else:
                 bound[name] = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._torch_dtype(name),
-                                          device="cuda")
+                                          device=self.device)
             ctx.set_tensor_address(name, bound[name].data_ptr())
         return bound
 
@@ -117,7 +124,7 @@ class TensorRTRunner:
             raise UserError("TensorRT execution failed (see its log)")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = {name: from_numpy(array).to("cuda") for name, array in feeds.items()}
+        inputs = {name: from_numpy(array).to(self.device) for name, array in feeds.items()}  # float8 codes too
         first = next(iter(feeds.values()))
         bound = self.bind(inputs, new_tokens=first.shape[1])
         self.execute()

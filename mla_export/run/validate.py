@@ -163,12 +163,23 @@ def validate_engine(engine: str | Path, scenario: Scenario, onnx: str | Path | N
     if onnx is not None and read_export_spec(onnx) != spec:
         raise UserError(f"--onnx {onnx} is not the model {engine} was built from (their metadata differ)")
     (progress or no_progress)("loading the engine", 0, scenario.steps + 1)
+    if per_layer and spec.kv_cache_dtype == "fp8":  # the streamed comparison has no FP8-cache verdict yet
+        raise UserError(f"--engine {engine} --per-layer: an engine with an FP8 cache is validated whole only; "
+                        "drop --per-layer")
     runner = TensorRTRunner(engine, plugin_lib, sidecar=sidecar)
+    if spec.cache_contract:  # served from page pools, read back contiguous, as an --onnx file is
+        from .paged import CacheServer
+
+        runner = CacheServer(runner, spec, seed=scenario.seed)
     if per_layer:
         from .layerwise import validate_streamed
 
         return validate_streamed(runner, spec, scenario, progress=progress)
     second = OnnxRuntimeRunner(onnx) if onnx is not None else None
+    if second is not None and spec.cache_contract:  # pools of its own, fed the same contiguous caches
+        from .paged import CacheServer
+
+        second = CacheServer(second, spec, seed=scenario.seed)
     return validate_runner(runner, spec, scenario, second=second, progress=progress)
 
 

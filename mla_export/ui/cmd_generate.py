@@ -152,7 +152,7 @@ def _run(onnx_path, engine, plugin_lib, spec, tokenizer, texts, prompt_ids, samp
     """Loads the model, generates, prints text (or JSON) and the timings."""
     from ..common.progress import ProgressReporter
     from ..run.generate import generate
-    from ..run.generate_steps import EagerSteps, EngineSteps, OnnxRuntimeSteps, RunnerSteps
+    from ..run.generate_steps import EagerSteps, OnnxRuntimeSteps, RunnerSteps, engine_steps
     from ..run.generate_text import TextStream
     from ..run.sampling import Sampler
 
@@ -163,7 +163,7 @@ def _run(onnx_path, engine, plugin_lib, spec, tokenizer, texts, prompt_ids, samp
         elif onnx_path is not None:
             model = OnnxRuntimeSteps(onnx_path, spec)
         elif engine is not None:
-            model = EngineSteps(engine, plugin_lib)
+            model = engine_steps(engine, plugin_lib)
         else:
             model = EagerSteps(spec)
     write = None if json_out == "-" else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
