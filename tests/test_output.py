@@ -301,7 +301,7 @@ def test_plot_has_plain_ticks_a_band_and_a_title_naming_what_was_timed(tmp_path)
     path = tmp_path / "p.svg"
     plot_profile(_sweep(), path)
     svg = path.read_text()
-    assert "deepseek-v2-lite, 1 layer, bfloat16 - tensorrt on NVIDIA H100" in svg
+    assert "deepseek-v2-lite, 1 layer, bfloat16, contiguous cache - tensorrt on NVIDIA H100" in svg
     for tick in ("64", "256", "1024", "4096"):
         assert f">{tick}<" in svg, tick
     assert "2^" not in svg and "10^" not in svg and "mathdefault" not in svg
